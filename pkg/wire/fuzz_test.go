@@ -1,0 +1,35 @@
+package wire
+
+import (
+	"net/netip"
+	"testing"
+)
+
+// FuzzParseOpen feeds arbitrary bytes to Parse and Open: they must never panic,
+// and nothing but a datagram sealed with the key may open.
+func FuzzParseOpen(f *testing.F) {
+	cs, _, _, sr := testKeys(f)
+	h := Header{Type: TypeData, Scheme: 1, Session: 42, Packet: 1}
+	hello := &Hello{Target: netip.MustParseAddrPort("198.18.9.2:27015")}
+	hello.SetClientID("alice")
+	a, _ := Seal(cs, make([]byte, MaxDatagram), &h, hello, []byte("seed payload"))
+	f.Add(append([]byte(nil), a...))
+	b, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, nil)
+	f.Add(append([]byte(nil), b...))
+	f.Add([]byte{1, 1, 1})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		sealed := string(in) == string(a) || string(in) == string(b)
+		var gh Header
+		var gl Hello
+		off, err := Parse(in, &gh, &gl)
+		if err != nil {
+			return
+		}
+		if off < HeaderLen || off > len(in)-TagLen {
+			t.Fatalf("body offset %d out of range for %d bytes", off, len(in))
+		}
+		if _, err := Open(sr, in, off); err == nil && !sealed {
+			t.Fatalf("forged datagram opened: %x", in)
+		}
+	})
+}

@@ -1,0 +1,146 @@
+package wire
+
+import (
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strings"
+
+	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/crypto/hkdf"
+)
+
+// KeyLen is the length of a client's pre-shared key.
+const KeyLen = 32
+
+// Key is a client's pre-shared key.
+type Key [KeyLen]byte
+
+// GenerateKey returns a fresh random key.
+func GenerateKey() (Key, error) {
+	var k Key
+	_, err := rand.Read(k[:])
+	return k, err
+}
+
+// String renders the key as standard base64, the form the config files take.
+func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
+
+// ParseKey reads a key written as base64 (44 characters) or hex (64 characters).
+func ParseKey(s string) (Key, error) {
+	var k Key
+	s = strings.TrimSpace(s)
+	var raw []byte
+	var err error
+	switch len(s) {
+	case 64:
+		raw, err = hex.DecodeString(s)
+	default:
+		raw, err = base64.StdEncoding.DecodeString(s)
+	}
+	if err != nil || len(raw) != KeyLen {
+		return k, errors.New("key must be 32 bytes written as base64 (44 characters) or hex (64 characters)")
+	}
+	copy(k[:], raw)
+	return k, nil
+}
+
+// Role says which end of a session derives keys, so each direction gets its own
+// key: the same packet ID sent in both directions never shares a key.
+type Role uint8
+
+// Roles.
+const (
+	RoleClient Role = iota // router side: sends client-to-server
+	RoleServer             // proxy side: sends server-to-client
+)
+
+// NewSalt returns a random session salt.
+func NewSalt() (s [16]byte, err error) {
+	_, err = rand.Read(s[:])
+	return s, err
+}
+
+// DeriveKeys derives the two AEADs of a session from the client's pre-shared key,
+// the session's random salt and its ID (HKDF-SHA256), and returns them as seen by
+// role: send seals what this end sends, recv opens what it receives. A restarted
+// router picks a new salt, so its keys are new even if packet IDs start over.
+func DeriveKeys(psk *Key, salt *[16]byte, session uint64, role Role) (send, recv cipher.AEAD, err error) {
+	var info [8 + 16]byte
+	copy(info[:], salt[:])
+	binary.BigEndian.PutUint64(info[16:], session)
+	r := hkdf.New(sha256.New, psk[:], info[:], []byte("raic/1 session keys"))
+	var km [2 * chacha20poly1305.KeySize]byte
+	if _, err = io.ReadFull(r, km[:]); err != nil {
+		return nil, nil, err
+	}
+	c2s, err := chacha20poly1305.New(km[:chacha20poly1305.KeySize])
+	if err != nil {
+		return nil, nil, err
+	}
+	s2c, err := chacha20poly1305.New(km[chacha20poly1305.KeySize:])
+	if err != nil {
+		return nil, nil, err
+	}
+	if role == RoleClient {
+		return c2s, s2c, nil
+	}
+	return s2c, c2s, nil
+}
+
+// Seal writes a complete datagram into buf: the header, the hello extension when
+// hello is not nil (FlagHello is set for it), then body sealed with aead. It
+// returns the datagram, a prefix of buf. buf must have room for
+// len(body)+MaxOverhead bytes. The nonce is the header's packet ID and descriptor.
+func Seal(aead cipher.AEAD, buf []byte, h *Header, hello *Hello, body []byte) ([]byte, error) {
+	// Checked against the capacity: if Seal had to grow buf it would allocate.
+	if HeaderLen+helloLen(hello)+len(body)+TagLen > cap(buf) {
+		return nil, ErrLong
+	}
+	if h.Session == 0 {
+		return nil, ErrNoSession
+	}
+	if h.Packet == 0 {
+		return nil, ErrNoPacket
+	}
+	h.Flags &^= FlagHello
+	if hello != nil {
+		h.Flags |= FlagHello
+	}
+	PutHeader(buf, h)
+	off := HeaderLen
+	if hello != nil {
+		off += PutHello(buf[off:], hello)
+	}
+	out := aead.Seal(buf[:off], buf[12:24], body, buf[:off])
+	if len(out) > MaxDatagram {
+		return nil, ErrLong
+	}
+	return out, nil
+}
+
+func helloLen(h *Hello) int {
+	if h == nil {
+		return 0
+	}
+	return HelloMaxLen
+}
+
+// Open authenticates and decrypts the body of a parsed datagram in place and
+// returns the plaintext, a sub-slice of b. bodyOff comes from Parse. On failure b
+// is left unusable and ErrAuth is returned.
+func Open(aead cipher.AEAD, b []byte, bodyOff int) ([]byte, error) {
+	if bodyOff < HeaderLen || len(b) < bodyOff+TagLen {
+		return nil, ErrShort
+	}
+	out, err := aead.Open(b[bodyOff:bodyOff], b[12:24], b[bodyOff:], b[:bodyOff])
+	if err != nil {
+		return nil, ErrAuth
+	}
+	return out, nil
+}

@@ -1,0 +1,267 @@
+// Package wire is the one datagram format shared by routers, proxies and
+// intermediate proxies: a fixed header, an optional hello extension that lets a
+// session start without a round trip, and an AEAD-sealed body.
+//
+// Layout (all integers big-endian):
+//
+//	0      version (1)
+//	1      type    (Data, Ping, Pong, Ack, Close, ...)
+//	2      flags   (FlagHello: a hello extension follows the header)
+//	3      scheme  (RAIC scheme of a Data shard; 0 for control messages)
+//	4..11  session ID
+//	12..19 packet ID (per session and direction, starts at 1)
+//	20..23 shard descriptor: index, count, k, frag (meaning per scheme, see raic)
+//	24..   hello extension, when FlagHello is set (see Hello)
+//	..     ciphertext of the body, then a 16-byte Poly1305 tag
+//
+// Bytes 12..23 (packet ID and descriptor) are the AEAD nonce. The header and the
+// hello extension are the associated data, so nothing in them can be altered.
+//
+// The nonce rule: a (key, nonce) pair seals exactly one datagram. Keys are derived
+// per session and direction from the client's pre-shared key and a random salt
+// chosen when the session starts (so a restart never reuses a key); packet IDs only
+// grow within a session; two shards of one packet differ in their descriptor.
+// Copies of a datagram sent over several uplinks are byte-identical copies of one
+// sealed buffer, never sealed twice: sealing the same nonce with different
+// associated data would expose the Poly1305 key.
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+)
+
+// Version is the only header version this code speaks; others are dropped.
+const Version = 1
+
+// Sizes of the parts of a datagram.
+const (
+	HeaderLen = 24
+	NonceLen  = 12
+	TagLen    = 16
+	// HelloMaxLen is the largest hello extension (IPv6 target, longest client ID).
+	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2
+	// MaxClientID is the longest client identifier, in bytes.
+	MaxClientID = 32
+	// MaxDatagram is the largest datagram any role sends or accepts.
+	MaxDatagram = 1472
+	// MaxOverhead is what the wire adds to a body in the worst case.
+	MaxOverhead = HeaderLen + HelloMaxLen + TagLen
+)
+
+// Type says what a datagram's body is.
+type Type uint8
+
+// Datagram types.
+const (
+	TypeData  Type = 1 // a RAIC shard of a game packet
+	TypePing  Type = 2 // keepalive with the sender's timestamp (Ping payload)
+	TypePong  Type = 3 // answer to a ping, echoing it (Pong payload)
+	TypeAck   Type = 4 // the proxy has the session: stop sending hellos
+	TypeClose Type = 5 // the session is over
+	typeLimit Type = 6
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeData:
+		return "data"
+	case TypePing:
+		return "ping"
+	case TypePong:
+		return "pong"
+	case TypeAck:
+		return "ack"
+	case TypeClose:
+		return "close"
+	}
+	return "unknown"
+}
+
+// Flags are header bits.
+type Flags uint8
+
+// FlagHello marks a datagram that carries a hello extension after the header.
+const FlagHello Flags = 1 << 0
+
+const knownFlags = FlagHello
+
+// Desc is the 4-byte shard descriptor; its meaning per scheme belongs to raic.
+type Desc struct{ Index, Count, K, Frag uint8 }
+
+// Header is the fixed part of every datagram.
+type Header struct {
+	Type    Type
+	Flags   Flags
+	Scheme  uint8
+	Session uint64
+	Packet  uint64
+	Desc    Desc
+}
+
+// Hello lets the far side create a session from the first datagram it sees: who
+// the client is (to find its key), the salt the session keys are derived from,
+// where the traffic goes, and when the session began (so an old captured hello
+// cannot open a session again after a proxy restart).
+type Hello struct {
+	Salt      [16]byte
+	UnixMilli int64
+	ClientLen uint8
+	Client    [MaxClientID]byte
+	Target    netip.AddrPort // zero for a control-only session
+}
+
+// ClientID returns the client identifier as bytes (no copy).
+func (h *Hello) ClientID() []byte { return h.Client[:h.ClientLen] }
+
+// SetClientID stores id; it fails when id is empty or longer than MaxClientID.
+func (h *Hello) SetClientID(id string) error {
+	if len(id) == 0 || len(id) > MaxClientID {
+		return ErrClientID
+	}
+	h.ClientLen = uint8(copy(h.Client[:], id))
+	return nil
+}
+
+// Errors of parsing and opening. They are fixed values so that dropping a bad
+// datagram allocates nothing; callers count them by kind.
+var (
+	ErrShort     = errors.New("wire: datagram too short")
+	ErrLong      = errors.New("wire: datagram too long")
+	ErrVersion   = errors.New("wire: unknown version")
+	ErrType      = errors.New("wire: unknown type")
+	ErrFlags     = errors.New("wire: unknown flags")
+	ErrHello     = errors.New("wire: malformed hello")
+	ErrClientID  = errors.New("wire: client ID must be 1 to 32 bytes")
+	ErrAuth      = errors.New("wire: authentication failed")
+	ErrPayload   = errors.New("wire: malformed control payload")
+	ErrNoSession = errors.New("wire: session ID 0 is reserved")
+	ErrNoPacket  = errors.New("wire: packet ID 0 is reserved")
+)
+
+// PutHeader writes h into b[:HeaderLen] (b must be at least that long).
+func PutHeader(b []byte, h *Header) {
+	_ = b[HeaderLen-1]
+	b[0] = Version
+	b[1] = byte(h.Type)
+	b[2] = byte(h.Flags)
+	b[3] = h.Scheme
+	binary.BigEndian.PutUint64(b[4:], h.Session)
+	binary.BigEndian.PutUint64(b[12:], h.Packet)
+	b[20], b[21], b[22], b[23] = h.Desc.Index, h.Desc.Count, h.Desc.K, h.Desc.Frag
+}
+
+// PutHello writes the hello extension into b and returns its length. b must have
+// room for HelloMaxLen bytes.
+func PutHello(b []byte, h *Hello) int {
+	n := copy(b, h.Salt[:])
+	binary.BigEndian.PutUint64(b[n:], uint64(h.UnixMilli))
+	n += 8
+	b[n] = h.ClientLen
+	n++
+	n += copy(b[n:], h.Client[:h.ClientLen])
+	addr := h.Target.Addr()
+	switch {
+	case !addr.IsValid():
+		b[n] = 0
+		n++
+	case addr.Is4():
+		b[n] = 4
+		a := addr.As4()
+		n++
+		n += copy(b[n:], a[:])
+		binary.BigEndian.PutUint16(b[n:], h.Target.Port())
+		n += 2
+	default:
+		b[n] = 6
+		a := addr.As16()
+		n++
+		n += copy(b[n:], a[:])
+		binary.BigEndian.PutUint16(b[n:], h.Target.Port())
+		n += 2
+	}
+	return n
+}
+
+// Parse reads the header, and the hello extension when FlagHello is set, from a
+// received datagram. It returns the offset where the sealed body starts, which is
+// also the length of the associated data. It never panics on any input.
+func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
+	if len(b) < HeaderLen+TagLen {
+		return 0, ErrShort
+	}
+	if len(b) > MaxDatagram {
+		return 0, ErrLong
+	}
+	if b[0] != Version {
+		return 0, ErrVersion
+	}
+	h.Type = Type(b[1])
+	if h.Type == 0 || h.Type >= typeLimit {
+		return 0, ErrType
+	}
+	h.Flags = Flags(b[2])
+	if h.Flags&^knownFlags != 0 {
+		return 0, ErrFlags
+	}
+	h.Scheme = b[3]
+	h.Session = binary.BigEndian.Uint64(b[4:])
+	h.Packet = binary.BigEndian.Uint64(b[12:])
+	h.Desc = Desc{b[20], b[21], b[22], b[23]}
+	if h.Session == 0 {
+		return 0, ErrNoSession
+	}
+	if h.Packet == 0 {
+		return 0, ErrNoPacket
+	}
+	off := HeaderLen
+	if h.Flags&FlagHello != 0 {
+		n, err := parseHello(b[off:len(b)-TagLen], hello)
+		if err != nil {
+			return 0, err
+		}
+		off += n
+	}
+	return off, nil
+}
+
+func parseHello(b []byte, h *Hello) (int, error) {
+	if len(b) < 16+8+1 {
+		return 0, ErrHello
+	}
+	n := copy(h.Salt[:], b)
+	h.UnixMilli = int64(binary.BigEndian.Uint64(b[n:]))
+	n += 8
+	cl := int(b[n])
+	n++
+	if cl == 0 || cl > MaxClientID || len(b) < n+cl+1 {
+		return 0, ErrHello
+	}
+	h.ClientLen = uint8(cl)
+	copy(h.Client[:], b[n:n+cl])
+	n += cl
+	fam := b[n]
+	n++
+	switch fam {
+	case 0:
+		h.Target = netip.AddrPort{}
+	case 4:
+		if len(b) < n+4+2 {
+			return 0, ErrHello
+		}
+		addr := netip.AddrFrom4([4]byte(b[n : n+4]))
+		h.Target = netip.AddrPortFrom(addr, binary.BigEndian.Uint16(b[n+4:]))
+		n += 6
+	case 6:
+		if len(b) < n+16+2 {
+			return 0, ErrHello
+		}
+		addr := netip.AddrFrom16([16]byte(b[n : n+16]))
+		h.Target = netip.AddrPortFrom(addr, binary.BigEndian.Uint16(b[n+16:]))
+		n += 18
+	default:
+		return 0, ErrHello
+	}
+	return n, nil
+}

@@ -1,0 +1,267 @@
+package wire
+
+import (
+	"bytes"
+	"crypto/cipher"
+	"errors"
+	"net/netip"
+	"testing"
+)
+
+func testKeys(t testing.TB) (clientSend, clientRecv, serverSend, serverRecv cipher.AEAD) {
+	t.Helper()
+	psk := Key{1, 2, 3}
+	salt := [16]byte{9, 8, 7}
+	cs, cr, err := DeriveKeys(&psk, &salt, 42, RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, sr, err := DeriveKeys(&psk, &salt, 42, RoleServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, cr, ss, sr
+}
+
+func TestSealParseOpenRoundTrip(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	targets := []netip.AddrPort{
+		{},
+		netip.MustParseAddrPort("198.18.9.2:27015"),
+		netip.MustParseAddrPort("[2001:db8::5]:3074"),
+	}
+	for _, target := range targets {
+		for _, withHello := range []bool{false, true} {
+			h := Header{Type: TypeData, Scheme: 1, Session: 42, Packet: 7, Desc: Desc{1, 3, 2, 0}}
+			var hello *Hello
+			if withHello {
+				hello = &Hello{Salt: [16]byte{9, 8, 7}, UnixMilli: 1_700_000_000_123, Target: target}
+				if err := hello.SetClientID("alice"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			body := []byte("game packet payload")
+			buf := make([]byte, MaxDatagram)
+			dg, err := Seal(cs, buf, &h, hello, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got Header
+			var gotHello Hello
+			off, err := Parse(dg, &got, &gotHello)
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			if got != h {
+				t.Fatalf("header %+v, want %+v", got, h)
+			}
+			if withHello {
+				if gotHello.Salt != hello.Salt || gotHello.UnixMilli != hello.UnixMilli ||
+					string(gotHello.ClientID()) != "alice" || gotHello.Target != target {
+					t.Fatalf("hello %+v, want %+v", gotHello, *hello)
+				}
+			} else if off != HeaderLen {
+				t.Fatalf("body offset %d without hello", off)
+			}
+			pt, err := Open(sr, dg, off)
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			if !bytes.Equal(pt, body) {
+				t.Fatalf("body %q, want %q", pt, body)
+			}
+		}
+	}
+}
+
+// TestEveryFlippedBitIsRejected flips each bit of a sealed datagram in turn: every
+// variant must fail to parse or fail to authenticate, never open.
+func TestEveryFlippedBitIsRejected(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	h := Header{Type: TypeData, Scheme: 1, Session: 42, Packet: 9}
+	hello := &Hello{UnixMilli: 5, Target: netip.MustParseAddrPort("198.18.9.2:9")}
+	hello.SetClientID("bob")
+	dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hello, []byte("0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for bit := 0; bit < len(dg)*8; bit++ {
+		b := append([]byte(nil), dg...)
+		b[bit/8] ^= 1 << (bit % 8)
+		var gh Header
+		var ghl Hello
+		off, err := Parse(b, &gh, &ghl)
+		if err != nil {
+			continue
+		}
+		if _, err := Open(sr, b, off); !errors.Is(err, ErrAuth) {
+			t.Fatalf("bit %d flipped: open returned %v", bit, err)
+		}
+	}
+}
+
+func TestWrongKeyOrDirectionFails(t *testing.T) {
+	cs, cr, _, sr := testKeys(t)
+	other := Key{7}
+	salt := [16]byte{9, 8, 7}
+	_, otherRecv, _ := DeriveKeys(&other, &salt, 42, RoleServer)
+	h := Header{Type: TypePing, Session: 42, Packet: 1}
+	dg, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, []byte("x"))
+	for name, aead := range map[string]cipher.AEAD{"wrong key": otherRecv, "own direction": cr} {
+		b := append([]byte(nil), dg...)
+		if _, err := Open(aead, b, HeaderLen); !errors.Is(err, ErrAuth) {
+			t.Errorf("%s: got %v, want ErrAuth", name, err)
+		}
+	}
+	b := append([]byte(nil), dg...)
+	if _, err := Open(sr, b, HeaderLen); err != nil {
+		t.Fatalf("right key: %v", err)
+	}
+}
+
+// TestKeysDifferPerSaltAndSession checks that a new salt or session ID (what a
+// restart produces) gives new keys: the same nonce then seals under another key.
+func TestKeysDifferPerSaltAndSession(t *testing.T) {
+	psk := Key{1}
+	s1, s2 := [16]byte{1}, [16]byte{2}
+	seal := func(salt *[16]byte, session uint64) []byte {
+		send, _, err := DeriveKeys(&psk, salt, session, RoleClient)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := Header{Type: TypeData, Session: 5, Packet: 1}
+		dg, _ := Seal(send, make([]byte, MaxDatagram), &h, nil, []byte("same plaintext"))
+		return dg
+	}
+	a, b, c := seal(&s1, 5), seal(&s2, 5), seal(&s1, 6)
+	if bytes.Equal(a, b) || bytes.Equal(a, c) {
+		t.Fatal("same ciphertext under a different salt or session: keys are not per session")
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	cs, _, _, _ := testKeys(t)
+	h := Header{Type: TypeData, Session: 42, Packet: 3}
+	good, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, []byte("abc"))
+	mut := func(f func(b []byte)) []byte { b := append([]byte(nil), good...); f(b); return b }
+	cases := map[string]struct {
+		b    []byte
+		want error
+	}{
+		"empty":         {nil, ErrShort},
+		"short":         {good[:HeaderLen+TagLen-1], ErrShort},
+		"long":          {make([]byte, MaxDatagram+1), ErrLong},
+		"version":       {mut(func(b []byte) { b[0] = 2 }), ErrVersion},
+		"type zero":     {mut(func(b []byte) { b[1] = 0 }), ErrType},
+		"type unknown":  {mut(func(b []byte) { b[1] = 200 }), ErrType},
+		"flags":         {mut(func(b []byte) { b[2] = 0x80 }), ErrFlags},
+		"session zero":  {mut(func(b []byte) { copy(b[4:12], make([]byte, 8)) }), ErrNoSession},
+		"packet zero":   {mut(func(b []byte) { copy(b[12:20], make([]byte, 8)) }), ErrNoPacket},
+		"hello missing": {mut(func(b []byte) { b[2] = byte(FlagHello) }), ErrHello},
+	}
+	for name, c := range cases {
+		var hh Header
+		var hl Hello
+		if _, err := Parse(c.b, &hh, &hl); !errors.Is(err, c.want) {
+			t.Errorf("%s: got %v, want %v", name, err, c.want)
+		}
+	}
+}
+
+func TestSealRefusesSmallBufferInsteadOfAllocating(t *testing.T) {
+	cs, _, _, _ := testKeys(t)
+	h := Header{Type: TypeData, Session: 1, Packet: 1}
+	if _, err := Seal(cs, make([]byte, 30), &h, nil, make([]byte, 100)); !errors.Is(err, ErrLong) {
+		t.Fatalf("got %v, want ErrLong", err)
+	}
+}
+
+func TestKeyParsing(t *testing.T) {
+	k, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseKey(k.String())
+	if err != nil || back != k {
+		t.Fatalf("base64 round trip: %v", err)
+	}
+	hexForm := "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+	hk, err := ParseKey(hexForm)
+	if err != nil || hk[31] != 0x1f {
+		t.Fatalf("hex: %v %v", hk, err)
+	}
+	for _, bad := range []string{"", "abc", hexForm[:62], "!!!!"} {
+		if _, err := ParseKey(bad); err == nil {
+			t.Errorf("ParseKey(%q) accepted", bad)
+		}
+	}
+}
+
+func TestPingPong(t *testing.T) {
+	p := Pong{Ping: Ping{Seq: 77, Uplink: 2, SentAt: 123456789}, Overloaded: true, PeerTime: 99}
+	var b [PongLen]byte
+	var got Pong
+	if err := ParsePong(p.Put(b[:]), &got); err != nil || got != p {
+		t.Fatalf("pong round trip: %+v %v", got, err)
+	}
+	if err := ParsePong(b[:PongLen-1], &got); err == nil {
+		t.Fatal("short pong accepted")
+	}
+	if err := ParsePing(b[:3], &got.Ping); err == nil {
+		t.Fatal("short ping accepted")
+	}
+}
+
+func TestSealOpenDoNotAllocate(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	buf := make([]byte, MaxDatagram)
+	body := make([]byte, 100)
+	hello := &Hello{Target: netip.MustParseAddrPort("198.18.9.2:9")}
+	hello.SetClientID("alice")
+	var pid uint64
+	allocs := testing.AllocsPerRun(1000, func() {
+		pid++
+		h := Header{Type: TypeData, Session: 42, Packet: pid}
+		dg, err := Seal(cs, buf, &h, hello, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gh Header
+		var gl Hello
+		off, err := Parse(dg, &gh, &gl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(sr, dg, off); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("seal+parse+open allocates %v times per datagram", allocs)
+	}
+}
+
+func BenchmarkSealOpen(b *testing.B) {
+	for _, size := range []int{64, 200, 1200} {
+		b.Run(byteSize(size), func(b *testing.B) {
+			cs, _, _, sr := testKeys(b)
+			buf := make([]byte, MaxDatagram)
+			body := make([]byte, size)
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				h := Header{Type: TypeData, Session: 42, Packet: uint64(i + 1)}
+				dg, _ := Seal(cs, buf, &h, nil, body)
+				var gh Header
+				off, _ := Parse(dg, &gh, nil)
+				if _, err := Open(sr, dg, off); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func byteSize(n int) string {
+	return string(rune('0'+n/1000%10)) + string(rune('0'+n/100%10)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10)) + "B"
+}
