@@ -1,0 +1,245 @@
+package linkem
+
+import (
+	"encoding/binary"
+	"math"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/mono"
+)
+
+var loopback = netip.MustParseAddrPort("127.0.0.1:0")
+
+// echoServer answers every datagram with the same bytes and reports, for each,
+// the one-way delay since the mono timestamp in its first 8 bytes.
+func echoServer(t *testing.T) (netip.AddrPort, <-chan int64) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(loopback))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	oneWay := make(chan int64, 100000)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if n >= 8 {
+				select {
+				case oneWay <- mono.Now() - int64(binary.BigEndian.Uint64(buf)):
+				default:
+				}
+			}
+			c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort(), oneWay
+}
+
+func newRelay(t *testing.T, upstream netip.AddrPort, up, down string) *UDPRelay {
+	t.Helper()
+	cu, err := ParseConfig(up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd, err := ParseConfig(down)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewUDPRelay(loopback, upstream, cu, cd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func dialRelay(t *testing.T, r *UDPRelay) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(r.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func p50(v []int64) time.Duration {
+	slices.Sort(v)
+	return time.Duration(v[len(v)/2])
+}
+
+// TestRelayDelay measures the one-way delay at the upstream and the round trip at
+// the client against a 20 ms uplink and a 10 ms downlink.
+func TestRelayDelay(t *testing.T) {
+	srv, oneWay := echoServer(t)
+	r := newRelay(t, srv, "delay=20ms", "delay=10ms")
+	c := dialRelay(t, r)
+	const n = 300
+	var rtts, ows []int64
+	got := make(chan []int64)
+	go func() { // read while sending: replies must not wait in the socket buffer
+		var v []int64
+		rb := make([]byte, 64)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for len(v) < n {
+			k, err := c.Read(rb)
+			if err != nil {
+				break
+			}
+			if k >= 8 {
+				v = append(v, mono.Now()-int64(binary.BigEndian.Uint64(rb)))
+			}
+		}
+		got <- v
+	}()
+	buf := make([]byte, 64)
+	for i := 0; i < n; i++ {
+		binary.BigEndian.PutUint64(buf, uint64(mono.Now()))
+		if _, err := c.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	rtts = <-got
+	for len(ows) < len(rtts) {
+		ows = append(ows, <-oneWay)
+	}
+	if len(rtts) != n {
+		t.Fatalf("got %d of %d replies through a lossless relay", len(rtts), n)
+	}
+	up, rtt := p50(ows), p50(rtts)
+	t.Logf("one-way p50 %v (configured 20ms), rtt p50 %v (configured 30ms), max one-way %v", up, rtt, time.Duration(ows[len(ows)-1]))
+	if d := up - 20*time.Millisecond; d < -time.Millisecond || d > time.Millisecond {
+		t.Errorf("one-way p50 %v, want 20ms ±1ms", up)
+	}
+	if d := rtt - 30*time.Millisecond; d < -time.Millisecond || d > time.Millisecond {
+		t.Errorf("rtt p50 %v, want 30ms ±1ms", rtt)
+	}
+	if s := r.Up().Stats(); s.In != n || s.Out != n || s.Dropped() != 0 {
+		t.Errorf("up stats %+v", s)
+	}
+}
+
+// TestRelayLossAndMapping checks measured loss through the relay and that each
+// client address gets its own upstream socket.
+func TestRelayLossAndMapping(t *testing.T) {
+	srv, _ := echoServer(t)
+	r := newRelay(t, srv, "loss=10%,seed=11", "")
+	a, b := dialRelay(t, r), dialRelay(t, r)
+	const n = 4000
+	count := func(c *net.UDPConn, res chan<- int) {
+		buf := make([]byte, 64)
+		got := 0
+		for {
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if _, err := c.Read(buf); err != nil {
+				res <- got
+				return
+			}
+			got++
+		}
+	}
+	ra, rb := make(chan int), make(chan int)
+	go count(a, ra)
+	go count(b, rb)
+	buf := make([]byte, 32)
+	for i := 0; i < n; i++ {
+		a.Write(buf)
+		b.Write(buf)
+		if i%20 == 0 {
+			time.Sleep(time.Millisecond) // stay below socket buffer sizes
+		}
+	}
+	ga, gb := <-ra, <-rb
+	if r.Clients() != 2 {
+		t.Errorf("%d client mappings, want 2", r.Clients())
+	}
+	s := r.Up().Stats()
+	loss := 1 - float64(ga+gb)/(2*n)
+	t.Logf("replies %d+%d of %d each, loss %.2f%%, link loss %d", ga, gb, n, loss*100, s.DropLoss)
+	if math.Abs(loss-0.1) > 0.015 {
+		t.Errorf("measured loss %.3f, want 10%% ±1.5", loss)
+	}
+	if int(s.In) != 2*n || int(s.Out)+int(s.DropLoss) != 2*n || int(s.Out) != ga+gb {
+		t.Errorf("counters %+v disagree with %d delivered", s, ga+gb)
+	}
+}
+
+// TestRelayRate checks throughput and queue delay of a rate-limited relay.
+func TestRelayRate(t *testing.T) {
+	sink, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(loopback))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	sink.SetReadBuffer(4 << 20)
+	r := newRelay(t, sink.LocalAddr().(*net.UDPAddr).AddrPort(), "rate=2mbit,queue=100ms", "")
+	c := dialRelay(t, r)
+	const size = 1000
+	const dur = 2 * time.Second
+	done := make(chan struct{})
+	var bytes int
+	var first, last int64
+	var maxOW int64
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		sink.SetReadDeadline(time.Now().Add(dur + time.Second))
+		for {
+			n, _, err := sink.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			now := mono.Now()
+			if first == 0 {
+				first = now
+			} else {
+				bytes += n
+			}
+			last = now
+			maxOW = max(maxOW, now-int64(binary.BigEndian.Uint64(buf)))
+		}
+	}()
+	// Offer 4 Mbit/s: one 1000-byte packet every 2 ms.
+	buf := make([]byte, size)
+	start := mono.Now()
+	for i := int64(0); mono.Now()-start < int64(dur); i++ {
+		for mono.Now() < start+i*int64(2*time.Millisecond) {
+			time.Sleep(200 * time.Microsecond)
+		}
+		binary.BigEndian.PutUint64(buf, uint64(mono.Now()))
+		c.Write(buf)
+	}
+	<-done
+	rate := float64(bytes) * 8 / (float64(last-first) / 1e9)
+	s := r.Up().Stats()
+	t.Logf("throughput %.3f Mbit/s (configured 2), max one-way %v, max queue wait %v, queue drops %d",
+		rate/1e6, time.Duration(maxOW), time.Duration(s.QueueDelayMax), s.DropQueue)
+	if math.Abs(rate-2e6)/2e6 > 0.05 {
+		t.Errorf("throughput %.0f bit/s, want 2 Mbit/s ±5%%", rate)
+	}
+	// Queue wait plus one serialisation (4 ms) plus scheduling slack.
+	if time.Duration(s.QueueDelayMax) > 100*time.Millisecond || time.Duration(maxOW) > 110*time.Millisecond {
+		t.Errorf("delay above the 100 ms queue: wait %v one-way %v", time.Duration(s.QueueDelayMax), time.Duration(maxOW))
+	}
+	if s.DropQueue == 0 {
+		t.Error("no tail drops at twice the rate")
+	}
+}
+
+func TestRelayBadInput(t *testing.T) {
+	if _, err := NewUDPRelay(loopback, netip.AddrPort{}, Config{}, Config{}); err == nil {
+		t.Error("relay without upstream accepted")
+	}
+	if _, err := NewUDPRelay(loopback, netip.MustParseAddrPort("127.0.0.1:9"), Config{Loss: 2}, Config{}); err == nil {
+		t.Error("bad config accepted")
+	}
+}

@@ -1,0 +1,128 @@
+package integration
+
+import (
+	"context"
+	"math"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/integration/linkem"
+)
+
+// runCheckedGame plays n packets each way at rate through a router whose uplinks
+// go to the given relay addresses, and returns the tallies of both directions.
+func runCheckedGame(t *testing.T, n int, rate float64, routerExtra string, uplinks func(proxyAddr netip.AddrPort) []netip.AddrPort) (up, down *tally) {
+	server := newCheckServer(t, n)
+	p := startProxy(t, server.addr().String())
+	r := startRouter(t, server.addr(), routerExtra, uplinks(p.Addr())...)
+
+	client, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	client.SetReadBuffer(4 << 20)
+	down = newTally(n)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			k, _, err := client.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			down.add(buf[:k], 'S')
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	fwd := r.ForwardAddr(0)
+	serverDone := make(chan struct{})
+	go func() {
+		defer close(serverDone)
+		// The server starts its own stream once it knows where the client is.
+		for server.client.Load() == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+		to := *server.client.Load()
+		stream(ctx, n, rate, 'S', func(b []byte) { server.conn.WriteToUDPAddrPort(b, to) })
+	}()
+	stream(ctx, n, rate, 'C', func(b []byte) { client.WriteToUDPAddrPort(b, fwd) })
+	<-serverDone
+	time.Sleep(500 * time.Millisecond) // the last packets are in flight
+	return server.up, down
+}
+
+// TestLoopbackTwoLossyUplinks sends 20,000 packets each way over two uplinks that
+// each drop 10% independently: with RAIC-1 a packet is lost only when both copies
+// are, so the game must see about 1% loss, no duplicate and no corrupted byte.
+func TestLoopbackTwoLossyUplinks(t *testing.T) {
+	const n = 20000
+	var relays []*linkem.UDPRelay
+	up, down := runCheckedGame(t, n, 4000, "", func(proxyAddr netip.AddrPort) []netip.AddrPort {
+		var addrs []netip.AddrPort
+		for i := uint64(0); i < 2; i++ {
+			rl, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr,
+				linkem.Config{Loss: 0.10, Seed: 100 + i}, linkem.Config{Loss: 0.10, Seed: 200 + i})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { rl.Close() })
+			relays = append(relays, rl)
+			addrs = append(addrs, rl.Addr())
+		}
+		return addrs
+	})
+	// Binomial bound: loss probability 0.1 × 0.1 = 1% per packet; allow 4.5 σ.
+	p := 0.01
+	mean, sd := n*p, math.Sqrt(n*p*(1-p))
+	for _, d := range []struct {
+		name string
+		t    *tally
+	}{{"client→server", up}, {"server→client", down}} {
+		got, dups, bad := d.t.snapshot()
+		lost := n - got
+		t.Logf("%s: received %d of %d, lost %d (%.2f%%; expected %.0f ± %.0f), duplicates %d, corrupted %d",
+			d.name, got, n, lost, 100*float64(lost)/n, mean, 4.5*sd, dups, bad)
+		if math.Abs(float64(lost)-mean) > 4.5*sd {
+			t.Errorf("%s: lost %d packets, outside the binomial bound %.0f ± %.0f", d.name, lost, mean, 4.5*sd)
+		}
+		if dups != 0 || bad != 0 {
+			t.Errorf("%s: %d duplicates and %d corrupted packets reached the game", d.name, dups, bad)
+		}
+	}
+	for i, rl := range relays {
+		st := rl.Up().Stats()
+		t.Logf("relay %d up-link stats: %+v", i, st)
+	}
+}
+
+// TestLoopbackOneDeadUplink cuts one of two uplinks entirely: every packet still
+// arrives over the other.
+func TestLoopbackOneDeadUplink(t *testing.T) {
+	const n = 5000
+	up, down := runCheckedGame(t, n, 2500, "", func(proxyAddr netip.AddrPort) []netip.AddrPort {
+		dead, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr,
+			linkem.Config{Loss: 1}, linkem.Config{Loss: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clean, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr, linkem.Config{}, linkem.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dead.Close(); clean.Close() })
+		return []netip.AddrPort{dead.Addr(), clean.Addr()}
+	})
+	for name, tl := range map[string]*tally{"client→server": up, "server→client": down} {
+		got, dups, bad := tl.snapshot()
+		if got != n || dups != 0 || bad != 0 {
+			t.Errorf("%s: received %d of %d, %d duplicates, %d corrupted; want all, none, none", name, got, n, dups, bad)
+		}
+	}
+}

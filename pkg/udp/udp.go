@@ -1,0 +1,457 @@
+// Package udp provides the UDP sockets that uplinks and the proxy send and receive
+// game datagrams on, with batched I/O (recvmmsg/sendmmsg) that allocates nothing per
+// packet.
+//
+// golang.org/x/net/ipv4's ReadBatch allocates a net.UDPAddr for every message it
+// returns, which breaks the project's zero-allocation rule, so this package issues the
+// syscalls itself over syscall.RawConn. Every Conn owns preallocated mmsghdr, iovec
+// and sockaddr arrays, one set per direction, and the callbacks handed to
+// RawConn.Read/Write are method values stored once at construction, so a call builds
+// no closure. The callbacks return false on EAGAIN, which parks the goroutine in Go's
+// netpoller: deadlines, Close and the scheduler work as for any net.UDPConn.
+//
+// Addresses are netip.AddrPort values. IPv4-mapped IPv6 sources are unmapped on read
+// so callers always compare plain 4-byte addresses; on write, IPv4 destinations are
+// mapped as needed when the socket is IPv6.
+package udp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxBatch is the largest number of datagrams one ReadBatch or sendmmsg call
+// handles; it bounds the per-Conn preallocated arrays. wireguard-go uses 128 for
+// bulk tunnels; game traffic is a few hundred packets per second per session, so 64
+// is already far more than a single wake-up ever finds queued.
+const MaxBatch = 64
+
+// Options configure Listen.
+type Options struct {
+	Local      netip.AddrPort // address to bind (zero = any, port 0)
+	Device     string         // SO_BINDTODEVICE (uplink interface); needs CAP_NET_RAW
+	ReusePort  bool           // SO_REUSEPORT
+	RecvBuffer int            // SO_RCVBUF (SO_RCVBUFFORCE tried first), 0 = leave
+	SendBuffer int            // SO_SNDBUF (SO_SNDBUFFORCE tried first), 0 = leave
+	Mark       uint32         // SO_MARK, 0 = none; needs CAP_NET_ADMIN
+}
+
+// Message is one datagram in a batch.
+type Message struct {
+	Buf  []byte         // caller-owned buffer; on read filled, on write sent
+	N    int            // bytes read / to write (write uses Buf[:N])
+	Addr netip.AddrPort // source on read, destination on write
+}
+
+// ErrAddress is returned when a destination cannot be expressed on this socket:
+// invalid, or IPv6 on an IPv4 socket. It is a preallocated value so that rejecting a
+// bad address on the hot path does not allocate either.
+var ErrAddress = errors.New("udp: destination address not usable on this socket")
+
+// ioState is the preallocated syscall argument block for one direction. Reads and
+// writes have separate blocks so that a reader and a writer goroutine never contend.
+type ioState struct {
+	mu    sync.Mutex // serialises callers of one direction; uncontended in practice
+	hdrs  [MaxBatch]unix.Mmsghdr
+	iovs  [MaxBatch]unix.Iovec
+	names [MaxBatch]unix.RawSockaddrInet6 // large enough for sockaddr_in too
+	n     int                             // messages handed to the syscall
+	got   int                             // messages the syscall processed
+	errno syscall.Errno                   // error of the last syscall, 0 if none
+	one   [1]Message                      // scratch for ReadFrom/WriteTo
+}
+
+// Conn is a UDP socket with allocation-free batched I/O. It is safe for concurrent
+// use; calls in the same direction are serialised.
+type Conn struct {
+	uc    *net.UDPConn
+	rc    syscall.RawConn
+	v6    bool // socket family is AF_INET6 (dual-stack unless bound to an IPv6 address)
+	local netip.AddrPort
+
+	// Stored once so that RawConn.Read/Write get the same func value every call
+	// instead of a freshly allocated closure.
+	recvFn func(fd uintptr) bool
+	sendFn func(fd uintptr) bool
+
+	r ioState
+	w ioState
+}
+
+// Listen opens a UDP socket. network is "udp4", "udp6" or "udp" (dual stack when
+// Local has no address). Socket options are applied before bind so that
+// SO_BINDTODEVICE and SO_REUSEPORT take effect for the bind itself.
+func Listen(network string, opt Options) (*Conn, error) {
+	switch network {
+	case "udp", "udp4", "udp6":
+	default:
+		return nil, net.UnknownNetworkError(network)
+	}
+	addr := ":" + strconv.Itoa(int(opt.Local.Port()))
+	if opt.Local.Addr().IsValid() {
+		addr = opt.Local.String()
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = setOptions(int(fd), &opt) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, addr)
+	if err != nil {
+		return nil, err
+	}
+	uc := pc.(*net.UDPConn)
+	c, err := newConn(uc)
+	if err != nil {
+		uc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// NewConn wraps an existing UDP socket (for example one handed over by a parent
+// process) with batched I/O. The Conn takes ownership of uc.
+func NewConn(uc *net.UDPConn) (*Conn, error) { return newConn(uc) }
+
+func newConn(uc *net.UDPConn) (*Conn, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{uc: uc, rc: rc}
+	var domain int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		domain, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+	}); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, os.NewSyscallError("getsockopt SO_DOMAIN", serr)
+	}
+	c.v6 = domain == unix.AF_INET6
+	if la, ok := uc.LocalAddr().(*net.UDPAddr); ok {
+		ap := la.AddrPort()
+		c.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	c.recvFn = c.recv
+	c.sendFn = c.send
+	return c, nil
+}
+
+func setOptions(fd int, opt *Options) error {
+	if opt.Device != "" {
+		if err := unix.BindToDevice(fd, opt.Device); err != nil {
+			return os.NewSyscallError("setsockopt SO_BINDTODEVICE", err)
+		}
+	}
+	if opt.ReusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+		}
+	}
+	if opt.Mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(opt.Mark)); err != nil {
+			return os.NewSyscallError("setsockopt SO_MARK", err)
+		}
+	}
+	// The FORCE variants ignore net.core.[rw]mem_max, which on most hosts is far too
+	// small for a burst of game traffic; they need CAP_NET_ADMIN, so fall back.
+	if opt.RecvBuffer > 0 {
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, opt.RecvBuffer) != nil {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, opt.RecvBuffer); err != nil {
+				return os.NewSyscallError("setsockopt SO_RCVBUF", err)
+			}
+		}
+	}
+	if opt.SendBuffer > 0 {
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, opt.SendBuffer) != nil {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, opt.SendBuffer); err != nil {
+				return os.NewSyscallError("setsockopt SO_SNDBUF", err)
+			}
+		}
+	}
+	return nil
+}
+
+// recv is the RawConn.Read callback. It runs on the reading goroutine with r.mu held.
+func (c *Conn) recv(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd,
+			uintptr(unsafe.Pointer(&c.r.hdrs[0])), uintptr(c.r.n), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // not ready: let the netpoller wait for readability
+		}
+		c.r.got, c.r.errno = int(n), e
+		return true
+	}
+}
+
+// send is the RawConn.Write callback. It runs on the writing goroutine with w.mu held.
+func (c *Conn) send(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd,
+			uintptr(unsafe.Pointer(&c.w.hdrs[0])), uintptr(c.w.n), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // send buffer full: wait for writability
+		}
+		c.w.got, c.w.errno = int(n), e
+		return true
+	}
+}
+
+// ReadBatch blocks until at least one datagram is available and then reads up to
+// min(len(msgs), MaxBatch) of them without waiting for more: a packet is never held
+// back to fill a batch. It returns the number of messages filled; for each, N is the
+// datagram length (truncated to len(Buf)) and Addr its source, unmapped to IPv4 when
+// it was IPv4-mapped. It does not allocate.
+func (c *Conn) ReadBatch(msgs []Message) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	c.r.mu.Lock()
+	n, err := c.readLocked(msgs)
+	c.r.mu.Unlock()
+	return n, err
+}
+
+func (c *Conn) readLocked(msgs []Message) (int, error) {
+	s := &c.r
+	n := min(len(msgs), MaxBatch)
+	for i := 0; i < n; i++ {
+		h := &s.hdrs[i]
+		setIov(&s.iovs[i], msgs[i].Buf)
+		h.Hdr.Iov = &s.iovs[i]
+		h.Hdr.Iovlen = 1
+		h.Hdr.Name = (*byte)(unsafe.Pointer(&s.names[i]))
+		h.Hdr.Namelen = unix.SizeofSockaddrInet6
+		h.Hdr.Control = nil
+		h.Hdr.Controllen = 0
+		h.Hdr.Flags = 0
+		h.Len = 0
+	}
+	s.n, s.got, s.errno = n, 0, 0
+	err := c.rc.Read(c.recvFn)
+	got := s.got
+	for i := 0; i < got; i++ {
+		msgs[i].N = int(s.hdrs[i].Len)
+		msgs[i].Addr = parseSockaddr(&s.names[i], s.hdrs[i].Hdr.Namelen)
+	}
+	// Drop the references to the caller's buffers so the Conn does not keep them
+	// alive after the call.
+	for i := 0; i < n; i++ {
+		s.iovs[i].Base = nil
+	}
+	if err != nil {
+		return got, err
+	}
+	if s.errno != 0 {
+		return got, os.NewSyscallError("recvmmsg", s.errno)
+	}
+	return got, nil
+}
+
+// ReadFrom reads one datagram into b. It does not allocate.
+func (c *Conn) ReadFrom(b []byte) (int, netip.AddrPort, error) {
+	c.r.mu.Lock()
+	m := &c.r.one
+	m[0].Buf = b
+	n, err := c.readLocked(m[:])
+	nb, addr := m[0].N, m[0].Addr
+	m[0] = Message{}
+	c.r.mu.Unlock()
+	if n == 0 {
+		return 0, netip.AddrPort{}, err
+	}
+	return nb, addr, err
+}
+
+// WriteBatch sends msgs[i].Buf[:msgs[i].N] to msgs[i].Addr with as few sendmmsg
+// calls as possible. It returns the number of leading messages sent; on error,
+// msgs[n] is the message that failed and later ones were not attempted, so the
+// caller may skip it and retry the rest. It does not allocate (except for
+// destinations with a non-numeric IPv6 zone, which need an interface lookup).
+func (c *Conn) WriteBatch(msgs []Message) (int, error) {
+	c.w.mu.Lock()
+	n, err := c.writeLocked(msgs)
+	c.w.mu.Unlock()
+	return n, err
+}
+
+func (c *Conn) writeLocked(msgs []Message) (int, error) {
+	s := &c.w
+	sent := 0
+	for sent < len(msgs) {
+		n := min(len(msgs)-sent, MaxBatch)
+		for i := 0; i < n; i++ {
+			m := &msgs[sent+i]
+			if m.N < 0 || m.N > len(m.Buf) {
+				n = i
+				if i == 0 {
+					return sent, errShortBuf
+				}
+				break
+			}
+			nl, ok := c.putSockaddr(&s.names[i], m.Addr)
+			if !ok {
+				n = i
+				if i == 0 {
+					return sent, ErrAddress
+				}
+				break
+			}
+			h := &s.hdrs[i]
+			setIov(&s.iovs[i], m.Buf[:m.N])
+			h.Hdr.Iov = &s.iovs[i]
+			h.Hdr.Iovlen = 1
+			h.Hdr.Name = (*byte)(unsafe.Pointer(&s.names[i]))
+			h.Hdr.Namelen = nl
+			h.Hdr.Control = nil
+			h.Hdr.Controllen = 0
+			h.Hdr.Flags = 0
+			h.Len = 0
+		}
+		s.n, s.got, s.errno = n, 0, 0
+		err := c.rc.Write(c.sendFn)
+		for i := 0; i < n; i++ {
+			s.iovs[i].Base = nil
+		}
+		sent += s.got
+		if err != nil {
+			return sent, err
+		}
+		if s.errno != 0 {
+			return sent, os.NewSyscallError("sendmmsg", s.errno)
+		}
+		if s.got == 0 {
+			return sent, io.ErrShortWrite // cannot happen per sendmmsg(2); never spin
+		}
+		// A short count without an error means the kernel stopped early (it
+		// reports the failing message's error on the next call); go round again
+		// starting at the first unsent message.
+	}
+	return sent, nil
+}
+
+var errShortBuf = errors.New("udp: Message.N outside Buf")
+
+// WriteTo sends one datagram. It does not allocate.
+func (c *Conn) WriteTo(b []byte, to netip.AddrPort) error {
+	c.w.mu.Lock()
+	m := &c.w.one
+	m[0] = Message{Buf: b, N: len(b), Addr: to}
+	_, err := c.writeLocked(m[:])
+	m[0] = Message{}
+	c.w.mu.Unlock()
+	return err
+}
+
+// LocalAddr returns the bound address (unmapped when it is IPv4-mapped).
+func (c *Conn) LocalAddr() netip.AddrPort { return c.local }
+
+// SetReadDeadline sets the deadline for ReadBatch and ReadFrom; a blocked call
+// returns an error satisfying errors.Is(err, os.ErrDeadlineExceeded).
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.uc.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the deadline for WriteBatch and WriteTo.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.uc.SetWriteDeadline(t) }
+
+// Close closes the socket; blocked calls return an error satisfying
+// errors.Is(err, net.ErrClosed).
+func (c *Conn) Close() error { return c.uc.Close() }
+
+// UDPConn returns the underlying socket, for options this package does not cover.
+// Reading from it directly competes with ReadBatch for datagrams.
+func (c *Conn) UDPConn() *net.UDPConn { return c.uc }
+
+func setIov(iov *unix.Iovec, b []byte) {
+	if len(b) == 0 {
+		iov.Base = nil
+		iov.Len = 0
+		return
+	}
+	iov.Base = &b[0]
+	iov.SetLen(len(b))
+}
+
+// parseSockaddr decodes the source address the kernel wrote. Port fields are in
+// network byte order.
+func parseSockaddr(sa *unix.RawSockaddrInet6, namelen uint32) netip.AddrPort {
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		p := (*[2]byte)(unsafe.Pointer(&sa4.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), uint16(p[0])<<8|uint16(p[1]))
+	case unix.AF_INET6:
+		if namelen < unix.SizeofSockaddrInet6 {
+			return netip.AddrPort{}
+		}
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		port := uint16(p[0])<<8 | uint16(p[1])
+		a := netip.AddrFrom16(sa.Addr)
+		if a.Is4In6() {
+			return netip.AddrPortFrom(a.Unmap(), port)
+		}
+		if sa.Scope_id != 0 {
+			// Link-local sources carry a scope; keep it numeric so that no
+			// interface-name lookup (and allocation) happens here. Zoned addresses
+			// are rare on game paths.
+			a = a.WithZone(strconv.FormatUint(uint64(sa.Scope_id), 10))
+		}
+		return netip.AddrPortFrom(a, port)
+	}
+	return netip.AddrPort{}
+}
+
+// putSockaddr encodes a destination for this socket's family and returns the
+// sockaddr length.
+func (c *Conn) putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) (uint32, bool) {
+	a := ap.Addr()
+	if !a.IsValid() {
+		return 0, false
+	}
+	port := ap.Port()
+	if !c.v6 {
+		if !a.Is4() && !a.Is4In6() {
+			return 0, false
+		}
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.Unmap().As4()}
+		p := (*[2]byte)(unsafe.Pointer(&sa4.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		return unix.SizeofSockaddrInet4, true
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(port>>8), byte(port)
+	if z := a.Zone(); z != "" {
+		if id, err := strconv.ParseUint(z, 10, 32); err == nil {
+			sa.Scope_id = uint32(id)
+		} else if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.Scope_id = uint32(ifi.Index)
+		} else {
+			return 0, false
+		}
+	}
+	return unix.SizeofSockaddrInet6, true
+}

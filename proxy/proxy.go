@@ -1,0 +1,564 @@
+// Package proxy is the latency-oriented proxy that sits near game servers. For
+// each datagram a router sends it: authenticate (drop silently on failure), drop
+// what the anti-replay window has seen, decode RAIC shards (the first complete
+// copy wins), and forward the packet to the game server from a socket of the
+// session's own, like a NAT. What the server answers is coded with the same scheme
+// and sent back to every address the session's datagrams came from recently, so
+// each of the router's uplinks carries a copy.
+//
+// Nothing unauthenticated ever gets an answer, and no server outside the client's
+// allowlist is ever contacted.
+package proxy
+
+import (
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/session"
+	"github.com/raicnet/raic/pkg/tunnel"
+	"github.com/raicnet/raic/pkg/udp"
+	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
+)
+
+// batch is how many datagrams one read may return. A read never waits to fill
+// it: recvmmsg returns what is queued.
+const batch = 32
+
+// maxPaths bounds the reply addresses kept per session (one per router uplink,
+// plus room for a NAT rebinding in progress).
+const maxPaths = 8
+
+// Server is a running proxy.
+type Server struct {
+	cfg      *Config
+	log      *slog.Logger
+	conn     *udp.Conn
+	clients  map[string]*client
+	sessions *session.Table[uint64, *proxySession]
+	reg      *metrics.Registry
+	m        counters
+	sid      [8]byte // random, mixed into session table hashing
+
+	closing atomic.Bool
+	loops   sync.WaitGroup // the read loop and the janitor
+	pumps   sync.WaitGroup // one reply pump per session with a server
+	httpSrv *http.Server
+}
+
+type client struct {
+	id    string
+	key   wire.Key
+	allow allowList
+
+	mu     sync.Mutex // guards the token bucket; per client, not global
+	tokens float64
+	last   int64
+	rate   float64
+	burst  float64
+}
+
+// take reports whether the client may forward one more datagram now.
+func (c *client) take(now int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tokens += float64(now-c.last) * 1e-9 * c.rate
+	c.last = now
+	if c.tokens > c.burst {
+		c.tokens = c.burst
+	}
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
+}
+
+// counters are the proxy's metrics; every dropped datagram is counted by reason.
+type counters struct {
+	received, forwarded, replies, replyDatagrams             *metrics.Counter
+	malformed, unknownSession, unknownClient, authFailed     *metrics.Counter
+	duplicate, staleHello, forbiddenTarget, rateLimited      *metrics.Counter
+	sessionConflict, upstreamErrors, sendErrors, noPath      *metrics.Counter
+	sessionsCreated, sessionsEvicted, sessionsIdle, pongsOut *metrics.Counter
+	sessions                                                 *metrics.Gauge
+}
+
+func newCounters(r *metrics.Registry) counters {
+	drop := func(reason string) *metrics.Counter {
+		return r.Counter(`proxy_dropped_total{reason="`+reason+`"}`, "Datagrams dropped, by reason.")
+	}
+	return counters{
+		received:        r.Counter("proxy_received_total", "Datagrams received from routers."),
+		forwarded:       r.Counter("proxy_forwarded_total", "Packets forwarded to game servers."),
+		replies:         r.Counter("proxy_replies_total", "Packets received from game servers and sent back."),
+		replyDatagrams:  r.Counter("proxy_reply_datagrams_total", "Datagrams sent to routers (all copies and shards)."),
+		malformed:       drop("malformed"),
+		unknownSession:  drop("unknown_session"),
+		unknownClient:   drop("unknown_client"),
+		authFailed:      drop("auth"),
+		duplicate:       drop("duplicate"),
+		staleHello:      drop("stale_hello"),
+		forbiddenTarget: drop("forbidden_target"),
+		rateLimited:     drop("rate_limited"),
+		sessionConflict: drop("session_conflict"),
+		upstreamErrors:  r.Counter("proxy_upstream_errors_total", "Errors writing to game servers."),
+		sendErrors:      r.Counter("proxy_send_errors_total", "Errors sending to routers."),
+		noPath:          r.Counter("proxy_reply_no_path_total", "Server packets with no recent router address to send to."),
+		sessionsCreated: r.Counter("proxy_sessions_created_total", "Sessions created."),
+		sessionsEvicted: r.Counter("proxy_sessions_evicted_total", "Sessions evicted because the table was full."),
+		sessionsIdle:    r.Counter("proxy_sessions_expired_total", "Sessions ended after being idle."),
+		pongsOut:        r.Counter("proxy_pongs_total", "Keepalive answers sent."),
+		sessions:        r.Gauge("proxy_sessions", "Live sessions."),
+	}
+}
+
+// New builds a proxy from a checked config and binds its socket, so it is ready
+// to serve when New returns.
+func New(cfg *Config, log *slog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, clients: map[string]*client{}, reg: metrics.NewRegistry()}
+	s.m = newCounters(s.reg)
+	if _, err := rand.Read(s.sid[:]); err != nil {
+		return nil, err
+	}
+	now := mono.Now()
+	for _, cc := range cfg.Clients {
+		key, err := wire.ParseKey(cc.Key)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
+		}
+		allow, err := parseAllowList(cc.Allow)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
+		}
+		s.clients[cc.ID] = &client{id: cc.ID, key: key, allow: allow, rate: cc.RatePPS,
+			burst: float64(cc.Burst), tokens: float64(cc.Burst), last: now}
+	}
+	seed := binary.LittleEndian.Uint64(s.sid[:])
+	s.sessions = session.NewTable(session.Config[uint64, *proxySession]{
+		MaxEntries:  cfg.MaxSessions,
+		IdleTimeout: cfg.SessionIdle.Duration,
+		Hash:        func(id uint64) uint64 { return (id ^ seed) * 0x9e3779b97f4a7c15 },
+		OnRemove:    s.onRemove,
+	})
+	listen, _ := netip.ParseAddrPort(cfg.Listen)
+	conn, err := udp.Listen("udp", udp.Options{Local: listen, RecvBuffer: 4 << 20, SendBuffer: 4 << 20})
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	s.conn = conn
+	return s, nil
+}
+
+// Addr is the address the proxy listens on.
+func (s *Server) Addr() netip.AddrPort { return s.conn.LocalAddr() }
+
+// Metrics returns the proxy's metric registry.
+func (s *Server) Metrics() *metrics.Registry { return s.reg }
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if s.cfg.Metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", s.reg.Handler())
+		s.httpSrv = &http.Server{Addr: s.cfg.Metrics, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		ln, err := net.Listen("tcp", s.cfg.Metrics)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		go s.httpSrv.Serve(ln)
+	}
+	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", len(s.clients), "max_sessions", s.cfg.MaxSessions)
+	s.loops.Add(2)
+	go s.janitor(ctx)
+	go func() {
+		defer s.loops.Done()
+		s.readLoop()
+	}()
+	<-ctx.Done()
+	s.Close()
+	return nil
+}
+
+// Close stops the proxy and ends every session.
+func (s *Server) Close() {
+	if s.closing.Swap(true) {
+		return
+	}
+	s.conn.Close()
+	if s.httpSrv != nil {
+		s.httpSrv.Close()
+	}
+	// Stop the loops first, so no session is created behind our back, then end
+	// the sessions: closing their upstream sockets ends their reply pumps.
+	s.loops.Wait()
+	var ids []uint64
+	s.sessions.Range(func(id uint64, _ *proxySession) bool { ids = append(ids, id); return true })
+	for _, id := range ids {
+		s.sessions.Delete(id)
+	}
+	s.pumps.Wait()
+}
+
+func (s *Server) janitor(ctx context.Context) {
+	defer s.loops.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			now := mono.Now()
+			s.sessions.Sweep(now)
+			s.sessions.Range(func(_ uint64, ps *proxySession) bool { ps.recv.Expire(now); return true })
+			s.m.sessions.Set(int64(s.sessions.Len()))
+		}
+	}
+}
+
+func (s *Server) onRemove(id uint64, ps *proxySession, why session.Reason) {
+	switch why {
+	case session.ReasonEvicted:
+		s.m.sessionsEvicted.Inc()
+		s.log.Warn("session evicted: table full", "session", id, "client", ps.client.id, "max_sessions", s.cfg.MaxSessions)
+	case session.ReasonIdle:
+		s.m.sessionsIdle.Inc()
+		s.log.Debug("session idle, ended", "session", id, "client", ps.client.id)
+	}
+	ps.close()
+}
+
+// reader holds one read goroutine's buffers, so nothing is allocated per datagram.
+type reader struct {
+	msgs    []udp.Message
+	ctrl    []byte // control replies (pong, ack)
+	scratch []byte // a copy for authenticating hellos before a session exists
+	hdr     wire.Header
+	hello   wire.Hello
+}
+
+func (s *Server) readLoop() {
+	r := &reader{msgs: make([]udp.Message, batch), ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+	for i := range r.msgs {
+		r.msgs[i].Buf = make([]byte, wire.MaxDatagram+1)
+	}
+	for {
+		n, err := s.conn.ReadBatch(r.msgs)
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("read", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		now := mono.Now() // once per batch
+		for i := 0; i < n; i++ {
+			m := &r.msgs[i]
+			s.handle(r, m.Buf[:m.N], m.Addr, now)
+		}
+	}
+}
+
+// handle processes one datagram from a router.
+func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
+	s.m.received.Inc()
+	off, err := wire.Parse(dg, &r.hdr, &r.hello)
+	if err != nil {
+		s.m.malformed.Inc()
+		return
+	}
+	h := &r.hdr
+	ps, ok := s.sessions.Get(h.Session, now)
+	if !ok {
+		if h.Flags&wire.FlagHello == 0 {
+			s.m.unknownSession.Inc()
+			return
+		}
+		if ps = s.openSession(r, dg, off, now); ps == nil {
+			return
+		}
+	} else if h.Flags&wire.FlagHello != 0 && r.hello.Salt != ps.salt {
+		// Another session claims this ID; it cannot be ours (different keys).
+		s.m.sessionConflict.Inc()
+		return
+	}
+	body, err := ps.recv.Receive(dg, h, off, now, ps)
+	switch {
+	case errors.Is(err, tunnel.ErrDuplicate):
+		s.m.duplicate.Inc()
+		return
+	case err != nil:
+		s.m.authFailed.Inc()
+		return
+	}
+	// Authenticated: this address is a live path of the session (this is also how
+	// a NAT rebinding on the router's side is learned).
+	ps.touchPath(from, now)
+	switch h.Type {
+	case wire.TypePing:
+		var ping wire.Ping
+		if wire.ParsePing(body, &ping) != nil {
+			s.m.malformed.Inc()
+			return
+		}
+		pong := wire.Pong{Ping: ping, PeerTime: now}
+		var pb [wire.PongLen]byte
+		if out, err := ps.send.SealControl(r.ctrl, wire.TypePong, pong.Put(pb[:]), now); err == nil {
+			s.sendTo(out, from)
+			s.m.pongsOut.Inc()
+		}
+	case wire.TypeClose:
+		s.sessions.Delete(h.Session)
+		return
+	}
+	if h.Flags&wire.FlagHello != 0 && ps.ackDue(now) {
+		var ab [8]byte
+		binary.BigEndian.PutUint64(ab[:], h.Packet)
+		if out, err := ps.send.SealControl(r.ctrl, wire.TypeAck, ab[:], now); err == nil {
+			s.sendTo(out, from)
+		}
+	}
+}
+
+// openSession authenticates the first datagram of an unknown session (it carries
+// a hello) and creates the session. It returns nil, counting why, when the
+// datagram must be dropped.
+func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySession {
+	hello := &r.hello
+	c := s.clients[string(hello.ClientID())]
+	if c == nil {
+		s.m.unknownClient.Inc()
+		return nil
+	}
+	send, recv, err := wire.DeriveKeys(&c.key, &hello.Salt, r.hdr.Session, wire.RoleServer)
+	if err != nil {
+		s.m.authFailed.Inc()
+		return nil
+	}
+	// Authenticate a copy: the real datagram is opened again by the session's
+	// receiver, which also moves the anti-replay window.
+	cp := r.scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		s.m.authFailed.Inc()
+		return nil
+	}
+	age := time.Duration(time.Now().UnixMilli()-hello.UnixMilli) * time.Millisecond
+	if age > s.cfg.HelloMaxAge.Duration || -age > s.cfg.HelloMaxAge.Duration {
+		s.m.staleHello.Inc()
+		s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
+			"client", c.id, "age", age, "hello_max_age", s.cfg.HelloMaxAge.Duration)
+		return nil
+	}
+	target := hello.Target
+	if target.IsValid() && !c.allow.allows(target) {
+		s.m.forbiddenTarget.Inc()
+		s.log.Warn("target refused: not in the client's allowlist", "client", c.id, "target", target.String())
+		return nil
+	}
+	ps, created, err := s.sessions.GetOrCreate(r.hdr.Session, now, func() (*proxySession, error) {
+		return s.newSession(c, r.hdr.Session, hello.Salt, target, send, recv)
+	})
+	if err != nil {
+		s.m.upstreamErrors.Inc()
+		s.log.Warn("cannot open upstream socket", "client", c.id, "target", target.String(), "err", err)
+		return nil
+	}
+	if created {
+		s.m.sessionsCreated.Inc()
+		s.log.Info("session opened", "client", c.id, "session", r.hdr.Session, "target", target.String())
+		if ps.upstream != nil {
+			s.pumps.Add(1)
+			go ps.pumpReplies()
+		}
+	}
+	return ps
+}
+
+func (s *Server) sendTo(dg []byte, to netip.AddrPort) {
+	if err := s.conn.WriteTo(dg, to); err != nil {
+		s.m.sendErrors.Inc()
+	}
+}
+
+// proxySession is one router session: its keys, its window and decoder, its
+// upstream socket and the router addresses it was seen from.
+type proxySession struct {
+	srv    *Server
+	id     uint64
+	client *client
+	salt   [16]byte
+	target netip.AddrPort
+	recv   *tunnel.Receiver
+	send   *tunnel.Sender
+
+	upstream *net.UDPConn // connected to target; nil for a control-only session
+	closed   atomic.Bool
+
+	mu      sync.Mutex // guards paths
+	paths   [maxPaths]path
+	lastAck atomic.Int64
+	scheme  atomic.Uint32 // raic scheme of the last data from the router, mirrored for replies
+}
+
+type path struct {
+	addr netip.AddrPort
+	last int64
+}
+
+func (s *Server) newSession(c *client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
+	ps := &proxySession{srv: s, id: id, client: c, salt: salt, target: target}
+	ps.recv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
+	var err error
+	ps.send, err = tunnel.NewSender(send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if target.IsValid() {
+		ps.upstream, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
+		if err != nil {
+			return nil, err
+		}
+	}
+	return ps, nil
+}
+
+// Deliver forwards a decoded packet to the game server (tunnel.Sink).
+func (ps *proxySession) Deliver(_ uint64, pkt []byte) {
+	s := ps.srv
+	if ps.upstream == nil {
+		return
+	}
+	if !ps.client.take(mono.Now()) {
+		s.m.rateLimited.Inc()
+		return
+	}
+	if _, err := ps.upstream.Write(pkt); err != nil {
+		s.m.upstreamErrors.Inc()
+		return
+	}
+	s.m.forwarded.Inc()
+}
+
+func (ps *proxySession) touchPath(from netip.AddrPort, now int64) {
+	ps.mu.Lock()
+	oldest := 0
+	for i := range ps.paths {
+		p := &ps.paths[i]
+		if p.addr == from {
+			p.last = now
+			ps.mu.Unlock()
+			return
+		}
+		if p.last < ps.paths[oldest].last {
+			oldest = i
+		}
+	}
+	ps.paths[oldest] = path{addr: from, last: now}
+	ps.mu.Unlock()
+}
+
+// livePaths copies the addresses seen within the reply window into out.
+func (ps *proxySession) livePaths(now int64, out *[maxPaths]netip.AddrPort) int {
+	window := int64(ps.srv.cfg.ReplyWindow.Duration)
+	n := 0
+	ps.mu.Lock()
+	for i := range ps.paths {
+		p := &ps.paths[i]
+		if p.addr.IsValid() && now-p.last <= window {
+			out[n] = p.addr
+			n++
+		}
+	}
+	ps.mu.Unlock()
+	return n
+}
+
+// ackDue limits acks to one per 10 ms per session: a router sends hellos until
+// its first answer, and one ack per burst of them is enough.
+func (ps *proxySession) ackDue(now int64) bool {
+	last := ps.lastAck.Load()
+	if now-last < int64(10*time.Millisecond) {
+		return false
+	}
+	return ps.lastAck.CompareAndSwap(last, now)
+}
+
+// pumpReplies reads what the game server sends and returns it to the router.
+func (ps *proxySession) pumpReplies() {
+	s := ps.srv
+	defer s.pumps.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := ps.upstream.Read(buf)
+		if err != nil {
+			if ps.closed.Load() {
+				return
+			}
+			// ICMP port unreachable from the server surfaces here; keep going.
+			s.m.upstreamErrors.Inc()
+			continue
+		}
+		ps.reply(buf[:n], mono.Now())
+	}
+}
+
+// reply codes one server packet and sends it over every live path of the
+// session: a single datagram (RAIC-1) to each path, shards spread over them.
+func (ps *proxySession) reply(pkt []byte, now int64) {
+	s := ps.srv
+	s.sessions.Get(ps.id, now) // a server reply keeps the session alive too
+	var paths [maxPaths]netip.AddrPort
+	np := ps.livePaths(now, &paths)
+	if np == 0 {
+		s.m.noPath.Inc()
+		return
+	}
+	_, dgs, err := ps.send.Seal(pkt, now)
+	if err != nil {
+		s.m.upstreamErrors.Inc()
+		return
+	}
+	// Send every copy first; counting comes after.
+	if len(dgs) == 1 {
+		for i := 0; i < np; i++ {
+			s.sendTo(dgs[0], paths[i])
+		}
+	} else {
+		var states [maxPaths]raic.UplinkState
+		for i := 0; i < np; i++ {
+			states[i] = raic.UplinkState{Up: true, Weight: 1}
+		}
+		var placement [64]int
+		out := raic.Place(len(dgs), states[:np], placement[:0])
+		for i, dg := range dgs {
+			s.sendTo(dg, paths[out[i]])
+		}
+	}
+	s.m.replies.Inc()
+	s.m.replyDatagrams.Add(uint64(len(dgs) * np))
+}
+
+func (ps *proxySession) close() {
+	if ps.closed.Swap(true) {
+		return
+	}
+	if ps.upstream != nil {
+		ps.upstream.Close()
+	}
+}
