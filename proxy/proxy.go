@@ -309,6 +309,9 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	// Authenticated: this address is a live path of the session (this is also how
 	// a NAT rebinding on the router's side is learned).
 	ps.touchPath(from, now)
+	if h.Type == wire.TypeData {
+		ps.noteScheme(h)
+	}
 	switch h.Type {
 	case wire.TypePing:
 		var ping wire.Ping
@@ -413,7 +416,8 @@ type proxySession struct {
 	mu      sync.Mutex // guards paths
 	paths   [maxPaths]path
 	lastAck atomic.Int64
-	scheme  atomic.Uint32 // raic scheme of the last data from the router, mirrored for replies
+	applied uint32        // the packed scheme the reply encoder uses; reply pump only
+	scheme  atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
 }
 
 type path struct {
@@ -529,6 +533,7 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 		s.m.noPath.Inc()
 		return
 	}
+	ps.applyScheme()
 	_, dgs, err := ps.send.Seal(pkt, now)
 	if err != nil {
 		s.m.upstreamErrors.Inc()
@@ -552,6 +557,48 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 	}
 	s.m.replies.Inc()
 	s.m.replyDatagrams.Add(uint64(len(dgs) * np))
+}
+
+// noteScheme remembers the RAIC scheme of a data shard from the router, so the
+// replies use the same one. The header is authenticated data, and handle calls
+// this only after the datagram opened.
+func (ps *proxySession) noteScheme(h *wire.Header) {
+	var p raic.Params
+	switch raic.Scheme(h.Scheme) {
+	case raic.SchemeCopy:
+		p = raic.Params{Scheme: raic.SchemeCopy, K: 1}
+	case raic.SchemeXOR:
+		p = raic.Params{Scheme: raic.SchemeXOR, K: int(h.Desc.K), M: 1}
+	case raic.SchemeRS:
+		p = raic.Params{Scheme: raic.SchemeRS, K: int(h.Desc.K), M: int(h.Desc.Count) - int(h.Desc.K)}
+	case raic.SchemeTime:
+		if h.Desc.Count < 2 {
+			return // a fragmented RAICT packet says nothing about the depth
+		}
+		p = raic.Params{Scheme: raic.SchemeTime, K: 1, Depth: int(h.Desc.Count) - 1}
+	default:
+		return
+	}
+	if p.K < 1 || p.M < 0 || p.K > 255 || p.M > 255 || p.Depth > 255 {
+		return
+	}
+	ps.scheme.Store(uint32(p.Scheme) | uint32(p.K)<<8 | uint32(p.M)<<16 | uint32(p.Depth)<<24)
+}
+
+// applyScheme switches the reply encoder to the router's scheme when it changed.
+// Only the reply pump calls it, the one goroutine that seals replies.
+func (ps *proxySession) applyScheme() {
+	v := ps.scheme.Load()
+	if v == 0 || v == ps.applied {
+		return
+	}
+	p := raic.Params{Scheme: raic.Scheme(v & 0xff), K: int(v >> 8 & 0xff), M: int(v >> 16 & 0xff), Depth: int(v >> 24)}
+	// Applied or not (a scheme that cannot be built keeps the old encoder), this
+	// value is not tried again.
+	ps.applied = v
+	if p.Validate() == nil {
+		ps.send.SetParams(p)
+	}
 }
 
 func (ps *proxySession) close() {

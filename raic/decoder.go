@@ -34,7 +34,7 @@ type DecoderStats struct {
 
 const (
 	bufCap     = MaxShardLimit
-	maxEntries = 256 // stored shards per packet; a legitimate packet needs far fewer
+	maxEntries = 512 // stored shards per packet; the encoder never needs more (see Encode)
 	// histKeep is how far behind the newest packet a RAICT packet's bytes stay
 	// for rebuilding neighbours: any shard still useful is within 2*MaxDepth.
 	histKeep = 2*MaxDepth + 1
@@ -360,8 +360,9 @@ func (d *Decoder) finishBlock(g *group, now int64) {
 			return
 		}
 		recovered = recovered || rec
+		// The encoder pads fewer than k bytes (S = ceil((len+1)/k)).
 		pad := int(dst[blk-1])
-		if pad > blk-1 {
+		if pad >= k || pad > blk-1 {
 			d.giveUpMalformed(g)
 			return
 		}

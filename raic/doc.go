@@ -41,6 +41,15 @@
 // shard (it travels fragmented, without XOR shards), or a packet ID the encoder did
 // not see. The XOR shard of P with an absent P-j is therefore a plain copy of P.
 //
+// RAICT relies on packet IDs rising by one: the XOR partner of P is found by
+// ID, so a packet ID the sender skips is simply absent from the chain.
+//
+// # Decoder memory
+//
+// A Decoder keeps a ring of MaxGroups slots (about 72 bytes each, 72 KiB at
+// the default 1,024) and shard buffers of 1,500 bytes from a pool capped by
+// DecoderConfig.MaxBuffers, allocated on first use and reused after that.
+//
 // For one packet ID, shards with different bytes always differ in Desc (Index or
 // Frag), and byte-identical copies share it, which the AEAD nonce relies on.
 package raic

@@ -99,6 +99,9 @@ func (e *Encoder) grow(n int) []byte {
 
 // Encode codes one packet. pid is the packet ID (starts at 1, +1 per packet).
 // The returned slice and its buffers are owned by e until the next Encode.
+// It returns ErrTooLarge for a packet over 65,535 bytes, or one that would need
+// more than 128 fragments or more than 512 data shards in all (only possible
+// with a small forced fragment size).
 func (e *Encoder) Encode(pid uint64, pkt []byte) ([]Shard, error) {
 	if pid == 0 {
 		return nil, ErrPID
@@ -118,7 +121,9 @@ func (e *Encoder) Encode(pid uint64, pkt []byte) ([]Shard, error) {
 	if n > c {
 		nf = (n + c - 1) / c
 	}
-	if nf > maxFrags {
+	// The decoder stores up to k shards per fragment and at most maxEntries
+	// per packet; a packet beyond either bound could never be rebuilt.
+	if nf > maxFrags || (p.Scheme != SchemeCopy && p.Scheme != SchemeTime && nf*p.K > maxEntries) {
 		return nil, ErrTooLarge
 	}
 	base, rem := n/nf, n%nf
@@ -184,11 +189,25 @@ func (e *Encoder) Encode(pid uint64, pkt []byte) ([]Shard, error) {
 // a code-generation matrix per call, which allocates.
 const rsChunk = 512
 
+// rsSmall is the shard size up to which parity is computed in this package.
+const rsSmall = 48
+
 // rsParity fills the m parity shards after the k data shards in blk (shard
 // size s). Encode itself allocates a pooled temporary per call, so the parity
 // is accumulated data shard by data shard with EncodeIdx, which does not.
 func (e *Encoder) rsParity(blk []byte, k, tot, s int) error {
 	clear(blk[k*s : tot*s])
+	if s <= rsSmall {
+		// Tiny shards: the library's per-call setup costs more than the
+		// table multiply it saves.
+		for r := range tot - k {
+			par := blk[(k+r)*s : (k+r+1)*s]
+			for i := range k {
+				mulAdd(par, blk[i*s:(i+1)*s], cauchy(k, r, i))
+			}
+		}
+		return nil
+	}
 	for a := 0; a < s; a += rsChunk {
 		b := min(a+rsChunk, s)
 		par := e.rsIn[:tot-k]

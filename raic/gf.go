@@ -41,7 +41,14 @@ func gfInv(a byte) byte {
 // cauchy returns the coefficient of data shard c in parity row r for k data
 // shards. With x_r = k+r and y_c = c all distinct, every square submatrix of the
 // Cauchy matrix is invertible, so [I; C] is MDS: any k rows rebuild the data.
-func cauchy(k, r, c int) byte { return gfInv(byte(k+r) ^ byte(c)) }
+// Each column is then divided by its first-row entry, which keeps the code MDS
+// (it only rescales the data symbols) and makes the first parity row all ones:
+// parity 0 is the plain XOR of the data, so RS k+1 equals RAIC-5 and the common
+// repair (one data shard lost, parity 0 present) runs at XOR speed.
+func cauchy(k, r, c int) byte {
+	raw := gfInv(byte(k+r) ^ byte(c))
+	return gfMul[raw][byte(k)^byte(c)] // raw / (1/(k^c))
+}
 
 // cauchyMatrix builds the parity rows handed to the library encoder.
 func cauchyMatrix(k, m int) [][]byte {
@@ -66,8 +73,17 @@ func mulAdd(dst, src []byte, c byte) {
 	}
 	row := &gfMul[c]
 	src = src[:len(dst)]
-	for i, b := range src {
-		dst[i] ^= row[b]
+	i := 0
+	for ; i+4 <= len(src); i += 4 {
+		s := src[i : i+4 : i+4]
+		d := dst[i : i+4 : i+4]
+		d[0] ^= row[s[0]]
+		d[1] ^= row[s[1]]
+		d[2] ^= row[s[2]]
+		d[3] ^= row[s[3]]
+	}
+	for ; i < len(src); i++ {
+		dst[i] ^= row[src[i]]
 	}
 }
 

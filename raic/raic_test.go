@@ -51,7 +51,13 @@ func TestRoundTripAllSizes(t *testing.T) {
 					t.Fatal(n, err)
 				}
 				got := 0
+				descs := map[Desc]bool{}
 				for _, s := range sh {
+					// The AEAD nonce is (pid, Desc): distinct shards need distinct Descs.
+					if descs[s.Desc] {
+						t.Fatalf("size %d: Desc %+v used twice", n, s.Desc)
+					}
+					descs[s.Desc] = true
 					if len(s.Data) > p.maxShard() {
 						t.Fatalf("size %d: shard of %d bytes > MaxShard %d", n, len(s.Data), p.maxShard())
 					}
@@ -210,14 +216,16 @@ func TestExhaustiveTime(t *testing.T) {
 
 // The decoder's Reed-Solomon solving agrees with the library's own.
 func TestRSMatchesLibrary(t *testing.T) {
-	for _, km := range [][2]int{{2, 2}, {3, 2}, {4, 4}, {10, 4}} {
-		k, m := km[0], km[1]
+	for _, km := range [][3]int{{2, 2, 40}, {2, 2, 500}, {3, 2, 60}, {3, 2, 900}, {4, 4, 500}, {10, 4, 300}, {10, 4, 1400}} {
+		k, m, size := km[0], km[1], km[2]
 		lib, err := reedsolomon.New(k, m, reedsolomon.WithCustomMatrix(cauchyMatrix(k, m)))
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Small shards take this package's parity path, large ones the
+		// library's: both must be the library's code.
 		enc, _ := NewEncoder(Params{Scheme: SchemeRS, K: k, M: m})
-		pkt := pattern(3, 500)
+		pkt := pattern(3, size)
 		sh, _ := enc.Encode(1, pkt)
 		shards := make([][]byte, k+m)
 		for i, s := range sh {
@@ -595,4 +603,131 @@ func TestZeroAllocs(t *testing.T) {
 			}
 		}
 	}
+}
+
+// RAICT: a burst of d consecutive packets lost entirely (every shard) is
+// rebuilt as the following packets arrive, each at the first shard that allows.
+func TestTimeBurst(t *testing.T) {
+	for d := 1; d <= 4; d++ {
+		enc, _ := NewEncoder(Params{Scheme: SchemeTime, Depth: d})
+		dec := NewDecoder(DecoderConfig{})
+		released := map[uint64]bool{}
+		for pid := uint64(1); pid <= 40; pid++ {
+			pkt := pattern(pid, int(pid*13%300))
+			sh, _ := enc.Encode(pid, pkt)
+			if pid >= 10 && pid < 10+uint64(d) {
+				continue // the burst
+			}
+			for _, s := range sh {
+				for _, r := range dec.Add(s, 0) {
+					if !bytes.Equal(r.Data, pattern(r.PID, int(r.PID*13%300))) {
+						t.Fatalf("d=%d: pid %d wrong", d, r.PID)
+					}
+					released[r.PID] = true
+				}
+			}
+		}
+		if len(released) != 40 || dec.Stats().Recovered != uint64(d) {
+			t.Fatalf("d=%d: released %d, stats %+v", d, len(released), dec.Stats())
+		}
+	}
+	// A burst longer than d is not rebuilt, and is counted lost on expiry.
+	enc, _ := NewEncoder(Params{Scheme: SchemeTime, Depth: 1})
+	dec := NewDecoder(DecoderConfig{MaxAge: time.Second})
+	for pid := uint64(1); pid <= 10; pid++ {
+		sh, _ := enc.Encode(pid, pattern(pid, 50))
+		for i, s := range sh {
+			if (pid == 4 || pid == 5) && i == 0 {
+				continue // data of 4 and 5 lost; their XOR shards arrive
+			}
+			dec.Add(s, 0)
+		}
+	}
+	if dec.Stats().Released != 10 {
+		t.Fatalf("data loss of 2 with XOR shards present: %+v", dec.Stats())
+	}
+}
+
+func TestBufferBudget(t *testing.T) {
+	enc, _ := NewEncoder(mustParams(t, "rs:4+2"))
+	dec := NewDecoder(DecoderConfig{MaxGroups: 64, MaxBuffers: 10})
+	for pid := uint64(1); pid <= 20; pid++ {
+		sh, _ := enc.Encode(pid, pattern(pid, 400))
+		dec.Add(sh[0], 0) // one shard each: groups stay incomplete
+	}
+	st := dec.Stats()
+	if st.NoBuffer != 10 || dec.nbufs != 10 {
+		t.Fatalf("budget: %+v bufs %d", st, dec.nbufs)
+	}
+	dec.Expire(int64(3 * time.Second))
+	sh, _ := enc.Encode(21, pattern(21, 400))
+	for _, s := range sh {
+		dec.Add(s, int64(3*time.Second))
+	}
+	if dec.Stats().Released != 1 {
+		t.Fatal("buffers not reusable after expiry")
+	}
+}
+
+// The first RS parity row is the XOR of the data: RS k+1 sends the same
+// parity as RAIC-5.
+func TestRSFirstParityIsXOR(t *testing.T) {
+	for k := 1; k <= MaxK; k++ {
+		for c := range k {
+			if cauchy(k, 0, c) != 1 {
+				t.Fatalf("k=%d: first parity row coefficient %d is %d", k, c, cauchy(k, 0, c))
+			}
+		}
+	}
+	rs, _ := NewEncoder(Params{Scheme: SchemeRS, K: 3, M: 1})
+	x, _ := NewEncoder(Params{Scheme: SchemeXOR, K: 3, M: 1})
+	pkt := pattern(4, 700)
+	a, _ := rs.Encode(1, pkt)
+	b, _ := x.Encode(1, pkt)
+	if !bytes.Equal(a[3].Data, b[3].Data) {
+		t.Fatal("RS 3+1 parity differs from XOR parity")
+	}
+}
+
+// Every choice of k rows of [I; C] is invertible for the shapes the exhaustive
+// test cannot reach (k+m up to 12).
+func TestRSAnyKRowsInvertible(t *testing.T) {
+	for k := 1; k <= 8; k++ {
+		for m := 1; k+m <= 12; m++ {
+			n := k + m
+			for mask := 0; mask < 1<<n; mask++ {
+				if bitsSet(mask) != k {
+					continue
+				}
+				var a, inv [MaxK][MaxK]byte
+				r := 0
+				for i := range n {
+					if mask&(1<<i) == 0 {
+						continue
+					}
+					for c := range k {
+						if i < k {
+							if c == i {
+								a[r][c] = 1
+							}
+						} else {
+							a[r][c] = cauchy(k, i-k, c)
+						}
+					}
+					r++
+				}
+				if !invert(&a, &inv, k) {
+					t.Fatalf("%d+%d rows %b singular", k, m, mask)
+				}
+			}
+		}
+	}
+}
+
+func bitsSet(x int) int {
+	n := 0
+	for ; x != 0; x &= x - 1 {
+		n++
+	}
+	return n
 }

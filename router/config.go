@@ -44,6 +44,12 @@ type Config struct {
 
 	Uplinks  []UplinkConfig  `toml:"uplink"`
 	Forwards []ForwardConfig `toml:"forward"`
+
+	// Transparent mode: the router is the LAN's gateway and finds game sessions
+	// itself (see transparent.go).
+	Transparent TransparentConfig `toml:"transparent"`
+	// Suppress holds back bulk traffic while a game runs (see suppression.go).
+	Suppress SuppressConfig `toml:"suppress"`
 }
 
 // UplinkConfig is one [[uplink]]: a socket bound to an interface or a source
@@ -186,8 +192,14 @@ func (c *Config) check(meta *config.Meta) error {
 			return meta.Errorf(key("proxy"), "not an address:port: %v", err)
 		}
 	}
-	if len(c.Forwards) == 0 {
-		return meta.Errorf("forward", "no [[forward]] configured: nothing to carry")
+	if err := c.Transparent.check(c, meta); err != nil {
+		return err
+	}
+	if err := c.Suppress.check(c, meta); err != nil {
+		return err
+	}
+	if len(c.Forwards) == 0 && !c.Transparent.Enabled {
+		return meta.Errorf("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
 	}
 	for i := range c.Forwards {
 		f := &c.Forwards[i]

@@ -106,16 +106,29 @@ type forward struct {
 	delayed  *delayQueue
 }
 
+// gameSide is where a session's game packets come from and where the server's
+// replies go back to: a local socket in explicit mode (forward), the TUN device in
+// transparent mode.
+type gameSide interface {
+	// writeBack delivers a packet from the server to the game client.
+	writeBack(rs *routerSession, pkt []byte) error
+	// touch keeps the session alive: a reply counts as activity.
+	touch(rs *routerSession, now int64)
+	// end forgets the session (the proxy closed it).
+	end(rs *routerSession)
+}
+
 // routerSession is one game flow (client address, server) carried to the proxy.
 type routerSession struct {
 	r      *Router
 	id     uint64
-	fwd    *forward // nil for the control session
+	side   gameSide // nil for the control session
 	client netip.AddrPort
+	target netip.AddrPort
 	send   *tunnel.Sender
 	recv   *tunnel.Receiver
 
-	lastSend int64 // only the forward's reader goroutine touches these two
+	lastSend int64 // only the goroutine reading the game side touches these two
 	interval int64 // smoothed gap between the game's packets, ns
 }
 
@@ -188,7 +201,13 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 		}
 		r.forwards = append(r.forwards, f)
 	}
-	if r.ctrl, err = r.newSession(nil, netip.AddrPort{}); err != nil {
+	if r.ctrl, err = r.newSession(nil, netip.AddrPort{}, netip.AddrPort{}, raic.Params{Scheme: raic.SchemeCopy, K: 1}, 0); err != nil {
+		return nil, err
+	}
+	if err := r.setupTransparent(); err != nil {
+		return nil, err
+	}
+	if err := r.setupSuppression(); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -209,9 +228,11 @@ func (r *Router) ForwardAddr(i int) netip.AddrPort { return r.forwards[i].conn.L
 // Metrics returns the router's metric registry.
 func (r *Router) Metrics() *metrics.Registry { return r.reg }
 
-// newSession makes a session towards f's server (or the control session when f
-// is nil), with fresh random ID and salt, so keys never repeat across restarts.
-func (r *Router) newSession(f *forward, client netip.AddrPort) (*routerSession, error) {
+// newSession makes a session from client to target whose replies go to side (the
+// control session has no side and no target), with fresh random ID and salt, so
+// keys never repeat across restarts. interval is the expected gap between the
+// game's packets until it is measured.
+func (r *Router) newSession(side gameSide, client, target netip.AddrPort, params raic.Params, interval time.Duration) (*routerSession, error) {
 	var rb [8]byte
 	var id uint64
 	for id == 0 {
@@ -228,15 +249,9 @@ func (r *Router) newSession(f *forward, client netip.AddrPort) (*routerSession, 
 	if err != nil {
 		return nil, err
 	}
-	hello := &wire.Hello{Salt: salt}
+	hello := &wire.Hello{Salt: salt, Target: target}
 	hello.SetClientID(r.cfg.ClientID)
-	params := raic.Params{Scheme: raic.SchemeCopy, K: 1}
-	rs := &routerSession{r: r, id: id, fwd: f, client: client}
-	if f != nil {
-		hello.Target = f.server
-		params = f.params
-		rs.interval = int64(f.interval)
-	}
+	rs := &routerSession{r: r, id: id, side: side, client: client, target: target, interval: int64(interval)}
 	if rs.send, err = tunnel.NewSender(send, id, params, hello); err != nil {
 		return nil, err
 	}
@@ -272,6 +287,14 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	r.wg.Add(1)
 	go r.pinger(ctx)
+	if err := r.startTransparent(ctx); err != nil {
+		r.Close()
+		return err
+	}
+	if err := r.startSuppression(ctx); err != nil {
+		r.Close()
+		return err
+	}
 	<-ctx.Done()
 	r.Close()
 	return nil
@@ -289,6 +312,8 @@ func (r *Router) Close() {
 		r.sendClose(rs)
 	}
 	r.sendClose(r.ctrl)
+	r.closeSuppression()
+	r.closeTransparent()
 	r.closeSockets()
 	if r.httpSrv != nil {
 		r.httpSrv.Close()
@@ -321,6 +346,8 @@ func (r *Router) sendClose(rs *routerSession) {
 	}
 }
 
+// onFlowRemoved ends a session whose flow entry went away (idle, evicted or
+// deleted): the receive path forgets it and the proxy is told.
 func (r *Router) onFlowRemoved(_ netip.AddrPort, rs *routerSession, why session.Reason) {
 	switch why {
 	case session.ReasonEvicted:
@@ -352,24 +379,38 @@ func (r *Router) forwardLoop(f *forward) {
 	}
 }
 
-// fromGame is the send path of one game packet.
+// fromGame is the send path of one game packet arriving on a forward socket.
 func (r *Router) fromGame(f *forward, pkt []byte, from netip.AddrPort, now int64) {
-	r.m.fromGame.Inc()
 	rs, ok := f.flows.Get(from, now)
 	if !ok {
 		var created bool
 		var err error
-		rs, created, err = f.flows.GetOrCreate(from, now, func() (*routerSession, error) { return r.newSession(f, from) })
+		rs, created, err = f.flows.GetOrCreate(from, now, func() (*routerSession, error) {
+			return r.newSession(f, from, f.server, f.params, f.interval)
+		})
 		if err != nil {
 			r.log.Error("cannot create session", "err", err)
 			return
 		}
 		if created {
-			r.byID.GetOrCreate(rs.id, now, func() (*routerSession, error) { return rs, nil })
-			r.m.sessionsCreated.Inc()
-			r.log.Info("session started", "session", rs.id, "client", from.String(), "server", f.server.String(), "scheme", f.params.String())
+			r.registerSession(rs, now)
 		}
 	}
+	r.sendPacket(rs, pkt, now, f.delayed)
+}
+
+// registerSession makes a new session findable by the receive path.
+func (r *Router) registerSession(rs *routerSession, now int64) {
+	r.byID.GetOrCreate(rs.id, now, func() (*routerSession, error) { return rs, nil })
+	r.m.sessionsCreated.Inc()
+	r.log.Info("session started", "session", rs.id, "client", rs.client.String(), "server", rs.target.String(), "scheme", rs.send.Params().String())
+}
+
+// sendPacket codes, seals and sends one game packet of rs on the uplinks, then
+// does the bookkeeping: packet interval, delayed copies (when dq is not nil), and
+// the suppression hook. Called by the one goroutine reading rs's game side.
+func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQueue) {
+	r.m.fromGame.Inc()
 	_, dgs, err := rs.send.Seal(pkt, now)
 	if err != nil {
 		r.m.sealErrors.Inc()
@@ -384,14 +425,15 @@ func (r *Router) fromGame(f *forward, pkt []byte, from netip.AddrPort, now int64
 		}
 	}
 	rs.lastSend = now
-	if f.delayed != nil && len(dgs) == 1 {
+	if dq != nil && len(dgs) == 1 {
 		due := now + int64(r.cfg.DelayedCopy*float64(rs.interval))
 		for _, u := range r.uplinks {
-			if u.health.Up(now) && !f.delayed.push(due, u.idx, dgs[0]) {
+			if u.health.Up(now) && !dq.push(due, u.idx, dgs[0]) {
 				r.m.delayedDropped.Inc()
 			}
 		}
 	}
+	r.observeGamePacket(rs, now, true)
 }
 
 // sendShards puts a packet's datagrams on the uplinks. A single datagram (RAIC-1)
@@ -477,8 +519,8 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 			r.m.unknownSession.Inc()
 			return
 		}
-		if rs.fwd != nil {
-			rs.fwd.flows.Get(rs.client, now) // replies keep the flow alive too
+		if rs.side != nil {
+			rs.side.touch(rs, now) // replies keep the flow alive too
 		}
 	}
 	body, err := rs.recv.Receive(dg, h, off, now, rs)
@@ -503,23 +545,32 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		// back to.
 		r.uplinks[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, now)
 	case wire.TypeClose:
-		if rs.fwd != nil {
-			rs.fwd.flows.Delete(rs.client)
+		if rs.side != nil {
+			rs.side.end(rs)
 		}
 	}
 }
 
 // Deliver writes a packet from the server back to the game client (tunnel.Sink).
 func (rs *routerSession) Deliver(_ uint64, pkt []byte) {
-	if rs.fwd == nil {
+	if rs.side == nil {
 		return
 	}
-	if err := rs.fwd.conn.WriteTo(pkt, rs.client); err != nil {
+	if err := rs.side.writeBack(rs, pkt); err != nil {
 		rs.r.m.sendErrors.Inc()
 		return
 	}
 	rs.r.m.toGame.Inc()
+	rs.r.observeGamePacket(rs, mono.Now(), false)
 }
+
+// The forward of explicit mode is a gameSide: replies leave from the socket the
+// game sent to, towards the game's address.
+func (f *forward) writeBack(rs *routerSession, pkt []byte) error {
+	return f.conn.WriteTo(pkt, rs.client)
+}
+func (f *forward) touch(rs *routerSession, now int64) { f.flows.Get(rs.client, now) }
+func (f *forward) end(rs *routerSession)              { f.flows.Delete(rs.client) }
 
 // pinger sends keepalives on every uplink over the control session, logs uplink
 // state changes, and sweeps idle sessions.

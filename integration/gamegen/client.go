@@ -126,6 +126,7 @@ type client struct {
 	down, rtt receiver
 	reply     serverReply
 	gotReply  bool
+	readErr   error
 	replyCh   chan struct{} // signalled once, when the first reply arrives
 }
 
@@ -239,6 +240,9 @@ func RunClientConn(ctx context.Context, conn *net.UDPConn, cfg ClientConfig) (*R
 		r.EchoDuplicates = c.rtt.dups
 		r.EchoLost = int64(sent) - int64(c.rtt.received)
 	}
+	if c.readErr != nil {
+		return r, fmt.Errorf("gamegen: read: %w", c.readErr)
+	}
 	if !gotReply {
 		return r, ErrNoServerReport
 	}
@@ -290,10 +294,11 @@ func (c *client) receive() {
 			if c.stopping.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			if errors.Is(err, os.ErrDeadlineExceeded) || transient(err) {
 				continue
 			}
-			continue // ICMP-driven errors are transient on UDP
+			c.readErr = err // the socket is unusable: what arrived so far is the result
+			return
 		}
 		if addr.Port() != c.server.Port() || addr.Addr().Unmap() != c.server.Addr() {
 			c.down.malformed++

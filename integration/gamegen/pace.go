@@ -35,6 +35,15 @@ func (p *pacer) due(i uint64) int64 { return p.start + int64(float64(i)*p.interv
 // waitUntil blocks until the monotonic time t. It returns false as soon as
 // stop or quit is closed (two channels, so callers need no merging goroutine).
 func (p *pacer) waitUntil(t int64, stop, quit <-chan struct{}) bool {
+	// Checked even when t is already due: after a stall the backlog of due
+	// ticks must not delay a stop.
+	select {
+	case <-stop:
+		return false
+	case <-quit:
+		return false
+	default:
+	}
 	for {
 		d := t - mono.Now()
 		if d <= 0 {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/raicnet/raic/pkg/mono"
@@ -134,6 +135,14 @@ func udpNetwork(a netip.Addr) string {
 	return "udp"
 }
 
+// transient reports whether a socket error is the echo of an ICMP error for
+// an earlier datagram (a peer gone, a route missing): on UDP that concerns
+// one peer, not the socket, so reading goes on.
+func transient(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EMSGSIZE)
+}
+
 // Addr returns the bound address.
 func (s *Server) Addr() netip.AddrPort { return s.addr }
 
@@ -193,9 +202,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// ICMP-driven errors (refused, unreachable) are transient on UDP.
-			var ne net.Error
-			if errors.As(err, &ne) {
+			if transient(err) {
 				continue
 			}
 			return fmt.Errorf("gamegen: read: %w", err)

@@ -40,7 +40,7 @@ func (c Cause) String() string {
 // read while the link runs.
 type Stats struct {
 	In           uint64 // packets offered to the link
-	Out          uint64 // departures scheduled, duplicates included
+	Out          uint64 // departures the core decided, duplicates included (a driver's overflow drops are among them)
 	DropOutage   uint64
 	DropLoss     uint64
 	DropQueue    uint64 // tail drops of the rate limiter's queue

@@ -188,7 +188,7 @@ func TestRelayRate(t *testing.T) {
 	done := make(chan struct{})
 	var bytes int
 	var first, last int64
-	var maxOW int64
+	var ows []int64
 	go func() {
 		defer close(done)
 		buf := make([]byte, 2048)
@@ -205,7 +205,7 @@ func TestRelayRate(t *testing.T) {
 				bytes += n
 			}
 			last = now
-			maxOW = max(maxOW, now-int64(binary.BigEndian.Uint64(buf)))
+			ows = append(ows, now-int64(binary.BigEndian.Uint64(buf)))
 		}
 	}()
 	// Offer 4 Mbit/s: one 1000-byte packet every 2 ms.
@@ -221,14 +221,17 @@ func TestRelayRate(t *testing.T) {
 	<-done
 	rate := float64(bytes) * 8 / (float64(last-first) / 1e9)
 	s := r.Up().Stats()
-	t.Logf("throughput %.3f Mbit/s (configured 2), max one-way %v, max queue wait %v, queue drops %d",
-		rate/1e6, time.Duration(maxOW), time.Duration(s.QueueDelayMax), s.DropQueue)
+	slices.Sort(ows)
+	p90, maxOW := time.Duration(ows[len(ows)*90/100]), time.Duration(ows[len(ows)-1])
+	t.Logf("throughput %.3f Mbit/s (configured 2), one-way p90 %v max %v, max queue wait %v, queue drops %d, release lateness mean %v",
+		rate/1e6, p90, maxOW, time.Duration(s.QueueDelayMax), s.DropQueue, s.MeanLate())
 	if math.Abs(rate-2e6)/2e6 > 0.05 {
 		t.Errorf("throughput %.0f bit/s, want 2 Mbit/s ±5%%", rate)
 	}
-	// Queue wait plus one serialisation (4 ms) plus scheduling slack.
-	if time.Duration(s.QueueDelayMax) > 100*time.Millisecond || time.Duration(maxOW) > 110*time.Millisecond {
-		t.Errorf("delay above the 100 ms queue: wait %v one-way %v", time.Duration(s.QueueDelayMax), time.Duration(maxOW))
+	// The emulator's accounting is exact; the measured delay adds one 4 ms
+	// serialisation and the host's scheduling noise, hence a percentile.
+	if time.Duration(s.QueueDelayMax) > 100*time.Millisecond || p90 > 109*time.Millisecond {
+		t.Errorf("delay above the 100 ms queue: wait %v one-way p90 %v", time.Duration(s.QueueDelayMax), p90)
 	}
 	if s.DropQueue == 0 {
 		t.Error("no tail drops at twice the rate")

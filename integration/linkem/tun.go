@@ -68,11 +68,11 @@ func AttachTUN(ns, ifA, ifB string, aToB, bToA Config) (*TUNLink, error) {
 			t.Close()
 			return nil, err
 		}
+		t.dirs[i] = td // before setup, so Close undoes a partial setup
 		if err = inNS(ns, td.setup); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("linkem: tun for %s in %s: %w", d.iif, ns, err)
 		}
-		t.dirs[i] = td
 		f := td.f
 		if td.sched, err = newScheduler(td.link, 0, func(it *item) { _, _ = f.Write(it.buf) }); err != nil {
 			t.Close()

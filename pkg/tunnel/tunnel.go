@@ -100,9 +100,24 @@ func (s *Sender) nextPID() uint64 { return s.lastPID.Add(1) }
 // this same buffer (see package wire on nonces).
 func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err error) {
 	pid = s.nextPID()
+	dgs, err = s.SealPID(pid, pkt, now)
+	return pid, dgs, err
+}
+
+// SealPID is Seal with the packet ID chosen by the caller: an intermediate proxy
+// keeps the packet IDs of the hop before it, so they are the same end to end.
+// The caller must never seal two packets under one ID in a session (the nonce
+// rule); IDs used here also move the sender's counter past them.
+func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
+	for {
+		last := s.lastPID.Load()
+		if pid <= last || s.lastPID.CompareAndSwap(last, pid) {
+			break
+		}
+	}
 	shards, err := s.enc.Encode(pid, pkt)
 	if err != nil {
-		return pid, nil, err
+		return nil, err
 	}
 	// The hello is stamped with the time it is sent, so a re-hello after a long
 	// session still passes the far side's age check.
@@ -128,11 +143,11 @@ func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err erro
 		}
 		dg, err := wire.Seal(s.aead, s.bufs[i], &h, hello, sh.Data)
 		if err != nil {
-			return pid, nil, err
+			return nil, err
 		}
 		s.dgs = append(s.dgs, dg)
 	}
-	return pid, s.dgs, nil
+	return s.dgs, nil
 }
 
 // SealControl seals a control message of type t into buf with a fresh packet ID.
@@ -224,3 +239,7 @@ func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 	defer r.mu.Unlock()
 	return r.stats, r.dec.Stats()
 }
+
+// Hello returns the hello this sender puts on its datagrams while it is due,
+// and whether it has one.
+func (s *Sender) Hello() (wire.Hello, bool) { return s.hello, s.hasHello }

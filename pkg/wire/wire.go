@@ -60,7 +60,11 @@ const (
 	TypePong  Type = 3 // answer to a ping, echoing it (Pong payload)
 	TypeAck   Type = 4 // the proxy has the session: stop sending hellos
 	TypeClose Type = 5 // the session is over
-	typeLimit Type = 6
+	// TypeProbe asks a proxy for its current RTT to the session's target server;
+	// TypeProbeReply answers it (see probe messages in control.go).
+	TypeProbe      Type = 6
+	TypeProbeReply Type = 7
+	typeLimit      Type = 8
 )
 
 func (t Type) String() string {
@@ -75,6 +79,10 @@ func (t Type) String() string {
 		return "ack"
 	case TypeClose:
 		return "close"
+	case TypeProbe:
+		return "probe"
+	case TypeProbeReply:
+		return "probe-reply"
 	}
 	return "unknown"
 }

@@ -1,0 +1,374 @@
+package detect
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// shippedConfig is the application and operator table built into the binary.
+//
+//go:embed apps.toml
+var shippedConfig []byte
+
+// App is one application table entry. User files use the same schema; an
+// entry whose Name matches a shipped one replaces it.
+type App struct {
+	Name  string `toml:"name"`  // short id, used in Rule ("port:<name>")
+	Title string `toml:"title"` // human readable
+	Type  string `toml:"type"`  // app type: shooter, moba, voip, ...
+	Proto string `toml:"proto"` // "udp", "tcp" or "both"
+	// ServerPorts are the remote (destination) ports, "N" or "N-M".
+	ServerPorts []string `toml:"server_ports"`
+	// ClientPorts, when set, narrow the entry to these local (source) ports.
+	ClientPorts []string `toml:"client_ports"`
+	PPS         float64  `toml:"pps"`         // expected packets per second
+	PacketSize  int      `toml:"packet_size"` // typical packet size, bytes
+	Proxies     []string `toml:"proxies"`     // preferred proxies, by name
+	Source      string   `toml:"source"`      // public source of the ports (note only)
+	Disabled    bool     `toml:"disabled"`    // lets a user file switch a shipped entry off
+
+	server, client []portRange
+}
+
+// Operator marks an AS as a game (or voice) operator: traffic to its address
+// space is LC. Owners match the ASN table's owner names exactly (ignoring case)
+// and are resolved to ASNs when the ASN table is attached. Prefixes name
+// address blocks directly, for fleets that live inside a larger AS (a game
+// hosted on a public cloud) where listing the whole AS would be far too wide.
+type Operator struct {
+	Name     string   `toml:"name"`
+	Type     string   `toml:"type"`
+	ASNs     []uint32 `toml:"asns"`
+	Owners   []string `toml:"owners"`
+	Prefixes []string `toml:"prefixes"`
+	Proxies  []string `toml:"proxies"`
+	Note     string   `toml:"note"`
+}
+
+// RDNSPattern maps PTR names to an app type. Exactly one of Glob ("*" matches
+// any run of characters, "?" one) or Regex is set.
+type RDNSPattern struct {
+	Name  string `toml:"name"`
+	Glob  string `toml:"glob"`
+	Regex string `toml:"regex"`
+	Type  string `toml:"type"`
+	App   string `toml:"app"`
+
+	re *regexp.Regexp
+}
+
+// Config is a parsed table file: shipped or user.
+type Config struct {
+	Apps      []App         `toml:"app"`
+	Operators []Operator    `toml:"operator"`
+	RDNS      []RDNSPattern `toml:"rdns"`
+}
+
+// ShippedConfig returns the built-in table. It is validated by the tests, so a
+// failure here is a build defect; the error is still returned, not panicked.
+func ShippedConfig() (*Config, error) {
+	return ParseConfig("apps.toml (embedded)", shippedConfig)
+}
+
+// LoadConfigFile reads and validates a user table file.
+func LoadConfigFile(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(path, data)
+}
+
+// Merge returns base with user's entries applied: an entry with the name of a
+// base entry replaces it in place, a new name is appended. A replaced app with
+// Disabled set drops out of the lookup.
+func Merge(base, user *Config) *Config {
+	out := &Config{
+		Apps:      append([]App(nil), base.Apps...),
+		Operators: append([]Operator(nil), base.Operators...),
+		RDNS:      append([]RDNSPattern(nil), base.RDNS...),
+	}
+	if user == nil {
+		return out
+	}
+	for _, a := range user.Apps {
+		if i := indexBy(out.Apps, func(x App) bool { return x.Name == a.Name }); i >= 0 {
+			out.Apps[i] = a
+		} else {
+			out.Apps = append(out.Apps, a)
+		}
+	}
+	for _, o := range user.Operators {
+		if i := indexBy(out.Operators, func(x Operator) bool { return x.Name == o.Name }); i >= 0 {
+			out.Operators[i] = o
+		} else {
+			out.Operators = append(out.Operators, o)
+		}
+	}
+	for _, r := range user.RDNS {
+		if i := indexBy(out.RDNS, func(x RDNSPattern) bool { return x.Name == r.Name }); i >= 0 {
+			out.RDNS[i] = r
+		} else {
+			out.RDNS = append(out.RDNS, r)
+		}
+	}
+	return out
+}
+
+func indexBy[T any](s []T, f func(T) bool) int {
+	for i := range s {
+		if f(s[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// ConfigError names the file, line and field of a refused table entry.
+type ConfigError struct {
+	File  string
+	Line  int    // 0 when unknown
+	Field string // e.g. `app[3].server_ports`
+	Msg   string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Msg)
+}
+
+// ParseConfig decodes and validates a table file. Unknown keys are refused so
+// that a misspelt field does not silently leave an entry half configured.
+func ParseConfig(file string, data []byte) (*Config, error) {
+	var c Config
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &ConfigError{File: file, Line: pe.Position.Line, Field: pe.LastKey, Msg: pe.Message}
+		}
+		// Type mismatches come as plain errors that carry the line and key
+		// in their text only.
+		ce := &ConfigError{File: file, Field: "-", Msg: err.Error()}
+		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			ce.Line, _ = strconv.Atoi(m[1])
+			ce.Field = m[2]
+			ce.Msg = m[3]
+		}
+		return nil, ce
+	}
+	loc := newLocator(data)
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0]
+		return nil, &ConfigError{File: file, Line: loc.key(k), Field: k.String(), Msg: "unknown field"}
+	}
+	bad := func(table string, i int, field, format string, a ...any) error {
+		return &ConfigError{File: file, Line: loc.field(table, i, field),
+			Field: fmt.Sprintf("%s[%d].%s", table, i, field), Msg: fmt.Sprintf(format, a...)}
+	}
+	seen := map[string]bool{}
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if !validName(a.Name) {
+			return nil, bad("app", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", a.Name)
+		}
+		if seen["app:"+a.Name] {
+			return nil, bad("app", i, "name", "%q defined twice", a.Name)
+		}
+		seen["app:"+a.Name] = true
+		if a.Disabled {
+			// A switch-off entry needs nothing but its name.
+			continue
+		}
+		if !validName(a.Type) {
+			return nil, bad("app", i, "type", "%q: want an app type such as shooter or voip", a.Type)
+		}
+		switch a.Proto {
+		case "udp", "tcp", "both":
+		default:
+			return nil, bad("app", i, "proto", "%q: want udp, tcp or both", a.Proto)
+		}
+		if len(a.ServerPorts) == 0 {
+			return nil, bad("app", i, "server_ports", "missing")
+		}
+		if a.server, err = parseRanges(a.ServerPorts); err != nil {
+			return nil, bad("app", i, "server_ports", "%v", err)
+		}
+		if a.client, err = parseRanges(a.ClientPorts); err != nil {
+			return nil, bad("app", i, "client_ports", "%v", err)
+		}
+		if a.PPS < 0 || a.PPS > 100000 {
+			return nil, bad("app", i, "pps", "%v out of range 0..100000", a.PPS)
+		}
+		if a.PacketSize < 0 || a.PacketSize > 65535 {
+			return nil, bad("app", i, "packet_size", "%d out of range 0..65535", a.PacketSize)
+		}
+		for _, p := range a.Proxies {
+			if !validName(p) {
+				return nil, bad("app", i, "proxies", "%q: want a proxy name of a-z 0-9 . _ -", p)
+			}
+		}
+	}
+	for i := range c.Operators {
+		o := &c.Operators[i]
+		if !validName(o.Name) {
+			return nil, bad("operator", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", o.Name)
+		}
+		if seen["op:"+o.Name] {
+			return nil, bad("operator", i, "name", "%q defined twice", o.Name)
+		}
+		seen["op:"+o.Name] = true
+		if !validName(o.Type) {
+			return nil, bad("operator", i, "type", "%q: want an app type", o.Type)
+		}
+		if len(o.ASNs) == 0 && len(o.Owners) == 0 && len(o.Prefixes) == 0 {
+			return nil, bad("operator", i, "asns", "none of asns, owners, prefixes given")
+		}
+		for _, p := range o.Prefixes {
+			if pp, err := netip.ParsePrefix(p); err != nil || pp != pp.Masked() {
+				return nil, bad("operator", i, "prefixes", "%q: want a network such as 192.0.2.0/24", p)
+			}
+		}
+		for _, n := range o.ASNs {
+			if n == 0 {
+				return nil, bad("operator", i, "asns", "AS0 is not an operator")
+			}
+		}
+	}
+	for i := range c.RDNS {
+		r := &c.RDNS[i]
+		if !validName(r.Name) {
+			return nil, bad("rdns", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", r.Name)
+		}
+		if !validName(r.Type) {
+			return nil, bad("rdns", i, "type", "%q: want an app type", r.Type)
+		}
+		switch {
+		case (r.Glob == "") == (r.Regex == ""):
+			return nil, bad("rdns", i, "glob", "set exactly one of glob and regex")
+		case r.Glob != "":
+			r.re = regexp.MustCompile(globToRegexp(r.Glob)) // QuoteMeta output always compiles
+		default:
+			if r.re, err = regexp.Compile(r.Regex); err != nil {
+				return nil, bad("rdns", i, "regex", "%v", err)
+			}
+		}
+	}
+	return &c, nil
+}
+
+var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 40 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// globToRegexp anchors the glob and matches names case-insensitively, as DNS
+// names are.
+func globToRegexp(g string) string {
+	var b strings.Builder
+	b.WriteString(`(?i)^`)
+	for i, part := range strings.Split(g, "*") {
+		if i > 0 {
+			b.WriteString(`.*`)
+		}
+		qs := strings.Split(part, "?")
+		for j, q := range qs {
+			if j > 0 {
+				b.WriteString(`.`)
+			}
+			b.WriteString(regexp.QuoteMeta(q))
+		}
+	}
+	// A trailing dot is how PTR answers end; accept names with or without it.
+	b.WriteString(`\.?$`)
+	return b.String()
+}
+
+type portRange struct{ lo, hi uint16 }
+
+func (r portRange) width() int { return int(r.hi) - int(r.lo) + 1 }
+
+func parseRanges(ss []string) ([]portRange, error) {
+	out := make([]portRange, 0, len(ss))
+	for _, s := range ss {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(s), "-")
+		if !isRange {
+			hi = lo
+		}
+		a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+		b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+		if err1 != nil || err2 != nil || a == 0 || a > b {
+			return nil, fmt.Errorf("%q: want a port 1-65535 or a range N-M with N<=M", s)
+		}
+		out = append(out, portRange{uint16(a), uint16(b)})
+	}
+	return out, nil
+}
+
+// locator finds the line of a field inside the i-th [[table]] of a TOML file.
+// The decoder reports lines for syntax errors only; validation errors found
+// afterwards need this to point the user at the right entry.
+type locator struct{ lines []string }
+
+func newLocator(data []byte) *locator {
+	return &locator{lines: strings.Split(string(data), "\n")}
+}
+
+// field returns the 1-based line of `field =` in the i-th [[table]], or the
+// line of that table's header when the field is absent.
+func (l *locator) field(table string, i int, field string) int {
+	header, n := 0, -1
+	for ln, raw := range l.lines {
+		s := strings.TrimSpace(raw)
+		if strings.HasPrefix(s, "[") {
+			if n == i && header > 0 {
+				break // next table after ours: field absent
+			}
+			if strings.HasPrefix(s, "[[") && strings.TrimSpace(strings.Trim(s, "[]")) == table {
+				n++
+				if n == i {
+					header = ln + 1
+				}
+			}
+			continue
+		}
+		if n == i && header > 0 {
+			if k, _, ok := strings.Cut(s, "="); ok && strings.TrimSpace(k) == field {
+				return ln + 1
+			}
+		}
+	}
+	return header
+}
+
+// key locates an undecoded key such as app.colour (the decoder does not say
+// which entry); the first occurrence of the last element is close enough.
+func (l *locator) key(k toml.Key) int {
+	if len(k) == 0 {
+		return 0
+	}
+	last := k[len(k)-1]
+	for ln, raw := range l.lines {
+		if kk, _, ok := strings.Cut(strings.TrimSpace(raw), "="); ok && strings.TrimSpace(kk) == last {
+			return ln + 1
+		}
+	}
+	return 0
+}
