@@ -1,6 +1,10 @@
 package wire
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+)
 
 // Ping is the body of a keepalive. The receiver echoes it in a Pong on the path it
 // came from, so the sender learns the round-trip time of that uplink.
@@ -73,4 +77,125 @@ func ParsePong(b []byte, p *Pong) error {
 	p.Overloaded = b[PingLen]&pongOverloaded != 0
 	p.PeerTime = int64(binary.BigEndian.Uint64(b[PingLen+8:]))
 	return nil
+}
+
+// Probe asks a proxy how far it is from a game server: the router adds its own
+// RTT to the proxy to the answer and picks the proxy with the lowest sum. It
+// travels on any authenticated session (usually the control session, which has
+// no target of its own), so Target names the server.
+type Probe struct {
+	Seq    uint32
+	SentAt int64 // the asker's monotonic clock, echoed back
+	Target netip.AddrPort
+}
+
+// ProbeLen is the body length of a Probe (an IPv6 target fits).
+const ProbeLen = 4 + 8 + 1 + 16 + 2
+
+// Put writes p into b[:ProbeLen].
+func (p *Probe) Put(b []byte) []byte {
+	_ = b[ProbeLen-1]
+	binary.BigEndian.PutUint32(b[0:], p.Seq)
+	binary.BigEndian.PutUint64(b[4:], uint64(p.SentAt))
+	putAddrPort(b[12:], p.Target)
+	return b[:ProbeLen]
+}
+
+// ParseProbe reads a Probe body.
+func ParseProbe(b []byte, p *Probe) error {
+	if len(b) != ProbeLen {
+		return ErrPayload
+	}
+	p.Seq = binary.BigEndian.Uint32(b[0:])
+	p.SentAt = int64(binary.BigEndian.Uint64(b[4:]))
+	var ok bool
+	p.Target, ok = parseAddrPort(b[12:])
+	if !ok {
+		return ErrPayload
+	}
+	return nil
+}
+
+// ProbeReply answers a Probe.
+type ProbeReply struct {
+	Probe      Probe         // echoed unchanged
+	ServerRTT  time.Duration // the proxy's current RTT to Target; 0 when unknown
+	Allowed    bool          // the asking client may reach Target through this proxy
+	Overloaded bool          // the proxy would rather not take new sessions
+}
+
+// ProbeReplyLen is the body length of a ProbeReply.
+const ProbeReplyLen = ProbeLen + 8 + 1
+
+const (
+	probeAllowed    = 1 << 0
+	probeOverloaded = 1 << 1
+)
+
+// Put writes r into b[:ProbeReplyLen].
+func (r *ProbeReply) Put(b []byte) []byte {
+	_ = b[ProbeReplyLen-1]
+	r.Probe.Put(b)
+	binary.BigEndian.PutUint64(b[ProbeLen:], uint64(r.ServerRTT))
+	var f byte
+	if r.Allowed {
+		f |= probeAllowed
+	}
+	if r.Overloaded {
+		f |= probeOverloaded
+	}
+	b[ProbeLen+8] = f
+	return b[:ProbeReplyLen]
+}
+
+// ParseProbeReply reads a ProbeReply body.
+func ParseProbeReply(b []byte, r *ProbeReply) error {
+	if len(b) != ProbeReplyLen {
+		return ErrPayload
+	}
+	if err := ParseProbe(b[:ProbeLen], &r.Probe); err != nil {
+		return err
+	}
+	rtt := int64(binary.BigEndian.Uint64(b[ProbeLen:]))
+	if rtt < 0 {
+		return ErrPayload
+	}
+	r.ServerRTT = time.Duration(rtt)
+	f := b[ProbeLen+8]
+	r.Allowed, r.Overloaded = f&probeAllowed != 0, f&probeOverloaded != 0
+	return nil
+}
+
+// putAddrPort writes a family byte (0, 4 or 6), 16 address bytes and a port.
+func putAddrPort(b []byte, ap netip.AddrPort) {
+	for i := range b[:19] {
+		b[i] = 0
+	}
+	a := ap.Addr()
+	switch {
+	case !a.IsValid():
+		return
+	case a.Is4():
+		b[0] = 4
+		a4 := a.As4()
+		copy(b[1:], a4[:])
+	default:
+		b[0] = 6
+		a16 := a.As16()
+		copy(b[1:], a16[:])
+	}
+	binary.BigEndian.PutUint16(b[17:], ap.Port())
+}
+
+func parseAddrPort(b []byte) (netip.AddrPort, bool) {
+	port := binary.BigEndian.Uint16(b[17:])
+	switch b[0] {
+	case 0:
+		return netip.AddrPort{}, true
+	case 4:
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[1:5])), port), true
+	case 6:
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[1:17])), port), true
+	}
+	return netip.AddrPort{}, false
 }

@@ -265,3 +265,25 @@ func BenchmarkSealOpen(b *testing.B) {
 func byteSize(n int) string {
 	return string(rune('0'+n/1000%10)) + string(rune('0'+n/100%10)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10)) + "B"
 }
+
+func TestProbeRoundTrip(t *testing.T) {
+	for _, target := range []netip.AddrPort{{}, netip.MustParseAddrPort("198.18.41.2:27015"), netip.MustParseAddrPort("[2001:db8::1]:9")} {
+		r := ProbeReply{Probe: Probe{Seq: 3, SentAt: 99, Target: target}, ServerRTT: 1234567, Allowed: true, Overloaded: true}
+		var b [ProbeReplyLen]byte
+		var got ProbeReply
+		if err := ParseProbeReply(r.Put(b[:]), &got); err != nil || got != r {
+			t.Fatalf("probe reply round trip: %+v %v", got, err)
+		}
+		var p Probe
+		var pb [ProbeLen]byte
+		if err := ParseProbe(r.Probe.Put(pb[:]), &p); err != nil || p != r.Probe {
+			t.Fatalf("probe round trip: %+v %v", p, err)
+		}
+	}
+	var b [ProbeLen]byte
+	b[12] = 9 // unknown family
+	var p Probe
+	if ParseProbe(b[:], &p) == nil {
+		t.Fatal("unknown address family accepted")
+	}
+}
