@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// TestPacketPathDoesNotAllocate drives the proxy's per-datagram functions
+// directly: receive + authenticate + dedup + forward to the server, and a server
+// reply coded and sent back over every path. In steady state neither allocates.
+func TestPacketPathDoesNotAllocate(t *testing.T) {
+	server := newCountingSink(t)
+	cfg, err := ParseConfig("proxy.toml", `
+listen = "127.0.0.1:0"
+[[client]]
+id = "gamer"
+key = "`+goodKey.String()+`"
+allow = ["`+server.addr().String()+`"]
+rate_pps = 100000000
+burst = 100000000
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rd := &reader{ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+	fr := newFakeRouter(t, goodKey, server.addr())
+	routerSide := newCountingSink(t) // acks and replies land here
+	from := routerSide.addr()
+	payload := make([]byte, 100)
+
+	// The first datagram opens the session (that allocates, once).
+	s.handle(rd, fr.seal(t, payload), from, mono.Now())
+	server.waitFor(t, 1)
+	fr.send.Heard(mono.Now()) // acked: no more hellos
+	ps, ok := s.sessions.Peek(fr.send.Session())
+	if !ok {
+		t.Fatal("session not created")
+	}
+
+	// The decoder's ring of groups (1,024 slots) gets its buffers on first use:
+	// warm it up, then measure.
+	const runs, warmup = 1000, 2048
+	dgs := make([][]byte, warmup+runs+1)
+	for i := range dgs {
+		dgs[i] = fr.seal(t, payload)
+	}
+	for i := 0; i < warmup; i++ {
+		s.handle(rd, dgs[i], from, mono.Now())
+	}
+	server.waitFor(t, 1+warmup)
+	i := warmup
+	forwarded := counter(s, "proxy_forwarded_total")
+	allocs := testing.AllocsPerRun(runs, func() {
+		s.handle(rd, dgs[i], from, mono.Now())
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("receive and forward: %v allocations per datagram", allocs)
+	}
+	if got := counter(s, "proxy_forwarded_total") - forwarded; got != runs+1 {
+		t.Fatalf("forwarded %v datagrams, want %d", got, runs+1)
+	}
+
+	replies := counter(s, "proxy_replies_total")
+	allocs = testing.AllocsPerRun(runs, func() { ps.reply(payload, mono.Now()) })
+	if allocs != 0 {
+		t.Errorf("reply: %v allocations per packet", allocs)
+	}
+	if got := counter(s, "proxy_replies_total") - replies; got != runs+1 {
+		t.Fatalf("sent %v replies, want %d", got, runs+1)
+	}
+	routerSide.waitFor(t, runs+1)
+}
+
+// countingSink is a server that counts what it receives without allocating, so
+// its reads do not show in the allocation counts.
+type countingSink struct {
+	conn *net.UDPConn
+	n    atomic.Int64
+}
+
+func newCountingSink(t testing.TB) *countingSink {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadBuffer(8 << 20)
+	s := &countingSink{conn: c}
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			if _, _, err := c.ReadFromUDPAddrPort(b); err != nil {
+				return
+			}
+			s.n.Add(1)
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return s
+}
+
+func (s *countingSink) addr() netip.AddrPort { return s.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func (s *countingSink) waitFor(t testing.TB, n int64) {
+	deadline := time.Now().Add(5 * time.Second)
+	for s.n.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("server received %d packets, want %d", s.n.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
