@@ -1,0 +1,65 @@
+# Build, test, benchmark and demo the suite. `make help` lists the targets.
+
+GO      ?= go
+BIN     ?= bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/raicnet/raic/pkg/version.Version=$(VERSION)
+# Namespace tests and benchmarks need root; everything else runs as any user.
+PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
+            intermediate/cmd/raic-intermediate integration/cmd/gamegen integration/cmd/linkem
+
+.PHONY: help build test vet fmt-check check-generated generate bench demo clean
+
+help:
+	@echo "make demo             testbed demo: direct uplinks vs router+proxy (root)"
+	@echo "make test             gofmt, go vet, eBPF staleness check, all tests"
+	@echo "make build            programs into $(BIN)/"
+	@echo "make bench            benchmark tables (micro, loopback, testbed)"
+	@echo "make generate         rebuild the eBPF objects and Go bindings (clang)"
+	@echo "make check-generated  fail when the committed eBPF output is stale"
+
+build:
+	@mkdir -p $(BIN)
+	@for p in $(PROGRAMS); do \
+		if [ -d $$p ]; then $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./$$p || exit 1; fi; \
+	done
+	@ls $(BIN)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# The eBPF objects are committed so that building needs no clang; this fails when
+# they no longer match their sources. Without clang it is skipped, except in CI.
+check-generated:
+	@if command -v clang >/dev/null 2>&1; then sh bpf/check-generated.sh; \
+	elif [ -n "$$CI" ]; then echo "check-generated: clang is missing"; exit 1; \
+	else echo "check-generated: skipped (no clang; install clang and llvm to run it)"; fi
+
+generate:
+	sh bpf/generate.sh
+
+# Tests that need root (network namespaces, eBPF, TUN) skip with a message when
+# not run as root; CI runs as root, so it runs them all.
+test: fmt-check vet check-generated
+	$(GO) test -count=1 -timeout 20m ./...
+
+bench:
+	@mkdir -p docs
+	$(GO) test -run '^$$' -bench . -benchtime 300ms -benchmem \
+		./pkg/... ./raic/... ./detect/... ./suppress/... ./simple/... ./bpf/... | tee docs/bench-micro.txt
+	$(GO) run ./integration/cmd/rttbench
+	$(GO) run ./integration/cmd/capbench
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(GO) run ./integration/cmd/demo -schemes && $(GO) run ./integration/cmd/suppressbench; \
+	else echo "bench: testbed tables skipped (they need root for network namespaces)"; fi
+
+demo:
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo builds network namespaces: run it as root (sudo make demo)"; exit 1; fi
+	$(GO) run ./integration/cmd/demo
+
+clean:
+	rm -rf $(BIN)
