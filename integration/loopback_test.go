@@ -9,14 +9,22 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/integration/linkem"
+	"github.com/raicnet/raic/router"
 )
 
 // runCheckedGame plays n packets each way at rate through a router whose uplinks
 // go to the given relay addresses, and returns the tallies of both directions.
 func runCheckedGame(t *testing.T, n int, rate float64, routerExtra string, uplinks func(proxyAddr netip.AddrPort) []netip.AddrPort) (up, down *tally) {
+	up, down, _ = runCheckedGameWith(t, n, rate, routerExtra, uplinks)
+	return up, down
+}
+
+// runCheckedGameWith is runCheckedGame that also returns the router, for its
+// metrics.
+func runCheckedGameWith(t *testing.T, n int, rate float64, routerExtra string, uplinks func(proxyAddr netip.AddrPort) []netip.AddrPort) (up, down *tally, r *router.Router) {
 	server := newCheckServer(t, n)
 	p := startProxy(t, server.addr().String())
-	r := startRouter(t, server.addr(), routerExtra, uplinks(p.Addr())...)
+	r = startRouter(t, server.addr(), routerExtra, uplinks(p.Addr())...)
 
 	client, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -55,7 +63,7 @@ func runCheckedGame(t *testing.T, n int, rate float64, routerExtra string, uplin
 	stream(ctx, n, rate, 'C', func(b []byte) { client.WriteToUDPAddrPort(b, fwd) })
 	<-serverDone
 	time.Sleep(500 * time.Millisecond) // the last packets are in flight
-	return server.up, down
+	return server.up, down, r
 }
 
 // TestLoopbackTwoLossyUplinks sends 20,000 packets each way over two uplinks that
@@ -160,5 +168,33 @@ func TestLoopbackCodedSchemes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLoopbackCopiesAndDelayedCopy checks the RAIC-1 options: two copies per
+// uplink plus one delayed copy each means three datagrams per packet on every
+// uplink, and the game still sees each packet exactly once.
+func TestLoopbackCopiesAndDelayedCopy(t *testing.T) {
+	const n = 2000
+	up, down, r := runCheckedGameWith(t, n, 1000, "copies_per_uplink = 2\ndelayed_copy = 0.5\nexpected_pps = 1000", func(proxyAddr netip.AddrPort) []netip.AddrPort {
+		return []netip.AddrPort{proxyAddr, proxyAddr}
+	})
+	for name, tl := range map[string]*tally{"client→server": up, "server→client": down} {
+		got, dups, bad := tl.snapshot()
+		if got != n || dups != 0 || bad != 0 {
+			t.Errorf("%s: received %d of %d, %d duplicates, %d corrupted; want all, none, none", name, got, n, dups, bad)
+		}
+	}
+	snap := r.Metrics().Snapshot()
+	delayed := snap["router_delayed_copies_total"]
+	if delayed < 2*n*0.99 || delayed > 2*n {
+		t.Errorf("delayed copies sent: %v, want about %d (one per uplink per packet)", delayed, 2*n)
+	}
+	for _, u := range []string{"isp0", "isp1"} {
+		sent := snap[`router_uplink_datagrams_sent_total{uplink="`+u+`"}`]
+		// 2 copies + 1 delayed per packet, plus keepalives (10 per second).
+		if sent < 3*n*0.99 || sent > 3*n+100 {
+			t.Errorf("uplink %s sent %v datagrams, want about %d", u, sent, 3*n)
+		}
 	}
 }
