@@ -31,6 +31,15 @@ type Config struct {
 	// HelloMaxAge refuses hellos whose timestamp is further than this from the
 	// proxy's clock, so a captured hello cannot reopen a session later.
 	HelloMaxAge config.Duration `toml:"hello_max_age"`
+	// OverloadLatency and OverloadCPU: above either (the smoothed time to handle
+	// a read batch, the share of the CPUs used) the proxy reports itself
+	// overloaded (see overload.go).
+	OverloadLatency config.Duration `toml:"overload_latency"`
+	OverloadCPU     float64         `toml:"overload_cpu"`
+	// ProbeTTL is how long a measured RTT to a server is used before it is
+	// measured again; ProbeMaxTargets bounds the servers remembered (see probe.go).
+	ProbeTTL        config.Duration `toml:"probe_ttl"`
+	ProbeMaxTargets int             `toml:"probe_max_targets"`
 	// Clients are the routers allowed to use this proxy.
 	Clients []ClientConfig `toml:"client"`
 }
@@ -122,6 +131,12 @@ func (c *Config) check(meta *config.Meta) error {
 		return err
 	}
 	if err := setDur(&c.HelloMaxAge, DefaultHelloMaxAge, "hello_max_age"); err != nil {
+		return err
+	}
+	if err := c.checkLoad(meta); err != nil {
+		return err
+	}
+	if err := c.checkProbe(meta); err != nil {
 		return err
 	}
 	if len(c.Clients) == 0 {

@@ -51,7 +51,9 @@ type Server struct {
 	sessions *session.Table[uint64, *proxySession]
 	reg      *metrics.Registry
 	m        counters
-	sid      [8]byte // random, mixed into session table hashing
+	sid      [8]byte    // random, mixed into session table hashing
+	probes   *prober    // RTT-to-server answers (probe.go)
+	load     *loadMeter // overload reporting (overload.go)
 
 	closing atomic.Bool
 	loops   sync.WaitGroup // the read loop and the janitor
@@ -131,6 +133,7 @@ func newCounters(r *metrics.Registry) counters {
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, clients: map[string]*client{}, reg: metrics.NewRegistry()}
 	s.m = newCounters(s.reg)
+	s.load = newLoadMeter(cfg, s.reg)
 	if _, err := rand.Read(s.sid[:]); err != nil {
 		return nil, err
 	}
@@ -160,6 +163,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	s.conn = conn
+	s.probes = newProber(cfg, log, s.reg)
 	return s, nil
 }
 
@@ -211,6 +215,7 @@ func (s *Server) Close() {
 		s.sessions.Delete(id)
 	}
 	s.pumps.Wait()
+	s.probes.close()
 }
 
 func (s *Server) janitor(ctx context.Context) {
@@ -249,6 +254,23 @@ type reader struct {
 	scratch []byte // a copy for authenticating hellos before a session exists
 	hdr     wire.Header
 	hello   wire.Hello
+	sink    pathLearner
+}
+
+// pathLearner forwards a session's decoded packets, but first records the address
+// the completing datagram came from as a live path of the session: the server may
+// answer that very packet at once, and the answer must go over this path too.
+// Only authenticated data reaches Deliver, so only authenticated addresses are
+// learned. One lives in each reader, so passing it allocates nothing.
+type pathLearner struct {
+	ps   *proxySession
+	from netip.AddrPort
+	now  int64
+}
+
+func (l *pathLearner) Deliver(pid uint64, pkt []byte) {
+	l.ps.touchPath(l.from, l.now)
+	l.ps.Deliver(pid, pkt)
 }
 
 func (s *Server) readLoop() {
@@ -271,6 +293,7 @@ func (s *Server) readLoop() {
 			m := &r.msgs[i]
 			s.handle(r, m.Buf[:m.N], m.Addr, now)
 		}
+		s.load.observeBatch(now, mono.Now())
 	}
 }
 
@@ -297,7 +320,8 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		s.m.sessionConflict.Inc()
 		return
 	}
-	body, err := ps.recv.Receive(dg, h, off, now, ps)
+	r.sink = pathLearner{ps: ps, from: from, now: now}
+	body, err := ps.recv.Receive(dg, h, off, now, &r.sink)
 	switch {
 	case errors.Is(err, tunnel.ErrDuplicate):
 		s.m.duplicate.Inc()
@@ -319,12 +343,14 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 			s.m.malformed.Inc()
 			return
 		}
-		pong := wire.Pong{Ping: ping, PeerTime: now}
+		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: s.load.overloaded(now)}
 		var pb [wire.PongLen]byte
 		if out, err := ps.send.SealControl(r.ctrl, wire.TypePong, pong.Put(pb[:]), now); err == nil {
 			s.sendTo(out, from)
 			s.m.pongsOut.Inc()
 		}
+	case wire.TypeProbe:
+		s.answerProbe(r, ps, body, from, now)
 	case wire.TypeClose:
 		s.sessions.Delete(h.Session)
 		return

@@ -16,9 +16,14 @@ type Config struct {
 	// ClientID and Key identify this router to its proxy.
 	ClientID string `toml:"client_id"`
 	Key      string `toml:"key"`
-	// Proxy is the proxy's address; an uplink may override it (for example to go
-	// through a relay).
-	Proxy string `toml:"proxy"`
+	// Proxy is either one address (proxy = "198.18.40.2:4500"; an uplink may
+	// override it, for example to go through a relay) or a list of [[proxy]]
+	// tables, each proxy reached directly or through relays per uplink. Per
+	// session the router picks the proxy nearest the game server and keeps the
+	// next one as a reserve (see choice.go).
+	Proxy ProxyList `toml:"proxy"`
+	// Choice tunes how a proxy is chosen and when a session moves to another.
+	Choice ChoiceConfig `toml:"choice"`
 	// Scheme is the default RAIC scheme: "copy" (RAIC-1), "xor:2" (RAIC-5 2+1),
 	// "rs:2+2" (RAIC-6), "time:2" (RAICT). A forward may choose its own.
 	Scheme string `toml:"scheme"`
@@ -58,7 +63,11 @@ type UplinkConfig struct {
 	Name   string `toml:"name"`
 	Device string `toml:"device"` // SO_BINDTODEVICE; needs root or CAP_NET_RAW
 	Source string `toml:"source"` // source address (and optionally port)
-	Proxy  string `toml:"proxy"`  // proxy or relay reached over this uplink
+	// Proxy is the proxy or relay reached over this uplink when the top-level
+	// proxy is a single address. With [[proxy]] tables it must be empty (use the
+	// tables' via); after checking it holds the first proxy's address on this
+	// uplink.
+	Proxy string `toml:"proxy"`
 }
 
 // ForwardConfig is one [[forward]] of explicit mode: game clients send to Listen
@@ -107,11 +116,6 @@ func (c *Config) check(meta *config.Meta) error {
 	}
 	if _, err := wire.ParseKey(c.Key); err != nil {
 		return meta.Errorf("key", "%v", err)
-	}
-	if c.Proxy != "" {
-		if _, err := netip.ParseAddrPort(c.Proxy); err != nil {
-			return meta.Errorf("proxy", "not an address:port: %v", err)
-		}
 	}
 	if c.Scheme == "" {
 		c.Scheme = "copy"
@@ -183,14 +187,12 @@ func (c *Config) check(meta *config.Meta) error {
 				return meta.Errorf(key("source"), "%v", err)
 			}
 		}
-		if u.Proxy == "" {
-			if c.Proxy == "" {
-				return meta.Errorf(key("proxy"), "no proxy for this uplink: set proxy here or at the top level")
-			}
-			u.Proxy = c.Proxy
-		} else if _, err := netip.ParseAddrPort(u.Proxy); err != nil {
-			return meta.Errorf(key("proxy"), "not an address:port: %v", err)
-		}
+	}
+	if err := c.Proxy.check(c, meta); err != nil {
+		return err
+	}
+	if err := c.Choice.check(c, meta); err != nil {
+		return err
 	}
 	if err := c.Transparent.check(c, meta); err != nil {
 		return err

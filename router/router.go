@@ -1,8 +1,10 @@
 // Package router is the program on the gamer's side. In explicit mode (no root
 // needed) it listens on a local UDP port per configured game server; each game
 // packet that arrives there is coded with RAIC, sealed once per shard, and sent
-// over every live uplink to the proxy. Replies come back over every uplink; the
-// first complete copy is written back to the game from the same local port.
+// over every live uplink to the session's proxy. Replies come back over every
+// uplink; the first complete copy is written back to the game from the same
+// local port. With several proxies each session goes to the one nearest its
+// server and moves to a reserve when that one fails (choice.go).
 package router
 
 import (
@@ -41,13 +43,19 @@ type Router struct {
 	seed uint64
 
 	uplinks  []*uplinkConn
+	proxies  []*proxyConn
 	forwards []*forward
-	byID     *session.Table[uint64, *routerSession]
-	ctrl     *routerSession // control session: keepalives, never expires
+	// byID finds sessions for the receive path: every session to a proxy, the
+	// current one of each flow and, for a short grace, those it moved away from.
+	byID *session.Table[uint64, *routerSession]
+	ctrl *routerSession // the first proxy's control session (each proxy has one)
+	ch   chooser
+	tp   *transparent // transparent mode (transparent.go); nil when off
 
 	closing atomic.Bool
 	wg      sync.WaitGroup
 	httpSrv *http.Server
+	sup     *suppression // [suppress] at run time (suppression.go); nil when off
 }
 
 type counters struct {
@@ -80,19 +88,19 @@ func newCounters(r *metrics.Registry) counters {
 	}
 }
 
-// uplinkConn is one uplink: its socket, where it sends, and its health.
+// uplinkConn is one uplink: its socket and its health. Each proxy has a path of
+// its own over each uplink (proxies.go); health and proxy here are those of the
+// path to the first configured proxy, which with a single proxy is the uplink.
 type uplinkConn struct {
-	idx     int
-	name    string
-	conn    *udp.Conn
-	proxy   netip.AddrPort
-	health  *uplink.Health
-	pingSeq atomic.Uint32
-	wasUp   bool // only the pinger goroutine reads and writes it
-	sent    *metrics.Counter
-	recv    *metrics.Counter
-	up      *metrics.Gauge
-	srtt    *metrics.Gauge
+	idx    int
+	name   string
+	conn   *udp.Conn
+	proxy  netip.AddrPort
+	health *uplink.Health
+	sent   *metrics.Counter
+	recv   *metrics.Counter
+	up     *metrics.Gauge
+	srtt   *metrics.Gauge
 }
 
 // forward is one local listening socket of explicit mode and its sessions.
@@ -118,18 +126,37 @@ type gameSide interface {
 	end(rs *routerSession)
 }
 
-// routerSession is one game flow (client address, server) carried to the proxy.
+// routerSession is one session to one proxy: its ID, keys and tunnel state are
+// fixed. A game flow (client address, server) is known to its game side by the
+// session it started with, its head; when the flow moves to another proxy a new
+// session is made and the head's cur points at it. The per-packet path loads
+// cur once per packet; only the control goroutine stores it. The head stays in
+// byID for the flow's whole life and is the only session of the flow with a
+// side, so walking byID for sessions with a side finds each flow once; the
+// sessions a flow moved to have side nil and reach the game through head.
 type routerSession struct {
 	r      *Router
 	id     uint64
-	side   gameSide // nil for the control session
+	px     *proxyConn
+	side   gameSide // nil for a control session and for sessions a flow moved to
 	client netip.AddrPort
 	target netip.AddrPort
 	send   *tunnel.Sender
 	recv   *tunnel.Receiver
+	head   *routerSession // the flow's first session; itself for a head
+
+	// On a head only.
+	cur        atomic.Pointer[routerSession] // where the flow's packets go now
+	params     raic.Params                   // the scheme the flow started with
+	mu         sync.Mutex                    // orders a move against the flow's end
+	ended      bool                          // guarded by mu
+	lastSwitch int64                         // start or last move; control goroutine after start
+	stranded   bool                          // control goroutine: "no reserve" was logged
 
 	lastSend int64 // only the goroutine reading the game side touches these two
 	interval int64 // smoothed gap between the game's packets, ns
+
+	sup supSession // packet timing for suppression (suppression.go)
 }
 
 // New builds a router from a checked config: it opens the uplink sockets and the
@@ -155,9 +182,9 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 		if uc.Source != "" {
 			opt.Local, _ = parseHostPort(uc.Source)
 		}
+		// Config checking made every proxy on one uplink the same family.
 		network := "udp4"
-		proxy, _ := netip.ParseAddrPort(uc.Proxy)
-		if proxy.Addr().Is6() && !proxy.Addr().Is4In6() {
+		if is6(cfg.Proxy.List[0].Paths[i]) {
 			network = "udp6"
 		}
 		conn, err := udp.Listen(network, opt)
@@ -166,19 +193,19 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 		}
 		lbl := `{uplink="` + uc.Name + `"}`
 		r.uplinks = append(r.uplinks, &uplinkConn{
-			idx: i, name: uc.Name, conn: conn, proxy: proxy,
-			health: uplink.NewHealth(uplink.HealthConfig{PingInterval: cfg.PingInterval.Duration, DownAfter: cfg.DownAfter.Duration}),
-			wasUp:  true,
-			sent:   r.reg.Counter("router_uplink_datagrams_sent_total"+lbl, "Datagrams sent per uplink."),
-			recv:   r.reg.Counter("router_uplink_datagrams_received_total"+lbl, "Datagrams received per uplink."),
-			up:     r.reg.Gauge("router_uplink_up"+lbl, "1 when the uplink answers keepalives."),
-			srtt:   r.reg.Gauge("router_uplink_srtt_microseconds"+lbl, "Smoothed keepalive RTT per uplink."),
+			idx: i, name: uc.Name, conn: conn,
+			sent: r.reg.Counter("router_uplink_datagrams_sent_total"+lbl, "Datagrams sent per uplink."),
+			recv: r.reg.Counter("router_uplink_datagrams_received_total"+lbl, "Datagrams received per uplink."),
+			up:   r.reg.Gauge("router_uplink_up"+lbl, "1 when the uplink answers keepalives (its path to the first proxy)."),
+			srtt: r.reg.Gauge("router_uplink_srtt_microseconds"+lbl, "Smoothed keepalive RTT per uplink (its path to the first proxy)."),
 		})
 	}
+	r.newProxies()
 	// The flow tables own a session's lifetime (idle expiry, eviction); byID only
-	// finds sessions for the receive path, so it is sized to hold them all.
+	// finds sessions for the receive path, so it is sized to hold them all,
+	// twice over for flows in the middle of a move, and transparent mode's too.
 	r.byID = session.NewTable(session.Config[uint64, *routerSession]{
-		MaxEntries: cfg.MaxSessions * len(cfg.Forwards),
+		MaxEntries: 2 * cfg.MaxSessions * (len(cfg.Forwards) + 1),
 		Hash:       func(id uint64) uint64 { return id * 0x9e3779b97f4a7c15 },
 	})
 	for i, fc := range cfg.Forwards {
@@ -201,9 +228,14 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 		}
 		r.forwards = append(r.forwards, f)
 	}
-	if r.ctrl, err = r.newSession(nil, netip.AddrPort{}, netip.AddrPort{}, raic.Params{Scheme: raic.SchemeCopy, K: 1}, 0); err != nil {
-		return nil, err
+	for _, px := range r.proxies {
+		if px.ctrl, err = r.newTunnel(px, nil, netip.AddrPort{}, netip.AddrPort{}, raic.Params{Scheme: raic.SchemeCopy, K: 1}); err != nil {
+			return nil, err
+		}
+		px.ctrl.cur.Store(px.ctrl)
 	}
+	r.ctrl = r.proxies[0].ctrl
+	r.initChoice()
 	if err := r.setupTransparent(); err != nil {
 		return nil, err
 	}
@@ -228,11 +260,26 @@ func (r *Router) ForwardAddr(i int) netip.AddrPort { return r.forwards[i].conn.L
 // Metrics returns the router's metric registry.
 func (r *Router) Metrics() *metrics.Registry { return r.reg }
 
-// newSession makes a session from client to target whose replies go to side (the
-// control session has no side and no target), with fresh random ID and salt, so
-// keys never repeat across restarts. interval is the expected gap between the
-// game's packets until it is measured.
+// newSession makes a session from client to target whose replies go to side,
+// to the proxy chosen for target, with fresh random ID and salt, so keys never
+// repeat across restarts. interval is the expected gap between the game's
+// packets until it is measured. The session is the head of its flow: if the
+// flow later moves to another proxy, the game side still knows it by this one.
 func (r *Router) newSession(side gameSide, client, target netip.AddrPort, params raic.Params, interval time.Duration) (*routerSession, error) {
+	now := mono.Now()
+	rs, err := r.newTunnel(r.pickProxy(target, now), side, client, target, params)
+	if err != nil {
+		return nil, err
+	}
+	rs.interval = int64(interval)
+	rs.lastSwitch = now
+	rs.cur.Store(rs)
+	return rs, nil
+}
+
+// newTunnel makes one session to proxy px with fresh random ID, salt and keys.
+// It is its own head until the caller says otherwise.
+func (r *Router) newTunnel(px *proxyConn, side gameSide, client, target netip.AddrPort, params raic.Params) (*routerSession, error) {
 	var rb [8]byte
 	var id uint64
 	for id == 0 {
@@ -251,7 +298,8 @@ func (r *Router) newSession(side gameSide, client, target netip.AddrPort, params
 	}
 	hello := &wire.Hello{Salt: salt, Target: target}
 	hello.SetClientID(r.cfg.ClientID)
-	rs := &routerSession{r: r, id: id, side: side, client: client, target: target, interval: int64(interval)}
+	rs := &routerSession{r: r, id: id, px: px, side: side, client: client, target: target, params: params}
+	rs.head = rs
 	if rs.send, err = tunnel.NewSender(send, id, params, hello); err != nil {
 		return nil, err
 	}
@@ -273,6 +321,9 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	for _, u := range r.uplinks {
 		r.log.Info("uplink ready", "uplink", u.name, "local", u.conn.LocalAddr().String(), "proxy", u.proxy.String())
+		for _, px := range r.proxies[1:] {
+			r.log.Info("uplink path", "uplink", u.name, "proxy", px.name, "address", px.paths[u.idx].addr.String())
+		}
 		r.wg.Add(1)
 		go r.uplinkLoop(u)
 	}
@@ -311,7 +362,9 @@ func (r *Router) Close() {
 	for _, rs := range flows {
 		r.sendClose(rs)
 	}
-	r.sendClose(r.ctrl)
+	for _, px := range r.proxies {
+		r.sendClose(px.ctrl)
+	}
 	r.closeSuppression()
 	r.closeTransparent()
 	r.closeSockets()
@@ -335,19 +388,21 @@ func (r *Router) closeSockets() {
 	}
 }
 
+// sendClose tells rs's proxy, on every path, that the session is over.
 func (r *Router) sendClose(rs *routerSession) {
 	buf := make([]byte, wire.MaxDatagram)
 	dg, err := rs.send.SealControl(buf, wire.TypeClose, nil, mono.Now())
 	if err != nil {
 		return
 	}
-	for _, u := range r.uplinks {
-		u.conn.WriteTo(dg, u.proxy)
+	for _, pt := range rs.px.paths {
+		pt.u.conn.WriteTo(dg, pt.addr)
 	}
 }
 
-// onFlowRemoved ends a session whose flow entry went away (idle, evicted or
-// deleted): the receive path forgets it and the proxy is told.
+// onFlowRemoved ends a flow whose entry went away (idle, evicted or deleted):
+// the receive path forgets its sessions and the proxy is told. rs is the flow's
+// head, as the game side knows it.
 func (r *Router) onFlowRemoved(_ netip.AddrPort, rs *routerSession, why session.Reason) {
 	switch why {
 	case session.ReasonEvicted:
@@ -357,9 +412,20 @@ func (r *Router) onFlowRemoved(_ netip.AddrPort, rs *routerSession, why session.
 		r.m.sessionsIdle.Inc()
 		r.log.Debug("session idle, ended", "session", rs.id, "client", rs.client.String())
 	}
+	rs.mu.Lock()
+	rs.ended = true // no move after this
+	cur := rs.cur.Load()
+	rs.mu.Unlock()
+	if cur == nil {
+		cur = rs
+	}
 	r.byID.Delete(rs.id)
+	if cur != rs {
+		// rs itself was moved away from and told already; cur was not.
+		r.byID.Delete(cur.id)
+	}
 	if !r.closing.Load() {
-		r.sendClose(rs)
+		r.sendClose(cur)
 	}
 }
 
@@ -406,17 +472,20 @@ func (r *Router) registerSession(rs *routerSession, now int64) {
 	r.log.Info("session started", "session", rs.id, "client", rs.client.String(), "server", rs.target.String(), "scheme", rs.send.Params().String())
 }
 
-// sendPacket codes, seals and sends one game packet of rs on the uplinks, then
-// does the bookkeeping: packet interval, delayed copies (when dq is not nil), and
-// the suppression hook. Called by the one goroutine reading rs's game side.
+// sendPacket codes, seals and sends one game packet of the flow rs (its head)
+// on the uplinks to the flow's current proxy, then does the bookkeeping: packet
+// interval, delayed copies (when dq is not nil), and the suppression hook.
+// Called by the one goroutine reading rs's game side, which is also the only
+// one sealing data in the flow's sessions.
 func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQueue) {
 	r.m.fromGame.Inc()
-	_, dgs, err := rs.send.Seal(pkt, now)
+	t := rs.cur.Load()
+	_, dgs, err := t.send.Seal(pkt, now)
 	if err != nil {
 		r.m.sealErrors.Inc()
 		return
 	}
-	r.sendShards(dgs, now)
+	r.sendShards(t.px, dgs, now)
 	// Bookkeeping only after every copy is on its way.
 	if rs.lastSend != 0 {
 		gap := now - rs.lastSend
@@ -427,8 +496,8 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 	rs.lastSend = now
 	if dq != nil && len(dgs) == 1 {
 		due := now + int64(r.cfg.DelayedCopy*float64(rs.interval))
-		for _, u := range r.uplinks {
-			if u.health.Up(now) && !dq.push(due, u.idx, dgs[0]) {
+		for _, pt := range t.px.paths {
+			if pt.health.Up(now) && !dq.push(due, pt.u.idx, dgs[0]) {
 				r.m.delayedDropped.Inc()
 			}
 		}
@@ -436,26 +505,27 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 	r.observeGamePacket(rs, now, true)
 }
 
-// sendShards puts a packet's datagrams on the uplinks. A single datagram (RAIC-1)
-// goes on every uplink, CopiesPerUplink times: a copy on an uplink that merely
-// looks down costs nothing but that uplink's bandwidth, while skipping one on a
-// false alarm (three keepalives lost in a row happens on a lossy link) loses the
-// copy that would have arrived. Coded shards are placed by raic.Place on the
-// uplinks that answer keepalives, since a shard on a dead uplink is a lost shard.
-func (r *Router) sendShards(dgs [][]byte, now int64) {
+// sendShards puts a packet's datagrams on the paths to proxy px. A single
+// datagram (RAIC-1) goes on every uplink, CopiesPerUplink times: a copy on a
+// path that merely looks down costs nothing but that uplink's bandwidth, while
+// skipping one on a false alarm (three keepalives lost in a row happens on a
+// lossy link) loses the copy that would have arrived. Coded shards are placed by
+// raic.Place on the paths that answer keepalives, since a shard on a dead path
+// is a lost shard.
+func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
 	if len(dgs) == 1 {
-		for _, u := range r.uplinks {
+		for _, pt := range px.paths {
 			for c := 0; c < r.cfg.CopiesPerUplink; c++ {
-				r.sendOn(u, dgs[0])
+				r.sendPath(pt, dgs[0])
 			}
 		}
 		return
 	}
 	var live [16]raic.UplinkState
-	states := live[:len(r.uplinks)]
+	states := live[:len(px.paths)]
 	anyUp := false
-	for i, u := range r.uplinks {
-		up := u.health.Up(now)
+	for i, pt := range px.paths {
+		up := pt.health.Up(now)
 		states[i] = raic.UplinkState{Up: up, Weight: 1}
 		anyUp = anyUp || up
 	}
@@ -469,16 +539,8 @@ func (r *Router) sendShards(dgs [][]byte, now int64) {
 	var placement [64]int
 	out := raic.Place(len(dgs), states, placement[:0])
 	for i, dg := range dgs {
-		r.sendOn(r.uplinks[out[i]], dg)
+		r.sendPath(px.paths[out[i]], dg)
 	}
-}
-
-func (r *Router) sendOn(u *uplinkConn, dg []byte) {
-	if err := u.conn.WriteTo(dg, u.proxy); err != nil {
-		r.m.sendErrors.Inc()
-		return
-	}
-	u.sent.Inc()
 }
 
 // uplinkLoop reads what the proxy sends back on one uplink.
@@ -512,15 +574,15 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		r.m.malformed.Inc()
 		return
 	}
-	rs := r.ctrl
-	if h.Session != r.ctrl.id {
+	rs := r.ctrlSession(h.Session)
+	if rs == nil {
 		var ok bool
 		if rs, ok = r.byID.Get(h.Session, now); !ok {
 			r.m.unknownSession.Inc()
 			return
 		}
-		if rs.side != nil {
-			rs.side.touch(rs, now) // replies keep the flow alive too
+		if side := rs.head.side; side != nil {
+			side.touch(rs.head, now) // replies keep the flow alive too
 		}
 	}
 	body, err := rs.recv.Receive(dg, h, off, now, rs)
@@ -541,27 +603,42 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 			return
 		}
 		r.m.pongsSeen.Inc()
-		// The pong answers the uplink its ping left on, whichever socket it came
-		// back to.
-		r.uplinks[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, now)
+		// The pong answers the path its ping left on (that uplink, this
+		// session's proxy), whichever socket it came back to.
+		rs.px.paths[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, now)
+		if pong.Overloaded != rs.px.overloaded.Load() {
+			rs.px.overloaded.Store(pong.Overloaded)
+		}
+	case wire.TypeProbeReply:
+		var rep wire.ProbeReply
+		if wire.ParseProbeReply(body, &rep) != nil {
+			r.m.malformed.Inc()
+			return
+		}
+		r.onProbeReply(rs.px, &rep, now)
 	case wire.TypeClose:
-		if rs.side != nil {
-			rs.side.end(rs)
+		// A session the flow has moved away from ends quietly; only the
+		// current one's end is the flow's.
+		if side := rs.head.side; side != nil && rs.head.cur.Load() == rs {
+			side.end(rs.head)
 		}
 	}
 }
 
 // Deliver writes a packet from the server back to the game client (tunnel.Sink).
+// The game side knows the flow by its head, whichever session the packet came
+// in on.
 func (rs *routerSession) Deliver(_ uint64, pkt []byte) {
-	if rs.side == nil {
+	side := rs.head.side
+	if side == nil {
 		return
 	}
-	if err := rs.side.writeBack(rs, pkt); err != nil {
+	if err := side.writeBack(rs.head, pkt); err != nil {
 		rs.r.m.sendErrors.Inc()
 		return
 	}
 	rs.r.m.toGame.Inc()
-	rs.r.observeGamePacket(rs, mono.Now(), false)
+	rs.r.observeGamePacket(rs.head, mono.Now(), false)
 }
 
 // The forward of explicit mode is a gameSide: replies leave from the socket the
@@ -572,8 +649,9 @@ func (f *forward) writeBack(rs *routerSession, pkt []byte) error {
 func (f *forward) touch(rs *routerSession, now int64) { f.flows.Get(rs.client, now) }
 func (f *forward) end(rs *routerSession)              { f.flows.Delete(rs.client) }
 
-// pinger sends keepalives on every uplink over the control session, logs uplink
-// state changes, and sweeps idle sessions.
+// pinger is the control goroutine: it sends keepalives on every path over each
+// proxy's control session, logs path and proxy state changes, chooses proxies
+// and moves sessions (choice.go), and sweeps idle sessions.
 func (r *Router) pinger(ctx context.Context) {
 	defer r.wg.Done()
 	tick := r.cfg.PingInterval.Duration / 4
@@ -588,33 +666,10 @@ func (r *Router) pinger(ctx context.Context) {
 		case <-t.C:
 		}
 		now := mono.Now()
-		for _, u := range r.uplinks {
-			if u.health.PingDue(now) {
-				seq := u.pingSeq.Add(1)
-				ping := wire.Ping{Seq: seq, Uplink: uint8(u.idx), SentAt: now}
-				var pb [wire.PingLen]byte
-				dg, err := r.ctrl.send.SealControl(buf, wire.TypePing, ping.Put(pb[:]), now)
-				if err == nil {
-					u.health.OnPingSent(seq, now)
-					r.sendOn(u, dg)
-				}
-			}
-			up := u.health.Up(now)
-			st := u.health.Stats(now)
-			if up != u.wasUp {
-				u.wasUp = up
-				if up {
-					r.log.Info("uplink up", "uplink", u.name, "srtt", st.SRTT, "min_rtt", st.MinRTT)
-				} else {
-					r.log.Warn("uplink down: no keepalive answer", "uplink", u.name, "down_after", r.cfg.DownAfter.Duration)
-				}
-			}
-			if up {
-				u.up.Set(1)
-			} else {
-				u.up.Set(0)
-			}
-			u.srtt.Set(st.SRTT.Microseconds())
+		r.sendPings(buf, now)
+		changed := r.notePaths(now)
+		if len(r.proxies) > 1 {
+			r.evaluate(now, buf, changed)
 		}
 		if now-lastSweep > int64(time.Second) {
 			lastSweep = now

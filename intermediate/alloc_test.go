@@ -1,0 +1,168 @@
+package intermediate
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/tunnel"
+	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
+)
+
+// TestRelayPathDoesNotAllocate drives the intermediate's per-datagram functions
+// directly, both ways: a router's datagram is authenticated, deduplicated,
+// decoded, re-sealed under the same packet ID and sent on two uplinks; a next
+// hop's datagram the same way back to the router's path. In steady state
+// neither allocates.
+func TestRelayPathDoesNotAllocate(t *testing.T) {
+	target := netip.MustParseAddrPort("198.18.41.2:27015")
+	next := newCountingSink(t)
+	routerSide := newCountingSink(t)
+	cfg, err := ParseConfig("intermediate.toml", fmt.Sprintf(`
+listen = "127.0.0.1:0"
+[[client]]
+id = "gamer"
+key = "%s"
+allow = ["%s"]
+rate_pps = 100000000
+burst = 100000000
+[next]
+client_id = "mid1"
+key = "%s"
+[[next.uplink]]
+source = "127.0.0.1"
+proxy = "%s"
+[[next.uplink]]
+source = "127.0.0.1"
+proxy = "%s"
+`, routerKey, target, midKeys[0], next.addr(), next.addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	// The router's side of one game session.
+	salt, _ := wire.NewSalt()
+	id := uint64(mono.Now()) | 1
+	sk, _, _ := wire.DeriveKeys(&routerKey, &salt, id, wire.RoleClient)
+	hello := &wire.Hello{Salt: salt, Target: target}
+	hello.SetClientID("gamer")
+	rs, err := tunnel.NewSender(sk, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seal := func(snd *tunnel.Sender, pkt []byte) []byte {
+		_, dgs, err := snd.Seal(pkt, mono.Now())
+		if err != nil || len(dgs) != 1 {
+			t.Fatalf("seal: %v", err)
+		}
+		return append([]byte(nil), dgs[0]...)
+	}
+	rd := newReader()
+	from := routerSide.addr()
+	payload := make([]byte, 100)
+
+	s.handle(rd, seal(rs, payload), from, mono.Now()) // opens the relay (allocates, once)
+	rs.Heard(mono.Now())
+	rl, ok := s.relays.Peek(id)
+	if !ok || rl.outSend == nil {
+		t.Fatal("relay not created")
+	}
+	next.waitFor(t, 2)
+
+	// The decoder's ring of groups gets its buffers on first use: warm it up.
+	const runs, warmup = 1000, 2048
+	dgs := make([][]byte, warmup+runs+1)
+	for i := range dgs {
+		dgs[i] = seal(rs, payload)
+	}
+	for i := 0; i < warmup; i++ {
+		s.handle(rd, dgs[i], from, mono.Now())
+	}
+	i := warmup
+	allocs := testing.AllocsPerRun(runs, func() {
+		s.handle(rd, dgs[i], from, mono.Now())
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("router to next hop: %v allocations per datagram", allocs)
+	}
+	total := int64(1 + warmup + runs + 1)
+	next.waitFor(t, 2*total) // a copy on each uplink
+	if c := counter(s, `intermediate_relayed_total{dir="out"}`); c != float64(total) {
+		t.Fatalf("relayed %v packets out, want %d", c, total)
+	}
+
+	// The next hop's side of the same session: it answers under the session the
+	// intermediate opened there.
+	outHello, _ := rl.outSend.Hello()
+	psk, _, _ := wire.DeriveKeys(&midKeys[0], &outHello.Salt, rl.outID, wire.RoleServer)
+	ps, err := tunnel.NewSender(psk, rl.outID, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := s.uplinks[0]
+	back := make([][]byte, warmup+runs+1)
+	for i := range back {
+		back[i] = seal(ps, payload)
+	}
+	for i := 0; i < warmup; i++ {
+		s.fromNext(rd, u, back[i], mono.Now())
+	}
+	i = warmup
+	allocs = testing.AllocsPerRun(runs, func() {
+		s.fromNext(rd, u, back[i], mono.Now())
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("next hop to router: %v allocations per datagram", allocs)
+	}
+	routerSide.waitFor(t, total-1) // nothing opened this direction
+	if c := counter(s, `intermediate_relayed_total{dir="back"}`); c != float64(total-1) {
+		t.Fatalf("relayed %v packets back, want %d", c, total-1)
+	}
+}
+
+// countingSink counts what it receives without allocating.
+type countingSink struct {
+	conn *net.UDPConn
+	n    atomic.Int64
+}
+
+func newCountingSink(t testing.TB) *countingSink {
+	c := udpListen(t)
+	c.SetReadBuffer(8 << 20)
+	s := &countingSink{conn: c}
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			if _, _, err := c.ReadFromUDPAddrPort(b); err != nil {
+				return
+			}
+			s.n.Add(1)
+		}
+	}()
+	return s
+}
+
+func (s *countingSink) addr() netip.AddrPort { return addrOf(s.conn) }
+
+func (s *countingSink) waitFor(t testing.TB, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.n.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("received %d datagrams, want %d", s.n.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,271 @@
+package intermediate
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/logging"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// Config is the intermediate proxy's TOML configuration. The first half (listen,
+// [[client]]) reads like a proxy's config, the [next] table like a router's
+// uplinks: the intermediate is a proxy to the routers that use it and a router to
+// the proxy after it. For example:
+//
+//	listen = "198.18.30.2:4600"
+//	[[client]]
+//	id = "gamer"
+//	key = "…base64…"
+//	allow = ["198.18.41.0/24:27000-27050"]
+//	[next]
+//	client_id = "mid-eu1"
+//	key = "…base64…"
+//	proxy = "198.18.40.2:4500"
+//	[[next.uplink]]          # optional: one socket per path to the next hop
+//	source = "198.18.31.2"
+//	[[next.uplink]]
+//	source = "198.18.32.2"
+type Config struct {
+	// Listen is the UDP address routers (or an intermediate before this one) send to.
+	Listen string `toml:"listen"`
+	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
+	Metrics string `toml:"metrics"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `toml:"log_level"`
+	// MaxSessions bounds the relayed sessions; the least recently used one is
+	// evicted (and counted) when a new one would exceed it.
+	MaxSessions int `toml:"max_sessions"`
+	// SessionIdle ends a session after this long without traffic either way.
+	SessionIdle config.Duration `toml:"session_idle"`
+	// ReplyWindow: replies go to every address the session's datagrams came from
+	// within this window (one per uplink of the router).
+	ReplyWindow config.Duration `toml:"reply_window"`
+	// HelloMaxAge refuses hellos whose timestamp is further than this from our
+	// clock, so a captured hello cannot reopen a session later.
+	HelloMaxAge config.Duration `toml:"hello_max_age"`
+	// Clients are the routers allowed to use this intermediate.
+	Clients []ClientConfig `toml:"client"`
+	// Next is the hop after this one: a proxy or another intermediate.
+	Next NextConfig `toml:"next"`
+}
+
+// ClientConfig is one [[client]] table, as in the proxy's config.
+type ClientConfig struct {
+	ID      string   `toml:"id"`
+	Key     string   `toml:"key"`
+	Allow   []string `toml:"allow"`
+	RatePPS float64  `toml:"rate_pps"`
+	Burst   int      `toml:"burst"`
+}
+
+// NextConfig is the [next] table: who this intermediate is to the next hop, and
+// how it reaches it.
+type NextConfig struct {
+	// ClientID and Key identify this intermediate to the next hop; the sessions it
+	// opens there are sealed with keys derived from Key, never with a router's.
+	ClientID string `toml:"client_id"`
+	Key      string `toml:"key"`
+	// Proxy is the next hop's address; an uplink may override it.
+	Proxy string `toml:"proxy"`
+	// CopiesPerUplink sends each RAIC-1 datagram this many times on each uplink.
+	CopiesPerUplink int `toml:"copies_per_uplink"`
+	// PingInterval is how often each uplink's keepalive goes out; it measures the
+	// RTT to the next hop and keeps NAT mappings on the way open.
+	PingInterval config.Duration `toml:"ping_interval"`
+	// Uplinks are the sockets towards the next hop. None means one socket on any
+	// local address towards Proxy.
+	Uplinks []UplinkConfig `toml:"uplink"`
+}
+
+// UplinkConfig is one [[next.uplink]]: a socket bound to an interface or a source
+// address, so its datagrams take that path.
+type UplinkConfig struct {
+	Name   string `toml:"name"`
+	Device string `toml:"device"` // SO_BINDTODEVICE; needs root or CAP_NET_RAW
+	Source string `toml:"source"` // source address (and optionally port)
+	Proxy  string `toml:"proxy"`  // next hop reached over this uplink
+}
+
+// Defaults.
+const (
+	DefaultListen       = "0.0.0.0:4500"
+	DefaultMaxSessions  = 10000
+	DefaultSessionIdle  = 60 * time.Second
+	DefaultReplyWindow  = 5 * time.Second
+	DefaultHelloMaxAge  = 30 * time.Second
+	DefaultRatePPS      = 5000
+	DefaultPingInterval = 250 * time.Millisecond
+	maxUplinks          = 16
+)
+
+// LoadConfig reads, defaults and checks a config file; errors name the file,
+// line and key.
+func LoadConfig(path string) (*Config, error) {
+	var c Config
+	meta, err := config.Load(path, &c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.check(meta); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ParseConfig is LoadConfig for a config held in a string (name is used in errors).
+func ParseConfig(name, text string) (*Config, error) {
+	var c Config
+	meta, err := config.Decode(name, text, &c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.check(meta); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) check(meta *config.Meta) error {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
+		return meta.Errorf("listen", "not an address:port: %v", err)
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
+		return meta.Errorf("log_level", "%v", err)
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = DefaultMaxSessions
+	}
+	if c.MaxSessions < 1 {
+		return meta.Errorf("max_sessions", "must be at least 1")
+	}
+	for _, d := range []struct {
+		v   *config.Duration
+		def time.Duration
+		key string
+	}{
+		{&c.SessionIdle, DefaultSessionIdle, "session_idle"},
+		{&c.ReplyWindow, DefaultReplyWindow, "reply_window"},
+		{&c.HelloMaxAge, DefaultHelloMaxAge, "hello_max_age"},
+		{&c.Next.PingInterval, DefaultPingInterval, "next.ping_interval"},
+	} {
+		if d.v.Duration == 0 {
+			d.v.Duration = d.def
+		}
+		if d.v.Duration < 0 {
+			return meta.Errorf(d.key, "must be positive")
+		}
+	}
+	if len(c.Clients) == 0 {
+		return meta.Errorf("client", "no [[client]] configured: the intermediate would serve nobody")
+	}
+	seen := map[string]bool{}
+	for i := range c.Clients {
+		cl := &c.Clients[i]
+		key := func(k string) string { return fmt.Sprintf("client.%d.%s", i, k) }
+		if cl.ID == "" || len(cl.ID) > wire.MaxClientID {
+			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
+		}
+		if seen[cl.ID] {
+			return meta.Errorf(key("id"), "client %q is configured twice", cl.ID)
+		}
+		seen[cl.ID] = true
+		if _, err := wire.ParseKey(cl.Key); err != nil {
+			return meta.Errorf(key("key"), "%v", err)
+		}
+		if len(cl.Allow) == 0 {
+			return meta.Errorf(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
+		}
+		if _, err := parseAllowList(cl.Allow); err != nil {
+			return meta.Errorf(key("allow"), "%v", err)
+		}
+		if cl.RatePPS == 0 {
+			cl.RatePPS = DefaultRatePPS
+		}
+		if cl.RatePPS < 0 {
+			return meta.Errorf(key("rate_pps"), "must be positive")
+		}
+		if cl.Burst == 0 {
+			cl.Burst = int(cl.RatePPS/10) + 64
+		}
+		if cl.Burst < 1 {
+			return meta.Errorf(key("burst"), "must be at least 1")
+		}
+	}
+	return c.Next.check(meta)
+}
+
+func (n *NextConfig) check(meta *config.Meta) error {
+	if n.ClientID == "" || len(n.ClientID) > wire.MaxClientID {
+		return meta.Errorf("next.client_id", "must be 1 to %d bytes", wire.MaxClientID)
+	}
+	if _, err := wire.ParseKey(n.Key); err != nil {
+		return meta.Errorf("next.key", "%v", err)
+	}
+	if n.Proxy != "" {
+		if _, err := netip.ParseAddrPort(n.Proxy); err != nil {
+			return meta.Errorf("next.proxy", "not an address:port: %v", err)
+		}
+	}
+	if n.CopiesPerUplink == 0 {
+		n.CopiesPerUplink = 1
+	}
+	if n.CopiesPerUplink < 1 || n.CopiesPerUplink > 4 {
+		return meta.Errorf("next.copies_per_uplink", "must be 1 to 4")
+	}
+	if len(n.Uplinks) == 0 {
+		if n.Proxy == "" {
+			return meta.Errorf("next.proxy", "no next hop: set next.proxy or add [[next.uplink]] tables")
+		}
+		n.Uplinks = []UplinkConfig{{Name: "next", Proxy: n.Proxy}}
+	}
+	if len(n.Uplinks) > maxUplinks {
+		return meta.Errorf("next.uplink", "at most %d uplinks", maxUplinks)
+	}
+	names := map[string]bool{}
+	for i := range n.Uplinks {
+		u := &n.Uplinks[i]
+		key := func(k string) string { return fmt.Sprintf("next.uplink.%d.%s", i, k) }
+		if u.Name == "" {
+			u.Name = fmt.Sprintf("uplink%d", i)
+		}
+		if names[u.Name] {
+			return meta.Errorf(key("name"), "uplink %q is configured twice", u.Name)
+		}
+		names[u.Name] = true
+		if u.Source != "" {
+			if _, err := parseHostPort(u.Source); err != nil {
+				return meta.Errorf(key("source"), "%v", err)
+			}
+		}
+		if u.Proxy == "" {
+			if n.Proxy == "" {
+				return meta.Errorf(key("proxy"), "no next hop for this uplink: set proxy here or in [next]")
+			}
+			u.Proxy = n.Proxy
+		} else if _, err := netip.ParseAddrPort(u.Proxy); err != nil {
+			return meta.Errorf(key("proxy"), "not an address:port: %v", err)
+		}
+	}
+	return nil
+}
+
+// parseHostPort reads "ADDR" or "ADDR:PORT".
+func parseHostPort(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("not an address or address:port: %q", s)
+	}
+	return netip.AddrPortFrom(a, 0), nil
+}

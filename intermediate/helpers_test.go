@@ -1,0 +1,304 @@
+package intermediate
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/proxy"
+	"github.com/raicnet/raic/router"
+)
+
+var (
+	routerKey = wire.Key{0x11, 0x22}
+	midKeys   = []wire.Key{{0x33, 0x44}, {0x55, 0x66}, {0x77, 0x88}}
+)
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// run starts fn(ctx) in the background and stops it when the test ends.
+func run(t testing.TB, fn func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { fn(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// startProxy runs a proxy on loopback that serves client id with key and lets it
+// reach allow.
+func startProxy(t testing.TB, id string, key wire.Key, allow netip.AddrPort) *proxy.Server {
+	t.Helper()
+	cfg, err := proxy.ParseConfig("proxy.toml", fmt.Sprintf(`
+listen = "127.0.0.1:0"
+[[client]]
+id = %q
+key = "%s"
+allow = ["%s"]
+rate_pps = 100000
+`, id, key, allow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxy.New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, p.Run)
+	return p
+}
+
+// startMid runs an intermediate on loopback that serves client id with key and
+// forwards, as nextID with nextKey, to next (over uplinks sockets).
+func startMid(t testing.TB, id string, key wire.Key, allow netip.AddrPort, nextID string, nextKey wire.Key, uplinks int, next ...netip.AddrPort) *Server {
+	t.Helper()
+	text := fmt.Sprintf(`
+listen = "127.0.0.1:0"
+[[client]]
+id = %q
+key = "%s"
+allow = ["%s"]
+rate_pps = 100000
+[next]
+client_id = %q
+key = "%s"
+ping_interval = "50ms"
+`, id, key, allow, nextID, nextKey)
+	for i := 0; i < uplinks; i++ {
+		text += fmt.Sprintf("[[next.uplink]]\nname = \"u%d\"\nsource = \"127.0.0.1\"\nproxy = \"%s\"\n", i, next[i%len(next)])
+	}
+	cfg, err := ParseConfig("intermediate.toml", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, s.Run)
+	return s
+}
+
+// startRouter runs a router with one uplink per address in uplinks and one
+// forward to server.
+func startRouter(t testing.TB, server netip.AddrPort, uplinks ...netip.AddrPort) *router.Router {
+	t.Helper()
+	text := fmt.Sprintf(`
+client_id = "gamer"
+key = "%s"
+ping_interval = "50ms"
+down_after = "500ms"
+[[forward]]
+listen = "127.0.0.1:0"
+server = "%s"
+`, routerKey, server)
+	for i, up := range uplinks {
+		text += fmt.Sprintf("[[uplink]]\nname = \"isp%d\"\nsource = \"127.0.0.1\"\nproxy = \"%s\"\n", i, up)
+	}
+	cfg, err := router.ParseConfig("router.toml", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := router.New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r.Run)
+	return r
+}
+
+// udpListen opens a loopback socket closed when the test ends.
+func udpListen(t testing.TB) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadBuffer(4 << 20)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// echoServer answers every datagram with the same bytes and counts them.
+func echoServer(t testing.TB) (netip.AddrPort, *atomic.Int64) {
+	c := udpListen(t)
+	var n atomic.Int64
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			k, from, err := c.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.WriteToUDPAddrPort(b[:k], from)
+		}
+	}()
+	return addrOf(c), &n
+}
+
+// gamePacket is what the test game sends: a sequence number and filler.
+func gamePacket(b []byte, seq uint32) []byte {
+	binary.BigEndian.PutUint32(b, seq)
+	for i := 4; i < len(b); i++ {
+		b[i] = byte(seq) ^ byte(i)
+	}
+	return b
+}
+
+// tap sits on a hop between two parties: it relays datagrams both ways (one
+// upstream socket per source address, like a NAT) and lets the test look at every
+// datagram going up, so it can check what is on the wire of that hop.
+type tap struct {
+	ln       *net.UDPConn
+	upstream netip.AddrPort
+	watch    func(dg []byte)
+
+	mu    sync.Mutex
+	socks map[netip.AddrPort]*net.UDPConn
+}
+
+func newTap(t testing.TB, upstream netip.AddrPort, watch func(dg []byte)) *tap {
+	tp := &tap{ln: udpListen(t), upstream: upstream, watch: watch, socks: map[netip.AddrPort]*net.UDPConn{}}
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			k, from, err := tp.ln.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			tp.watch(b[:k])
+			tp.sock(t, from).WriteToUDPAddrPort(b[:k], upstream)
+		}
+	}()
+	t.Cleanup(func() {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		for _, c := range tp.socks {
+			c.Close()
+		}
+	})
+	return tp
+}
+
+func (tp *tap) addr() netip.AddrPort { return addrOf(tp.ln) }
+
+func (tp *tap) sock(t testing.TB, from netip.AddrPort) *net.UDPConn {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if c := tp.socks[from]; c != nil {
+		return c
+	}
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	c.SetReadBuffer(4 << 20)
+	tp.socks[from] = c
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			k, err := c.Read(b)
+			if err != nil {
+				return
+			}
+			tp.ln.WriteToUDPAddrPort(b[:k], from)
+		}
+	}()
+	return c
+}
+
+// wireWatcher opens the data datagrams of one hop with the client key used on
+// it, learning each session's salt from its hello, and checks that each packet's
+// ID is its game sequence number + 1 (the router numbers a game session's
+// packets 1, 2, 3, ...): then the IDs are the router's, kept on this hop.
+type wireWatcher struct {
+	key wire.Key
+
+	mu       sync.Mutex
+	sessions map[uint64][16]byte // session ID → salt, data sessions only
+	checked  int
+	wrong    int
+	firstBad string
+}
+
+func newWireWatcher(key wire.Key) *wireWatcher {
+	return &wireWatcher{key: key, sessions: map[uint64][16]byte{}}
+}
+
+func (w *wireWatcher) watch(dg []byte) {
+	var h wire.Header
+	var hl wire.Hello
+	cp := append([]byte(nil), dg...)
+	off, err := wire.Parse(cp, &h, &hl)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	salt, ok := w.sessions[h.Session]
+	if !ok {
+		if h.Flags&wire.FlagHello == 0 || !hl.Target.IsValid() {
+			return
+		}
+		salt = hl.Salt
+		w.sessions[h.Session] = salt
+	}
+	if h.Type != wire.TypeData {
+		return
+	}
+	_, c2s, err := wire.DeriveKeys(&w.key, &salt, h.Session, wire.RoleServer)
+	if err != nil {
+		return
+	}
+	body, err := wire.Open(c2s, cp, off)
+	if err != nil || len(body) < 4 {
+		w.wrong++
+		if w.firstBad == "" {
+			w.firstBad = fmt.Sprintf("session %x packet %d: cannot open with this hop's key: %v", h.Session, h.Packet, err)
+		}
+		return
+	}
+	seq := binary.BigEndian.Uint32(body)
+	w.checked++
+	if uint64(seq)+1 != h.Packet {
+		w.wrong++
+		if w.firstBad == "" {
+			w.firstBad = fmt.Sprintf("session %x: game packet %d travels as packet ID %d, want %d", h.Session, seq, h.Packet, seq+1)
+		}
+	}
+}
+
+func (w *wireWatcher) result() (sessions []uint64, checked, wrong int, firstBad string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id := range w.sessions {
+		sessions = append(sessions, id)
+	}
+	return sessions, w.checked, w.wrong, w.firstBad
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func counter(s *Server, name string) float64 { return s.Metrics().Snapshot()[name] }

@@ -1,0 +1,312 @@
+package intermediate
+
+import (
+	"crypto/cipher"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/tunnel"
+	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
+)
+
+// relay is one session a router opened here together with the session the
+// intermediate opened with the next hop for it. "in" is the router's side, "out"
+// the next hop's side.
+type relay struct {
+	srv    *Server
+	client *client
+	target netip.AddrPort // zero for a control-only session (no out side)
+
+	inID   uint64
+	salt   [16]byte
+	inRecv *tunnel.Receiver
+	inSend *tunnel.Sender
+	inSeal cipher.AEAD // for control messages passed back with the next hop's IDs
+
+	outID   uint64
+	outRecv *tunnel.Receiver // nil for a control-only session
+	outSend *tunnel.Sender
+	outSeal cipher.AEAD   // for control messages passed on with the router's IDs
+	outMax  atomic.Uint64 // the highest packet ID sealed towards the next hop
+
+	// The sinks of the two receivers, made once so that handing them to Receive
+	// does not allocate.
+	toNext, toRouter tunnel.Sink
+
+	// Each direction is re-encoded with the scheme it arrived in. The scheme is
+	// noted after a data datagram authenticated and applied by whoever seals in
+	// that direction (always under the other side's receiver lock, one at a time).
+	inScheme, outScheme schemeState
+
+	closed  atomic.Bool
+	lastAck atomic.Int64
+
+	mu    sync.Mutex // guards paths
+	paths [maxPaths]path
+}
+
+type path struct {
+	addr netip.AddrPort
+	last int64
+}
+
+// newRelay makes the relay of a session a router opened: the router side from
+// the keys derived for it, and a fresh session towards the next hop when the
+// session has a target.
+func (s *Server) newRelay(c *client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*relay, error) {
+	rl := &relay{srv: s, client: c, target: target, inID: id, salt: salt, inSeal: send}
+	rl.inRecv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
+	var err error
+	// Towards the router no hello ever rides: the router opened the session.
+	if rl.inSend, err = tunnel.NewSender(send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil); err != nil {
+		return nil, err
+	}
+	rl.toNext, rl.toRouter = (*toNext)(rl), (*toRouter)(rl)
+	if !target.IsValid() {
+		return rl, nil
+	}
+	if rl.outID, rl.outSend, rl.outSeal, rl.outRecv, err = s.newOutHalf(target); err != nil {
+		return nil, err
+	}
+	return rl, nil
+}
+
+// toNext is the sink of the router side's receiver: each packet decoded from the
+// router goes on to the next hop, re-encoded under the same packet ID.
+type toNext relay
+
+// Deliver implements tunnel.Sink.
+func (t *toNext) Deliver(pid uint64, pkt []byte) {
+	rl := (*relay)(t)
+	s := rl.srv
+	if rl.closed.Load() || rl.outSend == nil {
+		return
+	}
+	now := mono.Now()
+	if !rl.client.take(now) {
+		s.m.rateLimited.Inc()
+		return
+	}
+	rl.inScheme.apply(rl.outSend)
+	dgs, err := rl.outSend.SealPID(pid, pkt, now)
+	if err != nil {
+		s.m.sealErrors.Inc()
+		return
+	}
+	s.sendNext(dgs)
+	rl.noteOut(pid)
+	s.m.relayedOut.Inc()
+}
+
+// toRouter is the sink of the next hop side's receiver: each packet decoded from
+// the next hop goes back to the router over every live path, re-encoded under
+// the same packet ID.
+type toRouter relay
+
+// Deliver implements tunnel.Sink.
+func (t *toRouter) Deliver(pid uint64, pkt []byte) {
+	rl := (*relay)(t)
+	s := rl.srv
+	if rl.closed.Load() {
+		return
+	}
+	now := mono.Now()
+	var paths [maxPaths]netip.AddrPort
+	np := rl.livePaths(now, &paths)
+	if np == 0 {
+		s.m.noPath.Inc()
+		return
+	}
+	rl.outScheme.apply(rl.inSend)
+	dgs, err := rl.inSend.SealPID(pid, pkt, now)
+	if err != nil {
+		s.m.sealErrors.Inc()
+		return
+	}
+	sendPaths(s, dgs, paths[:np])
+	s.m.relayedBack.Inc()
+}
+
+// sendPaths sends a packet's datagrams to the router: a single datagram (RAIC-1)
+// to every path, coded shards spread over them.
+func sendPaths(s *Server, dgs [][]byte, paths []netip.AddrPort) {
+	if len(dgs) == 1 {
+		for _, p := range paths {
+			s.sendTo(dgs[0], p)
+		}
+		return
+	}
+	var states [maxPaths]raic.UplinkState
+	for i := range paths {
+		states[i] = raic.UplinkState{Up: true, Weight: 1}
+	}
+	var placement [64]int
+	out := raic.Place(len(dgs), states[:len(paths)], placement[:0])
+	for i, dg := range dgs {
+		s.sendTo(dg, paths[out[i]])
+	}
+}
+
+// passOut passes a control message of a relayed session (its opened body in
+// r.hdr's datagram) on to the next hop under the same packet ID. The hello rides
+// along while it is due, so a session whose first datagram is a ping opens at
+// the next hop as well.
+func (s *Server) passOut(r *reader, rl *relay, body []byte, now int64) {
+	if rl.closed.Load() {
+		return
+	}
+	dg, err := sealPassed(rl.outSeal, rl.outSend, r.ctrl, r.hdr.Type, rl.outID, r.hdr.Packet, body, now)
+	if err != nil {
+		s.m.sealErrors.Inc()
+		return
+	}
+	s.sendCopies(dg)
+	rl.noteOut(r.hdr.Packet)
+	s.m.controlOut.Inc()
+}
+
+// noteOut records a packet ID sealed towards the next hop. Only the router
+// side's read loop seals there, so a load and a store suffice.
+func (rl *relay) noteOut(pid uint64) {
+	if pid > rl.outMax.Load() {
+		rl.outMax.Store(pid)
+	}
+}
+
+// passBack passes a control message of the next hop back to the router under the
+// same packet ID. A pong also carries this hop's overload state.
+func (s *Server) passBack(r *reader, rl *relay, body []byte, now int64) {
+	if r.hdr.Type == wire.TypePong {
+		var pong wire.Pong
+		if wire.ParsePong(body, &pong) != nil {
+			s.m.malformed.Inc()
+			return
+		}
+		pong.Overloaded = pong.Overloaded || s.nextOverloaded()
+		pong.Put(body)
+	}
+	var paths [maxPaths]netip.AddrPort
+	np := rl.livePaths(now, &paths)
+	if np == 0 {
+		s.m.noPath.Inc()
+		return
+	}
+	dg, err := sealPassed(rl.inSeal, rl.inSend, r.ctrl, r.hdr.Type, rl.inID, r.hdr.Packet, body, now)
+	if err != nil {
+		s.m.sealErrors.Inc()
+		return
+	}
+	for _, p := range paths[:np] {
+		s.sendTo(dg, p)
+	}
+	s.m.controlBack.Inc()
+}
+
+// sealPassed seals a control message with a packet ID the other side chose.
+// tunnel.Sender.SealControl would take the sender's next ID, which the other
+// side may use for a packet later: two datagrams under one ID would break the
+// nonce rule and the later one would be dropped as a replay. An ID the other
+// side used once (its window saw to that) is sealed here once.
+func sealPassed(aead cipher.AEAD, snd *tunnel.Sender, buf []byte, t wire.Type, session, pid uint64, body []byte, now int64) ([]byte, error) {
+	h := wire.Header{Type: t, Session: session, Packet: pid}
+	if !snd.HelloDue(now) {
+		return wire.Seal(aead, buf, &h, nil, body)
+	}
+	hl, _ := snd.Hello()
+	hl.UnixMilli = time.Now().UnixMilli()
+	return wire.Seal(aead, buf, &h, &hl, body)
+}
+
+func (rl *relay) touchPath(from netip.AddrPort, now int64) {
+	rl.mu.Lock()
+	oldest := 0
+	for i := range rl.paths {
+		p := &rl.paths[i]
+		if p.addr == from {
+			p.last = now
+			rl.mu.Unlock()
+			return
+		}
+		if p.last < rl.paths[oldest].last {
+			oldest = i
+		}
+	}
+	rl.paths[oldest] = path{addr: from, last: now}
+	rl.mu.Unlock()
+}
+
+// livePaths copies the addresses seen within the reply window into out.
+func (rl *relay) livePaths(now int64, out *[maxPaths]netip.AddrPort) int {
+	window := int64(rl.srv.cfg.ReplyWindow.Duration)
+	n := 0
+	rl.mu.Lock()
+	for i := range rl.paths {
+		p := &rl.paths[i]
+		if p.addr.IsValid() && now-p.last <= window {
+			out[n] = p.addr
+			n++
+		}
+	}
+	rl.mu.Unlock()
+	return n
+}
+
+// ackDue limits acks to one per 10 ms per session: a router sends hellos until
+// its first answer, and one ack per burst of them is enough.
+func (rl *relay) ackDue(now int64) bool {
+	last := rl.lastAck.Load()
+	if now-last < int64(10*time.Millisecond) {
+		return false
+	}
+	return rl.lastAck.CompareAndSwap(last, now)
+}
+
+// schemeState carries the RAIC scheme of one direction's incoming data to the
+// encoder of its outgoing data, packed into one word (scheme, k, m, depth).
+type schemeState struct {
+	seen    atomic.Uint32
+	applied uint32 // touched only by the goroutine that seals, under a receiver lock
+}
+
+// note remembers the scheme of an authenticated data datagram.
+func (st *schemeState) note(h *wire.Header) {
+	var p raic.Params
+	switch raic.Scheme(h.Scheme) {
+	case raic.SchemeCopy:
+		p = raic.Params{Scheme: raic.SchemeCopy, K: 1}
+	case raic.SchemeXOR:
+		p = raic.Params{Scheme: raic.SchemeXOR, K: int(h.Desc.K), M: 1}
+	case raic.SchemeRS:
+		p = raic.Params{Scheme: raic.SchemeRS, K: int(h.Desc.K), M: int(h.Desc.Count) - int(h.Desc.K)}
+	case raic.SchemeTime:
+		if h.Desc.Count < 2 {
+			return // a fragmented RAICT packet says nothing about the depth
+		}
+		p = raic.Params{Scheme: raic.SchemeTime, K: 1, Depth: int(h.Desc.Count) - 1}
+	default:
+		return
+	}
+	if p.K < 1 || p.M < 0 || p.K > 255 || p.M > 255 || p.Depth > 255 {
+		return
+	}
+	st.seen.Store(uint32(p.Scheme) | uint32(p.K)<<8 | uint32(p.M)<<16 | uint32(p.Depth)<<24)
+}
+
+// apply switches snd to the noted scheme when it changed.
+func (st *schemeState) apply(snd *tunnel.Sender) {
+	v := st.seen.Load()
+	if v == 0 || v == st.applied {
+		return
+	}
+	// Applied or not (a scheme that cannot be built keeps the old encoder), this
+	// value is not tried again.
+	st.applied = v
+	p := raic.Params{Scheme: raic.Scheme(v & 0xff), K: int(v >> 8 & 0xff), M: int(v >> 16 & 0xff), Depth: int(v >> 24)}
+	if p.Validate() == nil {
+		snd.SetParams(p)
+	}
+}
