@@ -2,18 +2,750 @@ package router
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/songgao/water"
+
+	"github.com/raicnet/raic/bpf"
+	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/nat"
+	"github.com/raicnet/raic/pkg/netcfg"
+	"github.com/raicnet/raic/pkg/session"
+	"github.com/raicnet/raic/raic"
 )
 
 // TransparentConfig is the [transparent] table: transparent mode, where the router
 // is the LAN's gateway and finds latency-critical sessions on its own.
+//
+// What the router installs, and removes again on exit (and, first of all, at
+// start, in case an earlier run crashed):
+//
+//   - a TUN device (tun) and routing table (table) whose default route is it;
+//   - the classifier eBPF program on the LAN ingress, which sets mark/mark_mask
+//     on packets of LC flows (UDP port table, DSCP, promoted flows);
+//   - policy rules, all with iif = lan: at rule_priority, "lookup main" for
+//     single flows that must keep their kernel path (flows already in flight
+//     when found LC) and, with masquerade, for packets carrying keep_mark
+//     (connections the kernel masquerades already); at rule_priority+1, "fwmark mark/mark_mask lookup table";
+//     at rule_priority+2, "lookup table" for UDP destination port ranges that
+//     overlap the ephemeral ports (the eBPF port table also matches source
+//     ports, so these ranges are matched by destination here instead),
+//     operator prefixes and learned destinations;
+//   - net.ipv4.ip_forward = 1 (the old value is restored) and loose reverse
+//     path filtering on the TUN device, whose packets come from LAN addresses;
+//   - when masquerade lists interfaces, the nft table "ip raic_<tun>" that
+//     masquerades what leaves through them and sets keep_mark on LAN packets
+//     of connections it masquerades.
+//
+// The router's own datagrams to the proxy are never captured: the mark is set
+// only on the LAN ingress and every rule matches iif = lan, while they are
+// sent from the router itself. Replies written to the TUN and packets handed
+// back to the kernel arrive from the TUN without the mark, so no rule of ours
+// matches them either and the main table forwards them.
 type TransparentConfig struct {
 	Enabled bool `toml:"enabled"`
+	// LAN is the LAN-side interface: the classifier runs on its ingress and
+	// every policy rule matches packets that came in through it.
+	LAN string `toml:"lan"`
+	// TUN is the name of the TUN device latency-critical packets are routed
+	// into (default "raic0"); MTU its MTU (default 1500).
+	TUN string `toml:"tun"`
+	MTU int    `toml:"mtu"`
+	// TUNAddress is put on the TUN device (default 169.254.82.65/32, link
+	// local). The kernel's reverse-path filter drops every packet arriving on
+	// an interface without an address when rp_filter is on (net.ipv4.conf.all
+	// or the device), and the replies the router writes arrive that way.
+	TUNAddress string `toml:"tun_address"`
+	// Mark and MarkMask are the firewall mark the classifier sets on LC
+	// packets and the bits of skb->mark it owns (defaults 0x5241 and 0xffff).
+	Mark     uint32 `toml:"mark"`
+	MarkMask uint32 `toml:"mark_mask"`
+	// KeepMark (default 0x10000, outside mark_mask) is set by the masquerade
+	// table on LAN packets of connections the kernel already masquerades; a
+	// rule sends them to the main table. Without it, a flow that becomes LC
+	// mid-flight (DSCP set later) would be steered into the TUN, and the
+	// kernel kills a masqueraded connection whose output interface changes.
+	KeepMark uint32 `toml:"keep_mark"`
+	// Table is the routing table holding the route into the TUN device
+	// (default 21057); RulePriority the first of the three rule priorities
+	// the router uses (default 5240).
+	Table        int `toml:"table"`
+	RulePriority int `toml:"rule_priority"`
+	// Masquerade lists the interfaces (usually the uplinks) whose outgoing
+	// traffic is masqueraded by the kernel. Empty: no NAT, the LAN's
+	// addresses are routed as they are.
+	Masquerade []string `toml:"masquerade"`
+	// UDPPorts adds UDP server ports ("N" or "N-M") whose traffic is LC, on top
+	// of the application table.
+	UDPPorts []string `toml:"udp_ports"`
+	// AppsFile is a user application table merged over the shipped one.
+	AppsFile string `toml:"apps_file"`
+	// LearnedFile keeps learned destinations across restarts ("" = memory only).
+	LearnedFile string `toml:"learned_file"`
+	// MaxRules bounds the destination rules (learned destinations) and,
+	// separately, the single-flow rules (default 256 each).
+	MaxRules int `toml:"max_rules"`
+	// PollInterval is how often the flow statistics of the eBPF classifier
+	// are read to find game-like timing in flows it did not mark (default
+	// 100ms).
+	PollInterval config.Duration `toml:"poll_interval"`
 }
 
-func (t *TransparentConfig) check(c *Config, meta *config.Meta) error { return nil }
+// Defaults of the [transparent] table.
+const (
+	DefaultTUN          = "raic0"
+	DefaultTUNMTU       = 1500
+	DefaultTUNAddress   = "169.254.82.65/32"
+	DefaultMark         = 0x5241
+	DefaultMarkMask     = 0xffff
+	DefaultKeepMark     = 0x10000
+	DefaultTable        = 21057
+	DefaultRulePriority = 5240
+	DefaultMaxRules     = 256
+	DefaultPollInterval = 100 * time.Millisecond
+)
 
-func (r *Router) setupTransparent() error                    { return nil }
-func (r *Router) startTransparent(ctx context.Context) error { return nil }
-func (r *Router) closeTransparent()                          {}
+func (t *TransparentConfig) check(c *Config, meta *config.Meta) error {
+	if !t.Enabled {
+		return nil
+	}
+	if t.LAN == "" {
+		return meta.Errorf("transparent.lan", "transparent mode needs the LAN interface")
+	}
+	if t.TUN == "" {
+		t.TUN = DefaultTUN
+	}
+	if len(t.TUN) > 15 || len(t.LAN) > 15 {
+		return meta.Errorf("transparent.tun", "interface names are at most 15 bytes")
+	}
+	if t.MTU == 0 {
+		t.MTU = DefaultTUNMTU
+	}
+	if t.MTU < 576 || t.MTU > 65535 {
+		return meta.Errorf("transparent.mtu", "must be 576 to 65535")
+	}
+	if t.TUNAddress == "" {
+		t.TUNAddress = DefaultTUNAddress
+	}
+	if p, err := netip.ParsePrefix(t.TUNAddress); err != nil || !p.Addr().Is4() {
+		return meta.Errorf("transparent.tun_address", "not an IPv4 address/prefix: %q", t.TUNAddress)
+	}
+	if t.Mark == 0 {
+		t.Mark = DefaultMark
+	}
+	if t.MarkMask == 0 {
+		t.MarkMask = DefaultMarkMask
+	}
+	if t.Mark&^t.MarkMask != 0 {
+		return meta.Errorf("transparent.mark", "mark %#x has bits outside mark_mask %#x", t.Mark, t.MarkMask)
+	}
+	if t.KeepMark == 0 {
+		t.KeepMark = DefaultKeepMark
+	}
+	if t.KeepMark&t.MarkMask != 0 {
+		return meta.Errorf("transparent.keep_mark", "keep_mark %#x shares bits with mark_mask %#x", t.KeepMark, t.MarkMask)
+	}
+	if t.Table == 0 {
+		t.Table = DefaultTable
+	}
+	if t.Table < 1 || t.Table >= 252 && t.Table <= 255 || t.Table > math.MaxInt32 {
+		return meta.Errorf("transparent.table", "must be 1 to 2^31-1 and not a reserved table (252-255)")
+	}
+	if t.RulePriority == 0 {
+		t.RulePriority = DefaultRulePriority
+	}
+	if t.RulePriority < 1 || t.RulePriority+2 >= 32766 {
+		return meta.Errorf("transparent.rule_priority", "must be 1 to 32763, before the main table's rule")
+	}
+	for i, p := range t.UDPPorts {
+		if _, _, err := parsePortRange(p); err != nil {
+			return meta.Errorf(fmt.Sprintf("transparent.udp_ports.%d", i), "%v", err)
+		}
+	}
+	if t.MaxRules == 0 {
+		t.MaxRules = DefaultMaxRules
+	}
+	if t.MaxRules < 1 || t.MaxRules > 4096 {
+		return meta.Errorf("transparent.max_rules", "must be 1 to 4096")
+	}
+	if t.PollInterval.Duration == 0 {
+		t.PollInterval.Duration = DefaultPollInterval
+	}
+	if t.PollInterval.Duration < 10*time.Millisecond || t.PollInterval.Duration > 5*time.Second {
+		return meta.Errorf("transparent.poll_interval", "must be 10ms to 5s")
+	}
+	return nil
+}
+
+// parsePortRange reads "N" or "N-M" (1 to 65535).
+func parsePortRange(s string) (lo, hi uint16, err error) {
+	a, b, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	x, err := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	if err != nil || x == 0 {
+		return 0, 0, fmt.Errorf("bad port %q", s)
+	}
+	y := x
+	if isRange {
+		if y, err = strconv.ParseUint(strings.TrimSpace(b), 10, 16); err != nil || y < x {
+			return 0, 0, fmt.Errorf("bad port range %q", s)
+		}
+	}
+	return uint16(x), uint16(y), nil
+}
+
+// flowKey names a transparent flow: the LAN client and the server it sends to.
+type flowKey struct {
+	client, server netip.AddrPort
+}
+
+func hashFlow(k flowKey, seed uint64) uint64 {
+	return hashAddrPort(k.client, seed) ^ hashAddrPort(k.server, ^seed)*0x9e3779b97f4a7c15
+}
+
+// passEntry is a flow whose packets keep the kernel's path.
+type passEntry struct {
+	promoted bool // promoted in the eBPF classifier (demote when it ends)
+	ruled    bool // has a single-flow rule that keeps it out of the TUN
+}
+
+// transparent is the running transparent mode.
+type transparent struct {
+	r      *Router
+	cfg    *TransparentConfig
+	nc     *netcfg.Net
+	tun    *water.Interface
+	dp     *bpf.Datapath
+	params raic.Params
+	done   chan struct{}
+
+	// Proxied flows (their sessions) and flows handed back to the kernel.
+	flows *session.Table[flowKey, *routerSession]
+	pass  *session.Table[flowKey, passEntry]
+	// ended remembers flows whose session ended (idle, evicted, closed by the
+	// proxy) for a while: when one resumes, the eBPF statistics say it is old,
+	// but it was ours, not in flight on the kernel's path, so it is proxied
+	// again.
+	ended *session.Table[flowKey, struct{}]
+
+	tables  *detect.Config     // application and operator tables
+	cls     *detect.Classifier // the TUN goroutine's
+	pollCls *detect.Classifier // the poller's
+	learned *detect.Learned
+	delayed *delayQueue
+
+	mu          sync.Mutex // guards the rule sets and the kernel state flags
+	flowRules   map[flowKey]bool
+	destRules   map[netip.AddrPort]bool
+	staticRules []netcfg.Rule
+	installed   struct{ route, markRule, nat, forward bool }
+	oldForward  string
+
+	polls   map[bpf.FlowKey]*pollState // poller goroutine only
+	pollGen uint32
+
+	loops sync.WaitGroup // tunLoop and maintLoop, which use the datapath
+	bufs  sync.Pool      // reply buffers (*[]byte)
+	ipID  atomic.Uint32
+	m     tpCounters
+}
+
+type tpCounters struct {
+	in, bad, reinjected, proxied, passed          *metrics.Counter
+	inFlight, notLC, adhoc, replies, replyErrors  *metrics.Counter
+	destRules, rulesFull, ruleErrors, pollSkipped *metrics.Counter
+}
+
+func newTPCounters(r *metrics.Registry) tpCounters {
+	c := func(name, help string) *metrics.Counter { return r.Counter("router_transparent_"+name, help) }
+	return tpCounters{
+		in:          c("tun_packets_total", "Packets read from the TUN device."),
+		bad:         c("tun_malformed_total", "Packets from the TUN device dropped as malformed."),
+		reinjected:  c("tun_reinjected_total", "Packets written back to the kernel's path (not UDP, fragments, flows not proxied)."),
+		proxied:     c("flows_proxied_total", "Flows carried through the proxy."),
+		passed:      c("flows_passed_total", "Flows captured but kept on the kernel's path."),
+		inFlight:    c("flows_in_flight_total", "LC flows found already in flight: kept on their path."),
+		notLC:       c("flows_not_lc_total", "Captured flows the userspace classifier did not find LC."),
+		adhoc:       c("flows_adhoc_total", "Flows found LC by timing (kept on their path, prioritised, destination learned)."),
+		replies:     c("replies_total", "Reply packets rebuilt and written to the TUN device."),
+		replyErrors: c("reply_errors_total", "Reply packets that could not be rebuilt or written."),
+		destRules:   c("dest_rules_total", "Destination rules installed (learned destinations)."),
+		rulesFull:   c("rules_full_total", "Rules not installed because max_rules was reached."),
+		ruleErrors:  c("rule_errors_total", "Policy rule changes that failed."),
+		pollSkipped: c("poll_flows_skipped_total", "Flows the timing poller could not track (table full)."),
+	}
+}
+
+// The transparent mode's sessions keep their flows alive in its table and write
+// replies as rebuilt IPv4/UDP packets to the TUN device.
+func (t *transparent) writeBack(rs *routerSession, pkt []byte) error {
+	bp := t.bufs.Get().(*[]byte)
+	n, err := nat.Build(*bp, rs.target, rs.client, uint16(t.ipID.Add(1)), pkt)
+	if err == nil {
+		_, err = t.tun.Write((*bp)[:n])
+	}
+	t.bufs.Put(bp)
+	if err != nil {
+		t.m.replyErrors.Inc()
+		return err
+	}
+	t.m.replies.Inc()
+	return nil
+}
+func (t *transparent) touch(rs *routerSession, now int64) {
+	t.flows.Get(flowKey{rs.client, rs.target}, now)
+}
+func (t *transparent) end(rs *routerSession) { t.flows.Delete(flowKey{rs.client, rs.target}) }
+
+func (r *Router) setupTransparent() error {
+	if !r.cfg.Transparent.Enabled {
+		return nil
+	}
+	t, err := newTransparent(r)
+	if err != nil {
+		return err
+	}
+	if t.nc, err = netcfg.Open(); err != nil {
+		return err
+	}
+	if err := t.setupKernel(); err != nil {
+		t.teardownKernel()
+		t.nc.Close()
+		return err
+	}
+	r.tp = t
+	return nil
+}
+
+// newTransparent builds the userspace side of transparent mode: flow tables,
+// classifiers, reply buffers. setupKernel adds the kernel side.
+func newTransparent(r *Router) (*transparent, error) {
+	tc := &r.cfg.Transparent
+	params, err := raic.ParseParams(r.cfg.Scheme)
+	if err != nil {
+		return nil, err
+	}
+	t := &transparent{
+		r: r, cfg: tc, params: params, done: make(chan struct{}),
+		flowRules: map[flowKey]bool{}, destRules: map[netip.AddrPort]bool{},
+		polls: map[bpf.FlowKey]*pollState{}, m: newTPCounters(r.reg),
+	}
+	t.bufs.New = func() any { b := make([]byte, nat.HeaderLen+nat.MaxPayload); return &b }
+	t.flows = session.NewTable(session.Config[flowKey, *routerSession]{
+		MaxEntries: r.cfg.MaxSessions, IdleTimeout: r.cfg.SessionIdle.Duration,
+		Hash: func(k flowKey) uint64 { return hashFlow(k, r.seed) },
+		OnRemove: func(k flowKey, rs *routerSession, why session.Reason) {
+			t.ended.GetOrCreate(k, mono.Now(), func() (struct{}, error) { return struct{}{}, nil })
+			r.onFlowRemoved(k.client, rs, why)
+		},
+	})
+	t.ended = session.NewTable(session.Config[flowKey, struct{}]{
+		MaxEntries: r.cfg.MaxSessions, IdleTimeout: endedMemory,
+		Hash: func(k flowKey) uint64 { return hashFlow(k, r.seed) },
+	})
+	t.pass = session.NewTable(session.Config[flowKey, passEntry]{
+		MaxEntries: r.cfg.MaxSessions, IdleTimeout: r.cfg.SessionIdle.Duration,
+		Hash:     func(k flowKey) uint64 { return hashFlow(k, r.seed) },
+		OnRemove: t.passRemoved,
+	})
+	if r.cfg.DelayedCopy > 0 {
+		t.delayed = newDelayQueue(256)
+	}
+	if err := t.setupClassifiers(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// setupClassifiers builds the userspace classifiers over the shipped
+// application table, the user's table and udp_ports.
+func (t *transparent) setupClassifiers() error {
+	tc := t.cfg
+	base, err := detect.ShippedConfig()
+	if err != nil {
+		return err
+	}
+	if tc.AppsFile != "" {
+		user, err := detect.LoadConfigFile(tc.AppsFile)
+		if err != nil {
+			return fmt.Errorf("transparent.apps_file: %w", err)
+		}
+		base = detect.Merge(base, user)
+	}
+	if len(tc.UDPPorts) > 0 {
+		var b strings.Builder
+		b.WriteString("[[app]]\nname = \"config-udp-ports\"\ntitle = \"[transparent] udp_ports\"\ntype = \"game\"\nproto = \"udp\"\nserver_ports = [")
+		for i, p := range tc.UDPPorts {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%q", strings.TrimSpace(p))
+		}
+		b.WriteString("]\n")
+		user, err := detect.ParseConfig("transparent.udp_ports", []byte(b.String()))
+		if err != nil {
+			return fmt.Errorf("transparent.udp_ports: %w", err)
+		}
+		base = detect.Merge(base, user)
+	}
+	t.tables = base
+	t.learned = detect.NewLearned(4096, 30*24*time.Hour)
+	if tc.LearnedFile != "" {
+		n := t.learned.Restore(tc.LearnedFile, mono.Now(), time.Now(), t.r.log)
+		t.r.log.Info("learned destinations restored", "file", tc.LearnedFile, "entries", n)
+	}
+	opt := detect.Options{Config: base, Learned: t.learned, MaxFlows: t.r.cfg.MaxSessions}
+	if t.cls, err = detect.NewClassifier(opt); err != nil {
+		return err
+	}
+	if t.pollCls, err = detect.NewClassifier(opt); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ephemeralLo is where the ephemeral source ports of common systems begin
+// (Linux 32768, Windows and macOS 49152). The eBPF port table matches source
+// ports as well as destination ports, so a range reaching into these ports
+// would mark ordinary LAN flows; such ranges are matched by destination port
+// with policy rules instead.
+const ephemeralLo = 32768
+
+// lcRanges returns the UDP server port ranges of the enabled applications.
+func lcRanges(c *detect.Config) [][2]uint16 {
+	var out [][2]uint16
+	for _, a := range c.Apps {
+		if a.Disabled || (a.Proto != "udp" && a.Proto != "both") {
+			continue
+		}
+		for _, p := range a.ServerPorts {
+			if lo, hi, err := parsePortRange(p); err == nil {
+				out = append(out, [2]uint16{lo, hi})
+			}
+		}
+	}
+	return out
+}
+
+// setupKernel installs the kernel state, removing first whatever an earlier
+// run left behind. On error the caller calls teardownKernel.
+func (t *transparent) setupKernel() error {
+	tc, log := t.cfg, t.r.log
+	if err := t.cleanKernel(); err != nil {
+		log.Warn("transparent: leftover cleanup incomplete", "err", err)
+	}
+	// The TUN device. It is created in the namespace of the Net handle, which
+	// is the one the router was started in.
+	err := t.nc.Do(func() error {
+		var err error
+		t.tun, err = water.New(water.Config{DeviceType: water.TUN, PlatformSpecificParams: water.PlatformSpecificParams{Name: tc.TUN}})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("transparent: create TUN %s: %w", tc.TUN, err)
+	}
+	if err := t.nc.LinkUp(tc.TUN, tc.MTU); err != nil {
+		return err
+	}
+	if err := t.nc.AddAddr(tc.TUN, netip.MustParsePrefix(tc.TUNAddress)); err != nil {
+		return err
+	}
+	// Replies written to the TUN come from remote addresses and passed-back
+	// packets from LAN addresses: neither is routed back through the TUN, so
+	// strict reverse-path filtering would drop both. Loose mode (2) wins over
+	// a strict "all" setting, which the kernel combines by taking the maximum;
+	// it needs the address above.
+	if err := t.nc.SetSysctl("net.ipv4.conf."+tc.TUN+".rp_filter", "2"); err != nil {
+		return err
+	}
+	if err := t.nc.SetDefaultRoute(tc.Table, tc.TUN); err != nil {
+		return err
+	}
+	t.installed.route = true
+	if t.oldForward, err = t.nc.Sysctl("net.ipv4.ip_forward"); err != nil {
+		return err
+	}
+	if err := t.nc.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
+	t.installed.forward = true
+
+	// The classifier on the LAN ingress.
+	if t.dp, err = bpf.Load(); err != nil {
+		return fmt.Errorf("transparent: load eBPF classifier: %w", err)
+	}
+	if err := t.dp.SetClassifierConfig(bpf.ClassifierConfig{LCMark: tc.Mark, LCMask: tc.MarkMask}); err != nil {
+		return err
+	}
+	cfg := t.cls.Apps() // only for the log line below
+	var destRanges [][2]uint16
+	ports := 0
+	merged := t.tables
+	for _, rg := range lcRanges(merged) {
+		if rg[1] >= ephemeralLo {
+			destRanges = append(destRanges, rg)
+			continue
+		}
+		for p := uint32(rg[0]); p <= uint32(rg[1]); p++ {
+			if err := t.dp.SetPort(bpf.ProtoUDP, uint16(p), bpf.PortEntry{LC: true}); err != nil {
+				return err
+			}
+			ports++
+		}
+	}
+	err = t.nc.Do(func() error {
+		a, err := t.dp.AttachClassifierByName(tc.LAN)
+		if err == nil {
+			log.Info("transparent: classifier attached", "lan", tc.LAN, "mode", a.Mode().String())
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("transparent: attach classifier to %s: %w", tc.LAN, err)
+	}
+
+	// Policy rules.
+	P := tc.RulePriority
+	if err := t.nc.AddRule(netcfg.Rule{Priority: P + 1, Table: tc.Table, Iif: tc.LAN, Mark: tc.Mark, Mask: tc.MarkMask}); err != nil {
+		return err
+	}
+	t.installed.markRule = true
+	for _, rg := range destRanges {
+		t.staticRules = append(t.staticRules, netcfg.Rule{Priority: P + 2, Table: tc.Table, Iif: tc.LAN, Proto: nat.ProtoUDP, DportLo: rg[0], DportHi: rg[1]})
+	}
+	for _, op := range merged.Operators {
+		for _, s := range op.Prefixes {
+			if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
+				t.staticRules = append(t.staticRules, netcfg.Rule{Priority: P + 2, Table: tc.Table, Iif: tc.LAN, Proto: nat.ProtoUDP, Dst: p.Masked()})
+			}
+		}
+	}
+	for _, rule := range t.staticRules {
+		if err := t.nc.AddRule(rule); err != nil {
+			return err
+		}
+	}
+	t.syncDestRules(mono.Now())
+
+	if len(tc.Masquerade) > 0 {
+		keep := &netcfg.Keep{Iif: tc.LAN, Mark: tc.KeepMark}
+		switch err := t.nc.Masquerade(t.natTable(), tc.Masquerade, keep); {
+		case err == nil:
+			t.installed.nat = true
+			if err := t.nc.AddRule(netcfg.Rule{Priority: P, Table: mainTable, Iif: tc.LAN, Mark: tc.KeepMark, Mask: tc.KeepMark}); err != nil {
+				return err
+			}
+			log.Info("transparent: masquerading", "interfaces", strings.Join(tc.Masquerade, ","))
+		case errors.Is(err, netcfg.ErrNoNAT):
+			log.Warn("transparent: kernel NAT unavailable, masquerade off: LAN addresses are routed as they are", "err", err)
+		default:
+			return err
+		}
+	} else {
+		log.Info("transparent: masquerade off (no [transparent] masquerade interfaces): LAN addresses are routed as they are")
+	}
+	log.Info("transparent mode ready", "lan", tc.LAN, "tun", tc.TUN, "table", tc.Table,
+		"mark", fmt.Sprintf("%#x/%#x", tc.Mark, tc.MarkMask), "rule_priority", P,
+		"apps", cfg.Len(), "bpf_udp_ports", ports, "dest_port_rules", len(destRanges))
+	return nil
+}
+
+func (t *transparent) natTable() string { return "raic_" + strings.ReplaceAll(t.cfg.TUN, "-", "_") }
+
+// ours reports whether a rule belongs to this router: one of its priorities,
+// or a lookup of its table.
+func (t *transparent) ours(prio, table int) bool {
+	P := t.cfg.RulePriority
+	return table == t.cfg.Table || prio >= P && prio <= P+2
+}
+
+// cleanKernel removes what a run with this configuration may have left: its
+// rules, its table's routes, its TUN device and its nft table.
+func (t *transparent) cleanKernel() error {
+	var errs []error
+	if n, err := t.nc.DelRulesWhere(t.ours); err != nil {
+		errs = append(errs, err)
+	} else if n > 0 {
+		t.r.log.Warn("transparent: removed policy rules left by an earlier run", "rules", n)
+	}
+	if err := t.nc.FlushTable(t.cfg.Table); err != nil {
+		errs = append(errs, err)
+	}
+	if err := t.nc.DeleteLink(t.cfg.TUN); err != nil {
+		errs = append(errs, err)
+	}
+	if err := t.nc.DeleteMasquerade(t.natTable()); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// teardownKernel removes everything setupKernel installed.
+func (t *transparent) teardownKernel() {
+	log := t.r.log
+	if t.dp != nil {
+		// A legacy tc attachment must be detached in its namespace.
+		if err := t.nc.Do(t.dp.Close); err != nil {
+			log.Warn("transparent: detach classifier", "err", err)
+		}
+	}
+	if _, err := t.nc.DelRulesWhere(t.ours); err != nil {
+		log.Warn("transparent: remove rules", "err", err)
+	}
+	t.mu.Lock()
+	clear(t.flowRules)
+	clear(t.destRules)
+	t.mu.Unlock()
+	if t.installed.route {
+		if err := t.nc.FlushTable(t.cfg.Table); err != nil {
+			log.Warn("transparent: flush table", "err", err)
+		}
+	}
+	if t.tun != nil {
+		t.tun.Close() // the device goes with its last file descriptor
+	}
+	if t.installed.nat {
+		if err := t.nc.DeleteMasquerade(t.natTable()); err != nil {
+			log.Warn("transparent: remove masquerade", "err", err)
+		}
+	}
+	if t.installed.forward && t.oldForward != "" && t.oldForward != "1" {
+		if err := t.nc.SetSysctl("net.ipv4.ip_forward", t.oldForward); err != nil {
+			log.Warn("transparent: restore ip_forward", "err", err)
+		}
+	}
+}
+
+func (r *Router) startTransparent(ctx context.Context) error {
+	t := r.tp
+	if t == nil {
+		return nil
+	}
+	r.wg.Add(2)
+	t.loops.Add(2)
+	go t.tunLoop()
+	go t.maintLoop(ctx)
+	if t.delayed != nil {
+		r.wg.Add(1)
+		go r.delayLoop(ctx, &forward{delayed: t.delayed})
+	}
+	return nil
+}
+
+func (r *Router) closeTransparent() {
+	t := r.tp
+	if t == nil {
+		return
+	}
+	close(t.done)
+	if t.delayed != nil {
+		t.delayed.close()
+	}
+	// The loops end before the datapath and rules they use go away: closing
+	// the device ends the TUN reader.
+	t.tun.Close()
+	t.loops.Wait()
+	t.teardownKernel()
+	if t.cfg.LearnedFile != "" {
+		if err := t.learned.Save(t.cfg.LearnedFile, mono.Now(), time.Now()); err != nil {
+			r.log.Warn("transparent: save learned destinations", "err", err)
+		}
+	}
+	t.nc.Close()
+}
+
+// maintLoop polls the classifier's flow statistics for game-like timing,
+// sweeps idle flows and keeps the destination rules in step with what was
+// learned.
+func (t *transparent) maintLoop(ctx context.Context) {
+	defer t.r.wg.Done()
+	defer t.loops.Done()
+	tick := time.NewTicker(t.cfg.PollInterval.Duration)
+	defer tick.Stop()
+	var lastSweep, lastSync, lastSave int64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.done:
+			return
+		case <-tick.C:
+		}
+		now := mono.Now()
+		t.poll(now)
+		if now-lastSweep > int64(time.Second) {
+			lastSweep = now
+			t.flows.Sweep(now)
+			t.pass.Sweep(now)
+			t.ended.Sweep(now)
+		}
+		if now-lastSync > int64(10*time.Second) {
+			lastSync = now
+			t.syncDestRules(now)
+		}
+		if t.cfg.LearnedFile != "" && now-lastSave > int64(time.Minute) {
+			if lastSave != 0 {
+				if err := t.learned.Save(t.cfg.LearnedFile, now, time.Now()); err != nil {
+					t.r.log.Warn("transparent: save learned destinations", "err", err)
+				}
+			}
+			lastSave = now
+		}
+	}
+}
+
+// tunLoop reads the packets the policy rules steered into the TUN device.
+func (t *transparent) tunLoop() {
+	defer t.r.wg.Done()
+	defer t.loops.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, err := t.tun.Read(buf)
+		if err != nil {
+			if t.r.closing.Load() || errors.Is(err, os.ErrClosed) {
+				return
+			}
+			// Not ours to fix (the device was removed under us, say): count
+			// it and do not spin.
+			t.m.bad.Inc()
+			select {
+			case <-t.done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		t.fromLAN(buf[:n], mono.Now())
+	}
+}
+
+// transparentDatapath returns the eBPF datapath transparent mode loaded, or
+// nil. Suppression may share it instead of loading its own, so that the flows
+// promoted here (ad-hoc LC flows kept on the kernel's path) count as LC for
+// suppress_egress too; with two datapaths the promotion maps are separate.
+func (r *Router) transparentDatapath() *bpf.Datapath {
+	if r.tp == nil {
+		return nil
+	}
+	return r.tp.dp
+}
+
+// transparentMark returns the mark and mask the classifier sets on LC packets
+// (zero when transparent mode is off).
+func (r *Router) transparentMark() (mark, mask uint32) {
+	if r.tp == nil {
+		return 0, 0
+	}
+	return r.tp.cfg.Mark, r.tp.cfg.MarkMask
+}
