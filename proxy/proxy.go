@@ -38,6 +38,10 @@ import (
 // it: recvmmsg returns what is queued.
 const batch = 32
 
+// maxServerPacket is the largest server packet the proxy carries back (it is
+// X-fragmented on the way); game servers keep theirs under the path MTU.
+const maxServerPacket = 8 << 10
+
 // maxPaths bounds the reply addresses kept per session (one per router uplink,
 // plus room for a NAT rebinding in progress).
 const maxPaths = 8
@@ -97,6 +101,7 @@ type counters struct {
 	sessionConflict, upstreamErrors, sendErrors, noPath      *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle, pongsOut *metrics.Counter
 	sessions                                                 *metrics.Gauge
+	oversize                                                 *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -125,6 +130,7 @@ func newCounters(r *metrics.Registry) counters {
 		sessionsIdle:    r.Counter("proxy_sessions_expired_total", "Sessions ended after being idle."),
 		pongsOut:        r.Counter("proxy_pongs_total", "Keepalive answers sent."),
 		sessions:        r.Gauge("proxy_sessions", "Live sessions."),
+		oversize:        r.Counter(`proxy_dropped_total{reason="server_packet_too_large"}`, "Server packets larger than the proxy carries."),
 	}
 }
 
@@ -533,7 +539,10 @@ func (ps *proxySession) ackDue(now int64) bool {
 func (ps *proxySession) pumpReplies() {
 	s := ps.srv
 	defer s.pumps.Done()
-	buf := make([]byte, 64<<10)
+	// One buffer per session, so it is sized for game packets rather than for the
+	// largest UDP datagram: a thousand sessions must not cost 64 MB. A datagram
+	// that fills it may have been cut short, so it is dropped and counted.
+	buf := make([]byte, maxServerPacket+1)
 	for {
 		n, err := ps.upstream.Read(buf)
 		if err != nil {
@@ -542,6 +551,10 @@ func (ps *proxySession) pumpReplies() {
 			}
 			// ICMP port unreachable from the server surfaces here; keep going.
 			s.m.upstreamErrors.Inc()
+			continue
+		}
+		if n > maxServerPacket {
+			s.m.oversize.Inc()
 			continue
 		}
 		ps.reply(buf[:n], mono.Now())

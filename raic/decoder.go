@@ -2,6 +2,7 @@ package raic
 
 import (
 	"encoding/binary"
+	"github.com/raicnet/raic/pkg/replay"
 	"time"
 )
 
@@ -73,7 +74,10 @@ type group struct {
 // an older one in its slot, and a slot remembers a released packet until it is
 // reused, so the same packet is never released twice within the ring.
 type Decoder struct {
-	groups  []group
+	groups  []group       // allocated on the first shard that needs a group (see Add)
+	size    int           // len(groups) once allocated
+	copies  replay.Window // packet IDs released by the copy fast path
+	copyMax uint64        // the highest of them
 	mask    uint64
 	maxAge  int64
 	maxBufs int
@@ -84,7 +88,13 @@ type Decoder struct {
 	rel     []Released
 	work    []uint64
 	stats   DecoderStats
-	// scratch for block decoding, on the decoder so nothing escapes per call
+	// sc is the scratch space of block decoding, kept on the decoder so nothing
+	// escapes per call, and allocated with the ring: a copy-only decoder (one per
+	// proxy session) never needs its 3.5 KB.
+	sc *blockScratch
+}
+
+type blockScratch struct {
 	have [MaxTotal][]byte
 	rows [MaxK]int
 	a    [MaxK][MaxK]byte
@@ -110,7 +120,7 @@ func NewDecoder(cfg DecoderConfig) *Decoder {
 		mb = 8 * sz
 	}
 	return &Decoder{
-		groups:  make([]group, sz),
+		size:    sz,
 		mask:    uint64(sz - 1),
 		maxAge:  int64(age),
 		maxBufs: mb,
@@ -225,6 +235,39 @@ func (d *Decoder) Add(s Shard, now int64) []Released {
 	if !validDesc(&s) {
 		d.stats.Malformed++
 		return nil
+	}
+	// An unfragmented copy is a whole packet: release it in place, with no group
+	// and no copy of its bytes. Copies are the common case (RAIC-1), and a proxy
+	// holds one decoder per session, so this keeps a copy-only decoder to a few
+	// kilobytes. A small window remembers what was released, to drop the other
+	// copies.
+	if s.Scheme == SchemeCopy && s.Desc.Frag == fragLast {
+		if d.groups != nil {
+			// The same packet ID already decoding under another scheme: only a
+			// broken sender does that.
+			if g := &d.groups[s.PID&d.mask]; g.state != stFree && g.pid == s.PID {
+				d.stats.Malformed++
+				return nil
+			}
+		}
+		if !d.copies.Mark(s.PID) {
+			if s.PID+replay.Size <= d.copyMax {
+				d.stats.Late++
+			} else {
+				d.stats.Duplicates++
+			}
+			return nil
+		}
+		if s.PID > d.copyMax {
+			d.copyMax = s.PID
+		}
+		d.stats.Released++
+		d.rel = append(d.rel, Released{PID: s.PID, Data: s.Data})
+		return d.rel
+	}
+	if d.groups == nil {
+		d.groups = make([]group, d.size)
+		d.sc = new(blockScratch)
 	}
 	if s.PID > d.maxPID {
 		old := d.maxPID
@@ -346,11 +389,11 @@ func (d *Decoder) finishBlock(g *group, now int64) {
 		}
 		d.ensureOut(off + blk)
 		for i := range cnt {
-			d.have[i] = nil
+			d.sc.have[i] = nil
 		}
 		for i := range g.ents {
 			if e := &g.ents[i]; int(e.frag) == f {
-				d.have[e.idx] = e.data
+				d.sc.have[e.idx] = e.data
 			}
 		}
 		dst := d.out[off : off+blk]
@@ -406,12 +449,12 @@ func (d *Decoder) giveUpMalformed(g *group) {
 }
 
 // decodeBlock writes the k data shards of one fragment into dst (k*size bytes)
-// from the shards in d.have. It reports whether parity was needed.
+// from the shards in d.sc.have. It reports whether parity was needed.
 func (d *Decoder) decodeBlock(sc Scheme, dst []byte, k, cnt, size int) (bool, bool) {
 	missing := 0
 	for i := range k {
-		if d.have[i] != nil {
-			copy(dst[i*size:(i+1)*size], d.have[i])
+		if d.sc.have[i] != nil {
+			copy(dst[i*size:(i+1)*size], d.sc.have[i])
 		} else {
 			missing++
 		}
@@ -422,11 +465,11 @@ func (d *Decoder) decodeBlock(sc Scheme, dst []byte, k, cnt, size int) (bool, bo
 	if sc == SchemeXOR {
 		// Exactly one data shard is missing: it is the parity XOR the others.
 		for i := range k {
-			if d.have[i] != nil {
+			if d.sc.have[i] != nil {
 				continue
 			}
 			out := dst[i*size : (i+1)*size]
-			copy(out, d.have[k])
+			copy(out, d.sc.have[k])
 			for j := range k {
 				if j != i {
 					xorInto(out, dst[j*size:(j+1)*size])
@@ -439,33 +482,33 @@ func (d *Decoder) decodeBlock(sc Scheme, dst []byte, k, cnt, size int) (bool, bo
 	// generator matrix, and compute only the missing data rows.
 	r := 0
 	for i := 0; i < cnt && r < k; i++ {
-		if d.have[i] == nil {
+		if d.sc.have[i] == nil {
 			continue
 		}
-		d.rows[r] = i
+		d.sc.rows[r] = i
 		for c := range k {
 			if i < k {
-				d.a[r][c] = 0
+				d.sc.a[r][c] = 0
 				if c == i {
-					d.a[r][c] = 1
+					d.sc.a[r][c] = 1
 				}
 			} else {
-				d.a[r][c] = cauchy(k, i-k, c)
+				d.sc.a[r][c] = cauchy(k, i-k, c)
 			}
 		}
 		r++
 	}
-	if r < k || !invert(&d.a, &d.inv, k) {
+	if r < k || !invert(&d.sc.a, &d.sc.inv, k) {
 		return true, false
 	}
 	for i := range k {
-		if d.have[i] != nil {
+		if d.sc.have[i] != nil {
 			continue
 		}
 		out := dst[i*size : (i+1)*size]
 		clear(out)
 		for j := range k {
-			mulAdd(out, d.have[d.rows[j]], d.inv[i][j])
+			mulAdd(out, d.sc.have[d.sc.rows[j]], d.sc.inv[i][j])
 		}
 	}
 	return true, true

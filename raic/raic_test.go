@@ -272,7 +272,8 @@ func TestDuplicatesAndReplay(t *testing.T) {
 			t.Fatal("second copy released")
 		}
 	}
-	// Push the ring past pid 5: the old copy is then too old, never re-released.
+	// Copies are remembered over a replay window (8,128 packets), far more than
+	// the ring of groups: a replay within it is a duplicate, beyond it late.
 	for pid := uint64(6); pid < 40; pid++ {
 		sh, _ := enc.Encode(pid, []byte("x"))
 		dec.Add(sh[0], 0)
@@ -280,9 +281,19 @@ func TestDuplicatesAndReplay(t *testing.T) {
 	if len(dec.Add(s, 0)) != 0 {
 		t.Fatal("replayed old copy released")
 	}
+	for pid := uint64(40); pid < 9000; pid++ {
+		sh, _ := enc.Encode(pid, []byte("x"))
+		dec.Add(sh[0], 0)
+	}
+	if len(dec.Add(s, 0)) != 0 {
+		t.Fatal("replayed very old copy released")
+	}
 	st := dec.Stats()
-	if st.Duplicates != 3 || st.Late != 1 || st.Released != 35 {
+	if st.Duplicates != 4 || st.Late != 1 || st.Released != 8995 {
 		t.Fatalf("stats %+v", st)
+	}
+	if dec.groups != nil {
+		t.Fatal("a copy-only decoder allocated its ring of groups")
 	}
 }
 
