@@ -45,7 +45,7 @@ generate:
 # Tests that need root (network namespaces, eBPF, TUN) skip with a message when
 # not run as root; CI runs as root, so it runs them all.
 test: fmt-check vet check-generated
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 bench:
 	@mkdir -p docs

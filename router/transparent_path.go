@@ -63,6 +63,15 @@ func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 			t.m.notLC.Inc()
 		}
 		t.passFlow(k, false)
+		if t.installed.nat {
+			// This packet's way into the TUN gave the connection a NAT
+			// binding for the TUN (none): forgotten, the handed-back packet
+			// starts the connection again and is masqueraded on its uplink.
+			if err := t.nc.ForgetConnection(nat.ProtoUDP, k.client, k.server); err != nil {
+				t.m.ruleErrors.Inc()
+				t.r.log.Warn("transparent: forget connection", "err", err)
+			}
+		}
 		t.r.log.Debug("transparent: flow kept on its path", "client", k.client.String(), "server", k.server.String(),
 			"rule", dec.Rule, "in_flight", inFlight)
 		t.reinject(pkt)

@@ -9,6 +9,7 @@
 package netcfg
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -266,6 +268,40 @@ func (n *Net) ListRules(match func(priority, table int) bool) ([]netlink.Rule, e
 		}
 	}
 	return out, nil
+}
+
+// ForgetConnection deletes the kernel's connection tracking entry of the
+// IPv4 flow proto src → dst (original direction), so that the flow's next
+// packet starts a new one and gets a NAT binding for the route it takes then.
+// It names the entry by its tuple, so it costs one request whatever the size
+// of the table. A missing entry is not an error.
+func (n *Net) ForgetConnection(proto uint8, src, dst netip.AddrPort) error {
+	if !src.Addr().Is4() || !dst.Addr().Is4() {
+		return fmt.Errorf("netcfg: forget connection: IPv4 only")
+	}
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_DELETE, unix.NLM_F_ACK)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_INET, Version: nl.NFNETLINK_V0})
+	tuple := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
+	ip := tuple.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_IP, nil)
+	s4, d4 := src.Addr().As4(), dst.Addr().As4()
+	ip.AddRtAttr(nl.CTA_IP_V4_SRC, s4[:])
+	ip.AddRtAttr(nl.CTA_IP_V4_DST, d4[:])
+	pr := tuple.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_PROTO, nil)
+	pr.AddRtAttr(nl.CTA_PROTO_NUM, []byte{proto})
+	var sp, dp [2]byte
+	binary.BigEndian.PutUint16(sp[:], src.Port())
+	binary.BigEndian.PutUint16(dp[:], dst.Port())
+	pr.AddRtAttr(nl.CTA_PROTO_SRC_PORT, sp[:])
+	pr.AddRtAttr(nl.CTA_PROTO_DST_PORT, dp[:])
+	req.AddData(tuple)
+	// The request opens its socket on the calling thread: Do puts that in
+	// the namespace.
+	return n.Do(func() error {
+		if _, err := req.Execute(unix.NETLINK_NETFILTER, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("netcfg: forget connection %v → %v: %w", src, dst, err)
+		}
+		return nil
+	})
 }
 
 // Sysctl reads /proc/sys/<key> (dotted or slashed) in the namespace.
