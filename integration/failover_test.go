@@ -235,8 +235,14 @@ func checkFailover(t *testing.T, r *router.Router, stopNear func(), client *net.
 	if moved > failoverMaxMove {
 		t.Errorf("the move took %v, want at most %v", moved, failoverMaxMove)
 	}
-	if down := r.Metrics().Snapshot()[`router_proxy_switches_total{reason="down"}`]; down != 1 {
-		t.Errorf("router_proxy_switches_total{reason=\"down\"} = %v, want 1", down)
+	// A stopped proxy stops answering keepalives: the move is counted as "down"
+	// (every path timed out) or "loss" (the keepalive loss crossed its threshold
+	// first, which the ping timing decides); either way exactly one move.
+	snap := r.Metrics().Snapshot()
+	down, loss := snap[`router_proxy_switches_total{reason="down"}`], snap[`router_proxy_switches_total{reason="loss"}`]
+	t.Logf("switches: down %v, loss %v", down, loss)
+	if down+loss != 1 {
+		t.Errorf("switches for down %v + loss %v, want exactly 1", down, loss)
 	}
 	<-f.done
 

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"net"
+	"net/netip"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/raicnet/raic/pkg/udp"
+	"golang.org/x/sys/unix"
+)
+
+// floorRate measures the machine's own limit for what the proxy does per
+// packet in the kernel: one write(2) on a connected UDP socket per packet,
+// round-robin over n sockets (one per session, as the proxy has), from one
+// thread pinned to cpu, for d. It returns the packets per second the sink
+// received. It is the ceiling for any proxy that makes one send system call per
+// forwarded packet on this host.
+func floorRate(s *sink, n, cpu, size int, d time.Duration) (floorResult, error) {
+	fds := make([]int, 0, n)
+	conns := make([]*net.UDPConn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(s.addr()))
+		if err != nil {
+			return floorResult{}, err
+		}
+		conns = append(conns, c)
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return floorResult{}, err
+		}
+		rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) })
+	}
+	pkt := make([]byte, size)
+	done := make(chan error, 1)
+	base := s.count.Load()
+	var elapsed time.Duration
+	var sent uint64
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			done <- err
+			return
+		}
+		start := time.Now()
+		end := start.Add(d)
+		for i := 0; ; i++ {
+			if i&1023 == 0 && time.Now().After(end) {
+				break
+			}
+			if _, err := syscall.Write(fds[i%len(fds)], pkt); err == nil {
+				sent++
+			}
+		}
+		elapsed = time.Since(start)
+		done <- nil
+	}()
+	if err := <-done; err != nil {
+		return floorResult{}, err
+	}
+	time.Sleep(50 * time.Millisecond)
+	return floorResult{sent: float64(sent) / elapsed.Seconds(), got: float64(s.count.Load()-base) / elapsed.Seconds()}, nil
+}
+
+// floorResult is a reference rate: packets per second sent and received at
+// the sink.
+type floorResult struct{ sent, got float64 }
+
+// floorBatchRate is floorRate with sendmmsg: batches of udp.MaxBatch datagrams
+// from one unconnected socket. It is the ceiling for a proxy that batches its
+// sends to the server on this host.
+func floorBatchRate(s *sink, cpu, size int, d time.Duration) (floorResult, error) {
+	c, err := udp.Listen("udp4", udp.Options{Local: netip.MustParseAddrPort("127.0.0.1:0"), SendBuffer: 4 << 20})
+	if err != nil {
+		return floorResult{}, err
+	}
+	defer c.Close()
+	msgs := make([]udp.Message, udp.MaxBatch)
+	pkt := make([]byte, size)
+	for i := range msgs {
+		msgs[i] = udp.Message{Buf: pkt, N: size, Addr: s.addr()}
+	}
+	done := make(chan error, 1)
+	base := s.count.Load()
+	var elapsed time.Duration
+	var sent uint64
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			done <- err
+			return
+		}
+		start := time.Now()
+		end := start.Add(d)
+		for i := 0; ; i++ {
+			if i&15 == 0 && time.Now().After(end) {
+				break
+			}
+			n, _ := c.WriteBatch(msgs)
+			sent += uint64(n)
+		}
+		elapsed = time.Since(start)
+		done <- nil
+	}()
+	if err := <-done; err != nil {
+		return floorResult{}, err
+	}
+	time.Sleep(50 * time.Millisecond)
+	return floorResult{sent: float64(sent) / elapsed.Seconds(), got: float64(s.count.Load()-base) / elapsed.Seconds()}, nil
+}

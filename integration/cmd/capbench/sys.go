@@ -1,0 +1,247 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat; it is 100
+// on every Linux architecture Go supports.
+const clockTicks = 100
+
+// cpuTime returns the user+system CPU seconds process pid has used, or 0 when
+// it cannot be read.
+func cpuTime(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields after it are plain.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64) // field 14: utime
+	st, _ := strconv.ParseFloat(f[12], 64) // field 15: stime
+	return (ut + st) / clockTicks
+}
+
+// pinSelf pins every thread of this process to cpu. Threads the runtime starts
+// later inherit the mask from the thread that creates them.
+func pinSelf(cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadavg returns the 1-minute load average, or "?".
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
+// cpuModel returns the CPU model name, or "unknown CPU".
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+// kernel returns the kernel release.
+func kernel() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "?"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// pinPID pins the existing threads of process pid to cpu.
+func pinPID(pid, cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			unix.SchedSetaffinity(tid, &set)
+		}
+	}
+	return nil
+}
+
+// rss returns the resident set size of process pid and its peak (VmRSS and
+// VmHWM from /proc/PID/status), in bytes.
+func rss(pid int) (cur, peak int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[0], 10, 64)
+		switch k {
+		case "VmRSS":
+			cur = n << 10
+		case "VmHWM":
+			peak = n << 10
+		}
+	}
+	return cur, peak
+}
+
+// busyCPU returns the CPU seconds all CPUs have spent running processes
+// since boot (user, nice, system and steal in /proc/stat). Interrupt and
+// softirq time are left out: much of it is the loopback traffic of the
+// benchmark itself, which the processes' own times do not include.
+func busyCPU() float64 { return statBusy("cpu", true) }
+
+// statBusy returns the busy seconds of the /proc/stat line named name (cpu for
+// all, cpuN for one), without interrupt and softirq time when noIRQ is set.
+func statBusy(name string, noIRQ bool) float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	var f []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if g := strings.Fields(line); len(g) > 0 && g[0] == name {
+			f = g
+			break
+		}
+	}
+	if len(f) < 5 {
+		return 0
+	}
+	var busy float64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || (noIRQ && (i == 5 || i == 6)) { // idle, iowait; irq, softirq
+			continue
+		}
+		if i >= 8 { // guest times are already in user
+			break
+		}
+		n, _ := strconv.ParseFloat(v, 64)
+		busy += n
+	}
+	return busy / clockTicks
+}
+
+// background measures the CPU that processes other than pids used, as a
+// percentage of one core, between start and stop.
+type background struct {
+	pids       []int
+	busy, ours float64
+	t          float64
+}
+
+func startBackground(pids ...int) *background {
+	b := &background{pids: pids}
+	b.busy, b.ours = busyCPU(), b.oursNow()
+	return b
+}
+
+func (b *background) oursNow() float64 {
+	var s float64
+	for _, p := range b.pids {
+		s += cpuTime(p)
+	}
+	return s
+}
+
+// stop returns the others' CPU, percent of one core, over elapsed seconds.
+func (b *background) stop(elapsed float64) float64 {
+	others := (busyCPU() - b.busy) - (b.oursNow() - b.ours)
+	return max(0, 100*others/elapsed)
+}
+
+// niceSelf sets the nice value of every thread of this process (Linux keeps it
+// per thread); threads started later, and child processes, inherit it.
+func niceSelf(nice int) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sourceState names the commit the benchmark was built from and the files of
+// the programs under test (not the benchmarks) that differ from it, since
+// several people change the same checkout. It runs read-only git commands and
+// returns "" when git is not available.
+func sourceState() string {
+	head, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	s := "commit " + strings.TrimSpace(string(head))
+	st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no", "--", "router", "proxy", "pkg", "raic").Output()
+	if err != nil {
+		return s
+	}
+	var files []string
+	for _, line := range strings.Split(strings.TrimRight(string(st), "\n"), "\n") {
+		if len(line) > 3 {
+			files = append(files, strings.TrimSpace(line[3:]))
+		}
+	}
+	if len(files) > 0 {
+		s += " with uncommitted changes to " + strings.Join(files, ", ")
+	}
+	return s
+}
