@@ -125,7 +125,7 @@ func TestLoopbackTwoLossyUplinks(t *testing.T) {
 // arrives over the other.
 func TestLoopbackOneDeadUplink(t *testing.T) {
 	const n = 5000
-	up, down := runCheckedGame(t, n, 2500, "", func(proxyAddr netip.AddrPort) []netip.AddrPort {
+	up, down, r := runCheckedGameWith(t, n, 2500, "", func(proxyAddr netip.AddrPort) []netip.AddrPort {
 		dead, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr,
 			linkem.Config{Loss: 1}, linkem.Config{Loss: 1})
 		if err != nil {
@@ -143,6 +143,10 @@ func TestLoopbackOneDeadUplink(t *testing.T) {
 		if got != n || dups != 0 || bad != 0 {
 			t.Errorf("%s: received %d of %d, %d duplicates, %d corrupted; want all, none, none", name, got, n, dups, bad)
 		}
+	}
+	// Once the dead uplink is marked down (300 ms), its copy goes on the live one.
+	if moved := r.Metrics().Snapshot()["router_moved_copies_total"]; moved < n/2 {
+		t.Errorf("router_moved_copies_total = %v, want most of the %d packets' copies moved to the live uplink", moved, n)
 	}
 }
 

@@ -63,6 +63,7 @@ type counters struct {
 	malformed, unknownSession, duplicate, authFailed     *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle       *metrics.Counter
 	delayedSent, delayedDropped, noLiveUplink, pongsSeen *metrics.Counter
+	movedCopies                                          *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -85,6 +86,7 @@ func newCounters(r *metrics.Registry) counters {
 		delayedDropped:  r.Counter("router_delayed_copies_dropped_total", "Delayed copies dropped because their queue was full."),
 		noLiveUplink:    r.Counter("router_no_live_uplink_total", "Packets sent while every uplink was down (sent on all)."),
 		pongsSeen:       r.Counter("router_pongs_total", "Keepalive answers received."),
+		movedCopies:     r.Counter("router_moved_copies_total", "Extra RAIC-1 copies sent on live uplinks for uplinks that look down."),
 	}
 }
 
@@ -514,10 +516,26 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 // is a lost shard.
 func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
 	if len(dgs) == 1 {
+		down := 0
 		for _, pt := range px.paths {
 			for c := 0; c < r.cfg.CopiesPerUplink; c++ {
 				r.sendPath(pt, dgs[0])
 			}
+			if !pt.health.Up(now) {
+				down++
+			}
+		}
+		// The copies of an uplink that looks down also go on the live ones (one
+		// uplink after another), so a dead uplink costs no protection.
+		if down > 0 && down < len(px.paths) {
+			next := int(now>>10) % len(px.paths) // spreads the extra copies
+			for moved := 0; moved < down*r.cfg.CopiesPerUplink; next++ {
+				if pt := px.paths[next%len(px.paths)]; pt.health.Up(now) {
+					r.sendPath(pt, dgs[0])
+					moved++
+				}
+			}
+			r.m.movedCopies.Add(uint64(down * r.cfg.CopiesPerUplink))
 		}
 		return
 	}
