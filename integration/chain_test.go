@@ -444,6 +444,7 @@ key = "%s"
 	// intermediate's own: both must carry the router's packet IDs.
 	atMid := newChainTap(t, cn.hops[0], chainHopPort, testKey)
 	atProxy := newChainTap(t, cn.proxy, chainPxPort, chainMidKey)
+	atProxy.ref = atMid
 	r := cn.startRouter(t)
 	up, down := cn.playGame(t, r)
 
@@ -462,8 +463,10 @@ key = "%s"
 
 // chainTap reads, through a packet socket in a namespace, every UDP datagram
 // arriving there for one port, opens the data datagrams with the key of that hop
-// (learning each session's salt from its hello), and checks each carries packet
-// ID = game sequence number + 1, the ID the router gave it.
+// (learning each session's salt from its hello), and checks packet IDs: every
+// copy of a game packet carries one ID, IDs grow with the game's sequence
+// numbers, and (with ref set) each packet carries the ID it had at an earlier
+// hop, so the router's IDs are kept end to end.
 type chainTap struct {
 	key  wire.Key
 	port uint16
@@ -476,6 +479,8 @@ type chainTap struct {
 	checked  int
 	wrong    int
 	firstBad string
+	ids      map[uint32]uint64 // game sequence number → packet ID seen here
+	ref      *chainTap         // an earlier hop, whose IDs must be kept here
 }
 
 func newChainTap(t *testing.T, h *netns.Host, port uint16, key wire.Key) *chainTap {
@@ -565,12 +570,45 @@ func (ct *chainTap) watch(dg []byte) {
 	}
 	seq := binary.BigEndian.Uint32(body[1:])
 	ct.checked++
-	if uint64(seq)+1 != h.Packet {
+	if bad := ct.checkID(seq, h.Packet); bad != "" {
 		ct.wrong++
 		if ct.firstBad == "" {
-			ct.firstBad = fmt.Sprintf("session %x: game packet %d arrived as packet ID %d, want %d", h.Session, seq, h.Packet, seq+1)
+			ct.firstBad = fmt.Sprintf("session %x: %s", h.Session, bad)
 		}
 	}
+}
+
+// checkID records that game packet seq arrived as pid and returns what is wrong
+// with that: copies with different IDs, an ID out of order with the packets
+// before it, or an ID other than the one the earlier hop (ref) saw.
+func (ct *chainTap) checkID(seq uint32, pid uint64) string {
+	if ct.ids == nil {
+		ct.ids = map[uint32]uint64{}
+	}
+	if prev, ok := ct.ids[seq]; ok {
+		if prev != pid {
+			return fmt.Sprintf("copies of game packet %d arrived as packet IDs %d and %d", seq, prev, pid)
+		}
+		return ""
+	}
+	if pid < uint64(seq)+1 {
+		return fmt.Sprintf("game packet %d arrived as packet ID %d, below the first the router could give it", seq, pid)
+	}
+	if seq > 0 {
+		if p, ok := ct.ids[seq-1]; ok && p >= pid {
+			return fmt.Sprintf("game packets %d and %d arrived as packet IDs %d and %d: out of order", seq-1, seq, p, pid)
+		}
+	}
+	ct.ids[seq] = pid
+	if ct.ref != nil {
+		ct.ref.mu.Lock()
+		want, ok := ct.ref.ids[seq]
+		ct.ref.mu.Unlock()
+		if ok && want != pid {
+			return fmt.Sprintf("game packet %d arrived as packet ID %d, but had %d at the earlier hop", seq, pid, want)
+		}
+	}
+	return ""
 }
 
 // check asserts the tap saw the expected number of game sessions and that every

@@ -220,9 +220,9 @@ func (tp *tap) sock(t testing.TB, from netip.AddrPort) *net.UDPConn {
 }
 
 // wireWatcher opens the data datagrams of one hop with the client key used on
-// it, learning each session's salt from its hello, and checks that each packet's
-// ID is its game sequence number + 1 (the router numbers a game session's
-// packets 1, 2, 3, ...): then the IDs are the router's, kept on this hop.
+// it, learning each session's salt from its hello, and checks packet IDs: every
+// copy of a game packet carries one ID, IDs grow with the game's sequence
+// numbers, and (with ref set) each packet carries the ID it had on the first hop.
 type wireWatcher struct {
 	key wire.Key
 
@@ -231,10 +231,12 @@ type wireWatcher struct {
 	checked  int
 	wrong    int
 	firstBad string
+	ids      map[uint32]uint64 // game sequence number → packet ID seen here
+	ref      *wireWatcher      // an earlier hop, whose IDs must be kept here
 }
 
 func newWireWatcher(key wire.Key) *wireWatcher {
-	return &wireWatcher{key: key, sessions: map[uint64][16]byte{}}
+	return &wireWatcher{key: key, sessions: map[uint64][16]byte{}, ids: map[uint32]uint64{}}
 }
 
 func (w *wireWatcher) watch(dg []byte) {
@@ -272,12 +274,48 @@ func (w *wireWatcher) watch(dg []byte) {
 	}
 	seq := binary.BigEndian.Uint32(body)
 	w.checked++
-	if uint64(seq)+1 != h.Packet {
+	if bad := checkPacketID(w.ids, w.ref.idOf, seq, h.Packet); bad != "" {
 		w.wrong++
 		if w.firstBad == "" {
-			w.firstBad = fmt.Sprintf("session %x: game packet %d travels as packet ID %d, want %d", h.Session, seq, h.Packet, seq+1)
+			w.firstBad = fmt.Sprintf("session %x: %s", h.Session, bad)
 		}
 	}
+}
+
+// idOf returns the packet ID game packet seq had on this hop.
+func (w *wireWatcher) idOf(seq uint32) (uint64, bool) {
+	if w == nil {
+		return 0, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	id, ok := w.ids[seq]
+	return id, ok
+}
+
+// checkPacketID records that game packet seq travels as pid and returns what is
+// wrong with that: copies with different IDs, an ID out of order with the other
+// packets, or an ID other than the one an earlier hop saw (ref).
+func checkPacketID(ids map[uint32]uint64, ref func(uint32) (uint64, bool), seq uint32, pid uint64) string {
+	if prev, ok := ids[seq]; ok {
+		if prev != pid {
+			return fmt.Sprintf("copies of game packet %d travel as packet IDs %d and %d", seq, prev, pid)
+		}
+		return ""
+	}
+	if pid < uint64(seq)+1 {
+		return fmt.Sprintf("game packet %d travels as packet ID %d, below the first the router could give it (%d)", seq, pid, seq+1)
+	}
+	for s, p := range ids {
+		if (s < seq) != (p < pid) {
+			return fmt.Sprintf("game packets %d and %d travel as packet IDs %d and %d: out of order", s, seq, p, pid)
+		}
+	}
+	ids[seq] = pid
+	if want, ok := ref(seq); ok && want != pid {
+		return fmt.Sprintf("game packet %d travels as packet ID %d here but had %d on the first hop", seq, pid, want)
+	}
+	return ""
 }
 
 func (w *wireWatcher) result() (sessions []uint64, checked, wrong int, firstBad string) {

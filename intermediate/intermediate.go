@@ -573,6 +573,9 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	switch h.Type {
 	case wire.TypePing, wire.TypeProbe, wire.TypeClose:
 		s.passOut(r, rl, body, now)
+	case wire.TypeKeepalive:
+		// It refreshed the path it came on; the next hop's paths are this
+		// intermediate's own business.
 	default:
 		s.m.malformed.Inc()
 	}

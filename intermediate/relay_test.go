@@ -41,6 +41,7 @@ func TestChainKeepsPacketIDs(t *testing.T) {
 				next = m.Addr()
 			}
 			first := newWireWatcher(routerKey)
+			last.ref = first // no traffic yet: set before the router starts
 			entry := newTap(t, next, first.watch).addr()
 			r := startRouter(t, server, entry, entry)
 

@@ -64,7 +64,7 @@ const (
 	DefaultListen      = "0.0.0.0:4500"
 	DefaultMaxSessions = 10000
 	DefaultSessionIdle = 60 * time.Second
-	DefaultReplyWindow = 5 * time.Second
+	DefaultReplyWindow = 2500 * time.Millisecond // routers refresh every path once a second
 	DefaultHelloMaxAge = 30 * time.Second
 	DefaultRatePPS     = 5000
 )

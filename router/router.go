@@ -63,7 +63,7 @@ type counters struct {
 	malformed, unknownSession, duplicate, authFailed     *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle       *metrics.Counter
 	delayedSent, delayedDropped, noLiveUplink, pongsSeen *metrics.Counter
-	movedCopies                                          *metrics.Counter
+	movedCopies, keepalives                              *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -87,6 +87,7 @@ func newCounters(r *metrics.Registry) counters {
 		noLiveUplink:    r.Counter("router_no_live_uplink_total", "Packets sent while every uplink was down (sent on all)."),
 		pongsSeen:       r.Counter("router_pongs_total", "Keepalive answers received."),
 		movedCopies:     r.Counter("router_moved_copies_total", "Extra RAIC-1 copies sent on live uplinks for uplinks that look down."),
+		keepalives:      r.Counter("router_path_keepalives_total", "Per-session keepalives sent, one per path each second."),
 	}
 }
 
@@ -471,6 +472,11 @@ func (r *Router) fromGame(f *forward, pkt []byte, from netip.AddrPort, now int64
 func (r *Router) registerSession(rs *routerSession, now int64) {
 	r.byID.GetOrCreate(rs.id, now, func() (*routerSession, error) { return rs, nil })
 	r.m.sessionsCreated.Inc()
+	// Right away, so that every path is a reply path from the start (see
+	// keepPathsAlive); after that, once a second.
+	if rs.side != nil {
+		r.keepFlowPathsAlive(rs, make([]byte, wire.MaxDatagram), now)
+	}
 	r.log.Info("session started", "session", rs.id, "client", rs.client.String(), "server", rs.target.String(), "scheme", rs.send.Params().String())
 }
 
@@ -695,6 +701,7 @@ func (r *Router) pinger(ctx context.Context) {
 				f.flows.Sweep(now)
 			}
 			r.byID.Range(func(_ uint64, rs *routerSession) bool { rs.recv.Expire(now); return true })
+			r.keepPathsAlive(buf, now)
 		}
 	}
 }
@@ -707,4 +714,34 @@ func (r *Router) UplinkStats() []uplink.Stats {
 		out[i] = u.health.Stats(now)
 	}
 	return out
+}
+
+// keepPathsAlive sends each flow's current session a keepalive on every path,
+// each sealed on its own (its own packet ID): the proxy learns where to send
+// replies only from datagrams that pass its replay window, and on an uplink whose
+// copies always arrive second every data datagram is a duplicate there.
+func (r *Router) keepPathsAlive(buf []byte, now int64) {
+	r.byID.Range(func(_ uint64, rs *routerSession) bool {
+		if rs.side != nil { // a flow's head; its current session is rs.cur
+			r.keepFlowPathsAlive(rs, buf, now)
+		}
+		return true
+	})
+}
+
+// keepFlowPathsAlive sends one keepalive on each path of the flow's current
+// session.
+func (r *Router) keepFlowPathsAlive(rs *routerSession, buf []byte, now int64) {
+	t := rs.cur.Load()
+	if t == nil {
+		return
+	}
+	for _, pt := range t.px.paths {
+		dg, err := t.send.SealControl(buf, wire.TypeKeepalive, nil, now)
+		if err != nil {
+			return
+		}
+		r.sendPath(pt, dg)
+		r.m.keepalives.Inc()
+	}
 }

@@ -64,7 +64,13 @@ const (
 	// TypeProbeReply answers it (see probe messages in control.go).
 	TypeProbe      Type = 6
 	TypeProbeReply Type = 7
-	typeLimit      Type = 8
+	// TypeKeepalive refreshes the path it arrives on and is never answered. A
+	// router sends one per session on each uplink now and then: the far side
+	// learns paths only from datagrams that pass its replay window, so an
+	// uplink whose copies always arrive second would otherwise be forgotten, and
+	// replies would stop taking it.
+	TypeKeepalive Type = 8
+	typeLimit     Type = 9
 )
 
 func (t Type) String() string {
@@ -83,6 +89,8 @@ func (t Type) String() string {
 		return "probe"
 	case TypeProbeReply:
 		return "probe-reply"
+	case TypeKeepalive:
+		return "keepalive"
 	}
 	return "unknown"
 }
