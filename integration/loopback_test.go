@@ -271,3 +271,39 @@ func TestLoopbackSlowPathStillGetsReplies(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopbackOutageMovesCopies cuts one of two uplinks for two seconds while
+// the other loses 10% each way. Once the router marks the cut uplink down (and
+// the proxy sees that path fall silent), each side sends the cut uplink's copy
+// on the live one too, so the outage costs far less than the live uplink's 10%.
+func TestLoopbackOutageMovesCopies(t *testing.T) {
+	const n, rate = 4000, 1000 // 4 s; the outage is from 1 s to 3 s
+	up, down, r := runCheckedGameWith(t, n, rate, "", func(proxyAddr netip.AddrPort) []netip.AddrPort {
+		lossy, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr,
+			linkem.Config{Loss: 0.1, Seed: 31}, linkem.Config{Loss: 0.1, Seed: 32})
+		if err != nil {
+			t.Fatal(err)
+		}
+		outage := []linkem.Outage{{Start: linkem.Duration(time.Second), End: linkem.Duration(3 * time.Second)}}
+		cut, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr,
+			linkem.Config{Outages: outage}, linkem.Config{Outages: outage})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lossy.Close(); cut.Close() })
+		return []netip.AddrPort{lossy.Addr(), cut.Addr()}
+	})
+	// Without moving copies the outage would cost 10% of its 2,000 packets (about
+	// 200) each way. Moving them leaves the ~400 ms it takes to notice (about
+	// 40) plus 1% of the rest (about 16).
+	for name, tl := range map[string]*tally{"client→server": up, "server→client": down} {
+		got, dups, bad := tl.snapshot()
+		t.Logf("%s: lost %d of %d", name, n-got, n)
+		if n-got > 120 || dups != 0 || bad != 0 {
+			t.Errorf("%s: lost %d of %d (want under 120), %d duplicates, %d corrupted", name, n-got, n, dups, bad)
+		}
+	}
+	if moved := r.Metrics().Snapshot()["router_moved_copies_total"]; moved < 1000 {
+		t.Errorf("router moved %v copies, want most of the outage's packets", moved)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
 	"net/http"
 	"net/netip"
@@ -101,7 +102,7 @@ type counters struct {
 	sessionConflict, upstreamErrors, sendErrors, noPath      *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle, pongsOut *metrics.Counter
 	sessions                                                 *metrics.Gauge
-	oversize                                                 *metrics.Counter
+	oversize, movedCopies                                    *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -130,6 +131,7 @@ func newCounters(r *metrics.Registry) counters {
 		sessionsIdle:    r.Counter("proxy_sessions_expired_total", "Sessions ended after being idle."),
 		pongsOut:        r.Counter("proxy_pongs_total", "Keepalive answers sent."),
 		sessions:        r.Gauge("proxy_sessions", "Live sessions."),
+		movedCopies:     r.Counter("proxy_moved_copies_total", "Extra reply copies sent on fresh paths for paths lagging behind."),
 		oversize:        r.Counter(`proxy_dropped_total{reason="server_packet_too_large"}`, "Server packets larger than the proxy carries."),
 	}
 }
@@ -331,6 +333,7 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	switch {
 	case errors.Is(err, tunnel.ErrDuplicate):
 		s.m.duplicate.Inc()
+		ps.refreshPath(from, now)
 		return
 	case err != nil:
 		s.m.authFailed.Inc()
@@ -513,19 +516,47 @@ func (ps *proxySession) touchPath(from netip.AddrPort, now int64) {
 }
 
 // livePaths copies the addresses seen within the reply window into out.
-func (ps *proxySession) livePaths(now int64, out *[maxPaths]netip.AddrPort) int {
+func (ps *proxySession) livePaths(now int64, out *[maxPaths]netip.AddrPort) (n int, lagging uint8) {
 	window := int64(ps.srv.cfg.ReplyWindow.Duration)
-	n := 0
+	var last [maxPaths]int64
+	var freshest int64
 	ps.mu.Lock()
 	for i := range ps.paths {
 		p := &ps.paths[i]
 		if p.addr.IsValid() && now-p.last <= window {
-			out[n] = p.addr
+			out[n], last[n] = p.addr, p.last
+			freshest = max(freshest, p.last)
 			n++
 		}
 	}
 	ps.mu.Unlock()
-	return n
+	for i := 0; i < n; i++ {
+		if freshest-last[i] > int64(lagBehind) {
+			lagging |= 1 << i
+		}
+	}
+	return n, lagging
+}
+
+// lagBehind is how far a path may fall behind the session's freshest one before
+// its replies are also sent over the fresh ones. While the router sends, every
+// path hears from it at the game's packet rate (duplicates count, see
+// refreshPath), so a path this far behind has most likely failed.
+const lagBehind = 400 * time.Millisecond
+
+// refreshPath marks a path already known as heard from now. It is used for
+// datagrams the replay window drops: they prove nothing about their source, so
+// they never add a path, but the router's copies on its slower uplinks arrive
+// as such duplicates, and they show those uplinks still work.
+func (ps *proxySession) refreshPath(from netip.AddrPort, now int64) {
+	ps.mu.Lock()
+	for i := range ps.paths {
+		if p := &ps.paths[i]; p.addr == from {
+			p.last = max(p.last, now)
+			break
+		}
+	}
+	ps.mu.Unlock()
 }
 
 // ackDue limits acks to one per 10 ms per session: a router sends hellos until
@@ -570,7 +601,7 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 	s := ps.srv
 	s.sessions.Get(ps.id, now) // a server reply keeps the session alive too
 	var paths [maxPaths]netip.AddrPort
-	np := ps.livePaths(now, &paths)
+	np, lagging := ps.livePaths(now, &paths)
 	if np == 0 {
 		s.m.noPath.Inc()
 		return
@@ -581,15 +612,27 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 		s.m.upstreamErrors.Inc()
 		return
 	}
-	// Send every copy first; counting comes after.
+	// Send every copy first; counting comes after. A path lagging behind still
+	// gets its copy (it may only be slow), and one more goes on a fresh path,
+	// as the router does for an uplink that looks down.
 	if len(dgs) == 1 {
 		for i := 0; i < np; i++ {
 			s.sendTo(dgs[0], paths[i])
 		}
+		if extra := bits.OnesCount8(lagging); extra > 0 && extra < np {
+			next := int(now>>10) % np
+			for sent := 0; sent < extra; next++ {
+				if i := next % np; lagging&(1<<i) == 0 {
+					s.sendTo(dgs[0], paths[i])
+					sent++
+				}
+			}
+			s.m.movedCopies.Add(uint64(extra))
+		}
 	} else {
 		var states [maxPaths]raic.UplinkState
 		for i := 0; i < np; i++ {
-			states[i] = raic.UplinkState{Up: true, Weight: 1}
+			states[i] = raic.UplinkState{Up: lagging&(1<<i) == 0, Weight: 1}
 		}
 		var placement [64]int
 		out := raic.Place(len(dgs), states[:np], placement[:0])
