@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,6 +99,10 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 	}
 	if s.LCMark == 0 {
 		s.LCMark = DefaultSuppressMark
+	}
+	if c.Transparent.Enabled && s.LCMark&(c.Transparent.MarkMask|c.Transparent.KeepMark) != 0 {
+		return meta.Errorf("suppress.lc_mark", "%#x shares bits with transparent mode's mark_mask (%#x) or keep_mark (%#x): its sockets would be routed as LAN traffic",
+			s.LCMark, c.Transparent.MarkMask, c.Transparent.KeepMark)
 	}
 	if s.Interval.Duration == 0 {
 		s.Interval.Duration = DefaultSuppressInterval
@@ -248,12 +253,15 @@ func validIfname(s string) bool {
 // suppression is the running side of [suppress]: the datapath, the controller,
 // and the goroutines that feed one and drive the other.
 type suppression struct {
-	r      *Router
-	cfg    *SuppressConfig
-	ctrl   *suppress.Controller
-	dp     *bpf.Datapath
-	nl     *netlink.Handle
-	timing suppress.TimingConfig
+	r    *Router
+	cfg  *SuppressConfig
+	ctrl *suppress.Controller
+	dp   *bpf.Datapath
+	nl   *netlink.Handle
+	// sharedDP: dp is transparent mode's; it closes it, and it owns the
+	// promotion of LC flows.
+	sharedDP bool
+	timing   suppress.TimingConfig
 
 	links []*supLink
 	lan   *supIface // nil when no uplink enforces downloads
@@ -262,6 +270,8 @@ type suppression struct {
 	// sessions is the control loop's latest list of session states, read by the
 	// cutoff loop.
 	sessions atomic.Pointer[[]*supSession]
+	// promoted holds the flows made LC in suppress_egress (control loop only).
+	promoted map[*routerSession]bpf.FlowKey
 	wake     chan struct{} // a policy changed: the cutoff loop re-plans
 
 	m    supMetrics
@@ -301,13 +311,13 @@ type supIface struct {
 }
 
 type supMetrics struct {
-	actions                   map[string]*metrics.Counter
-	prev                      bpf.SuppressCounters
-	cutoffs, writes, errs     *metrics.Counter
-	sessions, locked          *metrics.Gauge
-	lastErrLog                atomic.Int64 // both loops report errors
-	ifLevel                   map[string]*metrics.Gauge
-	flowThreshold, lcSessions *metrics.Gauge
+	actions               map[string]*metrics.Counter
+	prev                  bpf.SuppressCounters
+	cutoffs, writes, errs *metrics.Counter
+	sessions, locked      *metrics.Gauge
+	lastErrLog            atomic.Int64 // both loops report errors
+	ifLevel               map[string]*metrics.Gauge
+	flowThreshold         *metrics.Gauge
 }
 
 // supSession is the suppression state of one game session: a Timing per
@@ -356,6 +366,7 @@ func (d *supDirTiming) grid() (anchor, period int64) {
 	for {
 		s := d.seq.Load()
 		if s&1 != 0 {
+			runtime.Gosched() // the writer was preempted mid-update
 			continue
 		}
 		anchor, period = d.anchor.Load(), d.period.Load()
@@ -412,7 +423,7 @@ func (r *Router) setupSuppression() (err error) {
 		return fmt.Errorf("suppress: %w", err)
 	}
 	s := &suppression{r: r, cfg: sc, ctrl: ctrl, timing: sc.resolved.Timing,
-		wake: make(chan struct{}, 1), stop: make(chan struct{})}
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), promoted: map[*routerSession]bpf.FlowKey{}}
 	defer func() {
 		if err != nil {
 			s.release()
@@ -421,7 +432,11 @@ func (r *Router) setupSuppression() (err error) {
 	if s.nl, err = netlink.NewHandle(); err != nil {
 		return fmt.Errorf("suppress: netlink: %w", err)
 	}
-	if s.dp, err = bpf.Load(); err != nil {
+	// With transparent mode on, its datapath is shared: its classifier's LC
+	// flows (port table, DSCP, promotions) then count as LC here too.
+	if s.dp = r.transparentDatapath(); s.dp != nil {
+		s.sharedDP = true
+	} else if s.dp, err = bpf.Load(); err != nil {
 		return fmt.Errorf("suppress: %w", err)
 	}
 	attach := func(dev string, dir suppress.Direction) (*supIface, error) {
@@ -437,9 +452,6 @@ func (r *Router) setupSuppression() (err error) {
 				return f, nil
 			}
 		}
-		// A stale config from an earlier run would enforce before the first
-		// decision; start from nothing.
-		s.dp.DeleteSuppressConfig(ifi.Index)
 		att, err := s.dp.AttachSuppressor(ifi.Index)
 		if err != nil {
 			return nil, fmt.Errorf("suppress: attach to %s egress: %w", dev, err)
@@ -554,9 +566,12 @@ func (s *suppression) release() {
 		s.wg.Wait()
 		if s.dp != nil {
 			for _, f := range s.ifs {
+				f.att.Detach()
 				s.dp.DeleteSuppressConfig(f.ifindex)
 			}
-			s.dp.Close()
+			if !s.sharedDP {
+				s.dp.Close()
+			}
 		}
 		if s.nl != nil {
 			s.nl.Close()
@@ -584,10 +599,14 @@ func (s *suppression) controlLoop(ctx context.Context) {
 		list = list[:0]
 		present := false
 		locked := 0
+		seen := make(map[*routerSession]bool, len(s.promoted))
 		s.r.byID.Range(func(_ uint64, rs *routerSession) bool {
-			if rs.side == nil {
+			// The game side knows a flow by its head, which holds the
+			// timing whichever proxy the flow moved to.
+			if rs.side == nil || rs.head != rs {
 				return true
 			}
+			seen[rs] = true
 			list = append(list, &rs.sup)
 			for d := range rs.sup.dir {
 				dt := &rs.sup.dir[d]
@@ -601,6 +620,7 @@ func (s *suppression) controlLoop(ctx context.Context) {
 			return true
 		})
 		prevSample = now
+		s.promote(seen, now)
 		published := append([]*supSession(nil), list...)
 		s.sessions.Store(&published)
 		s.m.sessions.Set(int64(len(list)))
@@ -614,6 +634,36 @@ func (s *suppression) controlLoop(ctx context.Context) {
 			s.apply()
 		}
 		s.readCounters(now)
+	}
+}
+
+// promote makes each session's flow LC in suppress_egress, and forgets the
+// flows of sessions that ended. The router's own sockets are marked already;
+// this covers replies that reach the LAN without passing a socket of the router
+// (transparent mode writes them into its TUN device, so they carry no mark).
+// Suppression matches the reversed tuple too, so server → client passes.
+func (s *suppression) promote(seen map[*routerSession]bool, now int64) {
+	if s.sharedDP {
+		return // transparent mode promotes and demotes its flows itself
+	}
+	for rs := range seen {
+		if _, ok := s.promoted[rs]; ok || !rs.client.IsValid() || !rs.target.IsValid() {
+			continue
+		}
+		k := bpf.FlowKey{Proto: bpf.ProtoUDP, Src: rs.client, Dst: rs.target}
+		if err := s.dp.Promote(k, 0); err != nil {
+			s.error(now, "promote flow", err)
+			continue
+		}
+		s.promoted[rs] = k
+	}
+	for rs, k := range s.promoted {
+		if !seen[rs] {
+			if err := s.dp.Demote(k); err != nil && !errors.Is(err, bpf.ErrNotFound) {
+				s.error(now, "demote flow", err)
+			}
+			delete(s.promoted, rs)
+		}
 	}
 }
 
