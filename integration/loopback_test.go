@@ -307,3 +307,34 @@ func TestLoopbackOutageMovesCopies(t *testing.T) {
 		t.Errorf("router moved %v copies, want most of the outage's packets", moved)
 	}
 }
+
+// TestLoopbackDeadFromStart has one uplink dead from the start and the other
+// losing 10% each way. The proxy never hears from the dead uplink, but the
+// router's keepalives say it has two, so the replies get two copies over the
+// live one, as the router's packets do: about 1% lost each way instead of 10%.
+func TestLoopbackDeadFromStart(t *testing.T) {
+	const n = 3000
+	up, down := runCheckedGame(t, n, 1000, "", func(proxyAddr netip.AddrPort) []netip.AddrPort {
+		dead, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr,
+			linkem.Config{Loss: 1}, linkem.Config{Loss: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lossy, err := linkem.NewUDPRelay(netip.MustParseAddrPort("127.0.0.1:0"), proxyAddr,
+			linkem.Config{Loss: 0.1, Seed: 41}, linkem.Config{Loss: 0.1, Seed: 42})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dead.Close(); lossy.Close() })
+		return []netip.AddrPort{dead.Addr(), lossy.Addr()}
+	})
+	for name, tl := range map[string]*tally{"client→server": up, "server→client": down} {
+		got, dups, bad := tl.snapshot()
+		t.Logf("%s: lost %d of %d", name, n-got, n)
+		// Two copies: 1% (30 expected); one copy: 10% (300). The first ~300 ms,
+		// before the dead uplink is marked down, have one copy upstream.
+		if n-got > 100 || dups != 0 || bad != 0 {
+			t.Errorf("%s: lost %d of %d (want under 100), %d duplicates, %d corrupted", name, n-got, n, dups, bad)
+		}
+	}
+}

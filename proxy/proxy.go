@@ -363,6 +363,10 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	case wire.TypeClose:
 		s.sessions.Delete(h.Session)
 		return
+	case wire.TypeKeepalive:
+		if len(body) >= 1 {
+			ps.routerPaths.Store(uint32(min(int(body[0]), maxPaths)))
+		}
 	}
 	if h.Flags&wire.FlagHello != 0 && ps.ackDue(now) {
 		var ab [8]byte
@@ -451,8 +455,11 @@ type proxySession struct {
 	mu      sync.Mutex // guards paths
 	paths   [maxPaths]path
 	lastAck atomic.Int64
-	applied uint32        // the packed scheme the reply encoder uses; reply pump only
-	scheme  atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
+	applied uint32 // the packed scheme the reply encoder uses; reply pump only
+	// routerPaths is how many paths the router has (from its keepalives): when
+	// fewer are known here, replies get extra copies on the known ones.
+	routerPaths atomic.Uint32
+	scheme      atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
 }
 
 type path struct {
@@ -614,12 +621,15 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 	}
 	// Send every copy first; counting comes after. A path lagging behind still
 	// gets its copy (it may only be slow), and one more goes on a fresh path,
-	// as the router does for an uplink that looks down.
+	// as the router does for an uplink that looks down; so does the copy of
+	// each router path never heard from.
 	if len(dgs) == 1 {
 		for i := 0; i < np; i++ {
 			s.sendTo(dgs[0], paths[i])
 		}
-		if extra := bits.OnesCount8(lagging); extra > 0 && extra < np {
+		lag := bits.OnesCount8(lagging)
+		extra := lag + max(int(ps.routerPaths.Load())-np, 0)
+		if extra > 0 && lag < np {
 			next := int(now>>10) % np
 			for sent := 0; sent < extra; next++ {
 				if i := next % np; lagging&(1<<i) == 0 {

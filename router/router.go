@@ -736,8 +736,12 @@ func (r *Router) keepFlowPathsAlive(rs *routerSession, buf []byte, now int64) {
 	if t == nil {
 		return
 	}
+	// The body says how many paths the router has, so the proxy can make up
+	// with extra reply copies for a path it never heard from (an uplink dead
+	// since the session began).
+	body := [1]byte{byte(len(t.px.paths))}
 	for _, pt := range t.px.paths {
-		dg, err := t.send.SealControl(buf, wire.TypeKeepalive, nil, now)
+		dg, err := t.send.SealControl(buf, wire.TypeKeepalive, body[:], now)
 		if err != nil {
 			return
 		}

@@ -68,7 +68,8 @@ const (
 	// router sends one per session on each uplink now and then: the far side
 	// learns paths only from datagrams that pass its replay window, so an
 	// uplink whose copies always arrive second would otherwise be forgotten, and
-	// replies would stop taking it.
+	// replies would stop taking it. Its body's first byte is the number of
+	// paths the sender has (0 when it does not say).
 	TypeKeepalive Type = 8
 	typeLimit     Type = 9
 )
