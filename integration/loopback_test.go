@@ -5,12 +5,10 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/integration/internal/hostinfo"
 	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/router"
 )
@@ -27,9 +25,9 @@ func runCheckedGame(t *testing.T, n int, rate float64, routerExtra string, uplin
 func runCheckedGameWith(t *testing.T, n int, rate float64, routerExtra string, uplinks func(proxyAddr netip.AddrPort) []netip.AddrPort) (up, down *tally, r *router.Router) {
 	// Losses in the kernel's socket buffers (a loaded machine) are not the
 	// suite's: they are logged so that a failing bound can be told apart.
-	rcvbuf := udpRcvbufErrors()
+	rcvbuf := hostinfo.RcvbufErrors()
 	t.Cleanup(func() {
-		if d := udpRcvbufErrors() - rcvbuf; d > 0 {
+		if d := hostinfo.RcvbufErrors() - rcvbuf; d > 0 {
 			t.Logf("the kernel dropped %d UDP datagrams for full receive buffers during this test", d)
 		}
 	})
@@ -212,33 +210,6 @@ func TestLoopbackCopiesAndDelayedCopy(t *testing.T) {
 			t.Errorf("uplink %s sent %v datagrams, want about %d", u, sent, 3*n)
 		}
 	}
-}
-
-// udpRcvbufErrors reads the kernel's count of UDP datagrams dropped because a
-// socket's receive buffer was full.
-func udpRcvbufErrors() int64 {
-	b, err := os.ReadFile("/proc/net/snmp")
-	if err != nil {
-		return 0
-	}
-	var names []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "Udp: ") {
-			continue
-		}
-		fields := strings.Fields(line)[1:]
-		if names == nil {
-			names = fields
-			continue
-		}
-		for i, f := range fields {
-			if i < len(names) && names[i] == "RcvbufErrors" {
-				v, _ := strconv.ParseInt(f, 10, 64)
-				return v
-			}
-		}
-	}
-	return 0
 }
 
 // TestLoopbackSlowPathStillGetsReplies has one fast uplink that loses 20% of the

@@ -2,6 +2,7 @@ package intermediate
 
 import (
 	"fmt"
+	"github.com/raicnet/raic/pkg/allow"
 	"net/netip"
 	"time"
 
@@ -184,7 +185,7 @@ func (c *Config) check(meta *config.Meta) error {
 		if len(cl.Allow) == 0 {
 			return meta.Errorf(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
 		}
-		if _, err := parseAllowList(cl.Allow); err != nil {
+		if _, err := allow.Parse(cl.Allow); err != nil {
 			return meta.Errorf(key("allow"), "%v", err)
 		}
 		if cl.RatePPS == 0 {

@@ -31,6 +31,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/raicnet/raic/pkg/allow"
 	"log/slog"
 	"net"
 	"net/http"
@@ -86,7 +87,7 @@ type Server struct {
 type client struct {
 	id    string
 	key   wire.Key
-	allow allowList
+	allow allow.List
 
 	mu     sync.Mutex // guards the token bucket; per client, not global
 	tokens float64
@@ -194,11 +195,11 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
 		}
-		allow, err := parseAllowList(cc.Allow)
+		al, err := allow.Parse(cc.Allow)
 		if err != nil {
 			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
 		}
-		s.clients[cc.ID] = &client{id: cc.ID, key: key, allow: allow, rate: cc.RatePPS,
+		s.clients[cc.ID] = &client{id: cc.ID, key: key, allow: al, rate: cc.RatePPS,
 			burst: float64(cc.Burst), tokens: float64(cc.Burst), last: now}
 	}
 	var sb [8]byte
@@ -661,7 +662,7 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 		return nil
 	}
 	target := hello.Target
-	if target.IsValid() && !c.allow.allows(target) {
+	if target.IsValid() && !c.allow.Allows(target) {
 		s.m.forbiddenTarget.Inc()
 		s.log.Warn("target refused: not in the client's allowlist", "client", c.id, "target", target.String())
 		return nil

@@ -3,10 +3,9 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/raicnet/raic/pkg/allow"
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/wire"
@@ -159,7 +158,7 @@ func (c *Config) check(meta *config.Meta) error {
 		if len(cl.Allow) == 0 {
 			return meta.Errorf(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
 		}
-		if _, err := parseAllowList(cl.Allow); err != nil {
+		if _, err := allow.Parse(cl.Allow); err != nil {
 			return meta.Errorf(key("allow"), "%v", err)
 		}
 		if cl.RatePPS == 0 {
@@ -176,86 +175,4 @@ func (c *Config) check(meta *config.Meta) error {
 		}
 	}
 	return nil
-}
-
-// allowRule is one entry of a client's allowlist.
-type allowRule struct {
-	prefix           netip.Prefix
-	portLo, portHigh uint16
-}
-
-type allowList []allowRule
-
-func (l allowList) allows(ap netip.AddrPort) bool {
-	a, p := ap.Addr().Unmap(), ap.Port()
-	for _, r := range l {
-		if r.prefix.Contains(a) && p >= r.portLo && p <= r.portHigh {
-			return true
-		}
-	}
-	return false
-}
-
-func parseAllowList(entries []string) (allowList, error) {
-	var l allowList
-	for _, e := range entries {
-		r, err := parseAllowRule(strings.TrimSpace(e))
-		if err != nil {
-			return nil, fmt.Errorf("entry %q: %v", e, err)
-		}
-		l = append(l, r)
-	}
-	return l, nil
-}
-
-// parseAllowRule reads "ADDR", "PREFIX", "ADDR:PORT", "PREFIX:LO-HI" and the
-// bracketed IPv6 forms "[ADDR]:PORT", "[PREFIX]:LO-HI".
-func parseAllowRule(s string) (allowRule, error) {
-	r := allowRule{portLo: 1, portHigh: 65535}
-	host, ports := s, ""
-	switch {
-	case strings.HasPrefix(s, "["):
-		end := strings.Index(s, "]")
-		if end < 0 {
-			return r, fmt.Errorf("missing ]")
-		}
-		host = s[1:end]
-		rest := s[end+1:]
-		if rest != "" {
-			if !strings.HasPrefix(rest, ":") {
-				return r, fmt.Errorf("expected :PORT after ]")
-			}
-			ports = rest[1:]
-		}
-	case strings.Count(s, ":") == 1:
-		i := strings.LastIndex(s, ":")
-		host, ports = s[:i], s[i+1:]
-	}
-	var err error
-	if strings.Contains(host, "/") {
-		r.prefix, err = netip.ParsePrefix(host)
-	} else {
-		var a netip.Addr
-		a, err = netip.ParseAddr(host)
-		if err == nil {
-			r.prefix = netip.PrefixFrom(a, a.BitLen())
-		}
-	}
-	if err != nil {
-		return r, err
-	}
-	r.prefix = r.prefix.Masked()
-	if ports != "" {
-		lo, hi, found := strings.Cut(ports, "-")
-		if !found {
-			hi = lo
-		}
-		l, err1 := strconv.ParseUint(lo, 10, 16)
-		h, err2 := strconv.ParseUint(hi, 10, 16)
-		if err1 != nil || err2 != nil || l == 0 || h < l {
-			return r, fmt.Errorf("bad port or port range %q", ports)
-		}
-		r.portLo, r.portHigh = uint16(l), uint16(h)
-	}
-	return r, nil
 }

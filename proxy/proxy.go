@@ -17,6 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/raicnet/raic/pkg/allow"
 	"log/slog"
 	"math/bits"
 	"net"
@@ -69,7 +70,7 @@ type Server struct {
 type client struct {
 	id    string
 	key   wire.Key
-	allow allowList
+	allow allow.List
 
 	mu     sync.Mutex // guards the token bucket; per client, not global
 	tokens float64
@@ -151,11 +152,11 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
 		}
-		allow, err := parseAllowList(cc.Allow)
+		al, err := allow.Parse(cc.Allow)
 		if err != nil {
 			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
 		}
-		s.clients[cc.ID] = &client{id: cc.ID, key: key, allow: allow, rate: cc.RatePPS,
+		s.clients[cc.ID] = &client{id: cc.ID, key: key, allow: al, rate: cc.RatePPS,
 			burst: float64(cc.Burst), tokens: float64(cc.Burst), last: now}
 	}
 	seed := binary.LittleEndian.Uint64(s.sid[:])
@@ -408,7 +409,7 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 		return nil
 	}
 	target := hello.Target
-	if target.IsValid() && !c.allow.allows(target) {
+	if target.IsValid() && !c.allow.Allows(target) {
 		s.m.forbiddenTarget.Inc()
 		s.log.Warn("target refused: not in the client's allowlist", "client", c.id, "target", target.String())
 		return nil

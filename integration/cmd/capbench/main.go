@@ -30,6 +30,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/raicnet/raic/integration/internal/hostinfo"
 	"io"
 	"net"
 	"net/http"
@@ -165,14 +166,14 @@ type figures struct {
 
 func run(ctx context.Context, opt *options) error {
 	start := time.Now()
-	load0 := loadavg()
+	load0 := hostinfo.LoadAvg()
 	if opt.nice != 0 {
-		if err := niceSelf(opt.nice); err != nil {
+		if err := hostinfo.NiceSelf(opt.nice); err != nil {
 			fmt.Fprintf(os.Stderr, "capbench: cannot set nice %d (%v); going on\n", opt.nice, err)
 			opt.nice = 0
 		}
 	}
-	if err := pinSelf(opt.genCPU); err != nil {
+	if err := hostinfo.PinSelf(opt.genCPU); err != nil {
 		return fmt.Errorf("pin this process to CPU %d: %w", opt.genCPU, err)
 	}
 	tmp, err := os.MkdirTemp("", "capbench-")
@@ -264,7 +265,7 @@ burst = 10000000
 		time.Sleep(10 * time.Millisecond)
 	}
 	f.readyLog = p.readyLog()
-	f.rssStart, _ = rss(p.cmd.Process.Pid)
+	f.rssStart, _ = hostinfo.RSS(p.cmd.Process.Pid)
 
 	fmt.Printf("opening %d sessions ...\n", opt.sessions)
 	t := time.Now()
@@ -287,19 +288,19 @@ burst = 10000000
 	f.datagramLen = gen.dgLen
 	runtime.GC()
 	time.Sleep(1200 * time.Millisecond) // let the proxy's janitor and GC settle
-	f.rssIdle, _ = rss(p.cmd.Process.Pid)
+	f.rssIdle, _ = hostinfo.RSS(p.cmd.Process.Pid)
 
 	fmt.Printf("timed phase: up to %v, %d datagrams ...\n", opt.duration, opt.packets)
 	m0, err := scrape(metricsAddr)
 	if err != nil {
 		return err
 	}
-	rb0 := rcvbufErrors()
-	pc0, gc0 := cpuTime(p.cmd.Process.Pid), cpuTime(os.Getpid())
+	rb0 := hostinfo.RcvbufErrors()
+	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
 	s0 := sink.count.Load()
-	bg := startBackground(os.Getpid(), p.cmd.Process.Pid)
+	bg := hostinfo.StartBackground(os.Getpid(), p.cmd.Process.Pid)
 	cpuName := fmt.Sprintf("cpu%d", opt.proxyCPU)
-	core0 := statBusy(cpuName, false)
+	core0 := hostinfo.StatBusy(cpuName, false)
 	t0 := time.Now()
 	f.sent = gen.blast(ctx, sink, opt.duration)
 	// The datagrams still in flight are part of the measurement: wait for the sink
@@ -314,11 +315,11 @@ burst = 10000000
 	}
 	f.elapsed = time.Since(t0)
 	f.sinkGot = sink.count.Load() - s0
-	f.proxyCPU = 100 * (cpuTime(p.cmd.Process.Pid) - pc0) / f.elapsed.Seconds()
-	f.genCPU = 100 * (cpuTime(os.Getpid()) - gc0) / f.elapsed.Seconds()
-	f.rcvbufErrors = rcvbufErrors() - rb0
-	f.others = bg.stop(f.elapsed.Seconds())
-	f.coreBusy = 100 * (statBusy(cpuName, false) - core0) / f.elapsed.Seconds()
+	f.proxyCPU = 100 * (hostinfo.CPUTime(p.cmd.Process.Pid) - pc0) / f.elapsed.Seconds()
+	f.genCPU = 100 * (hostinfo.CPUTime(os.Getpid()) - gc0) / f.elapsed.Seconds()
+	f.rcvbufErrors = hostinfo.RcvbufErrors() - rb0
+	f.others = bg.Stop(f.elapsed.Seconds())
+	f.coreBusy = 100 * (hostinfo.StatBusy(cpuName, false) - core0) / f.elapsed.Seconds()
 	m1, err := scrape(metricsAddr)
 	if err != nil {
 		return err
@@ -329,7 +330,7 @@ burst = 10000000
 			f.dropped += v - m0[k]
 		}
 	}
-	f.rssLoad, f.hwm = rss(p.cmd.Process.Pid)
+	f.rssLoad, f.hwm = hostinfo.RSS(p.cmd.Process.Pid)
 	if opt.profile != "" {
 		p.cmd.Process.Signal(syscall.SIGUSR1) // heap profile with every session live
 		time.Sleep(500 * time.Millisecond)
@@ -347,14 +348,14 @@ burst = 10000000
 			return err
 		}
 	}
-	load1 := loadavg()
+	load1 := hostinfo.LoadAvg()
 
 	env := fmt.Sprintf("%s, %d CPUs (%s), Go %s, kernel %s; load average %s before, %s after; proxy and generator at nice %d",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), kernel(), load0, load1, opt.nice)
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), hostinfo.CPUModel(), runtime.Version(), hostinfo.Kernel(), load0, load1, opt.nice)
 	if opt.proxyEnv != "" {
 		env += "; proxy environment " + opt.proxyEnv
 	}
-	if src := sourceState(); src != "" {
+	if src := hostinfo.SourceState(); src != "" {
 		env += "; built from " + src
 	}
 	fmt.Println()
@@ -748,7 +749,7 @@ func startProxy(argv []string, cpu int, env []string) (*proxyProc, error) {
 	}
 	if _, err := exec.LookPath("taskset"); err != nil {
 		// No taskset: pin the process after the fact (its first threads only).
-		pinPID(p.cmd.Process.Pid, cpu)
+		hostinfo.PinPID(p.cmd.Process.Pid, cpu)
 	}
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -859,33 +860,6 @@ func scrape(addr netip.AddrPort) (map[string]float64, error) {
 		m[line[:i]] = v
 	}
 	return m, sc.Err()
-}
-
-// rcvbufErrors returns the kernel's count of UDP datagrams dropped for a full
-// receive buffer (all sockets), from /proc/net/snmp.
-func rcvbufErrors() uint64 {
-	b, err := os.ReadFile("/proc/net/snmp")
-	if err != nil {
-		return 0
-	}
-	var names []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "Udp: ") {
-			continue
-		}
-		f := strings.Fields(line)[1:]
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == "RcvbufErrors" && i < len(f) {
-				v, _ := strconv.ParseUint(f[i], 10, 64)
-				return v
-			}
-		}
-	}
-	return 0
 }
 
 func floorRef(r floorResult) string {

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/raicnet/raic/integration/internal/hostinfo"
 	"io"
 	"net/netip"
 	"os"
@@ -143,15 +144,15 @@ type result struct {
 
 func run(ctx context.Context, opt *options) error {
 	start := time.Now()
-	load0 := loadavg()
+	load0 := hostinfo.LoadAvg()
 	if opt.nice != 0 {
-		if err := niceSelf(opt.nice); err != nil {
+		if err := hostinfo.NiceSelf(opt.nice); err != nil {
 			fmt.Fprintf(os.Stderr, "rttbench: cannot set nice %d (%v); going on\n", opt.nice, err)
 			opt.nice = 0
 		}
 	}
 	if opt.pin {
-		if err := pinSelf(1); err != nil {
+		if err := hostinfo.PinSelf(1); err != nil {
 			return fmt.Errorf("pin this process to CPU 1: %w", err)
 		}
 	}
@@ -282,9 +283,9 @@ server = "%s"
 			if path == "2 plain relays" {
 				first, second = relays[0], relays[1]
 			}
-			cr0, cp0 := cpuTime(first.cmd.Process.Pid), cpuTime(second.cmd.Process.Pid)
-			bg := startBackground(allPIDs(router, proxy, relays[0], relays[1])...)
-			rb0 := rcvbufErrors()
+			cr0, cp0 := hostinfo.CPUTime(first.cmd.Process.Pid), hostinfo.CPUTime(second.cmd.Process.Pid)
+			bg := hostinfo.StartBackground(allPIDs(router, proxy, relays[0], relays[1])...)
+			rb0 := hostinfo.RcvbufErrors()
 			t0 := time.Now()
 			rep, err := gamegen.RunClient(ctx, gamegen.ClientConfig{
 				Server:   target,
@@ -301,10 +302,10 @@ server = "%s"
 			if err != nil && !errors.Is(err, gamegen.ErrNoServerReport) {
 				return fmt.Errorf("%s at %.0f pps: %w", path, rate, err)
 			}
-			res := result{rate: rate, path: path, report: rep, others: bg.stop(el), rcvbuf: rcvbufErrors() - rb0}
+			res := result{rate: rate, path: path, report: rep, others: bg.Stop(el), rcvbuf: hostinfo.RcvbufErrors() - rb0}
 			if path != "direct" {
-				res.cpuRtr = 100 * (cpuTime(first.cmd.Process.Pid) - cr0) / el
-				res.cpuProxy = 100 * (cpuTime(second.cmd.Process.Pid) - cp0) / el
+				res.cpuRtr = 100 * (hostinfo.CPUTime(first.cmd.Process.Pid) - cr0) / el
+				res.cpuProxy = 100 * (hostinfo.CPUTime(second.cmd.Process.Pid) - cp0) / el
 			}
 			results = append(results, res)
 			if err := router.alive(); err != nil {
@@ -315,13 +316,13 @@ server = "%s"
 			}
 		}
 	}
-	load1 := loadavg()
+	load1 := hostinfo.LoadAvg()
 	var dropNotes []string
 	for _, c := range []*child{router, proxy, relays[0], relays[1]} {
 		if c == nil {
 			continue
 		}
-		for sock, n := range socketDrops(c.cmd.Process.Pid) {
+		for sock, n := range hostinfo.SocketDrops(c.cmd.Process.Pid) {
 			dropNotes = append(dropNotes, fmt.Sprintf("%s socket %s: the kernel dropped %d datagrams (receive buffer full)", c.name, sock, n))
 		}
 	}
@@ -338,9 +339,9 @@ server = "%s"
 	}
 
 	env := fmt.Sprintf("%s, %d CPUs (%s), Go %s, kernel %s; load average %s before, %s after; %s",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), kernel(),
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), hostinfo.CPUModel(), runtime.Version(), hostinfo.Kernel(),
 		load0, load1, pinNote(opt.pin, opt.nice))
-	if src := sourceState(); src != "" {
+	if src := hostinfo.SourceState(); src != "" {
 		env += "; built from " + src
 	}
 	fmt.Println()

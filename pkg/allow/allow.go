@@ -1,4 +1,7 @@
-package intermediate
+// Package allow holds the allowlists of proxies and intermediate proxies: the
+// servers a client may reach, written as "198.18.9.2", "198.18.9.0/24",
+// "198.18.9.2:27015", "198.18.9.0/24:27000-27050" or "[2001:db8::/32]:3074".
+package allow
 
 import (
 	"fmt"
@@ -7,19 +10,17 @@ import (
 	"strings"
 )
 
-// The allowlist syntax is the proxy's, so a [[client]] table can be moved from a
-// proxy's config to an intermediate's unchanged: "198.18.9.2", "198.18.9.0/24",
-// "198.18.9.2:27015", "198.18.9.0/24:27000-27050", "[2001:db8::/32]:3074".
-
-// allowRule is one entry of a client's allowlist.
-type allowRule struct {
+// Rule is one entry of an allowlist: an address prefix and a port range.
+type Rule struct {
 	prefix           netip.Prefix
 	portLo, portHigh uint16
 }
 
-type allowList []allowRule
+// List is a client's allowlist.
+type List []Rule
 
-func (l allowList) allows(ap netip.AddrPort) bool {
+// Allows reports whether ap is in the list.
+func (l List) Allows(ap netip.AddrPort) bool {
 	a, p := ap.Addr().Unmap(), ap.Port()
 	for _, r := range l {
 		if r.prefix.Contains(a) && p >= r.portLo && p <= r.portHigh {
@@ -29,10 +30,11 @@ func (l allowList) allows(ap netip.AddrPort) bool {
 	return false
 }
 
-func parseAllowList(entries []string) (allowList, error) {
-	var l allowList
+// Parse reads a list; an error names the entry at fault.
+func Parse(entries []string) (List, error) {
+	var l List
 	for _, e := range entries {
-		r, err := parseAllowRule(strings.TrimSpace(e))
+		r, err := parseRule(strings.TrimSpace(e))
 		if err != nil {
 			return nil, fmt.Errorf("entry %q: %v", e, err)
 		}
@@ -43,8 +45,8 @@ func parseAllowList(entries []string) (allowList, error) {
 
 // parseAllowRule reads "ADDR", "PREFIX", "ADDR:PORT", "PREFIX:LO-HI" and the
 // bracketed IPv6 forms "[ADDR]:PORT", "[PREFIX]:LO-HI".
-func parseAllowRule(s string) (allowRule, error) {
-	r := allowRule{portLo: 1, portHigh: 65535}
+func parseRule(s string) (Rule, error) {
+	r := Rule{portLo: 1, portHigh: 65535}
 	host, ports := s, ""
 	switch {
 	case strings.HasPrefix(s, "["):

@@ -1,4 +1,6 @@
-package main
+// Package hostinfo reads what the benchmark commands report about the host and
+// their processes: CPU time and pinning, RSS, load, kernel UDP drops.
+package hostinfo
 
 import (
 	"fmt"
@@ -14,9 +16,9 @@ import (
 // on every Linux architecture Go supports.
 const clockTicks = 100
 
-// cpuTime returns the user+system CPU seconds process pid has used, or 0 when
+// CPUTime returns the user+system CPU seconds process pid has used, or 0 when
 // it cannot be read.
-func cpuTime(pid int) float64 {
+func CPUTime(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
@@ -36,9 +38,9 @@ func cpuTime(pid int) float64 {
 	return (ut + st) / clockTicks
 }
 
-// pinSelf pins every thread of this process to cpu. Threads the runtime starts
+// PinSelf pins every thread of this process to cpu. Threads the runtime starts
 // later inherit the mask from the thread that creates them.
-func pinSelf(cpu int) error {
+func PinSelf(cpu int) error {
 	var set unix.CPUSet
 	set.Set(cpu)
 	tasks, err := os.ReadDir("/proc/self/task")
@@ -57,8 +59,8 @@ func pinSelf(cpu int) error {
 	return nil
 }
 
-// loadavg returns the 1-minute load average, or "?".
-func loadavg() string {
+// LoadAvg returns the 1-minute load average, or "?".
+func LoadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return "?"
@@ -70,8 +72,8 @@ func loadavg() string {
 	return f[0]
 }
 
-// cpuModel returns the CPU model name, or "unknown CPU".
-func cpuModel() string {
+// CPUModel returns the CPU model name, or "unknown CPU".
+func CPUModel() string {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
 		return "unknown CPU"
@@ -84,8 +86,8 @@ func cpuModel() string {
 	return "unknown CPU"
 }
 
-// kernel returns the kernel release.
-func kernel() string {
+// Kernel returns the kernel release.
+func Kernel() string {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		return "?"
@@ -93,8 +95,8 @@ func kernel() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// pinPID pins the existing threads of process pid to cpu.
-func pinPID(pid, cpu int) error {
+// PinPID pins the existing threads of process pid to cpu.
+func PinPID(pid, cpu int) error {
 	var set unix.CPUSet
 	set.Set(cpu)
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
@@ -109,9 +111,9 @@ func pinPID(pid, cpu int) error {
 	return nil
 }
 
-// rss returns the resident set size of process pid and its peak (VmRSS and
+// RSS returns the resident set size of process pid and its peak (VmRSS and
 // VmHWM from /proc/PID/status), in bytes.
-func rss(pid int) (cur, peak int64) {
+func RSS(pid int) (cur, peak int64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, 0
@@ -136,15 +138,15 @@ func rss(pid int) (cur, peak int64) {
 	return cur, peak
 }
 
-// busyCPU returns the CPU seconds all CPUs have spent running processes
+// BusyCPU returns the CPU seconds all CPUs have spent running processes
 // since boot (user, nice, system and steal in /proc/stat). Interrupt and
 // softirq time are left out: much of it is the loopback traffic of the
 // benchmark itself, which the processes' own times do not include.
-func busyCPU() float64 { return statBusy("cpu", true) }
+func BusyCPU() float64 { return StatBusy("cpu", true) }
 
-// statBusy returns the busy seconds of the /proc/stat line named name (cpu for
+// StatBusy returns the busy seconds of the /proc/stat line named name (cpu for
 // all, cpuN for one), without interrupt and softirq time when noIRQ is set.
-func statBusy(name string, noIRQ bool) float64 {
+func StatBusy(name string, noIRQ bool) float64 {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0
@@ -173,37 +175,37 @@ func statBusy(name string, noIRQ bool) float64 {
 	return busy / clockTicks
 }
 
-// background measures the CPU that processes other than pids used, as a
+// Background measures the CPU that processes other than pids used, as a
 // percentage of one core, between start and stop.
-type background struct {
+type Background struct {
 	pids       []int
 	busy, ours float64
 	t          float64
 }
 
-func startBackground(pids ...int) *background {
-	b := &background{pids: pids}
-	b.busy, b.ours = busyCPU(), b.oursNow()
+func StartBackground(pids ...int) *Background {
+	b := &Background{pids: pids}
+	b.busy, b.ours = BusyCPU(), b.OursNow()
 	return b
 }
 
-func (b *background) oursNow() float64 {
+func (b *Background) OursNow() float64 {
 	var s float64
 	for _, p := range b.pids {
-		s += cpuTime(p)
+		s += CPUTime(p)
 	}
 	return s
 }
 
 // stop returns the others' CPU, percent of one core, over elapsed seconds.
-func (b *background) stop(elapsed float64) float64 {
-	others := (busyCPU() - b.busy) - (b.oursNow() - b.ours)
+func (b *Background) Stop(elapsed float64) float64 {
+	others := (BusyCPU() - b.busy) - (b.OursNow() - b.ours)
 	return max(0, 100*others/elapsed)
 }
 
-// niceSelf sets the nice value of every thread of this process (Linux keeps it
+// NiceSelf sets the nice value of every thread of this process (Linux keeps it
 // per thread); threads started later, and child processes, inherit it.
-func niceSelf(nice int) error {
+func NiceSelf(nice int) error {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return err
@@ -220,11 +222,11 @@ func niceSelf(nice int) error {
 	return nil
 }
 
-// sourceState names the commit the benchmark was built from and the files of
+// SourceState names the commit the benchmark was built from and the files of
 // the programs under test (not the benchmarks) that differ from it, since
 // several people change the same checkout. It runs read-only git commands and
 // returns "" when git is not available.
-func sourceState() string {
+func SourceState() string {
 	head, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	if err != nil {
 		return ""
@@ -244,4 +246,85 @@ func sourceState() string {
 		s += " with uncommitted changes to " + strings.Join(files, ", ")
 	}
 	return s
+}
+
+// RcvbufErrors returns the kernel's count of UDP datagrams dropped for a full
+// receive buffer (all sockets), from /proc/net/snmp.
+func RcvbufErrors() uint64 {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "Udp: ") {
+			continue
+		}
+		f := strings.Fields(line)[1:]
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RcvbufErrors" && i < len(f) {
+				v, _ := strconv.ParseUint(f[i], 10, 64)
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+// SocketDrops returns, for each UDP socket process pid holds that the kernel
+// dropped datagrams on (full receive buffer), its addresses and the count, from
+// /proc/net/udp and /proc/net/udp6 (the "drops" column).
+func SocketDrops(pid int) map[string]uint64 {
+	inodes := map[string]bool{}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil
+	}
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	out := map[string]uint64{}
+	for _, table := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 13 || !inodes[f[9]] {
+				continue
+			}
+			d, _ := strconv.ParseUint(f[12], 10, 64)
+			if d > 0 {
+				out[hexAddr(f[1])+" ← "+hexAddr(f[2])] = d
+			}
+		}
+	}
+	return out
+}
+
+// hexAddr decodes a /proc/net/udp address (little-endian hex IPv4 or IPv6
+// words, then the port); it returns the port alone for anything else.
+func hexAddr(s string) string {
+	host, port, ok := strings.Cut(s, ":")
+	if !ok {
+		return s
+	}
+	p, _ := strconv.ParseUint(port, 16, 16)
+	if len(host) == 8 {
+		v, _ := strconv.ParseUint(host, 16, 32)
+		return fmt.Sprintf("%d.%d.%d.%d:%d", v&0xff, v>>8&0xff, v>>16&0xff, v>>24, p)
+	}
+	if len(host) == 32 && strings.HasPrefix(host, "0000000000000000FFFF0000") {
+		v, _ := strconv.ParseUint(host[24:], 16, 32)
+		return fmt.Sprintf("%d.%d.%d.%d:%d", v&0xff, v>>8&0xff, v>>16&0xff, v>>24, p)
+	}
+	return fmt.Sprintf("[%s]:%d", host, p)
 }
