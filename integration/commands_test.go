@@ -83,6 +83,30 @@ alow = ["x"]
 			badWant: `:6: unknown key "client.0.alow"`,
 		},
 		{
+			pkg: "intermediate/cmd/raic-intermediate",
+			good: `listen = "0.0.0.0:4500"
+[[client]]
+id = "a"
+key = "` + key + `"
+allow = ["198.18.41.0/24"]
+[next]
+client_id = "mid"
+key = "` + key + `"
+proxy = "198.18.40.2:4500"
+`,
+			bad: `listen = "0.0.0.0:4500"
+[[client]]
+id = "a"
+key = "` + key + `"
+allow = ["198.18.41.0/24"]
+[next]
+client_id = "mid"
+key = "not a key"
+proxy = "198.18.40.2:4500"
+`,
+			badWant: ":8: next.key",
+		},
+		{
 			pkg: "simple/cmd/raic-simple",
 			good: `[[route]]
 listen = "0.0.0.0:4501"
