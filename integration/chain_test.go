@@ -48,7 +48,7 @@ import (
 //
 // Every lossy hop is a host of its own running a linkem.TUNLink (this kernel has
 // no netem). The proxy and the simple relays open sockets on their goroutines, so
-// they run as child processes inside their namespaces (TestHopChildProcess); the
+// they run as child processes inside their namespaces (hopChild); the
 // router and the intermediate open all their sockets in New, so they run in this
 // process, built inside their namespaces.
 
@@ -150,15 +150,11 @@ func (cn *chainNet) linkReport() string {
 	return b.String()
 }
 
-// TestHopChildProcess is not a test of its own: the chain tests start the test
-// binary again inside a namespace with RAIC_CHAIN_HOP=kind:config-file, and this
-// function then runs that program (proxy or simple relay) until its standard
-// input closes.
-func TestHopChildProcess(t *testing.T) {
-	spec, ok := os.LookupEnv("RAIC_CHAIN_HOP")
-	if !ok {
-		t.Skip("runs only as a child process of the TestChain* tests")
-	}
+// hopChild runs in a child process: the chain tests start the test binary again
+// inside a namespace with RAIC_CHAIN_HOP=kind:config-file (see TestMain), and
+// this runs that program (proxy or simple relay) until its standard input
+// closes.
+func hopChild(spec string) error {
 	kind, path, _ := strings.Cut(spec, ":")
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -172,28 +168,28 @@ func TestHopChildProcess(t *testing.T) {
 	case "proxy":
 		cfg, err := proxy.LoadConfig(path)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		p, err := proxy.New(cfg, testLogger())
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		runFn = p.Run
 	case "simple":
 		cfg, err := simple.LoadConfig(path)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		r, err := simple.New(cfg, testLogger())
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		runFn = r.Run
 	default:
-		t.Fatalf("unknown hop kind %q", kind)
+		return fmt.Errorf("unknown hop kind %q", kind)
 	}
 	fmt.Println("ready") // the sockets are bound
-	runFn(ctx)
+	return runFn(ctx)
 }
 
 // startHopProcess runs program kind with config text in h's namespace and
@@ -208,7 +204,7 @@ func startHopProcess(t *testing.T, h *netns.Host, kind, text string) {
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := h.Command(exe, "-test.run=^TestHopChildProcess$", "-test.count=1")
+	cmd := h.Command(exe, "-test.run=^$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "RAIC_CHAIN_HOP="+kind+":"+path)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -9,14 +10,43 @@ import (
 
 	"github.com/raicnet/raic/integration/netns"
 	"github.com/raicnet/raic/integration/testbed"
+	"github.com/raicnet/raic/proxy"
 )
 
-// TestMain lets the namespace tests run the proxy as a child process of the
-// test binary (see testbed.ProxyChild); for every other run it only runs the
-// tests.
+// TestMain turns the test binary into a child program when a test started it
+// as one inside a namespace (a program whose sockets must open there), and
+// runs the tests otherwise.
 func TestMain(m *testing.M) {
 	testbed.ProxyChild()
+	children := map[string]func(string) error{
+		"RAIC_CHAIN_HOP":         hopChild,
+		"RAIC_FAILOVER_PROXY":    proxyUntilKilled,
+		"RAIC_TRANSPARENT_PROXY": proxyUntilKilled,
+	}
+	for env, run := range children {
+		if v, ok := os.LookupEnv(env); ok {
+			if err := run(v); err != nil {
+				fmt.Fprintf(os.Stderr, "%s child: %v\n", env, err)
+				os.Exit(1)
+			}
+			os.Exit(0)
+		}
+	}
 	os.Exit(m.Run())
+}
+
+// proxyUntilKilled runs a proxy from the config file at path until the process
+// is killed (the failover and transparent-mode tests kill it).
+func proxyUntilKilled(path string) error {
+	cfg, err := proxy.LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	p, err := proxy.New(cfg, testLogger())
+	if err != nil {
+		return err
+	}
+	return p.Run(context.Background())
 }
 
 // newBed builds a game topology with the suite's proxy, removed when t ends;

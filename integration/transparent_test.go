@@ -21,7 +21,6 @@ import (
 	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/integration/netns"
-	"github.com/raicnet/raic/proxy"
 	"github.com/raicnet/raic/router"
 )
 
@@ -71,7 +70,7 @@ func startTransparentBedNAT(t *testing.T, links []netns.LinkPair, before func(*n
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := g.Proxy.Command(exe, "-test.run=^TestTransparentProxyProcess$", "-test.count=1")
+	cmd := g.Proxy.Command(exe, "-test.run=^$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "RAIC_TRANSPARENT_PROXY="+path)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -578,25 +577,6 @@ func TestTransparentRestartAfterCrash(t *testing.T) {
 func hasNft() bool {
 	_, err := exec.LookPath("nft")
 	return err == nil
-}
-
-// TestTransparentProxyProcess is not a test: startTransparentBed runs the test
-// binary again inside the proxy's namespace with RAIC_TRANSPARENT_PROXY set to
-// a config file, and this runs the proxy there until it is killed.
-func TestTransparentProxyProcess(t *testing.T) {
-	path := os.Getenv("RAIC_TRANSPARENT_PROXY")
-	if path == "" {
-		t.Skip("helper process of the transparent-mode namespace tests")
-	}
-	cfg, err := proxy.LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := proxy.New(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Run(context.Background()) // until killed
 }
 
 func detectApps(t *testing.T) *detect.AppTable {
