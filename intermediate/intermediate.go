@@ -134,7 +134,7 @@ type ctrlSession struct {
 }
 
 // Deliver is never called: the control session carries no data.
-func (*ctrlSession) Deliver(uint64, []byte) {}
+func (*ctrlSession) Deliver(uint64, []byte, int64) {}
 
 // counters are the intermediate's metrics; every dropped datagram is counted by
 // reason.

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
@@ -80,13 +79,12 @@ func (s *Server) newRelay(c *client, id uint64, salt [16]byte, target netip.Addr
 type toNext relay
 
 // Deliver implements tunnel.Sink.
-func (t *toNext) Deliver(pid uint64, pkt []byte) {
+func (t *toNext) Deliver(pid uint64, pkt []byte, now int64) {
 	rl := (*relay)(t)
 	s := rl.srv
 	if rl.closed.Load() || rl.outSend == nil {
 		return
 	}
-	now := mono.Now()
 	if !rl.client.take(now) {
 		s.m.rateLimited.Inc()
 		return
@@ -108,13 +106,12 @@ func (t *toNext) Deliver(pid uint64, pkt []byte) {
 type toRouter relay
 
 // Deliver implements tunnel.Sink.
-func (t *toRouter) Deliver(pid uint64, pkt []byte) {
+func (t *toRouter) Deliver(pid uint64, pkt []byte, now int64) {
 	rl := (*relay)(t)
 	s := rl.srv
 	if rl.closed.Load() {
 		return
 	}
-	now := mono.Now()
 	var paths [maxPaths]netip.AddrPort
 	np := rl.livePaths(now, &paths)
 	if np == 0 {

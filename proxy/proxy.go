@@ -277,9 +277,9 @@ type pathLearner struct {
 	now  int64
 }
 
-func (l *pathLearner) Deliver(pid uint64, pkt []byte) {
+func (l *pathLearner) Deliver(pid uint64, pkt []byte, now int64) {
 	l.ps.touchPath(l.from, l.now)
-	l.ps.Deliver(pid, pkt)
+	l.ps.Deliver(pid, pkt, now)
 }
 
 func (s *Server) readLoop() {
@@ -489,12 +489,12 @@ func (s *Server) newSession(c *client, id uint64, salt [16]byte, target netip.Ad
 }
 
 // Deliver forwards a decoded packet to the game server (tunnel.Sink).
-func (ps *proxySession) Deliver(_ uint64, pkt []byte) {
+func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 	s := ps.srv
 	if ps.upstream == nil {
 		return
 	}
-	if !ps.client.take(mono.Now()) {
+	if !ps.client.take(now) {
 		s.m.rateLimited.Inc()
 		return
 	}

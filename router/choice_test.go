@@ -102,7 +102,7 @@ type fakeSession struct {
 	target netip.AddrPort
 }
 
-func (*fakeSession) Deliver(uint64, []byte) {}
+func (*fakeSession) Deliver(uint64, []byte, int64) {}
 
 func newFakeProxy(t *testing.T, key wire.Key, serverRTT time.Duration) *fakeProxy {
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})

@@ -652,7 +652,7 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 // Deliver writes a packet from the server back to the game client (tunnel.Sink).
 // The game side knows the flow by its head, whichever session the packet came
 // in on.
-func (rs *routerSession) Deliver(_ uint64, pkt []byte) {
+func (rs *routerSession) Deliver(_ uint64, pkt []byte, now int64) {
 	side := rs.head.side
 	if side == nil {
 		return
@@ -662,7 +662,7 @@ func (rs *routerSession) Deliver(_ uint64, pkt []byte) {
 		return
 	}
 	rs.r.m.toGame.Inc()
-	rs.r.observeGamePacket(rs.head, mono.Now(), false)
+	rs.r.observeGamePacket(rs.head, now, false)
 }
 
 // The forward of explicit mode is a gameSide: replies leave from the socket the

@@ -164,9 +164,10 @@ func (s *Sender) SealControl(buf []byte, t wire.Type, body []byte, now int64) ([
 }
 
 // Sink takes the packets a Receiver releases. Deliver runs with the receiver's
-// lock held and must not keep pkt.
+// lock held and must not keep pkt; now is the receive time of the datagram
+// that completed it (the clock is read once per datagram).
 type Sink interface {
-	Deliver(pid uint64, pkt []byte)
+	Deliver(pid uint64, pkt []byte, now int64)
 }
 
 // ReceiverStats counts what a receiver did.
@@ -218,7 +219,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 	for i := range released {
 		if r.window.Mark(released[i].PID) {
 			r.stats.Delivered++
-			sink.Deliver(released[i].PID, released[i].Data)
+			sink.Deliver(released[i].PID, released[i].Data, now)
 		} else {
 			r.stats.Duplicates++
 		}
