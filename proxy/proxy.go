@@ -678,7 +678,12 @@ func (ps *proxySession) noteScheme(h *wire.Header) {
 	if p.K < 1 || p.M < 0 || p.K > 255 || p.M > 255 || p.Depth > 255 {
 		return
 	}
-	ps.scheme.Store(uint32(p.Scheme) | uint32(p.K)<<8 | uint32(p.M)<<16 | uint32(p.Depth)<<24)
+	// Written only on a change: this runs per data datagram, and a store on
+	// every one would bounce the session's cache line between the read loop and
+	// the reply pump.
+	if v := uint32(p.Scheme) | uint32(p.K)<<8 | uint32(p.M)<<16 | uint32(p.Depth)<<24; ps.scheme.Load() != v {
+		ps.scheme.Store(v)
+	}
 }
 
 // applyScheme switches the reply encoder to the router's scheme when it changed.
