@@ -2,7 +2,7 @@ package intermediate
 
 import (
 	"fmt"
-	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/clients"
 	"net/netip"
 	"time"
 
@@ -53,14 +53,8 @@ type Config struct {
 	Next NextConfig `toml:"next"`
 }
 
-// ClientConfig is one [[client]] table, as in the proxy's config.
-type ClientConfig struct {
-	ID      string   `toml:"id"`
-	Key     string   `toml:"key"`
-	Allow   []string `toml:"allow"`
-	RatePPS float64  `toml:"rate_pps"`
-	Burst   int      `toml:"burst"`
-}
+// ClientConfig is one [[client]] table (see package clients).
+type ClientConfig = clients.Config
 
 // NextConfig is the [next] table: who this intermediate is to the next hop, and
 // how it reaches it.
@@ -97,7 +91,7 @@ const (
 	DefaultSessionIdle  = 60 * time.Second
 	DefaultReplyWindow  = 5 * time.Second
 	DefaultHelloMaxAge  = 30 * time.Second
-	DefaultRatePPS      = 5000
+	DefaultRatePPS      = clients.DefaultRatePPS
 	DefaultPingInterval = 250 * time.Millisecond
 	maxUplinks          = 16
 )
@@ -165,41 +159,8 @@ func (c *Config) check(meta *config.Meta) error {
 			return meta.Errorf(d.key, "must be positive")
 		}
 	}
-	if len(c.Clients) == 0 {
-		return meta.Errorf("client", "no [[client]] configured: the intermediate would serve nobody")
-	}
-	seen := map[string]bool{}
-	for i := range c.Clients {
-		cl := &c.Clients[i]
-		key := func(k string) string { return fmt.Sprintf("client.%d.%s", i, k) }
-		if cl.ID == "" || len(cl.ID) > wire.MaxClientID {
-			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
-		}
-		if seen[cl.ID] {
-			return meta.Errorf(key("id"), "client %q is configured twice", cl.ID)
-		}
-		seen[cl.ID] = true
-		if _, err := wire.ParseKey(cl.Key); err != nil {
-			return meta.Errorf(key("key"), "%v", err)
-		}
-		if len(cl.Allow) == 0 {
-			return meta.Errorf(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
-		}
-		if _, err := allow.Parse(cl.Allow); err != nil {
-			return meta.Errorf(key("allow"), "%v", err)
-		}
-		if cl.RatePPS == 0 {
-			cl.RatePPS = DefaultRatePPS
-		}
-		if cl.RatePPS < 0 {
-			return meta.Errorf(key("rate_pps"), "must be positive")
-		}
-		if cl.Burst == 0 {
-			cl.Burst = int(cl.RatePPS/10) + 64
-		}
-		if cl.Burst < 1 {
-			return meta.Errorf(key("burst"), "must be at least 1")
-		}
+	if err := clients.Check(meta, c.Clients, "the intermediate"); err != nil {
+		return err
 	}
 	return c.Next.check(meta)
 }

@@ -31,7 +31,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/clients"
 	"log/slog"
 	"net"
 	"net/http"
@@ -65,7 +65,7 @@ type Server struct {
 	m       counters
 	conn    *udp.Conn // towards routers
 	uplinks []*uplink // towards the next hop
-	clients map[string]*client
+	clients map[string]*clients.Client
 	nextKey wire.Key
 
 	// relays owns the sessions' lifetimes (idle expiry, eviction), keyed by the
@@ -81,35 +81,6 @@ type Server struct {
 	reading sync.WaitGroup // the router side's read loop: the only one sealing towards the next hop
 	loops   sync.WaitGroup // the uplink read loops and the janitor
 	httpSrv *http.Server
-}
-
-// client is one [[client]]: a router allowed to use this intermediate.
-type client struct {
-	id    string
-	key   wire.Key
-	allow allow.List
-
-	mu     sync.Mutex // guards the token bucket; per client, not global
-	tokens float64
-	last   int64
-	rate   float64
-	burst  float64
-}
-
-// take reports whether the client may have one more packet relayed now.
-func (c *client) take(now int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.tokens += float64(now-c.last) * 1e-9 * c.rate
-	c.last = now
-	if c.tokens > c.burst {
-		c.tokens = c.burst
-	}
-	if c.tokens < 1 {
-		return false
-	}
-	c.tokens--
-	return true
 }
 
 // uplink is one socket towards the next hop.
@@ -183,24 +154,15 @@ func newCounters(r *metrics.Registry) counters {
 // is ready to serve when New returns (and sockets opened inside a network
 // namespace stay there).
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, clients: map[string]*client{}, reg: metrics.NewRegistry(), closed: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, clients: map[string]*clients.Client{}, reg: metrics.NewRegistry(), closed: make(chan struct{})}
 	s.m = newCounters(s.reg)
 	var err error
 	if s.nextKey, err = wire.ParseKey(cfg.Next.Key); err != nil {
 		return nil, fmt.Errorf("next.key: %v", err)
 	}
 	now := mono.Now()
-	for _, cc := range cfg.Clients {
-		key, err := wire.ParseKey(cc.Key)
-		if err != nil {
-			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
-		}
-		al, err := allow.Parse(cc.Allow)
-		if err != nil {
-			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
-		}
-		s.clients[cc.ID] = &client{id: cc.ID, key: key, allow: al, rate: cc.RatePPS,
-			burst: float64(cc.Burst), tokens: float64(cc.Burst), last: now}
+	if s.clients, err = clients.Table(cfg.Clients, now); err != nil {
+		return nil, err
 	}
 	var sb [8]byte
 	if _, err := rand.Read(sb[:]); err != nil {
@@ -457,10 +419,10 @@ func (s *Server) onRemove(_ uint64, rl *relay, why session.Reason) {
 	switch why {
 	case session.ReasonEvicted:
 		s.m.sessionsEvicted.Inc()
-		s.log.Warn("session evicted: table full", "session", rl.inID, "client", rl.client.id, "max_sessions", s.cfg.MaxSessions)
+		s.log.Warn("session evicted: table full", "session", rl.inID, "client", rl.client.ID, "max_sessions", s.cfg.MaxSessions)
 	case session.ReasonIdle:
 		s.m.sessionsIdle.Inc()
-		s.log.Debug("session idle, ended", "session", rl.inID, "client", rl.client.id)
+		s.log.Debug("session idle, ended", "session", rl.inID, "client", rl.client.ID)
 	}
 	rl.closed.Store(true)
 	if rl.outSend != nil {
@@ -641,7 +603,7 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 		s.m.unknownClient.Inc()
 		return nil
 	}
-	send, recv, err := wire.DeriveKeys(&c.key, &hello.Salt, r.hdr.Session, wire.RoleServer)
+	send, recv, err := wire.DeriveKeys(&c.Key, &hello.Salt, r.hdr.Session, wire.RoleServer)
 	if err != nil {
 		s.m.authFailed.Inc()
 		return nil
@@ -658,13 +620,13 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 	if age > s.cfg.HelloMaxAge.Duration || -age > s.cfg.HelloMaxAge.Duration {
 		s.m.staleHello.Inc()
 		s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
-			"client", c.id, "age", age, "hello_max_age", s.cfg.HelloMaxAge.Duration)
+			"client", c.ID, "age", age, "hello_max_age", s.cfg.HelloMaxAge.Duration)
 		return nil
 	}
 	target := hello.Target
-	if target.IsValid() && !c.allow.Allows(target) {
+	if target.IsValid() && !c.Allow.Allows(target) {
 		s.m.forbiddenTarget.Inc()
-		s.log.Warn("target refused: not in the client's allowlist", "client", c.id, "target", target.String())
+		s.log.Warn("target refused: not in the client's allowlist", "client", c.ID, "target", target.String())
 		return nil
 	}
 	id, salt := r.hdr.Session, hello.Salt
@@ -673,7 +635,7 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 	})
 	if err != nil {
 		s.m.sealErrors.Inc()
-		s.log.Warn("cannot open a session towards the next hop", "client", c.id, "err", err)
+		s.log.Warn("cannot open a session towards the next hop", "client", c.ID, "err", err)
 		return nil
 	}
 	if created {
@@ -681,7 +643,7 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 			s.byOut.GetOrCreate(rl.outID, now, func() (*relay, error) { return rl, nil })
 		}
 		s.m.sessionsCreated.Inc()
-		s.log.Info("session opened", "client", c.id, "session", id, "next_session", rl.outID, "target", target.String())
+		s.log.Info("session opened", "client", c.ID, "session", id, "next_session", rl.outID, "target", target.String())
 	}
 	return rl
 }

@@ -95,7 +95,7 @@ func (s *Server) answerProbe(r *reader, rl *relay, body []byte, from netip.AddrP
 		return
 	}
 	rep := wire.ProbeReply{Probe: p, Overloaded: s.nextOverloaded()}
-	rep.Allowed = p.Target.IsValid() && rl.client.allow.Allows(p.Target)
+	rep.Allowed = p.Target.IsValid() && rl.client.Allow.Allows(p.Target)
 	if rep.Allowed {
 		e, send := s.probes.ask(p.Target, now)
 		if send {

@@ -2,6 +2,7 @@ package intermediate
 
 import (
 	"crypto/cipher"
+	"github.com/raicnet/raic/pkg/clients"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -17,7 +18,7 @@ import (
 // the next hop's side.
 type relay struct {
 	srv    *Server
-	client *client
+	client *clients.Client
 	target netip.AddrPort // zero for a control-only session (no out side)
 
 	inID   uint64
@@ -56,7 +57,7 @@ type path struct {
 // newRelay makes the relay of a session a router opened: the router side from
 // the keys derived for it, and a fresh session towards the next hop when the
 // session has a target.
-func (s *Server) newRelay(c *client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*relay, error) {
+func (s *Server) newRelay(c *clients.Client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*relay, error) {
 	rl := &relay{srv: s, client: c, target: target, inID: id, salt: salt, inSeal: send}
 	rl.inRecv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
@@ -85,7 +86,7 @@ func (t *toNext) Deliver(pid uint64, pkt []byte, now int64) {
 	if rl.closed.Load() || rl.outSend == nil {
 		return
 	}
-	if !rl.client.take(now) {
+	if !rl.client.Take(now) {
 		s.m.rateLimited.Inc()
 		return
 	}

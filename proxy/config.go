@@ -1,14 +1,12 @@
 package proxy
 
 import (
-	"fmt"
+	"github.com/raicnet/raic/pkg/clients"
 	"net/netip"
 	"time"
 
-	"github.com/raicnet/raic/pkg/allow"
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
-	"github.com/raicnet/raic/pkg/wire"
 )
 
 // Config is the proxy's TOML configuration.
@@ -43,20 +41,8 @@ type Config struct {
 	Clients []ClientConfig `toml:"client"`
 }
 
-// ClientConfig is one [[client]] table.
-type ClientConfig struct {
-	// ID is what the router sends in its hello (1 to 32 bytes).
-	ID string `toml:"id"`
-	// Key is the client's pre-shared key, base64 or hex.
-	Key string `toml:"key"`
-	// Allow lists the servers this client may reach: "198.18.9.2", "198.18.9.0/24",
-	// "198.18.9.2:27015", "198.18.9.0/24:27000-27050", "[2001:db8::/32]:3074".
-	Allow []string `toml:"allow"`
-	// RatePPS limits the datagrams per second this client may have forwarded (all
-	// its sessions together); Burst is how many may come at once.
-	RatePPS float64 `toml:"rate_pps"`
-	Burst   int     `toml:"burst"`
-}
+// ClientConfig is one [[client]] table (see package clients).
+type ClientConfig = clients.Config
 
 // Defaults.
 const (
@@ -65,7 +51,7 @@ const (
 	DefaultSessionIdle = 60 * time.Second
 	DefaultReplyWindow = 2500 * time.Millisecond // routers refresh every path once a second
 	DefaultHelloMaxAge = 30 * time.Second
-	DefaultRatePPS     = 5000
+	DefaultRatePPS     = clients.DefaultRatePPS
 )
 
 // LoadConfig reads, defaults and checks a proxy config file. Errors name the file,
@@ -138,41 +124,8 @@ func (c *Config) check(meta *config.Meta) error {
 	if err := c.checkProbe(meta); err != nil {
 		return err
 	}
-	if len(c.Clients) == 0 {
-		return meta.Errorf("client", "no [[client]] configured: the proxy would serve nobody")
-	}
-	seen := map[string]bool{}
-	for i := range c.Clients {
-		cl := &c.Clients[i]
-		key := func(k string) string { return fmt.Sprintf("client.%d.%s", i, k) }
-		if cl.ID == "" || len(cl.ID) > wire.MaxClientID {
-			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
-		}
-		if seen[cl.ID] {
-			return meta.Errorf(key("id"), "client %q is configured twice", cl.ID)
-		}
-		seen[cl.ID] = true
-		if _, err := wire.ParseKey(cl.Key); err != nil {
-			return meta.Errorf(key("key"), "%v", err)
-		}
-		if len(cl.Allow) == 0 {
-			return meta.Errorf(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
-		}
-		if _, err := allow.Parse(cl.Allow); err != nil {
-			return meta.Errorf(key("allow"), "%v", err)
-		}
-		if cl.RatePPS == 0 {
-			cl.RatePPS = DefaultRatePPS
-		}
-		if cl.RatePPS < 0 {
-			return meta.Errorf(key("rate_pps"), "must be positive")
-		}
-		if cl.Burst == 0 {
-			cl.Burst = int(cl.RatePPS/10) + 64
-		}
-		if cl.Burst < 1 {
-			return meta.Errorf(key("burst"), "must be at least 1")
-		}
+	if err := clients.Check(meta, c.Clients, "the proxy"); err != nil {
+		return err
 	}
 	return nil
 }

@@ -195,7 +195,7 @@ func (s *Server) answerProbe(r *reader, ps *proxySession, body []byte, from neti
 		return
 	}
 	rep := wire.ProbeReply{Probe: probe, Overloaded: s.load.overloaded(now)}
-	rep.Allowed = probe.Target.IsValid() && ps.client.allow.Allows(probe.Target)
+	rep.Allowed = probe.Target.IsValid() && ps.client.Allow.Allows(probe.Target)
 	if rep.Allowed {
 		rep.ServerRTT = s.probes.lookup(probe.Target.Addr(), now)
 	}

@@ -17,7 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/clients"
 	"log/slog"
 	"math/bits"
 	"net"
@@ -53,7 +53,7 @@ type Server struct {
 	cfg      *Config
 	log      *slog.Logger
 	conn     *udp.Conn
-	clients  map[string]*client
+	clients  map[string]*clients.Client
 	sessions *session.Table[uint64, *proxySession]
 	reg      *metrics.Registry
 	m        counters
@@ -65,34 +65,6 @@ type Server struct {
 	loops   sync.WaitGroup // the read loop and the janitor
 	pumps   sync.WaitGroup // one reply pump per session with a server
 	httpSrv *http.Server
-}
-
-type client struct {
-	id    string
-	key   wire.Key
-	allow allow.List
-
-	mu     sync.Mutex // guards the token bucket; per client, not global
-	tokens float64
-	last   int64
-	rate   float64
-	burst  float64
-}
-
-// take reports whether the client may forward one more datagram now.
-func (c *client) take(now int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.tokens += float64(now-c.last) * 1e-9 * c.rate
-	c.last = now
-	if c.tokens > c.burst {
-		c.tokens = c.burst
-	}
-	if c.tokens < 1 {
-		return false
-	}
-	c.tokens--
-	return true
 }
 
 // counters are the proxy's metrics; every dropped datagram is counted by reason.
@@ -140,24 +112,16 @@ func newCounters(r *metrics.Registry) counters {
 // New builds a proxy from a checked config and binds its socket, so it is ready
 // to serve when New returns.
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, clients: map[string]*client{}, reg: metrics.NewRegistry()}
+	s := &Server{cfg: cfg, log: log, clients: map[string]*clients.Client{}, reg: metrics.NewRegistry()}
 	s.m = newCounters(s.reg)
 	s.load = newLoadMeter(cfg, s.reg)
 	if _, err := rand.Read(s.sid[:]); err != nil {
 		return nil, err
 	}
 	now := mono.Now()
-	for _, cc := range cfg.Clients {
-		key, err := wire.ParseKey(cc.Key)
-		if err != nil {
-			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
-		}
-		al, err := allow.Parse(cc.Allow)
-		if err != nil {
-			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
-		}
-		s.clients[cc.ID] = &client{id: cc.ID, key: key, allow: al, rate: cc.RatePPS,
-			burst: float64(cc.Burst), tokens: float64(cc.Burst), last: now}
+	var err error
+	if s.clients, err = clients.Table(cfg.Clients, now); err != nil {
+		return nil, err
 	}
 	seed := binary.LittleEndian.Uint64(s.sid[:])
 	s.sessions = session.NewTable(session.Config[uint64, *proxySession]{
@@ -248,10 +212,10 @@ func (s *Server) onRemove(id uint64, ps *proxySession, why session.Reason) {
 	switch why {
 	case session.ReasonEvicted:
 		s.m.sessionsEvicted.Inc()
-		s.log.Warn("session evicted: table full", "session", id, "client", ps.client.id, "max_sessions", s.cfg.MaxSessions)
+		s.log.Warn("session evicted: table full", "session", id, "client", ps.client.ID, "max_sessions", s.cfg.MaxSessions)
 	case session.ReasonIdle:
 		s.m.sessionsIdle.Inc()
-		s.log.Debug("session idle, ended", "session", id, "client", ps.client.id)
+		s.log.Debug("session idle, ended", "session", id, "client", ps.client.ID)
 	}
 	ps.close()
 }
@@ -388,7 +352,7 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 		s.m.unknownClient.Inc()
 		return nil
 	}
-	send, recv, err := wire.DeriveKeys(&c.key, &hello.Salt, r.hdr.Session, wire.RoleServer)
+	send, recv, err := wire.DeriveKeys(&c.Key, &hello.Salt, r.hdr.Session, wire.RoleServer)
 	if err != nil {
 		s.m.authFailed.Inc()
 		return nil
@@ -405,13 +369,13 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 	if age > s.cfg.HelloMaxAge.Duration || -age > s.cfg.HelloMaxAge.Duration {
 		s.m.staleHello.Inc()
 		s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
-			"client", c.id, "age", age, "hello_max_age", s.cfg.HelloMaxAge.Duration)
+			"client", c.ID, "age", age, "hello_max_age", s.cfg.HelloMaxAge.Duration)
 		return nil
 	}
 	target := hello.Target
-	if target.IsValid() && !c.allow.Allows(target) {
+	if target.IsValid() && !c.Allow.Allows(target) {
 		s.m.forbiddenTarget.Inc()
-		s.log.Warn("target refused: not in the client's allowlist", "client", c.id, "target", target.String())
+		s.log.Warn("target refused: not in the client's allowlist", "client", c.ID, "target", target.String())
 		return nil
 	}
 	ps, created, err := s.sessions.GetOrCreate(r.hdr.Session, now, func() (*proxySession, error) {
@@ -419,12 +383,12 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 	})
 	if err != nil {
 		s.m.upstreamErrors.Inc()
-		s.log.Warn("cannot open upstream socket", "client", c.id, "target", target.String(), "err", err)
+		s.log.Warn("cannot open upstream socket", "client", c.ID, "target", target.String(), "err", err)
 		return nil
 	}
 	if created {
 		s.m.sessionsCreated.Inc()
-		s.log.Info("session opened", "client", c.id, "session", r.hdr.Session, "target", target.String())
+		s.log.Info("session opened", "client", c.ID, "session", r.hdr.Session, "target", target.String())
 		if ps.upstream != nil {
 			s.pumps.Add(1)
 			go ps.pumpReplies()
@@ -444,7 +408,7 @@ func (s *Server) sendTo(dg []byte, to netip.AddrPort) {
 type proxySession struct {
 	srv    *Server
 	id     uint64
-	client *client
+	client *clients.Client
 	salt   [16]byte
 	target netip.AddrPort
 	recv   *tunnel.Receiver
@@ -468,7 +432,7 @@ type path struct {
 	last int64
 }
 
-func (s *Server) newSession(c *client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
+func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
 	ps := &proxySession{srv: s, id: id, client: c, salt: salt, target: target}
 	ps.recv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
@@ -494,7 +458,7 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 	if ps.upstream == nil {
 		return
 	}
-	if !ps.client.take(now) {
+	if !ps.client.Take(now) {
 		s.m.rateLimited.Inc()
 		return
 	}

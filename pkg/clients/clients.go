@@ -1,0 +1,121 @@
+// Package clients holds the routers a proxy or an intermediate proxy serves: the
+// [[client]] config tables (ID, pre-shared key, allowlist, rate limit), their
+// checks, and the run-time client with its per-client token bucket.
+package clients
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// Config is one [[client]] table.
+type Config struct {
+	// ID is what the router sends in its hello (1 to 32 bytes).
+	ID string `toml:"id"`
+	// Key is the client's pre-shared key, base64 or hex.
+	Key string `toml:"key"`
+	// Allow lists the servers this client may reach (see package allow).
+	Allow []string `toml:"allow"`
+	// RatePPS limits the datagrams per second this client may have forwarded
+	// (all its sessions together); Burst is how many may come at once.
+	RatePPS float64 `toml:"rate_pps"`
+	Burst   int     `toml:"burst"`
+}
+
+// DefaultRatePPS is a client's rate limit when its table sets none.
+const DefaultRatePPS = 5000
+
+// Check fills in defaults and checks every client; errors name the file, line
+// and key (client.N.field). who names the program in the error for an empty
+// list ("the proxy").
+func Check(meta *config.Meta, cs []Config, who string) error {
+	if len(cs) == 0 {
+		return meta.Errorf("client", "no [[client]] configured: %s would serve nobody", who)
+	}
+	seen := map[string]bool{}
+	for i := range cs {
+		cl := &cs[i]
+		key := func(k string) string { return fmt.Sprintf("client.%d.%s", i, k) }
+		if cl.ID == "" || len(cl.ID) > wire.MaxClientID {
+			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
+		}
+		if seen[cl.ID] {
+			return meta.Errorf(key("id"), "client %q is configured twice", cl.ID)
+		}
+		seen[cl.ID] = true
+		if _, err := wire.ParseKey(cl.Key); err != nil {
+			return meta.Errorf(key("key"), "%v", err)
+		}
+		if len(cl.Allow) == 0 {
+			return meta.Errorf(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
+		}
+		if _, err := allow.Parse(cl.Allow); err != nil {
+			return meta.Errorf(key("allow"), "%v", err)
+		}
+		if cl.RatePPS == 0 {
+			cl.RatePPS = DefaultRatePPS
+		}
+		if cl.RatePPS < 0 {
+			return meta.Errorf(key("rate_pps"), "must be positive")
+		}
+		if cl.Burst == 0 {
+			cl.Burst = int(cl.RatePPS/10) + 64
+		}
+		if cl.Burst < 1 {
+			return meta.Errorf(key("burst"), "must be at least 1")
+		}
+	}
+	return nil
+}
+
+// Client is a checked client at run time.
+type Client struct {
+	ID    string
+	Key   wire.Key
+	Allow allow.List
+
+	mu     sync.Mutex // guards the token bucket; per client, not global
+	tokens float64
+	last   int64
+	rate   float64
+	burst  float64
+}
+
+// Table builds the run-time clients of checked configs, by ID; now starts
+// their token buckets full.
+func Table(cs []Config, now int64) (map[string]*Client, error) {
+	t := make(map[string]*Client, len(cs))
+	for _, cc := range cs {
+		key, err := wire.ParseKey(cc.Key)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
+		}
+		al, err := allow.Parse(cc.Allow)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
+		}
+		t[cc.ID] = &Client{ID: cc.ID, Key: key, Allow: al, rate: cc.RatePPS,
+			burst: float64(cc.Burst), tokens: float64(cc.Burst), last: now}
+	}
+	return t, nil
+}
+
+// Take reports whether the client may have one more datagram forwarded now.
+func (c *Client) Take(now int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tokens += float64(now-c.last) * 1e-9 * c.rate
+	c.last = now
+	if c.tokens > c.burst {
+		c.tokens = c.burst
+	}
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
+}

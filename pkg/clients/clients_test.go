@@ -1,0 +1,76 @@
+package clients
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+type file struct {
+	Clients []Config `toml:"client"`
+}
+
+func check(t *testing.T, text string) ([]Config, error) {
+	t.Helper()
+	var f file
+	meta, err := config.Decode("p.toml", text, &f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.Clients, Check(meta, f.Clients, "the proxy")
+}
+
+func TestCheck(t *testing.T) {
+	key := wire.Key{1}.String()
+	good := "[[client]]\nid = \"a\"\nkey = \"" + key + "\"\nallow = [\"198.18.41.0/24\"]\n"
+	cs, err := check(t, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs[0].RatePPS != DefaultRatePPS || cs[0].Burst != DefaultRatePPS/10+64 {
+		t.Fatalf("defaults not filled: %+v", cs[0])
+	}
+	bad := map[string]string{
+		"":                                      "p.toml: client: no [[client]] configured: the proxy would serve nobody",
+		good + good:                             "p.toml:6: client.1.id: client \"a\" is configured twice",
+		strings.Replace(good, key, "x", 1):      "p.toml:3: client.0.key:",
+		strings.Replace(good, "41.0/24", "", 1): "p.toml:4: client.0.allow:",
+		good + "rate_pps = -1\n":                "p.toml:5: client.0.rate_pps: must be positive",
+	}
+	for text, want := range bad {
+		if _, err := check(t, text); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("config %q: error %v, want it to start with %q", text, err, want)
+		}
+	}
+}
+
+func TestTakeLimitsRate(t *testing.T) {
+	tb, err := Table([]Config{{ID: "a", Key: wire.Key{1}.String(), Allow: []string{"198.18.0.0/15"}, RatePPS: 100, Burst: 5}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tb["a"]
+	n := 0
+	for i := 0; i < 20; i++ {
+		if c.Take(0) {
+			n++
+		}
+	}
+	if n != 5 {
+		t.Fatalf("%d taken at once, want the burst of 5", n)
+	}
+	// 100 per second: 50 ms refills 5.
+	now := int64(50 * time.Millisecond)
+	n = 0
+	for i := 0; i < 20; i++ {
+		if c.Take(now) {
+			n++
+		}
+	}
+	if n != 5 {
+		t.Fatalf("%d taken after 50 ms at 100/s, want 5", n)
+	}
+}
