@@ -398,7 +398,7 @@ server = "198.18.41.2:27015"
 	for j, rtt := range []time.Duration{30 * time.Millisecond, 10 * time.Millisecond} {
 		h := r.proxies[j].paths[0].health
 		h.OnPingSent(1, now)
-		h.OnPong(1, now, now+int64(rtt))
+		h.OnPong(1, now, 0, now+int64(rtt))
 	}
 	now += int64(40 * time.Millisecond)
 	ts := r.targetFor(netip.MustParseAddrPort("198.18.41.2:27015"), now)

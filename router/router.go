@@ -628,8 +628,11 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		}
 		r.m.pongsSeen.Inc()
 		// The pong answers the path its ping left on (that uplink, this
-		// session's proxy), whichever socket it came back to.
-		rs.px.paths[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, now)
+		// session's proxy), whichever socket it came back to. The proxy's
+		// clock (PeerTime) splits the round trip into the two one-way
+		// delays, so suppression can tell an upload queue from a download
+		// one.
+		rs.px.paths[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, pong.PeerTime, now)
 		if pong.Overloaded != rs.px.overloaded.Load() {
 			rs.px.overloaded.Store(pong.Overloaded)
 		}

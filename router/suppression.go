@@ -289,7 +289,8 @@ type supLink struct {
 	prevTx   uint64
 	prevRx   uint64
 	prevAt   int64
-	pongs    uint64
+	pongs    uint64 // Stats.PongsReceived at the previous sample
+	owds     uint64 // Stats.OWDSamples at the previous sample
 	present  map[string]bool
 	pol      [2]suppress.Policy
 	level    [2]*metrics.Gauge
@@ -690,24 +691,37 @@ func (s *suppression) sampleLink(l *supLink, now int64, present bool) bool {
 	}
 	h := l.uplink.health.Stats(now)
 	smp := suppress.Sample{Uplink: l.name, Now: now, LCPresent: l.present}
-	if h.PongsReceived != l.pongs {
-		l.pongs = h.PongsReceived
-		// The keepalives cross the uplink's queues in both directions, so
-		// their RTT speaks for both. The proxy sends no one-way reports yet:
-		// half the smoothed RTT stands in for the one-way delay (only its
-		// trend counts) and the RTT variation for jitter.
+	// Pongs stamped with the proxy's clock split the keepalive round trip
+	// into one-way delays, so each direction is judged by its own queue:
+	// an upload must not raise the download level, nor the reverse.
+	newOWD := h.OWDSamples != l.owds
+	if !newOWD && h.OWDSamples == 0 && h.PongsReceived != l.pongs {
+		// A proxy that stamps no pongs: the RTT, which crosses the queues
+		// of both directions, speaks for both. Half the smoothed RTT stands
+		// in for the one-way delay (only its trend counts) and the RTT
+		// variation for jitter.
 		smp.RTT = h.SRTT
 		smp.HasQuality = true
 		smp.OWD = h.SRTT / 2
 		smp.Jitter = h.RTTVar
 		smp.Loss = h.Loss
 	}
+	l.pongs, l.owds = h.PongsReceived, h.OWDSamples
 	changed := false
 	for _, d := range []suppress.Direction{suppress.Up, suppress.Down} {
 		smp.Dir = d
 		smp.BytesPerSec = up
 		if d == suppress.Down {
 			smp.BytesPerSec = down
+		}
+		if newOWD {
+			// Keepalive loss cannot tell which way a packet was lost, so
+			// it still counts for both.
+			smp.HasOWD, smp.HasQuality, smp.Loss = true, true, h.Loss
+			smp.OWD, smp.QueueDelay, smp.Jitter = h.UpOWD, h.UpQueue, h.UpJitter
+			if d == suppress.Down {
+				smp.OWD, smp.QueueDelay, smp.Jitter = h.DownOWD, h.DownQueue, h.DownJitter
+			}
 		}
 		l.rate[d].Set(int64(smp.BytesPerSec))
 		pol, ev, err := s.ctrl.Update(smp)

@@ -1,12 +1,16 @@
 package router
 
 import (
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/suppress"
 )
 
@@ -47,6 +51,8 @@ hold_down = "1s"
 [suppress.detect.rtt_inflation_ms.cut]
 raise = 60
 lower = 30
+[suppress.detect.owd_inflation_ms]
+shape = { raise = 6, lower = 2 }
 [suppress.apps.voip]
 max_drop_fraction = 0.1
 [suppress.apps.racing]
@@ -67,6 +73,9 @@ linger = "2s"
 	}
 	if got := r.Detect.RTTInflation; got.Cut != (suppress.Threshold{Raise: 60, Lower: 30}) || got.Shape != def.Detect.RTTInflation.Shape {
 		t.Errorf("rtt thresholds %+v", got)
+	}
+	if got := r.Detect.OWDInflation; got.Shape != (suppress.Threshold{Raise: 6, Lower: 2}) || got.Cut != def.Detect.OWDInflation.Cut {
+		t.Errorf("owd thresholds %+v", got)
 	}
 	// A partial app entry keeps its built-in values; a new app starts from
 	// "default".
@@ -121,6 +130,14 @@ func TestSuppressConfigErrorsPointAtTheKey(t *testing.T) {
 	_, err := ParseConfig("router.toml", supBase+"[suppress]\nenabled = true\nlan_device = \"lan0\"\n"+uplink+"[suppress.levels]\nmax_drop_run = -1\n")
 	if err == nil || !strings.Contains(err.Error(), "router.toml:22: suppress.levels.max_drop_run") {
 		t.Fatalf("error %v, want it at line 22", err)
+	}
+	_, err = ParseConfig("router.toml", supBase+"[suppress]\nenabled = true\nlan_device = \"lan0\"\n"+uplink+"[suppress.detect.owd_inflation_ms.cut]\nraise = 30\nlower = 35\n")
+	if err == nil || !strings.Contains(err.Error(), "router.toml:23: suppress.detect.owd_inflation_ms.cut.lower: 35 must be below raise") {
+		t.Fatalf("error %v, want it at line 23", err)
+	}
+	_, err = ParseConfig("router.toml", supBase+"[suppress]\nenabled = true\nlan_device = \"lan0\"\n"+uplink+"[suppress.detect.owd_inflation_ms]\nshape_raise = 3\n")
+	if err == nil || !strings.Contains(err.Error(), "suppress.detect.owd_inflation_ms.shape_raise") {
+		t.Fatalf("error %v, want the unknown key named", err)
 	}
 }
 
@@ -297,5 +314,88 @@ func TestDownObservationsFromSeveralReaders(t *testing.T) {
 	<-done
 	if _, p := rs.sup.dir[suppress.Down].grid(); p == 0 {
 		t.Fatal("no grid after a second of packets")
+	}
+}
+
+// sampleRig is a suppression with a controller and one uplink "isp0", but no
+// datapath and no device counters: enough for sampleLink.
+func sampleRig(t *testing.T) (*suppression, *supLink) {
+	t.Helper()
+	cfg := suppress.DefaultConfig()
+	cfg.Uplinks = []suppress.UplinkConfig{{Name: "isp0", UpBitsPerSec: 10_000_000, DownBitsPerSec: 50_000_000}}
+	ctrl, err := suppress.NewController(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Router{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s := &suppression{r: r, cfg: &SuppressConfig{App: "shooter"}, ctrl: ctrl}
+	l := &supLink{name: "isp0", uplink: &uplinkConn{health: uplink.NewHealth(uplink.HealthConfig{})}, present: map[string]bool{}}
+	for d := range 2 {
+		l.level[d], l.changes[d], l.rate[d] = &metrics.Gauge{}, &metrics.Counter{}, &metrics.Gauge{}
+	}
+	return s, l
+}
+
+// runKeepalives answers a ping every 100 ms over 10 ms each way plus queue(i)
+// on the way up, stamped with the proxy's clock (offset by an hour) when
+// stamped, and samples the link after each pong.
+func runKeepalives(s *suppression, l *supLink, start int64, n int, stamped bool, queue func(i int) int64) int64 {
+	const ms = int64(time.Millisecond)
+	h := l.uplink.health
+	now := start
+	for i := 0; i < n; i++ {
+		seq := uint32(now / (100 * ms))
+		h.OnPingSent(seq, now)
+		atProxy := now + 10*ms + queue(i)
+		peer := int64(0)
+		if stamped {
+			peer = atProxy + int64(time.Hour)
+		}
+		h.OnPong(seq, now, peer, atProxy+10*ms)
+		s.sampleLink(l, now+50*ms, true)
+		now += 100 * ms
+	}
+	return now
+}
+
+// TestSampleLinkPerDirection: with pongs stamped by the proxy, an upload queue
+// raises the upload level only; the download level stays at Watch.
+func TestSampleLinkPerDirection(t *testing.T) {
+	s, l := sampleRig(t)
+	start := int64(time.Hour)
+	now := runKeepalives(s, l, start, 50, true, func(int) int64 { return 0 })
+	up, down := s.ctrl.Level("isp0", suppress.Up), s.ctrl.Level("isp0", suppress.Down)
+	if up != suppress.Watch || down != suppress.Watch {
+		t.Fatalf("calm: up %v down %v", up, down)
+	}
+	// The upload queue grows 5 ms per ping to 60 ms.
+	runKeepalives(s, l, now, 50, true, func(i int) int64 { return int64(min(5*(i+1), 60)) * int64(time.Millisecond) })
+	up, down = s.ctrl.Level("isp0", suppress.Up), s.ctrl.Level("isp0", suppress.Down)
+	if up != suppress.Cut || down != suppress.Watch {
+		t.Fatalf("upload queue: up %v down %v, want cut and watch", up, down)
+	}
+	if g := l.level[suppress.Up].Load(); g != int64(suppress.Cut) {
+		t.Fatalf("up level gauge %d", g)
+	}
+	var why string
+	for _, ev := range s.ctrl.Events(nil) {
+		if ev.Dir == suppress.Up && ev.To == suppress.Cut {
+			why = ev.Reason
+		}
+	}
+	if !strings.Contains(why, "up queueing delay") || strings.Contains(why, "rtt") {
+		t.Fatalf("cut reason %q, want the up queueing delay", why)
+	}
+}
+
+// TestSampleLinkRTTFallback: a proxy that does not stamp its pongs leaves only
+// the RTT, which speaks for both directions.
+func TestSampleLinkRTTFallback(t *testing.T) {
+	s, l := sampleRig(t)
+	now := runKeepalives(s, l, int64(time.Hour), 50, false, func(int) int64 { return 0 })
+	runKeepalives(s, l, now, 50, false, func(i int) int64 { return 60 * int64(time.Millisecond) })
+	up, down := s.ctrl.Level("isp0", suppress.Up), s.ctrl.Level("isp0", suppress.Down)
+	if up < suppress.Shape || down < suppress.Shape {
+		t.Fatalf("rtt fallback: up %v down %v, want both raised", up, down)
 	}
 }

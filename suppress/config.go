@@ -178,6 +178,12 @@ type Thresholds struct {
 type DetectConfig struct {
 	Utilisation  Thresholds `toml:"utilisation"`
 	RTTInflation Thresholds `toml:"rtt_inflation_ms"`
+	// OWDInflation judges a direction's queueing delay (its one-way delay
+	// over its windowed minimum, Sample.QueueDelay), in place of RTTInflation
+	// when the samples carry it. Its thresholds are lower than the RTT's: a
+	// queue in one direction adds its whole delay to its own measurement,
+	// without the other direction's noise.
+	OWDInflation Thresholds `toml:"owd_inflation_ms"`
 	OWDTrend     Thresholds `toml:"owd_trend_ms_per_s"`
 	Jitter       Thresholds `toml:"jitter_ms"`
 	Loss         Thresholds `toml:"loss"`
@@ -238,6 +244,7 @@ func DefaultConfig() Config {
 		Detect: DetectConfig{
 			Utilisation:       Thresholds{Shape: Threshold{Raise: 0.85, Lower: 0.7}},
 			RTTInflation:      Thresholds{Shape: Threshold{Raise: 15, Lower: 8}, Cut: Threshold{Raise: 40, Lower: 20}},
+			OWDInflation:      Thresholds{Shape: Threshold{Raise: 8, Lower: 3}, Cut: Threshold{Raise: 30, Lower: 12}},
 			OWDTrend:          Thresholds{Shape: Threshold{Raise: 5, Lower: 1}},
 			Jitter:            Thresholds{Shape: Threshold{Raise: 10, Lower: 5}},
 			Loss:              Thresholds{Shape: Threshold{Raise: 0.01, Lower: 0.002}, Cut: Threshold{Raise: 0.03, Lower: 0.01}},
@@ -404,6 +411,7 @@ func (c *Config) Validate() error {
 	}{
 		{"detect.utilisation", d.Utilisation},
 		{"detect.rtt_inflation_ms", d.RTTInflation},
+		{"detect.owd_inflation_ms", d.OWDInflation},
 		{"detect.owd_trend_ms_per_s", d.OWDTrend},
 		{"detect.jitter_ms", d.Jitter},
 		{"detect.loss", d.Loss},

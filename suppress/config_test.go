@@ -25,6 +25,9 @@ cut_drop_fraction = 0.2
 [detect.rtt_inflation_ms]
 cut = { raise = 50, lower = 25 }
 
+[detect.owd_inflation_ms]
+shape = { raise = 10, lower = 4 }
+
 [apps.voip]
 max_drop_fraction = 0.1
 
@@ -60,6 +63,12 @@ func TestParseConfig(t *testing.T) {
 	// A table that sets one field of a pair keeps the other pair's defaults.
 	if got := cfg.Detect.RTTInflation; got.Cut != (Threshold{50, 25}) || got.Shape != def.Detect.RTTInflation.Shape {
 		t.Errorf("rtt_inflation_ms = %+v", got)
+	}
+	if got := cfg.Detect.OWDInflation; got.Shape != (Threshold{10, 4}) || got.Cut != def.Detect.OWDInflation.Cut {
+		t.Errorf("owd_inflation_ms = %+v", got)
+	}
+	if got := def.Detect.OWDInflation; got.Shape != (Threshold{8, 3}) || got.Cut != (Threshold{30, 12}) {
+		t.Errorf("owd_inflation_ms defaults = %+v", got)
 	}
 	// An app entry that sets one key takes the others from its built-in entry…
 	voip := cfg.Apps["voip"]
@@ -111,6 +120,8 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 		{"levels.epsilon", func(c *Config) { c.Levels.Epsilon = -time.Millisecond }},
 		{"detect.rtt_inflation_ms.shape.lower", func(c *Config) { c.Detect.RTTInflation.Shape = Threshold{Raise: 15, Lower: 15} }},
 		{"detect.loss.cut.raise", func(c *Config) { c.Detect.Loss.Cut = Threshold{Raise: 0.005, Lower: 0.001} }},
+		{"detect.owd_inflation_ms.cut.lower", func(c *Config) { c.Detect.OWDInflation.Cut.Lower = 40 }},
+		{"detect.owd_inflation_ms.cut.raise", func(c *Config) { c.Detect.OWDInflation.Cut.Raise = 5 }},
 		{"detect.jitter_ms.shape", func(c *Config) { c.Detect.Jitter.Shape.Lower = -1 }},
 		{"detect.rtt_baseline_window", func(c *Config) { c.Detect.RTTBaselineWindow = 0 }},
 		{"detect.owd_window", func(c *Config) { c.Detect.OWDWindow = time.Millisecond }},

@@ -23,13 +23,22 @@ type Sample struct {
 	// the sample interval.
 	BytesPerSec uint64
 	// RTT is the latest round-trip time over this uplink to the proxy; 0 when
-	// there has been no measurement since the previous sample.
+	// there has been no measurement since the previous sample. It crosses the
+	// queues of both directions, so it is only the fallback for QueueDelay:
+	// it is ignored in a sample with HasOWD.
 	RTT time.Duration
+	// HasOWD says QueueDelay is a fresh measurement of this direction alone.
+	HasOWD bool
+	// QueueDelay is this direction's one-way delay over its windowed minimum:
+	// the time packets now spend in queues on the way. Judged against
+	// Detect.OWDInflation, it takes the place of RTT inflation, so an upload
+	// queue raises the Up level only.
+	QueueDelay time.Duration
 	// HasQuality says OWD, Jitter and Loss carry a fresh quality report (the
 	// proxy's for Up, the router's own for Down).
 	HasQuality bool
-	// OWD is the one-way delay; only its trend is used, so a constant clock
-	// offset between the two ends does not matter.
+	// OWD is this direction's one-way delay; only its trend is used, so a
+	// constant clock offset between the two ends does not matter.
 	OWD    time.Duration
 	Jitter time.Duration
 	Loss   float64 // fraction of packets lost, 0–1
@@ -74,6 +83,7 @@ type linkKey struct {
 const (
 	detUtil = iota
 	detRTT
+	detQueue
 	detOWD
 	detJitter
 	detLoss
@@ -95,6 +105,11 @@ type linkState struct {
 	baseMs   float64
 	rttMs    float64
 	owd      slopeWindow
+	// utilRef is what utilisation was last judged against (bits/s) and
+	// capped whether that was the bulk cap in force rather than the line
+	// rate; the reasons show it.
+	utilRef uint64
+	capped  bool
 
 	raiseHist  uint8 // bit i: the detectors asked for more i samples ago
 	lowering   bool
@@ -201,14 +216,23 @@ func (st *linkState) update(cfg *Config, s Sample) *Event {
 	}
 
 	rate := st.up.Rate(st.dir)
-	if rate > 0 {
-		st.det[detUtil].update(float64(s.BytesPerSec)*8/float64(rate), &dc.Utilisation)
+	st.utilRef, st.capped = utilReference(rate, st.dir, &st.policy, &st.apps)
+	if st.utilRef > 0 {
+		st.det[detUtil].update(float64(s.BytesPerSec)*8/float64(st.utilRef), &dc.Utilisation)
 	}
-	if s.RTT > 0 {
+	switch {
+	case s.HasOWD:
+		// This direction's own queue. Of the two delay detectors only the
+		// one fed last asks for a level: a stale RTT verdict would hold the
+		// level for a queue in the other direction.
+		st.det[detQueue].update(ms(s.QueueDelay), &dc.OWDInflation)
+		st.det[detRTT] = levelDetector{}
+	case s.RTT > 0:
 		st.rttMs = ms(s.RTT)
 		st.baseline.add(now, st.rttMs)
 		st.baseMs, _ = st.baseline.min(now)
 		st.det[detRTT].update(st.rttMs-st.baseMs, &dc.RTTInflation)
+		st.det[detQueue] = levelDetector{}
 	}
 	if s.HasQuality {
 		st.owd.add(now, ms(s.OWD))
@@ -245,6 +269,23 @@ func (st *linkState) update(cfg *Config, s Sample) *Event {
 		st.policy = buildPolicy(&cfg.Levels, st.level, rate, st.dir, &st.apps, max(st.dropSteps-1, 0))
 	}
 	return ev
+}
+
+// utilReference returns what utilisation is judged against, in bits/s: the line
+// rate, or, while the policy in force (the one the sample was measured under)
+// caps bulk, the capacity the policy leaves to traffic: the bulk cap plus the
+// apps' reserve that the cap was computed without (bounded as buildPolicy bounds
+// it). The headroom above that is kept empty on purpose; counting it would make
+// a link full up to its cap look idle (utilisation at shape_share, below the
+// lower threshold), so the level would drop, the queue refill and the level
+// return, over and over. LC packets of games are not in the reference, so a
+// link full up to its cap reads a little over 100%; once bulk stops, the rate
+// falls and the level lowers as it would without a cap.
+func utilReference(rate uint64, d Direction, p *Policy, apps *appSet) (ref uint64, capped bool) {
+	if p.BulkRateBytesPerSec == 0 || rate == 0 {
+		return rate, false
+	}
+	return min(p.BulkRateBytesPerSec*8+min(apps.reserve(d), rate/2), rate), true
 }
 
 // transition applies the hysteresis: raising needs the detectors to ask for more
@@ -321,6 +362,8 @@ func (st *linkState) detText(cfg *Config, i int, l Level, lower bool) string {
 		ths = &cfg.Detect.Utilisation
 	case detRTT:
 		ths = &cfg.Detect.RTTInflation
+	case detQueue:
+		ths = &cfg.Detect.OWDInflation
 	case detOWD:
 		ths = &cfg.Detect.OWDTrend
 	case detJitter:
@@ -343,13 +386,22 @@ func (st *linkState) detText(cfg *Config, i int, l Level, lower bool) string {
 	name := l.String() + " " + which
 	switch i {
 	case detUtil:
-		return fmt.Sprintf("%s utilisation %.0f%% of %s (%s %.0f%%)", st.dir, 100*v, bitRate(st.up.Rate(st.dir)), name, 100*thv)
+		of := bitRate(st.utilRef)
+		if st.capped {
+			of = "the " + of + " bulk cap"
+			if st.apps.reserve(st.dir) > 0 {
+				of += " and reserve"
+			}
+		}
+		return fmt.Sprintf("%s utilisation %.0f%% of %s (%s %.0f%%)", st.dir, 100*v, of, name, 100*thv)
 	case detRTT:
 		return fmt.Sprintf("rtt %+.1fms over baseline %.1fms (%s %gms)", v, st.baseMs, name, thv)
+	case detQueue:
+		return fmt.Sprintf("%s queueing delay %.1fms over the minimum (%s %gms)", st.dir, v, name, thv)
 	case detOWD:
-		return fmt.Sprintf("owd trend %+.1fms/s (%s %gms/s)", v, name, thv)
+		return fmt.Sprintf("%s owd trend %+.1fms/s (%s %gms/s)", st.dir, v, name, thv)
 	case detJitter:
-		return fmt.Sprintf("jitter %.1fms (%s %gms)", v, name, thv)
+		return fmt.Sprintf("%s jitter %.1fms (%s %gms)", st.dir, v, name, thv)
 	default:
 		return fmt.Sprintf("loss %.2f%% (%s %g%%)", 100*v, name, 100*thv)
 	}
@@ -392,14 +444,16 @@ func (st *linkState) appNames() string {
 	return strings.Join(names, ", ")
 }
 
+// bitRate prints a rate with 4 significant digits: a bulk cap, unlike a
+// configured rate, is seldom round.
 func bitRate(b uint64) string {
 	switch {
 	case b >= 1e9:
-		return fmt.Sprintf("%gGbit/s", float64(b)/1e9)
+		return fmt.Sprintf("%.4gGbit/s", float64(b)/1e9)
 	case b >= 1e6:
-		return fmt.Sprintf("%gMbit/s", float64(b)/1e6)
+		return fmt.Sprintf("%.4gMbit/s", float64(b)/1e6)
 	case b >= 1e3:
-		return fmt.Sprintf("%gkbit/s", float64(b)/1e3)
+		return fmt.Sprintf("%.4gkbit/s", float64(b)/1e3)
 	}
 	return fmt.Sprintf("%dbit/s", b)
 }

@@ -474,3 +474,196 @@ func TestControllerConcurrentReads(t *testing.T) {
 		t.Fatal("level off with LC present")
 	}
 }
+
+// owdSample is calm() with one-way measurements of its direction: queue is its
+// queueing delay over the minimum.
+func owdSample(d Direction, queue time.Duration) Sample {
+	s := calm()
+	s.Dir = d
+	s.RTT = 0
+	s.HasOWD = true
+	s.QueueDelay = queue
+	s.OWD = 20*time.Millisecond + queue
+	return s
+}
+
+// TestQueueDelayPerDirection: each direction is judged by its own queueing
+// delay, against owd_inflation_ms, and the reason names that direction's
+// measurement; the RTT, which crosses both queues, is ignored meanwhile.
+func TestQueueDelayPerDirection(t *testing.T) {
+	r := newRig(t, nil)
+	both := func(up, down time.Duration) {
+		r.feed(owdSample(Up, up))
+		r.now -= int64(tick) // both directions sampled at the same instant
+		s := owdSample(Down, down)
+		s.RTT = 100 * time.Millisecond // ignored: the sample has HasOWD
+		r.feed(s)
+	}
+	for i := 0; i < 50; i++ {
+		both(time.Millisecond, 500*time.Microsecond)
+	}
+	if r.level() != Watch || r.c.Level("wan", Down) != Watch {
+		t.Fatalf("calm: up %v down %v", r.level(), r.c.Level("wan", Down))
+	}
+	// An upload queue of 12 ms: Up to Shape, Down untouched.
+	r.evs = nil
+	for i := 0; i < 10; i++ {
+		both(12*time.Millisecond, 500*time.Microsecond)
+	}
+	if r.level() != Shape || r.c.Level("wan", Down) != Watch || len(r.evs) != 1 {
+		t.Fatalf("upload queue: up %v down %v events %v", r.level(), r.c.Level("wan", Down), r.evs)
+	}
+	if want := "up queueing delay 12.0ms over the minimum (shape threshold 8ms)"; !strings.Contains(r.evs[0].Reason, want) {
+		t.Fatalf("reason %q does not contain %q", r.evs[0].Reason, want)
+	}
+	// A download queue of 35 ms: Down to Cut, Up stays at Shape.
+	r.evs = nil
+	for i := 0; i < 10; i++ {
+		both(12*time.Millisecond, 35*time.Millisecond)
+	}
+	if r.level() != Shape || r.c.Level("wan", Down) != Cut || len(r.evs) != 1 {
+		t.Fatalf("download queue: up %v down %v events %v", r.level(), r.c.Level("wan", Down), r.evs)
+	}
+	if want := "down queueing delay 35.0ms over the minimum (cut threshold 30ms)"; !strings.Contains(r.evs[0].Reason, want) {
+		t.Fatalf("reason %q does not contain %q", r.evs[0].Reason, want)
+	}
+	// Both queues drain: the levels step down after the holds, and the
+	// lowering names the direction's delay against the lower threshold.
+	r.evs = nil
+	for i := 0; i < 200; i++ {
+		both(time.Millisecond, time.Millisecond)
+	}
+	if r.level() != Watch || r.c.Level("wan", Down) != Watch {
+		t.Fatalf("drained: up %v down %v", r.level(), r.c.Level("wan", Down))
+	}
+	var lowered bool
+	for _, ev := range r.evs {
+		if ev.Dir == Down && ev.From == Cut {
+			lowered = strings.Contains(ev.Reason, "down queueing delay 1.0ms over the minimum (cut lower threshold 12ms)")
+		}
+	}
+	if !lowered {
+		t.Fatalf("no cut lowering naming the down queueing delay: %v", r.evs)
+	}
+}
+
+// TestQueueDelaySupersedesRTT: a level raised on RTT inflation (before one-way
+// samples existed) is not held by that stale verdict once one-way samples
+// arrive and show no queue in this direction.
+func TestQueueDelaySupersedesRTT(t *testing.T) {
+	r := newRig(t, nil)
+	r.run(50, func(int) Sample { return calm() })
+	bad := calm()
+	bad.RTT = 35 * time.Millisecond // +23 ms: shape
+	r.run(5, func(int) Sample { return bad })
+	if r.level() != Shape {
+		t.Fatalf("rtt inflation: level %v", r.level())
+	}
+	start := r.now
+	for r.level() == Shape {
+		s := owdSample(Up, time.Millisecond)
+		if r.now-start > int64(10*time.Second) {
+			t.Fatal("the RTT verdict still holds the level")
+		}
+		r.feed(s)
+	}
+	// A sample without either delay keeps the queue detector's verdict.
+	r.run(20, func(int) Sample { s := owdSample(Up, 20*time.Millisecond); return s })
+	r.run(100, func(int) Sample { s := calm(); s.RTT = 0; s.HasQuality = false; return s })
+	if r.level() != Shape {
+		t.Fatalf("level %v without fresh delays, want shape held", r.level())
+	}
+}
+
+// capLoop closes the loop the way the link does: bulk wants demand bytes/s and
+// gets it, unless the policy in force caps it, in which case it sits at fill
+// (a fraction) of the cap; LC adds lc bytes/s. It runs n samples and returns
+// the policies' levels.
+func (r *rig) capLoop(n int, demand, lc uint64, fill float64, pol *Policy) {
+	for i := 0; i < n; i++ {
+		bulk := demand
+		if pol.BulkRateBytesPerSec > 0 {
+			bulk = min(demand, uint64(fill*float64(pol.BulkRateBytesPerSec)))
+		}
+		s := calm()
+		s.BytesPerSec = bulk + lc
+		*pol, _ = r.feed(s)
+	}
+}
+
+// TestUtilisationAgainstTheCap: while a bulk cap is in force, utilisation is
+// judged against it, so a link kept full up to the cap stays at Shape instead
+// of dropping to Watch, refilling and coming back; once bulk really stops the
+// level lowers after hold_down.
+func TestUtilisationAgainstTheCap(t *testing.T) {
+	const line = 20_000_000 / 8 // bytes/s
+	const lc = 5_000            // a shooter's 40 kbit/s
+	for _, tc := range []struct {
+		name  string
+		share float64
+	}{
+		// 93% of the cap is ~88% of the line: above the raise threshold
+		// even against the line.
+		{"shape_share 0.95", 0.95},
+		// 93% of the cap is 65% of the line: below the lower threshold
+		// (70%) against the line, which made the level flap.
+		{"shape_share 0.7", 0.7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, func(c *Config) { c.Levels.ShapeShare = tc.share })
+			var pol Policy
+			r.capLoop(10, 0, lc, 0.93, &pol) // calm, LC present: Watch
+			// Bulk wants the whole line; the cap holds it at 93% of the cap.
+			r.capLoop(20, line, lc, 0.93, &pol)
+			if r.level() != Shape || pol.BulkRateBytesPerSec == 0 {
+				t.Fatalf("bulk at line rate: level %v policy %+v", r.level(), pol)
+			}
+			r.evs = nil
+			r.capLoop(600, line, lc, 0.93, &pol) // 60 s
+			if len(r.evs) != 0 || r.level() != Shape {
+				t.Fatalf("level changed while bulk sat at 93%% of the cap: %v", r.evs)
+			}
+			// Bulk drops to 5% of the line: the level lowers after hold_down
+			// (min_hold has long passed).
+			drop := r.now
+			r.capLoop(60, line/20, lc, 0.93, &pol)
+			if r.level() != Watch || len(r.evs) != 1 {
+				t.Fatalf("after bulk stopped: level %v events %v", r.level(), r.evs)
+			}
+			hd := DefaultConfig().Levels.HoldDown
+			if d := time.Duration(r.evs[0].At - drop); d < hd || d > hd+2*tick {
+				t.Fatalf("lowered %v after bulk stopped, want ~%v", d, hd)
+			}
+			if want := "Mbit/s bulk cap (shape lower threshold 70%)"; !strings.Contains(r.evs[0].Reason, want) {
+				t.Fatalf("lowering reason %q, want the utilisation of the cap", r.evs[0].Reason)
+			}
+		})
+	}
+}
+
+func TestUtilReference(t *testing.T) {
+	var none appSet
+	cloud := appSet{}
+	cloud.add(DefaultApps()["cloud"]) // reserves 1 Mbit/s up, 30 Mbit/s down
+	for _, tc := range []struct {
+		name   string
+		rate   uint64
+		d      Direction
+		cap    uint64 // bytes/s
+		apps   *appSet
+		want   uint64
+		capped bool
+	}{
+		{"no cap: the line", 100e6, Down, 0, &cloud, 100e6, false},
+		{"cap alone", 20e6, Up, 1_750_000, &none, 14e6, true},
+		// 0.7 × (100 − 30) = 49 Mbit/s for bulk, plus the 30 reserved.
+		{"cap and reserve", 100e6, Down, 49e6 / 8, &cloud, 79e6, true},
+		// The reserve counts only up to half the line, as in the cap.
+		{"reserve bounded", 40e6, Down, 14e6 / 8, &cloud, 34e6, true},
+	} {
+		p := Policy{BulkRateBytesPerSec: tc.cap}
+		if got, capped := utilReference(tc.rate, tc.d, &p, tc.apps); got != tc.want || capped != tc.capped {
+			t.Errorf("%s: %v %v, want %v %v", tc.name, got, capped, tc.want, tc.capped)
+		}
+	}
+}

@@ -117,16 +117,21 @@ func (s *slopeWindow) slope(now int64) (float64, bool) {
 	var st, sv, stt, stv float64
 	n := 0
 	first, last := int64(math.MaxInt64), int64(math.MinInt64)
+	// Values relative to the newest: a raw one-way delay carries the clock
+	// offset, which can be days, and the sums below must not lose the
+	// milliseconds under it.
+	ref := s.v[(s.head-1+slopeCap)%slopeCap]
 	for i := 0; i < s.n; i++ {
 		j := (s.head - 1 - i + slopeCap) % slopeCap
 		if now-s.t[j] > s.window {
 			break // older points only from here on
 		}
 		x := float64(s.t[j]-now) / 1e9
+		v := s.v[j] - ref
 		st += x
-		sv += s.v[j]
+		sv += v
 		stt += x * x
-		stv += x * s.v[j]
+		stv += x * v
 		first, last = min(first, s.t[j]), max(last, s.t[j])
 		n++
 	}

@@ -92,3 +92,19 @@ func TestSlopeNoAllocs(t *testing.T) {
 		t.Fatalf("slope window allocates %v", n)
 	}
 }
+
+// TestSlopeUnderAClockOffset: a raw one-way delay carries the offset between
+// the clocks, which can be months of nanoseconds; the trend must not drown in it.
+func TestSlopeUnderAClockOffset(t *testing.T) {
+	const offsetMs = 200 * 24 * 3600 * 1e3 // 200 days
+	s := slopeWindow{window: int64(2 * time.Second)}
+	now := int64(time.Hour)
+	for i := 0; i < 20; i++ {
+		noise := float64(i%2) * 0.5
+		s.add(now, offsetMs+12+3*float64(i)/10+noise) // +3 ms/s
+		now += int64(100 * time.Millisecond)
+	}
+	if v, ok := s.slope(now); !ok || math.Abs(v-3) > 0.1 {
+		t.Fatalf("slope %v %v under a 200-day offset, want 3ms/s", v, ok)
+	}
+}

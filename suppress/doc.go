@@ -14,7 +14,8 @@
 //
 //   - Timing (timing.go): a phase-locked loop per LC session that predicts T_next.
 //   - Controller (controller.go, detect.go): detectors for LC presence, link
-//     utilisation, RTT inflation, one-way delay trend, jitter and loss, combined
+//     utilisation, queueing delay per direction (RTT inflation when one-way
+//     delays are unknown), one-way delay trend, jitter and loss, combined
 //     into a Level with hysteresis; every level change is reported as an Event.
 //   - Policy (policy.go): what enforcement does at a level, including the
 //     reserve time T_reserve = C + packet_bits/link_rate and the cutoff window

@@ -1,6 +1,7 @@
 // Package uplink keeps the health of one uplink as seen by keepalive pings: whether
-// it is up, its round-trip time (windowed minimum, smoothed value and variation) and
-// its ping loss.
+// it is up, its round-trip time (windowed minimum, smoothed value and variation),
+// its ping loss and, when the peer stamps its pongs, the one-way delay of each
+// direction.
 //
 // The package only keeps state; the caller sends the pings and feeds the results.
 // Three goroutines typically touch a Health: a timer that asks PingDue and records
@@ -24,7 +25,7 @@ import (
 type HealthConfig struct {
 	PingInterval time.Duration // default 100ms
 	DownAfter    time.Duration // default 300ms: down when no pong arrived within this long while pings were outstanding
-	MinRTTWindow time.Duration // default 10s: how long a minimum RTT sample is remembered
+	MinRTTWindow time.Duration // default 10s: how long a minimum RTT (or one-way delay) sample is remembered
 	LossGain     float64       // default 1/16: EWMA gain of the loss estimate per ping
 }
 
@@ -39,6 +40,23 @@ type Stats struct {
 	Loss          float64 // EWMA of unanswered pings, 0..1
 	LastPong      int64   // arrival time of the last pong that counted for liveness; 0 = none
 	DownEvents    uint64  // number of outages seen
+
+	// One-way delays, from pongs that carry the peer's clock. The two clocks
+	// are not synchronised, so the raw values hold an unknown constant offset
+	// (+offset up, -offset down) and may be negative; only their changes mean
+	// anything. UpQueue and DownQueue are the latest raw value over its own
+	// minimum within MinRTTWindow: the queueing delay of that direction, with
+	// the offset cancelled.
+	OWDSamples uint64        // pongs that gave a one-way sample
+	UpOWD      time.Duration // latest raw peerTime - sentAt
+	DownOWD    time.Duration // latest raw now - peerTime
+	UpQueue    time.Duration
+	DownQueue  time.Duration
+	// UpJitter and DownJitter are the RFC 3550 interarrival jitter of each
+	// direction: the mean change of its one-way delay from one pong to the
+	// next, smoothed with gain 1/16.
+	UpJitter   time.Duration
+	DownJitter time.Duration
 }
 
 // ringSize bounds the per-ping bookkeeping. A ping is judged (answered or lost)
@@ -73,6 +91,9 @@ type Health struct {
 	lossBits     atomic.Uint64 // math.Float64bits of the loss EWMA
 	downRef      atomic.Int64  // reference time of the last outage counted; identifies it
 	downEvents   atomic.Uint64
+	owdSamples   atomic.Uint64
+	owdUp        owdEst
+	owdDown      owdEst
 
 	// Writer state, guarded by mu.
 	mu        sync.Mutex
@@ -147,14 +168,15 @@ func (h *Health) OnPingSent(seq uint32, now int64) {
 	h.mu.Unlock()
 }
 
-// OnPong records the answer to keepalive seq, which was sent at sentAt and arrived
-// at now. RTT = now - sentAt feeds the windowed minimum and the RFC 6298 smoothed
-// RTT and variation. A pong newer than every answered one marks the uplink up at
-// once. A pong older than the newest answered one is still an RTT sample, but it
-// brings a down uplink back only if it was sent after the outage began: such a pong
-// is a packet that sat in a queue through the outage and says nothing about the
-// link now.
-func (h *Health) OnPong(seq uint32, sentAt int64, now int64) {
+// OnPong records the answer to keepalive seq, which was sent at sentAt, reached the
+// peer at peerTime (the peer's clock; 0 when the peer gave none) and arrived at
+// now. RTT = now - sentAt feeds the windowed minimum and the RFC 6298 smoothed
+// RTT and variation; peerTime splits it into the two one-way delays. A pong newer
+// than every answered one marks the uplink up at once. A pong older than the
+// newest answered one is still a delay sample, but it brings a down uplink back
+// only if it was sent after the outage began: such a pong is a packet that sat in
+// a queue through the outage and says nothing about the link now.
+func (h *Health) OnPong(seq uint32, sentAt, peerTime, now int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pongs.Add(1)
@@ -180,6 +202,14 @@ func (h *Health) OnPong(seq uint32, sentAt int64, now int64) {
 	}
 	if rtt := now - sentAt; rtt >= 0 {
 		h.sampleRTT(rtt, now)
+		if peerTime != 0 {
+			// Each difference mixes one direction's delay with the clock
+			// offset; against its own windowed minimum the offset cancels,
+			// so a queue in one direction shows in that direction only.
+			h.owdUp.sample(peerTime-sentAt, h.minWin, now)
+			h.owdDown.sample(now-peerTime, h.minWin, now)
+			h.owdSamples.Add(1)
+		}
 	}
 
 	newer := !h.haveAns || int32(seq-h.newestAns) > 0
@@ -304,7 +334,44 @@ func (h *Health) Stats(now int64) Stats {
 		Loss:          math.Float64frombits(h.lossBits.Load()),
 		LastPong:      lastPong,
 		DownEvents:    h.downEvents.Load(),
+		OWDSamples:    h.owdSamples.Load(),
+		UpOWD:         time.Duration(h.owdUp.raw.Load()),
+		DownOWD:       time.Duration(h.owdDown.raw.Load()),
+		UpQueue:       time.Duration(h.owdUp.queue.Load()),
+		DownQueue:     time.Duration(h.owdDown.queue.Load()),
+		UpJitter:      time.Duration(h.owdUp.jitter.Load()),
+		DownJitter:    time.Duration(h.owdDown.jitter.Load()),
 	}
+}
+
+// owdEst follows the one-way delay of one direction. The writer fields are
+// guarded by Health.mu; the atomics publish them to Stats.
+type owdEst struct {
+	filter minmax // windowed minimum of the raw delay (offset included)
+	last   int64  // previous raw sample, for the jitter
+	have   bool
+	jitNs  int64
+
+	raw, queue, jitter atomic.Int64
+}
+
+// sample records one raw one-way delay d (clock offset included) at now.
+// Called with Health.mu held.
+func (o *owdEst) sample(d, win, now int64) {
+	base := o.filter.update(win, now, d)
+	if o.have {
+		// RFC 3550 (6.4.1): J += (|D| - J)/16, D the change of the delay.
+		// The offset cancels in D as it does against the minimum.
+		diff := d - o.last
+		if diff < 0 {
+			diff = -diff
+		}
+		o.jitNs += (diff - o.jitNs) / 16
+	}
+	o.last, o.have = d, true
+	o.raw.Store(d)
+	o.queue.Store(d - base) // >= 0: the minimum includes d
+	o.jitter.Store(o.jitNs)
 }
 
 // minmax is Kathleen Nichols' windowed minimum filter as used by BBR (Linux

@@ -46,7 +46,7 @@ func (s *sim) step(d int64) {
 	keep := s.inflight[:0]
 	for _, p := range s.inflight {
 		if p.arrive <= s.now {
-			s.h.OnPong(p.seq, p.sentAt, s.now)
+			s.h.OnPong(p.seq, p.sentAt, 0, s.now)
 			s.lastPong = s.now
 		} else {
 			keep = append(keep, p)
@@ -172,7 +172,7 @@ func TestDownAndUp(t *testing.T) {
 func TestIdleThenPing(t *testing.T) {
 	h := NewHealth(HealthConfig{})
 	h.OnPingSent(1, 1000*ms)
-	h.OnPong(1, 1000*ms, 1010*ms)
+	h.OnPong(1, 1000*ms, 0, 1010*ms)
 	h.OnPingSent(2, 60000*ms)
 	if !h.Up(60000*ms) || !h.Up(60300*ms) {
 		t.Fatal("down right after pinging resumed")
@@ -192,7 +192,7 @@ func TestStalePong(t *testing.T) {
 		now = int64(seq) * 100 * ms
 		h.OnPingSent(seq, now)
 		if seq != 5 && seq != 6 {
-			h.OnPong(seq, now, now+10*ms)
+			h.OnPong(seq, now, 0, now+10*ms)
 		}
 	}
 	// Outage: pings 11.. go unanswered.
@@ -206,7 +206,7 @@ func TestStalePong(t *testing.T) {
 	pongs := h.Stats(now).PongsReceived
 	srtt := h.Stats(now).SRTT
 	// Ping 5's pong finally arrives (sent at 500 ms, long before the outage).
-	h.OnPong(5, 500*ms, now)
+	h.OnPong(5, 500*ms, 0, now)
 	st := h.Stats(now)
 	if st.Up {
 		t.Fatal("a stale pong sent before the outage revived the uplink")
@@ -215,18 +215,18 @@ func TestStalePong(t *testing.T) {
 		t.Fatalf("stale pong not counted as an RTT sample: %+v", st)
 	}
 	// An answer to a ping never sent is ignored.
-	h.OnPong(99, now-ms, now)
+	h.OnPong(99, now-ms, 0, now)
 	if h.Up(now) {
 		t.Fatal("a pong for a ping never sent revived the uplink")
 	}
 	// A duplicate of it changes nothing.
-	h.OnPong(5, 500*ms, now)
+	h.OnPong(5, 500*ms, 0, now)
 	if st2 := h.Stats(now); st2.SRTT != st.SRTT || st2.Up {
 		t.Fatalf("duplicate pong changed the state: %+v", st2)
 	}
 	// A stale pong whose ping left after the outage began (the caller's sentAt
 	// says so) shows the path works again.
-	h.OnPong(6, now-50*ms, now)
+	h.OnPong(6, now-50*ms, 0, now)
 	if !h.Up(now) {
 		t.Fatal("an older-seq pong sent after the outage began did not revive the uplink")
 	}
@@ -237,7 +237,7 @@ func TestStalePong(t *testing.T) {
 	if h.Up(now) {
 		t.Fatal("up although ping 21 went unanswered")
 	}
-	h.OnPong(12, 1200*ms, now)
+	h.OnPong(12, 1200*ms, 0, now)
 	if !h.Up(now) {
 		t.Fatal("a newer pong did not revive the uplink")
 	}
@@ -284,7 +284,7 @@ func TestRTTEstimates(t *testing.T) {
 	}
 	// Downward: a lower sample is the new minimum at once.
 	s.h.OnPingSent(s.seq+1, s.now)
-	s.h.OnPong(s.seq+1, s.now, s.now+10*ms)
+	s.h.OnPong(s.seq+1, s.now, 0, s.now+10*ms)
 	if st := s.h.Stats(s.now); st.MinRTT != 10*time.Millisecond {
 		t.Fatalf("MinRTT = %v after a 10ms sample", st.MinRTT)
 	}
@@ -293,12 +293,12 @@ func TestRTTEstimates(t *testing.T) {
 func TestRFC6298FirstSamples(t *testing.T) {
 	h := NewHealth(HealthConfig{})
 	h.OnPingSent(1, 0)
-	h.OnPong(1, 0, 100*ms)
+	h.OnPong(1, 0, 0, 100*ms)
 	if st := h.Stats(100 * ms); st.SRTT != 100*time.Millisecond || st.RTTVar != 50*time.Millisecond {
 		t.Fatalf("after first sample SRTT %v RTTVAR %v, want 100ms 50ms", st.SRTT, st.RTTVar)
 	}
 	h.OnPingSent(2, 100*ms)
-	h.OnPong(2, 100*ms, 300*ms) // R = 200ms
+	h.OnPong(2, 100*ms, 0, 300*ms) // R = 200ms
 	// RTTVAR = 3/4*50 + 1/4*|100-200| = 62.5; SRTT = 7/8*100 + 1/8*200 = 112.5
 	if st := h.Stats(300 * ms); st.SRTT != 112500*time.Microsecond || st.RTTVar != 62500*time.Microsecond {
 		t.Fatalf("after second sample SRTT %v RTTVAR %v, want 112.5ms 62.5ms", st.SRTT, st.RTTVar)
@@ -362,7 +362,7 @@ func TestUpDoesNotAllocate(t *testing.T) {
 	if a := testing.AllocsPerRun(100, func() {
 		now += 100 * ms
 		h.OnPingSent(uint32(now/ms), now)
-		h.OnPong(uint32(now/ms), now, now+ms)
+		h.OnPong(uint32(now/ms), now, now+ms/2, now+ms)
 		_ = h.Stats(now)
 	}); a != 0 {
 		t.Fatalf("OnPingSent+OnPong+Stats: %v allocs, want 0", a)
@@ -401,7 +401,8 @@ func TestConcurrent(t *testing.T) {
 	go func() { // reader
 		defer wg.Done()
 		for x := range ch {
-			h.OnPong(x.seq, x.sentAt, mono.Now())
+			at := mono.Now()
+			h.OnPong(x.seq, x.sentAt, at-1000, at)
 		}
 	}()
 	var ups atomic.Int64
@@ -433,7 +434,7 @@ func BenchmarkUp(b *testing.B) {
 	h := NewHealth(HealthConfig{})
 	now := mono.Now()
 	h.OnPingSent(1, now)
-	h.OnPong(1, now, now+ms)
+	h.OnPong(1, now, 0, now+ms)
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		h.Up(now + int64(i))
@@ -450,4 +451,135 @@ func BenchmarkUpParallel(b *testing.B) {
 			h.Up(now)
 		}
 	})
+}
+
+// owdLink drives a Health with two unsynchronised clocks: the peer's reads the
+// router's plus offset. Each ping takes up(sentAt) to the peer and down(sentAt)
+// back.
+type owdLink struct {
+	h        *Health
+	now      int64
+	seq      uint32
+	offset   int64
+	up, down func(sentAt int64) int64
+}
+
+// ping sends one ping at now, delivers its pong and moves the clock on by 100 ms.
+func (l *owdLink) ping() {
+	l.seq++
+	sent := l.now
+	l.h.OnPingSent(l.seq, sent)
+	atPeer := sent + l.up(sent)
+	l.h.OnPong(l.seq, sent, atPeer+l.offset, atPeer+l.down(sent))
+	l.now += 100 * ms
+}
+
+func (l *owdLink) run(d int64) {
+	for end := l.now + d; l.now < end; {
+		l.ping()
+	}
+}
+
+// TestOneWayDelays: an upload queue shows as up queueing delay only, whatever
+// the (large, either sign) offset between the clocks; the raw delays carry the
+// offset, the queueing delays do not.
+func TestOneWayDelays(t *testing.T) {
+	const baseUp, baseDown = 12 * ms, 8 * ms
+	for _, offset := range []int64{0, 37 * 24 * 3600 * 1e9, -5 * 3600 * 1e9} {
+		queue := int64(0) // upload queue delay, set by the test as time goes on
+		l := &owdLink{
+			h: NewHealth(HealthConfig{}), now: 1000 * ms, offset: offset,
+			up:   func(int64) int64 { return baseUp + queue },
+			down: func(int64) int64 { return baseDown },
+		}
+		l.run(5000 * ms) // idle: both minimums learnt
+		st := l.h.Stats(l.now)
+		if st.OWDSamples != 50 || st.UpQueue != 0 || st.DownQueue != 0 {
+			t.Fatalf("offset %d idle: %+v", offset, st)
+		}
+		if st.UpOWD != time.Duration(baseUp+offset) || st.DownOWD != time.Duration(baseDown-offset) {
+			t.Fatalf("offset %d: raw up %v down %v, want base ± offset", offset, st.UpOWD, st.DownOWD)
+		}
+		// An upload fills the uplink's queue to 40 ms over 2 s and holds it.
+		for i := 1; i <= 20; i++ {
+			queue = int64(i) * 2 * ms
+			l.ping()
+			st := l.h.Stats(l.now)
+			if st.UpQueue != time.Duration(queue) || st.DownQueue != 0 {
+				t.Fatalf("offset %d, queue %v: up queueing %v down %v", offset, time.Duration(queue), st.UpQueue, st.DownQueue)
+			}
+		}
+		l.run(3000 * ms)
+		st = l.h.Stats(l.now)
+		if st.UpQueue != 40*time.Millisecond || st.DownQueue != 0 || st.UpOWD != time.Duration(baseUp+40*ms+offset) {
+			t.Fatalf("offset %d, standing queue: %+v", offset, st)
+		}
+		// The round trip saw the queue too, without telling its direction.
+		if st.MinRTT != time.Duration(baseUp+baseDown) || st.SRTT < 55*time.Millisecond {
+			t.Fatalf("offset %d: RTT %+v", offset, st)
+		}
+		// The queue drains.
+		queue = 0
+		l.ping()
+		if st := l.h.Stats(l.now); st.UpQueue != 0 || st.DownQueue != 0 {
+			t.Fatalf("offset %d, drained: %+v", offset, st)
+		}
+	}
+}
+
+// TestOneWayMinimumFollowsTheWindow: a delay that stays up longer than
+// MinRTTWindow becomes the new minimum, as with MinRTT (a route change).
+func TestOneWayMinimumFollowsTheWindow(t *testing.T) {
+	extra := int64(0)
+	l := &owdLink{
+		h: NewHealth(HealthConfig{}), now: 1000 * ms, offset: 123456789,
+		up:   func(int64) int64 { return 10 * ms },
+		down: func(int64) int64 { return 10*ms + extra },
+	}
+	l.run(5000 * ms)
+	extra = 25 * ms
+	l.run(5000 * ms)
+	if st := l.h.Stats(l.now); st.DownQueue != 25*time.Millisecond || st.UpQueue != 0 {
+		t.Fatalf("within the window: %+v", st)
+	}
+	l.run(12000 * ms)
+	if st := l.h.Stats(l.now); st.DownQueue != 0 || st.UpQueue != 0 {
+		t.Fatalf("after the window: %+v", st)
+	}
+}
+
+// TestOneWayJitter: jitter on the download path shows as down jitter only.
+func TestOneWayJitter(t *testing.T) {
+	n := 0
+	l := &owdLink{
+		h: NewHealth(HealthConfig{}), now: 1000 * ms, offset: -987654321,
+		up: func(int64) int64 { return 10 * ms },
+		down: func(int64) int64 {
+			n++
+			return 10*ms + int64(n%2)*4*ms // 4 ms up and down every pong
+		},
+	}
+	l.run(20000 * ms)
+	st := l.h.Stats(l.now)
+	if st.UpJitter != 0 || st.DownJitter < 3900*time.Microsecond || st.DownJitter > 4*time.Millisecond {
+		t.Fatalf("jitter up %v down %v, want 0 and 4ms", st.UpJitter, st.DownJitter)
+	}
+}
+
+// TestNoPeerTimeNoOneWaySample: a pong without the peer's clock is an RTT
+// sample only; duplicates and answers to unsent pings are no sample at all.
+func TestNoPeerTimeNoOneWaySample(t *testing.T) {
+	h := NewHealth(HealthConfig{})
+	h.OnPingSent(1, 100*ms)
+	h.OnPong(1, 100*ms, 0, 120*ms)
+	if st := h.Stats(120 * ms); st.OWDSamples != 0 || st.UpOWD != 0 || st.SRTT != 20*time.Millisecond {
+		t.Fatalf("without peer time: %+v", st)
+	}
+	h.OnPingSent(2, 200*ms)
+	h.OnPong(2, 200*ms, 5000*ms, 230*ms)
+	h.OnPong(2, 200*ms, 5000*ms, 240*ms) // duplicate
+	h.OnPong(9, 200*ms, 5000*ms, 240*ms) // never sent
+	if st := h.Stats(240 * ms); st.OWDSamples != 1 || st.UpOWD != 4800*time.Millisecond || st.DownOWD != -4770*time.Millisecond {
+		t.Fatalf("with peer time: %+v", st)
+	}
 }
