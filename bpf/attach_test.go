@@ -180,7 +180,7 @@ func attachAndSend(d *Datapath, legacy bool) error {
 	}
 	// The packet must still be delivered: classification never drops.
 	buf := make([]byte, 64)
-	n, _, err := unix.Recvfrom(fd, buf, 0)
+	n, _, err := recvfrom(fd, buf)
 	if err != nil {
 		return fmt.Errorf("receive through the classifier: %w", err)
 	}
@@ -206,7 +206,7 @@ func attachAndSend(d *Datapath, legacy bool) error {
 	if err := sendFrame(a.Attrs().Index, frame); err != nil {
 		return err
 	}
-	if _, _, err := unix.Recvfrom(fd, buf, 0); err != nil {
+	if _, _, err := recvfrom(fd, buf); err != nil {
 		return fmt.Errorf("receive after detach: %w", err)
 	}
 	if st, err := d.Flow(k); err != nil || st.Packets != 1 {
@@ -258,7 +258,7 @@ func TestAttachSuppressorNetns(t *testing.T) {
 			return err
 		}
 		buf := make([]byte, 64)
-		if _, _, err := unix.Recvfrom(fd, buf, 0); err != nil {
+		if _, _, err := recvfrom(fd, buf); err != nil {
 			return fmt.Errorf("receive with suppression idle: %w", err)
 		}
 
@@ -273,7 +273,7 @@ func TestAttachSuppressorNetns(t *testing.T) {
 		}
 		tv := unix.NsecToTimeval(int64(200 * time.Millisecond))
 		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		if _, _, err := unix.Recvfrom(fd, buf, 0); !errors.Is(err, unix.EAGAIN) {
+		if _, _, err := recvfrom(fd, buf); !errors.Is(err, unix.EAGAIN) {
 			return fmt.Errorf("receive inside cutoff: %v, want timeout", err)
 		}
 		// The kernel's own IPv6 chatter on the new links is bulk too, so
@@ -302,4 +302,15 @@ func TestAttachSuppressorNetns(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// recvfrom is unix.Recvfrom that retries when a signal (the Go runtime
+// preempts goroutines with SIGURG) interrupts the wait.
+func recvfrom(fd int, buf []byte) (int, unix.Sockaddr, error) {
+	for {
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if !errors.Is(err, unix.EINTR) {
+			return n, from, err
+		}
+	}
 }

@@ -158,7 +158,23 @@ type runResult struct {
 
 func runProg(t testing.TB, prog *ebpf.Program, pkt []byte, mark uint32) runResult {
 	t.Helper()
-	in := skbCtx{Mark: mark}
+	return runProgCtx(t, prog, pkt, skbCtx{Mark: mark})
+}
+
+// runProgGSO runs prog on pkt as a GSO packet of segs segments of size bytes
+// of payload each (as TSO or GRO would hand it over).
+func runProgGSO(t testing.TB, prog *ebpf.Program, pkt []byte, segs, size uint32) runResult {
+	t.Helper()
+	in := skbCtx{}
+	// __sk_buff.gso_segs is at offset 164 and gso_size at 176; Rest starts
+	// at 44.
+	binary.NativeEndian.PutUint32(in.Rest[164-44:], segs)
+	binary.NativeEndian.PutUint32(in.Rest[176-44:], size)
+	return runProgCtx(t, prog, pkt, in)
+}
+
+func runProgCtx(t testing.TB, prog *ebpf.Program, pkt []byte, in skbCtx) runResult {
+	t.Helper()
 	var out skbCtx
 	buf := make([]byte, len(pkt)+256)
 	opts := ebpf.RunOptions{Data: pkt, DataOut: buf, Context: in, ContextOut: &out}

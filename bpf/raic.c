@@ -142,6 +142,7 @@ struct sup_config {
 	__u32 lc_mark;
 	__u32 lc_mask;
 	__u32 pad;
+	__u64 deficit; /* bytes the bucket may go below zero (ECN-capable and ACK-sized packets) */
 };
 
 struct sup_cutoff {
@@ -152,7 +153,7 @@ struct sup_cutoff {
 struct sup_bucket {
 	struct bpf_spin_lock lock;
 	__u32 pad;
-	__u64 tokens;
+	__s64 tokens; /* below zero: the deficit ECN-marked and ACK-sized packets ran up */
 	__u64 last_ns;
 };
 
@@ -165,6 +166,7 @@ struct sup_flow {
 	__u64 last_ns;
 	__u32 drop_run; /* consecutive fraction drops */
 	__u32 drops;
+	__u64 ect_ns; /* last ECN-capable packet; 0 = none */
 };
 
 struct {
@@ -265,6 +267,7 @@ struct {
 struct pkt {
 	struct flow_key key;
 	__u32 l3_off;
+	__u32 l4_off; /* start of the UDP/TCP header; 0 for fragments and other protocols */
 	__u8 family; /* 4 or 6 */
 	__u8 tos;    /* IPv4 TOS or IPv6 traffic class: DSCP << 2 | ECN */
 	__u8 frag;   /* any IP fragment: ports unknown or untrustworthy */
@@ -347,6 +350,7 @@ static __always_inline int parse_fast(struct __sk_buff *skb, struct pkt *p)
 			return PARSE_SLOW;
 		p->key.sport = bpf_ntohs(ports[0]);
 		p->key.dport = bpf_ntohs(ports[1]);
+		p->l4_off = off;
 	}
 	return 0;
 }
@@ -434,6 +438,7 @@ static __always_inline int parse_slow(struct __sk_buff *skb, struct pkt *p)
 		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) == 0) {
 			p->key.sport = bpf_ntohs(ports[0]);
 			p->key.dport = bpf_ntohs(ports[1]);
+			p->l4_off = off;
 		}
 	}
 	return 0;
@@ -672,39 +677,127 @@ static __always_inline int eligible(struct sup_config *cfg, struct sup_flow *f)
 	       f->win_bytes * (NSEC_PER_SEC / RATE_WINDOW_NS) >= thr;
 }
 
-/* bucket_take returns 1 if len bytes fit the interface's token bucket. */
+/* How a packet may use the bucket (bucket_take's mode). */
+#define TAKE_FIT 0      /* only while the bucket is not in deficit */
+#define TAKE_OVERDRAW 1 /* also in deficit, down to cfg->deficit (ECN-capable) */
+#define TAKE_ALWAYS 2   /* always charged: the packet passes whatever the bucket says */
+
+/*
+ * A bucket charged by packets that always pass (LC, ACKs) stops at this many
+ * deficits below zero, so a long flood of them cannot starve bulk for longer
+ * than the refill needs to climb back.
+ */
+#define ALWAYS_FLOOR_DEFICITS 4
+
+/* Outcomes of bucket_take. */
+#define BUCKET_FIT 0  /* the bucket was not in deficit: tokens taken */
+#define BUCKET_OVER 1 /* in deficit, within the bound: tokens taken */
+#define BUCKET_DROP 2 /* in deficit beyond the bound: nothing taken */
+
+/*
+ * bucket_take charges len bytes to the interface's token bucket.
+ *
+ * A packet passes while the bucket is not in deficit, and is charged in full
+ * even when that takes the bucket below zero. Judging the packet by the tokens
+ * left rather than by whether all of len fits matters for the large packets
+ * GRO and TSO make (a forwarded skb of two or more TCP segments): with a
+ * bucket of a few milliseconds they would otherwise never fit and be dropped
+ * whole. The deficit is paid back by the refill before more bulk passes.
+ *
+ * In deficit, an ECN-capable packet (TAKE_OVERDRAW), which will carry CE, still
+ * passes until the deficit reaches cfg->deficit: the deficit is a virtual
+ * queue, bytes the line must still carry beyond the rate, and bounding it
+ * keeps ECN-capable senders capped too (a CE mark alone does not stop a packet
+ * from joining the line's queue). Packets that pass anyway (TAKE_ALWAYS: LC
+ * and ACK-sized ones) are charged in any case, since they use the line as
+ * much as bulk does; otherwise ACKs arriving while the bucket is drained would
+ * ride for free and the line would carry more than the cap.
+ *
+ * The refill credits whole bytes and advances last_ns only by the time those
+ * bytes are worth, so the fractions of a byte that back-to-back packets earn
+ * are kept rather than lost (losing them turned into a lower rate).
+ */
 static __always_inline int bucket_take(__u32 ifindex, struct sup_config *cfg,
-				       __u32 len, __u64 now)
+				       __u32 len, __u64 now, int mode,
+				       __s64 *level)
 {
 	struct sup_bucket *b = bpf_map_lookup_elem(&sup_bucket, &ifindex);
 	if (!b) {
 		struct sup_bucket init = {};
-		init.tokens = cfg->burst;
+		init.tokens = (__s64)cfg->burst;
 		init.last_ns = now;
 		bpf_map_update_elem(&sup_bucket, &ifindex, &init, BPF_NOEXIST);
 		b = bpf_map_lookup_elem(&sup_bucket, &ifindex);
 		if (!b)
-			return 1;
+			return BUCKET_FIT;
 	}
 
-	int ok = 0;
+	__s64 burst = (__s64)cfg->burst;
+	__u64 rate = cfg->rate_bps;
+	int ret = BUCKET_DROP;
 	bpf_spin_lock(&b->lock);
 	if (now > b->last_ns) {
 		__u64 elapsed = now - b->last_ns;
 		/* Capping elapsed keeps elapsed * rate below 2^64. */
-		if (elapsed > NSEC_PER_SEC)
+		if (elapsed > NSEC_PER_SEC) {
 			elapsed = NSEC_PER_SEC;
-		__u64 tokens = b->tokens + elapsed * cfg->rate_bps / NSEC_PER_SEC;
-		b->tokens = tokens > cfg->burst ? cfg->burst : tokens;
-		b->last_ns = now;
+			b->last_ns = now - NSEC_PER_SEC;
+		}
+		__u64 credit = elapsed * rate / NSEC_PER_SEC;
+		__s64 tokens = b->tokens + (__s64)credit;
+		if (tokens >= burst) {
+			b->tokens = burst;
+			b->last_ns = now;
+		} else if (credit > 0) {
+			b->tokens = tokens;
+			b->last_ns += credit * NSEC_PER_SEC / rate;
+		}
 	}
-	if (b->tokens >= len) {
+	*level = b->tokens;
+	if (b->tokens > 0) {
 		b->tokens -= len;
-		ok = 1;
+		ret = BUCKET_FIT;
+	} else if (mode == TAKE_ALWAYS) {
+		__s64 floor = -(__s64)(ALWAYS_FLOOR_DEFICITS * cfg->deficit);
+		b->tokens = b->tokens - (__s64)len < floor ? floor : b->tokens - (__s64)len;
+		ret = BUCKET_OVER;
+	} else if (mode == TAKE_OVERDRAW && b->tokens > -(__s64)cfg->deficit) {
+		b->tokens -= len;
+		ret = BUCKET_OVER;
 	}
 	bpf_spin_unlock(&b->lock);
-	return ok;
+	return ret;
 }
+
+/*
+ * wire_len is what a packet costs the line. A GSO packet (TSO from a sender
+ * on this host, or GRO on the forwarding path) leaves as gso_segs packets, each
+ * with its own copy of the headers, which skb->len counts once: a bucket that
+ * charged skb->len would let a few percent more through than the line carries.
+ */
+static __always_inline __u32 wire_len(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 len = skb->len;
+	__u32 segs = skb->gso_segs;
+	if (segs <= 1 || segs > 1024 || !p->l4_off)
+		return len;
+	__u32 hdr = p->l4_off + 8; /* UDP */
+	if (p->key.proto == IPPROTO_TCP) {
+		__u8 doff;
+		if (bpf_skb_load_bytes(skb, p->l4_off + 12, &doff, 1) < 0)
+			return len;
+		hdr = p->l4_off + (doff >> 4) * 4;
+	}
+	return len + (segs - 1) * hdr;
+}
+
+/*
+ * ACK_SIZED_L3 is the largest IP packet treated as a TCP ACK: the biggest IPv4
+ * and TCP headers with options and no payload to speak of. Dropping ACKs saves
+ * the upload almost nothing (the next ACK covers the same data) and stalls the
+ * download they belong to, so they are charged to the bucket but never dropped.
+ */
+#define ACK_SIZED_L3 120
 
 /* rewrite_tos writes a new IPv4 TOS / IPv6 traffic class byte. */
 static __always_inline int rewrite_tos(struct __sk_buff *skb, struct pkt *p, __u8 tos)
@@ -743,6 +836,16 @@ int suppress_egress(struct __sk_buff *skb)
 	struct pkt p = {};
 	int parsed = parse(skb, &p) == 0;
 	if (is_lc(skb, cfg, &p, parsed)) {
+		/*
+		 * LC packets always pass, but they use the line too: charging
+		 * them keeps bulk plus LC under the cap, so the line's queue
+		 * stays empty however much of the link the game takes.
+		 */
+		if (cfg->rate_bps) {
+			__s64 level;
+			bucket_take(ifindex, cfg, parsed ? wire_len(skb, &p) : skb->len,
+				    bpf_ktime_get_ns(), TAKE_ALWAYS, &level);
+		}
 		count(&sup_counters, SUP_LC_PASSED);
 		return VERDICT_PASS;
 	}
@@ -754,13 +857,16 @@ int suppress_egress(struct __sk_buff *skb)
 	}
 
 	__u64 now = bpf_ktime_get_ns();
-	__u32 len = skb->len;
+	__u32 len = wire_len(skb, &p);
 	struct sup_flow *f = bulk_flow(&p, len, now);
 	if (!f)
 		count(&sup_counters, SUP_FLOW_ERROR);
 
+	/* ACK-sized TCP packets are never dropped (see ACK_SIZED_L3). */
+	int ack = p.key.proto == IPPROTO_TCP && len <= p.l3_off + ACK_SIZED_L3;
+
 	struct sup_cutoff *co = bpf_map_lookup_elem(&sup_cutoff, &ifindex);
-	if (co && now >= co->start_ns && now <= co->end_ns) {
+	if (!ack && co && now >= co->start_ns && now <= co->end_ns) {
 		if (f)
 			__sync_fetch_and_add(&f->drops, 1);
 		count(&sup_counters, SUP_DROPPED_CUTOFF);
@@ -770,9 +876,20 @@ int suppress_egress(struct __sk_buff *skb)
 	__u8 ecn = p.tos & ECN_MASK;
 	int ect = ecn == 1 || ecn == 2;
 	int use_ecn = (cfg->flags & SUP_F_ECN) && ect;
+	/*
+	 * A TCP sender clears ECT on retransmissions. Dropping those while the
+	 * bucket is in deficit turns one congestion signal into a timeout, so
+	 * a flow that sent ECN-capable packets in the last second may overdraw
+	 * the bucket with its others too (unmarked: they cannot carry CE).
+	 */
+	int ecn_flow = use_ecn;
+	if (f && use_ecn)
+		f->ect_ns = now;
+	else if (f && (cfg->flags & SUP_F_ECN) && f->ect_ns && now - f->ect_ns < NSEC_PER_SEC)
+		ecn_flow = 1;
 	__u8 tos = p.tos;
 
-	if (cfg->drop_fraction && eligible(cfg, f)) {
+	if (cfg->drop_fraction && !ack && eligible(cfg, f)) {
 		__u32 r = bpf_get_prandom_u32() & 0xffff;
 		if (r < cfg->drop_fraction) {
 			if (use_ecn) {
@@ -794,13 +911,24 @@ int suppress_egress(struct __sk_buff *skb)
 
 	/*
 	 * The bucket is charged last so that packets dropped above do not use
-	 * tokens. A CE-marked packet over the rate still leaves: that is the
-	 * point of ECN, and responsive senders slow down.
+	 * tokens. Over the rate, an ECN-capable packet leaves with CE while the
+	 * deficit allows (responsive senders slow down without a loss), an
+	 * ACK-sized one leaves unmarked, and the rest are dropped.
 	 */
-	if (cfg->rate_bps && !bucket_take(ifindex, cfg, len, now)) {
-		if (use_ecn) {
+	if (cfg->rate_bps) {
+		__s64 level = 0;
+		int mode = ack ? TAKE_ALWAYS : ecn_flow ? TAKE_OVERDRAW : TAKE_FIT;
+		int res = bucket_take(ifindex, cfg, len, now, mode, &level);
+		/*
+		 * In deficit, CE is set with a probability that grows with the
+		 * deficit, from 0 at zero to 1 at the bound: marking every
+		 * packet at once would slow all flows in the same round trip and
+		 * leave the line idle while they recover.
+		 */
+		if (res == BUCKET_OVER && use_ecn &&
+		    (__u64)(-level) * 65536 > (__u64)(bpf_get_prandom_u32() & 0xffff) * cfg->deficit)
 			tos |= ECN_CE;
-		} else {
+		else if (res == BUCKET_DROP && !ack) {
 			if (f)
 				__sync_fetch_and_add(&f->drops, 1);
 			count(&sup_counters, SUP_DROPPED_RATE);

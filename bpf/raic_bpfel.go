@@ -54,7 +54,7 @@ type raicSupBucket struct {
 		Val uint32
 	}
 	Pad    uint32
-	Tokens uint64
+	Tokens int64
 	LastNs uint64
 }
 
@@ -69,6 +69,7 @@ type raicSupConfig struct {
 	LcMark            uint32
 	LcMask            uint32
 	Pad               uint32
+	Deficit           uint64
 }
 
 type raicSupCutoff struct {
@@ -87,6 +88,7 @@ type raicSupFlow struct {
 	LastNs     uint64
 	DropRun    uint32
 	Drops      uint32
+	EctNs      uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -39,6 +39,11 @@ type SuppressConfig struct {
 	// Setting the config refills the bucket.
 	RateBytesPerSec uint64
 	Burst           uint64
+	// Deficit is how far below zero (bytes) ECN-capable packets, which then
+	// carry CE, and ACK-sized TCP packets, which are never dropped, may take
+	// the bucket; other bulk passes only while the bucket is not in deficit.
+	// 0 means Burst.
+	Deficit uint64
 
 	// DropFraction of eligible bulk packets is dropped (0..1, kept in 1/65536
 	// units). A flow is eligible when its rate over the last 100 ms window, or
@@ -54,8 +59,10 @@ type SuppressConfig struct {
 	// Cutoff and rate drops do not count towards it.
 	MaxDropRun uint32
 
-	// ECN sets CE on ECT(0)/ECT(1) packets instead of dropping them (fraction
-	// and rate drops; the cutoff window always drops).
+	// ECN sets CE on ECT(0)/ECT(1) packets instead of dropping them: for
+	// fraction drops always, for the rate cap while the deficit stays within
+	// Deficit (with a probability that grows with the deficit); the cutoff
+	// window always drops.
 	ECN bool
 
 	// DSCPRewrite sets DSCP CS1 (lower effort) on bulk packets that pass.
@@ -81,9 +88,13 @@ func (c SuppressConfig) raw() (raicSupConfig, error) {
 	if c.RateBytesPerSec > 0 && c.Burst == 0 {
 		return raicSupConfig{}, errors.New("rate cap needs a non-zero burst")
 	}
+	if c.Deficit == 0 {
+		c.Deficit = c.Burst
+	}
 	r := raicSupConfig{
 		RateBps:           c.RateBytesPerSec,
 		Burst:             c.Burst,
+		Deficit:           c.Deficit,
 		FlowRateThreshold: c.FlowRateThreshold,
 		DropFraction:      uint32(math.Round(c.DropFraction * fractionOne)),
 		MaxDropRun:        c.MaxDropRun,

@@ -68,7 +68,9 @@ func TestSuppressDisabledPasses(t *testing.T) {
 func TestSuppressTokenBucket(t *testing.T) {
 	pkt := buildPacket(bulkSrc, bulkDst, pktOpts{payload: 958})
 	n := uint64(len(pkt)) // 1000 bytes on the wire
-	// 1 byte/s refills nothing during the test: exactly the burst passes.
+	// 1 byte/s refills nothing during the test. Packets pass while tokens
+	// are left and are charged in full, so the fourth takes the 3.5-packet
+	// bucket into deficit and the rest are dropped.
 	d := suppressForTest(t, SuppressConfig{RateBytesPerSec: 1, Burst: 3*n + n/2})
 	var verdicts []uint32
 	for range 8 {
@@ -76,7 +78,7 @@ func TestSuppressTokenBucket(t *testing.T) {
 	}
 	for i, v := range verdicts {
 		want := uint32(verdictShot)
-		if i < 3 {
+		if i < 4 {
 			want = verdictPass
 		}
 		if v != want {
@@ -84,8 +86,8 @@ func TestSuppressTokenBucket(t *testing.T) {
 		}
 	}
 	c := supCounters(t, d)
-	if c != (SuppressCounters{Passed: 3, DroppedRate: 5}) {
-		t.Errorf("counters %+v, want 3 passed and 5 rate drops", c)
+	if c != (SuppressCounters{Passed: 4, DroppedRate: 4}) {
+		t.Errorf("counters %+v, want 4 passed and 4 rate drops", c)
 	}
 
 	// Setting the config again refills the bucket; a fast rate refills it
@@ -273,12 +275,113 @@ func TestSuppressECN(t *testing.T) {
 		t.Errorf("counters %+v", c)
 	}
 
-	// Over the rate with ECN: marked, not dropped.
-	setSuppress(t, d, SuppressConfig{RateBytesPerSec: 1, Burst: 1, ECN: true})
-	ect := buildPacket(bulkSrc, bulkDst, pktOpts{tos: 2, payload: 500})
-	r := runProg(t, d.objs.SuppressEgress, ect, 0)
-	if r.verdict != verdictPass || r.out[15] != 3 || !ipv4HeaderValid(r.out) {
-		t.Errorf("rate+ECN: verdict %#x TOS %#x checksum ok %v", r.verdict, r.out[15], ipv4HeaderValid(r.out))
+}
+
+// Over the rate, ECN-capable packets leave while the bucket's deficit stays
+// within Deficit, marked CE with a probability that grows with the deficit;
+// beyond it they are dropped like the rest, so ECN cannot take bulk past its
+// cap.
+func TestSuppressECNDeficit(t *testing.T) {
+	ect := buildPacket(bulkSrc, bulkDst, pktOpts{tos: 2, payload: 958})
+	n := uint64(len(ect))
+	const steps = 100
+	// 1 byte/s refills nothing during the test.
+	d := suppressForTest(t, SuppressConfig{RateBytesPerSec: 1, Burst: n, Deficit: steps * n, ECN: true})
+	if r := runProg(t, d.objs.SuppressEgress, ect, 0); r.verdict != verdictPass || r.out[15] != 2 {
+		t.Fatalf("within the burst: verdict %#x TOS %#x, want pass unmarked", r.verdict, r.out[15])
+	}
+	// Packet k meets a deficit of k packets: marked with probability k/steps.
+	var early, late int
+	for k := range steps {
+		r := runProg(t, d.objs.SuppressEgress, ect, 0)
+		if r.verdict != verdictPass || !ipv4HeaderValid(r.out) {
+			t.Fatalf("deficit %d of %d packets: verdict %#x (checksum ok %v), want pass", k, steps, r.verdict, ipv4HeaderValid(r.out))
+		}
+		switch r.out[15] {
+		case 3:
+			if k < steps/2 {
+				early++
+			} else {
+				late++
+			}
+		case 2:
+		default:
+			t.Fatalf("deficit %d: TOS %#x, want ECT(0) or CE", k, r.out[15])
+		}
+	}
+	// Expected 12.25 and 37.25 marks (standard deviations about 2.9 and 2.9).
+	if early < 3 || early > 24 || late < 26 || late > 49 {
+		t.Errorf("CE marks: %d in the first half of the deficit, %d in the second; want about 12 and 37", early, late)
+	}
+	// The deficit is used up: ECN-capable and other bulk are dropped.
+	if r := runProg(t, d.objs.SuppressEgress, ect, 0); r.verdict != verdictShot {
+		t.Errorf("ECT beyond the deficit: verdict %#x, want drop", r.verdict)
+	}
+	plain := buildPacket(bulkSrc, bulkDst, pktOpts{tos: 0, payload: 958})
+	if r := runProg(t, d.objs.SuppressEgress, plain, 0); r.verdict != verdictShot {
+		t.Errorf("not-ECT over the rate: verdict %#x, want drop", r.verdict)
+	}
+	c := supCounters(t, d)
+	if c != (SuppressCounters{Passed: steps + 1, ECNMarked: uint64(early + late), DroppedRate: 2}) {
+		t.Errorf("counters %+v, want %d passed, %d marked, 2 rate drops", c, steps+1, early+late)
+	}
+}
+
+// A GSO packet costs the bucket what its segments cost the line: each
+// segment carries its own headers.
+func TestSuppressChargesEverySegment(t *testing.T) {
+	const mss = 1448
+	gso := buildPacket(bulkSrc, bulkDst, pktOpts{proto: 6, payload: 2 * mss})
+	probe := buildPacket(bulkSrc, bulkDst, pktOpts{proto: 6, payload: 500})
+	hdr := uint64(14 + 20 + 20) // Ethernet, IPv4, TCP without options
+	for _, tc := range []struct {
+		segs uint32
+		want uint32 // the probe's verdict
+	}{
+		{1, verdictPass}, // one packet: hdr bytes of the bucket are left
+		{2, verdictShot}, // two segments: the second's headers use them up
+	} {
+		d := suppressForTest(t, SuppressConfig{RateBytesPerSec: 1, Burst: uint64(len(gso)) + hdr})
+		if r := runProgGSO(t, d.objs.SuppressEgress, gso, tc.segs, mss); r.verdict != verdictPass {
+			t.Fatalf("%d segments: verdict %#x, want pass", tc.segs, r.verdict)
+		}
+		if r := runProg(t, d.objs.SuppressEgress, probe, 0); r.verdict != tc.want {
+			t.Errorf("after a packet of %d segments: probe verdict %#x, want %#x", tc.segs, r.verdict, tc.want)
+		}
+	}
+}
+
+// ACK-sized TCP packets are charged to the bucket but never dropped by the
+// cap, fraction drops or a cutoff window: dropping them saves the line almost
+// nothing and stalls the transfer they acknowledge.
+func TestSuppressACKsNeverDropped(t *testing.T) {
+	ack := buildPacket(bulkSrc, bulkDst, pktOpts{proto: 6})
+	data := buildPacket(bulkSrc, bulkDst, pktOpts{proto: 6, payload: 946})
+	n := uint64(len(data))
+	d := suppressForTest(t, SuppressConfig{RateBytesPerSec: 1, Burst: n})
+	for i := range 50 {
+		if r := runProg(t, d.objs.SuppressEgress, ack, 0); r.verdict != verdictPass {
+			t.Fatalf("ACK %d over the rate: verdict %#x, want pass", i, r.verdict)
+		}
+	}
+	// The ACKs took the tokens a data packet needed.
+	if r := runProg(t, d.objs.SuppressEgress, data, 0); r.verdict != verdictShot {
+		t.Errorf("data after the ACKs used the bucket: verdict %#x, want drop", r.verdict)
+	}
+
+	setSuppress(t, d, SuppressConfig{DropFraction: 1, TNext: monoNow(t) + int64(time.Second), TReserve: int64(2 * time.Second)})
+	if r := runProg(t, d.objs.SuppressEgress, ack, 0); r.verdict != verdictPass {
+		t.Errorf("ACK in a cutoff window with every packet dropped: verdict %#x, want pass", r.verdict)
+	}
+	if r := runProg(t, d.objs.SuppressEgress, data, 0); r.verdict != verdictShot {
+		t.Errorf("data in a cutoff window: verdict %#x, want drop", r.verdict)
+	}
+	setSuppress(t, d, SuppressConfig{DropFraction: 1})
+	if r := runProg(t, d.objs.SuppressEgress, ack, 0); r.verdict != verdictPass {
+		t.Errorf("ACK with every packet dropped: verdict %#x, want pass", r.verdict)
+	}
+	if r := runProg(t, d.objs.SuppressEgress, data, 0); r.verdict != verdictShot {
+		t.Errorf("data with every packet dropped: verdict %#x, want drop", r.verdict)
 	}
 }
 
@@ -410,8 +513,10 @@ func TestSuppressLCAlwaysPasses(t *testing.T) {
 				t.Errorf("config %d, %s: verdict %#x, modified %v", i, tc.name, r.verdict, !bytes.Equal(r.out, tc.pkt))
 			}
 		}
-		// The same packet without an LC attribute is acted on.
+		// The same packet without an LC attribute is acted on (by the second
+		// time: a full bucket lets the first through).
 		bulk := buildPacket(bulkSrc, bulkDst, opts)
+		runProg(t, d.objs.SuppressEgress, bulk, 0x10000)
 		if r := runProg(t, d.objs.SuppressEgress, bulk, 0x10000); r.verdict == verdictPass && bytes.Equal(r.out, bulk) {
 			t.Errorf("config %d: bulk control packet untouched", i)
 		}
@@ -419,8 +524,8 @@ func TestSuppressLCAlwaysPasses(t *testing.T) {
 		if c.LCPassed != uint64(len(lc)) {
 			t.Errorf("config %d: counters %+v, want %d LC passed", i, c, len(lc))
 		}
-		if c.Passed+c.DroppedRate+c.DroppedFraction+c.DroppedCutoff != 1 {
-			t.Errorf("config %d: counters %+v, want one bulk verdict", i, c)
+		if c.Passed+c.DroppedRate+c.DroppedFraction+c.DroppedCutoff != 2 {
+			t.Errorf("config %d: counters %+v, want two bulk verdicts", i, c)
 		}
 	}
 }
@@ -509,5 +614,53 @@ func TestFlowRateThresholdFor(t *testing.T) {
 		if v != verdictPass {
 			t.Errorf("smaller flow: verdict %#x, want pass", v)
 		}
+	}
+}
+
+// LC packets always pass but are charged to the bucket: they use the line, so
+// bulk gets what they leave of the cap.
+func TestSuppressLCCharged(t *testing.T) {
+	lc := buildPacket(bulkSrc, bulkDst, pktOpts{payload: 958})
+	n := uint64(len(lc))
+	d := suppressForTest(t, SuppressConfig{RateBytesPerSec: 1, Burst: n})
+	for i := range 3 {
+		if r := runProg(t, d.objs.SuppressEgress, lc, lcMark); r.verdict != verdictPass {
+			t.Fatalf("LC packet %d over the rate: verdict %#x, want pass", i, r.verdict)
+		}
+	}
+	bulk := buildPacket(bulkSrc, bulkDst, pktOpts{payload: 100})
+	if r := runProg(t, d.objs.SuppressEgress, bulk, 0); r.verdict != verdictShot {
+		t.Errorf("bulk after LC used the bucket: verdict %#x, want drop", r.verdict)
+	}
+	c := supCounters(t, d)
+	if c.LCPassed != 3 || c.DroppedRate != 1 {
+		t.Errorf("counters %+v, want 3 LC passed and 1 rate drop", c)
+	}
+}
+
+// A TCP sender clears ECT on retransmissions: a flow that has sent
+// ECN-capable packets may overdraw the bucket with its others too (they pass
+// unmarked), while a flow that never did is dropped.
+func TestSuppressECNFlowRetransmits(t *testing.T) {
+	ect := buildPacket(bulkSrc, bulkDst, pktOpts{proto: 6, tos: 2, payload: 958})
+	retrans := buildPacket(bulkSrc, bulkDst, pktOpts{proto: 6, tos: 0, payload: 958})
+	other := buildPacket(ap("198.18.0.10:40001"), bulkDst, pktOpts{proto: 6, tos: 0, payload: 958})
+	n := uint64(len(ect))
+	d := suppressForTest(t, SuppressConfig{RateBytesPerSec: 1, Burst: n, Deficit: 10 * n, ECN: true})
+	if r := runProg(t, d.objs.SuppressEgress, ect, 0); r.verdict != verdictPass {
+		t.Fatalf("ECT within the burst: verdict %#x, want pass", r.verdict)
+	}
+	if r := runProg(t, d.objs.SuppressEgress, other, 0); r.verdict != verdictShot {
+		t.Errorf("not-ECT flow in deficit: verdict %#x, want drop", r.verdict)
+	}
+	r := runProg(t, d.objs.SuppressEgress, retrans, 0)
+	if r.verdict != verdictPass || r.out[15] != 0 {
+		t.Errorf("not-ECT packet of an ECN flow in deficit: verdict %#x TOS %#x, want pass unmarked", r.verdict, r.out[15])
+	}
+	// Without ECN enforcement the same packet is dropped.
+	setSuppress(t, d, SuppressConfig{RateBytesPerSec: 1, Burst: n, Deficit: 10 * n})
+	runProg(t, d.objs.SuppressEgress, ect, 0) // drains the refilled bucket
+	if r := runProg(t, d.objs.SuppressEgress, retrans, 0); r.verdict != verdictShot {
+		t.Errorf("ECN off: verdict %#x, want drop", r.verdict)
 	}
 }

@@ -790,6 +790,7 @@ func combine(acc, p suppress.Policy, l *supLink, d suppress.Direction, cfg *Supp
 	if p.BulkRateBytesPerSec > 0 || wasCapped {
 		out.BulkRateBytesPerSec = acc.BulkRateBytesPerSec + rate
 		out.Burst = acc.Burst + p.Burst
+		out.Deficit = acc.Deficit + p.Deficit
 	}
 	out.DropFraction = max(acc.DropFraction, p.DropFraction)
 	out.MaxDropRun = max(acc.MaxDropRun, p.MaxDropRun)
@@ -810,6 +811,7 @@ func (s *suppression) bpfConfig(p suppress.Policy, threshold uint64) bpf.Suppres
 		Enabled:         true,
 		RateBytesPerSec: p.BulkRateBytesPerSec,
 		Burst:           p.Burst,
+		Deficit:         p.Deficit,
 		DropFraction:    p.DropFraction,
 		MaxDropRun:      uint32(p.MaxDropRun),
 		ECN:             p.ECN,
@@ -822,6 +824,7 @@ func (s *suppression) bpfConfig(p suppress.Policy, threshold uint64) bpf.Suppres
 	}
 	if c.RateBytesPerSec > 0 {
 		c.Burst = max(c.Burst, s.cfg.resolved.Levels.MaxBulkPacket+l2Overhead)
+		c.Deficit = max(c.Deficit, s.cfg.resolved.Levels.MaxBulkPacket+l2Overhead)
 	}
 	return c
 }

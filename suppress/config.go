@@ -137,6 +137,10 @@ type LevelConfig struct {
 	CutShare   float64       `toml:"cut_share"`
 	BurstTime  time.Duration `toml:"burst_time"`
 	ECN        bool          `toml:"ecn"`
+	// DeficitTime bounds, at the capped rate, how far ECN-capable bulk may
+	// overdraw the bucket (marked CE) before it is dropped: the virtual queue
+	// a responsive sender gets to react in (at least one bulk packet).
+	DeficitTime time.Duration `toml:"ecn_deficit_time"`
 
 	// Cut: drop CutDropFraction of bulk packets at first, and CutDropStep more
 	// for every sample the Cut condition persists, up to the apps' limit. No
@@ -224,13 +228,19 @@ type AppLimits struct {
 func DefaultConfig() Config {
 	return Config{
 		Levels: LevelConfig{
-			RaiseWindow:     4,
-			RaiseSamples:    2,
-			HoldDown:        3 * time.Second,
-			MinHold:         5 * time.Second,
-			ShapeShare:      0.7,
-			CutShare:        0.4,
-			BurstTime:       5 * time.Millisecond,
+			RaiseWindow:  4,
+			RaiseSamples: 2,
+			HoldDown:     3 * time.Second,
+			MinHold:      5 * time.Second,
+			// The configured rates are the line's; bulk and LC together
+			// stay 5% under them, which absorbs a rate set a little high.
+			// Set 1 when the rates are measured exactly.
+			ShapeShare: 0.95,
+			CutShare:   0.4,
+			// A shallow bucket and deficit keep the line's queue to a
+			// few milliseconds (docs/bench-suppression.md).
+			BurstTime:       2 * time.Millisecond,
+			DeficitTime:     time.Millisecond,
 			ECN:             true,
 			CutDropFraction: 0.1,
 			CutDropStep:     0.05,
@@ -387,6 +397,9 @@ func (c *Config) Validate() error {
 	}
 	if l.BurstTime <= 0 {
 		bad("levels.burst_time", "must be > 0")
+	}
+	if l.DeficitTime <= 0 {
+		bad("levels.ecn_deficit_time", "must be > 0")
 	}
 	fraction("levels.cut_drop_fraction", l.CutDropFraction, true)
 	fraction("levels.cut_drop_step", l.CutDropStep, true)

@@ -16,6 +16,9 @@ type Policy struct {
 	// caps bulk traffic (0: no cap).
 	BulkRateBytesPerSec uint64
 	Burst               uint64
+	// Deficit (bytes) is how far ECN-capable bulk may take the bucket below
+	// zero, marked CE, before it is dropped like the rest.
+	Deficit uint64
 	// DropFraction of bulk packets is dropped, largest flows first (the
 	// router ranks flows with FlowRateThreshold and LevelConfig.DropCover), and
 	// no flow loses more than MaxDropRun packets in a row (0: no limit).
@@ -108,6 +111,7 @@ func buildPolicy(lc *LevelConfig, level Level, rate uint64, d Direction, apps *a
 	// The bucket must hold at least one full bulk packet, or that packet could
 	// never pass.
 	p.Burst = max(uint64(float64(p.BulkRateBytesPerSec)*lc.BurstTime.Seconds()), lc.MaxBulkPacket)
+	p.Deficit = max(uint64(float64(p.BulkRateBytesPerSec)*lc.DeficitTime.Seconds()), lc.MaxBulkPacket)
 	p.ECN = lc.ECN
 	if level == Shape {
 		return p

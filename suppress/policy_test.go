@@ -53,12 +53,19 @@ func TestBuildPolicyLevels(t *testing.T) {
 		t.Errorf("Watch policy = %+v", p)
 	}
 	p := buildPolicy(&lc, Shape, rate, Up, apps, 0)
-	wantRate := uint64(0.7 * rate / 8)
+	wantRate := uint64(lc.ShapeShare * rate / 8)
 	if p.Level != Shape || !p.DSCPRewrite || !p.ECN || p.BulkRateBytesPerSec != wantRate || p.DropFraction != 0 || p.Cutoff {
 		t.Errorf("Shape policy = %+v (want bulk %d B/s)", p, wantRate)
 	}
-	if want := uint64(float64(wantRate) * 0.005); p.Burst != want {
-		t.Errorf("Shape burst = %d, want %d (5ms at the bulk rate)", p.Burst, want)
+	if want := uint64(float64(wantRate) * lc.BurstTime.Seconds()); p.Burst != want {
+		t.Errorf("Shape burst = %d, want %d (%v at the bulk rate)", p.Burst, want, lc.BurstTime)
+	}
+	if want := uint64(float64(wantRate) * lc.DeficitTime.Seconds()); p.Deficit != want {
+		t.Errorf("Shape deficit = %d, want %d (%v at the bulk rate)", p.Deficit, want, lc.DeficitTime)
+	}
+	// On a slow link both hold at least one full bulk packet.
+	if slow := buildPolicy(&lc, Shape, 1_000_000, Up, apps, 0); slow.Burst != lc.MaxBulkPacket || slow.Deficit != lc.MaxBulkPacket {
+		t.Errorf("1 Mbit/s: burst %d deficit %d, want %d each", slow.Burst, slow.Deficit, lc.MaxBulkPacket)
 	}
 	p = buildPolicy(&lc, Cut, rate, Up, apps, 0)
 	if p.BulkRateBytesPerSec != uint64(0.4*rate/8) || p.DropFraction != lc.CutDropFraction || p.MaxDropRun != 3 {
@@ -102,12 +109,12 @@ func TestAppLimitsApplied(t *testing.T) {
 	}
 	// Cloud gaming: its reserve comes off the link before bulk gets a share.
 	p = buildPolicy(&lc, Shape, rate, Down, set("cloud"), 0)
-	if want := uint64(0.7 * (rate - 30_000_000) / 8); p.BulkRateBytesPerSec != want {
+	if want := uint64(lc.ShapeShare * (rate - 30_000_000) / 8); p.BulkRateBytesPerSec != want {
 		t.Errorf("cloud down bulk = %d, want %d", p.BulkRateBytesPerSec, want)
 	}
 	// …but never more than half of a slow link.
 	p = buildPolicy(&lc, Shape, 20_000_000, Down, set("cloud"), 0)
-	if want := uint64(0.7 * 10_000_000 / 8); p.BulkRateBytesPerSec != want {
+	if want := uint64(lc.ShapeShare * 10_000_000 / 8); p.BulkRateBytesPerSec != want {
 		t.Errorf("cloud on 20 Mbit/s bulk = %d, want %d", p.BulkRateBytesPerSec, want)
 	}
 }
