@@ -23,7 +23,7 @@ func TestSuppressionHoldsBackBulk(t *testing.T) {
 	if testing.Short() {
 		t.Skip("namespace benchmark; skipped with -short")
 	}
-	b, err := bed.New()
+	b, err := bed.New(bed.DefaultBulkRTT)
 	if err != nil {
 		t.Fatal(err)
 	}

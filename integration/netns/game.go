@@ -22,6 +22,9 @@ import (
 //	core      proxy 198.18.40.1/24 ── proxy host eth0 198.18.40.2/24
 //	core      srv   198.18.41.1/24 ── game server eth0 198.18.41.2/24
 //	core      inet  198.18.42.1/24 ── internet host eth0 198.18.42.2/24
+//	  with an internet link (GameOptions.InternetLink):
+//	core      inet  198.18.43.1/24 ── far core 198.18.43.2/24
+//	far       inet  198.18.42.1/24 ── internet host eth0 198.18.42.2/24
 //
 // Routing. The router's main table has a default route via uplink 0; for each
 // uplink i, table 100+i holds a default route via ISP i, selected by the rules
@@ -33,7 +36,10 @@ import (
 // Proxy, game server and internet hosts have a default route via the core.
 //
 // Link emulation. In ISP i a linkem.TUNLink impairs traffic entering from the
-// router (Up: router to core) and from the core (Down: core to router).
+// router (Up: router to core) and from the core (Down: core to router). With an
+// internet link, one more in host "far" impairs the internet host's traffic
+// alone (Up: towards the internet host, Down: from it), which gives bulk
+// transfers the round-trip time of a distant server without touching the game.
 const (
 	RouterTableBase = 100
 	MaxUplinks      = 3
@@ -52,6 +58,9 @@ type GameOptions struct {
 	// Links, indexed by uplink, starts a link emulator in each ISP; missing
 	// entries (or a nil slice) leave that ISP a plain router.
 	Links []LinkPair
+	// InternetLink, if set, puts host "far" with a link emulator between the
+	// core and the internet host (Up: core → internet host).
+	InternetLink *LinkPair
 }
 
 // Game is the standard topology. Host fields are never nil except Relays when
@@ -66,7 +75,9 @@ type Game struct {
 	Proxy    *Host
 	Server   *Host // game server
 	Internet *Host // bulk traffic peer
+	Far      *Host // between core and internet host, with an InternetLink only
 	Emu      []*linkem.TUNLink
+	FarEmu   *linkem.TUNLink // the internet link's emulator, if any
 }
 
 func addr(a, b, c, d byte) netip.Addr { return netip.AddrFrom4([4]byte{a, b, c, d}) }
@@ -153,6 +164,9 @@ func BuildGame(n *Net, o GameOptions) (*Game, error) {
 	}
 	g.LAN, g.Router, g.Core = mk("lan"), mk("router"), mk("core")
 	g.Proxy, g.Server, g.Internet = mk("proxy"), mk("server"), mk("internet")
+	if o.InternetLink != nil {
+		g.Far = mk("far")
+	}
 	for i := 0; i < o.Uplinks; i++ {
 		g.ISPs = append(g.ISPs, mk(fmt.Sprintf("isp%d", i)))
 		if o.Relays {
@@ -167,13 +181,24 @@ func BuildGame(n *Net, o GameOptions) (*Game, error) {
 		func() error { return n.Link(g.LAN, "eth0", pfx(1, 2), g.Router, "lan0", pfx(1, 1)) },
 		func() error { return n.Link(g.Core, "proxy", pfx(40, 1), g.Proxy, "eth0", pfx(40, 2)) },
 		func() error { return n.Link(g.Core, "srv", pfx(41, 1), g.Server, "eth0", pfx(41, 2)) },
-		func() error { return n.Link(g.Core, "inet", pfx(42, 1), g.Internet, "eth0", pfx(42, 2)) },
 	}
 	routes := []step{
 		func() error { return g.LAN.AddRoute(netip.Prefix{}, LANGateway, "", 0) },
 		func() error { return g.Proxy.AddRoute(netip.Prefix{}, addr(198, 18, 40, 1), "", 0) },
 		func() error { return g.Server.AddRoute(netip.Prefix{}, addr(198, 18, 41, 1), "", 0) },
 		func() error { return g.Internet.AddRoute(netip.Prefix{}, addr(198, 18, 42, 1), "", 0) },
+	}
+	if g.Far == nil {
+		steps = append(steps, func() error { return n.Link(g.Core, "inet", pfx(42, 1), g.Internet, "eth0", pfx(42, 2)) })
+	} else {
+		steps = append(steps,
+			func() error { return n.Link(g.Core, "inet", pfx(43, 1), g.Far, "core", pfx(43, 2)) },
+			func() error { return n.Link(g.Far, "inet", pfx(42, 1), g.Internet, "eth0", pfx(42, 2)) },
+		)
+		routes = append(routes,
+			func() error { return g.Core.AddRoute(lan(42), addr(198, 18, 43, 2), "", 0) },
+			func() error { return g.Far.AddRoute(netip.Prefix{}, addr(198, 18, 43, 1), "", 0) },
+		)
 	}
 	for i := 0; i < o.Uplinks; i++ {
 		isp := g.ISPs[i]
@@ -219,7 +244,11 @@ func BuildGame(n *Net, o GameOptions) (*Game, error) {
 	routes = append(routes, func() error { return g.Router.AddRoute(netip.Prefix{}, UplinkGateway(0), UplinkIface(0), 0) })
 	// Routes need their gateways' links to exist, so they come after all links.
 	steps = append(steps, routes...)
-	for _, h := range append(append([]*Host{g.Router, g.Core}, g.ISPs...), g.Relays...) {
+	fwd := append(append([]*Host{g.Router, g.Core}, g.ISPs...), g.Relays...)
+	if g.Far != nil {
+		fwd = append(fwd, g.Far)
+	}
+	for _, h := range fwd {
 		steps = append(steps, h.EnableForwarding)
 	}
 	for _, s := range steps {
@@ -234,6 +263,14 @@ func BuildGame(n *Net, o GameOptions) (*Game, error) {
 			return nil, err
 		}
 		g.Emu[i] = e
+		n.OnClose(func() { e.Close() })
+	}
+	if il := o.InternetLink; il != nil {
+		e, err := linkem.AttachTUN(g.Far.NS, "core", "inet", il.Up, il.Down)
+		if err != nil {
+			return nil, err
+		}
+		g.FarEmu = e
 		n.OnClose(func() { e.Close() })
 	}
 	return g, nil

@@ -226,3 +226,38 @@ func TestRejectsForeignAddresses(t *testing.T) {
 		t.Fatal("panic in Do not reported")
 	}
 }
+
+// TestGameInternetLink puts the internet host behind an emulated link: its
+// traffic takes the configured delay, the game's paths do not.
+func TestGameInternetLink(t *testing.T) {
+	const oneWay = 10 * time.Millisecond
+	g := NewGameForTest(t, GameOptions{Uplinks: 1, InternetLink: &LinkPair{
+		Up:   linkem.Config{Delay: linkem.Duration(oneWay)},
+		Down: linkem.Config{Delay: linkem.Duration(oneWay)},
+	}})
+	inet := listen(t, g.Internet, netip.AddrPortFrom(InternetAddr, 7001))
+	echo(inet)
+	lanc := listen(t, g.LAN, netip.AddrPortFrom(LANAddr, 0))
+	// The first packets on new paths wait for neighbour resolution.
+	ping(t, lanc, netip.AddrPortFrom(InternetAddr, 7001), 5, time.Millisecond)
+	rt := ping(t, lanc, netip.AddrPortFrom(InternetAddr, 7001), 20, time.Millisecond)
+	if len(rt) != 20 {
+		t.Fatalf("LAN to internet: %d of 20 replies", len(rt))
+	}
+	if m := median(rt); !within(m, 2*oneWay, 2*time.Millisecond) {
+		t.Errorf("LAN to internet: rtt p50 %v, want %v ±2ms", m, 2*oneWay)
+	}
+	if in := g.FarEmu.AToB().Stats().In; in < 20 {
+		t.Errorf("internet link emulator saw %d packets towards the internet host, want ≥ 20", in)
+	}
+
+	srv := listen(t, g.Server, netip.AddrPortFrom(ServerAddr, 7002))
+	echo(srv)
+	rt = ping(t, lanc, netip.AddrPortFrom(ServerAddr, 7002), 20, time.Millisecond)
+	if len(rt) != 20 {
+		t.Fatalf("LAN to game server: %d of 20 replies", len(rt))
+	}
+	if m := median(rt); m >= oneWay {
+		t.Errorf("LAN to game server: rtt p50 %v, want well under the internet link's %v", m, oneWay)
+	}
+}

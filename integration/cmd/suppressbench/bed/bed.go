@@ -7,7 +7,9 @@
 // egress (uploads) and 20 Mbit/s on its LAN egress (downloads), each with a
 // queue of about 250 ms, the deep buffer of a consumer line. suppress_egress
 // runs on the same egresses ahead of the qdiscs, so bulk it holds back never
-// reaches the queue the game's packets wait in.
+// reaches the queue the game's packets wait in. The internet host that sources
+// and sinks the bulk transfers sits behind a link emulator that adds a
+// configurable round-trip time (New's bulkRTT).
 package bed
 
 import (
@@ -22,7 +24,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/raicnet/raic/integration/gamegen"
+	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/integration/netns"
 	"github.com/raicnet/raic/integration/testbed"
 	"github.com/raicnet/raic/pkg/wire"
@@ -73,11 +78,16 @@ type Options struct {
 type Result struct {
 	Options
 	RTT          gamegen.LatencyStats
+	UpDelay      gamegen.LatencyStats // one-way, LAN host → game server (one clock: same host)
 	EchoLost     int64
 	GameSent     uint64
 	UpBitsPerSec float64 // TCP goodput LAN → internet over the measured time
 	DnBitsPerSec float64 // TCP goodput internet → LAN
-	Metrics      map[string]float64
+	// UpLineUse and DnLineUse are the share of each line's rate that
+	// crossed it (all traffic, headers included): how full suppression
+	// keeps the line, as opposed to what the applications got.
+	UpLineUse, DnLineUse float64
+	Metrics              map[string]float64
 }
 
 // Bed is the built topology.
@@ -95,10 +105,22 @@ type Bed struct {
 	conns          []net.Conn // accepted by the sinks, closed by Close
 }
 
+// DefaultBulkRTT is the round-trip time between the LAN host and the internet
+// host that sources and sinks the bulk transfers: a server a few hundred
+// kilometres away. The game's proxy stays next to the ISP.
+const DefaultBulkRTT = 20 * time.Millisecond
+
 // New builds the topology, the bottleneck, the proxy, the game server and the
-// TCP sinks.
-func New() (*Bed, error) {
-	g, err := netns.NewGame(netns.GameOptions{Uplinks: 1})
+// TCP sinks. bulkRTT is added to the internet host's round trip by a link
+// emulator (half each way); 0 leaves it directly on the core, a fraction of a
+// millisecond from the LAN host.
+func New(bulkRTT time.Duration) (*Bed, error) {
+	o := netns.GameOptions{Uplinks: 1}
+	if bulkRTT > 0 {
+		oneWay := linkem.Duration(bulkRTT / 2)
+		o.InternetLink = &netns.LinkPair{Up: linkem.Config{Delay: oneWay}, Down: linkem.Config{Delay: oneWay}}
+	}
+	g, err := netns.NewGame(o)
 	if err != nil {
 		return nil, err
 	}
@@ -110,18 +132,30 @@ func New() (*Bed, error) {
 	return b, nil
 }
 
-// Defaults of the benchmark's [suppress.levels]: Shape caps bulk at 95% of the
-// configured rate with a 10 ms bucket. ECN is off because suppress_egress lets a
-// CE-marked packet through however far over the rate it is, so ECN-capable bulk
-// would not be capped at all.
+// Defaults of the benchmark's [suppress.levels]: Shape caps all traffic at the
+// configured line rate, which the testbed knows exactly, with a 2 ms bucket,
+// and lets ECN-capable bulk run up a deficit of 1 ms (at least one packet)
+// marked CE before it is dropped.
 const (
-	DefaultShapeShare = 0.95
-	DefaultBurstTime  = 10 * time.Millisecond
+	DefaultShapeShare  = 1.0
+	DefaultBurstTime   = 2 * time.Millisecond
+	DefaultDeficitTime = 1 * time.Millisecond
+	DefaultECN         = true
 )
+
+// Levels are the [suppress.levels] settings a run varies.
+type Levels struct {
+	ShapeShare         float64
+	BurstTime, Deficit time.Duration
+	ECN                bool
+}
+
+// DefaultLevels are the benchmark's defaults.
+var DefaultLevels = Levels{DefaultShapeShare, DefaultBurstTime, DefaultDeficitTime, DefaultECN}
 
 // SuppressTOML is the [suppress] configuration of the benchmark's router;
 // detection keeps its defaults.
-func SuppressTOML(shapeShare float64, burst time.Duration) string {
+func SuppressTOML(l Levels) string {
 	return fmt.Sprintf(`
 [suppress]
 enabled = true
@@ -134,8 +168,9 @@ down_bps = %d
 [suppress.levels]
 shape_share = %g
 burst_time = "%v"
-ecn = false
-`, UpBitsPerSec, DownBitsPerSec, shapeShare, burst)
+ecn_deficit_time = "%v"
+ecn = %v
+`, UpBitsPerSec, DownBitsPerSec, l.ShapeShare, l.BurstTime, l.Deficit, l.ECN)
 }
 
 func (b *Bed) setup() error {
@@ -270,7 +305,7 @@ server = "%s"
 		if o.SuppressTOML != "" {
 			s += o.SuppressTOML
 		} else {
-			s += SuppressTOML(DefaultShapeShare, DefaultBurstTime)
+			s += SuppressTOML(DefaultLevels)
 		}
 	}
 	return s
@@ -395,6 +430,7 @@ func (b *Bed) Run(ctx context.Context, o Options) (*Result, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	lineUp0, lineDn0 := b.lineBytes()
 	up0, dn0, t0 := b.upSink.Load(), b.dnSink.Load(), time.Now()
 	select {
 	case <-time.After(o.Duration):
@@ -402,6 +438,7 @@ func (b *Bed) Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, ctx.Err()
 	}
 	up1, dn1, el := b.upSink.Load(), b.dnSink.Load(), time.Since(t0).Seconds()
+	lineUp1, lineDn1 := b.lineBytes()
 	metrics := r.Metrics().Snapshot()
 	bcancel()
 	out := <-gameDone
@@ -411,11 +448,32 @@ func (b *Bed) Run(ctx context.Context, o Options) (*Result, error) {
 	res := &Result{
 		Options:      o,
 		RTT:          out.rep.RTT,
+		UpDelay:      out.rep.Up.Latency,
 		EchoLost:     out.rep.EchoLost,
 		GameSent:     out.rep.Up.Sent,
 		UpBitsPerSec: float64(up1-up0) * 8 / el,
 		DnBitsPerSec: float64(dn1-dn0) * 8 / el,
+		UpLineUse:    float64(lineUp1-lineUp0) * 8 / el / UpBitsPerSec,
+		DnLineUse:    float64(lineDn1-lineDn0) * 8 / el / DownBitsPerSec,
 		Metrics:      metrics,
 	}
 	return res, nil
+}
+
+// lineBytes reads the bytes sent through the bottleneck devices so far: the
+// router's uplink (uploads) and LAN device (downloads). Errors read as 0 and
+// show up as an implausible line use.
+func (b *Bed) lineBytes() (up, down uint64) {
+	b.G.Router.Do(func() error {
+		for _, d := range []struct {
+			name string
+			v    *uint64
+		}{{"up0", &up}, {"lan0", &down}} {
+			if l, err := netlink.LinkByName(d.name); err == nil && l.Attrs().Statistics != nil {
+				*d.v = l.Attrs().Statistics.TxBytes
+			}
+		}
+		return nil
+	})
+	return up, down
 }
