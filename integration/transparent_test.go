@@ -51,7 +51,16 @@ func startTransparentBed(t *testing.T, links []netns.LinkPair, before func(*netn
 // uplinks, or off (the testbed routes the LAN's addresses back via ISP 0).
 func startTransparentBedNAT(t *testing.T, links []netns.LinkPair, before func(*netns.Game), masquerade bool) *tpBed {
 	t.Helper()
-	g := netns.NewGameForTest(t, netns.GameOptions{Uplinks: 2, Links: links})
+	return startTransparentBedConfig(t, netns.GameOptions{Uplinks: 2, Links: links}, before, masquerade, "")
+}
+
+// startTransparentBedConfig is startTransparentBedNAT with the topology's
+// options (the router gets one [[uplink]] per uplink) and extra TOML appended
+// to the router's configuration (after its [[uplink]] tables).
+func startTransparentBedConfig(t *testing.T, o netns.GameOptions, before func(*netns.Game), masquerade bool, extra string) *tpBed {
+	t.Helper()
+	g := netns.NewGameForTest(t, o)
+	uplinks := len(g.ISPs)
 	b := &tpBed{g: g}
 	if before != nil {
 		before(g)
@@ -92,12 +101,17 @@ enabled = true
 lan = "lan0"
 tun_address = "198.18.255.254/32"
 `, testKey, netns.ProxyAddr, tpProxyPort)
-	if masquerade {
-		text += "masquerade = [\"up0\", \"up1\"]\n"
+	var ifaces []string
+	for i := 0; i < uplinks; i++ {
+		ifaces = append(ifaces, fmt.Sprintf("%q", netns.UplinkIface(i)))
 	}
-	for i := 0; i < 2; i++ {
+	if masquerade {
+		text += "masquerade = [" + strings.Join(ifaces, ", ") + "]\n"
+	}
+	for i := 0; i < uplinks; i++ {
 		text += fmt.Sprintf("[[uplink]]\nname = \"isp%d\"\nsource = \"%s\"\n", i, netns.UplinkAddr(i))
 	}
+	text += extra
 	rcfg, err := router.ParseConfig("router.toml", text)
 	if err != nil {
 		t.Fatal(err)
