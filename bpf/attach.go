@@ -51,6 +51,7 @@ type Attachment struct {
 	mode    AttachMode
 	lnk     link.Link // ModeTCX
 	filter  *netlink.BpfFilter
+	nl      *netlink.Handle // ModeLegacyTC: sockets in the namespace of the attach
 
 	once sync.Once
 	err  error
@@ -115,16 +116,23 @@ func (d *Datapath) attach(ifindex int, prog *ebpf.Program, ingress, forceLegacy 
 			return nil, fmt.Errorf("attach tcx to ifindex %d: %w", ifindex, err)
 		}
 	}
-	f, err := attachLegacy(ifindex, prog, ingress)
+	// The handle's sockets are opened now, in the caller's network namespace,
+	// so that Detach reaches the same interface from any thread.
+	nl, err := netlink.NewHandle()
 	if err != nil {
+		return nil, fmt.Errorf("netlink handle for ifindex %d: %w", ifindex, err)
+	}
+	f, err := attachLegacy(nl, ifindex, prog, ingress)
+	if err != nil {
+		nl.Close()
 		return nil, err
 	}
-	a.mode, a.filter = ModeLegacyTC, f
+	a.mode, a.filter, a.nl = ModeLegacyTC, f, nl
 	d.attached[a] = struct{}{}
 	return a, nil
 }
 
-func attachLegacy(ifindex int, prog *ebpf.Program, ingress bool) (*netlink.BpfFilter, error) {
+func attachLegacy(nl *netlink.Handle, ifindex int, prog *ebpf.Program, ingress bool) (*netlink.BpfFilter, error) {
 	q := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{
 			LinkIndex: ifindex,
@@ -135,7 +143,7 @@ func attachLegacy(ifindex int, prog *ebpf.Program, ingress bool) (*netlink.BpfFi
 	}
 	// The qdisc may be shared with other users; an existing one is fine and
 	// it is left in place on Detach.
-	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := nl.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("add clsact qdisc to ifindex %d: %w", ifindex, err)
 	}
 	parent := uint32(netlink.HANDLE_MIN_EGRESS)
@@ -155,26 +163,28 @@ func attachLegacy(ifindex int, prog *ebpf.Program, ingress bool) (*netlink.BpfFi
 		Name:         name,
 		DirectAction: true,
 	}
-	if err := netlink.FilterReplace(f); err != nil {
+	if err := nl.FilterReplace(f); err != nil {
 		return nil, fmt.Errorf("add tc filter to ifindex %d: %w", ifindex, err)
 	}
 	return f, nil
 }
 
-// Detach removes the program from the interface. It is idempotent. A
-// ModeLegacyTC attachment must be detached from the network namespace it was
-// made in (netlink addresses the interface by index there).
+// Detach removes the program from the interface. It is idempotent and may be
+// called from any thread: a tcx link is a file descriptor, and a legacy tc
+// filter is removed through netlink sockets opened in the namespace where it
+// was attached.
 func (a *Attachment) Detach() error {
 	a.once.Do(func() {
 		switch a.mode {
 		case ModeTCX:
 			a.err = a.lnk.Close()
 		case ModeLegacyTC:
-			a.err = netlink.FilterDel(a.filter)
+			a.err = a.nl.FilterDel(a.filter)
 			if errors.Is(a.err, unix.ENODEV) || errors.Is(a.err, unix.ENOENT) {
 				// The interface or the filter is already gone.
 				a.err = nil
 			}
+			a.nl.Close()
 		}
 		if a.err != nil {
 			a.err = fmt.Errorf("detach from ifindex %d: %w", a.ifindex, a.err)

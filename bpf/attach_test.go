@@ -150,9 +150,7 @@ func attachAndSend(d *Datapath, legacy bool) error {
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
-	// Legacy filters are removed through netlink, which works only from the
-	// namespace they were added in; Detach is idempotent.
-	defer att.Detach()
+	defer att.Detach() // idempotent
 	if !legacy && att.Mode() == ModeLegacyTC {
 		att.Detach()
 		return skipError{errors.New("kernel has no tcx (Linux 6.6+); AttachClassifier fell back to tc clsact")}
@@ -313,4 +311,35 @@ func recvfrom(fd int, buf []byte) (int, unix.Sockaddr, error) {
 			return n, from, err
 		}
 	}
+}
+
+// A legacy tc filter attached inside a namespace is removed by a Detach
+// called from a thread outside it (the router's Close may run anywhere).
+func TestLegacyDetachFromAnotherThread(t *testing.T) {
+	d := loadForTest(t)
+	inPrivateNetns(t, func() error {
+		_, b, err := vethPair()
+		if err != nil {
+			return err
+		}
+		att, err := d.attach(b.Attrs().Index, d.objs.ClassifyIngress, true, true)
+		if err != nil {
+			return fmt.Errorf("attach: %w", err)
+		}
+		// This goroutine holds the namespace's thread locked; another one
+		// runs on a thread of the original namespace.
+		done := make(chan error)
+		go func() { done <- att.Detach() }()
+		if err := <-done; err != nil {
+			return fmt.Errorf("detach: %w", err)
+		}
+		filters, err := netlink.FilterList(b, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return err
+		}
+		if len(filters) != 0 {
+			return fmt.Errorf("%d filters left after a detach from another thread", len(filters))
+		}
+		return nil
+	})
 }
