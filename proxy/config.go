@@ -7,6 +7,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
+	"github.com/raicnet/raic/pkg/replypath"
 )
 
 // Config is the proxy's TOML configuration.
@@ -49,7 +50,7 @@ const (
 	DefaultListen      = "0.0.0.0:4500"
 	DefaultMaxSessions = 10000
 	DefaultSessionIdle = 60 * time.Second
-	DefaultReplyWindow = 2500 * time.Millisecond // routers refresh every path once a second
+	DefaultReplyWindow = replypath.DefaultWindow // routers refresh every path once a second
 	DefaultHelloMaxAge = 30 * time.Second
 	DefaultRatePPS     = clients.DefaultRatePPS
 )

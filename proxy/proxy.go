@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"github.com/raicnet/raic/pkg/clients"
 	"log/slog"
-	"math/bits"
 	"net"
 	"net/http"
 	"net/netip"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/udp"
@@ -43,10 +43,6 @@ const batch = 32
 // maxServerPacket is the largest server packet the proxy carries back (it is
 // X-fragmented on the way); game servers keep theirs under the path MTU.
 const maxServerPacket = 8 << 10
-
-// maxPaths bounds the reply addresses kept per session (one per router uplink,
-// plus room for a NAT rebinding in progress).
-const maxPaths = 8
 
 // Server is a running proxy.
 type Server struct {
@@ -227,23 +223,11 @@ type reader struct {
 	scratch []byte // a copy for authenticating hellos before a session exists
 	hdr     wire.Header
 	hello   wire.Hello
-	sink    pathLearner
-}
-
-// pathLearner forwards a session's decoded packets, but first records the address
-// the completing datagram came from as a live path of the session: the server may
-// answer that very packet at once, and the answer must go over this path too.
-// Only authenticated data reaches Deliver, so only authenticated addresses are
-// learned. One lives in each reader, so passing it allocates nothing.
-type pathLearner struct {
-	ps   *proxySession
-	from netip.AddrPort
-	now  int64
-}
-
-func (l *pathLearner) Deliver(pid uint64, pkt []byte, now int64) {
-	l.ps.touchPath(l.from, l.now)
-	l.ps.Deliver(pid, pkt, now)
+	// sink forwards a session's decoded packets to the server, but first learns
+	// the address the completing datagram came from as a live path: the server
+	// may answer that very packet at once. One lives in each reader, so passing
+	// it allocates nothing.
+	sink replypath.Learner
 }
 
 func (s *Server) readLoop() {
@@ -293,12 +277,12 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		s.m.sessionConflict.Inc()
 		return
 	}
-	r.sink = pathLearner{ps: ps, from: from, now: now}
+	r.sink = replypath.Learner{Paths: &ps.paths, Next: ps, From: from, Now: now}
 	body, err := ps.recv.Receive(dg, h, off, now, &r.sink)
 	switch {
 	case errors.Is(err, tunnel.ErrDuplicate):
 		s.m.duplicate.Inc()
-		ps.refreshPath(from, now)
+		ps.paths.Refresh(from, now)
 		return
 	case err != nil:
 		s.m.authFailed.Inc()
@@ -306,7 +290,7 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	}
 	// Authenticated: this address is a live path of the session (this is also how
 	// a NAT rebinding on the router's side is learned).
-	ps.touchPath(from, now)
+	ps.paths.Learn(from, now)
 	if h.Type == wire.TypeData {
 		ps.noteScheme(h)
 	}
@@ -329,9 +313,7 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		s.sessions.Delete(h.Session)
 		return
 	case wire.TypeKeepalive:
-		if len(body) >= 1 {
-			ps.routerPaths.Store(uint32(min(int(body[0]), maxPaths)))
-		}
+		ps.paths.NoteKeepalive(body)
 	}
 	if h.Flags&wire.FlagHello != 0 && ps.ackDue(now) {
 		var ab [8]byte
@@ -417,19 +399,10 @@ type proxySession struct {
 	upstream *net.UDPConn // connected to target; nil for a control-only session
 	closed   atomic.Bool
 
-	mu      sync.Mutex // guards paths
-	paths   [maxPaths]path
+	paths   replypath.Set // the router addresses replies go to
 	lastAck atomic.Int64
-	applied uint32 // the packed scheme the reply encoder uses; reply pump only
-	// routerPaths is how many paths the router has (from its keepalives): when
-	// fewer are known here, replies get extra copies on the known ones.
-	routerPaths atomic.Uint32
-	scheme      atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
-}
-
-type path struct {
-	addr netip.AddrPort
-	last int64
+	applied uint32        // the packed scheme the reply encoder uses; reply pump only
+	scheme  atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
 }
 
 func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
@@ -467,68 +440,6 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 		return
 	}
 	s.m.forwarded.Inc()
-}
-
-func (ps *proxySession) touchPath(from netip.AddrPort, now int64) {
-	ps.mu.Lock()
-	oldest := 0
-	for i := range ps.paths {
-		p := &ps.paths[i]
-		if p.addr == from {
-			p.last = now
-			ps.mu.Unlock()
-			return
-		}
-		if p.last < ps.paths[oldest].last {
-			oldest = i
-		}
-	}
-	ps.paths[oldest] = path{addr: from, last: now}
-	ps.mu.Unlock()
-}
-
-// livePaths copies the addresses seen within the reply window into out.
-func (ps *proxySession) livePaths(now int64, out *[maxPaths]netip.AddrPort) (n int, lagging uint8) {
-	window := int64(ps.srv.cfg.ReplyWindow.Duration)
-	var last [maxPaths]int64
-	var freshest int64
-	ps.mu.Lock()
-	for i := range ps.paths {
-		p := &ps.paths[i]
-		if p.addr.IsValid() && now-p.last <= window {
-			out[n], last[n] = p.addr, p.last
-			freshest = max(freshest, p.last)
-			n++
-		}
-	}
-	ps.mu.Unlock()
-	for i := 0; i < n; i++ {
-		if freshest-last[i] > int64(lagBehind) {
-			lagging |= 1 << i
-		}
-	}
-	return n, lagging
-}
-
-// lagBehind is how far a path may fall behind the session's freshest one before
-// its replies are also sent over the fresh ones. While the router sends, every
-// path hears from it at the game's packet rate (duplicates count, see
-// refreshPath), so a path this far behind has most likely failed.
-const lagBehind = 400 * time.Millisecond
-
-// refreshPath marks a path already known as heard from now. It is used for
-// datagrams the replay window drops: they prove nothing about their source, so
-// they never add a path, but the router's copies on its slower uplinks arrive
-// as such duplicates, and they show those uplinks still work.
-func (ps *proxySession) refreshPath(from netip.AddrPort, now int64) {
-	ps.mu.Lock()
-	for i := range ps.paths {
-		if p := &ps.paths[i]; p.addr == from {
-			p.last = max(p.last, now)
-			break
-		}
-	}
-	ps.mu.Unlock()
 }
 
 // ackDue limits acks to one per 10 ms per session: a router sends hellos until
@@ -572,8 +483,9 @@ func (ps *proxySession) pumpReplies() {
 func (ps *proxySession) reply(pkt []byte, now int64) {
 	s := ps.srv
 	s.sessions.Get(ps.id, now) // a server reply keeps the session alive too
-	var paths [maxPaths]netip.AddrPort
-	np, lagging := ps.livePaths(now, &paths)
+	var live replypath.Live
+	ps.paths.Live(now, s.cfg.ReplyWindow.Duration, &live)
+	np := live.Len()
 	if np == 0 {
 		s.m.noPath.Inc()
 		return
@@ -585,34 +497,22 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 		return
 	}
 	// Send every copy first; counting comes after. A path lagging behind still
-	// gets its copy (it may only be slow), and one more goes on a fresh path,
-	// as the router does for an uplink that looks down; so does the copy of
-	// each router path never heard from.
+	// gets its copy and one more goes on a fresh path; so does the copy of each
+	// router path never heard from (see replypath.Live.Copies).
 	if len(dgs) == 1 {
-		for i := 0; i < np; i++ {
-			s.sendTo(dgs[0], paths[i])
+		var to [replypath.MaxCopies]netip.AddrPort
+		n, extra := live.Copies(&to)
+		for _, a := range to[:n] {
+			s.sendTo(dgs[0], a)
 		}
-		lag := bits.OnesCount8(lagging)
-		extra := lag + max(int(ps.routerPaths.Load())-np, 0)
-		if extra > 0 && lag < np {
-			next := int(now>>10) % np
-			for sent := 0; sent < extra; next++ {
-				if i := next % np; lagging&(1<<i) == 0 {
-					s.sendTo(dgs[0], paths[i])
-					sent++
-				}
-			}
+		if extra > 0 {
 			s.m.movedCopies.Add(uint64(extra))
 		}
 	} else {
-		var states [maxPaths]raic.UplinkState
-		for i := 0; i < np; i++ {
-			states[i] = raic.UplinkState{Up: lagging&(1<<i) == 0, Weight: 1}
-		}
 		var placement [64]int
-		out := raic.Place(len(dgs), states[:np], placement[:0])
+		out := live.Place(len(dgs), placement[:0])
 		for i, dg := range dgs {
-			s.sendTo(dg, paths[out[i]])
+			s.sendTo(dg, live.Addr(out[i]))
 		}
 	}
 	s.m.replies.Inc()

@@ -1,0 +1,223 @@
+// Package replypath keeps the router paths of one session on the far side of
+// the tunnel, and chooses where each reply goes.
+//
+// A router sends every packet over each of its uplinks; the side that answers
+// (the proxy, or an intermediate towards the routers that use it) sees one
+// source address per uplink and must send each reply back over all of them, so
+// every uplink carries a copy. It learns those addresses only from what it can
+// trust and keeps them only while they are heard from:
+//
+//   - an address is learned from a datagram that authenticated and passed the
+//     replay window (Set.Learn; Learner does it before the packet goes on, since
+//     the far end may answer that very packet at once);
+//   - a duplicate the replay window drops proves nothing about its source, so it
+//     never adds a path, but it refreshes a path already known (Set.Refresh): the
+//     copies on a router's slower uplinks arrive as such duplicates, and they show
+//     those uplinks still work;
+//   - a path not heard from within the reply window is no longer used;
+//   - a path that falls more than LagBehind behind the freshest one has most
+//     likely failed: it still gets its copy, and one more goes on a fresh path;
+//   - the router's keepalives say how many paths it has (Set.NoteKeepalive): for
+//     each one never heard from, a reply gets one more copy on a fresh path.
+//
+// The proxy and the intermediate both answer routers, and both used to keep a
+// copy of this logic; this package is the one place it lives, so a fix reaches
+// both.
+//
+// Everything here is per session and bounded (MaxPaths addresses): one small
+// mutex per session, no global lock, and nothing allocates per packet.
+package replypath
+
+import (
+	"math/bits"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/raicnet/raic/pkg/tunnel"
+	"github.com/raicnet/raic/raic"
+)
+
+// MaxPaths bounds the reply addresses kept per session (one per router uplink,
+// plus room for a NAT rebinding in progress).
+const MaxPaths = 8
+
+// MaxCopies bounds the copies Live.Copies lists for one datagram: each live path
+// once, plus at most one extra copy per lagging path (never all of them) and per
+// router path never heard from.
+const MaxCopies = 2 * MaxPaths
+
+// DefaultWindow is the reply window both answering sides use unless configured
+// otherwise: routers refresh every path once a second (keepalives), so a path
+// silent for 2.5 s has missed two refreshes.
+const DefaultWindow = 2500 * time.Millisecond
+
+// LagBehind is how far a path may fall behind the session's freshest one before
+// its replies are also sent over the fresh ones. While the router sends, every
+// path hears from it at the game's packet rate (duplicates count, see
+// Set.Refresh), so a path this far behind has most likely failed.
+const LagBehind = 400 * time.Millisecond
+
+// Set is the router paths of one session. The zero value is empty and ready.
+type Set struct {
+	mu    sync.Mutex // guards paths
+	paths [MaxPaths]path
+	// routerPaths is how many paths the router has (from its keepalives): when
+	// fewer are known here, replies get extra copies on the known ones.
+	routerPaths atomic.Uint32
+}
+
+type path struct {
+	addr netip.AddrPort
+	last int64
+}
+
+// Learn records from as a live path of the session, heard from at now. Call it
+// only for a datagram that authenticated and passed the replay window (this is
+// also how a NAT rebinding on the router's side is learned). A new address takes
+// the place of the one heard from least recently when the set is full.
+func (s *Set) Learn(from netip.AddrPort, now int64) {
+	s.mu.Lock()
+	oldest := 0
+	for i := range s.paths {
+		p := &s.paths[i]
+		if p.addr == from {
+			p.last = now
+			s.mu.Unlock()
+			return
+		}
+		if p.last < s.paths[oldest].last {
+			oldest = i
+		}
+	}
+	s.paths[oldest] = path{addr: from, last: now}
+	s.mu.Unlock()
+}
+
+// Refresh marks a path already known as heard from at now. It is for datagrams
+// the replay window drops: they prove nothing about their source, so they never
+// add a path, but the router's copies on its slower uplinks arrive as such
+// duplicates, and they show those uplinks still work.
+func (s *Set) Refresh(from netip.AddrPort, now int64) {
+	s.mu.Lock()
+	for i := range s.paths {
+		if p := &s.paths[i]; p.addr == from {
+			p.last = max(p.last, now)
+			break
+		}
+	}
+	s.mu.Unlock()
+}
+
+// NoteKeepalive takes the router's path count from the body of an authenticated
+// keepalive (wire.TypeKeepalive: its first byte, 0 when the router does not say).
+func (s *Set) NoteKeepalive(body []byte) {
+	if len(body) >= 1 {
+		s.routerPaths.Store(uint32(min(int(body[0]), MaxPaths)))
+	}
+}
+
+// RouterPaths returns the router's path count from its last keepalive (0 before
+// one said).
+func (s *Set) RouterPaths() int { return int(s.routerPaths.Load()) }
+
+// Live fills l with the paths heard from within window before now, for one
+// reply.
+func (s *Set) Live(now int64, window time.Duration, l *Live) {
+	var last [MaxPaths]int64
+	var freshest int64
+	n := 0
+	s.mu.Lock()
+	for i := range s.paths {
+		p := &s.paths[i]
+		if p.addr.IsValid() && now-p.last <= int64(window) {
+			l.addrs[n], last[n] = p.addr, p.last
+			freshest = max(freshest, p.last)
+			n++
+		}
+	}
+	s.mu.Unlock()
+	l.n, l.lagging, l.now = n, 0, now
+	for i := 0; i < n; i++ {
+		if freshest-last[i] > int64(LagBehind) {
+			l.lagging |= 1 << i
+		}
+	}
+	l.missing = max(s.RouterPaths()-n, 0)
+}
+
+// Live is the live paths of a session at one moment (see Set.Live): where one
+// reply goes. It is a value meant for the stack of the goroutine sending.
+type Live struct {
+	addrs   [MaxPaths]netip.AddrPort
+	n       int
+	lagging uint8 // bit i: path i lags behind the freshest
+	missing int   // router paths never heard from
+	now     int64
+}
+
+// Len returns the number of live paths; 0 means the reply has nowhere to go.
+func (l *Live) Len() int { return l.n }
+
+// Addr returns live path i.
+func (l *Live) Addr(i int) netip.AddrPort { return l.addrs[i] }
+
+// Lagging reports whether live path i lags behind the freshest one.
+func (l *Live) Lagging(i int) bool { return l.lagging&(1<<i) != 0 }
+
+// Copies lists in out where the copies of a single datagram (RAIC-1) go, and
+// returns how many there are and how many of them are extra. Every live path
+// gets one, first; a path lagging behind still gets its copy (it may only be
+// slow), and one more goes on a fresh path, as the router does for an uplink
+// that looks down; so does the copy of each router path never heard from. The
+// fresh paths take the extra copies in turn, starting at one that changes about
+// once a second.
+func (l *Live) Copies(out *[MaxCopies]netip.AddrPort) (n, extra int) {
+	np := l.n
+	n = copy(out[:], l.addrs[:np])
+	lag := bits.OnesCount8(l.lagging)
+	extra = lag + l.missing
+	if extra == 0 || lag >= np {
+		return n, 0
+	}
+	next := int(l.now>>10) % np
+	for sent := 0; sent < extra; next++ {
+		if i := next % np; l.lagging&(1<<i) == 0 {
+			out[n] = l.addrs[i]
+			n++
+			sent++
+		}
+	}
+	return n, extra
+}
+
+// Place spreads the shards of one coded packet over the live paths, lagging ones
+// counted as down: out[i] (appended to out[:0]) is the index of the path that
+// carries shard i (see raic.Place).
+func (l *Live) Place(shards int, out []int) []int {
+	var states [MaxPaths]raic.UplinkState
+	for i := 0; i < l.n; i++ {
+		states[i] = raic.UplinkState{Up: !l.Lagging(i), Weight: 1}
+	}
+	return raic.Place(shards, states[:l.n], out[:0])
+}
+
+// Learner is a tunnel.Sink that records the address the completing datagram
+// came from as a live path of the session before passing the packet on: the far
+// end may answer that very packet at once, and the answer must go over this path
+// too. Only authenticated data reaches a sink, so only authenticated addresses
+// are learned. Keep one per read goroutine and set it per datagram, so handing
+// it to a receiver allocates nothing.
+type Learner struct {
+	Paths *Set
+	Next  tunnel.Sink
+	From  netip.AddrPort
+	Now   int64 // when the datagram was read
+}
+
+// Deliver implements tunnel.Sink.
+func (l *Learner) Deliver(pid uint64, pkt []byte, now int64) {
+	l.Paths.Learn(l.From, l.Now)
+	l.Next.Deliver(pid, pkt, now)
+}
