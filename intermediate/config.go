@@ -8,6 +8,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
+	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -89,7 +90,7 @@ const (
 	DefaultListen       = "0.0.0.0:4500"
 	DefaultMaxSessions  = 10000
 	DefaultSessionIdle  = 60 * time.Second
-	DefaultReplyWindow  = 5 * time.Second
+	DefaultReplyWindow  = replypath.DefaultWindow // routers refresh every path once a second
 	DefaultHelloMaxAge  = 30 * time.Second
 	DefaultRatePPS      = clients.DefaultRatePPS
 	DefaultPingInterval = 250 * time.Millisecond

@@ -42,6 +42,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/udp"
@@ -52,10 +53,6 @@ import (
 // batch is how many datagrams one read may return. A read never waits to fill
 // it: recvmmsg returns what is queued.
 const batch = 32
-
-// maxPaths bounds the reply addresses kept per session (one per router uplink,
-// plus room for a NAT rebinding in progress).
-const maxPaths = 8
 
 // Server is a running intermediate proxy.
 type Server struct {
@@ -114,7 +111,7 @@ type counters struct {
 	malformed, unknownSession, unknownClient, authFailed, duplicate      *metrics.Counter
 	staleHello, forbiddenTarget, rateLimited, sessionConflict            *metrics.Counter
 	sealErrors, sendErrors, noPath, pongsOut, pongsIn                    *metrics.Counter
-	sessionsCreated, sessionsEvicted, sessionsIdle                       *metrics.Counter
+	sessionsCreated, sessionsEvicted, sessionsIdle, movedCopies          *metrics.Counter
 	sessions                                                             *metrics.Gauge
 }
 
@@ -147,6 +144,7 @@ func newCounters(r *metrics.Registry) counters {
 		sessionsEvicted: r.Counter("intermediate_sessions_evicted_total", "Sessions evicted because the table was full."),
 		sessionsIdle:    r.Counter("intermediate_sessions_expired_total", "Sessions ended after being idle."),
 		sessions:        r.Gauge("intermediate_sessions", "Live relayed sessions."),
+		movedCopies:     r.Counter("intermediate_moved_copies_total", "Extra copies sent to routers on fresh paths for paths lagging behind or never heard from."),
 	}
 }
 
@@ -437,6 +435,10 @@ type reader struct {
 	scratch []byte // a copy for authenticating hellos before a session exists
 	hdr     wire.Header
 	hello   wire.Hello
+	// sink passes a router's decoded packets on to the next hop, but first learns
+	// the address the completing datagram came from as a live path: the answer
+	// may come back at once. Set per datagram, so passing it allocates nothing.
+	sink replypath.Learner
 }
 
 func newReader() *reader {
@@ -513,10 +515,14 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		s.m.sessionConflict.Inc()
 		return
 	}
-	body, err := rl.inRecv.Receive(dg, h, off, now, rl.toNext)
+	r.sink = replypath.Learner{Paths: &rl.paths, Next: rl.toNext, From: from, Now: now}
+	body, err := rl.inRecv.Receive(dg, h, off, now, &r.sink)
 	switch {
 	case errors.Is(err, tunnel.ErrDuplicate):
 		s.m.duplicate.Inc()
+		// A router's copies on its slower uplinks arrive as duplicates: they keep
+		// a path already known fresh, never add one.
+		rl.paths.Refresh(from, now)
 		return
 	case err != nil:
 		s.m.authFailed.Inc()
@@ -524,10 +530,15 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	}
 	// Authenticated: this address is a live path of the session (this is also how
 	// a NAT rebinding on the router's side is learned).
-	rl.touchPath(from, now)
-	if h.Type == wire.TypeData {
+	rl.paths.Learn(from, now)
+	switch h.Type {
+	case wire.TypeData:
 		rl.inScheme.note(h)
 		return
+	case wire.TypeKeepalive:
+		// It says how many paths the router has: replies make up for the ones
+		// never heard from.
+		rl.paths.NoteKeepalive(body)
 	}
 	if rl.outSend == nil {
 		s.answer(r, rl, body, from, now)

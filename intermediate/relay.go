@@ -4,10 +4,10 @@ import (
 	"crypto/cipher"
 	"github.com/raicnet/raic/pkg/clients"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
@@ -45,13 +45,7 @@ type relay struct {
 	closed  atomic.Bool
 	lastAck atomic.Int64
 
-	mu    sync.Mutex // guards paths
-	paths [maxPaths]path
-}
-
-type path struct {
-	addr netip.AddrPort
-	last int64
+	paths replypath.Set // the router addresses replies go to
 }
 
 // newRelay makes the relay of a session a router opened: the router side from
@@ -113,9 +107,9 @@ func (t *toRouter) Deliver(pid uint64, pkt []byte, now int64) {
 	if rl.closed.Load() {
 		return
 	}
-	var paths [maxPaths]netip.AddrPort
-	np := rl.livePaths(now, &paths)
-	if np == 0 {
+	var live replypath.Live
+	rl.paths.Live(now, s.cfg.ReplyWindow.Duration, &live)
+	if live.Len() == 0 {
 		s.m.noPath.Inc()
 		return
 	}
@@ -125,27 +119,29 @@ func (t *toRouter) Deliver(pid uint64, pkt []byte, now int64) {
 		s.m.sealErrors.Inc()
 		return
 	}
-	sendPaths(s, dgs, paths[:np])
+	if len(dgs) == 1 {
+		s.sendBack(&live, dgs[0])
+	} else {
+		var placement [64]int
+		out := live.Place(len(dgs), placement[:0])
+		for i, dg := range dgs {
+			s.sendTo(dg, live.Addr(out[i]))
+		}
+	}
 	s.m.relayedBack.Inc()
 }
 
-// sendPaths sends a packet's datagrams to the router: a single datagram (RAIC-1)
-// to every path, coded shards spread over them.
-func sendPaths(s *Server, dgs [][]byte, paths []netip.AddrPort) {
-	if len(dgs) == 1 {
-		for _, p := range paths {
-			s.sendTo(dgs[0], p)
-		}
-		return
+// sendBack sends a single datagram to the router: a copy to every live path,
+// and for each path lagging behind or never heard from one more on a fresh path
+// (see replypath.Live.Copies).
+func (s *Server) sendBack(live *replypath.Live, dg []byte) {
+	var to [replypath.MaxCopies]netip.AddrPort
+	n, extra := live.Copies(&to)
+	for _, a := range to[:n] {
+		s.sendTo(dg, a)
 	}
-	var states [maxPaths]raic.UplinkState
-	for i := range paths {
-		states[i] = raic.UplinkState{Up: true, Weight: 1}
-	}
-	var placement [64]int
-	out := raic.Place(len(dgs), states[:len(paths)], placement[:0])
-	for i, dg := range dgs {
-		s.sendTo(dg, paths[out[i]])
+	if extra > 0 {
+		s.m.movedCopies.Add(uint64(extra))
 	}
 }
 
@@ -187,9 +183,9 @@ func (s *Server) passBack(r *reader, rl *relay, body []byte, now int64) {
 		pong.Overloaded = pong.Overloaded || s.nextOverloaded()
 		pong.Put(body)
 	}
-	var paths [maxPaths]netip.AddrPort
-	np := rl.livePaths(now, &paths)
-	if np == 0 {
+	var live replypath.Live
+	rl.paths.Live(now, s.cfg.ReplyWindow.Duration, &live)
+	if live.Len() == 0 {
 		s.m.noPath.Inc()
 		return
 	}
@@ -198,9 +194,7 @@ func (s *Server) passBack(r *reader, rl *relay, body []byte, now int64) {
 		s.m.sealErrors.Inc()
 		return
 	}
-	for _, p := range paths[:np] {
-		s.sendTo(dg, p)
-	}
+	s.sendBack(&live, dg)
 	s.m.controlBack.Inc()
 }
 
@@ -217,40 +211,6 @@ func sealPassed(aead cipher.AEAD, snd *tunnel.Sender, buf []byte, t wire.Type, s
 	hl, _ := snd.Hello()
 	hl.UnixMilli = time.Now().UnixMilli()
 	return wire.Seal(aead, buf, &h, &hl, body)
-}
-
-func (rl *relay) touchPath(from netip.AddrPort, now int64) {
-	rl.mu.Lock()
-	oldest := 0
-	for i := range rl.paths {
-		p := &rl.paths[i]
-		if p.addr == from {
-			p.last = now
-			rl.mu.Unlock()
-			return
-		}
-		if p.last < rl.paths[oldest].last {
-			oldest = i
-		}
-	}
-	rl.paths[oldest] = path{addr: from, last: now}
-	rl.mu.Unlock()
-}
-
-// livePaths copies the addresses seen within the reply window into out.
-func (rl *relay) livePaths(now int64, out *[maxPaths]netip.AddrPort) int {
-	window := int64(rl.srv.cfg.ReplyWindow.Duration)
-	n := 0
-	rl.mu.Lock()
-	for i := range rl.paths {
-		p := &rl.paths[i]
-		if p.addr.IsValid() && now-p.last <= window {
-			out[n] = p.addr
-			n++
-		}
-	}
-	rl.mu.Unlock()
-	return n
 }
 
 // ackDue limits acks to one per 10 ms per session: a router sends hellos until

@@ -1,0 +1,142 @@
+package intermediate
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/tunnel"
+	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
+)
+
+// TestRepliesFollowRouterPaths drives one relayed session by hand, on a clock of
+// its own, through the ways a router's two paths behave, and checks where the
+// next hop's answers go back to:
+//
+//   - path B's copies always arrive second (duplicates here), for longer than
+//     the reply window: B still gets every reply, since the duplicates keep it
+//     fresh, and no copy is moved;
+//   - B falls silent: for the first half second or so it lags behind and still
+//     gets its copy, and one more goes on A;
+//   - B stays silent past the reply window: it gets nothing, and since the
+//     router's keepalive said it has two paths, A gets two copies.
+func TestRepliesFollowRouterPaths(t *testing.T) {
+	target := netip.MustParseAddrPort("198.18.41.2:27015")
+	next := newCountingSink(t)
+	pathA, pathB := newCountingSink(t), newCountingSink(t)
+	cfg, err := ParseConfig("intermediate.toml", fmt.Sprintf(`
+listen = "127.0.0.1:0"
+[[client]]
+id = "gamer"
+key = "%s"
+allow = ["%s"]
+rate_pps = 100000000
+burst = 100000000
+[next]
+client_id = "mid1"
+key = "%s"
+proxy = "%s"
+`, routerKey, target, midKeys[0], next.addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ReplyWindow.Duration != 2500*time.Millisecond {
+		t.Fatalf("default reply window %v, want 2.5 s", cfg.ReplyWindow.Duration)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	// The router's side of one game session.
+	salt, _ := wire.NewSalt()
+	id := uint64(mono.Now()) | 1
+	sk, _, _ := wire.DeriveKeys(&routerKey, &salt, id, wire.RoleClient)
+	hello := &wire.Hello{Salt: salt, Target: target}
+	hello.SetClientID("gamer")
+	rs, err := tunnel.NewSender(sk, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seal := func(snd *tunnel.Sender, pkt []byte, now int64) []byte {
+		_, dgs, err := snd.Seal(pkt, now)
+		if err != nil || len(dgs) != 1 {
+			t.Fatalf("seal: %v", err)
+		}
+		return append([]byte(nil), dgs[0]...)
+	}
+	rd := newReader()
+	payload := make([]byte, 100)
+	now := mono.Now()
+
+	s.handle(rd, seal(rs, payload, now), pathA.addr(), now) // opens the relay on A
+	rs.Heard(now)
+	rl, ok := s.relays.Peek(id)
+	if !ok || rl.outSend == nil {
+		t.Fatal("relay not created")
+	}
+	// A keepalive makes B known and says the router has two paths.
+	ka, err := rs.SealControl(make([]byte, wire.MaxDatagram), wire.TypeKeepalive, []byte{2}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.handle(rd, ka, pathB.addr(), now)
+
+	// The next hop's side of the session, answering.
+	outHello, _ := rl.outSend.Hello()
+	psk, _, _ := wire.DeriveKeys(&midKeys[0], &outHello.Salt, rl.outID, wire.RoleServer)
+	ps, err := tunnel.NewSender(psk, rl.outID, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantA, wantB int64
+	moved := 0.0
+	answer := func(what string, toA, toB int64, movedNow float64) {
+		t.Helper()
+		s.fromNext(rd, s.uplinks[0], seal(ps, payload, now), now)
+		wantA, wantB, moved = wantA+toA, wantB+toB, moved+movedNow
+		deadline := time.Now().Add(2 * time.Second)
+		for (pathA.n.Load() < wantA || pathB.n.Load() < wantB) && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond) // anything more would show now
+		if a, b := pathA.n.Load(), pathB.n.Load(); a != wantA || b != wantB {
+			t.Errorf("%s: A received %d, B %d; want %d and %d", what, a, b, wantA, wantB)
+		}
+		if c := counter(s, "intermediate_moved_copies_total"); c != moved {
+			t.Errorf("%s: %v copies moved, want %v", what, c, moved)
+		}
+	}
+	step := int64(10 * time.Millisecond)
+
+	// Six seconds, more than twice the reply window, of packets arriving first
+	// on A and a copy of each 3 ms later on B.
+	for end := now + int64(6*time.Second); now < end; {
+		now += step
+		dg := seal(rs, payload, now)
+		s.handle(rd, dg, pathA.addr(), now)
+		s.handle(rd, dg, pathB.addr(), now+3*int64(time.Millisecond))
+	}
+	if c := counter(s, `intermediate_dropped_total{reason="duplicate"}`); c < 600 {
+		t.Fatalf("%v duplicates counted, want B's 600 copies", c)
+	}
+	answer("copies on B arrive second", 1, 1, 0)
+
+	// B falls silent; after half a second it lags behind A.
+	for end := now + int64(500*time.Millisecond); now < end; {
+		now += step
+		s.handle(rd, seal(rs, payload, now), pathA.addr(), now)
+	}
+	answer("B lags behind", 2, 1, 1)
+
+	// B silent past the reply window: its copy goes on A.
+	for end := now + int64(2500*time.Millisecond); now < end; {
+		now += step
+		s.handle(rd, seal(rs, payload, now), pathA.addr(), now)
+	}
+	answer("B gone", 2, 0, 1)
+}
