@@ -41,7 +41,11 @@ func TestChainKeepsPacketIDs(t *testing.T) {
 				next = m.Addr()
 			}
 			first := newWireWatcher(routerKey)
-			last.ref = first // no traffic yet: set before the router starts
+			// The last tap already runs (it reads ref under mu); no
+			// traffic flows before the router starts.
+			last.mu.Lock()
+			last.ref = first
+			last.mu.Unlock()
 			entry := newTap(t, next, first.watch).addr()
 			r := startRouter(t, server, entry, entry)
 
