@@ -23,57 +23,16 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 	target := netip.MustParseAddrPort("198.18.41.2:27015")
 	next := newCountingSink(t)
 	routerSide := newCountingSink(t)
-	cfg, err := ParseConfig("intermediate.toml", fmt.Sprintf(`
-listen = "127.0.0.1:0"
-[[client]]
-id = "gamer"
-key = "%s"
-allow = ["%s"]
-rate_pps = 100000000
-burst = 100000000
-[next]
-client_id = "mid1"
-key = "%s"
-[[next.uplink]]
-source = "127.0.0.1"
-proxy = "%s"
-[[next.uplink]]
-source = "127.0.0.1"
-proxy = "%s"
-`, routerKey, target, midKeys[0], next.addr(), next.addr()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-
-	// The router's side of one game session.
-	salt, _ := wire.NewSalt()
-	id := uint64(mono.Now()) | 1
-	sk, _, _ := wire.DeriveKeys(&routerKey, &salt, id, wire.RoleClient)
-	hello := &wire.Hello{Salt: salt, Target: target}
-	hello.SetClientID("gamer")
-	rs, err := tunnel.NewSender(sk, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hello)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seal := func(snd *tunnel.Sender, pkt []byte) []byte {
-		_, dgs, err := snd.Seal(pkt, mono.Now())
-		if err != nil || len(dgs) != 1 {
-			t.Fatalf("seal: %v", err)
-		}
-		return append([]byte(nil), dgs[0]...)
-	}
+	h := newHandRelay(t, target, next.addr(), next.addr())
+	s, rs := h.s, h.rs
+	seal := func(snd *tunnel.Sender, pkt []byte) []byte { return h.seal(t, snd, pkt, mono.Now()) }
 	rd := newReader()
 	from := routerSide.addr()
 	payload := make([]byte, 100)
 
 	s.handle(rd, seal(rs, payload), from, mono.Now()) // opens the relay (allocates, once)
 	rs.Heard(mono.Now())
-	rl, ok := s.relays.Peek(id)
+	rl, ok := s.relays.Peek(h.id)
 	if !ok || rl.outSend == nil {
 		t.Fatal("relay not created")
 	}
@@ -165,4 +124,63 @@ func (s *countingSink) waitFor(t testing.TB, n int64) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// handRelay is an intermediate with a game session the test drives by hand:
+// the router's sender for it (its first datagram not sent yet) and a helper
+// that seals one datagram.
+type handRelay struct {
+	s  *Server
+	rs *tunnel.Sender // the router's side of the session
+	id uint64
+}
+
+// newHandRelay starts an intermediate that forwards target's sessions to the
+// next hop on one uplink per address in next.
+func newHandRelay(t *testing.T, target netip.AddrPort, next ...netip.AddrPort) *handRelay {
+	t.Helper()
+	conf := fmt.Sprintf(`
+listen = "127.0.0.1:0"
+[[client]]
+id = "gamer"
+key = "%s"
+allow = ["%s"]
+rate_pps = 100000000
+burst = 100000000
+[next]
+client_id = "mid1"
+key = "%s"
+`, routerKey, target, midKeys[0])
+	for _, n := range next {
+		conf += fmt.Sprintf("[[next.uplink]]\nsource = \"127.0.0.1\"\nproxy = \"%s\"\n", n)
+	}
+	cfg, err := ParseConfig("intermediate.toml", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	salt, _ := wire.NewSalt()
+	id := uint64(mono.Now()) | 1
+	sk, _, _ := wire.DeriveKeys(&routerKey, &salt, id, wire.RoleClient)
+	hello := &wire.Hello{Salt: salt, Target: target}
+	hello.SetClientID("gamer")
+	rs, err := tunnel.NewSender(sk, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &handRelay{s: s, rs: rs, id: id}
+}
+
+// seal seals pkt as one datagram of snd at now and returns a copy of it.
+func (h *handRelay) seal(t *testing.T, snd *tunnel.Sender, pkt []byte, now int64) []byte {
+	t.Helper()
+	_, dgs, err := snd.Seal(pkt, now)
+	if err != nil || len(dgs) != 1 {
+		t.Fatalf("seal: %v", err)
+	}
+	return append([]byte(nil), dgs[0]...)
 }

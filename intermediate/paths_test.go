@@ -1,7 +1,6 @@
 package intermediate
 
 import (
-	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -27,55 +26,19 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	target := netip.MustParseAddrPort("198.18.41.2:27015")
 	next := newCountingSink(t)
 	pathA, pathB := newCountingSink(t), newCountingSink(t)
-	cfg, err := ParseConfig("intermediate.toml", fmt.Sprintf(`
-listen = "127.0.0.1:0"
-[[client]]
-id = "gamer"
-key = "%s"
-allow = ["%s"]
-rate_pps = 100000000
-burst = 100000000
-[next]
-client_id = "mid1"
-key = "%s"
-proxy = "%s"
-`, routerKey, target, midKeys[0], next.addr()))
-	if err != nil {
-		t.Fatal(err)
+	h := newHandRelay(t, target, next.addr())
+	if h.s.cfg.ReplyWindow.Duration != 2500*time.Millisecond {
+		t.Fatalf("default reply window %v, want 2.5 s", h.s.cfg.ReplyWindow.Duration)
 	}
-	if cfg.ReplyWindow.Duration != 2500*time.Millisecond {
-		t.Fatalf("default reply window %v, want 2.5 s", cfg.ReplyWindow.Duration)
-	}
-	s, err := New(cfg, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-
-	// The router's side of one game session.
-	salt, _ := wire.NewSalt()
-	id := uint64(mono.Now()) | 1
-	sk, _, _ := wire.DeriveKeys(&routerKey, &salt, id, wire.RoleClient)
-	hello := &wire.Hello{Salt: salt, Target: target}
-	hello.SetClientID("gamer")
-	rs, err := tunnel.NewSender(sk, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hello)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seal := func(snd *tunnel.Sender, pkt []byte, now int64) []byte {
-		_, dgs, err := snd.Seal(pkt, now)
-		if err != nil || len(dgs) != 1 {
-			t.Fatalf("seal: %v", err)
-		}
-		return append([]byte(nil), dgs[0]...)
-	}
+	s, rs := h.s, h.rs
+	seal := func(snd *tunnel.Sender, pkt []byte, now int64) []byte { return h.seal(t, snd, pkt, now) }
 	rd := newReader()
 	payload := make([]byte, 100)
 	now := mono.Now()
 
 	s.handle(rd, seal(rs, payload, now), pathA.addr(), now) // opens the relay on A
 	rs.Heard(now)
-	rl, ok := s.relays.Peek(id)
+	rl, ok := s.relays.Peek(h.id)
 	if !ok || rl.outSend == nil {
 		t.Fatal("relay not created")
 	}
