@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/raicnet/raic/integration/cmd/suppressbench/bed"
 	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/integration/netns"
 )
@@ -213,26 +214,9 @@ ecn = true
 	defer func() { bcancel(); bulk.Wait() }()
 	bulkStart := time.Now()
 	for i := 0; i < tsBulkFlows; i++ {
-		var c net.Conn
-		if err := b.g.LAN.Do(func() (err error) {
-			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(netns.InternetAddr, tsBulkPort).String(), 5*time.Second)
-			return err
-		}); err != nil {
-			t.Fatalf("bulk flow: %v", err)
+		if err := bed.Saturate(bctx, b.g.LAN, netip.AddrPortFrom(netns.InternetAddr, tsBulkPort), &bulk); err != nil {
+			t.Fatal(err)
 		}
-		c.(*net.TCPConn).SetLinger(0)
-		bulk.Add(1)
-		go func() {
-			defer bulk.Done()
-			defer c.Close()
-			go func() { <-bctx.Done(); c.Close() }()
-			buf := make([]byte, 64<<10)
-			for {
-				if _, err := c.Write(buf); err != nil {
-					return
-				}
-			}
-		}()
 	}
 	time.Sleep(time.Until(bulkStart.Add(settle)))
 	sunk0, t0 := sunk.Load(), time.Now()

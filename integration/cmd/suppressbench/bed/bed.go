@@ -400,28 +400,9 @@ func (b *Bed) Run(ctx context.Context, o Options) (*Result, error) {
 				h  *netns.Host
 				to netip.AddrPort
 			}{{g.LAN, netip.AddrPortFrom(netns.InternetAddr, uploadPort)}, {g.Internet, netip.AddrPortFrom(netns.LANAddr, dlPort)}} {
-				var c net.Conn
-				if err := s.h.Do(func() (err error) {
-					c, err = net.DialTimeout("tcp4", s.to.String(), 5*time.Second)
-					return err
-				}); err != nil {
-					return nil, fmt.Errorf("bulk flow to %v: %w", s.to, err)
+				if err := Saturate(bctx, s.h, s.to, &bwg); err != nil {
+					return nil, err
 				}
-				// Closing must discard what is still queued: a closed socket
-				// would otherwise go on sending its buffer into the next run.
-				c.(*net.TCPConn).SetLinger(0)
-				bwg.Add(1)
-				go func() {
-					defer bwg.Done()
-					defer c.Close()
-					go func() { <-bctx.Done(); c.Close() }()
-					buf := make([]byte, 64<<10)
-					for {
-						if _, err := c.Write(buf); err != nil {
-							return
-						}
-					}
-				}()
 			}
 		}
 	}
@@ -476,4 +457,32 @@ func (b *Bed) lineBytes() (up, down uint64) {
 		return nil
 	})
 	return up, down
+}
+
+// Saturate opens a TCP connection from host h to to and writes to it as fast
+// as it will take until ctx ends; wg counts the writer until it has stopped.
+func Saturate(ctx context.Context, h *netns.Host, to netip.AddrPort, wg *sync.WaitGroup) error {
+	var c net.Conn
+	if err := h.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp4", to.String(), 5*time.Second)
+		return err
+	}); err != nil {
+		return fmt.Errorf("bulk flow to %v: %w", to, err)
+	}
+	// Closing must discard what is still queued: a closed socket would
+	// otherwise go on sending its buffer into the next measurement.
+	c.(*net.TCPConn).SetLinger(0)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer c.Close()
+		go func() { <-ctx.Done(); c.Close() }()
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	return nil
 }
