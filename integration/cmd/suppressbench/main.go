@@ -131,11 +131,12 @@ Notes:
 
 - Goodput is TCP payload delivered to the receiving application; the line
   rate counts Ethernet frames, so TCP payload is at most 95.6% of it. The
-  uploads also share the 5 Mbit/s with the game and with the ACKs of the
-  downloads (about 0.4 Mbit/s while the downloads run at 18 Mbit/s), so the
-  ceiling for upload goodput is about 85% of the line with the cap at the
-  line rate. In the run without suppression the downloads starve (their ACKs
-  wait behind 250 ms of uploads), which is why the upload reaches more there.
+  uploads also share the 5 Mbit/s with the game (0.1 Mbit/s), with the ACKs
+  of the downloads (0.4 Mbit/s and more while they run at 18 Mbit/s) and with
+  their own retransmissions: the "line use" column shows how full the line
+  was, the goodput columns what the applications got. In the run without
+  suppression the downloads starve (their ACKs wait behind 250 ms of
+  uploads), which is why the upload reaches more there.
 - The bulk server is 20 ms away (a link emulator on its path, -bulk-rtt); the
   game's proxy sits next to the ISP. Over a sub-millisecond path TCP behaves
   unlike on any real line: four flows at their minimum windows already hold
@@ -153,11 +154,10 @@ Notes:
   ecn_deficit_time, marked CE with a probability that grows with the deficit,
   and is dropped beyond it. The line's queue therefore stays within
   burst_time + ecn_deficit_time of traffic (at least two packets).
-- The trade-off: a deeper deficit buys the upload a few percent and costs the
-  game latency in proportion. With a deficit of 3 packets instead of 1 the
-  upload reached 77-78% and the game's upload delay p99 6-8 ms; with 5
-  packets, 78% and 13-14 ms. The upload's ceiling above, not the deficit,
-  is what holds it under 80%.
+- The trade-off: deeper buckets fill the upload line but not the gap above,
+  and cost the game in proportion. -only-on -runs 1:5ms:3ms,1:10ms:5ms gave
+  uploads of 77% and 78% of the line with the line 100% full, and game RTT
+  p99s of 14.7 and 45.4 ms.
 - The runs share two CPU cores with whatever else runs on the host; a busy
   host shows as a higher p99 in every row, the idle one included.
 `
