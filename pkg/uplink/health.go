@@ -25,8 +25,16 @@ import (
 type HealthConfig struct {
 	PingInterval time.Duration // default 100ms
 	DownAfter    time.Duration // default 300ms: down when no pong arrived within this long while pings were outstanding
-	MinRTTWindow time.Duration // default 10s: how long a minimum RTT (or one-way delay) sample is remembered
-	LossGain     float64       // default 1/16: EWMA gain of the loss estimate per ping
+	MinRTTWindow time.Duration // default 10s: how long a minimum RTT sample is remembered
+	// OWDWindow (default 30s) is how long a minimum one-way delay is
+	// remembered. The queueing delay of a direction is measured against it,
+	// so it must outlast a queue that stays full for a while (bufferbloat
+	// before suppression acts), or the queue becomes the new minimum and
+	// stops showing; and it must be short against the drift between the two
+	// ends' clocks (NTP-disciplined monotonic clocks drift well under 10 ppm,
+	// 0.3 ms in 30 s).
+	OWDWindow time.Duration
+	LossGain  float64 // default 1/16: EWMA gain of the loss estimate per ping
 }
 
 // Stats is a snapshot of a Health.
@@ -45,7 +53,7 @@ type Stats struct {
 	// are not synchronised, so the raw values hold an unknown constant offset
 	// (+offset up, -offset down) and may be negative; only their changes mean
 	// anything. UpQueue and DownQueue are the latest raw value over its own
-	// minimum within MinRTTWindow: the queueing delay of that direction, with
+	// minimum within OWDWindow: the queueing delay of that direction, with
 	// the offset cancelled.
 	OWDSamples uint64        // pongs that gave a one-way sample
 	UpOWD      time.Duration // latest raw peerTime - sentAt
@@ -77,6 +85,7 @@ type Health struct {
 	interval  int64
 	downAfter int64
 	minWin    int64
+	owdWin    int64
 	lossGain  float64
 
 	// Published state, read without locks.
@@ -120,6 +129,9 @@ func NewHealth(cfg HealthConfig) *Health {
 	if cfg.MinRTTWindow <= 0 {
 		cfg.MinRTTWindow = 10 * time.Second
 	}
+	if cfg.OWDWindow <= 0 {
+		cfg.OWDWindow = 30 * time.Second
+	}
 	if cfg.LossGain <= 0 || cfg.LossGain > 1 {
 		cfg.LossGain = 1.0 / 16
 	}
@@ -127,6 +139,7 @@ func NewHealth(cfg HealthConfig) *Health {
 		interval:  int64(cfg.PingInterval),
 		downAfter: int64(cfg.DownAfter),
 		minWin:    int64(cfg.MinRTTWindow),
+		owdWin:    int64(cfg.OWDWindow),
 		lossGain:  cfg.LossGain,
 	}
 	h.pendingSince.Store(none)
@@ -206,8 +219,8 @@ func (h *Health) OnPong(seq uint32, sentAt, peerTime, now int64) {
 			// Each difference mixes one direction's delay with the clock
 			// offset; against its own windowed minimum the offset cancels,
 			// so a queue in one direction shows in that direction only.
-			h.owdUp.sample(peerTime-sentAt, h.minWin, now)
-			h.owdDown.sample(now-peerTime, h.minWin, now)
+			h.owdUp.sample(peerTime-sentAt, h.owdWin, now)
+			h.owdDown.sample(now-peerTime, h.owdWin, now)
 			h.owdSamples.Add(1)
 		}
 	}

@@ -528,7 +528,7 @@ func TestOneWayDelays(t *testing.T) {
 }
 
 // TestOneWayMinimumFollowsTheWindow: a delay that stays up longer than
-// MinRTTWindow becomes the new minimum, as with MinRTT (a route change).
+// OWDWindow becomes the new minimum, as with MinRTT (a route change).
 func TestOneWayMinimumFollowsTheWindow(t *testing.T) {
 	extra := int64(0)
 	l := &owdLink{
@@ -542,7 +542,13 @@ func TestOneWayMinimumFollowsTheWindow(t *testing.T) {
 	if st := l.h.Stats(l.now); st.DownQueue != 25*time.Millisecond || st.UpQueue != 0 {
 		t.Fatalf("within the window: %+v", st)
 	}
-	l.run(12000 * ms)
+	// The default window outlasts a 10 s queue…
+	l.run(5000 * ms)
+	if st := l.h.Stats(l.now); st.DownQueue != 25*time.Millisecond {
+		t.Fatalf("10 s into a standing queue: down queue %v, want 25ms", st.DownQueue)
+	}
+	// …but not a standing one (a route change).
+	l.run(30000 * ms)
 	if st := l.h.Stats(l.now); st.DownQueue != 0 || st.UpQueue != 0 {
 		t.Fatalf("after the window: %+v", st)
 	}
