@@ -16,12 +16,15 @@
 // deduplicates, and a packet's ID names the same packet on every hop. Control
 // messages of a relayed session (ping, probe, close one way; pong, ack, probe
 // reply, close the other) are passed through the same way, with their IDs.
-// Because of that the intermediate originates no datagram on a relayed session
-// while it runs: every ID it seals on one side is an ID the other side used
-// once, which keeps the nonce rule (package wire) without coordination. (When it
-// stops, it closes each session at the next hop under the ID after the highest
-// it used, once nothing else can seal there.) Its own keepalives and probes
-// towards the next hop travel on a control session of their own.
+// Because of that every ID the intermediate seals on one side while it runs is
+// an ID the other side used once, which keeps the nonce rule (package wire)
+// without coordination. The one message of its own on a relayed session, a
+// keepalive on each of its uplinks so the next hop learns them all as reply
+// paths, takes the ID of a router keepalive, which is never passed on (see
+// keepNextPathAlive). (When it stops, it closes each session at the next hop
+// under the ID after the highest it used, once nothing else can seal there.) Its
+// own pings and probes towards the next hop travel on a control session of their
+// own.
 package intermediate
 
 import (
@@ -112,6 +115,7 @@ type counters struct {
 	staleHello, forbiddenTarget, rateLimited, sessionConflict            *metrics.Counter
 	sealErrors, sendErrors, noPath, pongsOut, pongsIn                    *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle, movedCopies          *metrics.Counter
+	keepalivesSent                                                       *metrics.Counter
 	sessions                                                             *metrics.Gauge
 }
 
@@ -145,6 +149,7 @@ func newCounters(r *metrics.Registry) counters {
 		sessionsIdle:    r.Counter("intermediate_sessions_expired_total", "Sessions ended after being idle."),
 		sessions:        r.Gauge("intermediate_sessions", "Live relayed sessions."),
 		movedCopies:     r.Counter("intermediate_moved_copies_total", "Extra copies sent to routers on fresh paths for paths lagging behind or never heard from."),
+		keepalivesSent:  r.Counter("intermediate_keepalives_sent_total", "Keepalives sent to the next hop on relayed sessions, each on one uplink."),
 	}
 }
 
@@ -548,8 +553,9 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	case wire.TypePing, wire.TypeProbe, wire.TypeClose:
 		s.passOut(r, rl, body, now)
 	case wire.TypeKeepalive:
-		// It refreshed the path it came on; the next hop's paths are this
-		// intermediate's own business.
+		// It refreshed the path it came on; its packet ID carries one of this
+		// intermediate's own keepalives on towards the next hop.
+		s.keepNextPathAlive(r, rl, now)
 	default:
 		s.m.malformed.Inc()
 	}

@@ -32,6 +32,9 @@ type relay struct {
 	outSend *tunnel.Sender
 	outSeal cipher.AEAD   // for control messages passed on with the router's IDs
 	outMax  atomic.Uint64 // the highest packet ID sealed towards the next hop
+	// kaNext picks the uplink of the next keepalive towards the next hop (see
+	// keepNextPathAlive). Only the router side's read loop touches it.
+	kaNext uint32
 
 	// The sinks of the two receivers, made once so that handing them to Receive
 	// does not allocate.
@@ -161,6 +164,42 @@ func (s *Server) passOut(r *reader, rl *relay, body []byte, now int64) {
 	s.sendCopies(dg)
 	rl.noteOut(r.hdr.Packet)
 	s.m.controlOut.Inc()
+}
+
+// keepNextPathAlive sends the next hop one keepalive of the relayed session for
+// a router's keepalive on it (r.hdr), under the router's packet ID, on the next
+// uplink in turn. Its body says how many uplinks this intermediate has.
+//
+// The next hop learns this intermediate's paths as the proxy learns a router's:
+// only from datagrams that pass its replay window, so an uplink whose data copies
+// always arrive second is never learned from data, and it needs keepalives of
+// its own, each under an ID of its own, as the router sends. The IDs are the
+// catch: this session's IDs are the router's (kept end to end), and a fresh one
+// (Sender.SealControl) is one the router will use next: the next hop would drop
+// that packet as a replay, and were it a control message passed on, its nonce
+// would be sealed twice (see sealPassed). A router keepalive's
+// ID is used once by the router and never passed on, so it is free here; and the
+// router sends one per path at the session's start and once a second, which is
+// the cadence wanted. With at least as many router paths as uplinks every uplink
+// gets one each round; with fewer, they take turns.
+//
+// It runs on the router side's read loop, the only goroutine sealing towards
+// the next hop (which closeAtNext relies on), and allocates nothing (r.ctrl).
+func (s *Server) keepNextPathAlive(r *reader, rl *relay, now int64) {
+	if rl.closed.Load() {
+		return
+	}
+	body := [1]byte{byte(len(s.uplinks))}
+	dg, err := sealPassed(rl.outSeal, rl.outSend, r.ctrl, wire.TypeKeepalive, rl.outID, r.hdr.Packet, body[:], now)
+	if err != nil {
+		s.m.sealErrors.Inc()
+		return
+	}
+	u := s.uplinks[rl.kaNext%uint32(len(s.uplinks))]
+	rl.kaNext++
+	s.sendOn(u, dg)
+	rl.noteOut(r.hdr.Packet)
+	s.m.keepalivesSent.Inc()
 }
 
 // noteOut records a packet ID sealed towards the next hop. Only the router
