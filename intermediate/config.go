@@ -67,6 +67,8 @@ type NextConfig struct {
 	// Proxy is the next hop's address; an uplink may override it.
 	Proxy string `toml:"proxy"`
 	// CopiesPerUplink sends each RAIC-1 datagram this many times on each uplink.
+	// The keepalives tell the next hop, which sends its single-datagram
+	// replies as many times on each path.
 	CopiesPerUplink int `toml:"copies_per_uplink"`
 	// PingInterval is how often each uplink's keepalive goes out; it measures the
 	// RTT to the next hop and keeps NAT mappings on the way open.

@@ -541,7 +541,8 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		rl.inScheme.note(h)
 		return
 	case wire.TypeKeepalive:
-		// It says how many paths the router has: replies make up for the ones
+		// It says how many paths the router has, and how many copies it sends on
+		// each: replies get as many on each path, and make up for the paths
 		// never heard from.
 		rl.paths.NoteKeepalive(body)
 	}

@@ -17,9 +17,10 @@ import (
 // TestKeepalivesOnEveryUplink drives a relayed session by hand with three
 // next-hop uplinks and checks what the router's keepalives turn into: each
 // uplink gets a keepalive of the session at the next hop, which opens with the
-// next hop's key, carries the hello, says three paths, and uses the packet ID of
-// a router keepalive. With three router paths that takes one round; with one,
-// the uplinks take turns over three. Everything each uplink carried then goes
+// next hop's key, carries the hello, says three paths and the intermediate's
+// copies per uplink, and uses the packet ID of a router keepalive. With three
+// router paths that takes one round; with one, the uplinks take turns over
+// three (and the intermediate sends two copies per uplink). Everything each uplink carried then goes
 // through one next-hop receiver, as at the next hop: every data packet is
 // delivered and every keepalive accepted, which a keepalive under an ID of the
 // router's data would break.
@@ -36,6 +37,11 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 			}
 			h := newHandRelay(t, target, addrs[:]...)
 			s, rs := h.s, h.rs
+			copies := 1
+			if routerPaths == 1 {
+				copies = 2
+			}
+			s.cfg.Next.CopiesPerUplink = copies
 			rd := newReader()
 			from := newCountingSink(t).addr()
 			pkt := make([]byte, 100)
@@ -81,7 +87,7 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 				for _, u := range ups {
 					n += u.len()
 				}
-				return n == uplinks*dataPackets+keepalives
+				return n == uplinks*dataPackets*copies+keepalives
 			})
 			if c := counter(s, "intermediate_keepalives_sent_total"); c != float64(keepalives) {
 				t.Errorf("intermediate_keepalives_sent_total = %v, want %d", c, keepalives)
@@ -122,8 +128,8 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 						t.Errorf("uplink %d: the next hop refuses the keepalive under ID %d: %v", i, hdr.Packet, err)
 					case isKA:
 						accepted++
-						if len(body) != 1 || body[0] != uplinks {
-							t.Errorf("uplink %d: keepalive body %v, want [%d]", i, body, uplinks)
+						if len(body) != 2 || body[0] != uplinks || int(body[1]) != copies {
+							t.Errorf("uplink %d: keepalive body %v, want [%d %d]", i, body, uplinks, copies)
 						}
 					}
 				}
@@ -142,8 +148,8 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 // intermediate (two uplinks) → proxy → echo server on loopback, with the
 // intermediate's second uplink 10 ms slower for data, so the proxy drops each of
 // its data copies as a duplicate. The intermediate's keepalives must reach the
-// proxy on both uplinks about once a second (saying two paths), and so the proxy
-// must answer on the slow uplink too.
+// proxy on both uplinks about once a second (saying two paths, one copy each),
+// and so the proxy must answer on the slow uplink too.
 func TestKeepalivesKeepSlowUplinkInReplies(t *testing.T) {
 	server, _ := echoServer(t)
 	p := startProxy(t, "mid1", midKeys[0], server)
@@ -296,8 +302,8 @@ func (tp *kaTap) watchUp(dg []byte) bool {
 	switch {
 	case err != nil:
 		hop.bad = fmt.Sprintf("keepalive %d does not open with the proxy's key: %v", h.Packet, err)
-	case len(body) != 1 || body[0] != 2:
-		hop.bad = fmt.Sprintf("keepalive body %v, want [2]", body)
+	case len(body) != 2 || body[0] != 2 || body[1] != 1:
+		hop.bad = fmt.Sprintf("keepalive body %v, want [2 1]", body)
 	default:
 		tp.mu.Lock()
 		tp.times[h.Session] = append(tp.times[h.Session], time.Now())

@@ -168,7 +168,9 @@ func (s *Server) passOut(r *reader, rl *relay, body []byte, now int64) {
 
 // keepNextPathAlive sends the next hop one keepalive of the relayed session for
 // a router's keepalive on it (r.hdr), under the router's packet ID, on the next
-// uplink in turn. Its body says how many uplinks this intermediate has.
+// uplink in turn. Its body says how many uplinks this intermediate has and how
+// many copies of each single datagram it sends on each (next.copies_per_uplink),
+// so the next hop's replies get as many.
 //
 // The next hop learns this intermediate's paths as the proxy learns a router's:
 // only from datagrams that pass its replay window, so an uplink whose data copies
@@ -189,7 +191,7 @@ func (s *Server) keepNextPathAlive(r *reader, rl *relay, now int64) {
 	if rl.closed.Load() {
 		return
 	}
-	body := [1]byte{byte(len(s.uplinks))}
+	body := [2]byte{byte(len(s.uplinks)), byte(s.cfg.Next.CopiesPerUplink)}
 	dg, err := sealPassed(rl.outSeal, rl.outSend, r.ctrl, wire.TypeKeepalive, rl.outID, r.hdr.Packet, body[:], now)
 	if err != nil {
 		s.m.sealErrors.Inc()

@@ -479,7 +479,8 @@ func (ps *proxySession) pumpReplies() {
 }
 
 // reply codes one server packet and sends it over every live path of the
-// session: a single datagram (RAIC-1) to each path, shards spread over them.
+// session: a single datagram (RAIC-1) to each path, as many times as the
+// router's keepalives say it sends on each, shards spread over them once each.
 func (ps *proxySession) reply(pkt []byte, now int64) {
 	s := ps.srv
 	s.sessions.Get(ps.id, now) // a server reply keeps the session alive too
@@ -497,14 +498,16 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 		return
 	}
 	// Send every copy first; counting comes after. A path lagging behind still
-	// gets its copy and one more goes on a fresh path; so does the copy of each
-	// router path never heard from (see replypath.Live.Copies).
+	// gets its copies and as many more go on fresh paths; so do the copies of
+	// each router path never heard from (see replypath.Live.Copies).
+	sent := len(dgs)
 	if len(dgs) == 1 {
 		var to [replypath.MaxCopies]netip.AddrPort
 		n, extra := live.Copies(&to)
 		for _, a := range to[:n] {
 			s.sendTo(dgs[0], a)
 		}
+		sent = n
 		if extra > 0 {
 			s.m.movedCopies.Add(uint64(extra))
 		}
@@ -516,7 +519,7 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 		}
 	}
 	s.m.replies.Inc()
-	s.m.replyDatagrams.Add(uint64(len(dgs) * np))
+	s.m.replyDatagrams.Add(uint64(sent))
 }
 
 // noteScheme remembers the RAIC scheme of a data shard from the router, so the

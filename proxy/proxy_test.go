@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
@@ -297,5 +298,95 @@ func TestClientRateLimit(t *testing.T) {
 	server.expectNothing(t, 200*time.Millisecond, "server beyond the burst")
 	if got := counter(p, `proxy_dropped_total{reason="rate_limited"}`); got != 15 {
 		t.Fatalf("rate_limited = %v, want 15", got)
+	}
+}
+
+// TestRepliesCopiesPerPath: the router's keepalives say it sends two copies of
+// each datagram on each of its two paths, so each single-datagram reply goes
+// twice on each path. A keepalive of one byte (an older router) means one copy,
+// and coded replies spread their shards once each whatever the keepalives say.
+func TestRepliesCopiesPerPath(t *testing.T) {
+	server := newPeer(t)
+	p := startTestProxy(t, server.addr().String(), "")
+	r := newFakeRouter(t, goodKey, server.addr())
+	r.sendTo(t, r.seal(t, []byte("a")), p.Addr())
+	_, upstream := server.expectFrom(t, "first packet")
+	r.sock.expect(t, "ack")
+	r.send.Heard(mono.Now()) // acked: no more hellos
+
+	second := newPeer(t)
+	ps, ok := p.sessions.Peek(r.send.Session())
+	if !ok {
+		t.Fatal("session not created")
+	}
+	keepalive := func(body []byte, copies int) {
+		t.Helper()
+		before := counter(p, "proxy_received_total")
+		buf := make([]byte, wire.MaxDatagram)
+		for _, from := range []*net.UDPConn{r.sock.conn, second.conn} {
+			dg, err := r.send.SealControl(buf, wire.TypeKeepalive, body, mono.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := from.WriteToUDPAddrPort(dg, p.Addr()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Keepalives are never answered: wait until the proxy has taken both
+		// (the second path learned, the copies noted).
+		waitUntil(t, func() bool {
+			var l replypath.Live
+			ps.paths.Live(mono.Now(), replypath.DefaultWindow, &l)
+			return counter(p, "proxy_received_total") >= before+2 && l.Len() == 2 && ps.paths.CopiesPerPath() == copies
+		})
+	}
+	// dataOn counts the reply datagrams that reach peer within a short while.
+	dataOn := func(peer *udpPeer) int {
+		n := 0
+		for {
+			select {
+			case b := <-peer.got:
+				<-peer.from
+				var h wire.Header
+				if _, err := wire.Parse(b, &h, nil); err == nil && h.Type == wire.TypeData {
+					n++
+				}
+			case <-time.After(200 * time.Millisecond):
+				return n
+			}
+		}
+	}
+	reply := func(what string, want int) {
+		t.Helper()
+		server.conn.WriteToUDPAddrPort([]byte("reply"), upstream)
+		if a, b := dataOn(r.sock), dataOn(second); a != want || b != want {
+			t.Errorf("%s: the paths received %d and %d datagrams, want %d each", what, a, b, want)
+		}
+	}
+
+	keepalive([]byte{2, 2}, 2)
+	reply("two copies per path", 2)
+	keepalive([]byte{2}, 1)
+	reply("a one-byte keepalive", 1)
+	keepalive([]byte{2, 9}, 4)
+	reply("copies out of range", 4)
+
+	// A coded scheme: the router's data says RAIC-5 (2+1), and the reply's
+	// three shards go once each over the two paths.
+	keepalive([]byte{2, 2}, 2)
+	if err := r.send.SetParams(raic.Params{Scheme: raic.SchemeXOR, K: 2, M: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, dgs, err := r.send.Seal([]byte("coded"), mono.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dg := range dgs {
+		r.sendTo(t, dg, p.Addr())
+	}
+	server.expect(t, "coded packet")
+	server.conn.WriteToUDPAddrPort([]byte("reply"), upstream)
+	if a, b := dataOn(r.sock), dataOn(second); a+b != 3 {
+		t.Errorf("coded reply: the paths received %d and %d shards, want 3 in all", a, b)
 	}
 }

@@ -94,6 +94,7 @@ type fakeProxy struct {
 	sessions   map[uint64]*fakeSession
 	data       map[uint64]int // data datagrams per session with a target
 	closed     map[uint64]bool
+	keepalives map[uint64][][]byte // keepalive bodies per session, in arrival order
 }
 
 type fakeSession struct {
@@ -110,7 +111,8 @@ func newFakeProxy(t *testing.T, key wire.Key, serverRTT time.Duration) *fakeProx
 		t.Fatal(err)
 	}
 	p := &fakeProxy{t: t, key: key, conn: c, serverRTT: serverRTT, allowed: true,
-		sessions: map[uint64]*fakeSession{}, data: map[uint64]int{}, closed: map[uint64]bool{}}
+		sessions: map[uint64]*fakeSession{}, data: map[uint64]int{}, closed: map[uint64]bool{},
+		keepalives: map[uint64][][]byte{}}
 	go p.serve()
 	t.Cleanup(func() { c.Close() })
 	return p
@@ -178,6 +180,8 @@ func (p *fakeProxy) serve() {
 			p.data[h.Session]++
 		case wire.TypeClose:
 			p.closed[h.Session] = true
+		case wire.TypeKeepalive:
+			p.keepalives[h.Session] = append(p.keepalives[h.Session], append([]byte(nil), body...))
 		case wire.TypePing:
 			var ping wire.Ping
 			if wire.ParsePing(body, &ping) == nil {
@@ -581,5 +585,61 @@ server = "198.18.41.2:27015"
 	}
 	if sent[2] > 3 {
 		t.Errorf("the standby proxy got %d keepalives in 1.5 s, want at most 3 (one a second)", sent[2])
+	}
+}
+
+// TestKeepaliveSaysPathsAndCopies: the keepalives of a game session say how
+// many paths the router has and how many copies of each datagram it sends on
+// each (copies_per_uplink), so the proxy's replies get as many.
+func TestKeepaliveSaysPathsAndCopies(t *testing.T) {
+	key := wire.Key{5}
+	px := newFakeProxy(t, key, 10*time.Millisecond)
+	server := netip.MustParseAddrPort("198.18.41.2:27015")
+	cfg, err := ParseConfig("router.toml", fmt.Sprintf(`
+client_id = "gamer"
+key = "%s"
+copies_per_uplink = 3
+[[uplink]]
+source = "127.0.0.1"
+[[uplink]]
+source = "127.0.0.1"
+[[proxy]]
+name = "a"
+address = "%s"
+[[forward]]
+listen = "127.0.0.1:0"
+server = "%s"
+`, key, px.addr(), server))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	game, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer game.Close()
+	var bodies [][]byte
+	waitUntil(t, 3*time.Second, "keepalives of the game session on both paths", func() bool {
+		game.WriteToUDPAddrPort([]byte("tick"), r.ForwardAddr(0))
+		px.mu.Lock()
+		defer px.mu.Unlock()
+		for id := range px.data {
+			bodies = px.keepalives[id]
+		}
+		return len(bodies) >= 2
+	})
+	for _, b := range bodies {
+		if len(b) != 2 || b[0] != 2 || b[1] != 3 {
+			t.Errorf("keepalive body %v, want [2 3] (two paths, three copies each)", b)
+		}
 	}
 }

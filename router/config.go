@@ -28,6 +28,8 @@ type Config struct {
 	// "rs:2+2" (RAIC-6), "time:2" (RAICT). A forward may choose its own.
 	Scheme string `toml:"scheme"`
 	// CopiesPerUplink sends each RAIC-1 datagram this many times on each uplink.
+	// The keepalives tell the proxy (or intermediate), which sends its single-datagram
+	// replies as many times on each path.
 	CopiesPerUplink int `toml:"copies_per_uplink"`
 	// DelayedCopy, between 0 and 1, sends one more copy on each uplink this share
 	// of the packet interval later, so a short burst of loss on a link does not

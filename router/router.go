@@ -741,8 +741,9 @@ func (r *Router) keepFlowPathsAlive(rs *routerSession, buf []byte, now int64) {
 	}
 	// The body says how many paths the router has, so the proxy can make up
 	// with extra reply copies for a path it never heard from (an uplink dead
-	// since the session began).
-	body := [1]byte{byte(len(t.px.paths))}
+	// since the session began), and how many copies it sends on each, so the
+	// replies get as many (see wire.TypeKeepalive).
+	body := [2]byte{byte(len(t.px.paths)), byte(r.cfg.CopiesPerUplink)}
 	for _, pt := range t.px.paths {
 		dg, err := t.send.SealControl(buf, wire.TypeKeepalive, body[:], now)
 		if err != nil {

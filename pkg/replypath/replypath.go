@@ -17,8 +17,10 @@
 //   - a path not heard from within the reply window is no longer used;
 //   - a path that falls more than LagBehind behind the freshest one has most
 //     likely failed: it still gets its copy, and one more goes on a fresh path;
-//   - the router's keepalives say how many paths it has (Set.NoteKeepalive): for
-//     each one never heard from, a reply gets one more copy on a fresh path.
+//   - the router's keepalives say how many paths it has and how many copies of
+//     each datagram it sends on each (Set.NoteKeepalive): a single-datagram
+//     reply goes that many times on every live path, as the router's packets do,
+//     and for each path never heard from, as many more go on fresh paths.
 //
 // The proxy and the intermediate both answer routers, and both used to keep a
 // copy of this logic; this package is the one place it lives, so a fix reaches
@@ -43,10 +45,15 @@ import (
 // plus room for a NAT rebinding in progress).
 const MaxPaths = 8
 
-// MaxCopies bounds the copies Live.Copies lists for one datagram: each live path
-// once, plus at most one extra copy per lagging path (never all of them) and per
-// router path never heard from.
-const MaxCopies = 2 * MaxPaths
+// MaxCopiesPerPath bounds the copies per path a keepalive may ask for (the
+// routers' copies_per_uplink, 1 to 4).
+const MaxCopiesPerPath = 4
+
+// MaxCopies bounds the copies Live.Copies lists for one datagram: copies-per-path
+// on each live path, plus as many again for each lagging path (never all of
+// them) and each router path never heard from, so at most copies-per-path times
+// (MaxPaths + MaxPaths-1).
+const MaxCopies = 2 * MaxPaths * MaxCopiesPerPath
 
 // DefaultWindow is the reply window both answering sides use unless configured
 // otherwise: routers refresh every path once a second (keepalives), so a path
@@ -66,6 +73,9 @@ type Set struct {
 	// routerPaths is how many paths the router has (from its keepalives): when
 	// fewer are known here, replies get extra copies on the known ones.
 	routerPaths atomic.Uint32
+	// copies is how many copies of a single datagram the router sends on each
+	// path (from its keepalives; 0 before one said, meaning 1).
+	copies atomic.Uint32
 }
 
 type path struct {
@@ -110,17 +120,30 @@ func (s *Set) Refresh(from netip.AddrPort, now int64) {
 	s.mu.Unlock()
 }
 
-// NoteKeepalive takes the router's path count from the body of an authenticated
-// keepalive (wire.TypeKeepalive: its first byte, 0 when the router does not say).
+// NoteKeepalive takes the router's path count and copies per path from the
+// body of an authenticated keepalive (wire.TypeKeepalive: its first byte is the
+// path count, 0 when the router does not say, capped at MaxPaths; its second the
+// copies per path, clamped to 1..MaxCopiesPerPath, and 1 when the body has no
+// second byte, as an older router's does not).
 func (s *Set) NoteKeepalive(body []byte) {
-	if len(body) >= 1 {
-		s.routerPaths.Store(uint32(min(int(body[0]), MaxPaths)))
+	if len(body) < 1 {
+		return
 	}
+	s.routerPaths.Store(uint32(min(int(body[0]), MaxPaths)))
+	copies := 1
+	if len(body) >= 2 {
+		copies = min(max(int(body[1]), 1), MaxCopiesPerPath)
+	}
+	s.copies.Store(uint32(copies))
 }
 
 // RouterPaths returns the router's path count from its last keepalive (0 before
 // one said).
 func (s *Set) RouterPaths() int { return int(s.routerPaths.Load()) }
+
+// CopiesPerPath returns how many copies of a single datagram go on each path,
+// from the router's last keepalive (1 before one said).
+func (s *Set) CopiesPerPath() int { return max(int(s.copies.Load()), 1) }
 
 // Live fills l with the paths heard from within window before now, for one
 // reply.
@@ -145,6 +168,7 @@ func (s *Set) Live(now int64, window time.Duration, l *Live) {
 		}
 	}
 	l.missing = max(s.RouterPaths()-n, 0)
+	l.copies = s.CopiesPerPath()
 }
 
 // Live is the live paths of a session at one moment (see Set.Live): where one
@@ -154,6 +178,7 @@ type Live struct {
 	n       int
 	lagging uint8 // bit i: path i lags behind the freshest
 	missing int   // router paths never heard from
+	copies  int   // copies of a single datagram per path, 1..MaxCopiesPerPath
 	now     int64
 }
 
@@ -168,16 +193,21 @@ func (l *Live) Lagging(i int) bool { return l.lagging&(1<<i) != 0 }
 
 // Copies lists in out where the copies of a single datagram (RAIC-1) go, and
 // returns how many there are and how many of them are extra. Every live path
-// gets one, first; a path lagging behind still gets its copy (it may only be
-// slow), and one more goes on a fresh path, as the router does for an uplink
-// that looks down; so does the copy of each router path never heard from. The
-// fresh paths take the extra copies in turn, starting at one that changes about
-// once a second.
+// gets the router's copies per path (Set.NoteKeepalive; 1 unless it said more),
+// first, one round over the paths after another, so each path has its first
+// copy before any has a second. A path lagging behind still gets its copies (it
+// may only be slow), and as many more go on fresh paths, as the router does for
+// an uplink that looks down; so do the copies of each router path never heard
+// from. The fresh paths take the extra copies in turn, starting at one that
+// changes about once a second. Copies per path are for single datagrams only:
+// coded shards are spread by Place, once each.
 func (l *Live) Copies(out *[MaxCopies]netip.AddrPort) (n, extra int) {
-	np := l.n
-	n = copy(out[:], l.addrs[:np])
+	np, copies := l.n, max(l.copies, 1)
+	for c := 0; c < copies; c++ {
+		n += copy(out[n:], l.addrs[:np])
+	}
 	lag := bits.OnesCount8(l.lagging)
-	extra = lag + l.missing
+	extra = (lag + l.missing) * copies
 	if extra == 0 || lag >= np {
 		return n, 0
 	}

@@ -217,6 +217,100 @@ func TestWindowExpiry(t *testing.T) {
 	}
 }
 
+// TestKeepaliveCopiesPerPath: the router says it sends two copies on each path;
+// each single-datagram reply goes twice on every live path, one round over the
+// paths after the other. A body of one byte (an older router) means one copy,
+// and a value out of range is clamped to 1..MaxCopiesPerPath.
+func TestKeepaliveCopiesPerPath(t *testing.T) {
+	var s Set
+	s.Learn(pathA, t0)
+	s.Learn(pathB, t0)
+	if s.CopiesPerPath() != 1 {
+		t.Fatalf("before any keepalive: %d copies per path, want 1", s.CopiesPerPath())
+	}
+	s.NoteKeepalive([]byte{2, 2})
+	if s.RouterPaths() != 2 || s.CopiesPerPath() != 2 {
+		t.Fatalf("router paths %d, copies %d; want 2 and 2", s.RouterPaths(), s.CopiesPerPath())
+	}
+	var l Live
+	s.Live(t0, DefaultWindow, &l)
+	var out [MaxCopies]netip.AddrPort
+	n, extra := l.Copies(&out)
+	to := out[:n]
+	if n != 4 || extra != 0 || count(to, pathA) != 2 || count(to, pathB) != 2 {
+		t.Errorf("reply goes to %v (%d extra), want two copies on each path", to, extra)
+	}
+	// Every path has its first copy before any has its second.
+	for i := 0; i < n; i++ {
+		if want := l.Addr(i % l.Len()); to[i] != want {
+			t.Errorf("copy %d goes to %v, want %v", i, to[i], want)
+		}
+	}
+
+	// A one-byte body (an older router) means one copy.
+	s.NoteKeepalive([]byte{2})
+	if to, extra := copiesOf(&s, t0, DefaultWindow); len(to) != 2 || extra != 0 || count(to, pathA) != 1 || count(to, pathB) != 1 {
+		t.Errorf("after a one-byte keepalive: %v (%d extra), want one copy on each path", to, extra)
+	}
+	// An empty body says nothing and changes nothing.
+	s.NoteKeepalive([]byte{2, 3})
+	s.NoteKeepalive(nil)
+	if s.CopiesPerPath() != 3 {
+		t.Errorf("an empty keepalive changed the copies to %d, want 3 kept", s.CopiesPerPath())
+	}
+
+	// Out of range: clamped.
+	for _, c := range []struct{ body, want int }{{0, 1}, {1, 1}, {4, 4}, {5, MaxCopiesPerPath}, {255, MaxCopiesPerPath}} {
+		s.NoteKeepalive([]byte{2, byte(c.body)})
+		if s.CopiesPerPath() != c.want {
+			t.Errorf("copies %d: %d per path, want %d", c.body, s.CopiesPerPath(), c.want)
+		}
+		if to, _ := copiesOf(&s, t0, DefaultWindow); len(to) != 2*c.want {
+			t.Errorf("copies %d: %d copies of a reply, want %d", c.body, len(to), 2*c.want)
+		}
+	}
+}
+
+// TestCopiesPerPathWithExtras: the copies of a path lagging behind or never
+// heard from are made up for as the router does for an uplink that looks down:
+// all of them, on fresh paths.
+func TestCopiesPerPathWithExtras(t *testing.T) {
+	var s Set
+	s.Learn(pathA, t0)
+	s.Learn(pathB, t0)
+	now := t0 + int64(LagBehind) + 100*ms
+	s.Learn(pathA, now)           // B lags
+	s.NoteKeepalive([]byte{3, 2}) // and a third path never heard from
+	to, extra := copiesOf(&s, now, DefaultWindow)
+	// Two each on A and B, and two each for B and the missing path, on A.
+	if len(to) != 8 || extra != 4 || count(to, pathA) != 6 || count(to, pathB) != 2 {
+		t.Errorf("reply goes to %v (%d extra), want six copies on A and two on B", to, extra)
+	}
+}
+
+// TestCopiesBound: the most copies a reply can get fit in MaxCopies, whatever
+// the paths: every live path but one lagging, the rest of the router's paths
+// never heard from, and the most copies per path.
+func TestCopiesBound(t *testing.T) {
+	for live := 1; live <= MaxPaths; live++ {
+		var s Set
+		now := t0 + int64(LagBehind) + 100*ms
+		for i := 0; i < live; i++ {
+			at := t0 // lagging
+			if i == 0 {
+				at = now
+			}
+			s.Learn(netip.AddrPortFrom(pathA.Addr(), uint16(1000+i)), at)
+		}
+		s.NoteKeepalive([]byte{255, 255})
+		to, extra := copiesOf(&s, now, DefaultWindow)
+		want := MaxCopiesPerPath * (live + (live - 1) + (MaxPaths - live))
+		if len(to) != want || len(to) > MaxCopies || extra != want-MaxCopiesPerPath*live {
+			t.Errorf("%d live paths: %d copies (%d extra), want %d (at most %d)", live, len(to), extra, want, MaxCopies)
+		}
+	}
+}
+
 // TestFullSetReplacesOldest: the table is bounded; a new address takes the place
 // of the one heard from least recently.
 func TestFullSetReplacesOldest(t *testing.T) {
@@ -278,7 +372,7 @@ func TestPerPacketCallsDoNotAllocate(t *testing.T) {
 		now += ms
 		s.Learn(pathA, now)
 		s.Refresh(pathB, now)
-		s.NoteKeepalive([]byte{3})
+		s.NoteKeepalive([]byte{3, 2})
 		*ln = Learner{Paths: &s, Next: nopSink{}, From: pathB, Now: now}
 		sink.Deliver(1, nil, now)
 		var l Live

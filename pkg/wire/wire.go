@@ -68,8 +68,13 @@ const (
 	// router sends one per session on each uplink now and then: the far side
 	// learns paths only from datagrams that pass its replay window, so an
 	// uplink whose copies always arrive second would otherwise be forgotten, and
-	// replies would stop taking it. Its body's first byte is the number of
-	// paths the sender has (0 when it does not say).
+	// replies would stop taking it. Its body is
+	//
+	//	[0] the number of paths the sender has (0 when it does not say)
+	//	[1] how many copies of each single datagram (RAIC-1) it sends on each
+	//	    path, 1 to 4; the far side sends its single-datagram replies as many
+	//	    times on each path. A body without it (an older sender) means 1, and
+	//	    a value out of range is clamped to 1..4.
 	TypeKeepalive Type = 8
 	typeLimit     Type = 9
 )
