@@ -288,14 +288,7 @@ server = "%s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	r := runRouterLogging(t, cfg, logs)
 
 	ts := r.targetFor(server, mono.Now())
 	waitUntil(t, 3*time.Second, "server RTTs from both proxies", func() bool {
@@ -556,14 +549,7 @@ server = "198.18.41.2:27015"
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	r := runRouter(t, cfg)
 
 	ts := r.targetFor(netip.MustParseAddrPort("198.18.41.2:27015"), mono.Now())
 	waitUntil(t, 3*time.Second, "server RTTs from the proxies", func() bool {
@@ -613,14 +599,7 @@ server = "%s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	r := runRouter(t, cfg)
 
 	game, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -642,4 +621,24 @@ server = "%s"
 			t.Errorf("keepalive body %v, want [2 3] (two paths, three copies each)", b)
 		}
 	}
+}
+
+// runRouter starts a router on cfg that runs until the test ends.
+func runRouter(t *testing.T, cfg *Config) *Router {
+	t.Helper()
+	return runRouterLogging(t, cfg, io.Discard)
+}
+
+// runRouterLogging is runRouter with the router's log written to logs.
+func runRouterLogging(t *testing.T, cfg *Config, logs io.Writer) *Router {
+	t.Helper()
+	r, err := New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
 }
