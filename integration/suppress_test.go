@@ -30,7 +30,10 @@ func TestSuppressionHoldsBackBulk(t *testing.T) {
 	defer b.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	o := bed.Options{Bulk: true, Warmup: 4 * time.Second, Duration: 6 * time.Second}
+	// ECN-capable endpoints, as in the benchmark. With drop-only TCP the
+	// uploads fall well under the cap, and the controller may lower the level
+	// to watch until the queue brings it back (a known limit: the controller cannot yet tell a cap that holds TCP down from bulk that stopped).
+	o := bed.Options{Bulk: true, ECN: true, Warmup: 4 * time.Second, Duration: 6 * time.Second}
 	off, err := b.Run(ctx, o)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +75,7 @@ func TestSuppressionHoldsBackBulk(t *testing.T) {
 	if m[`router_suppress_packets_total{action="lc_passed"}`] == 0 {
 		t.Error("no LC packet passed suppress_egress: the router's own datagrams are not recognised")
 	}
-	if m[`router_suppress_packets_total{action="dropped_rate"}`] == 0 {
-		t.Error("no bulk packet was held back by the rate cap")
+	if m[`router_suppress_packets_total{action="dropped_rate"}`]+m[`router_suppress_packets_total{action="ecn_marked"}`] == 0 {
+		t.Error("no bulk packet was held back by the rate cap (dropped or marked)")
 	}
 }
