@@ -32,7 +32,8 @@ func TestSuppressionHoldsBackBulk(t *testing.T) {
 	defer cancel()
 	// ECN-capable endpoints, as in the benchmark. With drop-only TCP the
 	// uploads fall well under the cap, and the controller may lower the level
-	// to watch until the queue brings it back (a known limit: the controller cannot yet tell a cap that holds TCP down from bulk that stopped).
+	// to watch until the queue brings it back: a known limit, since it cannot
+	// yet tell a cap that holds TCP down from bulk that stopped.
 	o := bed.Options{Bulk: true, ECN: true, Warmup: 4 * time.Second, Duration: 6 * time.Second}
 	off, err := b.Run(ctx, o)
 	if err != nil {
