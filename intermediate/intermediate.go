@@ -616,37 +616,25 @@ func (s *Server) nextOverloaded() bool {
 // when the datagram must be dropped.
 func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 	hello := &r.hello
-	c := s.clients[string(hello.ClientID())]
-	if c == nil {
+	a, why := clients.Admit(s.clients, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
+	switch why {
+	case clients.UnknownClient:
 		s.m.unknownClient.Inc()
 		return nil
-	}
-	send, recv, err := wire.DeriveKeys(&c.Key, &hello.Salt, r.hdr.Session, wire.RoleServer)
-	if err != nil {
+	case clients.AuthFailed:
 		s.m.authFailed.Inc()
 		return nil
-	}
-	// Authenticate a copy: the real datagram is opened again by the session's
-	// receiver, which also moves the anti-replay window.
-	cp := r.scratch[:len(dg)]
-	copy(cp, dg)
-	if _, err := wire.Open(recv, cp, off); err != nil {
-		s.m.authFailed.Inc()
-		return nil
-	}
-	age := time.Duration(time.Now().UnixMilli()-hello.UnixMilli) * time.Millisecond
-	if age > s.cfg.HelloMaxAge.Duration || -age > s.cfg.HelloMaxAge.Duration {
+	case clients.StaleHello:
 		s.m.staleHello.Inc()
 		s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
-			"client", c.ID, "age", age, "hello_max_age", s.cfg.HelloMaxAge.Duration)
+			"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", s.cfg.HelloMaxAge.Duration)
 		return nil
-	}
-	target := hello.Target
-	if target.IsValid() && !c.Allow.Allows(target) {
+	case clients.ForbiddenTarget:
 		s.m.forbiddenTarget.Inc()
-		s.log.Warn("target refused: not in the client's allowlist", "client", c.ID, "target", target.String())
+		s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String())
 		return nil
 	}
+	c, send, recv, target := a.Client, a.Send, a.Recv, hello.Target
 	id, salt := r.hdr.Session, hello.Salt
 	rl, created, err := s.relays.GetOrCreate(id, now, func() (*relay, error) {
 		return s.newRelay(c, id, salt, target, send, recv)

@@ -4,8 +4,10 @@
 package clients
 
 import (
+	"crypto/cipher"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/raicnet/raic/pkg/allow"
 	"github.com/raicnet/raic/pkg/config"
@@ -118,4 +120,54 @@ func (c *Client) Take(now int64) bool {
 	}
 	c.tokens--
 	return true
+}
+
+// Refusal says why Admit turned a hello away; each maps to a counter of the
+// program that asked.
+type Refusal int
+
+const (
+	Admitted        Refusal = iota
+	UnknownClient           // no [[client]] with the hello's ID
+	AuthFailed              // the datagram does not open with that client's key
+	StaleHello              // the hello's time is further from ours than maxAge
+	ForbiddenTarget         // the target is outside the client's allowlist
+)
+
+// Admission is what Admit learned about an admitted hello.
+type Admission struct {
+	Client     *Client
+	Send, Recv cipher.AEAD // the session's keys, server role
+}
+
+// Admit authenticates the first datagram of an unknown session, dg (its
+// header at dg[:off] parsed into hdr and hello), for a proxy or an
+// intermediate: the client must exist, the datagram must open with its key,
+// the hello's time must be within maxAge of now, and its target (if any) in
+// the client's allowlist. It opens a copy in scratch (at least len(dg)
+// bytes): the real datagram is opened again by the session's receiver, which
+// also moves the anti-replay window.
+func Admit(table map[string]*Client, hdr *wire.Header, hello *wire.Hello, dg []byte, off int, scratch []byte, maxAge time.Duration, now time.Time) (Admission, Refusal) {
+	c := table[string(hello.ClientID())]
+	if c == nil {
+		return Admission{}, UnknownClient
+	}
+	send, recv, err := wire.DeriveKeys(&c.Key, &hello.Salt, hdr.Session, wire.RoleServer)
+	if err != nil {
+		return Admission{}, AuthFailed
+	}
+	cp := scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		return Admission{}, AuthFailed
+	}
+	a := Admission{Client: c, Send: send, Recv: recv}
+	age := time.Duration(now.UnixMilli()-hello.UnixMilli) * time.Millisecond
+	if age > maxAge || -age > maxAge {
+		return a, StaleHello
+	}
+	if hello.Target.IsValid() && !c.Allow.Allows(hello.Target) {
+		return a, ForbiddenTarget
+	}
+	return a, Admitted
 }
