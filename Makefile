@@ -6,7 +6,8 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/raicnet/raic/pkg/version.Version=$(VERSION)
 # Namespace tests and benchmarks need root; everything else runs as any user.
 PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
-            intermediate/cmd/raic-intermediate integration/cmd/gamegen integration/cmd/linkem
+            intermediate/cmd/raic-intermediate proxy/cmd/raic-token \
+            integration/cmd/gamegen integration/cmd/linkem integration/cmd/ppserver
 
 .PHONY: help build test vet fmt-check check-generated generate bench demo clean
 

@@ -616,7 +616,7 @@ func (s *Server) nextOverloaded() bool {
 // when the datagram must be dropped.
 func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 	hello := &r.hello
-	a, why := clients.Admit(s.clients, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
+	a, why := clients.Admit(&clients.Roster{Clients: s.clients}, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
 	switch why {
 	case clients.UnknownClient:
 		s.m.unknownClient.Inc()

@@ -40,6 +40,9 @@ type Config struct {
 	ProbeMaxTargets int             `toml:"probe_max_targets"`
 	// Clients are the routers allowed to use this proxy.
 	Clients []ClientConfig `toml:"client"`
+	// Studio operation: connect tokens, client-address headers, health, drain
+	// (see studio.go).
+	StudioConfig
 }
 
 // ClientConfig is one [[client]] table (see package clients).
@@ -125,7 +128,10 @@ func (c *Config) check(meta *config.Meta) error {
 	if err := c.checkProbe(meta); err != nil {
 		return err
 	}
-	if err := clients.Check(meta, c.Clients, "the proxy"); err != nil {
+	if err := c.checkStudio(meta); err != nil {
+		return err
+	}
+	if err := clients.CheckTokens(meta, c.Clients, "the proxy", c.tokenKey != nil); err != nil {
 		return err
 	}
 	return nil

@@ -28,6 +28,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/proxyproto"
 	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/tunnel"
@@ -49,7 +50,8 @@ type Server struct {
 	cfg      *Config
 	log      *slog.Logger
 	conn     *udp.Conn
-	clients  map[string]*clients.Client
+	roster   atomic.Pointer[clients.Roster] // swapped whole on reload (studio.go)
+	studio   atomic.Pointer[StudioConfig]   // per-server options, drain timeout; swapped on reload
 	sessions *session.Table[uint64, *proxySession]
 	reg      *metrics.Registry
 	m        counters
@@ -57,10 +59,14 @@ type Server struct {
 	probes   *prober    // RTT-to-server answers (probe.go)
 	load     *loadMeter // overload reporting (overload.go)
 
-	closing atomic.Bool
-	loops   sync.WaitGroup // the read loop and the janitor
-	pumps   sync.WaitGroup // one reply pump per session with a server
-	httpSrv *http.Server
+	closing  atomic.Bool
+	draining atomic.Bool    // no new sessions (studio.go)
+	loops    sync.WaitGroup // the read loop and the janitor
+	pumps    sync.WaitGroup // one reply pump per session with a server
+
+	httpSrvs  []*http.Server // metrics and health (studio.go)
+	httpLns   []net.Listener
+	httpAddrs []string
 }
 
 // counters are the proxy's metrics; every dropped datagram is counted by reason.
@@ -72,6 +78,9 @@ type counters struct {
 	sessionsCreated, sessionsEvicted, sessionsIdle, pongsOut *metrics.Counter
 	sessions                                                 *metrics.Gauge
 	oversize, movedCopies                                    *metrics.Counter
+	// Connect-token refusals by clients.Refusal, refusals while draining, reloads.
+	tokenRefused          map[clients.Refusal]*metrics.Counter
+	drainRefused, reloads *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -102,23 +111,33 @@ func newCounters(r *metrics.Registry) counters {
 		sessions:        r.Gauge("proxy_sessions", "Live sessions."),
 		movedCopies:     r.Counter("proxy_moved_copies_total", "Extra reply copies sent on fresh paths for paths lagging behind."),
 		oversize:        r.Counter(`proxy_dropped_total{reason="server_packet_too_large"}`, "Server packets larger than the proxy carries."),
+		tokenRefused: map[clients.Refusal]*metrics.Counter{
+			clients.TokenMalformed: drop(clients.TokenMalformed.Reason()),
+			clients.TokenForged:    drop(clients.TokenForged.Reason()),
+			clients.TokenExpired:   drop(clients.TokenExpired.Reason()),
+			clients.TokenNotYet:    drop(clients.TokenNotYet.Reason()),
+			clients.TokenReplayed:  drop(clients.TokenReplayed.Reason()),
+		},
+		drainRefused: drop("draining"),
+		reloads:      r.Counter("proxy_reloads_total", "Client and token tables reloaded (SIGHUP)."),
 	}
 }
 
 // New builds a proxy from a checked config and binds its socket, so it is ready
 // to serve when New returns.
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, clients: map[string]*clients.Client{}, reg: metrics.NewRegistry()}
+	s := &Server{cfg: cfg, log: log, reg: metrics.NewRegistry()}
 	s.m = newCounters(s.reg)
 	s.load = newLoadMeter(cfg, s.reg)
 	if _, err := rand.Read(s.sid[:]); err != nil {
 		return nil, err
 	}
-	now := mono.Now()
-	var err error
-	if s.clients, err = clients.Table(cfg.Clients, now); err != nil {
+	roster, err := newRoster(cfg, nil)
+	if err != nil {
 		return nil, err
 	}
+	s.roster.Store(roster)
+	s.studio.Store(&cfg.StudioConfig)
 	seed := binary.LittleEndian.Uint64(s.sid[:])
 	s.sessions = session.NewTable(session.Config[uint64, *proxySession]{
 		MaxEntries:  cfg.MaxSessions,
@@ -132,6 +151,10 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	s.conn = conn
+	if err := s.listenHTTP(); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	s.probes = newProber(cfg, log, s.reg)
 	return s, nil
 }
@@ -144,17 +167,11 @@ func (s *Server) Metrics() *metrics.Registry { return s.reg }
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	if s.cfg.Metrics != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", s.reg.Handler())
-		s.httpSrv = &http.Server{Addr: s.cfg.Metrics, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		ln, err := net.Listen("tcp", s.cfg.Metrics)
-		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		go s.httpSrv.Serve(ln)
+	for i, hs := range s.httpSrvs {
+		go hs.Serve(s.httpLns[i])
 	}
-	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", len(s.clients), "max_sessions", s.cfg.MaxSessions)
+	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", len(s.roster.Load().Clients),
+		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions)
 	s.loops.Add(2)
 	go s.janitor(ctx)
 	go func() {
@@ -172,8 +189,9 @@ func (s *Server) Close() {
 		return
 	}
 	s.conn.Close()
-	if s.httpSrv != nil {
-		s.httpSrv.Close()
+	for i, hs := range s.httpSrvs {
+		hs.Close()
+		s.httpLns[i].Close() // Close does not close a listener Serve never took
 	}
 	// Stop the loops first, so no session is created behind our back, then end
 	// the sessions: closing their upstream sockets ends their reply pumps.
@@ -269,7 +287,7 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 			s.m.unknownSession.Inc()
 			return
 		}
-		if ps = s.openSession(r, dg, off, now); ps == nil {
+		if ps = s.openSession(r, dg, off, from, now); ps == nil {
 			return
 		}
 	} else if h.Flags&wire.FlagHello != 0 && r.hello.Salt != ps.salt {
@@ -327,9 +345,13 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 // openSession authenticates the first datagram of an unknown session (it carries
 // a hello) and creates the session. It returns nil, counting why, when the
 // datagram must be dropped.
-func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySession {
+func (s *Server) openSession(r *reader, dg []byte, off int, from netip.AddrPort, now int64) *proxySession {
 	hello := &r.hello
-	a, why := clients.Admit(s.clients, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
+	if s.draining.Load() {
+		s.m.drainRefused.Inc()
+		return nil
+	}
+	a, why := clients.Admit(s.roster.Load(), &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
 	switch why {
 	case clients.UnknownClient:
 		s.m.unknownClient.Inc()
@@ -346,10 +368,14 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 		s.m.forbiddenTarget.Inc()
 		s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String())
 		return nil
+	case clients.Admitted:
+	default: // connect tokens: expired, forged, replayed...
+		s.m.tokenRefused[why].Inc()
+		return nil
 	}
 	c, send, recv, target := a.Client, a.Send, a.Recv, hello.Target
 	ps, created, err := s.sessions.GetOrCreate(r.hdr.Session, now, func() (*proxySession, error) {
-		return s.newSession(c, r.hdr.Session, hello.Salt, target, send, recv)
+		return s.newSession(c, r.hdr.Session, hello.Salt, target, from, send, recv)
 	})
 	if err != nil {
 		s.m.upstreamErrors.Inc()
@@ -387,14 +413,24 @@ type proxySession struct {
 	upstream *net.UDPConn // connected to target; nil for a control-only session
 	closed   atomic.Bool
 
+	// The player's address for the server (studio.go): the router address
+	// the session began from, written in a header of kind header in front of
+	// each forwarded packet, assembled in hbuf (the read loop's, per session).
+	origin netip.AddrPort
+	header proxyproto.Kind
+	hbuf   []byte
+
 	paths   replypath.Set // the router addresses replies go to
 	lastAck atomic.Int64
 	applied uint32        // the packed scheme the reply encoder uses; reply pump only
 	scheme  atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
 }
 
-func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
-	ps := &proxySession{srv: s, id: id, client: c, salt: salt, target: target}
+func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target, from netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
+	ps := &proxySession{srv: s, id: id, client: c, salt: salt, target: target, origin: from}
+	if ps.header = s.studio.Load().headerFor(target); ps.header != proxyproto.None {
+		ps.hbuf = make([]byte, proxyproto.MaxLen+raic.MaxPacket)
+	}
 	ps.recv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
 	ps.send, err = tunnel.NewSender(send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
@@ -422,6 +458,10 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 	if !ps.client.Take(now) {
 		s.m.rateLimited.Inc()
 		return
+	}
+	if ps.header != proxyproto.None && len(pkt) <= raic.MaxPacket {
+		n := ps.clientAddrHeader(ps.hbuf)
+		pkt = ps.hbuf[:n+copy(ps.hbuf[n:], pkt)]
 	}
 	if _, err := ps.upstream.Write(pkt); err != nil {
 		s.m.upstreamErrors.Inc()

@@ -3,10 +3,12 @@ package router
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
+	"github.com/raicnet/raic/pkg/token"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
 )
@@ -16,6 +18,13 @@ type Config struct {
 	// ClientID and Key identify this router to its proxy.
 	ClientID string `toml:"client_id"`
 	Key      string `toml:"key"`
+	// Token (or TokenFile, a file holding it) is a connect token from the
+	// game's backend, used in place of a [[client]] entry at the proxy; Key is
+	// then the client key the backend gave beside it, and ClientID may be left
+	// out (the token names the client).
+	Token     string `toml:"token"`
+	TokenFile string `toml:"token_file"`
+	token     []byte
 	// Proxy is either one address (proxy = "198.18.40.2:4500"; an uplink may
 	// override it, for example to go through a relay) or a list of [[proxy]]
 	// tables, each proxy reached directly or through relays per uplink. Per
@@ -113,6 +122,9 @@ func ParseConfig(name, text string) (*Config, error) {
 }
 
 func (c *Config) check(meta *config.Meta) error {
+	if err := c.checkToken(meta); err != nil {
+		return err
+	}
 	if c.ClientID == "" || len(c.ClientID) > wire.MaxClientID {
 		return meta.Errorf("client_id", "must be 1 to %d bytes", wire.MaxClientID)
 	}
@@ -240,4 +252,31 @@ func parseHostPort(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("not an address or address:port: %q", s)
 	}
 	return netip.AddrPortFrom(a, 0), nil
+}
+
+// checkToken reads the connect token, if any (see Config.Token).
+func (c *Config) checkToken(meta *config.Meta) error {
+	if c.Token != "" && c.TokenFile != "" {
+		return meta.Errorf("token_file", "set token or token_file, not both")
+	}
+	text, key := c.Token, "token"
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return meta.Errorf("token_file", "%v", err)
+		}
+		text, key = string(b), "token_file"
+	}
+	if text == "" {
+		return nil
+	}
+	tok, err := token.Decode(text)
+	if err != nil {
+		return meta.Errorf(key, "%v", err)
+	}
+	c.token = tok
+	if c.ClientID == "" {
+		c.ClientID = "token" // the proxy takes the client's name from the token
+	}
+	return nil
 }

@@ -299,7 +299,7 @@ func (r *Router) newTunnel(px *proxyConn, side gameSide, client, target netip.Ad
 	if err != nil {
 		return nil, err
 	}
-	hello := &wire.Hello{Salt: salt, Target: target}
+	hello := &wire.Hello{Salt: salt, Target: target, Token: r.cfg.token}
 	hello.SetClientID(r.cfg.ClientID)
 	rs := &routerSession{r: r, id: id, px: px, side: side, client: client, target: target, params: params}
 	rs.head = rs

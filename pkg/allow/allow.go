@@ -94,3 +94,9 @@ func parseRule(s string) (Rule, error) {
 	}
 	return r, nil
 }
+
+// NewRule is the rule for the addresses in prefix and the ports lo to hi
+// (connect tokens carry their servers in this binary form).
+func NewRule(prefix netip.Prefix, lo, hi uint16) Rule {
+	return Rule{prefix: prefix.Masked(), portLo: lo, portHigh: hi}
+}

@@ -25,6 +25,20 @@ type Runner interface {
 	Run(ctx context.Context) error
 }
 
+// Drainer is a Runner that can stop taking new work and finish what it has;
+// on SIGTERM Main calls Drain (which returns when done or timed out) before
+// it ends the program. A second SIGTERM, or SIGINT, ends it at once.
+type Drainer interface {
+	Drain()
+}
+
+// Reloader is a Runner that can take a new config while it runs; on SIGHUP
+// Main loads the config file again and, when it checks, hands it over. A
+// config that does not check is logged and the old one stays.
+type Reloader[C any] interface {
+	Reload(c *C) error
+}
+
 // Program describes one command for Main.
 type Program[C any] struct {
 	Name   string // the command's name, e.g. "raic-proxy"
@@ -107,12 +121,53 @@ func (p Program[C]) run(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go p.signals(sigs, prog, *cfgPath, log, stop)
 	if err := prog.Run(ctx); err != nil {
 		log.Error("stopped", "err", err)
 		return 1
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// signals turns SIGHUP into a reload, the first SIGTERM into a drain (for a
+// Drainer) and the end, and SIGINT or a second SIGTERM into the end at once.
+func (p Program[C]) signals(sigs <-chan os.Signal, prog Runner, path string, log *slog.Logger, stop func()) {
+	draining := false
+	for sig := range sigs {
+		switch sig {
+		case syscall.SIGHUP:
+			rl, ok := prog.(Reloader[C])
+			if !ok {
+				log.Warn("SIGHUP ignored: this program reloads nothing")
+				continue
+			}
+			cfg, err := p.Load(path)
+			if err == nil {
+				err = rl.Reload(cfg)
+			}
+			if err != nil {
+				log.Error("reload refused; the running config stays", "err", err)
+				continue
+			}
+		case syscall.SIGTERM:
+			d, ok := prog.(Drainer)
+			if !ok || draining {
+				stop()
+				continue
+			}
+			draining = true
+			go func() {
+				d.Drain()
+				stop()
+			}()
+		default:
+			stop()
+		}
+	}
 }

@@ -64,7 +64,7 @@ func TestAdmit(t *testing.T) {
 			t.Fatalf("%s: parse: %v", tc.name, err)
 		}
 		orig := append([]byte(nil), tc.dg...)
-		a, why := clients.Admit(table, &hdr, &hl, tc.dg, off, make([]byte, len(tc.dg)), 30*time.Second, now.Add(tc.at))
+		a, why := clients.Admit(&clients.Roster{Clients: table}, &hdr, &hl, tc.dg, off, make([]byte, len(tc.dg)), 30*time.Second, now.Add(tc.at))
 		if why != tc.want {
 			t.Errorf("%s: refusal %v, want %v", tc.name, why, tc.want)
 		}
@@ -81,7 +81,7 @@ func TestAdmit(t *testing.T) {
 	var hl wire.Hello
 	off, _ := wire.Parse(dg, &hdr, &hl)
 	dg[len(dg)-1] ^= 1
-	if _, why := clients.Admit(table, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now); why != clients.AuthFailed {
+	if _, why := clients.Admit(&clients.Roster{Clients: table}, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now); why != clients.AuthFailed {
 		t.Errorf("flipped bit: refusal %v, want AuthFailed", why)
 	}
 }

@@ -1,6 +1,7 @@
 // Package clients holds the routers a proxy or an intermediate proxy serves: the
 // [[client]] config tables (ID, pre-shared key, allowlist, rate limit), their
-// checks, and the run-time client with its per-client token bucket.
+// checks, the run-time client with its per-client token bucket, and Admit, the
+// one admission of a hello, by pre-shared key or by connect token.
 package clients
 
 import (
@@ -11,6 +12,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/allow"
 	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/token"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -35,7 +37,13 @@ const DefaultRatePPS = 5000
 // and key (client.N.field). who names the program in the error for an empty
 // list ("the proxy").
 func Check(meta *config.Meta, cs []Config, who string) error {
-	if len(cs) == 0 {
+	return CheckTokens(meta, cs, who, false)
+}
+
+// CheckTokens is Check for a program that may also admit connect tokens:
+// with tokens on, an empty client list is fine.
+func CheckTokens(meta *config.Meta, cs []Config, who string, tokens bool) error {
+	if len(cs) == 0 && !tokens {
 		return meta.Errorf("client", "no [[client]] configured: %s would serve nobody", who)
 	}
 	seen := map[string]bool{}
@@ -100,16 +108,59 @@ func Table(cs []Config, now int64) (map[string]*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client %q: %v", cc.ID, err)
 		}
-		t[cc.ID] = &Client{ID: cc.ID, Key: key, Allow: al, rate: cc.RatePPS,
-			burst: float64(cc.Burst), tokens: float64(cc.Burst), last: now}
+		t[cc.ID] = newClient(cc.ID, key, al, cc.RatePPS, cc.Burst, now)
 	}
 	return t, nil
+}
+
+func newClient(id string, key wire.Key, al allow.List, rate float64, burst int, now int64) *Client {
+	return &Client{ID: id, Key: key, Allow: al, rate: rate,
+		burst: float64(burst), tokens: float64(burst), last: now}
+}
+
+// Roster is what Admit checks a hello against: the configured clients by ID
+// and, when the program has a token key, the connect-token opener and the
+// table of tokens already used. A program swaps its whole Roster on reload;
+// sessions keep the *Client they were admitted with.
+type Roster struct {
+	Clients map[string]*Client
+	Tokens  *token.Opener // nil: connect tokens are refused
+	Seen    *token.Seen   // shared across reloads, so a reload forgets no token
+	// TokenRatePPS and TokenBurst are the rate limit of each session admitted
+	// by a token (0: DefaultRatePPS and its default burst).
+	TokenRatePPS float64
+	TokenBurst   int
+}
+
+// DefaultSeenTokens bounds the table of used tokens.
+const DefaultSeenTokens = 1 << 16
+
+// NewRoster builds the roster of checked configs and an optional token key.
+func NewRoster(cs []Config, tokenKey *token.Key, seen *token.Seen, now int64) (*Roster, error) {
+	t, err := Table(cs, now)
+	if err != nil {
+		return nil, err
+	}
+	r := &Roster{Clients: t}
+	if tokenKey != nil {
+		if r.Tokens, err = token.NewOpener(tokenKey); err != nil {
+			return nil, err
+		}
+		if seen == nil {
+			seen = token.NewSeen(DefaultSeenTokens)
+		}
+		r.Seen = seen
+	}
+	return r, nil
 }
 
 // Take reports whether the client may have one more datagram forwarded now.
 func (c *Client) Take(now int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.last < 0 {
+		c.last = now
+	}
 	c.tokens += float64(now-c.last) * 1e-9 * c.rate
 	c.last = now
 	if c.tokens > c.burst {
@@ -131,8 +182,39 @@ const (
 	UnknownClient           // no [[client]] with the hello's ID
 	AuthFailed              // the datagram does not open with that client's key
 	StaleHello              // the hello's time is further from ours than maxAge
-	ForbiddenTarget         // the target is outside the client's allowlist
+	ForbiddenTarget         // the target is outside the client's allowlist (or the token's servers)
+	// Connect tokens (see package token).
+	TokenMalformed // not a token of a version we read, or this program has no token key
+	TokenForged    // does not open with the token key
+	TokenExpired   // past its expiry
+	TokenNotYet    // before its not-before
+	TokenReplayed  // has already opened as many other sessions as it may
 )
+
+// Reason is the refusal's name in metrics (proxy_dropped_total{reason=...}).
+func (r Refusal) Reason() string {
+	switch r {
+	case UnknownClient:
+		return "unknown_client"
+	case AuthFailed:
+		return "auth"
+	case StaleHello:
+		return "stale_hello"
+	case ForbiddenTarget:
+		return "forbidden_target"
+	case TokenMalformed:
+		return "token_malformed"
+	case TokenForged:
+		return "token_forged"
+	case TokenExpired:
+		return "token_expired"
+	case TokenNotYet:
+		return "token_not_yet_valid"
+	case TokenReplayed:
+		return "token_replayed"
+	}
+	return "admitted"
+}
 
 // Admission is what Admit learned about an admitted hello.
 type Admission struct {
@@ -147,8 +229,18 @@ type Admission struct {
 // the client's allowlist. It opens a copy in scratch (at least len(dg)
 // bytes): the real datagram is opened again by the session's receiver, which
 // also moves the anti-replay window.
-func Admit(table map[string]*Client, hdr *wire.Header, hello *wire.Hello, dg []byte, off int, scratch []byte, maxAge time.Duration, now time.Time) (Admission, Refusal) {
-	c := table[string(hello.ClientID())]
+//
+// A hello with a connect token is admitted by the token instead: it must open
+// with the roster's token key and be within its validity window, the datagram
+// must open with the client key inside it, the target must be one of its
+// servers, and the token must not have opened its limit of other sessions
+// already (checked last, so a forged datagram cannot use up a real token).
+// Every refusal is silent; the caller counts it by Reason.
+func Admit(r *Roster, hdr *wire.Header, hello *wire.Hello, dg []byte, off int, scratch []byte, maxAge time.Duration, now time.Time) (Admission, Refusal) {
+	if len(hello.Token) > 0 {
+		return admitToken(r, hdr, hello, dg, off, scratch, maxAge, now)
+	}
+	c := r.Clients[string(hello.ClientID())]
 	if c == nil {
 		return Admission{}, UnknownClient
 	}
@@ -168,6 +260,55 @@ func Admit(table map[string]*Client, hdr *wire.Header, hello *wire.Hello, dg []b
 	}
 	if hello.Target.IsValid() && !c.Allow.Allows(hello.Target) {
 		return a, ForbiddenTarget
+	}
+	return a, Admitted
+}
+
+func admitToken(r *Roster, hdr *wire.Header, hello *wire.Hello, dg []byte, off int, scratch []byte, maxAge time.Duration, now time.Time) (Admission, Refusal) {
+	if r.Tokens == nil {
+		return Admission{}, TokenMalformed
+	}
+	var tb [token.MaxLen]byte
+	var t token.Opened
+	switch err := r.Tokens.Open(hello.Token, tb[:], now, &t); err {
+	case nil:
+	case token.ErrForged:
+		return Admission{}, TokenForged
+	case token.ErrExpired:
+		return Admission{}, TokenExpired
+	case token.ErrNotYet:
+		return Admission{}, TokenNotYet
+	default:
+		return Admission{}, TokenMalformed
+	}
+	send, recv, err := wire.DeriveKeys(&t.ClientKey, &hello.Salt, hdr.Session, wire.RoleServer)
+	if err != nil {
+		return Admission{}, AuthFailed
+	}
+	cp := scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		return Admission{}, AuthFailed
+	}
+	rate, burst := r.TokenRatePPS, r.TokenBurst
+	if rate <= 0 {
+		rate = DefaultRatePPS
+	}
+	if burst <= 0 {
+		burst = int(rate/10) + 64
+	}
+	c := newClient(string(t.ClientID), t.ClientKey, t.Allow, rate, burst, 0)
+	c.last = -1 // the bucket starts full at its first Take
+	a := Admission{Client: c, Send: send, Recv: recv}
+	age := time.Duration(now.UnixMilli()-hello.UnixMilli) * time.Millisecond
+	if age > maxAge || -age > maxAge {
+		return a, StaleHello
+	}
+	if hello.Target.IsValid() && !c.Allow.Allows(hello.Target) {
+		return a, ForbiddenTarget
+	}
+	if !r.Seen.Use(t.ID, t.Expires, t.Sessions, hdr.Session, now.Unix()) {
+		return a, TokenReplayed
 	}
 	return a, Admitted
 }

@@ -108,9 +108,15 @@ func Seal(aead cipher.AEAD, buf []byte, h *Header, hello *Hello, body []byte) ([
 	if h.Packet == 0 {
 		return nil, ErrNoPacket
 	}
-	h.Flags &^= FlagHello
+	h.Flags &^= FlagHello | FlagToken
 	if hello != nil {
+		if len(hello.Token) > MaxToken {
+			return nil, ErrHello
+		}
 		h.Flags |= FlagHello
+		if len(hello.Token) > 0 {
+			h.Flags |= FlagToken
+		}
 	}
 	PutHeader(buf, h)
 	off := HeaderLen
@@ -127,6 +133,9 @@ func Seal(aead cipher.AEAD, buf []byte, h *Header, hello *Hello, body []byte) ([
 func helloLen(h *Hello) int {
 	if h == nil {
 		return 0
+	}
+	if len(h.Token) > 0 {
+		return HelloMaxLen + 2 + len(h.Token)
 	}
 	return HelloMaxLen
 }

@@ -44,10 +44,14 @@ const (
 	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2
 	// MaxClientID is the longest client identifier, in bytes.
 	MaxClientID = 32
+	// MaxToken is the longest connect token a hello carries (see package
+	// token): a hello with a token and a full 1,200-byte shard still fits
+	// MaxDatagram.
+	MaxToken = 150
 	// MaxDatagram is the largest datagram any role sends or accepts.
 	MaxDatagram = 1472
 	// MaxOverhead is what the wire adds to a body in the worst case.
-	MaxOverhead = HeaderLen + HelloMaxLen + TagLen
+	MaxOverhead = HeaderLen + HelloMaxLen + 2 + MaxToken + TagLen
 )
 
 // Type says what a datagram's body is.
@@ -105,9 +109,15 @@ func (t Type) String() string {
 type Flags uint8
 
 // FlagHello marks a datagram that carries a hello extension after the header.
-const FlagHello Flags = 1 << 0
+// FlagToken, beside it, says the hello ends with a connect token (a 2-byte
+// length, then the token): the client is admitted by the token rather than by
+// a pre-shared key configured for its ID.
+const (
+	FlagHello Flags = 1 << 0
+	FlagToken Flags = 1 << 1
+)
 
-const knownFlags = FlagHello
+const knownFlags = FlagHello | FlagToken
 
 // Desc is the 4-byte shard descriptor; its meaning per scheme belongs to raic.
 type Desc struct{ Index, Count, K, Frag uint8 }
@@ -132,6 +142,9 @@ type Hello struct {
 	ClientLen uint8
 	Client    [MaxClientID]byte
 	Target    netip.AddrPort // zero for a control-only session
+	// Token is the connect token, when the client has one instead of a
+	// pre-shared key; after Parse it points into the datagram.
+	Token []byte
 }
 
 // ClientID returns the client identifier as bytes (no copy).
@@ -203,6 +216,11 @@ func PutHello(b []byte, h *Hello) int {
 		binary.BigEndian.PutUint16(b[n:], h.Target.Port())
 		n += 2
 	}
+	if len(h.Token) > 0 {
+		binary.BigEndian.PutUint16(b[n:], uint16(len(h.Token)))
+		n += 2
+		n += copy(b[n:], h.Token)
+	}
 	return n
 }
 
@@ -238,12 +256,28 @@ func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
 		return 0, ErrNoPacket
 	}
 	off := HeaderLen
+	if h.Flags&FlagToken != 0 && h.Flags&FlagHello == 0 {
+		return 0, ErrHello
+	}
 	if h.Flags&FlagHello != 0 {
 		n, err := parseHello(b[off:len(b)-TagLen], hello)
 		if err != nil {
 			return 0, err
 		}
 		off += n
+		hello.Token = nil
+		if h.Flags&FlagToken != 0 {
+			rest := b[off : len(b)-TagLen]
+			if len(rest) < 2 {
+				return 0, ErrHello
+			}
+			tl := int(binary.BigEndian.Uint16(rest))
+			if tl == 0 || tl > MaxToken || len(rest) < 2+tl {
+				return 0, ErrHello
+			}
+			hello.Token = rest[2 : 2+tl]
+			off += 2 + tl
+		}
 	}
 	return off, nil
 }

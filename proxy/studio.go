@@ -1,0 +1,262 @@
+package proxy
+
+// What a studio running a fleet of proxies needs beside the packet path:
+// connect tokens (players admitted with no per-player config), a header that
+// tells the game server each player's real address, health endpoints for load
+// balancers and orchestrators, a graceful drain on SIGTERM, and a reload of the
+// client and token tables on SIGHUP that keeps every session.
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/clients"
+	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/proxyproto"
+	"github.com/raicnet/raic/pkg/token"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// StudioConfig are the proxy's keys for running it as a studio's fleet.
+type StudioConfig struct {
+	// TokenKey (or TokenKeyFile, a file holding it) is the key the studio's
+	// backend seals connect tokens with (raic-token -genkey). With it, players
+	// with a token are admitted without a [[client]] table.
+	TokenKey     string `toml:"token_key"`
+	TokenKeyFile string `toml:"token_key_file"`
+	// TokenRatePPS and TokenBurst limit each token-admitted session.
+	TokenRatePPS float64 `toml:"token_rate_pps"`
+	TokenBurst   int     `toml:"token_burst"`
+	// MaxTokens bounds the table of tokens seen (kept until each expires).
+	MaxTokens int `toml:"max_tokens"`
+	// HealthListen serves /healthz (alive) and /readyz (serving and not
+	// draining) over HTTP; when it equals Metrics, one server serves all three.
+	HealthListen string `toml:"health_listen"`
+	// DrainTimeout: on SIGTERM the proxy stops admitting sessions and serves
+	// those it has until they end or this long has passed.
+	DrainTimeout config.Duration `toml:"drain_timeout"`
+	// Servers give per-server options, for whichever client reaches them.
+	Servers []ServerConfig `toml:"server"`
+
+	tokenKey *wire.Key
+	servers  []serverRule
+}
+
+// ServerConfig is one [[server]] table.
+type ServerConfig struct {
+	// Match is the servers it applies to, in allowlist syntax
+	// ("198.18.41.0/24:27000-27050").
+	Match string `toml:"match"`
+	// ClientAddrHeader puts a header with the player's address in front of
+	// each datagram forwarded to these servers: "proxy-v2" (PROXY protocol v2,
+	// DGRAM) or "spp" (Cloudflare's Simple Proxy Protocol). Off by default.
+	ClientAddrHeader string `toml:"client_addr_header"`
+}
+
+type serverRule struct {
+	match  allow.List
+	header proxyproto.Kind
+}
+
+// DefaultDrainTimeout is how long a drain waits for sessions to end.
+const DefaultDrainTimeout = 30 * time.Second
+
+func (c *StudioConfig) checkStudio(meta *config.Meta) error {
+	if c.TokenKey != "" && c.TokenKeyFile != "" {
+		return meta.Errorf("token_key_file", "set token_key or token_key_file, not both")
+	}
+	keyText, keyName := c.TokenKey, "token_key"
+	if c.TokenKeyFile != "" {
+		b, err := os.ReadFile(c.TokenKeyFile)
+		if err != nil {
+			return meta.Errorf("token_key_file", "%v", err)
+		}
+		keyText, keyName = string(b), "token_key_file"
+	}
+	c.tokenKey = nil
+	if keyText != "" {
+		k, err := wire.ParseKey(keyText)
+		if err != nil {
+			return meta.Errorf(keyName, "%v", err)
+		}
+		c.tokenKey = &k
+	}
+	if c.TokenRatePPS < 0 {
+		return meta.Errorf("token_rate_pps", "must be positive")
+	}
+	if c.TokenBurst < 0 {
+		return meta.Errorf("token_burst", "must be positive")
+	}
+	if c.MaxTokens == 0 {
+		c.MaxTokens = clients.DefaultSeenTokens
+	}
+	if c.MaxTokens < 1 {
+		return meta.Errorf("max_tokens", "must be at least 1")
+	}
+	if c.HealthListen != "" {
+		if _, err := netip.ParseAddrPort(c.HealthListen); err != nil {
+			return meta.Errorf("health_listen", "not an address:port: %v", err)
+		}
+	}
+	if c.DrainTimeout.Duration == 0 {
+		c.DrainTimeout.Duration = DefaultDrainTimeout
+	}
+	if c.DrainTimeout.Duration < 0 {
+		return meta.Errorf("drain_timeout", "must be positive")
+	}
+	c.servers = nil
+	for i, sc := range c.Servers {
+		key := func(k string) string { return fmt.Sprintf("server.%d.%s", i, k) }
+		m, err := allow.Parse([]string{sc.Match})
+		if err != nil || strings.TrimSpace(sc.Match) == "" {
+			return meta.Errorf(key("match"), "not an allowlist entry: %v", err)
+		}
+		h, err := proxyproto.ParseKind(sc.ClientAddrHeader)
+		if err != nil {
+			return meta.Errorf(key("client_addr_header"), "%v", err)
+		}
+		c.servers = append(c.servers, serverRule{match: m, header: h})
+	}
+	return nil
+}
+
+// headerFor is the client-address header for target: the first [[server]]
+// that matches it decides.
+func (c *StudioConfig) headerFor(target netip.AddrPort) proxyproto.Kind {
+	for _, r := range c.servers {
+		if r.match.Allows(target) {
+			return r.header
+		}
+	}
+	return proxyproto.None
+}
+
+// newRoster builds the admission tables of cfg, keeping seen (the tokens
+// already used) across reloads.
+func newRoster(cfg *Config, seen *token.Seen) (*clients.Roster, error) {
+	if seen == nil && cfg.tokenKey != nil {
+		seen = token.NewSeen(cfg.MaxTokens)
+	}
+	r, err := clients.NewRoster(cfg.Clients, cfg.tokenKey, seen, mono.Now())
+	if err != nil {
+		return nil, err
+	}
+	r.TokenRatePPS, r.TokenBurst = cfg.TokenRatePPS, cfg.TokenBurst
+	return r, nil
+}
+
+// Reload takes the [[client]] tables, the token key and the [[server]] options
+// of a new, checked config (cli calls it on SIGHUP). Sessions already open
+// keep going with what they were admitted with; new hellos meet the new
+// tables, so a removed client can open nothing more. Other keys need a
+// restart.
+func (s *Server) Reload(cfg *Config) error {
+	old := s.roster.Load()
+	r, err := newRoster(cfg, old.Seen)
+	if err != nil {
+		return err
+	}
+	s.studio.Store(&cfg.StudioConfig)
+	s.roster.Store(r)
+	s.m.reloads.Inc()
+	s.log.Info("reloaded", "clients", len(r.Clients), "tokens", r.Tokens != nil, "sessions", s.sessions.Len())
+	return nil
+}
+
+// Drain stops admitting sessions and waits until the open ones have ended
+// (idle, or closed by their routers) or the drain timeout has passed; cli
+// calls it on SIGTERM before it stops the proxy. /readyz fails from its start,
+// so a load balancer sends no new players here.
+func (s *Server) Drain() {
+	if s.draining.Swap(true) {
+		return
+	}
+	limit := s.studio.Load().DrainTimeout.Duration
+	s.log.Info("draining: admitting no new sessions", "sessions", s.sessions.Len(), "drain_timeout", limit)
+	deadline := time.Now().Add(limit)
+	for s.sessions.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		s.sessions.Sweep(mono.Now())
+	}
+	s.log.Info("drained", "sessions_left", s.sessions.Len())
+}
+
+// Draining reports whether a drain has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// healthMux adds /healthz and /readyz to mux. /healthz answers while the
+// process serves; /readyz only while it also admits sessions.
+func (s *Server) healthMux(mux *http.ServeMux) {
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.closing.Load() {
+			http.Error(w, "stopping", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case s.closing.Load():
+			http.Error(w, "stopping", http.StatusServiceUnavailable)
+		case s.draining.Load():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintf(w, "ready: %d sessions\n", s.sessions.Len())
+		}
+	})
+}
+
+// listenHTTP binds the metrics and health endpoints (New calls it, so the
+// proxy is reachable when New returns; Run serves them): one server when they
+// share an address, two otherwise.
+func (s *Server) listenHTTP() error {
+	type srv struct {
+		addr string
+		mux  *http.ServeMux
+	}
+	var servers []srv
+	if s.cfg.Metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", s.reg.Handler())
+		if s.cfg.HealthListen == s.cfg.Metrics {
+			s.healthMux(mux)
+		}
+		servers = append(servers, srv{s.cfg.Metrics, mux})
+	}
+	if s.cfg.HealthListen != "" && s.cfg.HealthListen != s.cfg.Metrics {
+		mux := http.NewServeMux()
+		s.healthMux(mux)
+		servers = append(servers, srv{s.cfg.HealthListen, mux})
+	}
+	for _, sv := range servers {
+		ln, err := net.Listen("tcp", sv.addr)
+		if err != nil {
+			for _, l := range s.httpLns {
+				l.Close()
+			}
+			return fmt.Errorf("http listener %s: %w", sv.addr, err)
+		}
+		s.httpSrvs = append(s.httpSrvs, &http.Server{Handler: sv.mux, ReadHeaderTimeout: 5 * time.Second})
+		s.httpLns = append(s.httpLns, ln)
+		s.httpAddrs = append(s.httpAddrs, ln.Addr().String())
+	}
+	return nil
+}
+
+// HTTPAddrs are the addresses the metrics and health endpoints listen on (in
+// that order).
+func (s *Server) HTTPAddrs() []string { return s.httpAddrs }
+
+// clientAddrHeader writes the header that tells the server the player's
+// address (the router address the session began from) into b, and returns
+// its length; 0 when the session's server wants none.
+func (ps *proxySession) clientAddrHeader(b []byte) int {
+	return ps.header.Put(b, ps.origin, ps.target)
+}
