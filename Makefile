@@ -9,12 +9,20 @@ PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
             intermediate/cmd/raic-intermediate proxy/cmd/raic-token \
             integration/cmd/gamegen integration/cmd/linkem integration/cmd/ppserver
 
-.PHONY: help build test vet fmt-check check-generated generate bench demo clean
+# What a release ships: static binaries (no cgo) per architecture in dist/.
+RELEASE_PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
+            intermediate/cmd/raic-intermediate proxy/cmd/raic-token
+RELEASE_ARCHS    := amd64 arm64
+DIST    ?= dist
+
+.PHONY: help build test vet fmt-check check-generated generate bench demo clean release release-check
 
 help:
 	@echo "make demo             testbed demo: direct uplinks vs router+proxy (root)"
 	@echo "make test             gofmt, go vet, eBPF staleness check, all tests"
 	@echo "make build            programs into $(BIN)/"
+	@echo "make release          static linux/amd64 and linux/arm64 binaries into $(DIST)/"
+	@echo "make release-check    run the amd64 release binaries, check the arm64 ones with file(1)"
 	@echo "make bench            benchmark tables (micro, loopback, testbed)"
 	@echo "make generate         rebuild the eBPF objects and Go bindings (clang)"
 	@echo "make check-generated  fail when the committed eBPF output is stale"
@@ -62,5 +70,16 @@ demo:
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo builds network namespaces: run it as root (sudo make demo)"; exit 1; fi
 	$(GO) run ./integration/cmd/demo
 
+release:
+	@for arch in $(RELEASE_ARCHS); do \
+		mkdir -p $(DIST)/linux-$$arch; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' \
+			-o $(DIST)/linux-$$arch/ $(addprefix ./,$(RELEASE_PROGRAMS)) || exit 1; \
+	done
+	@ls -l $(DIST)/*
+
+release-check: release
+	sh deploy/release-check.sh $(DIST) $(VERSION)
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)
