@@ -16,9 +16,13 @@ func FuzzParseOpen(f *testing.F) {
 	f.Add(append([]byte(nil), a...))
 	b, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, nil)
 	f.Add(append([]byte(nil), b...))
+	tokHello := *hello
+	tokHello.Token = []byte("a connect token rides here")
+	c, _ := Seal(cs, make([]byte, MaxDatagram), &h, &tokHello, []byte("seed payload"))
+	f.Add(append([]byte(nil), c...))
 	f.Add([]byte{1, 1, 1})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		sealed := string(in) == string(a) || string(in) == string(b)
+		sealed := string(in) == string(a) || string(in) == string(b) || string(in) == string(c)
 		var gh Header
 		var gl Hello
 		off, err := Parse(in, &gh, &gl)

@@ -5,6 +5,7 @@ import (
 	"crypto/cipher"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -285,5 +286,55 @@ func TestProbeRoundTrip(t *testing.T) {
 	var p Probe
 	if ParseProbe(b[:], &p) == nil {
 		t.Fatal("unknown address family accepted")
+	}
+}
+
+// A hello may end with a connect token: it reads back, it is authenticated
+// with the rest of the hello, a cut or oversized one is refused, and a token
+// flag without a hello is malformed.
+func TestHelloWithToken(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	h := Header{Type: TypeData, Session: 42, Packet: 7}
+	hello := &Hello{Target: netip.MustParseAddrPort("198.18.9.2:27015"), Token: bytes.Repeat([]byte{0xAB}, MaxToken)}
+	hello.SetClientID(strings.Repeat("c", MaxClientID))
+	body := make([]byte, 1200) // a full shard still fits beside the longest token
+	dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hello, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gh Header
+	var gl Hello
+	off, err := Parse(dg, &gh, &gl)
+	if err != nil || gh.Flags != FlagHello|FlagToken || !bytes.Equal(gl.Token, hello.Token) {
+		t.Fatalf("parse: %v flags %v token %d bytes", err, gh.Flags, len(gl.Token))
+	}
+	if _, err := Open(sr, append([]byte(nil), dg...), off); err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	// The token is associated data: changing it fails authentication.
+	bad := append([]byte(nil), dg...)
+	bad[off-1] ^= 1
+	if off2, err := Parse(bad, &gh, &gl); err == nil {
+		if _, err := Open(sr, bad, off2); err == nil {
+			t.Fatal("altered token opened")
+		}
+	}
+	// Without FlagHello the token flag is refused.
+	bad = append([]byte(nil), dg...)
+	bad[2] = byte(FlagToken)
+	if _, err := Parse(bad, &gh, &gl); err != ErrHello {
+		t.Fatalf("token flag alone: %v", err)
+	}
+	// A token longer than MaxToken is not sealed.
+	hello.Token = make([]byte, MaxToken+1)
+	if _, err := Seal(cs, make([]byte, MaxDatagram), &h, hello, nil); err == nil {
+		t.Fatal("oversized token sealed")
+	}
+	// A hello without a token after one with: Parse clears it.
+	hello.Token = nil
+	dg, _ = Seal(cs, make([]byte, MaxDatagram), &h, hello, nil)
+	gl.Token = []byte("stale")
+	if _, err := Parse(dg, &gh, &gl); err != nil || gl.Token != nil {
+		t.Fatalf("token left from an earlier parse: %v %q", err, gl.Token)
 	}
 }
