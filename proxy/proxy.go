@@ -79,8 +79,9 @@ type counters struct {
 	sessions                                                 *metrics.Gauge
 	oversize, movedCopies                                    *metrics.Counter
 	// Connect-token refusals by clients.Refusal, refusals while draining, reloads.
-	tokenRefused          map[clients.Refusal]*metrics.Counter
-	drainRefused, reloads *metrics.Counter
+	tokenRefused                         map[clients.Refusal]*metrics.Counter
+	drainRefused, reloads, tokensEvicted *metrics.Counter
+	tokensSeen                           *metrics.Gauge
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -118,8 +119,10 @@ func newCounters(r *metrics.Registry) counters {
 			clients.TokenNotYet:    drop(clients.TokenNotYet.Reason()),
 			clients.TokenReplayed:  drop(clients.TokenReplayed.Reason()),
 		},
-		drainRefused: drop("draining"),
-		reloads:      r.Counter("proxy_reloads_total", "Client and token tables reloaded (SIGHUP)."),
+		drainRefused:  drop("draining"),
+		reloads:       r.Counter("proxy_reloads_total", "Client and token tables reloaded (SIGHUP)."),
+		tokensSeen:    r.Gauge("proxy_tokens_seen", "Connect tokens remembered until they expire (replay table)."),
+		tokensEvicted: r.Counter("proxy_tokens_evicted_total", "Unexpired tokens dropped from the full replay table."),
 	}
 }
 
@@ -218,6 +221,7 @@ func (s *Server) janitor(ctx context.Context) {
 			s.sessions.Sweep(now)
 			s.sessions.Range(func(_ uint64, ps *proxySession) bool { ps.recv.Expire(now); return true })
 			s.m.sessions.Set(int64(s.sessions.Len()))
+			s.tokenTick()
 		}
 	}
 }

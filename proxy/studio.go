@@ -188,6 +188,20 @@ func (s *Server) Drain() {
 	s.log.Info("drained", "sessions_left", s.sessions.Len())
 }
 
+// tokenTick forgets expired tokens and publishes the token table's size and
+// evictions (the janitor calls it once a second).
+func (s *Server) tokenTick() {
+	seen := s.roster.Load().Seen
+	if seen == nil {
+		return
+	}
+	seen.Sweep(time.Now().Unix())
+	s.m.tokensSeen.Set(int64(seen.Len()))
+	if ev := seen.Evicted(); ev > s.m.tokensEvicted.Load() {
+		s.m.tokensEvicted.Add(ev - s.m.tokensEvicted.Load())
+	}
+}
+
 // Draining reports whether a drain has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
 

@@ -304,3 +304,51 @@ func TestStudioConfig(t *testing.T) {
 		}
 	}
 }
+
+// Forwarding with a client-address header allocates nothing per packet
+// either (the header is assembled in the session's own buffer).
+func TestHeaderPathDoesNotAllocate(t *testing.T) {
+	for _, kind := range []string{"proxy-v2", "spp"} {
+		server := newCountingSink(t)
+		cfg, err := ParseConfig("proxy.toml", fmt.Sprintf(`listen = "127.0.0.1:0"
+[[client]]
+id = "gamer"
+key = "%s"
+allow = ["%s"]
+rate_pps = 100000000
+burst = 100000000
+[[server]]
+match = "%s"
+client_addr_header = "%s"
+`, goodKey, server.addr(), server.addr(), kind))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(cfg, quietLog())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		rd := &reader{ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+		fr := newFakeRouter(t, goodKey, server.addr())
+		from := newCountingSink(t).addr()
+		payload := make([]byte, 100)
+		s.handle(rd, fr.seal(t, payload), from, mono.Now())
+		server.waitFor(t, 1)
+		fr.send.Heard(mono.Now())
+		const runs, warmup = 500, 2048
+		dgs := make([][]byte, warmup+runs+1)
+		for i := range dgs {
+			dgs[i] = fr.seal(t, payload)
+		}
+		for i := 0; i < warmup; i++ {
+			s.handle(rd, dgs[i], from, mono.Now())
+		}
+		server.waitFor(t, 1+warmup)
+		i := warmup
+		if a := testing.AllocsPerRun(runs, func() { s.handle(rd, dgs[i], from, mono.Now()); i++ }); a != 0 {
+			t.Errorf("%s: %v allocations per datagram", kind, a)
+		}
+		server.waitFor(t, int64(1+warmup+runs+1))
+	}
+}
