@@ -104,15 +104,19 @@ func TestStudioProxyFleet(t *testing.T) {
 	keyFile := filepath.Join(dir, "token.key")
 	os.WriteFile(keyFile, []byte(keyText), 0o600)
 
-	// The game server, behind a PROXY v2 header.
-	_, ppOut := startCommand(t, ppBin, "-listen", "127.0.0.1:0", "-header", "proxy-v2")
-	line, err := bufio.NewReader(ppOut).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
+	// The game servers, one behind a PROXY v2 header, one behind SPP.
+	startPP := func(kind string) netip.AddrPort {
+		_, ppOut := startCommand(t, ppBin, "-listen", "127.0.0.1:0", "-header", kind)
+		line, err := bufio.NewReader(ppOut).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		return netip.MustParseAddrPort(strings.TrimSpace(line))
 	}
-	server := netip.MustParseAddrPort(strings.TrimSpace(line))
+	server, sppServer := startPP("proxy-v2"), startPP("spp")
 
-	minted, code := run(tokenBin, "mint", "-key-file", keyFile, "-client", "player-1", "-server", server.String(), "-ttl", "5m")
+	minted, code := run(tokenBin, "mint", "-key-file", keyFile, "-client", "player-1",
+		"-server", server.String(), "-server", sppServer.String(), "-ttl", "5m")
 	if code != 0 {
 		t.Fatalf("raic-token mint: %s", minted)
 	}
@@ -129,7 +133,10 @@ drain_timeout = "1500ms"
 [[server]]
 match = "%s"
 client_addr_header = "proxy-v2"
-`, proxyPort, health, health, keyFile, server)
+[[server]]
+match = "%s"
+client_addr_header = "spp"
+`, proxyPort, health, health, keyFile, server, sppServer)
 		if withPSK {
 			s += fmt.Sprintf("[[client]]\nid = \"psk-gamer\"\nkey = \"%s\"\nallow = [\"%s\"]\n", pskKey, server)
 		}
@@ -145,9 +152,12 @@ client_addr_header = "proxy-v2"
 
 	// A router with the token: its one uplink has a fixed source port, the
 	// address the server must be told.
+	// It also forwards a second port to the SPP server.
+	var sppFwd netip.AddrPort
 	startRouterCmd := func(name, auth string) (netip.AddrPort, netip.AddrPort) {
 		up := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))
 		fwd := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))
+		sppFwd = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))
 		cfg := fmt.Sprintf(`%s
 proxy = "127.0.0.1:%d"
 [[uplink]]
@@ -156,7 +166,10 @@ source = "%s"
 [[forward]]
 listen = "%s"
 server = "%s"
-`, auth, proxyPort, up, fwd, server)
+[[forward]]
+listen = "%s"
+server = "%s"
+`, auth, proxyPort, up, fwd, server, sppFwd, sppServer)
 		f := filepath.Join(dir, name+".toml")
 		os.WriteFile(f, []byte(cfg), 0o600)
 		startCommand(t, routerBin, "-config", f)
@@ -191,6 +204,14 @@ server = "%s"
 	}
 	if strings.Contains(got, fmt.Sprintf("peer=%v", up)) {
 		t.Fatalf("the server's peer is the router itself: %q", got)
+	}
+	sppGame, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(sppFwd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sppGame.Close()
+	if got := echo(sppGame, "spp"); !strings.HasPrefix(got, want) || !strings.HasSuffix(got, " spp") {
+		t.Fatalf("SPP server answered %q, want it to have seen %s", got, want)
 	}
 
 	// A PSK router works beside the token one.
