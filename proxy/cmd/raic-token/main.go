@@ -76,7 +76,7 @@ func mint(args []string, stdout, stderr io.Writer) int {
 	var srv servers
 	fs.Var(&srv, "server", "a server the player may reach, in allowlist syntax (repeat for more)")
 	ttl := fs.Duration("ttl", 5*time.Minute, "how long the token admits new sessions")
-	sessions := fs.Int("sessions", token.DefaultSessions, "how many sessions (game flows) the token may open")
+	sessions := fs.Int("sessions", token.DefaultSessions, "how many sessions the token may open at one proxy: a router uses one per game flow plus one for its keepalives")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
