@@ -29,6 +29,7 @@ import (
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
+	"github.com/raicnet/raic/suppress"
 )
 
 const batch = 32
@@ -159,7 +160,7 @@ type routerSession struct {
 	lastSend int64 // only the goroutine reading the game side touches these two
 	interval int64 // smoothed gap between the game's packets, ns
 
-	sup supSession // packet timing for suppression (suppression.go)
+	sup suppress.SessionTiming // packet timing for suppression (suppression.go)
 }
 
 // New builds a router from a checked config: it opens the uplink sockets and the
