@@ -634,9 +634,7 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		// delays, so suppression can tell an upload queue from a download
 		// one.
 		rs.px.paths[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, pong.PeerTime, now)
-		if pong.Overloaded != rs.px.overloaded.Load() {
-			rs.px.overloaded.Store(pong.Overloaded)
-		}
+		rs.px.SetOverloaded(pong.Overloaded)
 	case wire.TypeProbeReply:
 		var rep wire.ProbeReply
 		if wire.ParseProbeReply(body, &rep) != nil {
