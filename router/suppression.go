@@ -305,8 +305,7 @@ func (r *Router) setupSuppression() (err error) {
 		if dev == "" {
 			dev = r.cfg.Uplinks[ix].Device
 		}
-		rc.Links = append(rc.Links, suppress.LinkSetup{Name: sc.Uplinks[i].Name,
-			Egress: sc.devices[i], StatsDevice: dev, Health: r.uplinks[ix].health})
+		rc.Links = append(rc.Links, suppress.LinkSetup{Egress: sc.devices[i], StatsDevice: dev, Health: r.uplinks[ix].health})
 	}
 	if s.rt, err = suppress.NewRuntime(rc, s.enf); err != nil {
 		return err

@@ -46,9 +46,9 @@ type RuntimeConfig struct {
 	Metrics  *metrics.Registry
 }
 
-// LinkSetup is one uplink under suppression.
+// LinkSetup is one uplink under suppression (named by its Config.Uplinks
+// entry).
 type LinkSetup struct {
-	Name string
 	// Egress is the device that enforces the link's uploads ("" when they
 	// are not enforced).
 	Egress string

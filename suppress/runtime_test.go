@@ -363,7 +363,7 @@ func TestRuntimeDrivesTheEnforcer(t *testing.T) {
 	rt, err := NewRuntime(RuntimeConfig{
 		Config: cfg, App: "default", LCMark: 0x20000000, Interval: 100 * time.Millisecond,
 		LANDevice: "lan0", PromoteFlows: true, Metrics: reg,
-		Links: []LinkSetup{{Name: "isp0", Egress: "up0", StatsDevice: "up0", Health: uplink.NewHealth(uplink.HealthConfig{})}},
+		Links: []LinkSetup{{Egress: "up0", StatsDevice: "up0", Health: uplink.NewHealth(uplink.HealthConfig{})}},
 		Sessions: func(yield func(*SessionTiming, netip.AddrPort, netip.AddrPort) bool) {
 			if live {
 				yield(st, flow.Src, flow.Dst)
@@ -440,7 +440,7 @@ func TestRuntimeRefusesADeviceForBothDirections(t *testing.T) {
 	cfg.Uplinks = []UplinkConfig{{Name: "isp0", UpBitsPerSec: 8_000_000, DownBitsPerSec: 40_000_000}}
 	fe := newFakeEnforcer("eth0")
 	_, err := NewRuntime(RuntimeConfig{Config: cfg, Interval: time.Second, LANDevice: "eth0",
-		Links: []LinkSetup{{Name: "isp0", Egress: "eth0", Health: uplink.NewHealth(uplink.HealthConfig{})}}}, fe)
+		Links: []LinkSetup{{Egress: "eth0", Health: uplink.NewHealth(uplink.HealthConfig{})}}}, fe)
 	if err == nil || !strings.Contains(err.Error(), "would enforce both uploads and downloads") {
 		t.Fatalf("error %v", err)
 	}
