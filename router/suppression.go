@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -117,29 +116,14 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 		return meta.Errorf("suppress.uplink", "no [[suppress.uplink]]: suppression needs each uplink's rates")
 	}
 
-	// Start from the package defaults and lay over what the file wrote, so a
-	// [suppress.levels] table with one key keeps every other default.
+	// The levels, detectors and timing were filled with the package's
+	// defaults before decoding (defaultSuppressConfig); app entries take the
+	// keys they leave out from the built-in entries.
 	res := suppress.DefaultConfig()
-	overlay(meta, "suppress.levels", reflect.ValueOf(&res.Levels).Elem(), reflect.ValueOf(s.Levels))
-	overlay(meta, "suppress.detect", reflect.ValueOf(&res.Detect).Elem(), reflect.ValueOf(s.Detect))
-	overlay(meta, "suppress.timing", reflect.ValueOf(&res.Timing).Elem(), reflect.ValueOf(s.Timing))
-	builtin := suppress.DefaultApps()
-	if d, ok := s.Apps["default"]; ok {
-		base := builtin["default"]
-		overlay(meta, "suppress.apps.default", reflect.ValueOf(&base).Elem(), reflect.ValueOf(d))
-		res.Apps["default"] = base
-	}
-	for name, a := range s.Apps {
-		if name == "default" {
-			continue
-		}
-		base, ok := builtin[name]
-		if !ok {
-			base = res.Apps["default"]
-		}
-		overlay(meta, "suppress.apps."+name, reflect.ValueOf(&base).Elem(), reflect.ValueOf(a))
-		res.Apps[name] = base
-	}
+	res.Levels, res.Detect, res.Timing = s.Levels, s.Detect, s.Timing
+	res.Apps = suppress.MergeApps(s.Apps, func(app, key string) bool {
+		return meta.IsDefined("suppress.apps." + app + "." + key)
+	})
 
 	s.devices, s.uplinkIx = nil, nil
 	byName := map[string]int{}
@@ -192,58 +176,23 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 	if needLAN && s.LANDevice == "" {
 		return meta.Errorf("suppress.lan_device", "downloads are enforced on the LAN device's egress: set lan_device (or enforce = \"up\")")
 	}
-	if err := res.Validate(); err != nil {
-		return suppressErrors(meta, err)
+	var bad bool
+	res.Check(func(key, msg string) {
+		meta.Report("suppress."+key, "%s", msg)
+		bad = true
+	})
+	if !bad {
+		s.resolved = res
 	}
-	s.resolved = res
 	return nil
 }
 
-// overlay copies into dst the fields of src (same struct type) whose TOML key
-// under prefix was written in the file, recursing into nested tables.
-func overlay(meta *config.Meta, prefix string, dst, src reflect.Value) {
-	t := dst.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
-		if !f.IsExported() || tag == "" || tag == "-" {
-			continue
-		}
-		key := prefix + "." + tag
-		if f.Type.Kind() == reflect.Struct {
-			overlay(meta, key, dst.Field(i), src.Field(i))
-			continue
-		}
-		if meta.IsDefined(key) {
-			dst.Field(i).Set(src.Field(i))
-		}
-	}
-}
-
-// suppressErrors turns the errors of suppress.Config.Validate ("suppress: KEY:
-// message", KEY like "levels.shape_share" or "uplink[0].up_bps") into errors
-// that point at the file and line of the key under [suppress].
-func suppressErrors(meta *config.Meta, err error) error {
-	var parts []string
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		for _, e := range j.Unwrap() {
-			parts = append(parts, e.Error())
-		}
-	} else {
-		parts = []string{err.Error()}
-	}
-	var out []error
-	for _, p := range parts {
-		p = strings.TrimPrefix(p, "suppress: ")
-		key, msg, ok := strings.Cut(p, ": ")
-		if !ok {
-			out = append(out, meta.Errorf("suppress", "%s", p))
-			continue
-		}
-		key = strings.NewReplacer("[", ".", "]", "").Replace(key)
-		out = append(out, meta.Errorf("suppress."+key, "%s", msg))
-	}
-	return errors.Join(out...)
+// defaultSuppressConfig is the [suppress] table before the file is read: the
+// levels, detectors and timing of package suppress, so that a
+// [suppress.levels] table with one key keeps every other default.
+func defaultSuppressConfig() SuppressConfig {
+	d := suppress.DefaultConfig()
+	return SuppressConfig{Levels: d.Levels, Detect: d.Detect, Timing: d.Timing}
 }
 
 func validIfname(s string) bool {
