@@ -196,8 +196,12 @@ func (n *NextConfig) check(meta *config.Meta) {
 		}
 		names[u.Name] = true
 		if u.Source != "" {
-			if _, err := parseHostPort(u.Source); err != nil {
+			// A source with a port is bound as given, so it must not be
+			// another socket's address.
+			if ap, err := parseHostPort(u.Source); err != nil {
 				meta.Report(key("source"), "%v", err)
+			} else {
+				meta.Listen(key("source"), ap)
 			}
 		}
 		if u.Proxy == "" {

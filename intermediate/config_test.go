@@ -37,6 +37,7 @@ func TestConfigBounds(t *testing.T) {
 		{`ping_interval = "10us"`, "i.toml:9: next.ping_interval: 10µs is not within 10ms to 10s"},
 		{`copies_per_uplink = 0`, "i.toml:9: next.copies_per_uplink: 0 is not within 1 to 4"},
 		{"[[next.uplink]]\nproxy = \"198.18.40.2\"", "i.toml:10: next.uplink.0.proxy: not an address:port"},
+		{"[[next.uplink]]\nsource = \"127.0.0.1:4500\"", "i.toml:10: next.uplink.0.source: 127.0.0.1:4500 is already the listen address of listen"},
 	} {
 		_, err := ParseConfig("i.toml", configTail()+tc.extra+"\n")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -186,14 +186,18 @@ func (c *Config) check(meta *config.Meta) {
 		}
 		names[u.Name] = true
 		if u.Source != "" {
-			if _, err := parseHostPort(u.Source); err != nil {
+			// A source with a port is bound as given, so it must not be
+			// another socket's address.
+			if ap, err := parseHostPort(u.Source); err != nil {
 				meta.Report(key("source"), "%v", err)
+			} else {
+				meta.Listen(key("source"), ap)
 			}
 		}
 	}
 	meta.Add(c.Proxy.check(c, meta))
 	meta.Add(c.Choice.check(c, meta))
-	meta.Add(c.Transparent.check(c, meta))
+	c.Transparent.check(c, meta)
 	if c.Transparent.Enabled && c.Transparent.AppsFile != "" {
 		// The user's application table is a file of its own; its errors
 		// name it (and its lines), so that -check covers it too.
@@ -204,7 +208,7 @@ func (c *Config) check(meta *config.Meta) {
 			meta.Report("transparent.apps_file", "%v", err)
 		}
 	}
-	meta.Add(c.Suppress.check(c, meta))
+	c.Suppress.check(c, meta)
 	if len(c.Forwards) == 0 && !c.Transparent.Enabled {
 		meta.Report("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
 	}

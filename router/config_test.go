@@ -60,6 +60,17 @@ func TestConfigBounds(t *testing.T) {
 	}
 }
 
+// TestConfigListenTakenByAnUplink: an uplink bound to an address with a port
+// takes it, so a forward cannot listen there.
+func TestConfigListenTakenByAnUplink(t *testing.T) {
+	text := strings.Replace(cfgHead(""), "source = \"198.18.10.2\"", "source = \"127.0.0.1:27015\"", 1) + cfgForward
+	_, err := ParseConfig("r.toml", text)
+	want := "r.toml:9: forward.0.listen: 127.0.0.1:27015 is already the listen address of uplink.0.source (line 7)"
+	if err == nil || err.Error() != want {
+		t.Fatalf("error %v, want %q", err, want)
+	}
+}
+
 // TestConfigPingIntervalNanosecond is the config that once passed -check and
 // then panicked in NewTicker.
 func TestConfigPingIntervalNanosecond(t *testing.T) {
@@ -142,5 +153,54 @@ func TestConfigDefaultsFilledBeforeDecoding(t *testing.T) {
 	}
 	if f := c.Forwards[1]; f.Scheme != "copy" || f.ExpectedPPS != 128 {
 		t.Errorf("forward 1 lost its own values: %+v", f)
+	}
+}
+
+// TestConfigReportsEveryErrorOfItsTables: [transparent] and [suppress] report
+// all their errors together too, each at its line.
+func TestConfigReportsEveryErrorOfItsTables(t *testing.T) {
+	text := cfgHead("") + `[transparent]
+enabled = true
+mtu = 100
+table = 254
+poll_interval = "1ns"
+[suppress]
+enabled = true
+interval = "1ns"
+lan_device = "lan0"
+[[suppress.uplink]]
+name = "isp9"
+up_bps = 1
+down_bps = 1
+[[suppress.uplink]]
+name = "uplink0"
+up_bps = 2_000_000_000_000
+down_bps = 1
+[suppress.levels]
+shape_share = nan
+`
+	_, err := ParseConfig("r.toml", text)
+	want := []string{
+		"r.toml:8: transparent.lan: transparent mode needs the LAN interface",
+		"r.toml:10: transparent.mtu: ",
+		"r.toml:11: transparent.table: ",
+		"r.toml:12: transparent.poll_interval: ",
+		"r.toml:15: suppress.interval: ",
+		"r.toml:18: suppress.uplink.0.name: \"isp9\" is not the name of an [[uplink]]",
+		"r.toml:21: suppress.uplink.1.device: uploads are enforced on the uplink's egress device",
+		"r.toml:23: suppress.uplink.1.up_bps: 2000000000000 is not within 1 to",
+		"r.toml:26: suppress.levels.shape_share: NaN",
+	}
+	var es config.Errors
+	if !errors.As(err, &es) {
+		t.Fatalf("error %v, want config.Errors", err)
+	}
+	if len(es) != len(want) {
+		t.Fatalf("%d errors, want %d:\n%v", len(es), len(want), err)
+	}
+	for i := range want {
+		if !strings.HasPrefix(es[i].Error(), want[i]) {
+			t.Errorf("error %d = %q, want it to start %q", i, es[i], want[i])
+		}
 	}
 }

@@ -89,9 +89,9 @@ const (
 // never pass.
 const l2Overhead = 18
 
-func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
+func (s *SuppressConfig) check(c *Config, meta *config.Meta) {
 	if !s.Enabled {
-		return nil
+		return
 	}
 	if s.App == "" {
 		s.App = DefaultSuppressApp
@@ -100,20 +100,21 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 		s.LCMark = DefaultSuppressMark
 	}
 	if c.Transparent.Enabled && s.LCMark&(c.Transparent.MarkMask|c.Transparent.KeepMark) != 0 {
-		return meta.Errorf("suppress.lc_mark", "%#x shares bits with transparent mode's mark_mask (%#x) or keep_mark (%#x): its sockets would be routed as LAN traffic",
+		meta.Report("suppress.lc_mark", "%#x shares bits with transparent mode's mark_mask (%#x) or keep_mark (%#x): its sockets would be routed as LAN traffic",
 			s.LCMark, c.Transparent.MarkMask, c.Transparent.KeepMark)
 	}
 	if s.Interval.Duration == 0 {
 		s.Interval.Duration = DefaultSuppressInterval
 	}
 	if s.Interval.Duration < 10*time.Millisecond || s.Interval.Duration > time.Second {
-		return meta.Errorf("suppress.interval", "must be between 10ms and 1s")
+		meta.Report("suppress.interval", "must be between 10ms and 1s")
 	}
 	if s.LANDevice != "" && !validIfname(s.LANDevice) {
-		return meta.Errorf("suppress.lan_device", "%q is not an interface name", s.LANDevice)
+		meta.Report("suppress.lan_device", "%q is not an interface name", s.LANDevice)
 	}
 	if len(s.Uplinks) == 0 {
-		return meta.Errorf("suppress.uplink", "no [[suppress.uplink]]: suppression needs each uplink's rates")
+		meta.Report("suppress.uplink", "no [[suppress.uplink]]: suppression needs each uplink's rates")
+		return
 	}
 
 	// The levels, detectors and timing were filled with the package's
@@ -137,33 +138,36 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 		key := func(k string) string { return fmt.Sprintf("suppress.uplink.%d.%s", i, k) }
 		ix, ok := byName[u.Name]
 		if !ok {
-			return meta.Errorf(key("name"), "%q is not the name of an [[uplink]]", u.Name)
+			meta.Report(key("name"), "%q is not the name of an [[uplink]]", u.Name)
+			// Still validated below, at the same index, for its other keys.
+			res.Uplinks = append(res.Uplinks, suppress.UplinkConfig{Name: u.Name, UpBitsPerSec: u.UpBitsPerSec, DownBitsPerSec: u.DownBitsPerSec, Enforce: u.Enforce})
+			continue
 		}
 		if seen[u.Name] {
-			return meta.Errorf(key("name"), "uplink %q is configured twice", u.Name)
+			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
 		}
 		seen[u.Name] = true
 		if u.UpBitsPerSec == 0 {
-			return meta.Errorf(key("up_bps"), "must be set: the uplink's upload rate in bits/s")
+			meta.Report(key("up_bps"), "must be set: the uplink's upload rate in bits/s")
 		}
 		if u.DownBitsPerSec == 0 {
-			return meta.Errorf(key("down_bps"), "must be set: the uplink's download rate in bits/s")
+			meta.Report(key("down_bps"), "must be set: the uplink's download rate in bits/s")
 		}
 		uc := suppress.UplinkConfig{Name: u.Name, UpBitsPerSec: u.UpBitsPerSec, DownBitsPerSec: u.DownBitsPerSec, Enforce: u.Enforce}
 		switch u.Enforce {
 		case "", "both", "up", "down", "none":
 		default:
-			return meta.Errorf(key("enforce"), "%q is not one of both, up, down, none", u.Enforce)
+			meta.Report(key("enforce"), "%q is not one of both, up, down, none", u.Enforce)
 		}
 		dev := u.Device
 		if dev == "" {
 			dev = c.Uplinks[ix].Device
 		}
 		if dev != "" && !validIfname(dev) {
-			return meta.Errorf(key("device"), "%q is not an interface name", dev)
+			meta.Report(key("device"), "%q is not an interface name", dev)
 		}
 		if uc.Enforces(suppress.Up) && dev == "" {
-			return meta.Errorf(key("device"), "uploads are enforced on the uplink's egress device: set device here or in its [[uplink]]")
+			meta.Report(key("device"), "uploads are enforced on the uplink's egress device: set device here or in its [[uplink]]")
 		}
 		if !uc.Enforces(suppress.Up) {
 			dev = ""
@@ -174,17 +178,11 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 		s.uplinkIx = append(s.uplinkIx, ix)
 	}
 	if needLAN && s.LANDevice == "" {
-		return meta.Errorf("suppress.lan_device", "downloads are enforced on the LAN device's egress: set lan_device (or enforce = \"up\")")
+		meta.Report("suppress.lan_device", "downloads are enforced on the LAN device's egress: set lan_device (or enforce = \"up\")")
 	}
-	var bad bool
-	res.Check(func(key, msg string) {
-		meta.Report("suppress."+key, "%s", msg)
-		bad = true
-	})
-	if !bad {
-		s.resolved = res
-	}
-	return nil
+	// Keys refused above (an uplink's rates, say) are not refused again.
+	res.Check(func(key, msg string) { meta.Report("suppress."+key, "%s", msg) })
+	s.resolved = res
 }
 
 // defaultSuppressConfig is the [suppress] table before the file is read: the
