@@ -97,12 +97,12 @@ func (c *ChoiceConfig) check(_ *Config, meta *config.Meta) error {
 		{&c.Hold, DefaultSwitchHold, "choice.hold", 10 * time.Millisecond, time.Hour},
 		{&c.Rejoin, DefaultRejoin, "choice.rejoin", 10 * time.Millisecond, 10 * time.Minute},
 		{&c.ProbeInterval, DefaultProbeInterval, "choice.probe_interval", 10 * time.Millisecond, time.Minute}} {
-		if d.v.Duration == 0 {
+		if !meta.IsDefined(d.key) { // a written 0 is refused, not defaulted
 			d.v.Duration = d.def
 		}
 		meta.Duration(d.key, d.v.Duration, d.min, d.max)
 	}
-	if c.Loss == 0 {
+	if !meta.IsDefined("choice.loss") {
 		c.Loss = DefaultSwitchLoss
 	}
 	meta.Ratio("choice.loss", c.Loss, false)

@@ -42,6 +42,8 @@ func TestConfigBounds(t *testing.T) {
 		{`metrics = "127.0.0.1:http"`, `r.toml:1: metrics: bad port "http"`},
 		{"[choice]\nloss = nan", `r.toml:12: choice.loss: NaN is not a finite number`},
 		{"[choice]\nprobe_interval = \"1ns\"", `r.toml:12: choice.probe_interval: 1ns is not within`},
+		{"[choice]\nloss = 0.0", `r.toml:12: choice.loss: 0 is not above 0 and at most 1`},
+		{"[choice]\nmargin = \"0s\"", `r.toml:12: choice.margin: 0s is not within 1ms to 10s`},
 		{"[choice]\nhold = \"1000h\"", `r.toml:12: choice.hold: 1000h is not within`},
 		{"[transparent]\nenabled = true\nlan = \"lan0\"\npoll_interval = \"1ns\"", `r.toml:14: transparent.poll_interval:`},
 	} {
