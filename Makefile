@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/raicnet/raic/pkg/version.Version=$(VERSION)
 PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
             intermediate/cmd/raic-intermediate integration/cmd/gamegen integration/cmd/linkem
 
-.PHONY: help build test vet fmt-check check-generated generate bench demo clean
+.PHONY: help build test vet fmt-check check-generated check-examples generate bench demo clean
 
 help:
 	@echo "make demo             testbed demo: direct uplinks vs router+proxy (root)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench            benchmark tables (micro, loopback, testbed)"
 	@echo "make generate         rebuild the eBPF objects and Go bindings (clang)"
 	@echo "make check-generated  fail when the committed eBPF output is stale"
+	@echo "make check-examples   run each program's -check on its examples/ config"
 
 build:
 	@mkdir -p $(BIN)
@@ -42,9 +43,22 @@ check-generated:
 generate:
 	sh bpf/generate.sh
 
+# Every example config must pass its program's -check (run from the root, as
+# the examples name each other by path from here).
+EXAMPLES := raic-router:examples/router-explicit.toml raic-router:examples/router-transparent.toml \
+            raic-proxy:examples/proxy.toml raic-intermediate:examples/intermediate.toml \
+            raic-simple:examples/simple.toml
+check-examples:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(GO) build -o "$$tmp/" ./router/cmd/raic-router ./proxy/cmd/raic-proxy \
+		./intermediate/cmd/raic-intermediate ./simple/cmd/raic-simple && \
+	for e in $(EXAMPLES); do \
+		"$$tmp/$${e%%:*}" -check -config "$${e#*:}" || exit 1; \
+	done
+
 # Tests that need root (network namespaces, eBPF, TUN) skip with a message when
 # not run as root; CI runs as root, so it runs them all.
-test: fmt-check vet check-generated
+test: fmt-check vet check-generated check-examples
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 bench:

@@ -60,25 +60,24 @@ const (
 
 func (c *ChoiceConfig) check(_ *Config, meta *config.Meta) error {
 	for _, d := range []struct {
-		v   *config.Duration
-		def time.Duration
-		key string
-	}{{&c.Margin, DefaultSwitchMargin, "choice.margin"}, {&c.After, DefaultSwitchAfter, "choice.after"},
-		{&c.Hold, DefaultSwitchHold, "choice.hold"}, {&c.Rejoin, DefaultRejoin, "choice.rejoin"},
-		{&c.ProbeInterval, DefaultProbeInterval, "choice.probe_interval"}} {
-		if d.v.Duration == 0 {
+		v        *config.Duration
+		def      time.Duration
+		key      string
+		min, max time.Duration
+	}{{&c.Margin, DefaultSwitchMargin, "choice.margin", time.Millisecond, 10 * time.Second},
+		{&c.After, DefaultSwitchAfter, "choice.after", 10 * time.Millisecond, 10 * time.Minute},
+		{&c.Hold, DefaultSwitchHold, "choice.hold", 10 * time.Millisecond, time.Hour},
+		{&c.Rejoin, DefaultRejoin, "choice.rejoin", 10 * time.Millisecond, 10 * time.Minute},
+		{&c.ProbeInterval, DefaultProbeInterval, "choice.probe_interval", 10 * time.Millisecond, time.Minute}} {
+		if !meta.IsDefined(d.key) { // a written 0 is refused, not defaulted
 			d.v.Duration = d.def
 		}
-		if d.v.Duration < 0 {
-			return meta.Errorf(d.key, "must be positive")
-		}
+		meta.Duration(d.key, d.v.Duration, d.min, d.max)
 	}
-	if c.Loss == 0 {
+	if !meta.IsDefined("choice.loss") {
 		c.Loss = DefaultSwitchLoss
 	}
-	if c.Loss < 0 || c.Loss > 1 {
-		return meta.Errorf("choice.loss", "must be between 0 and 1")
-	}
+	meta.Ratio("choice.loss", c.Loss, false)
 	return nil
 }
 

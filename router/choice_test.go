@@ -67,7 +67,7 @@ margin = "5ms"
 		{"[[proxy]]\nname = \"a\"\nvia = { isp1 = \"198.18.31.2:5000\" }\n", `proxy.0.address: no address for uplink "isp0"`},
 		{"[[proxy]]\naddress = \"198.18.40.2\"\n", `r.toml:4: proxy.0.address: not an address:port`},
 		{"proxy = 5\n", `r.toml:3: proxy: must be an address`},
-		{"[[proxy]]\naddress = \"198.18.40.2:4500\"\n[choice]\nloss = 2.0\n", `r.toml:6: choice.loss: must be between 0 and 1`},
+		{"[[proxy]]\naddress = \"198.18.40.2:4500\"\n[choice]\nloss = 2.0\n", `r.toml:6: choice.loss: 2 is not above 0 and at most 1`},
 	} {
 		_, err := ParseConfig("r.toml", head+bad.text+uplinks+fwd)
 		if err == nil || !strings.Contains(err.Error(), bad.want) {

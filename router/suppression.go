@@ -2,11 +2,9 @@ package router
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,9 +77,9 @@ const (
 	DefaultSuppressApp      = "default"
 )
 
-func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
+func (s *SuppressConfig) check(c *Config, meta *config.Meta) {
 	if !s.Enabled {
-		return nil
+		return
 	}
 	if s.App == "" {
 		s.App = DefaultSuppressApp
@@ -90,45 +88,31 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 		s.LCMark = DefaultSuppressMark
 	}
 	if c.Transparent.Enabled && s.LCMark&(c.Transparent.MarkMask|c.Transparent.KeepMark) != 0 {
-		return meta.Errorf("suppress.lc_mark", "%#x shares bits with transparent mode's mark_mask (%#x) or keep_mark (%#x): its sockets would be routed as LAN traffic",
+		meta.Report("suppress.lc_mark", "%#x shares bits with transparent mode's mark_mask (%#x) or keep_mark (%#x): its sockets would be routed as LAN traffic",
 			s.LCMark, c.Transparent.MarkMask, c.Transparent.KeepMark)
 	}
 	if s.Interval.Duration == 0 {
 		s.Interval.Duration = DefaultSuppressInterval
 	}
 	if s.Interval.Duration < 10*time.Millisecond || s.Interval.Duration > time.Second {
-		return meta.Errorf("suppress.interval", "must be between 10ms and 1s")
+		meta.Report("suppress.interval", "must be between 10ms and 1s")
 	}
 	if s.LANDevice != "" && !validIfname(s.LANDevice) {
-		return meta.Errorf("suppress.lan_device", "%q is not an interface name", s.LANDevice)
+		meta.Report("suppress.lan_device", "%q is not an interface name", s.LANDevice)
 	}
 	if len(s.Uplinks) == 0 {
-		return meta.Errorf("suppress.uplink", "no [[suppress.uplink]]: suppression needs each uplink's rates")
+		meta.Report("suppress.uplink", "no [[suppress.uplink]]: suppression needs each uplink's rates")
+		return
 	}
 
-	// Start from the package defaults and lay over what the file wrote, so a
-	// [suppress.levels] table with one key keeps every other default.
+	// The levels, detectors and timing were filled with the package's
+	// defaults before decoding (defaultSuppressConfig); app entries take the
+	// keys they leave out from the built-in entries.
 	res := suppress.DefaultConfig()
-	overlay(meta, "suppress.levels", reflect.ValueOf(&res.Levels).Elem(), reflect.ValueOf(s.Levels))
-	overlay(meta, "suppress.detect", reflect.ValueOf(&res.Detect).Elem(), reflect.ValueOf(s.Detect))
-	overlay(meta, "suppress.timing", reflect.ValueOf(&res.Timing).Elem(), reflect.ValueOf(s.Timing))
-	builtin := suppress.DefaultApps()
-	if d, ok := s.Apps["default"]; ok {
-		base := builtin["default"]
-		overlay(meta, "suppress.apps.default", reflect.ValueOf(&base).Elem(), reflect.ValueOf(d))
-		res.Apps["default"] = base
-	}
-	for name, a := range s.Apps {
-		if name == "default" {
-			continue
-		}
-		base, ok := builtin[name]
-		if !ok {
-			base = res.Apps["default"]
-		}
-		overlay(meta, "suppress.apps."+name, reflect.ValueOf(&base).Elem(), reflect.ValueOf(a))
-		res.Apps[name] = base
-	}
+	res.Levels, res.Detect, res.Timing = s.Levels, s.Detect, s.Timing
+	res.Apps = suppress.MergeApps(s.Apps, func(app, key string) bool {
+		return meta.IsDefined("suppress.apps." + app + "." + key)
+	})
 
 	s.devices, s.uplinkIx = nil, nil
 	byName := map[string]int{}
@@ -142,33 +126,36 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 		key := func(k string) string { return fmt.Sprintf("suppress.uplink.%d.%s", i, k) }
 		ix, ok := byName[u.Name]
 		if !ok {
-			return meta.Errorf(key("name"), "%q is not the name of an [[uplink]]", u.Name)
+			meta.Report(key("name"), "%q is not the name of an [[uplink]]", u.Name)
+			// Still validated below, at the same index, for its other keys.
+			res.Uplinks = append(res.Uplinks, suppress.UplinkConfig{Name: u.Name, UpBitsPerSec: u.UpBitsPerSec, DownBitsPerSec: u.DownBitsPerSec, Enforce: u.Enforce})
+			continue
 		}
 		if seen[u.Name] {
-			return meta.Errorf(key("name"), "uplink %q is configured twice", u.Name)
+			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
 		}
 		seen[u.Name] = true
 		if u.UpBitsPerSec == 0 {
-			return meta.Errorf(key("up_bps"), "must be set: the uplink's upload rate in bits/s")
+			meta.Report(key("up_bps"), "must be set: the uplink's upload rate in bits/s")
 		}
 		if u.DownBitsPerSec == 0 {
-			return meta.Errorf(key("down_bps"), "must be set: the uplink's download rate in bits/s")
+			meta.Report(key("down_bps"), "must be set: the uplink's download rate in bits/s")
 		}
 		uc := suppress.UplinkConfig{Name: u.Name, UpBitsPerSec: u.UpBitsPerSec, DownBitsPerSec: u.DownBitsPerSec, Enforce: u.Enforce}
 		switch u.Enforce {
 		case "", "both", "up", "down", "none":
 		default:
-			return meta.Errorf(key("enforce"), "%q is not one of both, up, down, none", u.Enforce)
+			meta.Report(key("enforce"), "%q is not one of both, up, down, none", u.Enforce)
 		}
 		dev := u.Device
 		if dev == "" {
 			dev = c.Uplinks[ix].Device
 		}
 		if dev != "" && !validIfname(dev) {
-			return meta.Errorf(key("device"), "%q is not an interface name", dev)
+			meta.Report(key("device"), "%q is not an interface name", dev)
 		}
 		if uc.Enforces(suppress.Up) && dev == "" {
-			return meta.Errorf(key("device"), "uploads are enforced on the uplink's egress device: set device here or in its [[uplink]]")
+			meta.Report(key("device"), "uploads are enforced on the uplink's egress device: set device here or in its [[uplink]]")
 		}
 		if !uc.Enforces(suppress.Up) {
 			dev = ""
@@ -179,60 +166,19 @@ func (s *SuppressConfig) check(c *Config, meta *config.Meta) error {
 		s.uplinkIx = append(s.uplinkIx, ix)
 	}
 	if needLAN && s.LANDevice == "" {
-		return meta.Errorf("suppress.lan_device", "downloads are enforced on the LAN device's egress: set lan_device (or enforce = \"up\")")
+		meta.Report("suppress.lan_device", "downloads are enforced on the LAN device's egress: set lan_device (or enforce = \"up\")")
 	}
-	if err := res.Validate(); err != nil {
-		return suppressErrors(meta, err)
-	}
+	// Keys refused above (an uplink's rates, say) are not refused again.
+	res.Check(func(key, msg string) { meta.Report("suppress."+key, "%s", msg) })
 	s.resolved = res
-	return nil
 }
 
-// overlay copies into dst the fields of src (same struct type) whose TOML key
-// under prefix was written in the file, recursing into nested tables.
-func overlay(meta *config.Meta, prefix string, dst, src reflect.Value) {
-	t := dst.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
-		if !f.IsExported() || tag == "" || tag == "-" {
-			continue
-		}
-		key := prefix + "." + tag
-		if f.Type.Kind() == reflect.Struct {
-			overlay(meta, key, dst.Field(i), src.Field(i))
-			continue
-		}
-		if meta.IsDefined(key) {
-			dst.Field(i).Set(src.Field(i))
-		}
-	}
-}
-
-// suppressErrors turns the errors of suppress.Config.Validate ("suppress: KEY:
-// message", KEY like "levels.shape_share" or "uplink[0].up_bps") into errors
-// that point at the file and line of the key under [suppress].
-func suppressErrors(meta *config.Meta, err error) error {
-	var parts []string
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		for _, e := range j.Unwrap() {
-			parts = append(parts, e.Error())
-		}
-	} else {
-		parts = []string{err.Error()}
-	}
-	var out []error
-	for _, p := range parts {
-		p = strings.TrimPrefix(p, "suppress: ")
-		key, msg, ok := strings.Cut(p, ": ")
-		if !ok {
-			out = append(out, meta.Errorf("suppress", "%s", p))
-			continue
-		}
-		key = strings.NewReplacer("[", ".", "]", "").Replace(key)
-		out = append(out, meta.Errorf("suppress."+key, "%s", msg))
-	}
-	return errors.Join(out...)
+// defaultSuppressConfig is the [suppress] table before the file is read: the
+// levels, detectors and timing of package suppress, so that a
+// [suppress.levels] table with one key keeps every other default.
+func defaultSuppressConfig() SuppressConfig {
+	d := suppress.DefaultConfig()
+	return SuppressConfig{Levels: d.Levels, Detect: d.Detect, Timing: d.Timing}
 }
 
 func validIfname(s string) bool {

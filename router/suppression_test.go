@@ -108,7 +108,7 @@ func TestSuppressConfigErrorsPointAtTheKey(t *testing.T) {
 			"suppress.detect.jitter_ms.shape.lower: 9 must be below raise"},
 		{"interval", "[suppress]\nenabled = true\ninterval = \"1ms\"\n" + uplink,
 			"suppress.interval: must be between"},
-		{"unknown key", "[suppress]\nenabled = true\nlan_dev = \"x\"\n", `unknown key "suppress.lan_dev"`},
+		{"unknown key", "[suppress]\nenabled = true\nlan_dev = \"x\"\n", `router.toml:16: suppress.lan_dev: unknown key`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig("router.toml", supBase+tc.text)

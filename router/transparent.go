@@ -117,30 +117,30 @@ const (
 	DefaultPollInterval = 100 * time.Millisecond
 )
 
-func (t *TransparentConfig) check(c *Config, meta *config.Meta) error {
+func (t *TransparentConfig) check(c *Config, meta *config.Meta) {
 	if !t.Enabled {
-		return nil
+		return
 	}
 	if t.LAN == "" {
-		return meta.Errorf("transparent.lan", "transparent mode needs the LAN interface")
+		meta.Report("transparent.lan", "transparent mode needs the LAN interface")
 	}
 	if t.TUN == "" {
 		t.TUN = DefaultTUN
 	}
 	if len(t.TUN) > 15 || len(t.LAN) > 15 {
-		return meta.Errorf("transparent.tun", "interface names are at most 15 bytes")
+		meta.Report("transparent.tun", "interface names are at most 15 bytes")
 	}
 	if t.MTU == 0 {
 		t.MTU = DefaultTUNMTU
 	}
 	if t.MTU < 576 || t.MTU > 65535 {
-		return meta.Errorf("transparent.mtu", "must be 576 to 65535")
+		meta.Report("transparent.mtu", "must be 576 to 65535")
 	}
 	if t.TUNAddress == "" {
 		t.TUNAddress = DefaultTUNAddress
 	}
 	if p, err := netip.ParsePrefix(t.TUNAddress); err != nil || !p.Addr().Is4() {
-		return meta.Errorf("transparent.tun_address", "not an IPv4 address/prefix: %q", t.TUNAddress)
+		meta.Report("transparent.tun_address", "not an IPv4 address/prefix: %q", t.TUNAddress)
 	}
 	if t.Mark == 0 {
 		t.Mark = DefaultMark
@@ -149,44 +149,43 @@ func (t *TransparentConfig) check(c *Config, meta *config.Meta) error {
 		t.MarkMask = DefaultMarkMask
 	}
 	if t.Mark&^t.MarkMask != 0 {
-		return meta.Errorf("transparent.mark", "mark %#x has bits outside mark_mask %#x", t.Mark, t.MarkMask)
+		meta.Report("transparent.mark", "mark %#x has bits outside mark_mask %#x", t.Mark, t.MarkMask)
 	}
 	if t.KeepMark == 0 {
 		t.KeepMark = DefaultKeepMark
 	}
 	if t.KeepMark&t.MarkMask != 0 {
-		return meta.Errorf("transparent.keep_mark", "keep_mark %#x shares bits with mark_mask %#x", t.KeepMark, t.MarkMask)
+		meta.Report("transparent.keep_mark", "keep_mark %#x shares bits with mark_mask %#x", t.KeepMark, t.MarkMask)
 	}
 	if t.Table == 0 {
 		t.Table = DefaultTable
 	}
 	if t.Table < 1 || t.Table >= 252 && t.Table <= 255 || t.Table > math.MaxInt32 {
-		return meta.Errorf("transparent.table", "must be 1 to 2^31-1 and not a reserved table (252-255)")
+		meta.Report("transparent.table", "must be 1 to 2^31-1 and not a reserved table (252-255)")
 	}
 	if t.RulePriority == 0 {
 		t.RulePriority = DefaultRulePriority
 	}
 	if t.RulePriority < 1 || t.RulePriority+2 >= 32766 {
-		return meta.Errorf("transparent.rule_priority", "must be 1 to 32763, before the main table's rule")
+		meta.Report("transparent.rule_priority", "must be 1 to 32763, before the main table's rule")
 	}
 	for i, p := range t.UDPPorts {
 		if _, _, err := parsePortRange(p); err != nil {
-			return meta.Errorf(fmt.Sprintf("transparent.udp_ports.%d", i), "%v", err)
+			meta.Report(fmt.Sprintf("transparent.udp_ports.%d", i), "%v", err)
 		}
 	}
 	if t.MaxRules == 0 {
 		t.MaxRules = DefaultMaxRules
 	}
 	if t.MaxRules < 1 || t.MaxRules > 4096 {
-		return meta.Errorf("transparent.max_rules", "must be 1 to 4096")
+		meta.Report("transparent.max_rules", "must be 1 to 4096")
 	}
 	if t.PollInterval.Duration == 0 {
 		t.PollInterval.Duration = DefaultPollInterval
 	}
 	if t.PollInterval.Duration < 10*time.Millisecond || t.PollInterval.Duration > 5*time.Second {
-		return meta.Errorf("transparent.poll_interval", "must be 10ms to 5s")
+		meta.Report("transparent.poll_interval", "must be 10ms to 5s")
 	}
-	return nil
 }
 
 // parsePortRange reads "N" or "N-M" (1 to 65535).

@@ -5,7 +5,9 @@ package clients
 
 import (
 	"crypto/cipher"
+	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -31,48 +33,64 @@ type Config struct {
 // DefaultRatePPS is a client's rate limit when its table sets none.
 const DefaultRatePPS = 5000
 
-// Check fills in defaults and checks every client; errors name the file, line
-// and key (client.N.field). who names the program in the error for an empty
-// list ("the proxy").
+// MaxRatePPS bounds rate_pps; a rate this high turns the limit off in effect.
+const MaxRatePPS = 1e12
+
+// Check fills in defaults and checks every client. It returns every error
+// found (a config.Errors, for the caller's Meta.Add), each naming the file,
+// line and key (client.N.field). who names the program in the error for an
+// empty list ("the proxy").
 func Check(meta *config.Meta, cs []Config, who string) error {
+	var errs config.Errors
+	bad := func(key, format string, args ...any) {
+		var e *config.Error
+		if errors.As(meta.Errorf(key, format, args...), &e) {
+			errs = append(errs, e)
+		}
+	}
 	if len(cs) == 0 {
-		return meta.Errorf("client", "no [[client]] configured: %s would serve nobody", who)
+		bad("client", "no [[client]] configured: %s would serve nobody", who)
 	}
 	seen := map[string]bool{}
 	for i := range cs {
 		cl := &cs[i]
 		key := func(k string) string { return fmt.Sprintf("client.%d.%s", i, k) }
 		if cl.ID == "" || len(cl.ID) > wire.MaxClientID {
-			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
-		}
-		if seen[cl.ID] {
-			return meta.Errorf(key("id"), "client %q is configured twice", cl.ID)
+			bad(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
+		} else if seen[cl.ID] {
+			bad(key("id"), "client %q is configured twice", cl.ID)
 		}
 		seen[cl.ID] = true
 		if _, err := wire.ParseKey(cl.Key); err != nil {
-			return meta.Errorf(key("key"), "%v", err)
+			bad(key("key"), "%v", err)
 		}
 		if len(cl.Allow) == 0 {
-			return meta.Errorf(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
+			bad(key("allow"), "client %q may reach no server: list its servers in allow", cl.ID)
+		} else if _, err := allow.Parse(cl.Allow); err != nil {
+			bad(key("allow"), "%v", err)
 		}
-		if _, err := allow.Parse(cl.Allow); err != nil {
-			return meta.Errorf(key("allow"), "%v", err)
-		}
-		if cl.RatePPS == 0 {
+		if !meta.IsDefined(key("rate_pps")) {
+			cl.RatePPS = DefaultRatePPS
+		} else if !finite(cl.RatePPS) || cl.RatePPS <= 0 || cl.RatePPS > MaxRatePPS {
+			bad(key("rate_pps"), "%v is not above 0 and at most %v", cl.RatePPS, float64(MaxRatePPS))
 			cl.RatePPS = DefaultRatePPS
 		}
-		if cl.RatePPS < 0 {
-			return meta.Errorf(key("rate_pps"), "must be positive")
-		}
-		if cl.Burst == 0 {
+		if !meta.IsDefined(key("burst")) {
 			cl.Burst = int(cl.RatePPS/10) + 64
-		}
-		if cl.Burst < 1 {
-			return meta.Errorf(key("burst"), "must be at least 1")
+		} else if cl.Burst < 1 || cl.Burst > maxBurst {
+			bad(key("burst"), "%d is not within 1 to %d", cl.Burst, maxBurst)
 		}
 	}
-	return nil
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
 }
+
+// maxBurst bounds burst (the token bucket holds this many datagrams).
+const maxBurst = 1 << 30
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
 // Client is a checked client at run time.
 type Client struct {
