@@ -303,6 +303,13 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		// Another session claims this ID; it cannot be ours (different keys).
 		s.m.sessionConflict.Inc()
 		return
+	} else if h.Flags&wire.FlagHello != 0 && r.hello.Epoch == s.run.Epoch && ps.epoch.Load() != s.run.Epoch {
+		// The router learned this run's epoch after it opened the session and
+		// moved the session's keys to it (so a restart of ours cannot take a
+		// replay of them): follow, once the hello proves it.
+		if !s.upgradeEpoch(r, ps, dg, off) {
+			return
+		}
 	}
 	r.sink = replypath.Learner{Paths: &ps.paths, Next: ps, From: from, Now: now}
 	body, err := ps.recv.Receive(dg, h, off, now, &r.sink)
@@ -418,6 +425,7 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 		return nil
 	}
 	if created {
+		ps.epoch.Store(hello.Epoch)
 		if !target.IsValid() {
 			// A control session may be re-opened with the keys it had before a
 			// restart (clients.Admit): nothing sealed before this datagram is
@@ -432,6 +440,25 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 		}
 	}
 	return ps
+}
+
+// upgradeEpoch re-keys ps for this run's epoch when the datagram, a hello
+// naming it, authenticates with those keys; it reports whether it did.
+func (s *Server) upgradeEpoch(r *reader, ps *proxySession, dg []byte, off int) bool {
+	send, recv, err := wire.DeriveKeysEpoch(&ps.client.Key, &ps.salt, ps.id, s.run.Epoch, wire.RoleServer)
+	if err != nil {
+		return false
+	}
+	cp := r.scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		s.m.authFailed.Inc()
+		return false
+	}
+	ps.recv.Rekey(recv)
+	ps.send.Rekey(send, 0, 0)
+	ps.epoch.Store(s.run.Epoch)
+	return true
 }
 
 func (s *Server) sendTo(dg []byte, to netip.AddrPort) {
@@ -456,6 +483,7 @@ type proxySession struct {
 
 	paths   replypath.Set // the router addresses replies go to
 	lastAck atomic.Int64
+	epoch   atomic.Uint64 // the epoch the session's keys are for (0: none)
 	applied uint32        // the packed scheme the reply encoder uses; reply pump only
 	scheme  atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
 }

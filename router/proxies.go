@@ -468,11 +468,15 @@ func (r *Router) forceHellos(now int64) {
 // again at once. Called on the uplink goroutines.
 func (r *Router) noteEpoch(px *proxyConn, epoch uint64, now int64) {
 	old := px.epoch.Load()
-	if epoch == 0 || epoch == old || !px.epoch.CompareAndSwap(old, epoch) || old == 0 {
+	if epoch == 0 || epoch == old || !px.epoch.CompareAndSwap(old, epoch) {
 		return
 	}
-	r.m.proxyRestarts.Inc()
-	r.log.Warn("proxy restarted: re-opening its sessions", "proxy", px.name)
+	// The first epoch heard moves the sessions opened before it to it too (the
+	// proxy follows on their next hello), so none is keyed without one.
+	if old != 0 {
+		r.m.proxyRestarts.Inc()
+		r.log.Warn("proxy restarted: re-opening its sessions", "proxy", px.name)
+	}
 	r.byID.Range(func(_ uint64, rs *routerSession) bool {
 		if rs.px == px {
 			rs.rekey(epoch, now)
