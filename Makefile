@@ -8,13 +8,20 @@ LDFLAGS := -X github.com/raicnet/raic/pkg/version.Version=$(VERSION)
 PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
             intermediate/cmd/raic-intermediate integration/cmd/gamegen integration/cmd/linkem
 
-.PHONY: help build test vet fmt-check check-generated generate bench demo clean
+.PHONY: help build test vet fmt-check check-generated generate bench demo faults clean
 
 help:
-	@echo "make demo             testbed demo: direct uplinks vs router+proxy (root)"
+	@echo "make demo             testbed faults:
+	@mkdir -p docs
+	RAIC_FAULTS_LONG=1 RAIC_FAULTS_TABLE=$(CURDIR)/docs/faults.md \
+		$(GO) test -count=1 -run '^TestFaults$$' -v ./integration/
+	$(GO) test -count=1 -run '^TestFaultsIdleExpiry$$' -v ./integration/
+
+demo: direct uplinks vs router+proxy (root)"
 	@echo "make test             gofmt, go vet, eBPF staleness check, all tests"
 	@echo "make build            programs into $(BIN)/"
 	@echo "make bench            benchmark tables (micro, loopback, testbed)"
+	@echo "make faults           fault and attack suite: prints its table to docs/faults.md"
 	@echo "make generate         rebuild the eBPF objects and Go bindings (clang)"
 	@echo "make check-generated  fail when the committed eBPF output is stale"
 

@@ -535,6 +535,12 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		// Another session claims this ID; it cannot be ours (different keys).
 		s.m.sessionConflict.Inc()
 		return
+	} else if h.Flags&wire.FlagHello != 0 && r.hello.Epoch == s.run.Epoch && rl.epoch.Load() != s.run.Epoch {
+		// The router moved the session's keys to this run's epoch after it
+		// opened it (see proxy): follow, once the hello proves it.
+		if !s.upgradeEpoch(r, rl, dg, off) {
+			return
+		}
 	}
 	r.sink = replypath.Learner{Paths: &rl.paths, Next: rl.toNext, From: from, Now: now}
 	body, err := rl.inRecv.Receive(dg, h, off, now, &r.sink)
@@ -684,6 +690,12 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 		return nil
 	}
 	if created {
+		rl.epoch.Store(hello.Epoch)
+		if !target.IsValid() {
+			// As in the proxy: a control session re-opened with keys it may
+			// have had before a restart takes nothing sealed before this.
+			rl.inRecv.SetFloor(r.hdr.Packet)
+		}
 		if rl.outSend != nil {
 			s.byOut.GetOrCreate(rl.outID, now, func() (*relay, error) { return rl, nil })
 		}
@@ -691,6 +703,25 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 		s.log.Info("session opened", "client", c.ID, "session", id, "next_session", rl.outID, "target", target.String())
 	}
 	return rl
+}
+
+// upgradeEpoch re-keys the router side of rl for this run's epoch when the
+// datagram, a hello naming it, authenticates with those keys.
+func (s *Server) upgradeEpoch(r *reader, rl *relay, dg []byte, off int) bool {
+	send, recv, err := wire.DeriveKeysEpoch(&rl.client.Key, &rl.salt, rl.inID, s.run.Epoch, wire.RoleServer)
+	if err != nil {
+		return false
+	}
+	cp := r.scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		s.m.authFailed.Inc()
+		return false
+	}
+	rl.inRecv.Rekey(recv)
+	rl.inSend.Rekey(send, 0, 0)
+	rl.epoch.Store(s.run.Epoch)
+	return true
 }
 
 // fromNext processes one datagram the next hop sent back on uplink u.

@@ -126,6 +126,10 @@ func (s *Sender) Rekey(aead cipher.AEAD, epoch uint64, now int64) {
 	s.ForceHello(now)
 }
 
+// AEAD returns the key the sender seals with now (it changes on Rekey), for a
+// caller that seals a datagram of its own under this session's key.
+func (s *Sender) AEAD() cipher.AEAD { return s.keys.Load().aead }
+
 // Epoch returns the restart epoch the session's keys are derived for (0: none).
 func (s *Sender) Epoch() uint64 { return s.keys.Load().hello.Epoch }
 
