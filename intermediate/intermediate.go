@@ -718,7 +718,7 @@ func (s *Server) upgradeEpoch(r *reader, rl *relay, dg []byte, off int) bool {
 		s.m.authFailed.Inc()
 		return false
 	}
-	rl.inRecv.Rekey(recv)
+	rl.inRecv.Upgrade(recv)
 	rl.inSend.Rekey(send, 0, 0)
 	rl.epoch.Store(s.run.Epoch)
 	return true

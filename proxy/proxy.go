@@ -455,7 +455,7 @@ func (s *Server) upgradeEpoch(r *reader, ps *proxySession, dg []byte, off int) b
 		s.m.authFailed.Inc()
 		return false
 	}
-	ps.recv.Rekey(recv)
+	ps.recv.Upgrade(recv)
 	ps.send.Rekey(send, 0, 0)
 	ps.epoch.Store(s.run.Epoch)
 	return true

@@ -479,15 +479,17 @@ func (r *Router) noteEpoch(px *proxyConn, epoch uint64, now int64) {
 	}
 	r.byID.Range(func(_ uint64, rs *routerSession) bool {
 		if rs.px == px {
-			rs.rekey(epoch, now)
+			rs.rekey(epoch, old == 0, now)
 		}
 		return true
 	})
 }
 
 // rekey derives the session's keys for the proxy's new epoch, on both
-// halves, and forces the hello back on (see tunnel.Sender.Rekey).
-func (rs *routerSession) rekey(epoch uint64, now int64) {
+// halves, and forces the hello back on (see tunnel.Sender.Rekey). upgrade: the
+// proxy did not restart, it only named its epoch for the first time, so the
+// replies it seals with the old keys until it follows still open.
+func (rs *routerSession) rekey(epoch uint64, upgrade bool, now int64) {
 	if rs.send.Epoch() == epoch {
 		return
 	}
@@ -496,6 +498,10 @@ func (rs *routerSession) rekey(epoch uint64, now int64) {
 	if err != nil {
 		return
 	}
-	rs.recv.Rekey(recv)
+	if upgrade {
+		rs.recv.Upgrade(recv)
+	} else {
+		rs.recv.Rekey(recv)
+	}
 	rs.send.Rekey(send, epoch, now)
 }

@@ -244,6 +244,11 @@ type Receiver struct {
 	aead   cipher.AEAD
 	window replay.Window
 	floor  uint64 // packet IDs below it are refused (SetFloor)
+	// prev is the key before Upgrade, still taken until a datagram opens with
+	// the new one; spare keeps a copy of a datagram meanwhile, since a failed
+	// open leaves the datagram unusable.
+	prev  cipher.AEAD
+	spare []byte
 	dec    *raic.Decoder
 	stats  ReceiverStats
 }
@@ -264,7 +269,11 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		r.stats.Duplicates++
 		return nil, ErrDuplicate
 	}
-	body, err = wire.Open(r.aead, dg, bodyOff)
+	if r.prev != nil {
+		body, err = r.openEither(dg, bodyOff)
+	} else {
+		body, err = wire.Open(r.aead, dg, bodyOff)
+	}
 	if err != nil {
 		r.stats.AuthFailed++
 		return nil, err
@@ -294,9 +303,39 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 // and nothing sealed with the old keys opens any more.
 func (r *Receiver) Rekey(aead cipher.AEAD) {
 	r.mu.Lock()
-	r.aead = aead
+	r.aead, r.prev = aead, nil
 	r.window.Reset()
 	r.mu.Unlock()
+}
+
+// Upgrade moves the receiver to a new key of the same session, the far side
+// continuing (a router and its proxy agreeing on the proxy's epoch after the
+// session began): the window stays, and datagrams sealed with the old key
+// still open until the first one with the new key does, so the packets in
+// flight during the switch are not lost.
+func (r *Receiver) Upgrade(aead cipher.AEAD) {
+	r.mu.Lock()
+	r.prev, r.aead = r.aead, aead
+	if r.spare == nil {
+		r.spare = make([]byte, wire.MaxDatagram+1)
+	}
+	r.mu.Unlock()
+}
+
+// openEither opens dg with the new key or, failing that, the one before
+// Upgrade; the first success with the new key retires the old one.
+func (r *Receiver) openEither(dg []byte, bodyOff int) ([]byte, error) {
+	if len(dg) > len(r.spare) {
+		return wire.Open(r.aead, dg, bodyOff)
+	}
+	cp := r.spare[:len(dg)]
+	copy(cp, dg)
+	if body, err := wire.Open(r.aead, dg, bodyOff); err == nil {
+		r.prev = nil
+		return body, nil
+	}
+	copy(dg, cp)
+	return wire.Open(r.prev, dg, bodyOff)
 }
 
 // SetFloor refuses every packet ID below pid from now on. A proxy sets it to
