@@ -249,8 +249,8 @@ type Receiver struct {
 	// open leaves the datagram unusable.
 	prev  cipher.AEAD
 	spare []byte
-	dec    *raic.Decoder
-	stats  ReceiverStats
+	dec   *raic.Decoder
+	stats ReceiverStats
 }
 
 // NewReceiver makes the receiving half of a session.
