@@ -80,7 +80,7 @@ bench:
 
 faults:
 	@mkdir -p docs
-	RAIC_FAULTS_LONG=1 RAIC_FAULTS_TABLE=$(CURDIR)/docs/faults.md \
+	RAIC_FAULTS_LONG=1 RAIC_FAULTS_SOAK=5m RAIC_FAULTS_TABLE=$(CURDIR)/docs/faults.md \
 		$(GO) test -count=1 -run '^TestFaults' -v -timeout 20m ./integration/
 
 demo:

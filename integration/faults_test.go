@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/proxy"
 	"github.com/raicnet/raic/raic"
+	"github.com/raicnet/raic/router"
 )
 
 // The fault and attack suite (make faults): a router and a proxy on loopback
@@ -165,6 +167,20 @@ func (tr *tapRelay) run() {
 	}
 }
 
+// rebind gives every router address a new upstream socket (a new source
+// port at the proxy), as a NAT that rebinds mid-session would.
+func (tr *tapRelay) rebind() {
+	tr.mu.Lock()
+	old := tr.ups
+	tr.ups = map[netip.AddrPort]*net.UDPConn{}
+	tr.mu.Unlock()
+	time.AfterFunc(500*time.Millisecond, func() { // late replies still arrive
+		for _, u := range old {
+			u.Close()
+		}
+	})
+}
+
 // capturedSince returns copies of what the router sent in [from, to).
 func (tr *tapRelay) capturedSince(from, to int64) [][]byte {
 	tr.mu.Lock()
@@ -237,11 +253,13 @@ func (s *seqServer) snapshot() (seen map[uint64]int64, dups int) {
 
 // faultGame sends seq-numbered packets at rate to the router's forward.
 type faultGame struct {
-	conn *net.UDPConn
-	seq  atomic.Uint64
-	sent sync.Map // seq -> send time
-	stop chan struct{}
-	wg   sync.WaitGroup
+	size    atomic.Int64 // packet size; 100 unless set
+	replies sync.Map     // size -> *atomic.Int64, replies received
+	conn    *net.UDPConn
+	seq     atomic.Uint64
+	sent    sync.Map // seq -> send time
+	stop    chan struct{}
+	wg      sync.WaitGroup
 }
 
 func startGame(t *testing.T, fwd netip.AddrPort, pps int) *faultGame {
@@ -250,12 +268,15 @@ func startGame(t *testing.T, fwd netip.AddrPort, pps int) *faultGame {
 		t.Fatal(err)
 	}
 	g := &faultGame{conn: conn, stop: make(chan struct{})}
-	go func() { // replies are drained, not counted
+	go func() { // replies are counted by size
 		b := make([]byte, 70000)
 		for {
-			if _, err := conn.Read(b); err != nil {
+			n, err := conn.Read(b)
+			if err != nil {
 				return
 			}
+			c, _ := g.replies.LoadOrStore(n, new(atomic.Int64))
+			c.(*atomic.Int64).Add(1)
 		}
 	}()
 	g.wg.Add(1)
@@ -263,7 +284,7 @@ func startGame(t *testing.T, fwd netip.AddrPort, pps int) *faultGame {
 		defer g.wg.Done()
 		tk := time.NewTicker(time.Second / time.Duration(pps))
 		defer tk.Stop()
-		pkt := make([]byte, 100)
+		pkt := make([]byte, 65535)
 		for {
 			select {
 			case <-g.stop:
@@ -271,9 +292,13 @@ func startGame(t *testing.T, fwd netip.AddrPort, pps int) *faultGame {
 			case <-tk.C:
 			}
 			seq := g.seq.Add(1)
+			size := int(g.size.Load())
+			if size == 0 {
+				size = 100
+			}
 			binary.BigEndian.PutUint64(pkt, seq)
 			g.sent.Store(seq, mono.Now())
-			conn.WriteToUDPAddrPort(pkt, fwd)
+			conn.WriteToUDPAddrPort(pkt[:size], fwd)
 		}
 	}()
 	t.Cleanup(g.close)
@@ -502,6 +527,77 @@ func TestFaults(t *testing.T) {
 		t.Errorf("flood: %.0f evicted, gamer lost %d of %d", evicted, lostF, sentF)
 	}
 
+	// A target outside the client's allowlist: a hello with the client's own
+	// key asking for it. Its listener must see nothing.
+	forbidden := newSeqServer(t)
+	{
+		salt, _ := wire.NewSalt()
+		send, _, _ := wire.DeriveKeys(&testKey, &salt, 77, wire.RoleClient)
+		h := &wire.Hello{Salt: salt, Target: forbidden.addr()}
+		h.SetClientID("gamer")
+		s, _ := tunnel.NewSender(send, 77, raic.Params{Scheme: raic.SchemeCopy, K: 1}, h)
+		for i := 0; i < 100; i++ {
+			_, dgs, _ := s.Seal([]byte("12345678 knock"), mono.Now())
+			att.send(dgs[0], proxyAddr)
+		}
+		time.Sleep(200 * time.Millisecond)
+		seenF, _ := forbidden.snapshot()
+		refused := fp.metric(`proxy_dropped_total{reason="forbidden_target"}`)
+		row("target outside the allowlist (100 hellos)", "its listener sees 0", "listener saw %d, %.0f refused (counted)", len(seenF), refused)
+		if len(seenF) != 0 || refused == 0 {
+			t.Errorf("forbidden target: listener saw %d, %.0f refused", len(seenF), refused)
+		}
+	}
+
+	// NAT rebinding: the router's uplinks appear from new source ports, twice.
+	{
+		rb0 := mono.Now()
+		tap.rebind()
+		time.Sleep(700 * time.Millisecond)
+		tap.rebind()
+		time.Sleep(700 * time.Millisecond)
+		rb1 := mono.Now()
+		time.Sleep(300 * time.Millisecond)
+		seen, _ := srv.snapshot()
+		sent, lost := game.lostBetween(seen, rb0, rb1)
+		row("NAT rebinding mid-session (twice)", "0 lost", "%d of %d lost", lost, sent)
+		if lost > 0 {
+			t.Errorf("NAT rebinding: lost %d of %d", lost, sent)
+		}
+	}
+
+	// Big game datagrams: delivered intact, or refused with a counter.
+	for _, size := range []int{1400, 1500, 9000, 65000} {
+		s0 := game.seq.Load()
+		game.size.Store(int64(size))
+		time.Sleep(200 * time.Millisecond)
+		game.size.Store(100)
+		s1 := game.seq.Load()
+		time.Sleep(200 * time.Millisecond)
+		srv.mu.Lock()
+		intact, sent := 0, 0
+		for q := s0 + 2; q < s1; q++ { // the edges may straddle the size change
+			sent++
+			if srv.bytes[q] == size {
+				intact++
+			}
+		}
+		srv.mu.Unlock()
+		back := int64(0)
+		if c, ok := game.replies.Load(size); ok {
+			back = c.(*atomic.Int64).Load()
+		}
+		tooLarge := fp.metric(`proxy_dropped_total{reason="server_packet_too_large"}`)
+		row(fmt.Sprintf("game datagrams of %d bytes", size), "intact, or refused with a counter",
+			"up: %d of %d intact; replies back: %d (server packets over 8,192 B dropped and counted: %.0f so far)", intact, sent, back, tooLarge)
+		if intact != sent {
+			t.Errorf("%d-byte packets: %d of %d intact", size, intact, sent)
+		}
+		if size <= 8192 && back == 0 || size > 8192 && tooLarge == 0 && back == 0 {
+			t.Errorf("%d-byte replies: %d back, %.0f counted as too large", size, back, tooLarge)
+		}
+	}
+
 	// Proxy restart: stop it, start a new run on the same address 1 s later.
 	_ = t0
 	kill := mono.Now()
@@ -628,4 +724,227 @@ func TestFaultsIdleExpiry(t *testing.T) {
 	})
 	t.Logf("\n| fault / attack | measured | must |\n| --- | --- | --- |\n| idle session, session_idle 2 s (proxy) / 3 s (router) | proxy expired %.0f, router expired %.0f | both >= 1 |\n",
 		fp.metric("proxy_sessions_expired_total"), r.Metrics().Snapshot()["router_sessions_expired_total"])
+}
+
+// faultRouter is a router that can be stopped and started again with the
+// same config and forward address, as a kill and restart would.
+type faultRouter struct {
+	t      *testing.T
+	text   string
+	r      *router.Router
+	cancel func()
+	done   chan struct{}
+}
+
+func startFaultRouter(t *testing.T, fwd, server netip.AddrPort, uplinks ...netip.AddrPort) *faultRouter {
+	text := fmt.Sprintf("client_id = \"gamer\"\nkey = \"%s\"\n[[forward]]\nlisten = \"%s\"\nserver = \"%s\"\n", testKey, fwd, server)
+	for i, up := range uplinks {
+		text += fmt.Sprintf("[[uplink]]\nname = \"isp%d\"\nsource = \"127.0.0.1\"\nproxy = \"%s\"\n", i, up)
+	}
+	fr := &faultRouter{t: t, text: text}
+	fr.start()
+	t.Cleanup(fr.stop)
+	return fr
+}
+
+func (fr *faultRouter) start() {
+	cfg, err := router.ParseConfig("router.toml", fr.text)
+	if err != nil {
+		fr.t.Fatal(err)
+	}
+	if fr.r, err = router.New(cfg, testLogger()); err != nil {
+		fr.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fr.cancel, fr.done = cancel, make(chan struct{})
+	go func() { fr.r.Run(ctx); close(fr.done) }()
+}
+
+// kill stops the router without telling the proxy (no close messages): the
+// forward and uplink sockets go away as with kill -9.
+func (fr *faultRouter) stop() {
+	if fr.cancel != nil {
+		fr.cancel()
+		<-fr.done
+		fr.cancel = nil
+	}
+}
+
+// TestFaultsRouterRestart: the router stops and starts again 1 s later on the
+// same forward address; the game's traffic flows again at once.
+func TestFaultsRouterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 4 s; not in -short")
+	}
+	srv := newSeqServer(t)
+	fp := startFaultProxy(t, "127.0.0.1:0", srv.addr().String(), "")
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwd := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+	probe.Close()
+	fr := startFaultRouter(t, fwd, srv.addr(), fp.p.Addr(), fp.p.Addr())
+	game := startGame(t, fwd, 100)
+	waitFor(t, 5*time.Second, "game traffic", func() bool { seen, _ := srv.snapshot(); return len(seen) > 50 })
+	kill := mono.Now()
+	fr.stop()
+	time.Sleep(time.Second)
+	fr.start()
+	back := mono.Now()
+	waitFor(t, 10*time.Second, "game traffic after the router restart", func() bool {
+		seen, _ := srv.snapshot()
+		for _, at := range seen {
+			if at > back {
+				return true
+			}
+		}
+		return false
+	})
+	seen, _ := srv.snapshot()
+	first := int64(0)
+	for _, at := range seen {
+		if at > back && (first == 0 || at < first) {
+			first = at
+		}
+	}
+	sent, lost := game.lostBetween(seen, kill-int64(time.Second), first)
+	gap := time.Duration(first - back)
+	t.Logf("\n| fault / attack | measured | must |\n| --- | --- | --- |\n| router stopped, started again 1 s later (100 pps) | flows %v after it is back; %d of %d lost (outage %v) | flows within 200 ms |\n",
+		gap.Round(time.Millisecond), lost, sent, time.Duration(back-kill).Round(time.Millisecond))
+	if gap > 200*time.Millisecond {
+		t.Errorf("traffic flowed %v after the router was back, want <= 200 ms", gap)
+	}
+}
+
+// TestFaultsSoak plays 5,000 pps each way for RAIC_FAULTS_SOAK (default 10 s;
+// make faults: 5 min) through router and proxy, and prints loss, RSS and
+// goroutines (of this process, which runs router, proxy and the game) at 30 s
+// (or a third of a shorter run) and at the end.
+func TestFaultsSoak(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes 10 s or more; not in -short")
+	}
+	dur := 10 * time.Second
+	if v := os.Getenv("RAIC_FAULTS_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("RAIC_FAULTS_SOAK: %v", err)
+		}
+		dur = d
+	}
+	const pps = 5000
+	n := int(dur.Seconds() * pps)
+	srvConn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srvConn.Close()
+	srvConn.SetReadBuffer(4 << 20)
+	up, down := make([]uint64, n/64+1), make([]uint64, n/64+1)
+	var upN, downN atomic.Int64
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			k, from, err := srvConn.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			if q := binary.BigEndian.Uint64(b); k >= 8 && q < uint64(n) {
+				if up[q/64]&(1<<(q%64)) == 0 {
+					up[q/64] |= 1 << (q % 64)
+					upN.Add(1)
+				}
+				srvConn.WriteToUDPAddrPort(b[:k], from)
+			}
+		}
+	}()
+	srvAddr := srvConn.LocalAddr().(*net.UDPAddr).AddrPort()
+	fp := startFaultProxy(t, "127.0.0.1:0", srvAddr.String(), "")
+	r := startRouter(t, srvAddr, "", fp.p.Addr(), fp.p.Addr())
+	client, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	client.SetReadBuffer(4 << 20)
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			k, err := client.Read(b)
+			if err != nil {
+				return
+			}
+			if q := binary.BigEndian.Uint64(b); k >= 8 && q < uint64(n) && down[q/64]&(1<<(q%64)) == 0 {
+				down[q/64] |= 1 << (q % 64)
+				downN.Add(1)
+			}
+		}
+	}()
+	type sample struct {
+		at       time.Duration
+		rssKB    int64
+		routines int
+	}
+	var samples []sample
+	take := func(at time.Duration) {
+		samples = append(samples, sample{at, rssKB(), runtime.NumGoroutine()})
+	}
+	mid := 30 * time.Second
+	if dur < 3*mid {
+		mid = dur / 3
+	}
+	pkt := make([]byte, 100)
+	start := time.Now()
+	fwd := r.ForwardAddr(0)
+	midTaken := false
+	for i := 0; i < n; i++ {
+		due := start.Add(time.Duration(i) * time.Second / pps)
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		binary.BigEndian.PutUint64(pkt, uint64(i))
+		client.WriteToUDPAddrPort(pkt, fwd)
+		if !midTaken && time.Since(start) >= mid {
+			take(time.Since(start))
+			midTaken = true
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	take(time.Since(start))
+	lostUp, lostDown := n-int(upN.Load()), n-int(downN.Load())
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| soak, %d pps for %v | measured |\n| --- | --- |\n", pps, dur)
+	fmt.Fprintf(&b, "| lost up / down | %d / %d of %d |\n", lostUp, lostDown, n)
+	for _, s := range samples {
+		fmt.Fprintf(&b, "| at %v: RSS (whole test process) / goroutines | %.1f MB / %d |\n", s.at.Round(time.Second), float64(s.rssKB)/1024, s.routines)
+	}
+	t.Log(b.String())
+	if len(samples) == 2 {
+		if g := samples[1].routines - samples[0].routines; g > 10 {
+			t.Errorf("goroutines grew by %d during the soak", g)
+		}
+		if g := samples[1].rssKB - samples[0].rssKB; g > 20<<10 {
+			t.Errorf("RSS grew by %d kB during the soak", g)
+		}
+	}
+	if lostUp+lostDown > n/100 {
+		t.Errorf("soak lost %d up and %d down of %d", lostUp, lostDown, n)
+	}
+}
+
+// rssKB reads this process's resident set size.
+func rssKB() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:")), "%d", &kb)
+			return kb
+		}
+	}
+	return 0
 }

@@ -621,7 +621,9 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		r.m.authFailed.Inc()
 		return
 	}
-	rs.send.Heard(now)
+	if !rs.recv.Upgrading() { // heard with the old keys: the proxy has not followed yet
+		rs.send.Heard(now)
+	}
 	switch h.Type {
 	case wire.TypePong:
 		var pong wire.Pong

@@ -247,8 +247,9 @@ type Receiver struct {
 	// prev is the key before Upgrade, still taken until a datagram opens with
 	// the new one; spare keeps a copy of a datagram meanwhile, since a failed
 	// open leaves the datagram unusable.
-	prev  cipher.AEAD
-	spare []byte
+	prev      cipher.AEAD
+	spare     []byte
+	upgrading atomic.Bool // prev is set: the far side may not have followed yet
 	dec   *raic.Decoder
 	stats ReceiverStats
 }
@@ -304,6 +305,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 func (r *Receiver) Rekey(aead cipher.AEAD) {
 	r.mu.Lock()
 	r.aead, r.prev = aead, nil
+	r.upgrading.Store(false)
 	r.window.Reset()
 	r.mu.Unlock()
 }
@@ -316,11 +318,18 @@ func (r *Receiver) Rekey(aead cipher.AEAD) {
 func (r *Receiver) Upgrade(aead cipher.AEAD) {
 	r.mu.Lock()
 	r.prev, r.aead = r.aead, aead
+	r.upgrading.Store(true)
 	if r.spare == nil {
 		r.spare = make([]byte, wire.MaxDatagram+1)
 	}
 	r.mu.Unlock()
 }
+
+// Upgrading reports whether the far side has not yet been heard with the key
+// of the last Upgrade: what arrives still opens with the old one, so it does
+// not show the far side has followed (and the hello that makes it follow must
+// go on riding).
+func (r *Receiver) Upgrading() bool { return r.upgrading.Load() }
 
 // openEither opens dg with the new key or, failing that, the one before
 // Upgrade; the first success with the new key retires the old one.
@@ -332,6 +341,7 @@ func (r *Receiver) openEither(dg []byte, bodyOff int) ([]byte, error) {
 	copy(cp, dg)
 	if body, err := wire.Open(r.aead, dg, bodyOff); err == nil {
 		r.prev = nil
+		r.upgrading.Store(false)
 		return body, nil
 	}
 	copy(dg, cp)
