@@ -250,8 +250,8 @@ type Receiver struct {
 	prev      cipher.AEAD
 	spare     []byte
 	upgrading atomic.Bool // prev is set: the far side may not have followed yet
-	dec   *raic.Decoder
-	stats ReceiverStats
+	dec       *raic.Decoder
+	stats     ReceiverStats
 }
 
 // NewReceiver makes the receiving half of a session.
