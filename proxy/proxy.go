@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/replypath"
@@ -41,8 +42,15 @@ import (
 const batch = 32
 
 // maxServerPacket is the largest server packet the proxy carries back (it is
-// X-fragmented on the way); game servers keep theirs under the path MTU.
+// X-fragmented on the way); game servers keep theirs under the path MTU. A
+// larger one is dropped, counted (server_packet_too_large) and logged at a
+// bounded rate.
 const maxServerPacket = 8 << 10
+
+// recvBuffer is the listening socket's receive buffer: about 10 ms of
+// datagrams at the proxy's capacity, so an overload drops at the socket
+// instead of queueing seconds of stale game traffic.
+const recvBuffer = 1 << 20
 
 // Server is a running proxy.
 type Server struct {
@@ -56,6 +64,12 @@ type Server struct {
 	sid      [8]byte    // random, mixed into session table hashing
 	probes   *prober    // RTT-to-server answers (probe.go)
 	load     *loadMeter // overload reporting (overload.go)
+	// run is this start's restart epoch, sent in pongs; hellos sealed for
+	// another epoch cannot re-open a game session (clients.Admit).
+	run clients.Run
+	// refusedLog bounds the log lines of per-datagram refusals (replayed or
+	// stale hellos, clients over their limits, oversized replies).
+	refusedLog *logging.Limiter
 
 	closing atomic.Bool
 	loops   sync.WaitGroup // the read loop and the janitor
@@ -72,6 +86,7 @@ type counters struct {
 	sessionsCreated, sessionsEvicted, sessionsIdle, pongsOut *metrics.Counter
 	sessions                                                 *metrics.Gauge
 	oversize, movedCopies                                    *metrics.Counter
+	oldEpoch, sessionLimit, sessionRate                      *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -102,13 +117,17 @@ func newCounters(r *metrics.Registry) counters {
 		sessions:        r.Gauge("proxy_sessions", "Live sessions."),
 		movedCopies:     r.Counter("proxy_moved_copies_total", "Extra reply copies sent on fresh paths for paths lagging behind."),
 		oversize:        r.Counter(`proxy_dropped_total{reason="server_packet_too_large"}`, "Server packets larger than the proxy carries."),
+		oldEpoch:        drop("old_epoch"),
+		sessionLimit:    drop("client_session_limit"),
+		sessionRate:     drop("client_session_rate"),
 	}
 }
 
 // New builds a proxy from a checked config and binds its socket, so it is ready
 // to serve when New returns.
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, clients: map[string]*clients.Client{}, reg: metrics.NewRegistry()}
+	s := &Server{cfg: cfg, log: log, clients: map[string]*clients.Client{}, reg: metrics.NewRegistry(),
+		refusedLog: logging.NewLimiter(5, 20)}
 	s.m = newCounters(s.reg)
 	s.load = newLoadMeter(cfg, s.reg)
 	if _, err := rand.Read(s.sid[:]); err != nil {
@@ -119,6 +138,10 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	if s.clients, err = clients.Table(cfg.Clients, now); err != nil {
 		return nil, err
 	}
+	clients.FairShare(s.clients, cfg.MaxSessions)
+	if s.run, err = clients.NewRun(time.Now()); err != nil {
+		return nil, err
+	}
 	seed := binary.LittleEndian.Uint64(s.sid[:])
 	s.sessions = session.NewTable(session.Config[uint64, *proxySession]{
 		MaxEntries:  cfg.MaxSessions,
@@ -127,7 +150,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		OnRemove:    s.onRemove,
 	})
 	listen, _ := netip.ParseAddrPort(cfg.Listen)
-	conn, err := udp.Listen("udp", udp.Options{Local: listen, RecvBuffer: 4 << 20, SendBuffer: 4 << 20})
+	conn, err := udp.Listen("udp", udp.Options{Local: listen, RecvBuffer: recvBuffer, SendBuffer: 4 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
@@ -208,11 +231,14 @@ func (s *Server) onRemove(id uint64, ps *proxySession, why session.Reason) {
 	switch why {
 	case session.ReasonEvicted:
 		s.m.sessionsEvicted.Inc()
-		s.log.Warn("session evicted: table full", "session", id, "client", ps.client.ID, "max_sessions", s.cfg.MaxSessions)
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("session evicted: table full", "session", id, "client", ps.client.ID, "max_sessions", s.cfg.MaxSessions, "lines_suppressed", n)
+		}
 	case session.ReasonIdle:
 		s.m.sessionsIdle.Inc()
 		s.log.Debug("session idle, ended", "session", id, "client", ps.client.ID)
 	}
+	ps.client.CloseSession()
 	ps.close()
 }
 
@@ -263,7 +289,8 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		return
 	}
 	h := &r.hdr
-	ps, ok := s.sessions.Get(h.Session, now)
+	// Peek, not Get: only an authenticated datagram may keep a session alive.
+	ps, ok := s.sessions.Peek(h.Session)
 	if !ok {
 		if h.Flags&wire.FlagHello == 0 {
 			s.m.unknownSession.Inc()
@@ -276,6 +303,13 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		// Another session claims this ID; it cannot be ours (different keys).
 		s.m.sessionConflict.Inc()
 		return
+	} else if h.Flags&wire.FlagHello != 0 && r.hello.Epoch == s.run.Epoch && ps.epoch.Load() != s.run.Epoch {
+		// The router learned this run's epoch after it opened the session and
+		// moved the session's keys to it (so a restart of ours cannot take a
+		// replay of them): follow, once the hello proves it.
+		if !s.upgradeEpoch(r, ps, dg, off) {
+			return
+		}
 	}
 	r.sink = replypath.Learner{Paths: &ps.paths, Next: ps, From: from, Now: now}
 	body, err := ps.recv.Receive(dg, h, off, now, &r.sink)
@@ -291,6 +325,12 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	// Authenticated: this address is a live path of the session (this is also how
 	// a NAT rebinding on the router's side is learned).
 	ps.paths.Learn(from, now)
+	if h.Type == wire.TypeData || h.Type == wire.TypePing || h.Type == wire.TypeProbe {
+		// Game traffic (and a control session's keepalive pings) keeps the
+		// session alive; keepalives of an idle game session do not, so it
+		// ends after session_idle as the router's does.
+		s.sessions.Get(h.Session, now)
+	}
 	if h.Type == wire.TypeData {
 		ps.noteScheme(h)
 	}
@@ -301,8 +341,8 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 			s.m.malformed.Inc()
 			return
 		}
-		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: s.load.overloaded(now)}
-		var pb [wire.PongLen]byte
+		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: s.load.overloaded(now), Epoch: s.run.Epoch}
+		var pb [wire.PongEpochLen]byte
 		if out, err := ps.send.SealControl(r.ctrl, wire.TypePong, pong.Put(pb[:]), now); err == nil {
 			s.sendTo(out, from)
 			s.m.pongsOut.Inc()
@@ -329,7 +369,10 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 // datagram must be dropped.
 func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySession {
 	hello := &r.hello
-	a, why := clients.Admit(s.clients, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
+	a, why := clients.Admit(s.clients, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now(), &s.run)
+	if why == clients.Admitted {
+		why = a.Client.OpenSession(now)
+	}
 	switch why {
 	case clients.UnknownClient:
 		s.m.unknownClient.Inc()
@@ -339,24 +382,56 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 		return nil
 	case clients.StaleHello:
 		s.m.staleHello.Inc()
-		s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
-			"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", s.cfg.HelloMaxAge.Duration)
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
+				"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", s.cfg.HelloMaxAge.Duration, "lines_suppressed", n)
+		}
+		return nil
+	case clients.OldEpoch:
+		s.m.oldEpoch.Inc()
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("hello refused: made for an earlier run of this proxy (a replay, or a router that has not heard of the restart yet)",
+				"client", a.Client.ID, "session", r.hdr.Session, "lines_suppressed", n)
+		}
 		return nil
 	case clients.ForbiddenTarget:
 		s.m.forbiddenTarget.Inc()
-		s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String())
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String(), "lines_suppressed", n)
+		}
+		return nil
+	case clients.SessionLimit, clients.SessionRate:
+		if why == clients.SessionLimit {
+			s.m.sessionLimit.Inc()
+		} else {
+			s.m.sessionRate.Inc()
+		}
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("session refused: client over its limit", "client", a.Client.ID, "limit", why.String(),
+				"sessions", a.Client.Sessions(), "max_sessions", a.Client.MaxSessions(), "lines_suppressed", n)
+		}
 		return nil
 	}
 	c, send, recv, target := a.Client, a.Send, a.Recv, hello.Target
 	ps, created, err := s.sessions.GetOrCreate(r.hdr.Session, now, func() (*proxySession, error) {
 		return s.newSession(c, r.hdr.Session, hello.Salt, target, send, recv)
 	})
+	if !created {
+		c.CloseSession() // reserved above, not used
+	}
 	if err != nil {
 		s.m.upstreamErrors.Inc()
 		s.log.Warn("cannot open upstream socket", "client", c.ID, "target", target.String(), "err", err)
 		return nil
 	}
 	if created {
+		ps.epoch.Store(hello.Epoch)
+		if !target.IsValid() {
+			// A control session may be re-opened with the keys it had before a
+			// restart (clients.Admit): nothing sealed before this datagram is
+			// taken, so a replayed capture gets no answer.
+			ps.recv.SetFloor(r.hdr.Packet)
+		}
 		s.m.sessionsCreated.Inc()
 		s.log.Info("session opened", "client", c.ID, "session", r.hdr.Session, "target", target.String())
 		if ps.upstream != nil {
@@ -365,6 +440,25 @@ func (s *Server) openSession(r *reader, dg []byte, off int, now int64) *proxySes
 		}
 	}
 	return ps
+}
+
+// upgradeEpoch re-keys ps for this run's epoch when the datagram, a hello
+// naming it, authenticates with those keys; it reports whether it did.
+func (s *Server) upgradeEpoch(r *reader, ps *proxySession, dg []byte, off int) bool {
+	send, recv, err := wire.DeriveKeysEpoch(&ps.client.Key, &ps.salt, ps.id, s.run.Epoch, wire.RoleServer)
+	if err != nil {
+		return false
+	}
+	cp := r.scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		s.m.authFailed.Inc()
+		return false
+	}
+	ps.recv.Upgrade(recv)
+	ps.send.Rekey(send, 0, 0)
+	ps.epoch.Store(s.run.Epoch)
+	return true
 }
 
 func (s *Server) sendTo(dg []byte, to netip.AddrPort) {
@@ -389,6 +483,7 @@ type proxySession struct {
 
 	paths   replypath.Set // the router addresses replies go to
 	lastAck atomic.Int64
+	epoch   atomic.Uint64 // the epoch the session's keys are for (0: none)
 	applied uint32        // the packed scheme the reply encoder uses; reply pump only
 	scheme  atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
 }
@@ -401,6 +496,10 @@ func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target 
 	if err != nil {
 		return nil, err
 	}
+	// Packet IDs from the clock: ahead of anything an earlier run of this proxy
+	// sealed in this session, so the router's window takes them and no nonce
+	// repeats even when the keys do (a re-opened control session).
+	ps.send.StartAt(tunnel.ClockPIDBase(time.Now().UnixMilli()))
 	if target.IsValid() {
 		ps.upstream, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
 		if err != nil {
@@ -460,6 +559,10 @@ func (ps *proxySession) pumpReplies() {
 		}
 		if n > maxServerPacket {
 			s.m.oversize.Inc()
+			if ok, sup := s.refusedLog.Allow(); ok {
+				s.log.Warn("server packet dropped: larger than the proxy carries back", "client", ps.client.ID,
+					"target", ps.target.String(), "limit_bytes", maxServerPacket, "lines_suppressed", sup)
+			}
 			continue
 		}
 		ps.reply(buf[:n], mono.Now())

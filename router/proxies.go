@@ -232,6 +232,13 @@ type proxyConn struct {
 	// and when it came back.
 	proxychoice.Proxy
 	probeSeq atomic.Uint32
+	// epoch is the proxy's restart epoch from its pongs (0: none heard yet).
+	// New sessions derive their keys from it; when it changes the proxy
+	// restarted and lost every session, and they are re-keyed (restarted).
+	epoch atomic.Uint64
+	// silent: no path answers and every session carries its hello again
+	// (see forceHellos). The control goroutine only.
+	silent bool
 
 	wasUp bool // the control goroutine only
 	// standby: neither best nor reserve for any server and carrying no
@@ -429,4 +436,72 @@ func (r *Router) ProxyStats() []ProxyStats {
 		out[j] = s
 	}
 	return out
+}
+
+// forceHellos puts the hello back on every datagram of every session to px
+// (its control session too) while px answers on no path: a proxy that
+// restarted has lost them, and the first datagram that reaches it once it is
+// back then re-opens its session, with no wait for a keepalive round. It runs
+// once per silence, on the control goroutine.
+func (r *Router) forceHellos(now int64) {
+	for _, px := range r.proxies {
+		up := px.AnyUp(now)
+		if up || px.silent {
+			px.silent = !up
+			continue
+		}
+		px.silent = true
+		px.ctrl.send.ForceHello(now)
+		r.byID.Range(func(_ uint64, rs *routerSession) bool {
+			if rs.px == px {
+				rs.send.ForceHello(now)
+			}
+			return true
+		})
+	}
+}
+
+// noteEpoch records the restart epoch of px's pong. A change from a known one
+// means the proxy restarted and lost every session: each is re-keyed for the
+// new epoch (the proxy refuses hellos of an old one for game sessions, so
+// nothing captured before its restart can be replayed into it) and says hello
+// again at once. Called on the uplink goroutines.
+func (r *Router) noteEpoch(px *proxyConn, epoch uint64, now int64) {
+	old := px.epoch.Load()
+	if epoch == 0 || epoch == old || !px.epoch.CompareAndSwap(old, epoch) {
+		return
+	}
+	// The first epoch heard moves the sessions opened before it to it too (the
+	// proxy follows on their next hello), so none is keyed without one.
+	if old != 0 {
+		r.m.proxyRestarts.Inc()
+		r.log.Warn("proxy restarted: re-opening its sessions", "proxy", px.name)
+	}
+	r.byID.Range(func(_ uint64, rs *routerSession) bool {
+		if rs.px == px {
+			rs.rekey(epoch, old == 0, now)
+		}
+		return true
+	})
+}
+
+// rekey derives the session's keys for the proxy's new epoch, on both
+// halves, and forces the hello back on (see tunnel.Sender.Rekey). upgrade: the
+// proxy did not restart, it only named its epoch for the first time, so the
+// replies it seals with the old keys until it follows still open.
+func (rs *routerSession) rekey(epoch uint64, upgrade bool, now int64) {
+	if rs.send.Epoch() == epoch {
+		return
+	}
+	hl, _ := rs.send.Hello()
+	send, recv, err := wire.DeriveKeysEpoch(&rs.r.key, &hl.Salt, rs.id, epoch, wire.RoleClient)
+	if err != nil {
+		return
+	}
+	if upgrade {
+		rs.recv.Upgrade(recv)
+	} else {
+		rs.recv.Rekey(recv)
+	}
+	rs.send.Rekey(send, epoch, now)
 }

@@ -60,11 +60,11 @@ type Router struct {
 }
 
 type counters struct {
-	fromGame, toGame, sealErrors, sendErrors             *metrics.Counter
-	malformed, unknownSession, duplicate, authFailed     *metrics.Counter
-	sessionsCreated, sessionsEvicted, sessionsIdle       *metrics.Counter
-	delayedSent, delayedDropped, noLiveUplink, pongsSeen *metrics.Counter
-	movedCopies, keepalives                              *metrics.Counter
+	fromGame, toGame, sealErrors, sendErrors                            *metrics.Counter
+	malformed, unknownSession, duplicate, authFailed                    *metrics.Counter
+	sessionsCreated, sessionsEvicted, sessionsIdle                      *metrics.Counter
+	delayedSent, delayedDropped, noLiveUplink, pongsSeen, proxyRestarts *metrics.Counter
+	movedCopies, keepalives                                             *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -87,6 +87,7 @@ func newCounters(r *metrics.Registry) counters {
 		delayedDropped:  r.Counter("router_delayed_copies_dropped_total", "Delayed copies dropped because their queue was full."),
 		noLiveUplink:    r.Counter("router_no_live_uplink_total", "Packets sent while every uplink was down (sent on all)."),
 		pongsSeen:       r.Counter("router_pongs_total", "Keepalive answers received."),
+		proxyRestarts:   r.Counter("router_proxy_restarts_total", "Proxy restarts noticed (a new epoch in its pongs); its sessions were re-keyed."),
 		movedCopies:     r.Counter("router_moved_copies_total", "Extra RAIC-1 copies sent on live uplinks for uplinks that look down."),
 		keepalives:      r.Counter("router_path_keepalives_total", "Per-session keepalives sent, one per path each second."),
 	}
@@ -296,11 +297,13 @@ func (r *Router) newTunnel(px *proxyConn, side gameSide, client, target netip.Ad
 	if err != nil {
 		return nil, err
 	}
-	send, recv, err := wire.DeriveKeys(&r.key, &salt, id, wire.RoleClient)
+	// Keys for the proxy's restart epoch, when known (see package wire).
+	epoch := px.epoch.Load()
+	send, recv, err := wire.DeriveKeysEpoch(&r.key, &salt, id, epoch, wire.RoleClient)
 	if err != nil {
 		return nil, err
 	}
-	hello := &wire.Hello{Salt: salt, Target: target}
+	hello := &wire.Hello{Salt: salt, Target: target, Epoch: epoch}
 	hello.SetClientID(r.cfg.ClientID)
 	rs := &routerSession{r: r, id: id, px: px, side: side, client: client, target: target, params: params}
 	rs.head = rs
@@ -602,12 +605,11 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 	rs := r.ctrlSession(h.Session)
 	if rs == nil {
 		var ok bool
-		if rs, ok = r.byID.Get(h.Session, now); !ok {
+		// Peek: nothing refreshes a flow before it authenticated, and only
+		// the server's packets do (Deliver), not acks or pongs.
+		if rs, ok = r.byID.Peek(h.Session); !ok {
 			r.m.unknownSession.Inc()
 			return
-		}
-		if side := rs.head.side; side != nil {
-			side.touch(rs.head, now) // replies keep the flow alive too
 		}
 	}
 	body, err := rs.recv.Receive(dg, h, off, now, rs)
@@ -619,7 +621,9 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		r.m.authFailed.Inc()
 		return
 	}
-	rs.send.Heard(now)
+	if !rs.recv.Upgrading() { // heard with the old keys: the proxy has not followed yet
+		rs.send.Heard(now)
+	}
 	switch h.Type {
 	case wire.TypePong:
 		var pong wire.Pong
@@ -628,6 +632,7 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 			return
 		}
 		r.m.pongsSeen.Inc()
+		r.noteEpoch(rs.px, pong.Epoch, now)
 		// The pong answers the path its ping left on (that uplink, this
 		// session's proxy), whichever socket it came back to. The proxy's
 		// clock (PeerTime) splits the round trip into the two one-way
@@ -659,6 +664,7 @@ func (rs *routerSession) Deliver(_ uint64, pkt []byte, now int64) {
 	if side == nil {
 		return
 	}
+	side.touch(rs.head, now) // the server's packets keep the flow alive too
 	if err := side.writeBack(rs.head, pkt); err != nil {
 		rs.r.m.sendErrors.Inc()
 		return
@@ -694,6 +700,7 @@ func (r *Router) pinger(ctx context.Context) {
 		now := mono.Now()
 		r.sendPings(buf, now)
 		changed := r.notePaths(now)
+		r.forceHellos(now)
 		if len(r.proxies) > 1 {
 			r.evaluate(now, buf, changed)
 		}

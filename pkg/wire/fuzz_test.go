@@ -16,9 +16,15 @@ func FuzzParseOpen(f *testing.F) {
 	f.Add(append([]byte(nil), a...))
 	b, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, nil)
 	f.Add(append([]byte(nil), b...))
+	// A hello that names a restart epoch (FlagEpoch).
+	he := *hello
+	he.Epoch = 0x0123456789abcdef
+	c, _ := Seal(cs, make([]byte, MaxDatagram), &h, &he, []byte("epoch"))
+	c = append([]byte(nil), c...)
+	f.Add(c)
 	f.Add([]byte{1, 1, 1})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		sealed := string(in) == string(a) || string(in) == string(b)
+		sealed := string(in) == string(a) || string(in) == string(b) || string(in) == string(c)
 		var gh Header
 		var gl Hello
 		off, err := Parse(in, &gh, &gl)

@@ -6,13 +6,25 @@
 //
 //	0      version (1)
 //	1      type    (Data, Ping, Pong, Ack, Close, ...)
-//	2      flags   (FlagHello: a hello extension follows the header)
+//	2      flags   (FlagHello: a hello extension follows the header;
+//	               FlagEpoch: the hello ends with the far side's restart epoch)
 //	3      scheme  (RAIC scheme of a Data shard; 0 for control messages)
 //	4..11  session ID
 //	12..19 packet ID (per session and direction, starts at 1)
 //	20..23 shard descriptor: index, count, k, frag (meaning per scheme, see raic)
 //	24..   hello extension, when FlagHello is set (see Hello)
 //	..     ciphertext of the body, then a 16-byte Poly1305 tag
+//
+// Restart epochs (FlagEpoch, a compatible addition to version 1). A proxy picks
+// a random epoch each time it starts and puts it in its pongs (see Pong). A
+// router that knows it puts it at the end of its hellos (FlagEpoch) and derives
+// the session's keys from it too (DeriveKeysEpoch). So datagrams sealed for an
+// earlier run of the proxy never open in a session re-created after a restart,
+// and their hellos are refused: nothing captured before a restart can be
+// replayed into the new run. A sender that has no epoch (it heard no pong that
+// carries one, or an older proxy) leaves the flag clear and derives keys as
+// before; an older proxy's pongs carry no epoch, so a router never sets the flag
+// towards it.
 //
 // Bytes 12..23 (packet ID and descriptor) are the AEAD nonce. The header and the
 // hello extension are the associated data, so nothing in them can be altered.
@@ -41,7 +53,9 @@ const (
 	NonceLen  = 12
 	TagLen    = 16
 	// HelloMaxLen is the largest hello extension (IPv6 target, longest client ID).
-	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2
+	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2 + EpochLen
+	// EpochLen is the size of a restart epoch at the end of a hello.
+	EpochLen = 8
 	// MaxClientID is the longest client identifier, in bytes.
 	MaxClientID = 32
 	// MaxDatagram is the largest datagram any role sends or accepts.
@@ -107,7 +121,10 @@ type Flags uint8
 // FlagHello marks a datagram that carries a hello extension after the header.
 const FlagHello Flags = 1 << 0
 
-const knownFlags = FlagHello
+// FlagEpoch marks a hello that ends with a restart epoch (only with FlagHello).
+const FlagEpoch Flags = 1 << 1
+
+const knownFlags = FlagHello | FlagEpoch
 
 // Desc is the 4-byte shard descriptor; its meaning per scheme belongs to raic.
 type Desc struct{ Index, Count, K, Frag uint8 }
@@ -132,6 +149,9 @@ type Hello struct {
 	ClientLen uint8
 	Client    [MaxClientID]byte
 	Target    netip.AddrPort // zero for a control-only session
+	// Epoch is the far side's restart epoch this hello (and the session's
+	// keys) are for; 0 when the sender knows none (FlagEpoch clear).
+	Epoch uint64
 }
 
 // ClientID returns the client identifier as bytes (no copy).
@@ -203,6 +223,10 @@ func PutHello(b []byte, h *Hello) int {
 		binary.BigEndian.PutUint16(b[n:], h.Target.Port())
 		n += 2
 	}
+	if h.Epoch != 0 {
+		binary.BigEndian.PutUint64(b[n:], h.Epoch)
+		n += EpochLen
+	}
 	return n
 }
 
@@ -238,12 +262,26 @@ func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
 		return 0, ErrNoPacket
 	}
 	off := HeaderLen
+	if h.Flags&FlagEpoch != 0 && h.Flags&FlagHello == 0 {
+		return 0, ErrFlags
+	}
 	if h.Flags&FlagHello != 0 {
 		n, err := parseHello(b[off:len(b)-TagLen], hello)
 		if err != nil {
 			return 0, err
 		}
 		off += n
+		hello.Epoch = 0
+		if h.Flags&FlagEpoch != 0 {
+			if len(b)-TagLen < off+EpochLen {
+				return 0, ErrHello
+			}
+			hello.Epoch = binary.BigEndian.Uint64(b[off:])
+			if hello.Epoch == 0 {
+				return 0, ErrHello
+			}
+			off += EpochLen
+		}
 	}
 	return off, nil
 }

@@ -287,3 +287,47 @@ func TestProbeRoundTrip(t *testing.T) {
 		t.Fatal("unknown address family accepted")
 	}
 }
+
+// A hello with an epoch round-trips and sets FlagEpoch; a hello without one
+// leaves it clear, as an older sender's does; FlagEpoch without a hello is
+// malformed.
+func TestHelloEpoch(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	for _, epoch := range []uint64{0, 1, 0xfedcba9876543210} {
+		hl := &Hello{Target: netip.MustParseAddrPort("198.18.9.2:27015"), Epoch: epoch}
+		hl.SetClientID("alice")
+		h := Header{Type: TypeData, Session: 5, Packet: 7}
+		dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, []byte("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gh Header
+		var gl Hello
+		off, err := Parse(dg, &gh, &gl)
+		if err != nil {
+			t.Fatalf("epoch %x: %v", epoch, err)
+		}
+		if gl.Epoch != epoch || (gh.Flags&FlagEpoch != 0) != (epoch != 0) {
+			t.Fatalf("epoch %x: parsed %x, flags %x", epoch, gl.Epoch, gh.Flags)
+		}
+		if _, err := Open(sr, dg, off); err != nil {
+			t.Fatalf("epoch %x: %v", epoch, err)
+		}
+	}
+	h := Header{Type: TypePing, Session: 5, Packet: 8}
+	dg, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, []byte("x"))
+	dg[2] |= byte(FlagEpoch)
+	var gh Header
+	if _, err := Parse(dg, &gh, nil); err != ErrFlags {
+		t.Fatalf("FlagEpoch without a hello: %v, want ErrFlags", err)
+	}
+	// Pongs with and without an epoch both parse.
+	for _, e := range []uint64{0, 99} {
+		var b [PongEpochLen]byte
+		p := Pong{Ping: Ping{Seq: 3}, PeerTime: 4, Epoch: e}
+		var got Pong
+		if err := ParsePong(p.Put(b[:]), &got); err != nil || got.Epoch != e || got.Ping.Seq != 3 {
+			t.Fatalf("pong epoch %d: %v %+v", e, err, got)
+		}
+	}
+}
