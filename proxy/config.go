@@ -38,6 +38,10 @@ type Config struct {
 	// measured again; ProbeMaxTargets bounds the servers remembered (see probe.go).
 	ProbeTTL        config.Duration `toml:"probe_ttl"`
 	ProbeMaxTargets int             `toml:"probe_max_targets"`
+	// TCPListen, when set, serves routers' aggregated connections on this
+	// address:port: QUIC on UDP for their TCP flows, TLS on TCP for the
+	// datagrams of routers whose network blocks UDP (see tcp.go).
+	TCPListen string `toml:"tcp_listen"`
 	// Clients are the routers allowed to use this proxy.
 	Clients []ClientConfig `toml:"client"`
 }
@@ -88,6 +92,11 @@ func (c *Config) check(meta *config.Meta) error {
 	}
 	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
 		return meta.Errorf("listen", "not an address:port: %v", err)
+	}
+	if c.TCPListen != "" {
+		if _, err := netip.ParseAddrPort(c.TCPListen); err != nil {
+			return meta.Errorf("tcp_listen", "not an address:port: %v", err)
+		}
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"

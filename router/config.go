@@ -57,6 +57,9 @@ type Config struct {
 	Transparent TransparentConfig `toml:"transparent"`
 	// Suppress holds back bulk traffic while a game runs (see suppression.go).
 	Suppress SuppressConfig `toml:"suppress"`
+	// TCP carries TCP flows and the UDP fallback over the aggregated
+	// connection to the proxy (see tcp.go).
+	TCP TCPConfig `toml:"tcp"`
 }
 
 // UplinkConfig is one [[uplink]]: a socket bound to an interface or a source
@@ -202,7 +205,10 @@ func (c *Config) check(meta *config.Meta) error {
 	if err := c.Suppress.check(c, meta); err != nil {
 		return err
 	}
-	if len(c.Forwards) == 0 && !c.Transparent.Enabled {
+	if err := c.TCP.check(meta); err != nil {
+		return err
+	}
+	if len(c.Forwards) == 0 && !c.Transparent.Enabled && len(c.TCP.Forwards) == 0 {
 		return meta.Errorf("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
 	}
 	for i := range c.Forwards {
