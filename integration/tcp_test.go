@@ -358,3 +358,208 @@ fallback = true
 	_ = hex.EncodeToString
 	_ = context.Background
 }
+
+// echoTCP echoes every connection's bytes back.
+func echoTCP(t *testing.T, h *netns.Host, addr netip.AddrPort) {
+	var ln net.Listener
+	if err := h.Do(func() (err error) { ln, err = net.Listen("tcp", addr.String()); return }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.(*net.TCPConn).SetNoDelay(true)
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+}
+
+// stallStats is what one game-like TCP stream measured.
+type stallStats struct {
+	msgs, stalled     int
+	p50, p99, max     time.Duration
+	stallTime         time.Duration // the sum of every stalled message's delay above base
+	base, stallThresh time.Duration
+}
+
+// gameStream sends a 64-byte message every 20 ms for d over a TCP connection
+// to addr and times each echo. A message is stalled when its round trip
+// exceeds the path's (the fastest echo) by more than 30 ms.
+func gameStream(t *testing.T, h *netns.Host, addr netip.AddrPort, d time.Duration) stallStats {
+	t.Helper()
+	var c net.Conn
+	if err := h.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr.String(), 5*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetNoDelay(true)
+	n := int(d / (20 * time.Millisecond))
+	rtts := make([]time.Duration, 0, n)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64)
+		c.SetReadDeadline(time.Now().Add(d + 10*time.Second))
+		for len(rtts) < n {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			rtts = append(rtts, time.Duration(time.Now().UnixNano()-int64(binary.BigEndian.Uint64(buf))))
+		}
+	}()
+	pkt := make([]byte, 64)
+	tick := time.NewTicker(20 * time.Millisecond)
+	for i := 0; i < n; i++ {
+		<-tick.C
+		binary.BigEndian.PutUint64(pkt, uint64(time.Now().UnixNano()))
+		c.Write(pkt)
+	}
+	tick.Stop()
+	<-done
+	if len(rtts) < n {
+		t.Fatalf("%d of %d echoes came back", len(rtts), n)
+	}
+	s := stallStats{msgs: n}
+	sorted := append([]time.Duration(nil), rtts...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	s.base, s.p50, s.p99, s.max = sorted[0], sorted[n/2], sorted[n*99/100], sorted[n-1]
+	s.stallThresh = s.base + 30*time.Millisecond
+	for _, r := range rtts {
+		if r > s.stallThresh {
+			s.stalled++
+			s.stallTime += r - s.base
+		}
+	}
+	return s
+}
+
+// TestTCPGameStreamLossyUplink carries a game-like TCP stream (a message each
+// 20 ms, echoed) over two uplinks of 20 ms each way, the first losing 5% of
+// its packets: once on the first uplink's connection only, once duplicated on
+// both; and, for reference, directly (kernel TCP end to end over the lossy
+// uplink). Duplication must remove at least half the stalls (most, on a quiet machine) (messages held up behind a lost
+// segment while it is repaired).
+func TestTCPGameStreamLossyUplink(t *testing.T) {
+	delay := linkem.Duration(20 * time.Millisecond)
+	g := netns.NewGameForTest(t, netns.GameOptions{Uplinks: 2, Links: []netns.LinkPair{
+		{Up: linkem.Config{Delay: delay, Loss: 0.05}, Down: linkem.Config{Delay: delay, Loss: 0.05}},
+		{Up: linkem.Config{Delay: delay}, Down: linkem.Config{Delay: delay}},
+	}})
+	server := netip.AddrPortFrom(netns.ServerAddr, 9000)
+	echoTCP(t, g.Server, server)
+	s := startTCPSuite(t, g, 2, fmt.Sprintf(`[tcp]
+proxy = "%s:443"
+[[tcp.forward]]
+listen = "%s:9000"
+server = "%s"
+[[tcp.forward]]
+listen = "%s:9001"
+server = "%s"
+duplicate = true
+`, netns.ProxyAddr, netns.LANGateway, server, netns.LANGateway, server))
+	waitFor(t, 10*time.Second, "the connection over the second uplink", func() bool {
+		return s.metric(t, `raic_router_tcp_conn_up{uplink="up1"}`) == 1
+	})
+	const d = 10 * time.Second
+	direct := gameStream(t, g.LAN, server, d) // kernel TCP end to end, over uplink 0
+	single := gameStream(t, g.LAN, netip.AddrPortFrom(netns.LANGateway, 9000), d)
+	dup := gameStream(t, g.LAN, netip.AddrPortFrom(netns.LANGateway, 9001), d)
+	ms := func(x time.Duration) string { return fmt.Sprintf("%.1f", float64(x)/1e6) }
+	var table strings.Builder
+	table.WriteString("| stream | messages | stalled (> base + 30 ms) | stall time ms | RTT p50 / p99 / max ms |\n| --- | ---: | ---: | ---: | --- |\n")
+	for _, r := range []struct {
+		name string
+		s    stallStats
+	}{{"direct (kernel TCP, lossy uplink)", direct}, {"split, lossy uplink only", single}, {"duplicated on both uplinks", dup}} {
+		fmt.Fprintf(&table, "| %s | %d | %d | %s | %s / %s / %s |\n", r.name, r.s.msgs, r.s.stalled, ms(r.s.stallTime), ms(r.s.p50), ms(r.s.p99), ms(r.s.max))
+	}
+	t.Logf("game-like TCP stream, uplink 0 losing 5%% each way:\n%s", table.String())
+	if single.stalled == 0 {
+		t.Fatalf("no stall on the lossy uplink alone: the test does not exercise loss")
+	}
+	if dup.stalled*2 > single.stalled {
+		t.Errorf("duplicated stream stalled %d times, want at most half the single stream's %d", dup.stalled, single.stalled)
+	}
+}
+
+// TestTCPTransparentSplit: the router, as the LAN's gateway, terminates the
+// LAN host's connections to port 9000 of the game server network (an nft
+// redirect) and carries them through the proxy; other ports are routed
+// untouched. The server tells by the peer address which way each came.
+func TestTCPTransparentSplit(t *testing.T) {
+	g := netns.NewGameForTest(t, netns.GameOptions{Uplinks: 1})
+	var mu sync.Mutex
+	peers := map[netip.AddrPort][]netip.Addr{}
+	for _, port := range []uint16{9000, 9001} {
+		addr := netip.AddrPortFrom(netns.ServerAddr, port)
+		var ln net.Listener
+		if err := g.Server.Do(func() (err error) { ln, err = net.Listen("tcp", addr.String()); return }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				peers[addr] = append(peers[addr], c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr())
+				mu.Unlock()
+				go func() { io.Copy(c, c); c.Close() }()
+			}
+		}()
+	}
+	s := startTCPSuite(t, g, 1, fmt.Sprintf(`[tcp]
+proxy = "%s:443"
+[tcp.split]
+lan = "lan0"
+ports = [9000]
+to = ["198.18.41.0/24"]
+compress = true
+`, netns.ProxyAddr))
+	msg := []byte(strings.Repeat("split me ", 1000))
+	for _, port := range []uint16{9000, 9001} {
+		addr := netip.AddrPortFrom(netns.ServerAddr, port)
+		err := g.LAN.Do(func() error {
+			c, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write(msg)
+			c.(*net.TCPConn).CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				return err
+			}
+			if string(got) != string(msg) {
+				return fmt.Errorf("echo of %d bytes came back as %d", len(msg), len(got))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("port %d: %v", port, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	split, routed := peers[netip.AddrPortFrom(netns.ServerAddr, 9000)], peers[netip.AddrPortFrom(netns.ServerAddr, 9001)]
+	if len(split) != 1 || split[0] != netns.ProxyAddr {
+		t.Errorf("port 9000 connections came from %v, want one from the proxy %v", split, netns.ProxyAddr)
+	}
+	if len(routed) != 1 || routed[0] != netns.LANAddr {
+		t.Errorf("port 9001 connections came from %v, want one from the LAN host %v (routed, not split)", routed, netns.LANAddr)
+	}
+	if n := s.metric(t, "raic_router_tcp_flows_total"); n != 1 {
+		t.Errorf("router carried %v flows, want 1", n)
+	}
+	if saved := s.metric(t, "raic_router_tcp_compress_saved_permille"); saved < 500 {
+		t.Errorf("compression saved %v‰ of repetitive text, want at least 500‰", saved)
+	}
+}

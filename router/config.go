@@ -208,7 +208,7 @@ func (c *Config) check(meta *config.Meta) error {
 	if err := c.TCP.check(meta); err != nil {
 		return err
 	}
-	if len(c.Forwards) == 0 && !c.Transparent.Enabled && len(c.TCP.Forwards) == 0 {
+	if len(c.Forwards) == 0 && !c.Transparent.Enabled && len(c.TCP.Forwards) == 0 && !c.TCP.Split.enabled() {
 		return meta.Errorf("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
 	}
 	for i := range c.Forwards {

@@ -31,6 +31,73 @@ type TCPConfig struct {
 	Fallback bool `toml:"fallback"`
 	// Forwards are local TCP ports, one per service (explicit mode, no root).
 	Forwards []TCPForwardConfig `toml:"forward"`
+	// Split terminates chosen TCP connections from the LAN (the router as the
+	// LAN's gateway; needs root and nft).
+	Split TCPSplitConfig `toml:"split"`
+}
+
+// TCPSplitConfig is [tcp.split]: which TCP connections from the LAN the router
+// terminates and carries through the proxy.
+type TCPSplitConfig struct {
+	// LAN is the interface the LAN's traffic comes in on.
+	LAN string `toml:"lan"`
+	// Ports are the TCP destination ports to split; To, if set, limits the
+	// split to these destination prefixes (the proxy's allowlist decides in
+	// the end: a refused flow is closed).
+	Ports []int    `toml:"ports"`
+	To    []string `toml:"to"`
+	// ListenPort is the local port redirected connections land on.
+	ListenPort int  `toml:"listen_port"`
+	Compress   bool `toml:"compress"`
+	Duplicate  bool `toml:"duplicate"`
+
+	to []netip.Prefix
+}
+
+// DefaultSplitPort is where redirected connections land unless listen_port says.
+const DefaultSplitPort = 7411
+
+// splitTable is the router's nft table for the split.
+const splitTable = "raic_tcpsplit"
+
+func (sp *TCPSplitConfig) enabled() bool { return sp.LAN != "" || len(sp.Ports) > 0 }
+
+func (sp *TCPSplitConfig) check(meta *config.Meta) error {
+	if !sp.enabled() {
+		return nil
+	}
+	if sp.LAN == "" {
+		return meta.Errorf("tcp.split.lan", "name the LAN interface")
+	}
+	if len(sp.Ports) == 0 {
+		return meta.Errorf("tcp.split.ports", "list the TCP ports to split")
+	}
+	for _, p := range sp.Ports {
+		if p < 1 || p > 65535 {
+			return meta.Errorf("tcp.split.ports", "port %d out of range", p)
+		}
+	}
+	for _, s := range sp.To {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil || !a.Is4() {
+				return meta.Errorf("tcp.split.to", "not an IPv4 prefix or address: %q", s)
+			}
+			p = netip.PrefixFrom(a, 32)
+		}
+		if !p.Addr().Is4() {
+			return meta.Errorf("tcp.split.to", "only IPv4 is split: %q", s)
+		}
+		sp.to = append(sp.to, p.Masked())
+	}
+	if sp.ListenPort == 0 {
+		sp.ListenPort = DefaultSplitPort
+	}
+	if sp.ListenPort < 1 || sp.ListenPort > 65535 {
+		return meta.Errorf("tcp.split.listen_port", "out of range")
+	}
+	return nil
 }
 
 // TCPForwardConfig is one [[tcp.forward]]: clients connect to Listen as if it
@@ -49,13 +116,16 @@ func (t *TCPConfig) enabled() bool { return t.Proxy != "" }
 
 func (t *TCPConfig) check(meta *config.Meta) error {
 	if t.Proxy == "" {
-		if len(t.Forwards) > 0 || t.Fallback {
+		if len(t.Forwards) > 0 || t.Fallback || t.Split.enabled() {
 			return meta.Errorf("tcp.proxy", "needed for tcp forwards and the fallback")
 		}
 		return nil
 	}
 	if _, err := netip.ParseAddrPort(t.Proxy); err != nil {
 		return meta.Errorf("tcp.proxy", "not an address:port: %v", err)
+	}
+	if err := t.Split.check(meta); err != nil {
+		return err
 	}
 	for i, f := range t.Forwards {
 		key := func(k string) string { return fmt.Sprintf("tcp.forward.%d.%s", i, k) }
@@ -133,6 +203,14 @@ func (r *Router) startTCP(ctx context.Context) error {
 		return err
 	}
 	r.tcp = t
+	// The redirect goes in before the connections open, so that once the
+	// router reports a connection up, chosen flows are split.
+	if err := t.startSplit(ctx); err != nil {
+		for _, ln := range t.lns {
+			ln.Close()
+		}
+		return err
+	}
 	for _, m := range t.muxes {
 		go t.keepConn(ctx, m)
 	}
@@ -168,6 +246,51 @@ func (r *Router) startTCP(ctx context.Context) error {
 	if r.cfg.TCP.Fallback {
 		go t.watchUDP(ctx)
 	}
+	return nil
+}
+
+// startSplit redirects the chosen LAN connections to a local listener and
+// carries each to its original destination.
+func (t *tcpSide) startSplit(ctx context.Context) error {
+	sp := &t.r.cfg.TCP.Split
+	if !sp.enabled() {
+		return nil
+	}
+	ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", sp.ListenPort))
+	if err != nil {
+		return fmt.Errorf("tcp split listener: %w", err)
+	}
+	ports := make([]uint16, len(sp.Ports))
+	for i, p := range sp.Ports {
+		ports[i] = uint16(p)
+	}
+	if err := tcpsplit.InstallRedirect(splitTable, sp.LAN, ports, sp.to, uint16(sp.ListenPort)); err != nil {
+		ln.Close()
+		return err
+	}
+	t.r.log.Info("tcp split", "lan", sp.LAN, "ports", sp.Ports, "to", sp.To, "compress", sp.Compress, "duplicate", sp.Duplicate)
+	rule := tcpsplit.Rule{Compress: sp.Compress, Duplicate: sp.Duplicate}
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+		if err := tcpsplit.RemoveRedirect(splitTable); err != nil {
+			t.r.log.Warn("tcp split: removing the redirect", "err", err)
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			dst, err := tcpsplit.OriginalDst(c)
+			if err != nil || dst.Port() == uint16(sp.ListenPort) {
+				c.Close() // not redirected: someone connected to the port itself
+				continue
+			}
+			go tcpsplit.Carry(c, dst, rule, t, t.stats, t.r.log)
+		}
+	}()
 	return nil
 }
 
