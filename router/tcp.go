@@ -116,8 +116,13 @@ func (t *TCPConfig) enabled() bool { return t.Proxy != "" }
 
 func (t *TCPConfig) check(meta *config.Meta) error {
 	if t.Proxy == "" {
-		if len(t.Forwards) > 0 || t.Fallback || t.Split.enabled() {
-			return meta.Errorf("tcp.proxy", "needed for tcp forwards and the fallback")
+		switch {
+		case len(t.Forwards) > 0:
+			return meta.Errorf("tcp.forward", "needs tcp.proxy (the proxy's tcp_listen)")
+		case t.Fallback:
+			return meta.Errorf("tcp.fallback", "needs tcp.proxy (the proxy's tcp_listen)")
+		case t.Split.enabled():
+			return meta.Errorf("tcp.split", "needs tcp.proxy (the proxy's tcp_listen)")
 		}
 		return nil
 	}

@@ -49,6 +49,12 @@ const openTimeout = 3 * time.Second
 func Carry(lan net.Conn, target netip.AddrPort, rule Rule, conns Conns, stats *Stats, log *slog.Logger) {
 	defer lan.Close()
 	live := conns.Live()
+	// Just after start or while a connection is being re-made: wait a little
+	// rather than refuse at once.
+	for wait := 0; len(live) == 0 && wait < 20; wait++ {
+		time.Sleep(100 * time.Millisecond)
+		live = conns.Live()
+	}
 	if len(live) == 0 {
 		stats.Refused.Inc()
 		log.Debug("tcp flow refused: no connection to the proxy", "target", target.String())
@@ -238,6 +244,12 @@ func (s *Server) serveStream(client string, st *quic.Stream) {
 		return
 	}
 	fl, created := s.flow(flowKey{client, id}, flags&flagDup != 0)
+	if fl == nil {
+		s.Stats.Refused.Inc()
+		s.Log.Warn("tcp flow refused: flow table full", "client", client, "max", MaxFlows)
+		refuse(statusGone)
+		return
+	}
 	if created {
 		d := net.Dialer{Timeout: s.DialTimeout}
 		if d.Timeout == 0 {
@@ -300,6 +312,9 @@ func (s *Server) flow(k flowKey, dup bool) (*proxyFlow, bool) {
 			if fl.gone {
 				delete(s.flows, k2)
 			}
+		}
+		if len(s.flows) >= MaxFlows {
+			return nil, false
 		}
 	}
 	fl := &proxyFlow{ready: make(chan struct{}), dup: dup}
