@@ -405,7 +405,9 @@ func (t *tcpSide) watchUDP(ctx context.Context) {
 			t.switches.Inc()
 			t.r.log.Info("udp fallback over: UDP reaches the proxy again; game sessions back on UDP")
 		}
-		if t.active.Load() && t.fc.Load() == nil && mu.TryLock() {
+		// The fallback connection is kept open (warm) all along, so moving
+		// to it costs only the time to notice that UDP is gone.
+		if t.fc.Load() == nil && mu.TryLock() {
 			go func() {
 				defer mu.Unlock()
 				t.dialFrames(ctx)
@@ -414,7 +416,8 @@ func (t *tcpSide) watchUDP(ctx context.Context) {
 	}
 }
 
-// dialFrames opens the fallback connection, trying each uplink in turn.
+// dialFrames opens the fallback connection, trying each uplink in turn;
+// after a failure on every one it waits a second.
 func (t *tcpSide) dialFrames(ctx context.Context) {
 	for _, m := range t.muxes {
 		var d net.Dialer
@@ -435,6 +438,10 @@ func (t *tcpSide) dialFrames(ctx context.Context) {
 		t.fc.Store(fc)
 		go t.readFrames(fc)
 		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Second):
 	}
 }
 
