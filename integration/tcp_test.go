@@ -525,6 +525,7 @@ proxy = "%s:443"
 [tcp.split]
 lan = "lan0"
 ports = [9000]
+apps = ["ffxiv"]                  # port ranges in the redirect too
 to = ["198.18.41.0/24"]
 compress = true
 `, netns.ProxyAddr))

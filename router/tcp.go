@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
@@ -41,17 +44,20 @@ type TCPConfig struct {
 type TCPSplitConfig struct {
 	// LAN is the interface the LAN's traffic comes in on.
 	LAN string `toml:"lan"`
-	// Ports are the TCP destination ports to split; To, if set, limits the
-	// split to these destination prefixes (the proxy's allowlist decides in
-	// the end: a refused flow is closed).
+	// Ports are the TCP destination ports to split, and Apps names entries of
+	// the shipped app table (detect/apps.toml) whose TCP server ports are
+	// split too; To, if set, limits the split to these destination prefixes
+	// (the proxy's allowlist decides in the end: a refused flow is closed).
 	Ports []int    `toml:"ports"`
+	Apps  []string `toml:"apps"`
 	To    []string `toml:"to"`
 	// ListenPort is the local port redirected connections land on.
 	ListenPort int  `toml:"listen_port"`
 	Compress   bool `toml:"compress"`
 	Duplicate  bool `toml:"duplicate"`
 
-	to []netip.Prefix
+	to    []netip.Prefix
+	ports []string // nft port set members: "N" or "LO-HI"
 }
 
 // DefaultSplitPort is where redirected connections land unless listen_port says.
@@ -60,7 +66,9 @@ const DefaultSplitPort = 7411
 // splitTable is the router's nft table for the split.
 const splitTable = "raic_tcpsplit"
 
-func (sp *TCPSplitConfig) enabled() bool { return sp.LAN != "" || len(sp.Ports) > 0 }
+func (sp *TCPSplitConfig) enabled() bool {
+	return sp.LAN != "" || len(sp.Ports) > 0 || len(sp.Apps) > 0
+}
 
 func (sp *TCPSplitConfig) check(meta *config.Meta) error {
 	if !sp.enabled() {
@@ -69,12 +77,30 @@ func (sp *TCPSplitConfig) check(meta *config.Meta) error {
 	if sp.LAN == "" {
 		return meta.Errorf("tcp.split.lan", "name the LAN interface")
 	}
-	if len(sp.Ports) == 0 {
-		return meta.Errorf("tcp.split.ports", "list the TCP ports to split")
+	if len(sp.Ports) == 0 && len(sp.Apps) == 0 {
+		return meta.Errorf("tcp.split.ports", "list the TCP ports (or apps) to split")
 	}
+	sp.ports = nil
 	for _, p := range sp.Ports {
 		if p < 1 || p > 65535 {
 			return meta.Errorf("tcp.split.ports", "port %d out of range", p)
+		}
+		sp.ports = append(sp.ports, strconv.Itoa(p))
+	}
+	if len(sp.Apps) > 0 {
+		table, err := detect.ShippedConfig()
+		if err != nil {
+			return meta.Errorf("tcp.split.apps", "the shipped app table: %v", err)
+		}
+		for _, name := range sp.Apps {
+			i := slices.IndexFunc(table.Apps, func(a detect.App) bool { return a.Name == name })
+			if i < 0 {
+				return meta.Errorf("tcp.split.apps", "no app %q in the app table", name)
+			}
+			if a := table.Apps[i]; a.Proto != "tcp" && a.Proto != "both" {
+				return meta.Errorf("tcp.split.apps", "app %q uses no TCP (proto %q)", name, a.Proto)
+			}
+			sp.ports = append(sp.ports, table.Apps[i].ServerPorts...)
 		}
 	}
 	for _, s := range sp.To {
@@ -265,15 +291,11 @@ func (t *tcpSide) startSplit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("tcp split listener: %w", err)
 	}
-	ports := make([]uint16, len(sp.Ports))
-	for i, p := range sp.Ports {
-		ports[i] = uint16(p)
-	}
-	if err := tcpsplit.InstallRedirect(splitTable, sp.LAN, ports, sp.to, uint16(sp.ListenPort)); err != nil {
+	if err := tcpsplit.InstallRedirect(splitTable, sp.LAN, sp.ports, sp.to, uint16(sp.ListenPort)); err != nil {
 		ln.Close()
 		return err
 	}
-	t.r.log.Info("tcp split", "lan", sp.LAN, "ports", sp.Ports, "to", sp.To, "compress", sp.Compress, "duplicate", sp.Duplicate)
+	t.r.log.Info("tcp split", "lan", sp.LAN, "ports", sp.ports, "to", sp.To, "compress", sp.Compress, "duplicate", sp.Duplicate)
 	rule := tcpsplit.Rule{Compress: sp.Compress, Duplicate: sp.Duplicate}
 	go func() {
 		<-ctx.Done()

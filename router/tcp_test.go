@@ -26,6 +26,7 @@ compress = true
 [tcp.split]
 lan = "lan0"
 ports = [9000, 27015]
+apps = ["ffxiv", "mumble"]
 to = ["198.18.41.0/24", "198.18.42.2"]
 duplicate = true
 `)
@@ -39,7 +40,12 @@ duplicate = true
 	if c.TCP.Split.ListenPort != DefaultSplitPort || len(c.TCP.Split.to) != 2 || c.TCP.Split.to[1].Bits() != 32 {
 		t.Errorf("tcp.split = %+v", c.TCP.Split)
 	}
+	if got, want := strings.Join(c.TCP.Split.ports, ","), "9000,27015,54992-54994,55006-55007,55021-55040,64738"; got != want {
+		t.Errorf("split ports %s, want %s", got, want)
+	}
 	for _, tc := range []struct{ text, want string }{
+		{"[tcp]\nproxy = \"198.18.40.2:443\"\n[tcp.split]\nlan = \"lan0\"\napps = [\"nosuchgame\"]\n", `tcp.split.apps: no app "nosuchgame"`},
+		{"[tcp]\nproxy = \"198.18.40.2:443\"\n[tcp.split]\nlan = \"lan0\"\napps = [\"gta-online\"]\n", `app "gta-online" uses no TCP`},
 		{"[tcp]\nfallback = true\n", "router.toml:9: tcp.fallback: needs tcp.proxy"},
 		{"[tcp]\nproxy = \"198.18.40.2\"\n", "tcp.proxy: not an address:port"},
 		{"[tcp]\nproxy = \"198.18.40.2:443\"\n[[tcp.forward]]\nlisten = \"x\"\nserver = \"198.18.41.2:80\"\n", "tcp.forward.0.listen"},

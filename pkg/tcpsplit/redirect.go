@@ -17,16 +17,14 @@ import (
 // client never knows: its SYN is answered by the router.
 
 // InstallRedirect replaces the nft table "ip <table>" with one that redirects
-// TCP from iif to any of ports (and, if to is not empty, to one of those
-// prefixes) to the local port. The table is the router's alone.
-func InstallRedirect(table, iif string, ports []uint16, to []netip.Prefix, port uint16) error {
+// TCP from iif to any of ports ("N" or "LO-HI", checked by the caller) and,
+// if to is not empty, to one of those prefixes, to the local port. The table
+// is the router's alone.
+func InstallRedirect(table, iif string, ports []string, to []netip.Prefix, port uint16) error {
 	if len(ports) == 0 {
 		return errors.New("tcpsplit: no port to redirect")
 	}
-	var ps []string
-	for _, p := range ports {
-		ps = append(ps, fmt.Sprint(p))
-	}
+	ps := ports
 	match := fmt.Sprintf("iifname %q", iif)
 	if len(to) > 0 {
 		var ds []string

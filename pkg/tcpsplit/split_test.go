@@ -180,3 +180,49 @@ func TestForbiddenTargetAndWrongKey(t *testing.T) {
 		t.Errorf("refused = %d, want 1", stats.Refused.Load())
 	}
 }
+
+// TestStalledDownloadDoesNotBlockAnotherFlow: a download whose LAN client
+// reads nothing fills its own stream's window, and another flow on the same
+// connection (a game's stream) keeps its round trips.
+func TestStalledDownloadDoesNotBlockAnotherFlow(t *testing.T) {
+	conns, stats, err := setup(t, 1, "127.0.0.1", testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A bulk server that writes without end.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	wrote := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		n, _ := io.Copy(c, rand.Reader)
+		wrote <- n
+	}()
+	bulkA, bulkB := tcpPair(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go Carry(bulkB, ln.Addr().(*net.TCPAddr).AddrPort(), Rule{}, conns, stats, log)
+	bulkA.(*net.TCPConn).SetReadBuffer(4096) // and never read
+	time.Sleep(500 * time.Millisecond)       // the bulk stream fills its window
+
+	echo := echoServer(t)
+	gameA, gameB := tcpPair(t)
+	go Carry(gameB, echo, Rule{}, conns, stats, log)
+	buf := make([]byte, 64)
+	gameA.SetDeadline(time.Now().Add(10 * time.Second))
+	for i := 0; i < 50; i++ {
+		if _, err := gameA.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(gameA, buf); err != nil {
+			t.Fatalf("game message %d: %v (held up behind the stalled download)", i, err)
+		}
+	}
+	bulkA.Close()
+}
