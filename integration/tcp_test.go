@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +33,7 @@ const tcpTestKey = "524149435443500000000000000000000000000000000000000000000000
 type tcpSuite struct {
 	g             *netns.Game
 	routerMetrics string
+	stopRouter    func() // SIGTERM, then wait (kill after 5 s)
 }
 
 // startTCPSuite builds and starts raic-proxy (tcp_listen on 443) and
@@ -58,7 +60,7 @@ proxy = "%s:4500"
 metrics = "127.0.0.1:9190"
 %s
 %s`, tcpTestKey, netns.ProxyAddr, ups.String(), routerTail)
-	start := func(h *netns.Host, bin, name, text string) {
+	start := func(h *netns.Host, bin, name, text string) func() {
 		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
@@ -70,12 +72,27 @@ metrics = "127.0.0.1:9190"
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				cmd.Process.Signal(syscall.SIGTERM)
+				done := make(chan struct{})
+				go func() { cmd.Wait(); close(done) }()
+				select {
+				case <-done:
+				case <-time.After(5 * time.Second):
+					cmd.Process.Kill()
+					<-done
+				}
+			})
+		}
+		t.Cleanup(stop)
+		return stop
 	}
 	start(g.Proxy, proxyBin, "proxy.toml", proxyCfg)
 	time.Sleep(200 * time.Millisecond)
-	start(g.Router, routerBin, "router.toml", routerCfg)
-	s := &tcpSuite{g: g, routerMetrics: "127.0.0.1:9190"}
+	stop := start(g.Router, routerBin, "router.toml", routerCfg)
+	s := &tcpSuite{g: g, routerMetrics: "127.0.0.1:9190", stopRouter: stop}
 	waitFor(t, 10*time.Second, "the router's aggregated connection", func() bool {
 		return s.metric(t, `raic_router_tcp_conn_up{uplink="up0"}`) == 1
 	})
@@ -568,5 +585,12 @@ compress = true
 	}
 	if saved := s.metric(t, "raic_router_tcp_compress_saved_permille"); saved < 500 {
 		t.Errorf("compression saved %v‰ of repetitive text, want at least 500‰", saved)
+	}
+	// On exit the router removes its redirect: the LAN's connections are
+	// routed again.
+	s.stopRouter()
+	out, err := g.Router.Command("nft", "list", "tables").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "raic_tcpsplit") {
+		t.Errorf("after the router's exit: nft list tables = %q, %v; want no raic_tcpsplit", out, err)
 	}
 }

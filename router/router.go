@@ -376,6 +376,7 @@ func (r *Router) Close() {
 	}
 	r.closeSuppression()
 	r.closeTransparent()
+	r.closeTCP()
 	r.closeSockets()
 	if r.httpSrv != nil {
 		r.httpSrv.Close()

@@ -179,6 +179,9 @@ type tcpSide struct {
 	lns   []net.Listener
 	stats *tcpsplit.Stats
 
+	splitLn   net.Listener // [tcp.split]'s, nil without
+	closeOnce sync.Once
+
 	// The fallback.
 	active    atomic.Bool
 	fc        atomic.Pointer[tcpmux.FrameConn]
@@ -236,10 +239,8 @@ func (r *Router) startTCP(ctx context.Context) error {
 	r.tcp = t
 	// The redirect goes in before the connections open, so that once the
 	// router reports a connection up, chosen flows are split.
-	if err := t.startSplit(ctx); err != nil {
-		for _, ln := range t.lns {
-			ln.Close()
-		}
+	if err := t.startSplit(); err != nil {
+		r.closeTCP()
 		return err
 	}
 	for _, m := range t.muxes {
@@ -260,20 +261,6 @@ func (r *Router) startTCP(ctx context.Context) error {
 			}
 		}()
 	}
-	go func() {
-		<-ctx.Done()
-		for _, ln := range t.lns {
-			ln.Close()
-		}
-		for _, m := range t.muxes {
-			if c := m.conn.Load(); c != nil {
-				c.Close()
-			}
-		}
-		if fc := t.fc.Load(); fc != nil {
-			fc.Close()
-		}
-	}()
 	if r.cfg.TCP.Fallback {
 		go t.watchUDP(ctx)
 	}
@@ -282,7 +269,7 @@ func (r *Router) startTCP(ctx context.Context) error {
 
 // startSplit redirects the chosen LAN connections to a local listener and
 // carries each to its original destination.
-func (t *tcpSide) startSplit(ctx context.Context) error {
+func (t *tcpSide) startSplit() error {
 	sp := &t.r.cfg.TCP.Split
 	if !sp.enabled() {
 		return nil
@@ -297,13 +284,7 @@ func (t *tcpSide) startSplit(ctx context.Context) error {
 	}
 	t.r.log.Info("tcp split", "lan", sp.LAN, "ports", sp.ports, "to", sp.To, "compress", sp.Compress, "duplicate", sp.Duplicate)
 	rule := tcpsplit.Rule{Compress: sp.Compress, Duplicate: sp.Duplicate}
-	go func() {
-		<-ctx.Done()
-		ln.Close()
-		if err := tcpsplit.RemoveRedirect(splitTable); err != nil {
-			t.r.log.Warn("tcp split: removing the redirect", "err", err)
-		}
-	}()
+	t.splitLn = ln
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -319,6 +300,35 @@ func (t *tcpSide) startSplit(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// closeTCP stops [tcp] (from Router.Close): listeners, connections, and the
+// split's redirect, removed before the router exits so the LAN's connections
+// are routed again.
+func (r *Router) closeTCP() {
+	t := r.tcp
+	if t == nil {
+		return
+	}
+	t.closeOnce.Do(func() {
+		for _, ln := range t.lns {
+			ln.Close()
+		}
+		if t.splitLn != nil {
+			t.splitLn.Close()
+			if err := tcpsplit.RemoveRedirect(splitTable); err != nil {
+				r.log.Warn("tcp split: removing the redirect", "err", err)
+			}
+		}
+		for _, m := range t.muxes {
+			if c := m.conn.Load(); c != nil {
+				c.Close()
+			}
+		}
+		if fc := t.fc.Load(); fc != nil {
+			fc.Close()
+		}
+	})
 }
 
 // Live returns the open aggregated connections, by uplink order.
