@@ -154,8 +154,11 @@ func (g *sendGroup) abort() {
 type recvGroup struct {
 	dst     net.Conn
 	mu      sync.Mutex
-	next    uint64 // the next frame index to deliver
-	readers int    // streams still being read
+	cond    sync.Cond // on mu: next moved, or a reader left
+	next    uint64    // the next frame index to deliver
+	readers int       // streams still being read
+	waiting int       // readers holding a frame beyond next (a stream that joined late)
+	preset  bool      // readers was set to the streams' count up front
 	eof     bool   // one stream ended cleanly: everything was delivered
 	failed  bool
 	done    chan struct{} // closed when the direction is over
@@ -163,7 +166,19 @@ type recvGroup struct {
 }
 
 func newRecvGroup(dst net.Conn) *recvGroup {
-	return &recvGroup{dst: dst, done: make(chan struct{})}
+	g := &recvGroup{dst: dst, done: make(chan struct{})}
+	g.cond.L = &g.mu
+	return g
+}
+
+// newRecvGroupOf is a recvGroup for a known number of streams (the router
+// opens them all at once). Counting them up front matters: a stream that
+// joined the proxy's side late may be read first, and must wait for the
+// others rather than conclude that nobody will fill the gap before it.
+func newRecvGroupOf(dst net.Conn, streams int) *recvGroup {
+	g := newRecvGroup(dst)
+	g.readers, g.preset = streams, true
+	return g
 }
 
 // read reads frames from s (whose first frame has index base) until it ends.
@@ -174,7 +189,9 @@ func (g *recvGroup) read(s io.Reader, cancel func(), base uint64) {
 		cancel()
 		return
 	}
-	g.readers++
+	if !g.preset {
+		g.readers++
+	}
 	g.mu.Unlock()
 	buf := make([]byte, 0, MaxChunk)
 	var scratch []byte
@@ -198,6 +215,26 @@ func (g *recvGroup) read(s io.Reader, cancel func(), base uint64) {
 			g.leave(clean)
 			return
 		}
+		// A stream that joined late starts beyond next: its frames wait
+		// until the earlier streams have delivered up to them. If every
+		// other reader is gone or waiting too, the gap can never fill.
+		for idx > g.next && !g.eof && !g.failed {
+			if g.waiting+1 >= g.readers {
+				g.failed = true
+				close(g.done)
+				g.cond.Broadcast()
+				break
+			}
+			g.waiting++
+			g.cond.Wait()
+			g.waiting--
+		}
+		if g.eof || g.failed {
+			g.mu.Unlock()
+			cancel()
+			g.leave(false)
+			return
+		}
 		if idx == g.next {
 			if _, werr := g.dst.Write(payload); werr != nil {
 				g.failed = true
@@ -207,6 +244,7 @@ func (g *recvGroup) read(s io.Reader, cancel func(), base uint64) {
 				return
 			}
 			g.next++
+			g.cond.Broadcast()
 		} else if g.onDup != nil {
 			g.onDup(1)
 		}
@@ -220,6 +258,7 @@ func (g *recvGroup) read(s io.Reader, cancel func(), base uint64) {
 func (g *recvGroup) leave(clean bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	defer g.cond.Broadcast()
 	g.readers--
 	if clean && !g.eof && !g.failed {
 		g.eof = true
@@ -229,7 +268,7 @@ func (g *recvGroup) leave(clean bool) {
 		close(g.done)
 		return
 	}
-	if g.readers == 0 && !g.eof && !g.failed {
+	if (g.readers == 0 || g.waiting >= g.readers) && !g.eof && !g.failed {
 		g.failed = true
 		close(g.done)
 	}

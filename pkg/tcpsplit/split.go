@@ -102,7 +102,7 @@ func Carry(lan net.Conn, target netip.AddrPort, rule Rule, conns Conns, stats *S
 	for _, s := range streams {
 		out.add(s, rule.Duplicate)
 	}
-	in := newRecvGroup(lan)
+	in := newRecvGroupOf(lan, len(streams))
 	var refused sync.Once
 	for _, s := range streams {
 		go func() {
