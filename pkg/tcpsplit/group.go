@@ -159,7 +159,7 @@ type recvGroup struct {
 	readers int       // streams still being read
 	waiting int       // readers holding a frame beyond next (a stream that joined late)
 	preset  bool      // readers was set to the streams' count up front
-	eof     bool   // one stream ended cleanly: everything was delivered
+	eof     bool      // one stream ended cleanly: everything was delivered
 	failed  bool
 	done    chan struct{} // closed when the direction is over
 	onDup   func(int)     // frames that arrived as later copies (counted)
