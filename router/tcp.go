@@ -424,7 +424,7 @@ func (t *tcpSide) watchUDP(ctx context.Context) {
 		case <-tick.C:
 		}
 		now := mono.Now()
-		down := now-start > grace && !t.r.proxies[0].anyUp(now)
+		down := now-start > grace && !t.r.proxies[0].AnyUp(now)
 		switch {
 		case down && !t.active.Load():
 			t.active.Store(true)
