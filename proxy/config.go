@@ -38,6 +38,10 @@ type Config struct {
 	// measured again; ProbeMaxTargets bounds the servers remembered (see probe.go).
 	ProbeTTL        config.Duration `toml:"probe_ttl"`
 	ProbeMaxTargets int             `toml:"probe_max_targets"`
+	// TCPListen, when set, serves routers' aggregated connections on this
+	// address:port: QUIC on UDP for their TCP flows, TLS on TCP for the
+	// datagrams of routers whose network blocks UDP (see tcp.go).
+	TCPListen string `toml:"tcp_listen"`
 	// Clients are the routers allowed to use this proxy.
 	Clients []ClientConfig `toml:"client"`
 }
@@ -98,6 +102,10 @@ func (c *Config) check(meta *config.Meta) {
 	}
 	if c.Metrics != "" {
 		meta.HostPort("metrics", c.Metrics)
+	}
+	if c.TCPListen != "" {
+		// TCP, so it may share the UDP listen port.
+		meta.AddrPort("tcp_listen", c.TCPListen)
 	}
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
 		meta.Report("log_level", "%v", err)

@@ -75,6 +75,7 @@ type Server struct {
 	loops   sync.WaitGroup // the read loop and the janitor
 	pumps   sync.WaitGroup // one reply pump per session with a server
 	httpSrv *http.Server
+	tcp     *tcpSide // tcp_listen at run time (tcp.go); nil when off
 }
 
 // counters are the proxy's metrics; every dropped datagram is counted by reason.
@@ -178,6 +179,9 @@ func (s *Server) Run(ctx context.Context) error {
 		go s.httpSrv.Serve(ln)
 	}
 	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", len(s.clients), "max_sessions", s.cfg.MaxSessions)
+	if err := s.startTCP(ctx); err != nil {
+		return fmt.Errorf("tcp_listen: %w", err)
+	}
 	s.loops.Add(2)
 	go s.janitor(ctx)
 	go func() {
@@ -462,6 +466,9 @@ func (s *Server) upgradeEpoch(r *reader, ps *proxySession, dg []byte, off int) b
 }
 
 func (s *Server) sendTo(dg []byte, to netip.AddrPort) {
+	if s.tcp.send(dg, to) {
+		return // a TLS/TCP fallback path (tcp.go)
+	}
 	if err := s.conn.WriteTo(dg, to); err != nil {
 		s.m.sendErrors.Inc()
 	}

@@ -59,6 +59,9 @@ type Config struct {
 	Transparent TransparentConfig `toml:"transparent"`
 	// Suppress holds back bulk traffic while a game runs (see suppression.go).
 	Suppress SuppressConfig `toml:"suppress"`
+	// TCP carries TCP flows and the UDP fallback over the aggregated
+	// connection to the proxy (see tcp.go).
+	TCP TCPConfig `toml:"tcp"`
 }
 
 // UplinkConfig is one [[uplink]]: a socket bound to an interface or a source
@@ -209,7 +212,8 @@ func (c *Config) check(meta *config.Meta) {
 		}
 	}
 	c.Suppress.check(c, meta)
-	if len(c.Forwards) == 0 && !c.Transparent.Enabled {
+	meta.Add(c.TCP.check(meta))
+	if len(c.Forwards) == 0 && !c.Transparent.Enabled && len(c.TCP.Forwards) == 0 && !c.TCP.Split.enabled() {
 		meta.Report("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
 	}
 	for i := range c.Forwards {

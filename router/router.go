@@ -57,6 +57,7 @@ type Router struct {
 	wg      sync.WaitGroup
 	httpSrv *http.Server
 	sup     *suppression // [suppress] at run time (suppression.go); nil when off
+	tcp     *tcpSide     // [tcp] at run time (tcp.go); nil when off
 }
 
 type counters struct {
@@ -353,6 +354,10 @@ func (r *Router) Run(ctx context.Context) error {
 		r.Close()
 		return err
 	}
+	if err := r.startTCP(ctx); err != nil {
+		r.Close()
+		return err
+	}
 	<-ctx.Done()
 	r.Close()
 	return nil
@@ -374,6 +379,7 @@ func (r *Router) Close() {
 	}
 	r.closeSuppression()
 	r.closeTransparent()
+	r.closeTCP()
 	r.closeSockets()
 	if r.httpSrv != nil {
 		r.httpSrv.Close()
@@ -525,6 +531,9 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 // raic.Place on the paths that answer keepalives, since a shard on a dead path
 // is a lost shard.
 func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
+	if r.tcp.carry(px, dgs) {
+		return // UDP reaches the proxy on no uplink: the TLS/TCP fallback (tcp.go)
+	}
 	if len(dgs) == 1 {
 		down := 0
 		for _, pt := range px.paths {
