@@ -15,7 +15,7 @@ RELEASE_PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-
 RELEASE_ARCHS    := amd64 arm64
 DIST    ?= dist
 
-.PHONY: help build test vet fmt-check check-generated generate bench demo clean release release-check
+.PHONY: help build test vet fmt-check check-generated check-examples generate bench demo faults fuzz fuzz-short clean release release-check
 
 help:
 	@echo "make demo             testbed demo: direct uplinks vs router+proxy (root)"
@@ -24,8 +24,11 @@ help:
 	@echo "make release          static linux/amd64 and linux/arm64 binaries into $(DIST)/"
 	@echo "make release-check    run the amd64 release binaries, check the arm64 ones with file(1)"
 	@echo "make bench            benchmark tables (micro, loopback, testbed)"
+	@echo "make faults           fault and attack suite: prints its table to docs/faults.md"
+	@echo "make fuzz             every Fuzz target for FUZZTIME each (default 2m)"
 	@echo "make generate         rebuild the eBPF objects and Go bindings (clang)"
 	@echo "make check-generated  fail when the committed eBPF output is stale"
+	@echo "make check-examples   run each program's -check on its examples/ config"
 
 build:
 	@mkdir -p $(BIN)
@@ -51,10 +54,43 @@ check-generated:
 generate:
 	sh bpf/generate.sh
 
+# Every example config must pass its program's -check (run from the root, as
+# the examples name each other by path from here).
+EXAMPLES := raic-router:examples/router-explicit.toml raic-router:examples/router-transparent.toml \
+            raic-proxy:examples/proxy.toml raic-proxy:examples/proxy-studio.toml \
+            raic-intermediate:examples/intermediate.toml \
+            raic-simple:examples/simple.toml
+check-examples:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(GO) build -o "$$tmp/" ./router/cmd/raic-router ./proxy/cmd/raic-proxy \
+		./intermediate/cmd/raic-intermediate ./simple/cmd/raic-simple && \
+	for e in $(EXAMPLES); do \
+		"$$tmp/$${e%%:*}" -check -config "$${e#*:}" || exit 1; \
+	done
+
 # Tests that need root (network namespaces, eBPF, TUN) skip with a message when
 # not run as root; CI runs as root, so it runs them all.
-test: fmt-check vet check-generated
+test: fmt-check vet check-generated check-examples fuzz-short
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
+
+# Every Fuzz target, as package:Target. make test runs each for a few seconds
+# on top of its committed seeds (f.Add and testdata/fuzz); make fuzz for
+# minutes. Each run prints its execs.
+FUZZ_TARGETS = ./pkg/wire:FuzzParseOpen ./pkg/token:FuzzOpen ./pkg/proxyproto:FuzzParse ./pkg/replay:FuzzWindow ./pkg/config:FuzzDecode \
+	./pkg/nat:FuzzParse ./raic:FuzzDecoder ./raic:FuzzRoundTrip ./detect:FuzzImportASN \
+	./suppress:FuzzParseConfig ./integration/linkem:FuzzParseConfig ./integration/gamegen:FuzzParseHeader
+FUZZTIME ?= 2m
+
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=4s
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		out=$$($(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg 2>&1) || { echo "$$out"; exit 1; }; \
+		echo "$$out" | grep -E 'elapsed:.*execs' | tail -1; \
+	done
 
 bench:
 	@mkdir -p docs
@@ -65,6 +101,11 @@ bench:
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./integration/cmd/demo -schemes && $(GO) run ./integration/cmd/suppressbench; \
 	else echo "bench: testbed tables skipped (they need root for network namespaces)"; fi
+
+faults:
+	@mkdir -p docs
+	RAIC_FAULTS_LONG=1 RAIC_FAULTS_SOAK=5m RAIC_FAULTS_TABLE=$(CURDIR)/docs/faults.md \
+		$(GO) test -count=1 -run '^TestFaults' -v -timeout 20m ./integration/
 
 demo:
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo builds network namespaces: run it as root (sudo make demo)"; exit 1; fi

@@ -1,9 +1,7 @@
 package detect
 
 import (
-	"bytes"
 	_ "embed"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -11,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/BurntSushi/toml"
+	"github.com/raicnet/raic/pkg/config"
 )
 
 // shippedConfig is the application and operator table built into the binary.
@@ -133,55 +131,32 @@ func indexBy[T any](s []T, f func(T) bool) int {
 	return -1
 }
 
-// ConfigError names the file, line and field of a refused table entry.
-type ConfigError struct {
-	File  string
-	Line  int    // 0 when unknown
-	Field string // e.g. `app[3].server_ports`
-	Msg   string
-}
-
-func (e *ConfigError) Error() string {
-	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Msg)
-}
-
-// ParseConfig decodes and validates a table file. Unknown keys are refused so
-// that a misspelt field does not silently leave an entry half configured.
+// ParseConfig decodes and validates a table file (file names it in errors).
+// Unknown keys are refused so that a misspelt field does not silently leave an
+// entry half configured. Every error of the file is returned at once, each a
+// *config.Error naming the file, line and key ("app.1.server_ports").
 func ParseConfig(file string, data []byte) (*Config, error) {
 	var c Config
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return nil, &ConfigError{File: file, Line: pe.Position.Line, Field: pe.LastKey, Msg: pe.Message}
-		}
-		// Type mismatches come as plain errors that carry the line and key
-		// in their text only.
-		ce := &ConfigError{File: file, Field: "-", Msg: err.Error()}
-		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
-			ce.Line, _ = strconv.Atoi(m[1])
-			ce.Field = m[2]
-			ce.Msg = m[3]
-		}
-		return nil, ce
+	if err := config.CheckText(file, string(data), &c, c.check); err != nil {
+		return nil, err
 	}
-	loc := newLocator(data)
-	if und := md.Undecoded(); len(und) > 0 {
-		k := und[0]
-		return nil, &ConfigError{File: file, Line: loc.key(k), Field: k.String(), Msg: "unknown field"}
+	return &c, nil
+}
+
+// check validates the entries of a decoded table file, recording every error.
+func (c *Config) check(meta *config.Meta) {
+	bad := func(table string, i int, field, format string, a ...any) {
+		meta.Report(fmt.Sprintf("%s.%d.%s", table, i, field), format, a...)
 	}
-	bad := func(table string, i int, field, format string, a ...any) error {
-		return &ConfigError{File: file, Line: loc.field(table, i, field),
-			Field: fmt.Sprintf("%s[%d].%s", table, i, field), Msg: fmt.Sprintf(format, a...)}
-	}
+	var err error
 	seen := map[string]bool{}
 	for i := range c.Apps {
 		a := &c.Apps[i]
 		if !validName(a.Name) {
-			return nil, bad("app", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", a.Name)
+			bad("app", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", a.Name)
 		}
 		if seen["app:"+a.Name] {
-			return nil, bad("app", i, "name", "%q defined twice", a.Name)
+			bad("app", i, "name", "%q defined twice", a.Name)
 		}
 		seen["app:"+a.Name] = true
 		if a.Disabled {
@@ -189,83 +164,78 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 			continue
 		}
 		if !validName(a.Type) {
-			return nil, bad("app", i, "type", "%q: want an app type such as shooter or voip", a.Type)
+			bad("app", i, "type", "%q: want an app type such as shooter or voip", a.Type)
 		}
 		switch a.Proto {
 		case "udp", "tcp", "both":
 		default:
-			return nil, bad("app", i, "proto", "%q: want udp, tcp or both", a.Proto)
+			bad("app", i, "proto", "%q: want udp, tcp or both", a.Proto)
 		}
 		if len(a.ServerPorts) == 0 {
-			return nil, bad("app", i, "server_ports", "missing")
+			bad("app", i, "server_ports", "missing")
 		}
 		if a.server, err = parseRanges(a.ServerPorts); err != nil {
-			return nil, bad("app", i, "server_ports", "%v", err)
+			bad("app", i, "server_ports", "%v", err)
 		}
 		if a.client, err = parseRanges(a.ClientPorts); err != nil {
-			return nil, bad("app", i, "client_ports", "%v", err)
+			bad("app", i, "client_ports", "%v", err)
 		}
-		if a.PPS < 0 || a.PPS > 100000 {
-			return nil, bad("app", i, "pps", "%v out of range 0..100000", a.PPS)
-		}
+		meta.Float(fmt.Sprintf("app.%d.pps", i), a.PPS, 0, 100000)
 		if a.PacketSize < 0 || a.PacketSize > 65535 {
-			return nil, bad("app", i, "packet_size", "%d out of range 0..65535", a.PacketSize)
+			bad("app", i, "packet_size", "%d out of range 0..65535", a.PacketSize)
 		}
 		for _, p := range a.Proxies {
 			if !validName(p) {
-				return nil, bad("app", i, "proxies", "%q: want a proxy name of a-z 0-9 . _ -", p)
+				bad("app", i, "proxies", "%q: want a proxy name of a-z 0-9 . _ -", p)
 			}
 		}
 	}
 	for i := range c.Operators {
 		o := &c.Operators[i]
 		if !validName(o.Name) {
-			return nil, bad("operator", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", o.Name)
+			bad("operator", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", o.Name)
 		}
 		if seen["op:"+o.Name] {
-			return nil, bad("operator", i, "name", "%q defined twice", o.Name)
+			bad("operator", i, "name", "%q defined twice", o.Name)
 		}
 		seen["op:"+o.Name] = true
 		if !validName(o.Type) {
-			return nil, bad("operator", i, "type", "%q: want an app type", o.Type)
+			bad("operator", i, "type", "%q: want an app type", o.Type)
 		}
 		if len(o.ASNs) == 0 && len(o.Owners) == 0 && len(o.Prefixes) == 0 {
-			return nil, bad("operator", i, "asns", "none of asns, owners, prefixes given")
+			bad("operator", i, "asns", "none of asns, owners, prefixes given")
 		}
 		for _, p := range o.Prefixes {
 			if pp, err := netip.ParsePrefix(p); err != nil || pp != pp.Masked() {
-				return nil, bad("operator", i, "prefixes", "%q: want a network such as 192.0.2.0/24", p)
+				bad("operator", i, "prefixes", "%q: want a network such as 192.0.2.0/24", p)
 			}
 		}
 		for _, n := range o.ASNs {
 			if n == 0 {
-				return nil, bad("operator", i, "asns", "AS0 is not an operator")
+				bad("operator", i, "asns", "AS0 is not an operator")
 			}
 		}
 	}
 	for i := range c.RDNS {
 		r := &c.RDNS[i]
 		if !validName(r.Name) {
-			return nil, bad("rdns", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", r.Name)
+			bad("rdns", i, "name", "%q: want 1-40 of a-z 0-9 . _ -", r.Name)
 		}
 		if !validName(r.Type) {
-			return nil, bad("rdns", i, "type", "%q: want an app type", r.Type)
+			bad("rdns", i, "type", "%q: want an app type", r.Type)
 		}
 		switch {
 		case (r.Glob == "") == (r.Regex == ""):
-			return nil, bad("rdns", i, "glob", "set exactly one of glob and regex")
+			bad("rdns", i, "glob", "set exactly one of glob and regex")
 		case r.Glob != "":
 			r.re = regexp.MustCompile(globToRegexp(r.Glob)) // QuoteMeta output always compiles
 		default:
 			if r.re, err = regexp.Compile(r.Regex); err != nil {
-				return nil, bad("rdns", i, "regex", "%v", err)
+				bad("rdns", i, "regex", "%v", err)
 			}
 		}
 	}
-	return &c, nil
 }
-
-var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
 
 func validName(s string) bool {
 	if len(s) == 0 || len(s) > 40 {
@@ -320,55 +290,4 @@ func parseRanges(ss []string) ([]portRange, error) {
 		out = append(out, portRange{uint16(a), uint16(b)})
 	}
 	return out, nil
-}
-
-// locator finds the line of a field inside the i-th [[table]] of a TOML file.
-// The decoder reports lines for syntax errors only; validation errors found
-// afterwards need this to point the user at the right entry.
-type locator struct{ lines []string }
-
-func newLocator(data []byte) *locator {
-	return &locator{lines: strings.Split(string(data), "\n")}
-}
-
-// field returns the 1-based line of `field =` in the i-th [[table]], or the
-// line of that table's header when the field is absent.
-func (l *locator) field(table string, i int, field string) int {
-	header, n := 0, -1
-	for ln, raw := range l.lines {
-		s := strings.TrimSpace(raw)
-		if strings.HasPrefix(s, "[") {
-			if n == i && header > 0 {
-				break // next table after ours: field absent
-			}
-			if strings.HasPrefix(s, "[[") && strings.TrimSpace(strings.Trim(s, "[]")) == table {
-				n++
-				if n == i {
-					header = ln + 1
-				}
-			}
-			continue
-		}
-		if n == i && header > 0 {
-			if k, _, ok := strings.Cut(s, "="); ok && strings.TrimSpace(k) == field {
-				return ln + 1
-			}
-		}
-	}
-	return header
-}
-
-// key locates an undecoded key such as app.colour (the decoder does not say
-// which entry); the first occurrence of the last element is close enough.
-func (l *locator) key(k toml.Key) int {
-	if len(k) == 0 {
-		return 0
-	}
-	last := k[len(k)-1]
-	for ln, raw := range l.lines {
-		if kk, _, ok := strings.Cut(strings.TrimSpace(raw), "="); ok && strings.TrimSpace(kk) == last {
-			return ln + 1
-		}
-	}
-	return 0
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/raicnet/raic/pkg/config"
 )
 
 func mustShipped(t testing.TB) *Config {
@@ -47,35 +49,65 @@ func TestParseConfigErrorsNameFileLineField(t *testing.T) {
 		line      int
 		field     string
 	}{
-		{"bad range", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"2000-1000\"]\n", 11, "app[1].server_ports"},
-		{"port zero", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"0\"]\n", 11, "app[1].server_ports"},
-		{"port too big", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"70000\"]\n", 11, "app[1].server_ports"},
-		{"bad client", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"5\"]\nclient_ports = [\"x\"]\n", 12, "app[1].client_ports"},
-		{"bad proto", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"sctp\"\nserver_ports = [\"5\"]\n", 10, "app[1].proto"},
-		{"no ports", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\n", 7, "app[1].server_ports"},
-		{"duplicate", good + "[[app]]\nname = \"a\"\n", 8, "app[1].name"},
-		{"bad name", "[[app]]\nname = \"Has Space\"\n", 2, "app[0].name"},
-		{"negative pps", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"5\"]\npps = -1\n", 12, "app[1].pps"},
-		{"unknown field", good + "[[app]]\nname = \"b\"\ncolour = \"red\"\n", 9, "app.colour"},
-		{"wrong type", "[[app]]\nname = \"a\"\npps = \"fast\"\n", 3, "app.pps"},
+		{"bad range", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"2000-1000\"]\n", 11, "app.1.server_ports"},
+		{"port zero", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"0\"]\n", 11, "app.1.server_ports"},
+		{"port too big", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"70000\"]\n", 11, "app.1.server_ports"},
+		{"bad client", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"5\"]\nclient_ports = [\"x\"]\n", 12, "app.1.client_ports"},
+		{"bad proto", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"sctp\"\nserver_ports = [\"5\"]\n", 10, "app.1.proto"},
+		{"no ports", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\n", 7, "app.1.server_ports"},
+		{"duplicate", good + "[[app]]\nname = \"a\"\n", 8, "app.1.name"},
+		{"bad name", "[[app]]\nname = \"Has Space\"\n", 2, "app.0.name"},
+		{"nan pps", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"5\"]\npps = nan\n", 12, "app.1.pps"},
+		{"negative pps", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"5\"]\npps = -1\n", 12, "app.1.pps"},
+		{"unknown field", good + "[[app]]\nname = \"b\"\ncolour = \"red\"\n", 9, "app.1.colour"},
+		{"wrong type", "[[app]]\nname = \"a\"\npps = \"fast\"\n", 3, "app.0.pps"},
 		{"syntax", "[[app]]\nname = \n", 2, ""},
-		{"bad proxy", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"5\"]\nproxies = [\"\"]\n", 12, "app[1].proxies"},
-		{"operator empty", "[[operator]]\nname = \"x\"\ntype = \"moba\"\n", 1, "operator[0].asns"},
-		{"operator as0", "[[operator]]\nname = \"x\"\ntype = \"moba\"\nasns = [0]\n", 4, "operator[0].asns"},
-		{"rdns both", "[[rdns]]\nname = \"x\"\ntype = \"moba\"\nglob = \"*.a\"\nregex = \"a\"\n", 4, "rdns[0].glob"},
-		{"rdns regex", "[[rdns]]\nname = \"x\"\ntype = \"moba\"\nregex = \"(\"\n", 4, "rdns[0].regex"},
+		{"bad proxy", good + "[[app]]\nname = \"b\"\ntype = \"voip\"\nproto = \"udp\"\nserver_ports = [\"5\"]\nproxies = [\"\"]\n", 12, "app.1.proxies"},
+		{"operator empty", "[[operator]]\nname = \"x\"\ntype = \"moba\"\n", 1, "operator.0.asns"},
+		{"operator as0", "[[operator]]\nname = \"x\"\ntype = \"moba\"\nasns = [0]\n", 4, "operator.0.asns"},
+		{"rdns both", "[[rdns]]\nname = \"x\"\ntype = \"moba\"\nglob = \"*.a\"\nregex = \"a\"\n", 4, "rdns.0.glob"},
+		{"rdns regex", "[[rdns]]\nname = \"x\"\ntype = \"moba\"\nregex = \"(\"\n", 4, "rdns.0.regex"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig("user.toml", []byte(tc.src))
-			var ce *ConfigError
-			if !errors.As(err, &ce) {
-				t.Fatalf("err = %v, want *ConfigError", err)
+			var es config.Errors
+			if !errors.As(err, &es) {
+				t.Fatalf("err = %v, want config.Errors", err)
 			}
-			if ce.File != "user.toml" || ce.Line != tc.line || !strings.Contains(ce.Field, tc.field) {
-				t.Fatalf("got %q (line %d field %q), want line %d field %q", err, ce.Line, ce.Field, tc.line, tc.field)
+			for _, e := range es {
+				if e.File == "user.toml" && e.Line == tc.line && strings.Contains(e.Key, tc.field) {
+					return
+				}
 			}
+			t.Fatalf("got %q, want an error at line %d about key %q", err, tc.line, tc.field)
 		})
+	}
+}
+
+// TestParseConfigReportsEveryError: one run names every refused entry of a
+// table file, each at its line.
+func TestParseConfigReportsEveryError(t *testing.T) {
+	src := "[[app]]\nname = \"a\"\ntype = \"shooter\"\nproto = \"sctp\"\nserver_ports = [\"0\"]\n" +
+		"[[operator]]\nname = \"x\"\ntype = \"moba\"\nprefixes = [\"198.18.0.1/15\"]\ncolour = 1\n"
+	_, err := ParseConfig("user.toml", []byte(src))
+	var es config.Errors
+	if !errors.As(err, &es) {
+		t.Fatalf("err = %v, want config.Errors", err)
+	}
+	want := []string{
+		"user.toml:4: app.0.proto:",
+		"user.toml:5: app.0.server_ports:",
+		"user.toml:9: operator.0.prefixes:",
+		"user.toml:10: operator.0.colour: unknown key",
+	}
+	if len(es) != len(want) {
+		t.Fatalf("%d errors, want %d:\n%v", len(es), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(es[i].Error(), w) {
+			t.Errorf("error %d = %q, want it to start %q", i, es[i], w)
+		}
 	}
 }
 

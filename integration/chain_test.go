@@ -472,6 +472,7 @@ type chainTap struct {
 
 	mu       sync.Mutex
 	sessions map[uint64][16]byte // game sessions seen (hello with a target)
+	epochs   map[uint64]uint64   // the epoch of each session's latest hello
 	checked  int
 	wrong    int
 	firstBad string
@@ -481,7 +482,7 @@ type chainTap struct {
 
 func newChainTap(t *testing.T, h *netns.Host, port uint16, key wire.Key) *chainTap {
 	t.Helper()
-	ct := &chainTap{key: key, port: port, stop: make(chan struct{}), done: make(chan struct{}), sessions: map[uint64][16]byte{}}
+	ct := &chainTap{key: key, port: port, stop: make(chan struct{}), done: make(chan struct{}), sessions: map[uint64][16]byte{}, epochs: map[uint64]uint64{}}
 	chainInNS(t, h, func() (err error) {
 		// The protocol goes in network byte order.
 		proto := int(binary.NativeEndian.Uint16([]byte{unix.ETH_P_IP >> 8, unix.ETH_P_IP & 0xff}))
@@ -549,10 +550,13 @@ func (ct *chainTap) watch(dg []byte) {
 		salt = hl.Salt
 		ct.sessions[h.Session] = salt
 	}
+	if h.Flags&wire.FlagHello != 0 {
+		ct.epochs[h.Session] = hl.Epoch // the router re-keys when it learns one
+	}
 	if h.Type != wire.TypeData {
 		return
 	}
-	_, c2s, err := wire.DeriveKeys(&ct.key, &salt, h.Session, wire.RoleServer)
+	_, c2s, err := wire.DeriveKeysEpoch(&ct.key, &salt, h.Session, ct.epochs[h.Session], wire.RoleServer)
 	if err != nil {
 		return
 	}

@@ -2,9 +2,10 @@ package intermediate
 
 import (
 	"fmt"
-	"github.com/raicnet/raic/pkg/clients"
 	"net/netip"
 	"time"
+
+	"github.com/raicnet/raic/pkg/clients"
 
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
@@ -99,15 +100,35 @@ const (
 	maxUplinks          = 16
 )
 
-// LoadConfig reads, defaults and checks a config file; errors name the file,
-// line and key.
-func LoadConfig(path string) (*Config, error) {
-	var c Config
-	meta, err := config.Load(path, &c)
-	if err != nil {
-		return nil, err
+// Bounds of the intermediate's settings.
+const (
+	minPingInterval = 10 * time.Millisecond
+	maxPingInterval = 10 * time.Second
+	maxSessionsCap  = 1 << 22 // each session holds a socket
+)
+
+// DefaultConfig is the configuration before a file is read: every key a file
+// leaves out keeps the value it has here.
+func DefaultConfig() Config {
+	return Config{
+		Listen:      DefaultListen,
+		LogLevel:    "info",
+		MaxSessions: DefaultMaxSessions,
+		SessionIdle: config.Duration{Duration: DefaultSessionIdle},
+		ReplyWindow: config.Duration{Duration: DefaultReplyWindow},
+		HelloMaxAge: config.Duration{Duration: DefaultHelloMaxAge},
+		Next: NextConfig{
+			CopiesPerUplink: 1,
+			PingInterval:    config.Duration{Duration: DefaultPingInterval},
+		},
 	}
-	if err := c.check(meta); err != nil {
+}
+
+// LoadConfig reads, defaults and checks a config file. Every error of the file
+// is returned at once, each naming the file, line and key.
+func LoadConfig(path string) (*Config, error) {
+	c := DefaultConfig()
+	if err := config.Check(path, &c, c.check); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -115,85 +136,53 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig is LoadConfig for a config held in a string (name is used in errors).
 func ParseConfig(name, text string) (*Config, error) {
-	var c Config
-	meta, err := config.Decode(name, text, &c)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.check(meta); err != nil {
+	c := DefaultConfig()
+	if err := config.CheckText(name, text, &c, c.check); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-func (c *Config) check(meta *config.Meta) error {
-	if c.Listen == "" {
-		c.Listen = DefaultListen
+// check validates c, decoded over DefaultConfig, recording every error on meta.
+func (c *Config) check(meta *config.Meta) {
+	if ap, ok := meta.AddrPort("listen", c.Listen); ok {
+		meta.Listen("listen", ap)
 	}
-	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
-		return meta.Errorf("listen", "not an address:port: %v", err)
-	}
-	if c.LogLevel == "" {
-		c.LogLevel = "info"
+	if c.Metrics != "" {
+		meta.HostPort("metrics", c.Metrics)
 	}
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		return meta.Errorf("log_level", "%v", err)
+		meta.Report("log_level", "%v", err)
 	}
-	if c.MaxSessions == 0 {
-		c.MaxSessions = DefaultMaxSessions
-	}
-	if c.MaxSessions < 1 {
-		return meta.Errorf("max_sessions", "must be at least 1")
-	}
-	for _, d := range []struct {
-		v   *config.Duration
-		def time.Duration
-		key string
-	}{
-		{&c.SessionIdle, DefaultSessionIdle, "session_idle"},
-		{&c.ReplyWindow, DefaultReplyWindow, "reply_window"},
-		{&c.HelloMaxAge, DefaultHelloMaxAge, "hello_max_age"},
-		{&c.Next.PingInterval, DefaultPingInterval, "next.ping_interval"},
-	} {
-		if d.v.Duration == 0 {
-			d.v.Duration = d.def
-		}
-		if d.v.Duration < 0 {
-			return meta.Errorf(d.key, "must be positive")
-		}
-	}
-	if err := clients.Check(meta, c.Clients, "the intermediate"); err != nil {
-		return err
-	}
-	return c.Next.check(meta)
+	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
+	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
+	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
+	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
+	meta.Duration("next.ping_interval", c.Next.PingInterval.Duration, minPingInterval, maxPingInterval)
+	meta.Add(clients.Check(meta, c.Clients, "the intermediate"))
+	c.Next.check(meta)
 }
 
-func (n *NextConfig) check(meta *config.Meta) error {
+func (n *NextConfig) check(meta *config.Meta) {
 	if n.ClientID == "" || len(n.ClientID) > wire.MaxClientID {
-		return meta.Errorf("next.client_id", "must be 1 to %d bytes", wire.MaxClientID)
+		meta.Report("next.client_id", "must be 1 to %d bytes", wire.MaxClientID)
 	}
 	if _, err := wire.ParseKey(n.Key); err != nil {
-		return meta.Errorf("next.key", "%v", err)
+		meta.Report("next.key", "%v", err)
 	}
 	if n.Proxy != "" {
-		if _, err := netip.ParseAddrPort(n.Proxy); err != nil {
-			return meta.Errorf("next.proxy", "not an address:port: %v", err)
-		}
+		meta.AddrPort("next.proxy", n.Proxy)
 	}
-	if n.CopiesPerUplink == 0 {
-		n.CopiesPerUplink = 1
-	}
-	if n.CopiesPerUplink < 1 || n.CopiesPerUplink > 4 {
-		return meta.Errorf("next.copies_per_uplink", "must be 1 to 4")
-	}
+	meta.Int("next.copies_per_uplink", n.CopiesPerUplink, 1, 4)
 	if len(n.Uplinks) == 0 {
 		if n.Proxy == "" {
-			return meta.Errorf("next.proxy", "no next hop: set next.proxy or add [[next.uplink]] tables")
+			meta.Report("next.proxy", "no next hop: set next.proxy or add [[next.uplink]] tables")
 		}
 		n.Uplinks = []UplinkConfig{{Name: "next", Proxy: n.Proxy}}
+		return
 	}
 	if len(n.Uplinks) > maxUplinks {
-		return meta.Errorf("next.uplink", "at most %d uplinks", maxUplinks)
+		meta.Report("next.uplink", "at most %d uplinks", maxUplinks)
 	}
 	names := map[string]bool{}
 	for i := range n.Uplinks {
@@ -203,24 +192,27 @@ func (n *NextConfig) check(meta *config.Meta) error {
 			u.Name = fmt.Sprintf("uplink%d", i)
 		}
 		if names[u.Name] {
-			return meta.Errorf(key("name"), "uplink %q is configured twice", u.Name)
+			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
 		}
 		names[u.Name] = true
 		if u.Source != "" {
-			if _, err := parseHostPort(u.Source); err != nil {
-				return meta.Errorf(key("source"), "%v", err)
+			// A source with a port is bound as given, so it must not be
+			// another socket's address.
+			if ap, err := parseHostPort(u.Source); err != nil {
+				meta.Report(key("source"), "%v", err)
+			} else {
+				meta.Listen(key("source"), ap)
 			}
 		}
 		if u.Proxy == "" {
 			if n.Proxy == "" {
-				return meta.Errorf(key("proxy"), "no next hop for this uplink: set proxy here or in [next]")
+				meta.Report(key("proxy"), "no next hop for this uplink: set proxy here or in [next]")
 			}
 			u.Proxy = n.Proxy
-		} else if _, err := netip.ParseAddrPort(u.Proxy); err != nil {
-			return meta.Errorf(key("proxy"), "not an address:port: %v", err)
+		} else {
+			meta.AddrPort(key("proxy"), u.Proxy)
 		}
 	}
-	return nil
 }
 
 // parseHostPort reads "ADDR" or "ADDR:PORT".

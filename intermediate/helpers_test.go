@@ -228,6 +228,7 @@ type wireWatcher struct {
 
 	mu       sync.Mutex
 	sessions map[uint64][16]byte // session ID → salt, data sessions only
+	epochs   map[uint64]uint64   // session ID → the epoch of its latest hello
 	checked  int
 	wrong    int
 	firstBad string
@@ -236,7 +237,7 @@ type wireWatcher struct {
 }
 
 func newWireWatcher(key wire.Key) *wireWatcher {
-	return &wireWatcher{key: key, sessions: map[uint64][16]byte{}, ids: map[uint32]uint64{}}
+	return &wireWatcher{key: key, sessions: map[uint64][16]byte{}, epochs: map[uint64]uint64{}, ids: map[uint32]uint64{}}
 }
 
 func (w *wireWatcher) watch(dg []byte) {
@@ -257,10 +258,13 @@ func (w *wireWatcher) watch(dg []byte) {
 		salt = hl.Salt
 		w.sessions[h.Session] = salt
 	}
+	if h.Flags&wire.FlagHello != 0 {
+		w.epochs[h.Session] = hl.Epoch // the router re-keys when it learns one
+	}
 	if h.Type != wire.TypeData {
 		return
 	}
-	_, c2s, err := wire.DeriveKeys(&w.key, &salt, h.Session, wire.RoleServer)
+	_, c2s, err := wire.DeriveKeysEpoch(&w.key, &salt, h.Session, w.epochs[h.Session], wire.RoleServer)
 	if err != nil {
 		return
 	}

@@ -43,6 +43,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/replypath"
@@ -67,6 +68,10 @@ type Server struct {
 	uplinks []*uplink // towards the next hop
 	clients map[string]*clients.Client
 	nextKey wire.Key
+	// run is this start's restart epoch, sent in pongs (see clients.Admit);
+	// refusedLog bounds the log lines of per-datagram refusals.
+	run        clients.Run
+	refusedLog *logging.Limiter
 
 	// relays owns the sessions' lifetimes (idle expiry, eviction), keyed by the
 	// router side's session ID; byOut finds the same relays by the session ID of
@@ -115,7 +120,7 @@ type counters struct {
 	staleHello, forbiddenTarget, rateLimited, sessionConflict            *metrics.Counter
 	sealErrors, sendErrors, noPath, pongsOut, pongsIn                    *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle, movedCopies          *metrics.Counter
-	keepalivesSent                                                       *metrics.Counter
+	keepalivesSent, oldEpoch, sessionLimit, sessionRate                  *metrics.Counter
 	sessions                                                             *metrics.Gauge
 }
 
@@ -139,6 +144,9 @@ func newCounters(r *metrics.Registry) counters {
 		forbiddenTarget: drop("forbidden_target"),
 		rateLimited:     drop("rate_limited"),
 		sessionConflict: drop("session_conflict"),
+		oldEpoch:        drop("old_epoch"),
+		sessionLimit:    drop("client_session_limit"),
+		sessionRate:     drop("client_session_rate"),
 		sealErrors:      drop("seal_error"),
 		sendErrors:      r.Counter("intermediate_send_errors_total", "Errors sending datagrams."),
 		noPath:          r.Counter("intermediate_reply_no_path_total", "Packets from the next hop with no recent router address to send to."),
@@ -167,6 +175,11 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	if s.clients, err = clients.Table(cfg.Clients, now); err != nil {
 		return nil, err
 	}
+	clients.FairShare(s.clients, cfg.MaxSessions)
+	if s.run, err = clients.NewRun(time.Now()); err != nil {
+		return nil, err
+	}
+	s.refusedLog = logging.NewLimiter(5, 20)
 	var sb [8]byte
 	if _, err := rand.Read(sb[:]); err != nil {
 		return nil, err
@@ -422,11 +435,14 @@ func (s *Server) onRemove(_ uint64, rl *relay, why session.Reason) {
 	switch why {
 	case session.ReasonEvicted:
 		s.m.sessionsEvicted.Inc()
-		s.log.Warn("session evicted: table full", "session", rl.inID, "client", rl.client.ID, "max_sessions", s.cfg.MaxSessions)
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("session evicted: table full", "session", rl.inID, "client", rl.client.ID, "max_sessions", s.cfg.MaxSessions, "lines_suppressed", n)
+		}
 	case session.ReasonIdle:
 		s.m.sessionsIdle.Inc()
 		s.log.Debug("session idle, ended", "session", rl.inID, "client", rl.client.ID)
 	}
+	rl.client.CloseSession()
 	rl.closed.Store(true)
 	if rl.outSend != nil {
 		s.byOut.Delete(rl.outID)
@@ -519,6 +535,12 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		// Another session claims this ID; it cannot be ours (different keys).
 		s.m.sessionConflict.Inc()
 		return
+	} else if h.Flags&wire.FlagHello != 0 && r.hello.Epoch == s.run.Epoch && rl.epoch.Load() != s.run.Epoch {
+		// The router moved the session's keys to this run's epoch after it
+		// opened it (see proxy): follow, once the hello proves it.
+		if !s.upgradeEpoch(r, rl, dg, off) {
+			return
+		}
 	}
 	r.sink = replypath.Learner{Paths: &rl.paths, Next: rl.toNext, From: from, Now: now}
 	body, err := rl.inRecv.Receive(dg, h, off, now, &r.sink)
@@ -577,8 +599,8 @@ func (s *Server) answer(r *reader, rl *relay, body []byte, from netip.AddrPort, 
 			s.m.malformed.Inc()
 			return
 		}
-		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: s.nextOverloaded()}
-		var pb [wire.PongLen]byte
+		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: s.nextOverloaded(), Epoch: s.run.Epoch}
+		var pb [wire.PongEpochLen]byte
 		if out, err := rl.inSend.SealControl(r.ctrl, wire.TypePong, pong.Put(pb[:]), now); err == nil {
 			s.sendTo(out, from)
 			s.m.pongsOut.Inc()
@@ -616,7 +638,12 @@ func (s *Server) nextOverloaded() bool {
 // when the datagram must be dropped.
 func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 	hello := &r.hello
-	a, why := clients.Admit(&clients.Roster{Clients: s.clients}, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
+	// An intermediate admits its [[client]] tables only (no token key):
+	// a hello with a token is refused as TokenMalformed.
+	a, why := clients.Admit(&clients.Roster{Clients: s.clients}, &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now(), &s.run)
+	if why == clients.Admitted {
+		why = a.Client.OpenSession(now)
+	}
 	switch why {
 	case clients.UnknownClient:
 		s.m.unknownClient.Inc()
@@ -626,12 +653,35 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 		return nil
 	case clients.StaleHello:
 		s.m.staleHello.Inc()
-		s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
-			"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", s.cfg.HelloMaxAge.Duration)
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
+				"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", s.cfg.HelloMaxAge.Duration, "lines_suppressed", n)
+		}
 		return nil
 	case clients.ForbiddenTarget:
 		s.m.forbiddenTarget.Inc()
-		s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String())
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String(), "lines_suppressed", n)
+		}
+		return nil
+	case clients.OldEpoch, clients.SessionLimit, clients.SessionRate:
+		switch why {
+		case clients.OldEpoch:
+			s.m.oldEpoch.Inc()
+		case clients.SessionLimit:
+			s.m.sessionLimit.Inc()
+		default:
+			s.m.sessionRate.Inc()
+		}
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("hello refused", "client", a.Client.ID, "reason", why.String(), "session", r.hdr.Session, "lines_suppressed", n)
+		}
+		return nil
+	case clients.Admitted:
+	default:
+		// A connect token: an intermediate has no token key, so to it the
+		// sender is a client it does not know.
+		s.m.unknownClient.Inc()
 		return nil
 	}
 	c, send, recv, target := a.Client, a.Send, a.Recv, hello.Target
@@ -639,12 +689,21 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 	rl, created, err := s.relays.GetOrCreate(id, now, func() (*relay, error) {
 		return s.newRelay(c, id, salt, target, send, recv)
 	})
+	if !created {
+		c.CloseSession() // reserved above, not used
+	}
 	if err != nil {
 		s.m.sealErrors.Inc()
 		s.log.Warn("cannot open a session towards the next hop", "client", c.ID, "err", err)
 		return nil
 	}
 	if created {
+		rl.epoch.Store(hello.Epoch)
+		if !target.IsValid() {
+			// As in the proxy: a control session re-opened with keys it may
+			// have had before a restart takes nothing sealed before this.
+			rl.inRecv.SetFloor(r.hdr.Packet)
+		}
 		if rl.outSend != nil {
 			s.byOut.GetOrCreate(rl.outID, now, func() (*relay, error) { return rl, nil })
 		}
@@ -652,6 +711,25 @@ func (s *Server) open(r *reader, dg []byte, off int, now int64) *relay {
 		s.log.Info("session opened", "client", c.ID, "session", id, "next_session", rl.outID, "target", target.String())
 	}
 	return rl
+}
+
+// upgradeEpoch re-keys the router side of rl for this run's epoch when the
+// datagram, a hello naming it, authenticates with those keys.
+func (s *Server) upgradeEpoch(r *reader, rl *relay, dg []byte, off int) bool {
+	send, recv, err := wire.DeriveKeysEpoch(&rl.client.Key, &rl.salt, rl.inID, s.run.Epoch, wire.RoleServer)
+	if err != nil {
+		return false
+	}
+	cp := r.scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		s.m.authFailed.Inc()
+		return false
+	}
+	rl.inRecv.Upgrade(recv)
+	rl.inSend.Rekey(send, 0, 0)
+	rl.epoch.Store(s.run.Epoch)
+	return true
 }
 
 // fromNext processes one datagram the next hop sent back on uplink u.

@@ -153,7 +153,7 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 func TestKeepalivesKeepSlowUplinkInReplies(t *testing.T) {
 	server, _ := echoServer(t)
 	p := startProxy(t, "mid1", midKeys[0], server)
-	hop := &kaHop{salts: map[uint64][16]byte{}}
+	hop := &kaHop{salts: map[uint64][16]byte{}, epochs: map[uint64]uint64{}}
 	fast := hop.tap(t, p.Addr(), 0)
 	slow := hop.tap(t, p.Addr(), 10*time.Millisecond)
 	m := startMid(t, "gamer", routerKey, server, "mid1", midKeys[0], 2, fast.addr(), slow.addr())
@@ -214,9 +214,10 @@ func TestKeepalivesKeepSlowUplinkInReplies(t *testing.T) {
 // intermediate stops sending it once the proxy answers), so the taps share what
 // they learn of sessions.
 type kaHop struct {
-	mu    sync.Mutex
-	salts map[uint64][16]byte // the sessions with a target: game sessions
-	bad   string
+	mu     sync.Mutex
+	salts  map[uint64][16]byte // the sessions with a target: game sessions
+	epochs map[uint64]uint64   // the epoch of each session's latest hello
+	bad    string
 }
 
 // kaTap relays one intermediate uplink to the proxy (one upstream socket, as
@@ -289,12 +290,13 @@ func (tp *kaTap) watchUp(dg []byte) bool {
 	defer hop.mu.Unlock()
 	if h.Flags&wire.FlagHello != 0 && hl.Target.IsValid() {
 		hop.salts[h.Session] = hl.Salt
+		hop.epochs[h.Session] = hl.Epoch // the router re-keys when it learns one
 	}
 	salt, game := hop.salts[h.Session]
 	if !game || h.Type != wire.TypeKeepalive {
 		return h.Type == wire.TypeData
 	}
-	_, c2s, err := wire.DeriveKeys(&midKeys[0], &salt, h.Session, wire.RoleServer)
+	_, c2s, err := wire.DeriveKeysEpoch(&midKeys[0], &salt, h.Session, hop.epochs[h.Session], wire.RoleServer)
 	if err != nil {
 		return false
 	}

@@ -25,7 +25,10 @@ type relay struct {
 	salt   [16]byte
 	inRecv *tunnel.Receiver
 	inSend *tunnel.Sender
-	inSeal cipher.AEAD // for control messages passed back with the next hop's IDs
+	// epoch is the restart epoch the router side's keys are for (0: none);
+	// control messages passed back with the next hop's IDs are sealed with
+	// inSend's current key.
+	epoch atomic.Uint64
 
 	outID   uint64
 	outRecv *tunnel.Receiver // nil for a control-only session
@@ -55,7 +58,7 @@ type relay struct {
 // the keys derived for it, and a fresh session towards the next hop when the
 // session has a target.
 func (s *Server) newRelay(c *clients.Client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*relay, error) {
-	rl := &relay{srv: s, client: c, target: target, inID: id, salt: salt, inSeal: send}
+	rl := &relay{srv: s, client: c, target: target, inID: id, salt: salt}
 	rl.inRecv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
 	// Towards the router no hello ever rides: the router opened the session.
@@ -64,6 +67,10 @@ func (s *Server) newRelay(c *clients.Client, id uint64, salt [16]byte, target ne
 	}
 	rl.toNext, rl.toRouter = (*toNext)(rl), (*toRouter)(rl)
 	if !target.IsValid() {
+		// A control session's packet IDs are all its own: from the clock, as
+		// the proxy's, so a run after a restart repeats no nonce under the
+		// keys the router's hello may bring back.
+		rl.inSend.StartAt(tunnel.ClockPIDBase(time.Now().UnixMilli()))
 		return rl, nil
 	}
 	if rl.outID, rl.outSend, rl.outSeal, rl.outRecv, err = s.newOutHalf(target); err != nil {
@@ -230,7 +237,7 @@ func (s *Server) passBack(r *reader, rl *relay, body []byte, now int64) {
 		s.m.noPath.Inc()
 		return
 	}
-	dg, err := sealPassed(rl.inSeal, rl.inSend, r.ctrl, r.hdr.Type, rl.inID, r.hdr.Packet, body, now)
+	dg, err := sealPassed(rl.inSend.AEAD(), rl.inSend, r.ctrl, r.hdr.Type, rl.inID, r.hdr.Packet, body, now)
 	if err != nil {
 		s.m.sealErrors.Inc()
 		return

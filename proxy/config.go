@@ -1,9 +1,9 @@
 package proxy
 
 import (
-	"github.com/raicnet/raic/pkg/clients"
-	"net/netip"
 	"time"
+
+	"github.com/raicnet/raic/pkg/clients"
 
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
@@ -38,6 +38,10 @@ type Config struct {
 	// measured again; ProbeMaxTargets bounds the servers remembered (see probe.go).
 	ProbeTTL        config.Duration `toml:"probe_ttl"`
 	ProbeMaxTargets int             `toml:"probe_max_targets"`
+	// TCPListen, when set, serves routers' aggregated connections on this
+	// address:port: QUIC on UDP for their TCP flows, TLS on TCP for the
+	// datagrams of routers whose network blocks UDP (see tcp.go).
+	TCPListen string `toml:"tcp_listen"`
 	// Clients are the routers allowed to use this proxy.
 	Clients []ClientConfig `toml:"client"`
 	// Studio operation: connect tokens, client-address headers, health, drain
@@ -58,15 +62,33 @@ const (
 	DefaultRatePPS     = clients.DefaultRatePPS
 )
 
-// LoadConfig reads, defaults and checks a proxy config file. Errors name the file,
-// line and key.
-func LoadConfig(path string) (*Config, error) {
-	var c Config
-	meta, err := config.Load(path, &c)
-	if err != nil {
-		return nil, err
+// DefaultConfig is the configuration before a file is read: every key a file
+// leaves out keeps the value it has here.
+func DefaultConfig() Config {
+	return Config{
+		Listen:          DefaultListen,
+		LogLevel:        "info",
+		MaxSessions:     DefaultMaxSessions,
+		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
+		ReplyWindow:     config.Duration{Duration: DefaultReplyWindow},
+		HelloMaxAge:     config.Duration{Duration: DefaultHelloMaxAge},
+		OverloadLatency: config.Duration{Duration: DefaultOverloadLatency},
+		OverloadCPU:     DefaultOverloadCPU,
+		ProbeTTL:        config.Duration{Duration: DefaultProbeTTL},
+		ProbeMaxTargets: DefaultProbeMaxTargets,
+		StudioConfig: StudioConfig{
+			TokenRatePPS: clients.DefaultRatePPS,
+			MaxTokens:    clients.DefaultSeenTokens,
+			DrainTimeout: config.Duration{Duration: DefaultDrainTimeout},
+		},
 	}
-	if err := c.check(meta); err != nil {
+}
+
+// LoadConfig reads, defaults and checks a proxy config file. Every error of
+// the file is returned at once, each naming the file, line and key.
+func LoadConfig(path string) (*Config, error) {
+	c := DefaultConfig()
+	if err := config.Check(path, &c, c.check); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -74,65 +96,37 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig is LoadConfig for a config held in a string (name is used in errors).
 func ParseConfig(name, text string) (*Config, error) {
-	var c Config
-	meta, err := config.Decode(name, text, &c)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.check(meta); err != nil {
+	c := DefaultConfig()
+	if err := config.CheckText(name, text, &c, c.check); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-func (c *Config) check(meta *config.Meta) error {
-	if c.Listen == "" {
-		c.Listen = DefaultListen
+// check validates c, decoded over DefaultConfig, recording every error on meta.
+func (c *Config) check(meta *config.Meta) {
+	if ap, ok := meta.AddrPort("listen", c.Listen); ok {
+		meta.Listen("listen", ap)
 	}
-	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
-		return meta.Errorf("listen", "not an address:port: %v", err)
+	if c.Metrics != "" {
+		meta.HostPort("metrics", c.Metrics)
 	}
-	if c.LogLevel == "" {
-		c.LogLevel = "info"
+	if c.TCPListen != "" {
+		// TCP, so it may share the UDP listen port.
+		meta.AddrPort("tcp_listen", c.TCPListen)
 	}
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		return meta.Errorf("log_level", "%v", err)
+		meta.Report("log_level", "%v", err)
 	}
-	if c.MaxSessions == 0 {
-		c.MaxSessions = DefaultMaxSessions
-	}
-	if c.MaxSessions < 1 {
-		return meta.Errorf("max_sessions", "must be at least 1")
-	}
-	setDur := func(d *config.Duration, def time.Duration, key string) error {
-		if d.Duration == 0 {
-			d.Duration = def
-		}
-		if d.Duration < 0 {
-			return meta.Errorf(key, "must be positive")
-		}
-		return nil
-	}
-	if err := setDur(&c.SessionIdle, DefaultSessionIdle, "session_idle"); err != nil {
-		return err
-	}
-	if err := setDur(&c.ReplyWindow, DefaultReplyWindow, "reply_window"); err != nil {
-		return err
-	}
-	if err := setDur(&c.HelloMaxAge, DefaultHelloMaxAge, "hello_max_age"); err != nil {
-		return err
-	}
-	if err := c.checkLoad(meta); err != nil {
-		return err
-	}
-	if err := c.checkProbe(meta); err != nil {
-		return err
-	}
-	if err := c.checkStudio(meta); err != nil {
-		return err
-	}
-	if err := clients.CheckTokens(meta, c.Clients, "the proxy", c.tokenKey != nil); err != nil {
-		return err
-	}
-	return nil
+	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
+	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
+	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
+	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
+	c.checkLoad(meta)
+	c.checkProbe(meta)
+	c.checkStudio(meta)
+	meta.Add(clients.CheckTokens(meta, c.Clients, "the proxy", c.tokenKey != nil))
 }
+
+// maxSessionsCap bounds max_sessions: each session holds a socket.
+const maxSessionsCap = 1 << 22

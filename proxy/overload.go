@@ -125,19 +125,8 @@ func (l *loadMeter) sampleCPU(now int64) float64 {
 	return l.cpuShare
 }
 
-// checkLoad defaults and checks the overload thresholds of the config.
-func (c *Config) checkLoad(meta *config.Meta) error {
-	if c.OverloadLatency.Duration == 0 {
-		c.OverloadLatency.Duration = DefaultOverloadLatency
-	}
-	if c.OverloadLatency.Duration < 0 {
-		return meta.Errorf("overload_latency", "must be positive")
-	}
-	if c.OverloadCPU == 0 {
-		c.OverloadCPU = DefaultOverloadCPU
-	}
-	if c.OverloadCPU < 0 || c.OverloadCPU > 1 {
-		return meta.Errorf("overload_cpu", "must be a share of the CPUs, above 0 and at most 1")
-	}
-	return nil
+// checkLoad checks the overload thresholds of the config.
+func (c *Config) checkLoad(meta *config.Meta) {
+	meta.Duration("overload_latency", c.OverloadLatency.Duration, time.Nanosecond, time.Second)
+	meta.Ratio("overload_cpu", c.OverloadCPU, false)
 }

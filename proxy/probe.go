@@ -208,21 +208,11 @@ func (s *Server) answerProbe(r *reader, ps *proxySession, body []byte, from neti
 	s.probes.asked.Inc()
 }
 
-// checkProbe defaults and checks the probe settings of the config.
-func (c *Config) checkProbe(meta *config.Meta) error {
-	if c.ProbeTTL.Duration == 0 {
-		c.ProbeTTL.Duration = DefaultProbeTTL
-	}
-	if c.ProbeTTL.Duration < time.Second {
-		return meta.Errorf("probe_ttl", "must be at least 1s: each renewal pings the server")
-	}
-	if c.ProbeMaxTargets == 0 {
-		c.ProbeMaxTargets = DefaultProbeMaxTargets
-	}
-	if c.ProbeMaxTargets < 1 {
-		return meta.Errorf("probe_max_targets", "must be at least 1")
-	}
-	return nil
+// checkProbe checks the probe settings of the config.
+func (c *Config) checkProbe(meta *config.Meta) {
+	// At least 1s: each renewal pings the server.
+	meta.Duration("probe_ttl", c.ProbeTTL.Duration, time.Second, time.Hour)
+	meta.Int("probe_max_targets", c.ProbeMaxTargets, 1, 1<<20)
 }
 
 // icmpRTT measures the RTT to a with ICMP echo: through an unprivileged ping

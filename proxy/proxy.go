@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxyproto"
@@ -42,8 +43,15 @@ import (
 const batch = 32
 
 // maxServerPacket is the largest server packet the proxy carries back (it is
-// X-fragmented on the way); game servers keep theirs under the path MTU.
+// X-fragmented on the way); game servers keep theirs under the path MTU. A
+// larger one is dropped, counted (server_packet_too_large) and logged at a
+// bounded rate.
 const maxServerPacket = 8 << 10
+
+// recvBuffer is the listening socket's receive buffer: about 10 ms of
+// datagrams at the proxy's capacity, so an overload drops at the socket
+// instead of queueing seconds of stale game traffic.
+const recvBuffer = 1 << 20
 
 // Server is a running proxy.
 type Server struct {
@@ -58,6 +66,12 @@ type Server struct {
 	sid      [8]byte    // random, mixed into session table hashing
 	probes   *prober    // RTT-to-server answers (probe.go)
 	load     *loadMeter // overload reporting (overload.go)
+	// run is this start's restart epoch, sent in pongs; hellos sealed for
+	// another epoch cannot re-open a game session (clients.Admit).
+	run clients.Run
+	// refusedLog bounds the log lines of per-datagram refusals (replayed or
+	// stale hellos, clients over their limits, oversized replies).
+	refusedLog *logging.Limiter
 
 	closing  atomic.Bool
 	draining atomic.Bool    // no new sessions (studio.go)
@@ -67,6 +81,7 @@ type Server struct {
 	httpSrvs  []*http.Server // metrics and health (studio.go)
 	httpLns   []net.Listener
 	httpAddrs []string
+	tcp       *tcpSide // tcp_listen at run time (tcp.go); nil when off
 }
 
 // counters are the proxy's metrics; every dropped datagram is counted by reason.
@@ -78,6 +93,7 @@ type counters struct {
 	sessionsCreated, sessionsEvicted, sessionsIdle, pongsOut *metrics.Counter
 	sessions                                                 *metrics.Gauge
 	oversize, movedCopies                                    *metrics.Counter
+	oldEpoch, sessionLimit, sessionRate                      *metrics.Counter
 	// Connect-token refusals by clients.Refusal, refusals while draining, reloads.
 	tokenRefused                         map[clients.Refusal]*metrics.Counter
 	drainRefused, reloads, tokensEvicted *metrics.Counter
@@ -112,12 +128,15 @@ func newCounters(r *metrics.Registry) counters {
 		sessions:        r.Gauge("proxy_sessions", "Live sessions."),
 		movedCopies:     r.Counter("proxy_moved_copies_total", "Extra reply copies sent on fresh paths for paths lagging behind."),
 		oversize:        r.Counter(`proxy_dropped_total{reason="server_packet_too_large"}`, "Server packets larger than the proxy carries."),
+		oldEpoch:        drop("old_epoch"),
+		sessionLimit:    drop("client_session_limit"),
+		sessionRate:     drop("client_session_rate"),
 		tokenRefused: map[clients.Refusal]*metrics.Counter{
-			clients.TokenMalformed: drop(clients.TokenMalformed.Reason()),
-			clients.TokenForged:    drop(clients.TokenForged.Reason()),
-			clients.TokenExpired:   drop(clients.TokenExpired.Reason()),
-			clients.TokenNotYet:    drop(clients.TokenNotYet.Reason()),
-			clients.TokenReplayed:  drop(clients.TokenReplayed.Reason()),
+			clients.TokenMalformed: drop(clients.TokenMalformed.String()),
+			clients.TokenForged:    drop(clients.TokenForged.String()),
+			clients.TokenExpired:   drop(clients.TokenExpired.String()),
+			clients.TokenNotYet:    drop(clients.TokenNotYet.String()),
+			clients.TokenReplayed:  drop(clients.TokenReplayed.String()),
 		},
 		drainRefused:  drop("draining"),
 		reloads:       r.Counter("proxy_reloads_total", "Client and token tables reloaded (SIGHUP)."),
@@ -129,7 +148,8 @@ func newCounters(r *metrics.Registry) counters {
 // New builds a proxy from a checked config and binds its socket, so it is ready
 // to serve when New returns.
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, reg: metrics.NewRegistry()}
+	s := &Server{cfg: cfg, log: log, reg: metrics.NewRegistry(),
+		refusedLog: logging.NewLimiter(5, 20)}
 	s.m = newCounters(s.reg)
 	s.load = newLoadMeter(cfg, s.reg)
 	if _, err := rand.Read(s.sid[:]); err != nil {
@@ -141,6 +161,9 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	s.roster.Store(roster)
 	s.studio.Store(&cfg.StudioConfig)
+	if s.run, err = clients.NewRun(time.Now()); err != nil {
+		return nil, err
+	}
 	seed := binary.LittleEndian.Uint64(s.sid[:])
 	s.sessions = session.NewTable(session.Config[uint64, *proxySession]{
 		MaxEntries:  cfg.MaxSessions,
@@ -149,7 +172,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		OnRemove:    s.onRemove,
 	})
 	listen, _ := netip.ParseAddrPort(cfg.Listen)
-	conn, err := udp.Listen("udp", udp.Options{Local: listen, RecvBuffer: 4 << 20, SendBuffer: 4 << 20})
+	conn, err := udp.Listen("udp", udp.Options{Local: listen, RecvBuffer: recvBuffer, SendBuffer: 4 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
@@ -175,6 +198,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", len(s.roster.Load().Clients),
 		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions)
+	if err := s.startTCP(ctx); err != nil {
+		return fmt.Errorf("tcp_listen: %w", err)
+	}
 	s.loops.Add(2)
 	go s.janitor(ctx)
 	go func() {
@@ -230,11 +256,14 @@ func (s *Server) onRemove(id uint64, ps *proxySession, why session.Reason) {
 	switch why {
 	case session.ReasonEvicted:
 		s.m.sessionsEvicted.Inc()
-		s.log.Warn("session evicted: table full", "session", id, "client", ps.client.ID, "max_sessions", s.cfg.MaxSessions)
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("session evicted: table full", "session", id, "client", ps.client.ID, "max_sessions", s.cfg.MaxSessions, "lines_suppressed", n)
+		}
 	case session.ReasonIdle:
 		s.m.sessionsIdle.Inc()
 		s.log.Debug("session idle, ended", "session", id, "client", ps.client.ID)
 	}
+	ps.client.CloseSession()
 	ps.close()
 }
 
@@ -285,7 +314,8 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		return
 	}
 	h := &r.hdr
-	ps, ok := s.sessions.Get(h.Session, now)
+	// Peek, not Get: only an authenticated datagram may keep a session alive.
+	ps, ok := s.sessions.Peek(h.Session)
 	if !ok {
 		if h.Flags&wire.FlagHello == 0 {
 			s.m.unknownSession.Inc()
@@ -298,6 +328,13 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 		// Another session claims this ID; it cannot be ours (different keys).
 		s.m.sessionConflict.Inc()
 		return
+	} else if h.Flags&wire.FlagHello != 0 && r.hello.Epoch == s.run.Epoch && ps.epoch.Load() != s.run.Epoch {
+		// The router learned this run's epoch after it opened the session and
+		// moved the session's keys to it (so a restart of ours cannot take a
+		// replay of them): follow, once the hello proves it.
+		if !s.upgradeEpoch(r, ps, dg, off) {
+			return
+		}
 	}
 	r.sink = replypath.Learner{Paths: &ps.paths, Next: ps, From: from, Now: now}
 	body, err := ps.recv.Receive(dg, h, off, now, &r.sink)
@@ -313,6 +350,12 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 	// Authenticated: this address is a live path of the session (this is also how
 	// a NAT rebinding on the router's side is learned).
 	ps.paths.Learn(from, now)
+	if h.Type == wire.TypeData || h.Type == wire.TypePing || h.Type == wire.TypeProbe {
+		// Game traffic (and a control session's keepalive pings) keeps the
+		// session alive; keepalives of an idle game session do not, so it
+		// ends after session_idle as the router's does.
+		s.sessions.Get(h.Session, now)
+	}
 	if h.Type == wire.TypeData {
 		ps.noteScheme(h)
 	}
@@ -323,8 +366,8 @@ func (s *Server) handle(r *reader, dg []byte, from netip.AddrPort, now int64) {
 			s.m.malformed.Inc()
 			return
 		}
-		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: s.load.overloaded(now)}
-		var pb [wire.PongLen]byte
+		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: s.load.overloaded(now), Epoch: s.run.Epoch}
+		var pb [wire.PongEpochLen]byte
 		if out, err := ps.send.SealControl(r.ctrl, wire.TypePong, pong.Put(pb[:]), now); err == nil {
 			s.sendTo(out, from)
 			s.m.pongsOut.Inc()
@@ -355,7 +398,10 @@ func (s *Server) openSession(r *reader, dg []byte, off int, from netip.AddrPort,
 		s.m.drainRefused.Inc()
 		return nil
 	}
-	a, why := clients.Admit(s.roster.Load(), &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now())
+	a, why := clients.Admit(s.roster.Load(), &r.hdr, hello, dg, off, r.scratch, s.cfg.HelloMaxAge.Duration, time.Now(), &s.run)
+	if why == clients.Admitted {
+		why = a.Client.OpenSession(now)
+	}
 	switch why {
 	case clients.UnknownClient:
 		s.m.unknownClient.Inc()
@@ -365,28 +411,62 @@ func (s *Server) openSession(r *reader, dg []byte, off int, from netip.AddrPort,
 		return nil
 	case clients.StaleHello:
 		s.m.staleHello.Inc()
-		s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
-			"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", s.cfg.HelloMaxAge.Duration)
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
+				"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", s.cfg.HelloMaxAge.Duration, "lines_suppressed", n)
+		}
+		return nil
+	case clients.OldEpoch:
+		s.m.oldEpoch.Inc()
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("hello refused: made for an earlier run of this proxy (a replay, or a router that has not heard of the restart yet)",
+				"client", a.Client.ID, "session", r.hdr.Session, "lines_suppressed", n)
+		}
 		return nil
 	case clients.ForbiddenTarget:
 		s.m.forbiddenTarget.Inc()
-		s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String())
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String(), "lines_suppressed", n)
+		}
+		return nil
+	case clients.SessionLimit, clients.SessionRate:
+		if why == clients.SessionLimit {
+			s.m.sessionLimit.Inc()
+		} else {
+			s.m.sessionRate.Inc()
+		}
+		if ok, n := s.refusedLog.Allow(); ok {
+			s.log.Warn("session refused: client over its limit", "client", a.Client.ID, "limit", why.String(),
+				"sessions", a.Client.Sessions(), "max_sessions", a.Client.MaxSessions(), "lines_suppressed", n)
+		}
 		return nil
 	case clients.Admitted:
 	default: // connect tokens: expired, forged, replayed...
-		s.m.tokenRefused[why].Inc()
+		if c := s.m.tokenRefused[why]; c != nil {
+			c.Inc()
+		}
 		return nil
 	}
 	c, send, recv, target := a.Client, a.Send, a.Recv, hello.Target
 	ps, created, err := s.sessions.GetOrCreate(r.hdr.Session, now, func() (*proxySession, error) {
 		return s.newSession(c, r.hdr.Session, hello.Salt, target, from, send, recv)
 	})
+	if !created {
+		c.CloseSession() // reserved above, not used
+	}
 	if err != nil {
 		s.m.upstreamErrors.Inc()
 		s.log.Warn("cannot open upstream socket", "client", c.ID, "target", target.String(), "err", err)
 		return nil
 	}
 	if created {
+		ps.epoch.Store(hello.Epoch)
+		if !target.IsValid() {
+			// A control session may be re-opened with the keys it had before a
+			// restart (clients.Admit): nothing sealed before this datagram is
+			// taken, so a replayed capture gets no answer.
+			ps.recv.SetFloor(r.hdr.Packet)
+		}
 		s.m.sessionsCreated.Inc()
 		s.log.Info("session opened", "client", c.ID, "session", r.hdr.Session, "target", target.String())
 		if ps.upstream != nil {
@@ -397,7 +477,29 @@ func (s *Server) openSession(r *reader, dg []byte, off int, from netip.AddrPort,
 	return ps
 }
 
+// upgradeEpoch re-keys ps for this run's epoch when the datagram, a hello
+// naming it, authenticates with those keys; it reports whether it did.
+func (s *Server) upgradeEpoch(r *reader, ps *proxySession, dg []byte, off int) bool {
+	send, recv, err := wire.DeriveKeysEpoch(&ps.client.Key, &ps.salt, ps.id, s.run.Epoch, wire.RoleServer)
+	if err != nil {
+		return false
+	}
+	cp := r.scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		s.m.authFailed.Inc()
+		return false
+	}
+	ps.recv.Upgrade(recv)
+	ps.send.Rekey(send, 0, 0)
+	ps.epoch.Store(s.run.Epoch)
+	return true
+}
+
 func (s *Server) sendTo(dg []byte, to netip.AddrPort) {
+	if s.tcp.send(dg, to) {
+		return // a TLS/TCP fallback path (tcp.go)
+	}
 	if err := s.conn.WriteTo(dg, to); err != nil {
 		s.m.sendErrors.Inc()
 	}
@@ -426,6 +528,7 @@ type proxySession struct {
 
 	paths   replypath.Set // the router addresses replies go to
 	lastAck atomic.Int64
+	epoch   atomic.Uint64 // the epoch the session's keys are for (0: none)
 	applied uint32        // the packed scheme the reply encoder uses; reply pump only
 	scheme  atomic.Uint32 // packed scheme of the router's data, mirrored for replies (see noteScheme)
 }
@@ -441,6 +544,10 @@ func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target,
 	if err != nil {
 		return nil, err
 	}
+	// Packet IDs from the clock: ahead of anything an earlier run of this proxy
+	// sealed in this session, so the router's window takes them and no nonce
+	// repeats even when the keys do (a re-opened control session).
+	ps.send.StartAt(tunnel.ClockPIDBase(time.Now().UnixMilli()))
 	if target.IsValid() {
 		ps.upstream, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
 		if err != nil {
@@ -504,6 +611,10 @@ func (ps *proxySession) pumpReplies() {
 		}
 		if n > maxServerPacket {
 			s.m.oversize.Inc()
+			if ok, sup := s.refusedLog.Allow(); ok {
+				s.log.Warn("server packet dropped: larger than the proxy carries back", "client", ps.client.ID,
+					"target", ps.target.String(), "limit_bytes", maxServerPacket, "lines_suppressed", sup)
+			}
 			continue
 		}
 		ps.reply(buf[:n], mono.Now())

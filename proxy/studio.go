@@ -31,7 +31,9 @@ type StudioConfig struct {
 	// with a token are admitted without a [[client]] table.
 	TokenKey     string `toml:"token_key"`
 	TokenKeyFile string `toml:"token_key_file"`
-	// TokenRatePPS and TokenBurst limit each token-admitted session.
+	// TokenRatePPS and TokenBurst limit the datagrams of each token (all its
+	// sessions together), as rate_pps and burst do a [[client]]'s; the
+	// token's own session limit is its max_sessions.
 	TokenRatePPS float64 `toml:"token_rate_pps"`
 	TokenBurst   int     `toml:"token_burst"`
 	// MaxTokens bounds the table of tokens seen (kept until each expires).
@@ -68,63 +70,63 @@ type serverRule struct {
 // DefaultDrainTimeout is how long a drain waits for sessions to end.
 const DefaultDrainTimeout = 30 * time.Second
 
-func (c *StudioConfig) checkStudio(meta *config.Meta) error {
-	if c.TokenKey != "" && c.TokenKeyFile != "" {
-		return meta.Errorf("token_key_file", "set token_key or token_key_file, not both")
-	}
+// Bounds of the studio keys.
+const (
+	maxTokensCap    = 1 << 24 // token table entries (about 200 bytes each)
+	maxTokenBurst   = 1 << 30 // as a [[client]]'s burst
+	maxDrainTimeout = time.Hour
+)
+
+// checkStudio validates the studio keys, decoded over DefaultConfig,
+// recording every error on meta; it reads the token key file.
+func (c *StudioConfig) checkStudio(meta *config.Meta) {
+	c.tokenKey = nil
 	keyText, keyName := c.TokenKey, "token_key"
-	if c.TokenKeyFile != "" {
+	switch {
+	case c.TokenKey != "" && c.TokenKeyFile != "":
+		meta.Report("token_key_file", "set token_key or token_key_file, not both")
+		keyText = ""
+	case c.TokenKeyFile != "":
 		b, err := os.ReadFile(c.TokenKeyFile)
 		if err != nil {
-			return meta.Errorf("token_key_file", "%v", err)
+			meta.Report("token_key_file", "%v", err)
 		}
 		keyText, keyName = string(b), "token_key_file"
 	}
-	c.tokenKey = nil
 	if keyText != "" {
-		k, err := wire.ParseKey(keyText)
-		if err != nil {
-			return meta.Errorf(keyName, "%v", err)
+		if k, err := wire.ParseKey(keyText); err != nil {
+			meta.Report(keyName, "%v", err)
+		} else {
+			c.tokenKey = &k
 		}
-		c.tokenKey = &k
 	}
-	if c.TokenRatePPS < 0 {
-		return meta.Errorf("token_rate_pps", "must be positive")
+	meta.Rate("token_rate_pps", c.TokenRatePPS, clients.MaxRatePPS)
+	if !meta.IsDefined("token_burst") {
+		// As a [[client]]'s: a tenth of a second of its rate, and some.
+		c.TokenBurst = int(min(c.TokenRatePPS, maxTokenBurst)/10) + 64
+	} else {
+		meta.Int("token_burst", c.TokenBurst, 1, maxTokenBurst)
 	}
-	if c.TokenBurst < 0 {
-		return meta.Errorf("token_burst", "must be positive")
-	}
-	if c.MaxTokens == 0 {
-		c.MaxTokens = clients.DefaultSeenTokens
-	}
-	if c.MaxTokens < 1 {
-		return meta.Errorf("max_tokens", "must be at least 1")
-	}
+	meta.Int("max_tokens", c.MaxTokens, 1, maxTokensCap)
 	if c.HealthListen != "" {
-		if _, err := netip.ParseAddrPort(c.HealthListen); err != nil {
-			return meta.Errorf("health_listen", "not an address:port: %v", err)
-		}
+		meta.AddrPort("health_listen", c.HealthListen)
 	}
-	if c.DrainTimeout.Duration == 0 {
-		c.DrainTimeout.Duration = DefaultDrainTimeout
-	}
-	if c.DrainTimeout.Duration < 0 {
-		return meta.Errorf("drain_timeout", "must be positive")
-	}
+	meta.Duration("drain_timeout", c.DrainTimeout.Duration, 0, maxDrainTimeout)
 	c.servers = nil
 	for i, sc := range c.Servers {
 		key := func(k string) string { return fmt.Sprintf("server.%d.%s", i, k) }
 		m, err := allow.Parse([]string{sc.Match})
 		if err != nil || strings.TrimSpace(sc.Match) == "" {
-			return meta.Errorf(key("match"), "not an allowlist entry: %v", err)
+			meta.Report(key("match"), "not an allowlist entry: %v", err)
+			continue
 		}
 		h, err := proxyproto.ParseKind(sc.ClientAddrHeader)
 		if err != nil {
-			return meta.Errorf(key("client_addr_header"), "%v", err)
+			meta.Report(key("client_addr_header"), "%v", err)
+			continue
 		}
 		c.servers = append(c.servers, serverRule{match: m, header: h})
 	}
-	return nil
 }
 
 // headerFor is the client-address header for target: the first [[server]]
@@ -148,6 +150,7 @@ func newRoster(cfg *Config, seen *token.Seen) (*clients.Roster, error) {
 	if err != nil {
 		return nil, err
 	}
+	clients.FairShare(r.Clients, cfg.MaxSessions)
 	r.TokenRatePPS, r.TokenBurst = cfg.TokenRatePPS, cfg.TokenBurst
 	return r, nil
 }

@@ -3,48 +3,26 @@ package router
 import (
 	"fmt"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/proxychoice"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
-// Choosing a proxy.
+// Choosing a proxy (package proxychoice ranks and judges; here the router
+// measures, moves and logs).
 //
-// For each game server (target) the router ranks its proxies by
-//
-//	score = own RTT (lowest smoothed keepalive RTT over the proxy's live paths)
-//	      + the proxy's RTT to the server, from its answer to a Probe
-//
-// A proxy that has not answered a probe for the target adds nothing, and then
-// no proxy's server RTT is counted for that target: adding it for some and not
-// for others would favour the silent ones. So with proxies that do not answer
-// probes the choice falls back to the router's own RTT to each.
-//
-// New sessions go to the best proxy; the second is the reserve. Keepalives run
-// to the best and the reserve of every server and to every proxy carrying a
-// session at the full rate all the time (to the others, in standby, once a
-// second), so a move needs no setup and no measurement: the new session's
-// first datagrams carry the hello. A session moves
-//
-//   - at once when every path to its proxy is down (no keepalive answer within
-//     down_after) or the proxy refused the target in a probe answer;
-//   - when its proxy reports overload (pong or probe answer), its keepalive loss
-//     crosses choice.loss, or it has been slower than the best proxy by more
-//     than choice.margin for choice.after, but not sooner than choice.hold after
-//     the session started or last moved (hysteresis).
-//
-// A proxy back from an outage, or overloaded, ranks after the others, and is a
-// target for a move only when its proxy is down or refuses (then anything that
-// answers is better); a proxy back from an outage ranks normally again once it
-// has answered for choice.rejoin. A move creates a new session to the other proxy (new ID,
-// salt and hello: keys are per session) and points the flow at it; the old one
-// is sent a Close and kept findable for a short grace, for replies in flight
-// (the flow's first session, its head, stays findable for the flow's life).
+// Keepalives run to the best and the reserve of every server and to every
+// proxy carrying a session at the full rate all the time (to the others, in
+// standby, once a second), so a move needs no setup and no measurement: the
+// new session's first datagrams carry the hello. A move creates a new session
+// to the other proxy (new ID, salt and hello: keys are per session) and points
+// the flow at it; the old one is sent a Close and kept findable for a short
+// grace, for replies in flight (the flow's first session, its head, stays
+// findable for the flow's life).
 
 // ChoiceConfig is the [choice] table.
 type ChoiceConfig struct {
@@ -78,103 +56,50 @@ const (
 	// retireGrace keeps a session that was moved away findable this long, so
 	// replies already on their way still reach the game.
 	retireGrace = 2 * time.Second
-	// maxTargets bounds the per-server choice state; servers beyond it share
-	// one state that is never probed.
-	maxTargets = 4096
-	// targetIdle forgets a server's choice state this long after its last
-	// session.
-	targetIdle = time.Minute
 )
 
 func (c *ChoiceConfig) check(_ *Config, meta *config.Meta) error {
 	for _, d := range []struct {
-		v   *config.Duration
-		def time.Duration
-		key string
-	}{{&c.Margin, DefaultSwitchMargin, "choice.margin"}, {&c.After, DefaultSwitchAfter, "choice.after"},
-		{&c.Hold, DefaultSwitchHold, "choice.hold"}, {&c.Rejoin, DefaultRejoin, "choice.rejoin"},
-		{&c.ProbeInterval, DefaultProbeInterval, "choice.probe_interval"}} {
-		if d.v.Duration == 0 {
+		v        *config.Duration
+		def      time.Duration
+		key      string
+		min, max time.Duration
+	}{{&c.Margin, DefaultSwitchMargin, "choice.margin", time.Millisecond, 10 * time.Second},
+		{&c.After, DefaultSwitchAfter, "choice.after", 10 * time.Millisecond, 10 * time.Minute},
+		{&c.Hold, DefaultSwitchHold, "choice.hold", 10 * time.Millisecond, time.Hour},
+		{&c.Rejoin, DefaultRejoin, "choice.rejoin", 10 * time.Millisecond, 10 * time.Minute},
+		{&c.ProbeInterval, DefaultProbeInterval, "choice.probe_interval", 10 * time.Millisecond, time.Minute}} {
+		if !meta.IsDefined(d.key) { // a written 0 is refused, not defaulted
 			d.v.Duration = d.def
 		}
-		if d.v.Duration < 0 {
-			return meta.Errorf(d.key, "must be positive")
-		}
+		meta.Duration(d.key, d.v.Duration, d.min, d.max)
 	}
-	if c.Loss == 0 {
+	if !meta.IsDefined("choice.loss") {
 		c.Loss = DefaultSwitchLoss
 	}
-	if c.Loss < 0 || c.Loss > 1 {
-		return meta.Errorf("choice.loss", "must be between 0 and 1")
-	}
+	meta.Ratio("choice.loss", c.Loss, false)
 	return nil
 }
 
-// Switch reasons, as logged and counted.
-const (
-	reasonDown     = "down"
-	reasonRefused  = "refused"
-	reasonOverload = "overload"
-	reasonLoss     = "loss"
-	reasonLatency  = "latency"
-)
+// choiceConfig is the [choice] table as package proxychoice takes it.
+func (c *ChoiceConfig) choiceConfig() proxychoice.Config {
+	return proxychoice.Config{Margin: c.Margin.Duration, After: c.After.Duration, Loss: c.Loss,
+		Hold: c.Hold.Duration, Rejoin: c.Rejoin.Duration, ProbeInterval: c.ProbeInterval.Duration}
+}
 
-var switchReasons = []string{reasonDown, reasonRefused, reasonOverload, reasonLoss, reasonLatency}
-
-// Ranking tiers: lower is better; tierOut is never chosen.
-const (
-	tierGood       = iota
-	tierDegraded   // overloaded, or back from an outage for less than Rejoin
-	tierUnmeasured // up, but no keepalive answer yet
-	tierOut        // down, or refused the target
-)
-
-// chooser is the Router's choice state.
+// chooser is the Router's choice state: the ranking, and what the control
+// goroutine keeps to move sessions.
 type chooser struct {
-	mu       sync.Mutex // guards targets and the probe results in them
-	targets  map[netip.AddrPort]*targetState
-	overflow *targetState
+	*proxychoice.Chooser
 
 	// The control goroutine's own state.
 	retired  []retiredTunnel
-	snap     map[netip.AddrPort]*targetState
-	list     []*targetState
 	moves    []move
 	count    [MaxProxies]int64
 	lastPass int64
 
 	switches                            map[string]*metrics.Counter
 	probesSent, probeReplies, noReserve *metrics.Counter
-}
-
-// targetState is the choice for one game server.
-type targetState struct {
-	target netip.AddrPort
-	pinned bool // a forward's server: kept while the router runs
-
-	probes [MaxProxies]probeResult // guarded by chooser.mu
-
-	// The control goroutine's own state.
-	lastUsed   int64
-	lastProbe  int64
-	worseSince [MaxProxies]int64
-	verdict    [MaxProxies]string
-	rank       ranking
-
-	best atomic.Pointer[proxyConn] // the best at the last step, for logging changes
-}
-
-type probeResult struct {
-	at      int64 // arrival of the answer; 0 = none yet
-	rtt     time.Duration
-	allowed bool
-}
-
-type ranking struct {
-	best, reserve *proxyConn
-	tier          [MaxProxies]int
-	score         [MaxProxies]time.Duration
-	useServer     bool
 }
 
 type retiredTunnel struct {
@@ -190,11 +115,13 @@ type move struct {
 
 func (r *Router) initChoice() {
 	c := &r.ch
-	c.targets = map[netip.AddrPort]*targetState{}
-	c.snap = map[netip.AddrPort]*targetState{}
-	c.overflow = &targetState{pinned: true}
+	list := make([]*proxychoice.Proxy, len(r.proxies))
+	for i, px := range r.proxies {
+		list[i] = &px.Proxy
+	}
+	c.Chooser = proxychoice.New(r.cfg.Choice.choiceConfig(), list)
 	c.switches = map[string]*metrics.Counter{}
-	for _, why := range switchReasons {
+	for _, why := range proxychoice.Reasons {
 		c.switches[why] = r.reg.Counter(`router_proxy_switches_total{reason="`+why+`"}`, "Sessions moved to another proxy, by reason.")
 	}
 	c.probesSent = r.reg.Counter("router_probes_sent_total", "Probes sent to proxies (RTT to a server).")
@@ -202,122 +129,30 @@ func (r *Router) initChoice() {
 	c.noReserve = r.reg.Counter("router_proxy_no_reserve_total", "Times a session had to leave its proxy but no other was usable.")
 	now := mono.Now()
 	for _, f := range r.forwards {
-		r.targetFor(f.server, now).pinned = true
+		c.Pin(f.server, now)
 	}
-}
-
-// targetFor returns the choice state of a server, creating it.
-func (r *Router) targetFor(target netip.AddrPort, now int64) *targetState {
-	c := &r.ch
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ts := c.targets[target]
-	if ts == nil {
-		if len(c.targets) >= maxTargets || !target.IsValid() {
-			return c.overflow
-		}
-		ts = &targetState{target: target, lastUsed: now}
-		c.targets[target] = ts
-	}
-	return ts
 }
 
 // pickProxy chooses the proxy for a new session to target.
 func (r *Router) pickProxy(target netip.AddrPort, now int64) *proxyConn {
-	if len(r.proxies) == 1 {
-		return r.proxies[0]
-	}
-	// Ranked afresh rather than taken from the control goroutine's last step:
-	// a new session is rare, and the RTTs may have changed since (the first
-	// answers after start, a proxy that just went down).
-	if k := r.rank(r.targetFor(target, now), now); k.best != nil {
-		return k.best
-	}
-	return r.proxies[0]
-}
-
-// rank orders the proxies for one server. Safe from any goroutine.
-func (r *Router) rank(ts *targetState, now int64) (k ranking) {
-	cc := &r.cfg.Choice
-	fresh := 3 * int64(cc.ProbeInterval.Duration)
-	r.ch.mu.Lock()
-	probes := ts.probes
-	r.ch.mu.Unlock()
-	var own [MaxProxies]time.Duration
-	k.useServer = true
-	candidates := 0
-	for j, px := range r.proxies {
-		pr := &probes[j]
-		answered := pr.at != 0 && now-pr.at <= fresh
-		if !px.anyUp(now) || answered && !pr.allowed {
-			k.tier[j] = tierOut
-			continue
-		}
-		rtt, ok := px.ownRTT(now)
-		if !ok {
-			k.tier[j] = tierUnmeasured
-			continue
-		}
-		own[j] = rtt
-		if since := px.upSince.Load(); px.overloaded.Load() || since != 0 && now-since < int64(cc.Rejoin.Duration) {
-			k.tier[j] = tierDegraded
-		}
-		candidates++
-		if !answered || pr.rtt <= 0 {
-			k.useServer = false
-		}
-	}
-	if candidates == 0 {
-		k.useServer = false
-	}
-	var order [MaxProxies]int
-	n := len(r.proxies)
-	for j := 0; j < n; j++ {
-		k.score[j] = own[j]
-		if k.useServer && k.tier[j] <= tierDegraded {
-			k.score[j] += probes[j].rtt
-		}
-		// Insertion sort by (tier, score, config order): a handful of proxies.
-		i := j
-		for ; i > 0; i-- {
-			o := order[i-1]
-			if k.tier[o] < k.tier[j] || k.tier[o] == k.tier[j] && k.score[o] <= k.score[j] {
-				break
-			}
-			order[i] = o
-		}
-		order[i] = j
-	}
-	if n > 0 && k.tier[order[0]] < tierOut {
-		k.best = r.proxies[order[0]]
-	}
-	if n > 1 && k.tier[order[1]] < tierOut {
-		k.reserve = r.proxies[order[1]]
-	}
-	return k
+	return r.proxies[r.ch.Pick(target, now)]
 }
 
 // onProbeReply records a proxy's answer about a server.
 func (r *Router) onProbeReply(px *proxyConn, rep *wire.ProbeReply, now int64) {
 	r.ch.probeReplies.Inc()
-	if rep.Overloaded != px.overloaded.Load() {
-		px.overloaded.Store(rep.Overloaded)
-	}
-	r.ch.mu.Lock()
-	if ts := r.ch.targets[rep.Probe.Target]; ts != nil {
-		ts.probes[px.idx] = probeResult{at: now, rtt: rep.ServerRTT, allowed: rep.Allowed}
-	}
-	r.ch.mu.Unlock()
+	px.SetOverloaded(rep.Overloaded)
+	r.ch.OnProbeReply(px.idx, rep.Probe.Target, rep.ServerRTT, rep.Allowed, now)
 }
 
-// sendProbes asks every live proxy for its RTT to ts's server, on every live
+// sendProbes asks every live proxy for its RTT to a server, on every live
 // path (copies of one sealed datagram; the proxy answers the first).
-func (r *Router) sendProbes(ts *targetState, buf []byte, now int64) {
+func (r *Router) sendProbes(target netip.AddrPort, buf []byte, now int64) {
 	for _, px := range r.proxies {
-		if !px.anyUp(now) {
+		if !px.AnyUp(now) {
 			continue
 		}
-		pr := wire.Probe{Seq: px.probeSeq.Add(1), SentAt: now, Target: ts.target}
+		pr := wire.Probe{Seq: px.probeSeq.Add(1), SentAt: now, Target: target}
 		var pb [wire.ProbeLen]byte
 		dg, err := px.ctrl.send.SealControl(buf, wire.TypeProbe, pr.Put(pb[:]), now)
 		if err != nil {
@@ -336,62 +171,14 @@ func (r *Router) sendProbes(ts *targetState, buf []byte, now int64) {
 // probe, move the sessions that must move, and retire moved-away sessions.
 func (r *Router) evaluate(now int64, buf []byte, anyChange bool) {
 	c := &r.ch
-	cc := &r.cfg.Choice
-	c.mu.Lock()
-	c.list = c.list[:0]
-	for _, ts := range c.targets {
-		c.list = append(c.list, ts)
-	}
-	c.mu.Unlock()
-	// The shared state of servers beyond maxTargets is ranked too (never
-	// probed), so their sessions still leave a dead proxy.
-	c.list = append(c.list, c.overflow)
-	clear(c.snap)
-	for _, ts := range c.list {
-		if ts != c.overflow {
-			c.snap[ts.target] = ts
+	c.Step(now, func(server netip.AddrPort, k *proxychoice.Ranking) {
+		best := r.proxies[k.Best]
+		args := []any{"server", server.String(), "proxy", best.name, "score", k.Score[k.Best], "with_server_rtt", k.UseServer}
+		if k.Reserve >= 0 {
+			args = append(args, "reserve", r.proxies[k.Reserve].name, "reserve_score", k.Score[k.Reserve])
 		}
-		k := r.rank(ts, now)
-		ts.rank = k
-		// A choice among proxies not measured yet is config order: not news.
-		if old := ts.best.Swap(k.best); old != k.best && k.best != nil && k.tier[k.best.idx] < tierUnmeasured && ts.target.IsValid() {
-			args := []any{"server", ts.target.String(), "proxy", k.best.name, "score", k.score[k.best.idx], "with_server_rtt", k.useServer}
-			if k.reserve != nil {
-				args = append(args, "reserve", k.reserve.name, "reserve_score", k.score[k.reserve.idx])
-			}
-			r.log.Info("proxy chosen", args...)
-		}
-		for j, px := range r.proxies {
-			why := ""
-			switch {
-			case k.tier[j] == tierOut && !px.anyUp(now):
-				why = reasonDown
-			case k.tier[j] == tierOut:
-				why = reasonRefused
-			case px.overloaded.Load():
-				why = reasonOverload
-			case px.loss(now) > cc.Loss:
-				why = reasonLoss
-			}
-			b := k.best
-			if b != nil && b != px && k.tier[j] <= tierDegraded && k.tier[b.idx] == tierGood &&
-				k.score[j] > k.score[b.idx]+cc.Margin.Duration {
-				if ts.worseSince[j] == 0 {
-					ts.worseSince[j] = now
-				}
-			} else {
-				ts.worseSince[j] = 0
-			}
-			if why == "" && ts.worseSince[j] != 0 && now-ts.worseSince[j] >= int64(cc.After.Duration) {
-				why = reasonLatency
-			}
-			ts.verdict[j] = why
-		}
-		if ts.target.IsValid() && now-ts.lastProbe >= int64(cc.ProbeInterval.Duration) {
-			ts.lastProbe = now
-			r.sendProbes(ts, buf, now)
-		}
-	}
+		r.log.Info("proxy chosen", args...)
+	}, func(server netip.AddrPort) { r.sendProbes(server, buf, now) })
 
 	// The session pass walks every session: every 50 ms, or at once when a
 	// proxy or path changed state.
@@ -416,57 +203,34 @@ func (r *Router) evaluate(now int64, buf []byte, anyChange bool) {
 	clear(c.retired[len(keep):])
 	c.retired = keep
 
-	c.mu.Lock()
-	for t, ts := range c.targets {
-		if !ts.pinned && now-ts.lastUsed > int64(targetIdle) {
-			delete(c.targets, t)
-		}
-	}
-	c.mu.Unlock()
+	c.Forget(now)
 }
 
 // passSessions moves the sessions whose proxy must be left, and counts the
 // sessions per proxy.
 func (r *Router) passSessions(now int64) {
 	c := &r.ch
-	cc := &r.cfg.Choice
 	c.moves = c.moves[:0]
 	clear(c.count[:])
-	overflowUsed := false
 	r.byID.Range(func(_ uint64, t *routerSession) bool {
 		head := t.head
 		if head.side == nil || head.cur.Load() != t {
 			return true
 		}
 		c.count[t.px.idx]++
-		ts := c.snap[t.target]
-		if ts == nil {
-			// Beyond maxTargets, or a server newer than this step's list.
-			ts = c.overflow
-			overflowUsed = true
-		}
-		ts.lastUsed = now
-		why := ts.verdict[t.px.idx]
-		if why == "" {
-			return true
-		}
-		emergency := why == reasonDown || why == reasonRefused
-		if !emergency && now-head.lastSwitch < int64(cc.Hold.Duration) {
-			return true
-		}
-		to := ts.rank.best
-		if to == nil || to == t.px || ts.rank.tier[to.idx] > tierDegraded ||
-			!emergency && ts.rank.tier[to.idx] != tierGood ||
-			why == reasonLoss && to.loss(now) >= cc.Loss/2 {
-			if emergency && !head.stranded {
+		why, to := c.Leave(t.px.idx, t.target, head.lastSwitch, now)
+		switch {
+		case why == "":
+		case to < 0:
+			if !head.stranded {
 				head.stranded = true
 				c.noReserve.Inc()
 				r.log.Warn("session cannot leave its proxy: no other proxy is usable", "session", head.id,
 					"proxy", t.px.name, "reason", why, "server", t.target.String())
 			}
-			return true
+		default:
+			c.moves = append(c.moves, move{head: head, to: r.proxies[to], reason: why})
 		}
-		c.moves = append(c.moves, move{head: head, to: to, reason: why})
 		return true
 	})
 	for i := range c.moves {
@@ -474,18 +238,7 @@ func (r *Router) passSessions(now int64) {
 		r.switchSession(m.head, m.to, m.reason, now)
 		m.head = nil
 	}
-	var needed [MaxProxies]bool
-	for _, ts := range c.list {
-		if ts == c.overflow && !overflowUsed {
-			continue
-		}
-		if p := ts.rank.best; p != nil {
-			needed[p.idx] = true
-		}
-		if p := ts.rank.reserve; p != nil {
-			needed[p.idx] = true
-		}
-	}
+	needed := c.Needed()
 	for j, px := range r.proxies {
 		px.sessGauge.Set(c.count[j])
 		px.standby = !needed[j] && c.count[j] == 0 && len(r.proxies) > 2
@@ -523,12 +276,11 @@ func (r *Router) switchSession(head *routerSession, to *proxyConn, why string, n
 	r.ch.switches[why].Inc()
 	args := []any{"session", head.id, "client", head.client.String(), "server", head.target.String(),
 		"from", old.px.name, "to", to.name, "reason", why, "new_session", nt.id}
-	if ts := r.ch.snap[head.target]; ts != nil {
-		k := &ts.rank
-		args = append(args, "from_score", k.score[old.px.idx], "to_score", k.score[to.idx],
-			"from_loss", fmt.Sprintf("%.3f", old.px.loss(now)))
+	if k, ok := r.ch.Ranked(head.target); ok {
+		args = append(args, "from_score", k.Score[old.px.idx], "to_score", k.Score[to.idx],
+			"from_loss", fmt.Sprintf("%.3f", old.px.Loss(now)))
 	}
-	if why == reasonLatency || why == reasonLoss {
+	if why == proxychoice.ReasonLatency || why == proxychoice.ReasonLoss {
 		r.log.Info("session moved to another proxy", args...)
 	} else {
 		r.log.Warn("session moved to another proxy", args...)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/proxychoice"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
@@ -66,7 +67,7 @@ margin = "5ms"
 		{"[[proxy]]\nname = \"a\"\nvia = { isp1 = \"198.18.31.2:5000\" }\n", `proxy.0.address: no address for uplink "isp0"`},
 		{"[[proxy]]\naddress = \"198.18.40.2\"\n", `r.toml:4: proxy.0.address: not an address:port`},
 		{"proxy = 5\n", `r.toml:3: proxy: must be an address`},
-		{"[[proxy]]\naddress = \"198.18.40.2:4500\"\n[choice]\nloss = 2.0\n", `r.toml:6: choice.loss: must be between 0 and 1`},
+		{"[[proxy]]\naddress = \"198.18.40.2:4500\"\n[choice]\nloss = 2.0\n", `r.toml:6: choice.loss: 2 is not above 0 and at most 1`},
 	} {
 		_, err := ParseConfig("r.toml", head+bad.text+uplinks+fwd)
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
@@ -290,10 +291,9 @@ server = "%s"
 	}
 	r := runRouterLogging(t, cfg, logs)
 
-	ts := r.targetFor(server, mono.Now())
 	waitUntil(t, 3*time.Second, "server RTTs from both proxies", func() bool {
-		k := r.rank(ts, mono.Now())
-		return k.useServer && k.best != nil && k.best.name == "a"
+		k := r.ch.Rank(server, mono.Now())
+		return k.UseServer && k.Best >= 0 && r.proxies[k.Best].name == "a"
 	})
 
 	game, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -334,8 +334,8 @@ server = "%s"
 	// choice.after the session moves, as a new session.
 	a.set(func(p *fakeProxy) { p.serverRTT = 80 * time.Millisecond })
 	on(b, a, "the session to move to b for latency")
-	if switches(reasonLatency) != 1 {
-		t.Errorf("latency switches = %v, want 1", switches(reasonLatency))
+	if switches(proxychoice.ReasonLatency) != 1 {
+		t.Errorf("latency switches = %v, want 1", switches(proxychoice.ReasonLatency))
 	}
 	if l := logs.find("session moved to another proxy"); !strings.Contains(l, "reason=latency") || !strings.Contains(l, "from=a to=b") {
 		t.Errorf("switch log line: %q", l)
@@ -344,81 +344,22 @@ server = "%s"
 	// b says it is overloaded: back to a, though a is slower.
 	b.set(func(p *fakeProxy) { p.overloaded = true })
 	on(a, b, "the session to leave the overloaded b")
-	if switches(reasonOverload) != 1 {
-		t.Errorf("overload switches = %v, want 1", switches(reasonOverload))
+	if switches(proxychoice.ReasonOverload) != 1 {
+		t.Errorf("overload switches = %v, want 1", switches(proxychoice.ReasonOverload))
 	}
 
 	// a refuses the server: the session must leave at once, even for the
 	// overloaded b.
 	a.set(func(p *fakeProxy) { p.allowed = false })
 	on(b, a, "the session to leave a, which refused the server")
-	if switches(reasonRefused) != 1 {
-		t.Errorf("refused switches = %v, want 1", switches(reasonRefused))
+	if switches(proxychoice.ReasonRefused) != 1 {
+		t.Errorf("refused switches = %v, want 1", switches(proxychoice.ReasonRefused))
 	}
 	for _, l := range logs.all("session moved") {
 		t.Log(strings.TrimSpace(l))
 	}
 	if n := r.ProxyStats()[0].Sessions; n != 1 {
 		t.Errorf("b carries %d sessions by the router's count, want 1", n)
-	}
-}
-
-// TestChoiceWithoutProbeAnswers: proxies that do not answer probes are ranked
-// by the router's own RTT alone.
-func TestChoiceWithoutProbeAnswers(t *testing.T) {
-	key := wire.Key{3}
-	cfg, err := ParseConfig("router.toml", fmt.Sprintf(`
-client_id = "gamer"
-key = "%s"
-[[uplink]]
-source = "127.0.0.1"
-[[proxy]]
-name = "x"
-address = "127.0.0.1:9"
-[[proxy]]
-name = "y"
-address = "127.0.0.1:10"
-[[forward]]
-listen = "127.0.0.1:0"
-server = "198.18.41.2:27015"
-`, key))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.closeSockets()
-	now := mono.Now()
-	// Feed the paths' health by hand: x 30 ms, y 10 ms.
-	for j, rtt := range []time.Duration{30 * time.Millisecond, 10 * time.Millisecond} {
-		h := r.proxies[j].paths[0].health
-		h.OnPingSent(1, now)
-		h.OnPong(1, now, 0, now+int64(rtt))
-	}
-	now += int64(40 * time.Millisecond)
-	ts := r.targetFor(netip.MustParseAddrPort("198.18.41.2:27015"), now)
-	k := r.rank(ts, now)
-	if k.useServer || k.best == nil || k.best.name != "y" || k.reserve == nil || k.reserve.name != "x" {
-		t.Fatalf("rank by own RTT: best %v reserve %v useServer %v", k.best, k.reserve, k.useServer)
-	}
-	// Only one proxy answered a probe: server RTTs are not compared.
-	r.ch.mu.Lock()
-	ts.probes[0] = probeResult{at: now, rtt: time.Millisecond, allowed: true}
-	r.ch.mu.Unlock()
-	if k := r.rank(ts, now); k.useServer || k.best.name != "y" {
-		t.Fatalf("one answer must not count: best %v useServer %v", k.best.name, k.useServer)
-	}
-	// Both answered: x is 30+1, y is 10+50.
-	r.ch.mu.Lock()
-	ts.probes[1] = probeResult{at: now, rtt: 50 * time.Millisecond, allowed: true}
-	r.ch.mu.Unlock()
-	if k := r.rank(ts, now); !k.useServer || k.best.name != "x" {
-		t.Fatalf("with server RTTs: best %v useServer %v", k.best.name, k.useServer)
-	}
-	if p := r.pickProxy(ts.target, now); p.name != "x" {
-		t.Fatalf("pickProxy chose %s", p.name)
 	}
 }
 
@@ -457,7 +398,7 @@ server = "198.18.41.2:27015"
 	if !ok || head.px != r.proxies[0] {
 		t.Fatalf("session on %v, want the first proxy", head.px.name)
 	}
-	r.switchSession(head, r.proxies[1], reasonLatency, mono.Now())
+	r.switchSession(head, r.proxies[1], proxychoice.ReasonLatency, mono.Now())
 	cur := head.cur.Load()
 	if cur == head || cur.px != r.proxies[1] || cur.side != nil || cur.head != head {
 		t.Fatalf("after the move: cur %p on %s, head %p", cur, cur.px.name, head)
@@ -551,10 +492,10 @@ server = "198.18.41.2:27015"
 	}
 	r := runRouter(t, cfg)
 
-	ts := r.targetFor(netip.MustParseAddrPort("198.18.41.2:27015"), mono.Now())
+	server := netip.MustParseAddrPort("198.18.41.2:27015")
 	waitUntil(t, 3*time.Second, "server RTTs from the proxies", func() bool {
-		k := r.rank(ts, mono.Now())
-		return k.useServer && k.best != nil && k.best.name == "a" && k.reserve != nil && k.reserve.name == "b"
+		k := r.ch.Rank(server, mono.Now())
+		return k.UseServer && k.Best >= 0 && r.proxies[k.Best].name == "a" && k.Reserve >= 0 && r.proxies[k.Reserve].name == "b"
 	})
 	before := make([]uint64, 3)
 	for j, s := range r.ProxyStats() {

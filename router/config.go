@@ -1,11 +1,13 @@
 package router
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"time"
 
+	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/token"
@@ -66,6 +68,9 @@ type Config struct {
 	Transparent TransparentConfig `toml:"transparent"`
 	// Suppress holds back bulk traffic while a game runs (see suppression.go).
 	Suppress SuppressConfig `toml:"suppress"`
+	// TCP carries TCP flows and the UDP fallback over the aggregated
+	// connection to the proxy (see tcp.go).
+	TCP TCPConfig `toml:"tcp"`
 }
 
 // UplinkConfig is one [[uplink]]: a socket bound to an interface or a source
@@ -100,90 +105,87 @@ const (
 	DefaultDownAfter    = 300 * time.Millisecond
 )
 
-// LoadConfig reads, defaults and checks a router config file; errors name the
-// file, line and key.
+// Bounds of the router's durations and rates: below them a ticker would
+// spin (or panic at 0), above them a setting makes no sense for a game.
+const (
+	MinPingInterval = 10 * time.Millisecond
+	MaxPingInterval = 10 * time.Second
+	MaxDownAfter    = time.Minute
+	MaxExpectedPPS  = 10000
+	maxSessionsCap  = 1 << 20
+)
+
+// DefaultConfig is the configuration before a file is read: every key a file
+// leaves out keeps the value it has here.
+func DefaultConfig() Config {
+	return Config{
+		Scheme:          "copy",
+		CopiesPerUplink: 1,
+		ExpectedPPS:     DefaultExpectedPPS,
+		MaxSessions:     DefaultMaxSessions,
+		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
+		PingInterval:    config.Duration{Duration: DefaultPingInterval},
+		DownAfter:       config.Duration{Duration: DefaultDownAfter},
+		LogLevel:        "info",
+		Suppress:        defaultSuppressConfig(),
+	}
+}
+
+// LoadConfig reads, defaults and checks a router config file. Every error of
+// the file is returned at once, each naming the file, line and key.
 func LoadConfig(path string) (*Config, error) {
-	var c Config
-	meta, err := config.Load(path, &c)
-	if err != nil {
+	c := DefaultConfig()
+	if err := config.Check(path, &c, c.check); err != nil {
 		return nil, err
 	}
-	return &c, c.check(meta)
+	return &c, nil
 }
 
 // ParseConfig is LoadConfig for a config held in a string.
 func ParseConfig(name, text string) (*Config, error) {
-	var c Config
-	meta, err := config.Decode(name, text, &c)
-	if err != nil {
+	c := DefaultConfig()
+	if err := config.CheckText(name, text, &c, c.check); err != nil {
 		return nil, err
 	}
-	return &c, c.check(meta)
+	return &c, nil
 }
 
-func (c *Config) check(meta *config.Meta) error {
-	if err := c.checkToken(meta); err != nil {
-		return err
-	}
+// check validates c, decoded over DefaultConfig, recording every error on meta.
+func (c *Config) check(meta *config.Meta) {
+	c.checkToken(meta)
 	if c.ClientID == "" || len(c.ClientID) > wire.MaxClientID {
-		return meta.Errorf("client_id", "must be 1 to %d bytes", wire.MaxClientID)
+		meta.Report("client_id", "must be 1 to %d bytes", wire.MaxClientID)
 	}
 	if _, err := wire.ParseKey(c.Key); err != nil {
-		return meta.Errorf("key", "%v", err)
-	}
-	if c.Scheme == "" {
-		c.Scheme = "copy"
+		meta.Report("key", "%v", err)
 	}
 	if _, err := raic.ParseParams(c.Scheme); err != nil {
-		return meta.Errorf("scheme", "%v", err)
+		meta.Report("scheme", "%v", err)
 	}
-	if c.CopiesPerUplink == 0 {
-		c.CopiesPerUplink = 1
+	meta.Int("copies_per_uplink", c.CopiesPerUplink, 1, 4)
+	if !meta.Ratio("delayed_copy", c.DelayedCopy, true) {
+		c.DelayedCopy = 0
 	}
-	if c.CopiesPerUplink < 1 || c.CopiesPerUplink > 4 {
-		return meta.Errorf("copies_per_uplink", "must be 1 to 4")
+	meta.Rate("expected_pps", c.ExpectedPPS, MaxExpectedPPS)
+	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
+	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
+	if meta.Duration("ping_interval", c.PingInterval.Duration, MinPingInterval, MaxPingInterval) &&
+		c.DownAfter.Duration < c.PingInterval.Duration {
+		meta.Report("down_after", "must be at least ping_interval (%v)", c.PingInterval.Duration)
 	}
-	if c.DelayedCopy < 0 || c.DelayedCopy > 1 {
-		return meta.Errorf("delayed_copy", "must be between 0 (off) and 1 (a whole packet interval)")
-	}
-	if c.ExpectedPPS == 0 {
-		c.ExpectedPPS = DefaultExpectedPPS
-	}
-	if c.ExpectedPPS < 0 {
-		return meta.Errorf("expected_pps", "must be positive")
-	}
-	if c.MaxSessions == 0 {
-		c.MaxSessions = DefaultMaxSessions
-	}
-	if c.MaxSessions < 1 {
-		return meta.Errorf("max_sessions", "must be at least 1")
-	}
-	for _, d := range []struct {
-		v   *config.Duration
-		def time.Duration
-		key string
-	}{{&c.SessionIdle, DefaultSessionIdle, "session_idle"}, {&c.PingInterval, DefaultPingInterval, "ping_interval"}, {&c.DownAfter, DefaultDownAfter, "down_after"}} {
-		if d.v.Duration == 0 {
-			d.v.Duration = d.def
-		}
-		if d.v.Duration < 0 {
-			return meta.Errorf(d.key, "must be positive")
-		}
-	}
-	if c.DownAfter.Duration < c.PingInterval.Duration {
-		return meta.Errorf("down_after", "must be at least ping_interval (%v)", c.PingInterval.Duration)
-	}
-	if c.LogLevel == "" {
-		c.LogLevel = "info"
+	meta.Duration("down_after", c.DownAfter.Duration, MinPingInterval, MaxDownAfter)
+	if c.Metrics != "" {
+		meta.HostPort("metrics", c.Metrics)
 	}
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		return meta.Errorf("log_level", "%v", err)
+		meta.Report("log_level", "%v", err)
 	}
 	if len(c.Uplinks) == 0 {
-		return meta.Errorf("uplink", "no [[uplink]] configured")
+		meta.Report("uplink", "no [[uplink]] configured")
+		return // the proxy, choice and suppression checks need the uplinks
 	}
 	if len(c.Uplinks) > 16 {
-		return meta.Errorf("uplink", "at most 16 uplinks")
+		meta.Report("uplink", "at most 16 uplinks")
 	}
 	names := map[string]bool{}
 	for i := range c.Uplinks {
@@ -193,53 +195,55 @@ func (c *Config) check(meta *config.Meta) error {
 			u.Name = fmt.Sprintf("uplink%d", i)
 		}
 		if names[u.Name] {
-			return meta.Errorf(key("name"), "uplink %q is configured twice", u.Name)
+			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
 		}
 		names[u.Name] = true
 		if u.Source != "" {
-			if _, err := parseHostPort(u.Source); err != nil {
-				return meta.Errorf(key("source"), "%v", err)
+			// A source with a port is bound as given, so it must not be
+			// another socket's address.
+			if ap, err := parseHostPort(u.Source); err != nil {
+				meta.Report(key("source"), "%v", err)
+			} else {
+				meta.Listen(key("source"), ap)
 			}
 		}
 	}
-	if err := c.Proxy.check(c, meta); err != nil {
-		return err
+	meta.Add(c.Proxy.check(c, meta))
+	meta.Add(c.Choice.check(c, meta))
+	c.Transparent.check(c, meta)
+	if c.Transparent.Enabled && c.Transparent.AppsFile != "" {
+		// The user's application table is a file of its own; its errors
+		// name it (and its lines), so that -check covers it too.
+		var es config.Errors
+		if _, err := detect.LoadConfigFile(c.Transparent.AppsFile); errors.As(err, &es) {
+			meta.Add(es)
+		} else if err != nil {
+			meta.Report("transparent.apps_file", "%v", err)
+		}
 	}
-	if err := c.Choice.check(c, meta); err != nil {
-		return err
-	}
-	if err := c.Transparent.check(c, meta); err != nil {
-		return err
-	}
-	if err := c.Suppress.check(c, meta); err != nil {
-		return err
-	}
-	if len(c.Forwards) == 0 && !c.Transparent.Enabled {
-		return meta.Errorf("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
+	c.Suppress.check(c, meta)
+	meta.Add(c.TCP.check(meta))
+	if len(c.Forwards) == 0 && !c.Transparent.Enabled && len(c.TCP.Forwards) == 0 && !c.TCP.Split.enabled() {
+		meta.Report("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
 	}
 	for i := range c.Forwards {
 		f := &c.Forwards[i]
 		key := func(k string) string { return fmt.Sprintf("forward.%d.%s", i, k) }
-		if _, err := netip.ParseAddrPort(f.Listen); err != nil {
-			return meta.Errorf(key("listen"), "not an address:port: %v", err)
+		if ap, ok := meta.AddrPort(key("listen"), f.Listen); ok {
+			meta.Listen(key("listen"), ap)
 		}
-		if _, err := netip.ParseAddrPort(f.Server); err != nil {
-			return meta.Errorf(key("server"), "not an address:port: %v", err)
-		}
-		if f.Scheme == "" {
+		meta.AddrPort(key("server"), f.Server)
+		if !meta.IsDefined(key("scheme")) {
 			f.Scheme = c.Scheme
+		} else if _, err := raic.ParseParams(f.Scheme); err != nil {
+			meta.Report(key("scheme"), "%v", err)
 		}
-		if _, err := raic.ParseParams(f.Scheme); err != nil {
-			return meta.Errorf(key("scheme"), "%v", err)
-		}
-		if f.ExpectedPPS == 0 {
+		if !meta.IsDefined(key("expected_pps")) {
 			f.ExpectedPPS = c.ExpectedPPS
-		}
-		if f.ExpectedPPS < 0 {
-			return meta.Errorf(key("expected_pps"), "must be positive")
+		} else {
+			meta.Rate(key("expected_pps"), f.ExpectedPPS, MaxExpectedPPS)
 		}
 	}
-	return nil
 }
 
 // parseHostPort reads "ADDR" or "ADDR:PORT".
@@ -254,29 +258,32 @@ func parseHostPort(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a, 0), nil
 }
 
-// checkToken reads the connect token, if any (see Config.Token).
-func (c *Config) checkToken(meta *config.Meta) error {
+// checkToken reads the connect token, if any (see Config.Token), recording
+// its errors on meta.
+func (c *Config) checkToken(meta *config.Meta) {
 	if c.Token != "" && c.TokenFile != "" {
-		return meta.Errorf("token_file", "set token or token_file, not both")
+		meta.Report("token_file", "set token or token_file, not both")
+		return
 	}
 	text, key := c.Token, "token"
 	if c.TokenFile != "" {
 		b, err := os.ReadFile(c.TokenFile)
 		if err != nil {
-			return meta.Errorf("token_file", "%v", err)
+			meta.Report("token_file", "%v", err)
+			return
 		}
 		text, key = string(b), "token_file"
 	}
 	if text == "" {
-		return nil
+		return
 	}
 	tok, err := token.Decode(text)
 	if err != nil {
-		return meta.Errorf(key, "%v", err)
+		meta.Report(key, "%v", err)
+		return
 	}
 	c.token = tok
 	if c.ClientID == "" {
 		c.ClientID = "token" // the proxy takes the client's name from the token
 	}
-	return nil
 }

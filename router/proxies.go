@@ -3,7 +3,6 @@ package router
 import (
 	"encoding/binary"
 	"fmt"
-	"math"
 	"net/netip"
 	"sort"
 	"strings"
@@ -13,13 +12,14 @@ import (
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/proxychoice"
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
 // MaxProxies bounds the [[proxy]] tables: per-target choice state is kept in
 // fixed arrays of this size.
-const MaxProxies = 16
+const MaxProxies = proxychoice.MaxProxies
 
 // standbyPingInterval paces keepalives to a proxy in standby (see proxyConn):
 // enough to notice it is there and how far, without pinging a long list of
@@ -228,9 +228,17 @@ type proxyConn struct {
 	paths []*path // by uplink index
 	ctrl  *routerSession
 
-	overloaded atomic.Bool  // the last pong or probe reply said so
-	upSince    atomic.Int64 // when it last came back after being down; 0 = never down
-	probeSeq   atomic.Uint32
+	// Proxy is what the choice ranks it by: its paths' health, its load
+	// and when it came back.
+	proxychoice.Proxy
+	probeSeq atomic.Uint32
+	// epoch is the proxy's restart epoch from its pongs (0: none heard yet).
+	// New sessions derive their keys from it; when it changes the proxy
+	// restarted and lost every session, and they are re-keyed (restarted).
+	epoch atomic.Uint64
+	// silent: no path answers and every session carries its hello again
+	// (see forceHellos). The control goroutine only.
+	silent bool
 
 	wasUp bool // the control goroutine only
 	// standby: neither best nor reserve for any server and carrying no
@@ -255,48 +263,6 @@ type path struct {
 	srtt     *metrics.Gauge
 }
 
-// anyUp reports whether some path to the proxy answers keepalives.
-func (p *proxyConn) anyUp(now int64) bool {
-	for _, pt := range p.paths {
-		if pt.health.Up(now) {
-			return true
-		}
-	}
-	return false
-}
-
-// ownRTT is the router's RTT to the proxy: the lowest smoothed RTT of its live
-// paths (every copy goes on every path, so the fastest one sets the latency).
-// ok is false while no live path has an RTT sample yet.
-func (p *proxyConn) ownRTT(now int64) (rtt time.Duration, ok bool) {
-	rtt = time.Duration(math.MaxInt64)
-	for _, pt := range p.paths {
-		if !pt.health.Up(now) {
-			continue
-		}
-		st := pt.health.Stats(now)
-		if st.PongsReceived == 0 || st.SRTT <= 0 {
-			continue
-		}
-		ok = true
-		rtt = min(rtt, st.SRTT)
-	}
-	return rtt, ok
-}
-
-// loss is the share of keepalives the proxy misses on every path at once: a
-// copy of each packet takes each path, so a packet is lost only when all are.
-func (p *proxyConn) loss(now int64) float64 {
-	l := 1.0
-	for _, pt := range p.paths {
-		if !pt.health.Up(now) {
-			continue
-		}
-		l *= pt.health.Stats(now).Loss
-	}
-	return l
-}
-
 // newProxies builds the run-time proxies and their paths over the uplinks, and
 // points each uplink's health at its path to the first proxy.
 func (r *Router) newProxies() {
@@ -316,6 +282,7 @@ func (r *Router) newProxies() {
 				srtt:   r.reg.Gauge("router_path_srtt_microseconds"+lbl, "Smoothed keepalive RTT per path (uplink, proxy)."),
 			}
 			px.paths = append(px.paths, pt)
+			px.Paths = append(px.Paths, pt.health)
 		}
 		r.proxies = append(r.proxies, px)
 	}
@@ -404,11 +371,11 @@ func (r *Router) notePaths(now int64) (changed bool) {
 			pt.up.Set(b2i(up))
 			pt.srtt.Set(st.SRTT.Microseconds())
 		}
-		up := px.anyUp(now)
+		up := px.AnyUp(now)
 		if up != px.wasUp {
 			px.wasUp = up
 			if up {
-				px.upSince.Store(now)
+				px.BackUp(now)
 				if multi {
 					r.log.Info("proxy up", "proxy", px.name)
 				}
@@ -417,7 +384,7 @@ func (r *Router) notePaths(now int64) (changed bool) {
 			}
 		}
 		px.upGauge.Set(b2i(up))
-		if rtt, ok := px.ownRTT(now); ok {
+		if rtt, ok := px.OwnRTT(now); ok {
 			px.rttGauge.Set(rtt.Microseconds())
 		}
 	}
@@ -459,8 +426,8 @@ func (r *Router) ProxyStats() []ProxyStats {
 	})
 	out := make([]ProxyStats, len(r.proxies))
 	for j, px := range r.proxies {
-		s := ProxyStats{Name: px.name, Up: px.anyUp(now), Loss: px.loss(now), Overloaded: px.overloaded.Load(), Sessions: count[j]}
-		if rtt, ok := px.ownRTT(now); ok {
+		s := ProxyStats{Name: px.name, Up: px.AnyUp(now), Loss: px.Loss(now), Overloaded: px.Overloaded(), Sessions: count[j]}
+		if rtt, ok := px.OwnRTT(now); ok {
 			s.RTT = rtt
 		}
 		for _, pt := range px.paths {
@@ -469,4 +436,72 @@ func (r *Router) ProxyStats() []ProxyStats {
 		out[j] = s
 	}
 	return out
+}
+
+// forceHellos puts the hello back on every datagram of every session to px
+// (its control session too) while px answers on no path: a proxy that
+// restarted has lost them, and the first datagram that reaches it once it is
+// back then re-opens its session, with no wait for a keepalive round. It runs
+// once per silence, on the control goroutine.
+func (r *Router) forceHellos(now int64) {
+	for _, px := range r.proxies {
+		up := px.AnyUp(now)
+		if up || px.silent {
+			px.silent = !up
+			continue
+		}
+		px.silent = true
+		px.ctrl.send.ForceHello(now)
+		r.byID.Range(func(_ uint64, rs *routerSession) bool {
+			if rs.px == px {
+				rs.send.ForceHello(now)
+			}
+			return true
+		})
+	}
+}
+
+// noteEpoch records the restart epoch of px's pong. A change from a known one
+// means the proxy restarted and lost every session: each is re-keyed for the
+// new epoch (the proxy refuses hellos of an old one for game sessions, so
+// nothing captured before its restart can be replayed into it) and says hello
+// again at once. Called on the uplink goroutines.
+func (r *Router) noteEpoch(px *proxyConn, epoch uint64, now int64) {
+	old := px.epoch.Load()
+	if epoch == 0 || epoch == old || !px.epoch.CompareAndSwap(old, epoch) {
+		return
+	}
+	// The first epoch heard moves the sessions opened before it to it too (the
+	// proxy follows on their next hello), so none is keyed without one.
+	if old != 0 {
+		r.m.proxyRestarts.Inc()
+		r.log.Warn("proxy restarted: re-opening its sessions", "proxy", px.name)
+	}
+	r.byID.Range(func(_ uint64, rs *routerSession) bool {
+		if rs.px == px {
+			rs.rekey(epoch, old == 0, now)
+		}
+		return true
+	})
+}
+
+// rekey derives the session's keys for the proxy's new epoch, on both
+// halves, and forces the hello back on (see tunnel.Sender.Rekey). upgrade: the
+// proxy did not restart, it only named its epoch for the first time, so the
+// replies it seals with the old keys until it follows still open.
+func (rs *routerSession) rekey(epoch uint64, upgrade bool, now int64) {
+	if rs.send.Epoch() == epoch {
+		return
+	}
+	hl, _ := rs.send.Hello()
+	send, recv, err := wire.DeriveKeysEpoch(&rs.r.key, &hl.Salt, rs.id, epoch, wire.RoleClient)
+	if err != nil {
+		return
+	}
+	if upgrade {
+		rs.recv.Upgrade(recv)
+	} else {
+		rs.recv.Rekey(recv)
+	}
+	rs.send.Rekey(send, epoch, now)
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
+	"github.com/raicnet/raic/suppress"
 )
 
 const batch = 32
@@ -56,14 +57,15 @@ type Router struct {
 	wg      sync.WaitGroup
 	httpSrv *http.Server
 	sup     *suppression // [suppress] at run time (suppression.go); nil when off
+	tcp     *tcpSide     // [tcp] at run time (tcp.go); nil when off
 }
 
 type counters struct {
-	fromGame, toGame, sealErrors, sendErrors             *metrics.Counter
-	malformed, unknownSession, duplicate, authFailed     *metrics.Counter
-	sessionsCreated, sessionsEvicted, sessionsIdle       *metrics.Counter
-	delayedSent, delayedDropped, noLiveUplink, pongsSeen *metrics.Counter
-	movedCopies, keepalives                              *metrics.Counter
+	fromGame, toGame, sealErrors, sendErrors                            *metrics.Counter
+	malformed, unknownSession, duplicate, authFailed                    *metrics.Counter
+	sessionsCreated, sessionsEvicted, sessionsIdle                      *metrics.Counter
+	delayedSent, delayedDropped, noLiveUplink, pongsSeen, proxyRestarts *metrics.Counter
+	movedCopies, keepalives                                             *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -86,6 +88,7 @@ func newCounters(r *metrics.Registry) counters {
 		delayedDropped:  r.Counter("router_delayed_copies_dropped_total", "Delayed copies dropped because their queue was full."),
 		noLiveUplink:    r.Counter("router_no_live_uplink_total", "Packets sent while every uplink was down (sent on all)."),
 		pongsSeen:       r.Counter("router_pongs_total", "Keepalive answers received."),
+		proxyRestarts:   r.Counter("router_proxy_restarts_total", "Proxy restarts noticed (a new epoch in its pongs); its sessions were re-keyed."),
 		movedCopies:     r.Counter("router_moved_copies_total", "Extra RAIC-1 copies sent on live uplinks for uplinks that look down."),
 		keepalives:      r.Counter("router_path_keepalives_total", "Per-session keepalives sent, one per path each second."),
 	}
@@ -159,7 +162,7 @@ type routerSession struct {
 	lastSend int64 // only the goroutine reading the game side touches these two
 	interval int64 // smoothed gap between the game's packets, ns
 
-	sup supSession // packet timing for suppression (suppression.go)
+	sup suppress.SessionTiming // packet timing for suppression (suppression.go)
 }
 
 // New builds a router from a checked config: it opens the uplink sockets and the
@@ -295,11 +298,13 @@ func (r *Router) newTunnel(px *proxyConn, side gameSide, client, target netip.Ad
 	if err != nil {
 		return nil, err
 	}
-	send, recv, err := wire.DeriveKeys(&r.key, &salt, id, wire.RoleClient)
+	// Keys for the proxy's restart epoch, when known (see package wire).
+	epoch := px.epoch.Load()
+	send, recv, err := wire.DeriveKeysEpoch(&r.key, &salt, id, epoch, wire.RoleClient)
 	if err != nil {
 		return nil, err
 	}
-	hello := &wire.Hello{Salt: salt, Target: target, Token: r.cfg.token}
+	hello := &wire.Hello{Salt: salt, Target: target, Token: r.cfg.token, Epoch: epoch}
 	hello.SetClientID(r.cfg.ClientID)
 	rs := &routerSession{r: r, id: id, px: px, side: side, client: client, target: target, params: params}
 	rs.head = rs
@@ -349,6 +354,10 @@ func (r *Router) Run(ctx context.Context) error {
 		r.Close()
 		return err
 	}
+	if err := r.startTCP(ctx); err != nil {
+		r.Close()
+		return err
+	}
 	<-ctx.Done()
 	r.Close()
 	return nil
@@ -370,6 +379,7 @@ func (r *Router) Close() {
 	}
 	r.closeSuppression()
 	r.closeTransparent()
+	r.closeTCP()
 	r.closeSockets()
 	if r.httpSrv != nil {
 		r.httpSrv.Close()
@@ -521,6 +531,9 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 // raic.Place on the paths that answer keepalives, since a shard on a dead path
 // is a lost shard.
 func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
+	if r.tcp.carry(px, dgs) {
+		return // UDP reaches the proxy on no uplink: the TLS/TCP fallback (tcp.go)
+	}
 	if len(dgs) == 1 {
 		down := 0
 		for _, pt := range px.paths {
@@ -601,12 +614,11 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 	rs := r.ctrlSession(h.Session)
 	if rs == nil {
 		var ok bool
-		if rs, ok = r.byID.Get(h.Session, now); !ok {
+		// Peek: nothing refreshes a flow before it authenticated, and only
+		// the server's packets do (Deliver), not acks or pongs.
+		if rs, ok = r.byID.Peek(h.Session); !ok {
 			r.m.unknownSession.Inc()
 			return
-		}
-		if side := rs.head.side; side != nil {
-			side.touch(rs.head, now) // replies keep the flow alive too
 		}
 	}
 	body, err := rs.recv.Receive(dg, h, off, now, rs)
@@ -618,7 +630,9 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		r.m.authFailed.Inc()
 		return
 	}
-	rs.send.Heard(now)
+	if !rs.recv.Upgrading() { // heard with the old keys: the proxy has not followed yet
+		rs.send.Heard(now)
+	}
 	switch h.Type {
 	case wire.TypePong:
 		var pong wire.Pong
@@ -627,15 +641,14 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 			return
 		}
 		r.m.pongsSeen.Inc()
+		r.noteEpoch(rs.px, pong.Epoch, now)
 		// The pong answers the path its ping left on (that uplink, this
 		// session's proxy), whichever socket it came back to. The proxy's
 		// clock (PeerTime) splits the round trip into the two one-way
 		// delays, so suppression can tell an upload queue from a download
 		// one.
 		rs.px.paths[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, pong.PeerTime, now)
-		if pong.Overloaded != rs.px.overloaded.Load() {
-			rs.px.overloaded.Store(pong.Overloaded)
-		}
+		rs.px.SetOverloaded(pong.Overloaded)
 	case wire.TypeProbeReply:
 		var rep wire.ProbeReply
 		if wire.ParseProbeReply(body, &rep) != nil {
@@ -660,6 +673,7 @@ func (rs *routerSession) Deliver(_ uint64, pkt []byte, now int64) {
 	if side == nil {
 		return
 	}
+	side.touch(rs.head, now) // the server's packets keep the flow alive too
 	if err := side.writeBack(rs.head, pkt); err != nil {
 		rs.r.m.sendErrors.Inc()
 		return
@@ -695,6 +709,7 @@ func (r *Router) pinger(ctx context.Context) {
 		now := mono.Now()
 		r.sendPings(buf, now)
 		changed := r.notePaths(now)
+		r.forceHellos(now)
 		if len(r.proxies) > 1 {
 			r.evaluate(now, buf, changed)
 		}

@@ -18,10 +18,10 @@ import (
 	"github.com/raicnet/raic/bpf"
 	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/gateway"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/nat"
-	"github.com/raicnet/raic/pkg/netcfg"
 	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/raic"
 )
@@ -117,30 +117,30 @@ const (
 	DefaultPollInterval = 100 * time.Millisecond
 )
 
-func (t *TransparentConfig) check(c *Config, meta *config.Meta) error {
+func (t *TransparentConfig) check(c *Config, meta *config.Meta) {
 	if !t.Enabled {
-		return nil
+		return
 	}
 	if t.LAN == "" {
-		return meta.Errorf("transparent.lan", "transparent mode needs the LAN interface")
+		meta.Report("transparent.lan", "transparent mode needs the LAN interface")
 	}
 	if t.TUN == "" {
 		t.TUN = DefaultTUN
 	}
 	if len(t.TUN) > 15 || len(t.LAN) > 15 {
-		return meta.Errorf("transparent.tun", "interface names are at most 15 bytes")
+		meta.Report("transparent.tun", "interface names are at most 15 bytes")
 	}
 	if t.MTU == 0 {
 		t.MTU = DefaultTUNMTU
 	}
 	if t.MTU < 576 || t.MTU > 65535 {
-		return meta.Errorf("transparent.mtu", "must be 576 to 65535")
+		meta.Report("transparent.mtu", "must be 576 to 65535")
 	}
 	if t.TUNAddress == "" {
 		t.TUNAddress = DefaultTUNAddress
 	}
 	if p, err := netip.ParsePrefix(t.TUNAddress); err != nil || !p.Addr().Is4() {
-		return meta.Errorf("transparent.tun_address", "not an IPv4 address/prefix: %q", t.TUNAddress)
+		meta.Report("transparent.tun_address", "not an IPv4 address/prefix: %q", t.TUNAddress)
 	}
 	if t.Mark == 0 {
 		t.Mark = DefaultMark
@@ -149,44 +149,43 @@ func (t *TransparentConfig) check(c *Config, meta *config.Meta) error {
 		t.MarkMask = DefaultMarkMask
 	}
 	if t.Mark&^t.MarkMask != 0 {
-		return meta.Errorf("transparent.mark", "mark %#x has bits outside mark_mask %#x", t.Mark, t.MarkMask)
+		meta.Report("transparent.mark", "mark %#x has bits outside mark_mask %#x", t.Mark, t.MarkMask)
 	}
 	if t.KeepMark == 0 {
 		t.KeepMark = DefaultKeepMark
 	}
 	if t.KeepMark&t.MarkMask != 0 {
-		return meta.Errorf("transparent.keep_mark", "keep_mark %#x shares bits with mark_mask %#x", t.KeepMark, t.MarkMask)
+		meta.Report("transparent.keep_mark", "keep_mark %#x shares bits with mark_mask %#x", t.KeepMark, t.MarkMask)
 	}
 	if t.Table == 0 {
 		t.Table = DefaultTable
 	}
 	if t.Table < 1 || t.Table >= 252 && t.Table <= 255 || t.Table > math.MaxInt32 {
-		return meta.Errorf("transparent.table", "must be 1 to 2^31-1 and not a reserved table (252-255)")
+		meta.Report("transparent.table", "must be 1 to 2^31-1 and not a reserved table (252-255)")
 	}
 	if t.RulePriority == 0 {
 		t.RulePriority = DefaultRulePriority
 	}
 	if t.RulePriority < 1 || t.RulePriority+2 >= 32766 {
-		return meta.Errorf("transparent.rule_priority", "must be 1 to 32763, before the main table's rule")
+		meta.Report("transparent.rule_priority", "must be 1 to 32763, before the main table's rule")
 	}
 	for i, p := range t.UDPPorts {
 		if _, _, err := parsePortRange(p); err != nil {
-			return meta.Errorf(fmt.Sprintf("transparent.udp_ports.%d", i), "%v", err)
+			meta.Report(fmt.Sprintf("transparent.udp_ports.%d", i), "%v", err)
 		}
 	}
 	if t.MaxRules == 0 {
 		t.MaxRules = DefaultMaxRules
 	}
 	if t.MaxRules < 1 || t.MaxRules > 4096 {
-		return meta.Errorf("transparent.max_rules", "must be 1 to 4096")
+		meta.Report("transparent.max_rules", "must be 1 to 4096")
 	}
 	if t.PollInterval.Duration == 0 {
 		t.PollInterval.Duration = DefaultPollInterval
 	}
 	if t.PollInterval.Duration < 10*time.Millisecond || t.PollInterval.Duration > 5*time.Second {
-		return meta.Errorf("transparent.poll_interval", "must be 10ms to 5s")
+		meta.Report("transparent.poll_interval", "must be 10ms to 5s")
 	}
-	return nil
 }
 
 // parsePortRange reads "N" or "N-M" (1 to 65535).
@@ -224,9 +223,9 @@ type passEntry struct {
 type transparent struct {
 	r      *Router
 	cfg    *TransparentConfig
-	nc     *netcfg.Net
-	tun    *water.Interface
-	dp     *bpf.Datapath
+	gw     *gateway.Gateway // the kernel side; nil in tests of the userspace side
+	tun    *water.Interface // gw's, read and written by the data path
+	dp     *bpf.Datapath    // gw's, read by the data path
 	params raic.Params
 	done   chan struct{}
 
@@ -244,13 +243,6 @@ type transparent struct {
 	pollCls *detect.Classifier // the poller's
 	learned *detect.Learned
 	delayed *delayQueue
-
-	mu          sync.Mutex // guards the rule sets and the kernel state flags
-	flowRules   map[flowKey]bool
-	destRules   map[netip.AddrPort]bool
-	staticRules []netcfg.Rule
-	installed   struct{ route, markRule, nat, forward bool }
-	oldForward  string
 
 	polls   map[bpf.FlowKey]*pollState // poller goroutine only
 	pollGen uint32
@@ -316,14 +308,24 @@ func (r *Router) setupTransparent() error {
 	if err != nil {
 		return err
 	}
-	if t.nc, err = netcfg.Open(); err != nil {
+	tc := t.cfg
+	gw, err := gateway.Open(gateway.Config{
+		LAN: tc.LAN, TUN: tc.TUN, MTU: tc.MTU, TUNAddress: netip.MustParsePrefix(tc.TUNAddress),
+		Mark: tc.Mark, MarkMask: tc.MarkMask, KeepMark: tc.KeepMark,
+		Table: tc.Table, RulePriority: tc.RulePriority, Masquerade: tc.Masquerade, MaxRules: tc.MaxRules,
+	}, gateway.Counters{DestRules: t.m.destRules, RulesFull: t.m.rulesFull, RuleErrors: t.m.ruleErrors}, r.log)
+	if err != nil {
 		return err
 	}
-	if err := t.setupKernel(); err != nil {
-		t.teardownKernel()
-		t.nc.Close()
+	info, err := gw.Setup(t.steering(), t.learnedDests(mono.Now()))
+	if err != nil {
+		gw.Close()
 		return err
 	}
+	t.gw, t.tun, t.dp = gw, gw.TUN(), gw.Datapath()
+	r.log.Info("transparent mode ready", "lan", tc.LAN, "tun", tc.TUN, "table", tc.Table,
+		"mark", fmt.Sprintf("%#x/%#x", tc.Mark, tc.MarkMask), "rule_priority", tc.RulePriority,
+		"apps", t.cls.Apps().Len(), "bpf_udp_ports", info.BPFUDPPorts, "dest_port_rules", info.DestPortRules)
 	r.tp = t
 	return nil
 }
@@ -338,7 +340,6 @@ func newTransparent(r *Router) (*transparent, error) {
 	}
 	t := &transparent{
 		r: r, cfg: tc, params: params, done: make(chan struct{}),
-		flowRules: map[flowKey]bool{}, destRules: map[netip.AddrPort]bool{},
 		polls: map[bpf.FlowKey]*pollState{}, m: newTPCounters(r.reg),
 	}
 	t.bufs.New = func() any { b := make([]byte, nat.HeaderLen+nat.MaxPayload); return &b }
@@ -415,215 +416,47 @@ func (t *transparent) setupClassifiers() error {
 	return nil
 }
 
-// ephemeralLo is where the ephemeral source ports of common systems begin
-// (Linux 32768, Windows and macOS 49152). The eBPF port table matches source
-// ports as well as destination ports, so a range reaching into these ports
-// would mark ordinary LAN flows; such ranges are matched by destination port
-// with policy rules instead.
-const ephemeralLo = 32768
-
-// lcRanges returns the UDP server port ranges of the enabled applications.
-func lcRanges(c *detect.Config) [][2]uint16 {
-	var out [][2]uint16
-	for _, a := range c.Apps {
+// steering is what the kernel is told makes a flow LC from its first
+// packet: the UDP server ports of the enabled applications and the operators'
+// prefixes.
+func (t *transparent) steering() gateway.Steering {
+	var s gateway.Steering
+	for _, a := range t.tables.Apps {
 		if a.Disabled || (a.Proto != "udp" && a.Proto != "both") {
 			continue
 		}
 		for _, p := range a.ServerPorts {
 			if lo, hi, err := parsePortRange(p); err == nil {
-				out = append(out, [2]uint16{lo, hi})
+				s.UDPPorts = append(s.UDPPorts, [2]uint16{lo, hi})
 			}
+		}
+	}
+	for _, op := range t.tables.Operators {
+		for _, p := range op.Prefixes {
+			if pf, err := netip.ParsePrefix(p); err == nil {
+				s.Prefixes = append(s.Prefixes, pf)
+			}
+		}
+	}
+	return s
+}
+
+// learnedDests returns the learned UDP destinations, most recently used first.
+func (t *transparent) learnedDests(now int64) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, e := range t.learned.Entries(now) {
+		if e.Proto == detect.ProtoUDP {
+			out = append(out, e.Dst)
 		}
 	}
 	return out
 }
 
-// setupKernel installs the kernel state, removing first whatever an earlier
-// run left behind. On error the caller calls teardownKernel.
-func (t *transparent) setupKernel() error {
-	tc, log := t.cfg, t.r.log
-	if err := t.cleanKernel(); err != nil {
-		log.Warn("transparent: leftover cleanup incomplete", "err", err)
-	}
-	// The TUN device. It is created in the namespace of the Net handle, which
-	// is the one the router was started in.
-	err := t.nc.Do(func() error {
-		var err error
-		t.tun, err = water.New(water.Config{DeviceType: water.TUN, PlatformSpecificParams: water.PlatformSpecificParams{Name: tc.TUN}})
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("transparent: create TUN %s: %w", tc.TUN, err)
-	}
-	if err := t.nc.LinkUp(tc.TUN, tc.MTU); err != nil {
-		return err
-	}
-	if err := t.nc.AddAddr(tc.TUN, netip.MustParsePrefix(tc.TUNAddress)); err != nil {
-		return err
-	}
-	// Replies written to the TUN come from remote addresses and passed-back
-	// packets from LAN addresses: neither is routed back through the TUN, so
-	// strict reverse-path filtering would drop both. Loose mode (2) wins over
-	// a strict "all" setting, which the kernel combines by taking the maximum;
-	// it needs the address above.
-	if err := t.nc.SetSysctl("net.ipv4.conf."+tc.TUN+".rp_filter", "2"); err != nil {
-		return err
-	}
-	if err := t.nc.SetDefaultRoute(tc.Table, tc.TUN); err != nil {
-		return err
-	}
-	t.installed.route = true
-	if t.oldForward, err = t.nc.Sysctl("net.ipv4.ip_forward"); err != nil {
-		return err
-	}
-	if err := t.nc.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return err
-	}
-	t.installed.forward = true
-
-	// The classifier on the LAN ingress.
-	if t.dp, err = bpf.Load(); err != nil {
-		return fmt.Errorf("transparent: load eBPF classifier: %w", err)
-	}
-	if err := t.dp.SetClassifierConfig(bpf.ClassifierConfig{LCMark: tc.Mark, LCMask: tc.MarkMask}); err != nil {
-		return err
-	}
-	cfg := t.cls.Apps() // only for the log line below
-	var destRanges [][2]uint16
-	ports := 0
-	merged := t.tables
-	for _, rg := range lcRanges(merged) {
-		if rg[1] >= ephemeralLo {
-			destRanges = append(destRanges, rg)
-			continue
-		}
-		for p := uint32(rg[0]); p <= uint32(rg[1]); p++ {
-			if err := t.dp.SetPort(bpf.ProtoUDP, uint16(p), bpf.PortEntry{LC: true}); err != nil {
-				return err
-			}
-			ports++
-		}
-	}
-	err = t.nc.Do(func() error {
-		a, err := t.dp.AttachClassifierByName(tc.LAN)
-		if err == nil {
-			log.Info("transparent: classifier attached", "lan", tc.LAN, "mode", a.Mode().String())
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("transparent: attach classifier to %s: %w", tc.LAN, err)
-	}
-
-	// Policy rules.
-	P := tc.RulePriority
-	if err := t.nc.AddRule(netcfg.Rule{Priority: P + 1, Table: tc.Table, Iif: tc.LAN, Mark: tc.Mark, Mask: tc.MarkMask}); err != nil {
-		return err
-	}
-	t.installed.markRule = true
-	for _, rg := range destRanges {
-		t.staticRules = append(t.staticRules, netcfg.Rule{Priority: P + 2, Table: tc.Table, Iif: tc.LAN, Proto: nat.ProtoUDP, DportLo: rg[0], DportHi: rg[1]})
-	}
-	for _, op := range merged.Operators {
-		for _, s := range op.Prefixes {
-			if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
-				t.staticRules = append(t.staticRules, netcfg.Rule{Priority: P + 2, Table: tc.Table, Iif: tc.LAN, Proto: nat.ProtoUDP, Dst: p.Masked()})
-			}
-		}
-	}
-	for _, rule := range t.staticRules {
-		if err := t.nc.AddRule(rule); err != nil {
-			return err
-		}
-	}
-	t.syncDestRules(mono.Now())
-
-	if len(tc.Masquerade) > 0 {
-		keep := &netcfg.Keep{Iif: tc.LAN, Mark: tc.KeepMark}
-		switch err := t.nc.Masquerade(t.natTable(), tc.Masquerade, keep); {
-		case err == nil:
-			t.installed.nat = true
-			if err := t.nc.AddRule(netcfg.Rule{Priority: P, Table: mainTable, Iif: tc.LAN, Mark: tc.KeepMark, Mask: tc.KeepMark}); err != nil {
-				return err
-			}
-			log.Info("transparent: masquerading", "interfaces", strings.Join(tc.Masquerade, ","))
-		case errors.Is(err, netcfg.ErrNoNAT):
-			log.Warn("transparent: kernel NAT unavailable, masquerade off: LAN addresses are routed as they are", "err", err)
-		default:
-			return err
-		}
-	} else {
-		log.Info("transparent: masquerade off (no [transparent] masquerade interfaces): LAN addresses are routed as they are")
-	}
-	log.Info("transparent mode ready", "lan", tc.LAN, "tun", tc.TUN, "table", tc.Table,
-		"mark", fmt.Sprintf("%#x/%#x", tc.Mark, tc.MarkMask), "rule_priority", P,
-		"apps", cfg.Len(), "bpf_udp_ports", ports, "dest_port_rules", len(destRanges))
-	return nil
-}
-
-func (t *transparent) natTable() string { return "raic_" + strings.ReplaceAll(t.cfg.TUN, "-", "_") }
-
-// ours reports whether a rule belongs to this router: one of its priorities,
-// or a lookup of its table.
-func (t *transparent) ours(prio, table int) bool {
-	P := t.cfg.RulePriority
-	return table == t.cfg.Table || prio >= P && prio <= P+2
-}
-
-// cleanKernel removes what a run with this configuration may have left: its
-// rules, its table's routes, its TUN device and its nft table.
-func (t *transparent) cleanKernel() error {
-	var errs []error
-	if n, err := t.nc.DelRulesWhere(t.ours); err != nil {
-		errs = append(errs, err)
-	} else if n > 0 {
-		t.r.log.Warn("transparent: removed policy rules left by an earlier run", "rules", n)
-	}
-	if err := t.nc.FlushTable(t.cfg.Table); err != nil {
-		errs = append(errs, err)
-	}
-	if err := t.nc.DeleteLink(t.cfg.TUN); err != nil {
-		errs = append(errs, err)
-	}
-	if err := t.nc.DeleteMasquerade(t.natTable()); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// teardownKernel removes everything setupKernel installed.
-func (t *transparent) teardownKernel() {
-	log := t.r.log
-	if t.dp != nil {
-		// A legacy tc attachment must be detached in its namespace.
-		if err := t.nc.Do(t.dp.Close); err != nil {
-			log.Warn("transparent: detach classifier", "err", err)
-		}
-	}
-	if _, err := t.nc.DelRulesWhere(t.ours); err != nil {
-		log.Warn("transparent: remove rules", "err", err)
-	}
-	t.mu.Lock()
-	clear(t.flowRules)
-	clear(t.destRules)
-	t.mu.Unlock()
-	if t.installed.route {
-		if err := t.nc.FlushTable(t.cfg.Table); err != nil {
-			log.Warn("transparent: flush table", "err", err)
-		}
-	}
-	if t.tun != nil {
-		t.tun.Close() // the device goes with its last file descriptor
-	}
-	if t.installed.nat {
-		if err := t.nc.DeleteMasquerade(t.natTable()); err != nil {
-			log.Warn("transparent: remove masquerade", "err", err)
-		}
-	}
-	if t.installed.forward && t.oldForward != "" && t.oldForward != "1" {
-		if err := t.nc.SetSysctl("net.ipv4.ip_forward", t.oldForward); err != nil {
-			log.Warn("transparent: restore ip_forward", "err", err)
-		}
+// syncDestRules makes the destination rules match the learned destinations:
+// the next flow to one of them is steered into the TUN from its first packet.
+func (t *transparent) syncDestRules(now int64) {
+	if t.gw != nil {
+		t.gw.SyncDestRules(t.learnedDests(now))
 	}
 }
 
@@ -656,13 +489,12 @@ func (r *Router) closeTransparent() {
 	// the device ends the TUN reader.
 	t.tun.Close()
 	t.loops.Wait()
-	t.teardownKernel()
+	t.gw.Close()
 	if t.cfg.LearnedFile != "" {
 		if err := t.learned.Save(t.cfg.LearnedFile, mono.Now(), time.Now()); err != nil {
 			r.log.Warn("transparent: save learned destinations", "err", err)
 		}
 	}
-	t.nc.Close()
 }
 
 // maintLoop polls the classifier's flow statistics for game-like timing,

@@ -6,9 +6,9 @@ import (
 
 	"github.com/raicnet/raic/bpf"
 	"github.com/raicnet/raic/detect"
+	"github.com/raicnet/raic/pkg/gateway"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/nat"
-	"github.com/raicnet/raic/pkg/netcfg"
 	"github.com/raicnet/raic/pkg/session"
 )
 
@@ -63,11 +63,11 @@ func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 			t.m.notLC.Inc()
 		}
 		t.passFlow(k, false)
-		if t.installed.nat {
+		if t.gw != nil && t.gw.Masquerading() {
 			// This packet's way into the TUN gave the connection a NAT
 			// binding for the TUN (none): forgotten, the handed-back packet
 			// starts the connection again and is masqueraded on its uplink.
-			if err := t.nc.ForgetConnection(nat.ProtoUDP, k.client, k.server); err != nil {
+			if err := t.gw.ForgetConnection(gateway.Flow{Client: k.client, Server: k.server}); err != nil {
 				t.m.ruleErrors.Inc()
 				t.r.log.Warn("transparent: forget connection", "err", err)
 			}
@@ -150,99 +150,14 @@ func (t *transparent) passRemoved(k flowKey, e passEntry, _ session.Reason) {
 	}
 }
 
-func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
-
-func (t *transparent) flowRule(k flowKey) netcfg.Rule {
-	return netcfg.Rule{
-		Priority: t.cfg.RulePriority, Table: mainTable, Iif: t.cfg.LAN, Proto: nat.ProtoUDP,
-		Src: hostPrefix(k.client.Addr()), SportLo: k.client.Port(),
-		Dst: hostPrefix(k.server.Addr()), DportLo: k.server.Port(),
-	}
-}
-
-// mainTable is the kernel's main routing table.
-const mainTable = 254
-
+// addFlowRule keeps flow k out of the TUN with a rule of its own, if it can.
 func (t *transparent) addFlowRule(k flowKey) bool {
-	// Rules cannot name port 65535 (the kernel refuses it); such a flow is
-	// still handed back packet by packet through the pass table.
-	if t.nc == nil || !k.client.Addr().Is4() || !k.server.Addr().Is4() || k.client.Port()-1 >= 0xfffe || k.server.Port()-1 >= 0xfffe {
-		return false
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.flowRules[k] {
-		return true
-	}
-	if len(t.flowRules) >= t.cfg.MaxRules {
-		t.m.rulesFull.Inc()
-		return false
-	}
-	if err := t.nc.AddRule(t.flowRule(k)); err != nil {
-		t.m.ruleErrors.Inc()
-		t.r.log.Warn("transparent: flow rule", "err", err)
-		return false
-	}
-	t.flowRules[k] = true
-	return true
+	return t.gw != nil && t.gw.AddFlowRule(gateway.Flow{Client: k.client, Server: k.server})
 }
 
 func (t *transparent) delFlowRule(k flowKey) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if !t.flowRules[k] {
-		return
-	}
-	delete(t.flowRules, k)
-	if err := t.nc.DelRule(t.flowRule(k)); err != nil {
-		t.m.ruleErrors.Inc()
-	}
-}
-
-func (t *transparent) destRule(dst netip.AddrPort) netcfg.Rule {
-	return netcfg.Rule{
-		Priority: t.cfg.RulePriority + 2, Table: t.cfg.Table, Iif: t.cfg.LAN, Proto: nat.ProtoUDP,
-		Dst: hostPrefix(dst.Addr()), DportLo: dst.Port(),
-	}
-}
-
-// syncDestRules makes the destination rules match the learned destinations:
-// the next flow to one of them is steered into the TUN from its first packet.
-// At most MaxRules are installed, most recently used first.
-func (t *transparent) syncDestRules(now int64) {
-	want := map[netip.AddrPort]bool{}
-	for _, e := range t.learned.Entries(now) {
-		if e.Proto != detect.ProtoUDP || !e.Dst.Addr().Is4() || e.Dst.Port() == 0 {
-			continue
-		}
-		if len(want) >= t.cfg.MaxRules {
-			t.m.rulesFull.Inc()
-			break
-		}
-		want[e.Dst] = true
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for d := range t.destRules {
-		if !want[d] {
-			delete(t.destRules, d)
-			if err := t.nc.DelRule(t.destRule(d)); err != nil {
-				t.m.ruleErrors.Inc()
-			}
-		}
-	}
-	for d := range want {
-		if t.destRules[d] {
-			continue
-		}
-		if err := t.nc.AddRule(t.destRule(d)); err != nil {
-			t.m.ruleErrors.Inc()
-			t.r.log.Warn("transparent: destination rule", "err", err)
-			continue
-		}
-		t.destRules[d] = true
-		t.m.destRules.Inc()
-		t.r.log.Info("transparent: learned destination proxied from the next flow on", "server", d.String())
+	if t.gw != nil {
+		t.gw.DelFlowRule(gateway.Flow{Client: k.client, Server: k.server})
 	}
 }
 

@@ -2,9 +2,7 @@ package simple
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/raicnet/raic/pkg/config"
@@ -53,15 +51,31 @@ const (
 // uplink. It matches the proxy's per-client default.
 func DefaultBurst(ratePPS float64) int { return int(ratePPS/10) + 64 }
 
-// LoadConfig reads, defaults and checks a config file. Errors name the file, line
-// and key.
-func LoadConfig(path string) (*Config, error) {
-	var c Config
-	meta, err := config.Load(path, &c)
-	if err != nil {
-		return nil, err
+// Bounds of the relay's settings.
+const (
+	maxMappingsCap = 1 << 22 // each mapping holds a socket
+	// MaxRatePPS bounds rate_pps; a rate this high turns the limit off in effect.
+	MaxRatePPS = 1e12
+	maxBurst   = 1 << 30
+)
+
+// DefaultConfig is the configuration before a file is read: every key a file
+// leaves out keeps the value it has here. Burst's default follows rate_pps and
+// is filled in by the check.
+func DefaultConfig() Config {
+	return Config{
+		LogLevel:    DefaultLogLevel,
+		MaxMappings: DefaultMaxMappings,
+		MappingIdle: config.Duration{Duration: DefaultMappingIdle},
+		RatePPS:     DefaultRatePPS,
 	}
-	if err := c.check(meta); err != nil {
+}
+
+// LoadConfig reads, defaults and checks a config file. Every error of the file
+// is returned at once, each naming the file, line and key.
+func LoadConfig(path string) (*Config, error) {
+	c := DefaultConfig()
+	if err := config.Check(path, &c, c.check); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -69,99 +83,75 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig is LoadConfig for a config held in a string (name is used in errors).
 func ParseConfig(name, text string) (*Config, error) {
-	var c Config
-	meta, err := config.Decode(name, text, &c)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.check(meta); err != nil {
+	c := DefaultConfig()
+	if err := config.CheckText(name, text, &c, c.check); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-func (c *Config) check(meta *config.Meta) error {
-	if c.LogLevel == "" {
-		c.LogLevel = DefaultLogLevel
-	}
+// check validates c, decoded over DefaultConfig, recording every error on meta.
+func (c *Config) check(meta *config.Meta) {
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		return meta.Errorf("log_level", "%v", err)
+		meta.Report("log_level", "%v", err)
 	}
 	if c.Metrics != "" {
 		// Checked here rather than when the listener opens, so that -check catches it.
-		if _, port, err := net.SplitHostPort(c.Metrics); err != nil {
-			return meta.Errorf("metrics", "not a host:port: %v", err)
-		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-			return meta.Errorf("metrics", "bad port %q", port)
-		}
+		meta.HostPort("metrics", c.Metrics)
 	}
-	if c.MaxMappings == 0 {
-		c.MaxMappings = DefaultMaxMappings
-	}
-	if c.MaxMappings < 1 {
-		return meta.Errorf("max_mappings", "must be at least 1")
-	}
-	if c.MappingIdle.Duration == 0 {
-		c.MappingIdle.Duration = DefaultMappingIdle
-	}
-	if c.MappingIdle.Duration < 0 {
-		return meta.Errorf("mapping_idle", "must be positive")
-	}
-	if c.RatePPS == 0 {
+	meta.Int("max_mappings", c.MaxMappings, 1, maxMappingsCap)
+	meta.Duration("mapping_idle", c.MappingIdle.Duration, 100*time.Millisecond, 24*time.Hour)
+	if !meta.Rate("rate_pps", c.RatePPS, MaxRatePPS) {
 		c.RatePPS = DefaultRatePPS
 	}
-	if c.RatePPS < 0 {
-		return meta.Errorf("rate_pps", "must be positive")
-	}
-	if c.Burst == 0 {
+	if !meta.IsDefined("burst") {
 		c.Burst = DefaultBurst(c.RatePPS)
-	}
-	if c.Burst < 1 {
-		return meta.Errorf("burst", "must be at least 1")
+	} else {
+		meta.Int("burst", c.Burst, 1, maxBurst)
 	}
 	if len(c.Routes) == 0 {
-		return meta.Errorf("route", "no [[route]] configured: the relay would relay nothing")
+		meta.Report("route", "no [[route]] configured: the relay would relay nothing")
 	}
-	listens := map[netip.AddrPort]int{}
 	for i := range c.Routes {
 		rc := &c.Routes[i]
 		key := func(k string) string { return fmt.Sprintf("route.%d.%s", i, k) }
-		if rc.Listen == "" {
-			return meta.Errorf(key("listen"), "missing: the address routers send to")
+		var l netip.AddrPort
+		listenOK := false
+		switch {
+		case rc.Listen == "":
+			meta.Report(key("listen"), "missing: the address routers send to")
+		default:
+			var ok bool
+			if l, ok = meta.AddrPort(key("listen"), rc.Listen); !ok {
+				break
+			}
+			if l.Addr().Zone() != "" {
+				meta.Report(key("listen"), "zoned addresses are not supported")
+				break
+			}
+			l = netip.AddrPortFrom(l.Addr().Unmap(), l.Port())
+			listenOK = meta.Listen(key("listen"), l)
 		}
-		l, err := netip.ParseAddrPort(rc.Listen)
-		if err != nil {
-			return meta.Errorf(key("listen"), "not an address:port: %v", err)
-		}
-		if l.Addr().Zone() != "" {
-			return meta.Errorf(key("listen"), "zoned addresses are not supported")
-		}
-		l = netip.AddrPortFrom(l.Addr().Unmap(), l.Port())
-		if j, dup := listens[l]; dup {
-			return meta.Errorf(key("listen"), "%s is already the listen address of route %d", l, j)
-		}
-		listens[l] = i
 		if rc.Upstream == "" {
-			return meta.Errorf(key("upstream"), "missing: the proxy this route relays to")
+			meta.Report(key("upstream"), "missing: the proxy this route relays to")
+			continue
 		}
-		u, err := netip.ParseAddrPort(rc.Upstream)
-		if err != nil {
-			return meta.Errorf(key("upstream"), "not an address:port: %v", err)
+		u, ok := meta.AddrPort(key("upstream"), rc.Upstream)
+		if !ok {
+			continue
 		}
 		ua := u.Addr().Unmap()
 		switch {
 		case ua.IsUnspecified(), ua.IsMulticast(), u.Port() == 0:
-			return meta.Errorf(key("upstream"), "%s cannot be a proxy's address", u)
+			meta.Report(key("upstream"), "%s cannot be a proxy's address", u)
 		case u.Addr().Zone() != "":
-			return meta.Errorf(key("upstream"), "zoned addresses are not supported")
-		}
-		// A route whose upstream is its own listener would relay its own output
-		// forever.
-		if u.Port() == l.Port() && (ua == l.Addr() || (l.Addr().IsUnspecified() && ua.IsLoopback())) {
-			return meta.Errorf(key("upstream"), "%s is this route's own listener: it would relay to itself", u)
+			meta.Report(key("upstream"), "zoned addresses are not supported")
+		case listenOK && u.Port() == l.Port() && (ua == l.Addr() || (l.Addr().IsUnspecified() && ua.IsLoopback())):
+			// A route whose upstream is its own listener would relay its own
+			// output forever.
+			meta.Report(key("upstream"), "%s is this route's own listener: it would relay to itself", u)
 		}
 	}
-	return nil
 }
 
 // addrs returns the parsed listen and upstream addresses of a checked route.

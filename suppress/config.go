@@ -7,7 +7,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/BurntSushi/toml"
+	"github.com/raicnet/raic/pkg/config"
 )
 
 // Level is an enforcement level. Higher levels hold bulk traffic back harder.
@@ -282,40 +282,51 @@ func DefaultApps() map[string]AppLimits {
 	}
 }
 
-// ParseConfig decodes TOML over DefaultConfig and validates the result. An app
-// entry that sets only some keys takes the rest from the built-in entry of the
-// same name, or from "default".
-func ParseConfig(data []byte) (Config, error) {
+// ParseConfig decodes a suppression table file (name is used in errors) over
+// DefaultConfig and validates the result; every error of the file is
+// returned at once, naming its line and key. An app entry that sets only some
+// keys takes the rest from the built-in entry of the same name, or from
+// "default". The router reads the same keys as its [suppress] table.
+func ParseConfig(name string, data []byte) (Config, error) {
 	cfg := DefaultConfig()
-	builtin := cfg.Apps
-	cfg.Apps = nil
-	md, err := toml.Decode(string(data), &cfg)
+	cfg.Apps = nil // entries are merged key by key below
+	err := config.CheckText(name, string(data), &cfg, func(m *config.Meta) {
+		cfg.Apps = MergeApps(cfg.Apps, func(app, key string) bool {
+			return m.IsDefined("apps." + app + "." + key)
+		})
+		cfg.Check(func(key, msg string) { m.Report(key, "%s", msg) })
+	})
 	if err != nil {
-		return Config{}, err
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		return Config{}, fmt.Errorf("unknown key %s", und[0])
-	}
-	apps := DefaultApps()
-	for name, a := range cfg.Apps {
-		base, ok := builtin[name]
-		if !ok {
-			base = builtin["default"]
-			if d, ok := cfg.Apps["default"]; ok {
-				base = mergeApp(md, "default", d, builtin["default"])
-			}
-		}
-		apps[name] = mergeApp(md, name, a, base)
-	}
-	cfg.Apps = apps
-	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
 }
 
-func mergeApp(md toml.MetaData, name string, a, base AppLimits) AppLimits {
-	def := func(k string) bool { return md.IsDefined("apps", name, k) }
+// MergeApps returns the built-in app limits with the written entries laid
+// over them: a written key replaces the built-in value, a key left out
+// (isDefined(app, key) false) keeps the built-in entry of the same name, or
+// else that of "default" (itself merged with a written "default").
+func MergeApps(written map[string]AppLimits, isDefined func(app, key string) bool) map[string]AppLimits {
+	builtin := DefaultApps()
+	apps := DefaultApps()
+	if d, ok := written["default"]; ok {
+		apps["default"] = mergeApp(isDefined, "default", d, builtin["default"])
+	}
+	for name, a := range written {
+		if name == "default" {
+			continue
+		}
+		base, ok := builtin[name]
+		if !ok {
+			base = apps["default"]
+		}
+		apps[name] = mergeApp(isDefined, name, a, base)
+	}
+	return apps
+}
+
+func mergeApp(isDefined func(app, key string) bool, name string, a, base AppLimits) AppLimits {
+	def := func(k string) bool { return isDefined(name, k) }
 	if !def("max_level") {
 		a.MaxLevel = base.MaxLevel
 	}
@@ -337,29 +348,42 @@ func mergeApp(md toml.MetaData, name string, a, base AppLimits) AppLimits {
 	return a
 }
 
-// Validate checks the configuration; the error names the offending key.
+// maxBitsPerSec bounds the configured link rates (1 Tbit/s): a rate beyond it
+// is a typo, and the token bucket's arithmetic stays far from overflow.
+const maxBitsPerSec = 1e12
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// Validate checks the configuration; each error reads "suppress: KEY:
+// message", and all of them are returned at once.
 func (c *Config) Validate() error {
 	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("suppress: %s: %s", key, fmt.Sprintf(format, args...)))
-	}
+	c.Check(func(key, msg string) { errs = append(errs, fmt.Errorf("suppress: %s: %s", key, msg)) })
+	return errors.Join(errs...)
+}
+
+// Check calls bad for every refused key (dotted, with array indexes:
+// "uplink.0.up_bps", "levels.shape_share") with the reason, so that a config
+// loader can point at the key's line.
+func (c *Config) Check(report func(key, msg string)) {
+	bad := func(key, format string, args ...any) { report(key, fmt.Sprintf(format, args...)) }
 	if len(c.Uplinks) == 0 {
 		bad("uplink", "at least one uplink is required")
 	}
 	seen := map[string]bool{}
 	for i, u := range c.Uplinks {
-		k := fmt.Sprintf("uplink[%d]", i)
+		k := fmt.Sprintf("uplink.%d", i)
 		if u.Name == "" {
 			bad(k+".name", "must be set")
 		} else if seen[u.Name] {
 			bad(k+".name", "duplicate uplink %q", u.Name)
 		}
 		seen[u.Name] = true
-		if u.UpBitsPerSec == 0 {
-			bad(k+".up_bps", "must be > 0")
+		if u.UpBitsPerSec == 0 || u.UpBitsPerSec > maxBitsPerSec {
+			bad(k+".up_bps", "%d is not within 1 to %d bits/s", u.UpBitsPerSec, uint64(maxBitsPerSec))
 		}
-		if u.DownBitsPerSec == 0 {
-			bad(k+".down_bps", "must be > 0")
+		if u.DownBitsPerSec == 0 || u.DownBitsPerSec > maxBitsPerSec {
+			bad(k+".down_bps", "%d is not within 1 to %d bits/s", u.DownBitsPerSec, uint64(maxBitsPerSec))
 		}
 		switch u.Enforce {
 		case "", "both", "up", "down", "none":
@@ -375,12 +399,14 @@ func (c *Config) Validate() error {
 	if l.RaiseSamples < 1 || l.RaiseSamples > l.RaiseWindow {
 		bad("levels.raise_samples", "%d is not within 1..raise_window (%d)", l.RaiseSamples, l.RaiseWindow)
 	}
-	if l.HoldDown < 0 {
-		bad("levels.hold_down", "must not be negative")
+	// between refuses a duration outside [lo, hi].
+	between := func(key string, d, lo, hi time.Duration) {
+		if d < lo || d > hi {
+			bad(key, "%v is not within %v to %v", d, lo, hi)
+		}
 	}
-	if l.MinHold < 0 {
-		bad("levels.min_hold", "must not be negative")
-	}
+	between("levels.hold_down", l.HoldDown, 0, time.Hour)
+	between("levels.min_hold", l.MinHold, 0, time.Hour)
 	fraction := func(key string, v float64, zeroOK bool) {
 		if math.IsNaN(v) || v < 0 || v > 1 || (!zeroOK && v == 0) {
 			if zeroOK {
@@ -395,27 +421,19 @@ func (c *Config) Validate() error {
 	if l.CutShare > l.ShapeShare {
 		bad("levels.cut_share", "%v is above shape_share (%v); Cut must not allow more than Shape", l.CutShare, l.ShapeShare)
 	}
-	if l.BurstTime <= 0 {
-		bad("levels.burst_time", "must be > 0")
-	}
-	if l.DeficitTime <= 0 {
-		bad("levels.ecn_deficit_time", "must be > 0")
-	}
+	between("levels.burst_time", l.BurstTime, time.Microsecond, time.Second)
+	between("levels.ecn_deficit_time", l.DeficitTime, time.Microsecond, time.Second)
 	fraction("levels.cut_drop_fraction", l.CutDropFraction, true)
 	fraction("levels.cut_drop_step", l.CutDropStep, true)
 	fraction("levels.drop_cover", l.DropCover, false)
-	if l.MaxDropRun < 0 {
-		bad("levels.max_drop_run", "must not be negative")
+	if l.MaxDropRun < 0 || l.MaxDropRun > 1000 {
+		bad("levels.max_drop_run", "%d is not within 0 to 1000", l.MaxDropRun)
 	}
-	if l.ReserveC < 0 {
-		bad("levels.reserve_c", "must not be negative")
-	}
+	between("levels.reserve_c", l.ReserveC, 0, time.Second)
 	if l.MaxBulkPacket < 64 || l.MaxBulkPacket > 65535 {
 		bad("levels.max_bulk_packet", "%d is not within 64..65535 bytes", l.MaxBulkPacket)
 	}
-	if l.Epsilon < 0 {
-		bad("levels.epsilon", "must not be negative")
-	}
+	between("levels.epsilon", l.Epsilon, 0, time.Second)
 
 	d := &c.Detect
 	for _, th := range []struct {
@@ -435,8 +453,8 @@ func (c *Config) Validate() error {
 		}{{"shape", th.t.Shape}, {"cut", th.t.Cut}} {
 			k := th.key + "." + x.name
 			switch {
-			case math.IsNaN(x.t.Raise) || math.IsNaN(x.t.Lower) || x.t.Raise < 0 || x.t.Lower < 0:
-				bad(k, "thresholds must be >= 0")
+			case !finite(x.t.Raise) || !finite(x.t.Lower) || x.t.Raise < 0 || x.t.Lower < 0:
+				bad(k, "thresholds must be numbers >= 0")
 			case x.t.Raise > 0 && x.t.Lower >= x.t.Raise:
 				bad(k+".lower", "%v must be below raise (%v), or the level flaps", x.t.Lower, x.t.Raise)
 			}
@@ -445,19 +463,13 @@ func (c *Config) Validate() error {
 			bad(th.key+".cut.raise", "%v is below shape.raise (%v)", c, s)
 		}
 	}
-	if d.RTTBaselineWindow < time.Second {
-		bad("detect.rtt_baseline_window", "%v is shorter than 1s", d.RTTBaselineWindow)
-	}
-	if d.OWDWindow < 100*time.Millisecond {
-		bad("detect.owd_window", "%v is shorter than 100ms", d.OWDWindow)
-	}
+	between("detect.rtt_baseline_window", d.RTTBaselineWindow, time.Second, 24*time.Hour)
+	between("detect.owd_window", d.OWDWindow, 100*time.Millisecond, time.Hour)
 
 	tc := &c.Timing
-	if tc.MinPeriod <= 0 {
-		bad("timing.min_period", "must be > 0")
-	}
-	if tc.MaxPeriod <= tc.MinPeriod {
-		bad("timing.max_period", "%v is not above min_period (%v)", tc.MaxPeriod, tc.MinPeriod)
+	between("timing.min_period", tc.MinPeriod, time.Microsecond, time.Second)
+	if tc.MaxPeriod <= tc.MinPeriod || tc.MaxPeriod > time.Minute {
+		bad("timing.max_period", "%v is not above min_period (%v) and at most 1m", tc.MaxPeriod, tc.MinPeriod)
 	}
 	if tc.Acquire < 3 || tc.Acquire > acqCap-1 {
 		bad("timing.acquire", "%d is not within 3..%d", tc.Acquire, acqCap-1)
@@ -470,12 +482,8 @@ func (c *Config) Validate() error {
 	open01("timing.alpha", tc.Alpha)
 	open01("timing.beta", tc.Beta)
 	open01("timing.unlock_fraction", tc.UnlockFraction)
-	if tc.MaxGap <= 0 {
-		bad("timing.max_gap", "must be > 0")
-	}
-	if tc.Tolerance <= 0 {
-		bad("timing.tolerance", "must be > 0")
-	}
+	between("timing.max_gap", tc.MaxGap, time.Millisecond, time.Hour)
+	between("timing.tolerance", tc.Tolerance, time.Microsecond, time.Second)
 
 	if _, ok := c.Apps["default"]; !ok {
 		bad("apps.default", "must exist (limits for app types without an entry)")
@@ -492,9 +500,8 @@ func (c *Config) Validate() error {
 			bad(k+".max_level", "invalid level %d", a.MaxLevel)
 		}
 		fraction(k+".max_drop_fraction", a.MaxDropFraction, true)
-		if a.Linger < 0 {
-			bad(k+".linger", "must not be negative")
+		if a.Linger < 0 || a.Linger > time.Hour {
+			bad(k+".linger", "%v is not within 0 to 1h", a.Linger)
 		}
 	}
-	return errors.Join(errs...)
 }

@@ -39,7 +39,7 @@ tolerance = "2ms"
 `
 
 func TestParseConfig(t *testing.T) {
-	cfg, err := ParseConfig([]byte(sampleTOML))
+	cfg, err := ParseConfig("s.toml", []byte(sampleTOML))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,11 +103,11 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 		mutate func(*Config)
 	}{
 		{"uplink:", func(c *Config) { c.Uplinks = nil }},
-		{"uplink[0].name", func(c *Config) { c.Uplinks[0].Name = "" }},
-		{"uplink[1].name", func(c *Config) { c.Uplinks = append(c.Uplinks, c.Uplinks[0]) }},
-		{"uplink[0].up_bps", func(c *Config) { c.Uplinks[0].UpBitsPerSec = 0 }},
-		{"uplink[0].down_bps", func(c *Config) { c.Uplinks[0].DownBitsPerSec = 0 }},
-		{"uplink[0].enforce", func(c *Config) { c.Uplinks[0].Enforce = "sideways" }},
+		{"uplink.0.name", func(c *Config) { c.Uplinks[0].Name = "" }},
+		{"uplink.1.name", func(c *Config) { c.Uplinks = append(c.Uplinks, c.Uplinks[0]) }},
+		{"uplink.0.up_bps", func(c *Config) { c.Uplinks[0].UpBitsPerSec = 0 }},
+		{"uplink.0.down_bps", func(c *Config) { c.Uplinks[0].DownBitsPerSec = 0 }},
+		{"uplink.0.enforce", func(c *Config) { c.Uplinks[0].Enforce = "sideways" }},
 		{"levels.raise_window", func(c *Config) { c.Levels.RaiseWindow = 9 }},
 		{"levels.raise_samples", func(c *Config) { c.Levels.RaiseSamples = 5 }},
 		{"levels.hold_down", func(c *Config) { c.Levels.HoldDown = -1 }},
@@ -150,14 +150,43 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 
 func TestParseConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ name, toml, want string }{
-		{"unknown key", "[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\nspeed=3\n", "uplink.speed"},
+		{"unknown key", "[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\nspeed=3\n", "s.toml:5: uplink.0.speed: unknown key"},
 		{"bad level", "[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\n[apps.x]\nmax_level=\"panic\"\n", "unknown level"},
 		{"bad duration", "[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\n[levels]\nhold_down=\"soon\"\n", "soon"},
-		{"invalid value", "[[uplink]]\nname=\"a\"\nup_bps=0\ndown_bps=1\n", "uplink[0].up_bps"},
+		{"invalid value", "[[uplink]]\nname=\"a\"\nup_bps=0\ndown_bps=1\n", "s.toml:3: uplink.0.up_bps"},
+		{"nan share", "[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\n[levels]\nshape_share=nan\n", "s.toml:6: levels.shape_share"},
+		{"inf threshold", "[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\n[detect.jitter_ms.shape]\nraise=inf\n", "s.toml:5: detect.jitter_ms.shape"},
+		{"tiny burst", "[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\n[levels]\nburst_time=\"1ns\"\n", "s.toml:6: levels.burst_time"},
 	} {
-		_, err := ParseConfig([]byte(tc.toml))
+		_, err := ParseConfig("s.toml", []byte(tc.toml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want mention of %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestParseConfigReportsEveryError: one run names every refused key of the
+// file, each at its line.
+func TestParseConfigReportsEveryError(t *testing.T) {
+	text := "[[uplink]]\nname=\"a\"\nup_bps=0\ndown_bps=1\n[levels]\nshape_share=2.0\nhold_down=\"soon\"\nbogus=1\n[apps.voip]\nlinger=\"-1s\"\n"
+	_, err := ParseConfig("s.toml", []byte(text))
+	want := []string{
+		"s.toml:3: uplink.0.up_bps:",
+		"s.toml:6: levels.shape_share:",
+		"s.toml:7: levels.hold_down:",
+		"s.toml:8: levels.bogus: unknown key",
+		"s.toml:10: apps.voip.linger:",
+	}
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("%d errors, want %d:\n%v", len(lines), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("error %d is %q, want it to start %q", i, lines[i], w)
 		}
 	}
 }
@@ -185,7 +214,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("[[uplink]]\nname=\"a\"\nup_bps=1\ndown_bps=1\n"))
 	f.Add([]byte("[apps.x]\nmax_level=\"cut\"\nlinger=\"-1s\"\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := ParseConfig(data)
+		cfg, err := ParseConfig("f.toml", data)
 		if err != nil {
 			return
 		}

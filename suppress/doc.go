@@ -3,14 +3,16 @@
 // that bulk traffic is hurting LC traffic, and turns what it sees into an
 // enforcement Policy per uplink and direction.
 //
-// The package is pure Go and performs no I/O. The router feeds it timestamps
-// (Timing.Observe) and periodic measurement samples (Controller.Update), and
-// translates the resulting Policy values into the maps that the eBPF programs in
-// bpf/ read. All timestamps are CLOCK_MONOTONIC nanoseconds (pkg/mono), the clock
+// The package performs no I/O of its own. The Runtime (runtime.go) is
+// suppression at run time: the router hands it each game packet's timestamp
+// (Runtime.Observe) and its sessions, and it samples the uplinks into the
+// Controller and translates the resulting Policy values into per-device
+// configurations for an Enforcer (enforcer.go), the kernel side, which package
+// bpf provides over the maps its eBPF programs read; tests use a fake one. All timestamps are CLOCK_MONOTONIC nanoseconds (pkg/mono), the clock
 // the eBPF programs read with bpf_ktime_get_ns, so a cutoff window computed here can
 // be compared directly with a packet's kernel timestamp.
 //
-// There are three parts:
+// Under the Runtime there are three parts:
 //
 //   - Timing (timing.go): a phase-locked loop per LC session that predicts T_next.
 //   - Controller (controller.go, detect.go): detectors for LC presence, link

@@ -7,6 +7,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/version"
 	"github.com/raicnet/raic/pkg/wire"
@@ -104,7 +106,15 @@ func (p Program[C]) run(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := p.Load(*cfgPath)
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", p.Name, err)
+		// Every error of the file, one per line, each naming file, line and key.
+		var es config.Errors
+		if errors.As(err, &es) {
+			for _, e := range es {
+				fmt.Fprintf(stderr, "%s: %v\n", p.Name, e)
+			}
+		} else {
+			fmt.Fprintf(stderr, "%s: %v\n", p.Name, err)
+		}
 		return 1
 	}
 	if *check {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -23,6 +24,9 @@ func testProgram(built *prog, newErr error) Program[conf] {
 		Load: func(path string) (*conf, error) {
 			if path == "bad.toml" {
 				return nil, errors.New("bad.toml:3: key: nonsense")
+			}
+			if path == "worse.toml" {
+				return nil, config.Errors{{File: path, Line: 1, Key: "a", Message: "bad"}, {File: path, Line: 4, Key: "b.0.c", Message: "worse"}}
 			}
 			return &conf{level: "error"}, nil
 		},
@@ -48,6 +52,7 @@ func TestFrame(t *testing.T) {
 		{args: []string{"-version"}, code: 0, out: "raic-test "},
 		{args: []string{"-check"}, code: 0, out: "t.toml: ok (3 things)"},
 		{args: []string{"-config", "bad.toml", "-check"}, code: 1, err: "raic-test: bad.toml:3: key: nonsense"},
+		{args: []string{"-config", "worse.toml", "-check"}, code: 1, err: "raic-test: worse.toml:1: a: bad\nraic-test: worse.toml:4: b.0.c: worse\n"},
 		{args: []string{"-nonsense"}, code: 2, err: "flag provided but not defined"},
 		{args: []string{"extra"}, code: 2, err: `unexpected argument "extra"`},
 		{args: nil, code: 0, ran: true},

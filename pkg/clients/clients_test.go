@@ -38,11 +38,30 @@ func TestCheck(t *testing.T) {
 		good + good:                             "p.toml:6: client.1.id: client \"a\" is configured twice",
 		strings.Replace(good, key, "x", 1):      "p.toml:3: client.0.key:",
 		strings.Replace(good, "41.0/24", "", 1): "p.toml:4: client.0.allow:",
-		good + "rate_pps = -1\n":                "p.toml:5: client.0.rate_pps: must be positive",
+		good + "rate_pps = -1\n":                "p.toml:5: client.0.rate_pps: -1 is not above 0",
+		good + "rate_pps = nan\n":               "p.toml:5: client.0.rate_pps: NaN is not above 0",
+		good + "rate_pps = inf\n":               "p.toml:5: client.0.rate_pps: +Inf is not above 0",
+		good + "burst = 0\n":                    "p.toml:5: client.0.burst: 0 is not within 1",
 	}
 	for text, want := range bad {
 		if _, err := check(t, text); err == nil || !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("config %q: error %v, want it to start with %q", text, err, want)
+		}
+	}
+}
+
+// TestCheckReportsEveryClient: the errors of every client come back at once.
+func TestCheckReportsEveryClient(t *testing.T) {
+	key := wire.Key{1}.String()
+	text := "[[client]]\nid = \"a\"\nkey = \"x\"\nallow = []\n[[client]]\nid = \"a\"\nkey = \"" + key + "\"\nallow = [\"198.18.41.0/24\"]\nrate_pps = -5\n"
+	_, err := check(t, text)
+	want := "p.toml:3: client.0.key: "
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("error %v, want it to start with %q", err, want)
+	}
+	for _, w := range []string{"p.toml:4: client.0.allow:", "p.toml:6: client.1.id:", "p.toml:9: client.1.rate_pps:"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not contain %q", err, w)
 		}
 	}
 }

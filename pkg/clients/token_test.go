@@ -61,7 +61,7 @@ func TestAdmitToken(t *testing.T) {
 		if err != nil {
 			t.Fatalf("parse: %v", err)
 		}
-		return clients.Admit(roster, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now)
+		return clients.Admit(roster, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now, nil)
 	}
 
 	good, ck := mint(shared, -time.Second, time.Minute, 2)
@@ -121,7 +121,114 @@ func TestAdmitToken(t *testing.T) {
 	var hdr wire.Header
 	var hl wire.Hello
 	off, _ := wire.Parse(dg, &hdr, &hl)
-	if _, why := clients.Admit(psk, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now); why != clients.TokenMalformed {
+	if _, why := clients.Admit(psk, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now, nil); why != clients.TokenMalformed {
 		t.Errorf("no token key: %v", why)
+	}
+}
+
+// tokenHelloEpoch seals a token hello as tokenHello does, for restart epoch
+// epoch (both trailers: epoch, then token) and made at made.
+func tokenHelloEpoch(t *testing.T, tok []byte, clientKey wire.Key, id, epoch uint64, target netip.AddrPort, made time.Time) []byte {
+	t.Helper()
+	salt, _ := wire.NewSalt()
+	h := &wire.Hello{Salt: salt, UnixMilli: made.UnixMilli(), Target: target, Token: tok, Epoch: epoch}
+	h.SetClientID("any")
+	send, _, err := wire.DeriveKeysEpoch(&clientKey, &salt, id, epoch, wire.RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := wire.Header{Type: wire.TypeData, Scheme: 1, Session: id, Packet: 1}
+	dg, err := wire.Seal(send, make([]byte, wire.MaxDatagram), &hdr, h, []byte("tick"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dg
+}
+
+// A token hello meets the restart-epoch checks as a pre-shared key's does
+// (its keys derive from the epoch, an old epoch or a hello from before the
+// run is refused), and all sessions of one token share one client whose
+// session limit is the token's and whose session rate is the roster's.
+func TestAdmitTokenEpochAndLimits(t *testing.T) {
+	shared := wire.Key{9, 9}
+	roster, err := clients.NewRoster(nil, &shared, token.NewSeen(16), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roster.TokenSessionRate = 1
+	now := time.Now()
+	run := &clients.Run{Epoch: 0xbeef, StartMilli: now.Add(-time.Second).UnixMilli()}
+	server := netip.MustParseAddrPort("198.18.41.2:27015")
+	tok, c, err := token.Mint(&shared, token.Claims{ClientID: "player-2", Servers: []string{"198.18.41.2:27015"},
+		NotBefore: now.Add(-time.Minute), Expires: now.Add(time.Minute), Sessions: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admit := func(dg []byte) (clients.Admission, clients.Refusal) {
+		var hdr wire.Header
+		var hl wire.Hello
+		off, err := wire.Parse(dg, &hdr, &hl)
+		if err != nil {
+			t.Fatalf("parse: %v", err)
+		}
+		return clients.Admit(roster, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now, run)
+	}
+	before := now.Add(-2 * time.Second)
+	for _, tc := range []struct {
+		name  string
+		epoch uint64
+		made  time.Time
+		want  clients.Refusal
+	}{
+		{"old epoch", 0xdead, now, clients.OldEpoch},
+		{"no epoch, made before the run (replay)", 0, before, clients.OldEpoch},
+		{"current epoch, made before the run", 0xbeef, before, clients.Admitted},
+	} {
+		if _, why := admit(tokenHelloEpoch(t, tok, c.ClientKey, 100, tc.epoch, server, tc.made)); why != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, why, tc.want)
+		}
+	}
+	// The keys are the epoch's: a hello sealed for no epoch but flagged with
+	// the current one does not open.
+	dg := tokenHelloEpoch(t, tok, c.ClientKey, 101, 0, server, now)
+	var hdr wire.Header
+	var hl wire.Hello
+	off, _ := wire.Parse(dg, &hdr, &hl)
+	hl.Epoch = 0xbeef
+	if _, why := clients.Admit(roster, &hdr, &hl, dg, off, make([]byte, len(dg)), 30*time.Second, now, run); why != clients.AuthFailed {
+		t.Errorf("keys of another epoch: %v, want AuthFailed", why)
+	}
+
+	a1, why := admit(tokenHelloEpoch(t, tok, c.ClientKey, 100, 0xbeef, server, now))
+	if why != clients.Admitted {
+		t.Fatal(why)
+	}
+	a2, why := admit(tokenHelloEpoch(t, tok, c.ClientKey, 102, 0xbeef, server, now))
+	if why != clients.Admitted {
+		t.Fatal(why)
+	}
+	if a1.Client != a2.Client {
+		t.Fatal("two sessions of one token got different clients")
+	}
+	if a1.Client.MaxSessions() != 3 {
+		t.Fatalf("token client's session limit %d, want the token's 3", a1.Client.MaxSessions())
+	}
+	// Session rate 1/s: the first opens, the second at once is refused, and
+	// a second later it opens.
+	cl := a1.Client
+	if why := cl.OpenSession(1); why != clients.Admitted {
+		t.Fatalf("first session: %v", why)
+	}
+	if why := cl.OpenSession(2); why != clients.SessionRate {
+		t.Fatalf("second session at once: %v, want SessionRate", why)
+	}
+	if why := cl.OpenSession(2 + int64(time.Second)); why != clients.Admitted {
+		t.Fatalf("second session a second later: %v", why)
+	}
+	if why := cl.OpenSession(3 + 3*int64(time.Second)); why != clients.Admitted {
+		t.Fatalf("third session: %v", why)
+	}
+	if why := cl.OpenSession(4 + 6*int64(time.Second)); why != clients.SessionLimit {
+		t.Fatalf("fourth session of a three-session token: %v, want SessionLimit", why)
 	}
 }

@@ -10,15 +10,25 @@
 //
 // Every key that the destination struct does not know is an error: a typo in a
 // config file must not silently fall back to a default.
+//
+// The programs load their files the same way: the defaults are filled into
+// the config struct before decoding (so a written value is never confused with
+// a missing one), Check decodes and runs the program's validation, and every
+// error of the file comes back at once, each an *Error {File, Line, Key,
+// Message} that reads "FILE:LINE: KEY: message". The helpers in check.go
+// bound durations, rates and shares (NaN and infinities never pass) and
+// check addresses, including listen addresses taken twice.
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,10 +36,16 @@ import (
 )
 
 // Load decodes the TOML file at path into v, a pointer to a struct with
-// `toml:"..."` tags. Syntax errors are returned as "FILE:LINE: message". Every
-// key that v does not know is reported, one error per key (joined), as
-// "FILE:LINE: unknown key \"a.b\"". A value of the wrong type is reported as
-// "FILE:LINE: KEY: message".
+// `toml:"..."` tags that already holds the defaults: keys the file leaves out
+// keep them, so a default is never mistaken for a written value.
+//
+// A file that cannot be read, or is not TOML, returns a nil Meta and the error
+// ("FILE:LINE: message" for a syntax error). Otherwise the Meta is returned
+// together with the errors found while decoding: every key v does not know
+// ("FILE:LINE: KEY: unknown key") and every value of the wrong type
+// ("FILE:LINE: KEY: message"), all of them at once. Validation goes on with
+// the Meta (its Report and checking helpers), and Meta.Err returns the
+// decoding and validation errors together; Check does all of this.
 func Load(path string, v any) (*Meta, error) {
 	text, err := os.ReadFile(path)
 	if err != nil {
@@ -39,7 +55,7 @@ func Load(path string, v any) (*Meta, error) {
 }
 
 // Decode is Load for text already in memory; name stands for the file name in
-// messages. The returned Meta is nil only if the text is not valid TOML.
+// messages.
 func Decode(name, text string, v any) (*Meta, error) {
 	if name == "" {
 		name = "config"
@@ -50,17 +66,64 @@ func Decode(name, text string, v any) (*Meta, error) {
 	if _, err := toml.Decode(text, &generic); err != nil {
 		return nil, syntaxError(name, err)
 	}
-	m := &Meta{name: name, lines: map[string]int{}, byPlain: map[string][]*occurrence{}}
+	m := &Meta{name: name, lines: map[string]int{}, byPlain: map[string][]*occurrence{}, refused: map[string]bool{}}
 	m.scan(text)
 
-	md, err := toml.Decode(text, v)
-	if err != nil {
-		return m, m.decodeError(err)
+	// The library stops at the first value of the wrong type. To report
+	// them all, the refused value is taken out of the document and the rest
+	// decoded again, until it decodes (the refused keys keep their defaults).
+	src := text
+	for attempt := 0; ; attempt++ {
+		md, err := toml.Decode(src, v)
+		if err == nil {
+			m.unknownKeys(md, v)
+			break
+		}
+		o := m.decodeError(err)
+		if o == nil || attempt >= maxDecodeErrors || !deletePath(generic, o.path) {
+			break
+		}
+		var b bytes.Buffer
+		if toml.NewEncoder(&b).Encode(generic) != nil {
+			break
+		}
+		src = b.String()
 	}
-	var errs []keyError
-	undecoded := md.Undecoded()
+	return m, m.Err()
+}
+
+// maxDecodeErrors bounds the type errors reported per file (each costs a
+// decode of the whole file).
+const maxDecodeErrors = 50
+
+// Check decodes the file at path over v (holding the defaults), runs check
+// on the result, and returns every error of the file at once (an Errors), or
+// nil. check records what it refuses on the Meta (Report, Add, the checking
+// helpers); it runs even when decoding found errors, with the refused keys at
+// their defaults.
+func Check(path string, v any, check func(*Meta)) error {
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return CheckText(path, string(text), v, check)
+}
+
+// CheckText is Check for text already in memory.
+func CheckText(name, text string, v any, check func(*Meta)) error {
+	m, err := Decode(name, text, v)
+	if m == nil {
+		return err
+	}
+	check(m)
+	return m.Err()
+}
+
+// unknownKeys records every key of the file that v does not know: a typo in
+// a config file must not silently fall back to a default.
+func (m *Meta) unknownKeys(md toml.MetaData, v any) {
 	reported := map[string]bool{}
-	for _, k := range undecoded {
+	for _, k := range md.Undecoded() {
 		// Report an unknown table once, not once per key inside it, and a key
 		// in an array of tables once (the library lists it per element).
 		if reported[plainKey(k)] || parentReported(k, reported) {
@@ -74,27 +137,46 @@ func Decode(name, text string, v any) (*Meta, error) {
 		reported[plainKey(k)] = true
 		occ := m.byPlain[plainKey(k)]
 		if len(occ) == 0 { // not found by the scan: still report it
-			errs = append(errs, keyError{0, fmt.Sprintf("%s: unknown key %q", name, strings.Join(k, "."))})
+			m.add(&Error{File: m.name, Key: strings.Join(k, "."), Message: "unknown key"})
 			continue
 		}
 		for _, o := range occ {
-			errs = append(errs, keyError{o.line, fmt.Sprintf("%s:%d: unknown key %q", name, o.line, o.key)})
+			m.add(&Error{File: m.name, Line: o.line, Key: o.key, Message: "unknown key"})
 		}
 	}
-	if len(errs) == 0 {
-		return m, nil
-	}
-	sort.SliceStable(errs, func(i, j int) bool { return errs[i].line < errs[j].line })
-	all := make([]error, len(errs))
-	for i, e := range errs {
-		all[i] = errors.New(e.msg)
-	}
-	return m, errors.Join(all...)
 }
 
-type keyError struct {
-	line int
-	msg  string
+// deletePath removes the value at path (names, and array indexes as decimal
+// strings) from a generic document; it reports whether it was there.
+func deletePath(doc map[string]any, path []string) bool {
+	var cur any = doc
+	for i, seg := range path {
+		last := i == len(path)-1
+		switch c := cur.(type) {
+		case map[string]any:
+			if last {
+				_, ok := c[seg]
+				delete(c, seg)
+				return ok
+			}
+			cur = c[seg]
+		case []map[string]any:
+			n, err := strconv.Atoi(seg)
+			if err != nil || n < 0 || n >= len(c) || last {
+				return false
+			}
+			cur = c[n]
+		case []any:
+			n, err := strconv.Atoi(seg)
+			if err != nil || n < 0 || n >= len(c) || last {
+				return false
+			}
+			cur = c[n]
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // plainKey is the lookup form of a key as the TOML library names it: segments
@@ -164,45 +246,53 @@ func fieldFor(t reflect.Type, name string) (reflect.StructField, bool) {
 func syntaxError(name string, err error) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) && pe.Position.Line > 0 {
-		return fmt.Errorf("%s:%d: %s", name, pe.Position.Line, pe.Message)
+		return Errors{{File: name, Line: pe.Position.Line, Message: pe.Message}}
 	}
-	return fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "toml: "))
+	return Errors{{File: name, Message: strings.TrimPrefix(err.Error(), "toml: ")}}
 }
 
 // typeErrorRE matches the library's decode errors, which are plain strings:
 // `toml: line 3 (last key "server.port"): incompatible types: ...`.
 var typeErrorRE = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "(.*)"\): (.*)$`)
 
-// decodeError rewrites an error from decoding into the destination (a value of
-// the wrong type, a duration that does not parse) as "FILE:LINE: KEY: message".
-// The library names the key without array indexes and gives the line of its
-// last occurrence; when the key occurs in several elements of an array of
-// tables, the element whose value matches the complaint is chosen.
-func (m *Meta) decodeError(err error) error {
+// decodeError records an error from decoding into the destination (a value
+// of the wrong type, a duration that does not parse) as "FILE:LINE: KEY:
+// message", and returns the occurrence it was about (nil if unknown). The
+// library names the key without array indexes; when the key occurs in
+// several elements of an array of tables, the first not yet refused whose
+// value matches the complaint is chosen.
+func (m *Meta) decodeError(err error) *occurrence {
 	var key, msg string
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
 		key, msg = pe.LastKey, pe.Message
 	} else if sub := typeErrorRE.FindStringSubmatch(err.Error()); sub != nil {
+		// The library gives type errors as text only.
 		key, msg = sub[2], sub[3]
 	} else {
-		return fmt.Errorf("%s: %s", m.name, strings.TrimPrefix(err.Error(), "toml: "))
+		m.add(&Error{File: m.name, Message: strings.TrimPrefix(err.Error(), "toml: ")})
+		return nil
 	}
-	occ := m.byPlain[strings.ReplaceAll(key, ".", "\x00")]
-	if len(occ) == 0 {
-		return fmt.Errorf("%s: %s: %s", m.name, key, msg)
-	}
-	best := occ[len(occ)-1]
-	if len(occ) > 1 {
-		for _, o := range occ {
-			if o.kind != "" && strings.Contains(msg, "has type "+o.kind+";") ||
-				o.str != "" && strings.Contains(msg, fmt.Sprintf("%q", o.str)) {
-				best = o
-				break
-			}
+	var best *occurrence
+	for _, o := range m.byPlain[strings.ReplaceAll(key, ".", "\x00")] {
+		if m.refused[o.key] {
+			continue
+		}
+		if best == nil {
+			best = o
+		}
+		if o.kind != "" && strings.Contains(msg, "has type "+o.kind+";") ||
+			o.str != "" && strings.Contains(msg, fmt.Sprintf("%q", o.str)) {
+			best = o
+			break
 		}
 	}
-	return fmt.Errorf("%s:%d: %s: %s", m.name, best.line, best.key, msg)
+	if best == nil {
+		m.add(&Error{File: m.name, Key: key, Message: msg})
+		return nil
+	}
+	m.add(&Error{File: m.name, Line: best.line, Key: best.key, Message: msg})
+	return best
 }
 
 // Meta remembers where each key was written, so validation can point at it.
@@ -217,10 +307,15 @@ type Meta struct {
 	name    string
 	lines   map[string]int           // dotted key -> line (first definition)
 	byPlain map[string][]*occurrence // key without array indexes -> each indexed occurrence
+
+	errs    Errors          // what decoding and validation refused
+	refused map[string]bool // keys with an error in errs
+	listens []listen        // see Listen
 }
 
 type occurrence struct {
-	key  string // dotted, with indexes
+	key  string   // dotted, with indexes
+	path []string // the same, one segment per element
 	line int
 	kind string // the TOML library's name of the value's Go type; "" for tables
 	str  string // the value, if a string
@@ -253,19 +348,31 @@ func (m *Meta) Keys() []string {
 	return keys
 }
 
-// Errorf returns an error about key for the user: "FILE:LINE: KEY: message",
-// or "FILE: KEY: message" when the key was not written (a missing required
-// key, say).
+// Errorf returns an error about key for the user: "FILE:LINE: KEY: message".
+// A key that was not written (a missing required key, say) gets the line of
+// the nearest table around it that was, or no line at all. The error is an
+// *Error; it is not recorded (Report records one).
 func (m *Meta) Errorf(key, format string, args ...any) error {
-	name := "config"
-	if m != nil {
-		name = m.name
+	return m.errorf(key, format, args...)
+}
+
+func (m *Meta) errorf(key, format string, args ...any) *Error {
+	e := &Error{File: "config", Key: key, Message: fmt.Sprintf(format, args...)}
+	if m == nil {
+		return e
 	}
-	msg := fmt.Sprintf(format, args...)
-	if line := m.Line(key); line > 0 {
-		return fmt.Errorf("%s:%d: %s: %s", name, line, key, msg)
+	e.File = m.name
+	for k := key; k != ""; {
+		if e.Line = m.Line(k); e.Line > 0 {
+			break
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
 	}
-	return fmt.Errorf("%s: %s: %s", name, key, msg)
+	return e
 }
 
 // Duration is a time.Duration written in TOML as a string: "150ms", "2s",

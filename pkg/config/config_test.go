@@ -102,7 +102,7 @@ func TestUnknownKeys(t *testing.T) {
 	if err == nil {
 		t.Fatal("unknown top-level key motd accepted")
 	}
-	if got, want := err.Error(), `router.toml:4: unknown key "motd"`; got != want {
+	if got, want := err.Error(), `router.toml:4: motd: unknown key`; got != want {
 		t.Fatalf("error %q, want %q", got, want)
 	}
 
@@ -132,12 +132,12 @@ inline = { x = 1 }
 		t.Fatal("no error")
 	}
 	want := []string{
-		`cfg.toml:2: unknown key "colour"`,
-		`cfg.toml:5: unknown key "server.prot"`,
-		`cfg.toml:10: unknown key "uplink.1.wieght"`,
-		`cfg.toml:13: unknown key "uplink.2.wieght"`,
-		`cfg.toml:14: unknown key "extra"`,
-		`cfg.toml:20: unknown key "points.1.inline"`,
+		`cfg.toml:2: colour: unknown key`,
+		`cfg.toml:5: server.prot: unknown key`,
+		`cfg.toml:10: uplink.1.wieght: unknown key`,
+		`cfg.toml:13: uplink.2.wieght: unknown key`,
+		`cfg.toml:14: extra: unknown key`,
+		`cfg.toml:20: points.1.inline: unknown key`,
 	}
 	if got := strings.Split(err.Error(), "\n"); !reflect.DeepEqual(got, want) {
 		t.Fatalf("errors:\n%s\nwant:\n%s", err, strings.Join(want, "\n"))
@@ -148,7 +148,7 @@ func TestUnknownKeysInInlineValues(t *testing.T) {
 	var c testConfig
 	text := "server = { port = 1, bogus = 2 }\npoints = [\n  { listen = \"a\" },\n  { listen = \"b\", nope = 1 },\n]\n"
 	_, err := Decode("c.toml", text, &c)
-	want := "c.toml:1: unknown key \"server.bogus\"\nc.toml:4: unknown key \"points.1.nope\""
+	want := "c.toml:1: server.bogus: unknown key\nc.toml:4: points.1.nope: unknown key"
 	if err == nil || err.Error() != want {
 		t.Fatalf("error %v, want %q", err, want)
 	}
@@ -257,7 +257,7 @@ func TestLoad(t *testing.T) {
 	}
 	var c testConfig
 	_, err := Load(p, &c)
-	if err == nil || err.Error() != p+`:4: unknown key "server.bad"` {
+	if err == nil || err.Error() != p+`:4: server.bad: unknown key` {
 		t.Fatalf("Load error %v", err)
 	}
 	if _, err := Load(filepath.Join(dir, "missing.toml"), &c); err == nil {
@@ -322,7 +322,7 @@ func TestInterfaceDestinationsKeepKeys(t *testing.T) {
 	text := "level = 1\nretries = 3\n[plugins.geo]\ndb = \"x\"\nopts = { a = 1 }\n[raw]\nx.y = 1\n[other]\nz = 1\nskip = 2\n"
 	var c withAny
 	_, err := Decode("a.toml", text, &c)
-	want := "a.toml:8: unknown key \"other\""
+	want := "a.toml:8: other: unknown key"
 	if err == nil || err.Error() != want {
 		t.Fatalf("error %v, want %q", err, want)
 	}
@@ -330,7 +330,7 @@ func TestInterfaceDestinationsKeepKeys(t *testing.T) {
 		t.Fatalf("decoded %+v", c)
 	}
 	_, err = Decode("a.toml", "skip = 1\n", &c)
-	if err == nil || err.Error() != "a.toml:1: unknown key \"skip\"" {
+	if err == nil || err.Error() != "a.toml:1: skip: unknown key" {
 		t.Fatalf("field tagged \"-\" accepted a key: %v", err)
 	}
 }

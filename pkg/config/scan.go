@@ -334,6 +334,14 @@ func (sc *scanner) quoted(q byte, escapes bool) string {
 	return sc.s[start:]
 }
 
+func segNames(p []pathSeg) []string {
+	out := make([]string, len(p))
+	for i, s := range p {
+		out[i] = s.name
+	}
+	return out
+}
+
 func joinPath(p []pathSeg) string {
 	var b strings.Builder
 	for i, s := range p {
@@ -376,7 +384,7 @@ func (sc *scanner) record(path []pathSeg, line int, kind, str string) {
 		if p[n-1].index {
 			continue // "uplink.1" is not a key the TOML library names
 		}
-		o := &occurrence{key: key, line: line}
+		o := &occurrence{key: key, line: line, path: segNames(p)}
 		if n == len(path) {
 			o.kind, o.str = kind, str
 		}

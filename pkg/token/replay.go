@@ -19,6 +19,7 @@ type Seen struct {
 
 type seenEntry struct {
 	expires  int64 // Unix seconds
+	owner    any   // what the token's first session brought (its run-time client)
 	n        int
 	sessions [MaxSessions]uint64
 }
@@ -33,8 +34,11 @@ func NewSeen(max int) *Seen {
 
 // Use records that token id (valid until expires, of at most limit sessions)
 // opens session at now (Unix seconds). It reports false when the token has
-// already opened limit other sessions: a replay.
-func (t *Seen) Use(id ID, expires int64, limit int, session uint64, now int64) bool {
+// already opened limit other sessions: a replay. owner is kept with a token
+// seen for the first time, and Use returns the owner kept for the token, so
+// all of a token's sessions share what its first one brought (the proxy's
+// run-time client, with its rate and session limits).
+func (t *Seen) Use(id ID, expires int64, limit int, session uint64, now int64, owner any) (any, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entries[id]
@@ -45,20 +49,20 @@ func (t *Seen) Use(id ID, expires int64, limit int, session uint64, now int64) b
 		if len(t.entries) >= t.max {
 			t.evictFirst()
 		}
-		e = &seenEntry{expires: expires}
+		e = &seenEntry{expires: expires, owner: owner}
 		t.entries[id] = e
 	}
 	for _, s := range e.sessions[:e.n] {
 		if s == session {
-			return true
+			return e.owner, true
 		}
 	}
 	if e.n >= limit || e.n >= MaxSessions {
-		return false
+		return e.owner, false
 	}
 	e.sessions[e.n] = session
 	e.n++
-	return true
+	return e.owner, true
 }
 
 // sweep drops the expired entries.

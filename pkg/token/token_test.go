@@ -85,22 +85,30 @@ func TestMintRefuses(t *testing.T) {
 }
 
 // The replay table admits a token's sessions up to its limit, forgets tokens
-// when they expire, and when full drops the one expiring first (counted).
+// when they expire, and when full drops the one expiring first (counted). The
+// owner given with a token's first session is what every later Use returns.
 func TestSeen(t *testing.T) {
 	s := NewSeen(2)
 	a, b, c := ID{1}, ID{2}, ID{3}
-	if !s.Use(a, 100, 1, 7, 0) || !s.Use(a, 100, 1, 7, 0) {
+	use := func(id ID, exp int64, limit int, session uint64, owner any) bool {
+		_, ok := s.Use(id, exp, limit, session, 0, owner)
+		return ok
+	}
+	if !use(a, 100, 2, 7, "first") || !use(a, 100, 2, 7, "again") {
 		t.Fatal("first session refused")
 	}
-	if s.Use(a, 100, 1, 8, 0) {
-		t.Fatal("second session of a one-session token admitted")
+	if o, ok := s.Use(a, 100, 2, 8, 0, "second"); !ok || o != "first" {
+		t.Fatalf("second session of a two-session token: %v, owner %v (want the first's)", ok, o)
 	}
-	s.Use(b, 50, 1, 1, 0)
-	s.Use(c, 200, 1, 1, 0) // full: b (expiring first) goes
+	if o, ok := s.Use(a, 100, 2, 9, 0, "third"); ok || o != "first" {
+		t.Fatalf("third session of a two-session token admitted %v, owner %v", ok, o)
+	}
+	use(b, 50, 1, 1, nil)
+	use(c, 200, 1, 1, nil) // full: b (expiring first) goes
 	if s.Len() != 2 || s.Evicted() != 1 {
 		t.Fatalf("len %d evicted %d", s.Len(), s.Evicted())
 	}
-	if s.Use(a, 100, 1, 9, 0) {
+	if use(a, 100, 2, 10, nil) {
 		t.Fatal("a was evicted instead of b")
 	}
 	s.Sweep(150)

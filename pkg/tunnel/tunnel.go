@@ -30,7 +30,7 @@ const RehelloAfter = 2 * time.Second
 // at a time (the one that reads the session's packets); SealControl and the hello
 // state may be used from any goroutine.
 type Sender struct {
-	aead    cipher.AEAD
+	keys    atomic.Pointer[sendKeys] // replaced whole by Rekey
 	session uint64
 	lastPID atomic.Uint64
 
@@ -39,20 +39,31 @@ type Sender struct {
 	bufs   [][]byte // one datagram buffer per shard, reused
 	dgs    [][]byte // the sealed datagrams returned by Seal
 
-	hello     wire.Hello
 	hasHello  bool
 	heard     atomic.Bool  // the far side has answered at least once
 	lastHeard atomic.Int64 // mono ns of the last authenticated datagram received
+	// forcedAt: ForceHello's time; the hello rides again until something is
+	// heard after it.
+	forcedAt atomic.Int64
+}
+
+// sendKeys is what Rekey swaps at once: the sealing key and the hello that
+// names the epoch it was derived for.
+type sendKeys struct {
+	aead  cipher.AEAD
+	hello wire.Hello
 }
 
 // NewSender makes the sending half of a session. hello, if not nil, rides on
 // every datagram until the far side is heard from (and again after a silence of
 // RehelloAfter), so the session needs no round trip to start.
 func NewSender(aead cipher.AEAD, session uint64, p raic.Params, hello *wire.Hello) (*Sender, error) {
-	s := &Sender{aead: aead, session: session}
+	s := &Sender{session: session}
+	k := &sendKeys{aead: aead}
 	if hello != nil {
-		s.hello, s.hasHello = *hello, true
+		k.hello, s.hasHello = *hello, true
 	}
+	s.keys.Store(k)
 	if err := s.SetParams(p); err != nil {
 		return nil, err
 	}
@@ -90,10 +101,58 @@ func (s *Sender) HelloDue(now int64) bool {
 	if !s.hasHello {
 		return false
 	}
-	return !s.heard.Load() || now-s.lastHeard.Load() > int64(RehelloAfter)
+	last := s.lastHeard.Load()
+	return !s.heard.Load() || now-last > int64(RehelloAfter) || last <= s.forcedAt.Load()
 }
 
+// ForceHello puts the hello back on every datagram from now until the far side
+// is heard from again: a router calls it when a proxy stops answering (it may
+// have restarted and lost the session) or says it restarted, so the first
+// datagram that reaches it re-creates the session.
+func (s *Sender) ForceHello(now int64) {
+	if s.lastHeard.Load() >= now {
+		now = s.lastHeard.Load() + 1
+	}
+	s.forcedAt.Store(now)
+}
+
+// Rekey switches the session to keys derived for the far side's new restart
+// epoch: aead seals from the next datagram on, and the hello (forced back on)
+// names epoch. Packet IDs keep growing. Safe to call while Seal runs.
+func (s *Sender) Rekey(aead cipher.AEAD, epoch uint64, now int64) {
+	k := &sendKeys{aead: aead, hello: s.keys.Load().hello}
+	k.hello.Epoch = epoch
+	s.keys.Store(k)
+	s.ForceHello(now)
+}
+
+// AEAD returns the key the sender seals with now (it changes on Rekey), for a
+// caller that seals a datagram of its own under this session's key.
+func (s *Sender) AEAD() cipher.AEAD { return s.keys.Load().aead }
+
+// Epoch returns the restart epoch the session's keys are derived for (0: none).
+func (s *Sender) Epoch() uint64 { return s.keys.Load().hello.Epoch }
+
 func (s *Sender) nextPID() uint64 { return s.lastPID.Add(1) }
+
+// StartAt makes the sender's packet IDs start after pid. A proxy starts the
+// sessions it creates at a value taken from the wall clock: a session it
+// re-creates after a restart may have the same keys as before (a control
+// session, whose hello names the old epoch), and its packet IDs must then be
+// new (the nonce rule) and ahead of what the far side's window saw.
+func (s *Sender) StartAt(pid uint64) {
+	for {
+		last := s.lastPID.Load()
+		if pid <= last || s.lastPID.CompareAndSwap(last, pid) {
+			return
+		}
+	}
+}
+
+// ClockPIDBase is a packet ID base from the wall clock for StartAt: Unix ms
+// times 2^20, so a session would have to send over a million datagrams per
+// millisecond of its life to overtake the base of a later restart.
+func ClockPIDBase(unixMilli int64) uint64 { return uint64(unixMilli) << 20 }
 
 // Seal codes pkt into shards and seals each into a datagram of its own. The
 // datagrams stay valid until the next Seal; every copy sent of a shard must be
@@ -121,10 +180,11 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 	}
 	// The hello is stamped with the time it is sent, so a re-hello after a long
 	// session still passes the far side's age check.
+	keys := s.keys.Load()
 	var hl wire.Hello
 	var hello *wire.Hello
 	if s.HelloDue(now) {
-		hl = s.hello
+		hl = keys.hello
 		hl.UnixMilli = time.Now().UnixMilli()
 		hello = &hl
 	}
@@ -141,7 +201,7 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 			Packet:  pid,
 			Desc:    wire.Desc(sh.Desc),
 		}
-		dg, err := wire.Seal(s.aead, s.bufs[i], &h, hello, sh.Data)
+		dg, err := wire.Seal(keys.aead, s.bufs[i], &h, hello, sh.Data)
 		if err != nil {
 			return nil, err
 		}
@@ -153,14 +213,15 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 // SealControl seals a control message of type t into buf with a fresh packet ID.
 func (s *Sender) SealControl(buf []byte, t wire.Type, body []byte, now int64) ([]byte, error) {
 	h := wire.Header{Type: t, Session: s.session, Packet: s.nextPID()}
+	keys := s.keys.Load()
 	var hl wire.Hello
 	var hello *wire.Hello
 	if s.HelloDue(now) {
-		hl = s.hello
+		hl = keys.hello
 		hl.UnixMilli = time.Now().UnixMilli()
 		hello = &hl
 	}
-	return wire.Seal(s.aead, buf, &h, hello, body)
+	return wire.Seal(keys.aead, buf, &h, hello, body)
 }
 
 // Sink takes the packets a Receiver releases. Deliver runs with the receiver's
@@ -182,8 +243,15 @@ type Receiver struct {
 	mu     sync.Mutex
 	aead   cipher.AEAD
 	window replay.Window
-	dec    *raic.Decoder
-	stats  ReceiverStats
+	floor  uint64 // packet IDs below it are refused (SetFloor)
+	// prev is the key before Upgrade, still taken until a datagram opens with
+	// the new one; spare keeps a copy of a datagram meanwhile, since a failed
+	// open leaves the datagram unusable.
+	prev      cipher.AEAD
+	spare     []byte
+	upgrading atomic.Bool // prev is set: the far side may not have followed yet
+	dec       *raic.Decoder
+	stats     ReceiverStats
 }
 
 // NewReceiver makes the receiving half of a session.
@@ -198,11 +266,15 @@ func NewReceiver(aead cipher.AEAD, dec raic.DecoderConfig) *Receiver {
 func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, sink Sink) (body []byte, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.window.Seen(h.Packet) {
+	if h.Packet < r.floor || r.window.Seen(h.Packet) {
 		r.stats.Duplicates++
 		return nil, ErrDuplicate
 	}
-	body, err = wire.Open(r.aead, dg, bodyOff)
+	if r.prev != nil {
+		body, err = r.openEither(dg, bodyOff)
+	} else {
+		body, err = wire.Open(r.aead, dg, bodyOff)
+	}
 	if err != nil {
 		r.stats.AuthFailed++
 		return nil, err
@@ -227,6 +299,64 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 	return nil, nil
 }
 
+// Rekey switches the receiver to keys of a new restart epoch (see
+// Sender.Rekey). The window starts over: the far side re-created the session,
+// and nothing sealed with the old keys opens any more.
+func (r *Receiver) Rekey(aead cipher.AEAD) {
+	r.mu.Lock()
+	r.aead, r.prev = aead, nil
+	r.upgrading.Store(false)
+	r.window.Reset()
+	r.mu.Unlock()
+}
+
+// Upgrade moves the receiver to a new key of the same session, the far side
+// continuing (a router and its proxy agreeing on the proxy's epoch after the
+// session began): the window stays, and datagrams sealed with the old key
+// still open until the first one with the new key does, so the packets in
+// flight during the switch are not lost.
+func (r *Receiver) Upgrade(aead cipher.AEAD) {
+	r.mu.Lock()
+	r.prev, r.aead = r.aead, aead
+	r.upgrading.Store(true)
+	if r.spare == nil {
+		r.spare = make([]byte, wire.MaxDatagram+1)
+	}
+	r.mu.Unlock()
+}
+
+// Upgrading reports whether the far side has not yet been heard with the key
+// of the last Upgrade: what arrives still opens with the old one, so it does
+// not show the far side has followed (and the hello that makes it follow must
+// go on riding).
+func (r *Receiver) Upgrading() bool { return r.upgrading.Load() }
+
+// openEither opens dg with the new key or, failing that, the one before
+// Upgrade; the first success with the new key retires the old one.
+func (r *Receiver) openEither(dg []byte, bodyOff int) ([]byte, error) {
+	if len(dg) > len(r.spare) {
+		return wire.Open(r.aead, dg, bodyOff)
+	}
+	cp := r.spare[:len(dg)]
+	copy(cp, dg)
+	if body, err := wire.Open(r.aead, dg, bodyOff); err == nil {
+		r.prev = nil
+		r.upgrading.Store(false)
+		return body, nil
+	}
+	copy(dg, cp)
+	return wire.Open(r.prev, dg, bodyOff)
+}
+
+// SetFloor refuses every packet ID below pid from now on. A proxy sets it to
+// the ID of the datagram that re-opened a session whose keys it may have had
+// before a restart: whatever was sealed before that, a replay may bring.
+func (r *Receiver) SetFloor(pid uint64) {
+	r.mu.Lock()
+	r.floor = pid
+	r.mu.Unlock()
+}
+
 // Expire gives up decode groups older than the decoder's limit.
 func (r *Receiver) Expire(now int64) {
 	r.mu.Lock()
@@ -243,4 +373,4 @@ func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 
 // Hello returns the hello this sender puts on its datagrams while it is due,
 // and whether it has one.
-func (s *Sender) Hello() (wire.Hello, bool) { return s.hello, s.hasHello }
+func (s *Sender) Hello() (wire.Hello, bool) { return s.keys.Load().hello, s.hasHello }

@@ -143,3 +143,98 @@ func TestSealPIDKeepsTheCounterAhead(t *testing.T) {
 		t.Fatalf("next packet ID %d after SealPID(100), want 101", pid)
 	}
 }
+
+// ForceHello brings the hello back until the far side is heard again; Rekey
+// switches both halves to new keys, so what was sealed before no longer opens.
+func TestForceHelloAndRekey(t *testing.T) {
+	key := wire.Key{3}
+	salt, _ := wire.NewSalt()
+	cs, _, _ := wire.DeriveKeys(&key, &salt, 9, wire.RoleClient)
+	_, sr, _ := wire.DeriveKeys(&key, &salt, 9, wire.RoleServer)
+	hl := &wire.Hello{Salt: salt}
+	hl.SetClientID("x")
+	snd, err := NewSender(cs, 9, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv := NewReceiver(sr, raic.DecoderConfig{})
+	snd.Heard(100)
+	if snd.HelloDue(200) {
+		t.Fatal("hello due right after the far side was heard")
+	}
+	snd.ForceHello(300)
+	if !snd.HelloDue(400) {
+		t.Fatal("no hello after ForceHello")
+	}
+	snd.Heard(500)
+	if snd.HelloDue(600) {
+		t.Fatal("hello still due after the far side was heard again")
+	}
+	_, dgs, _ := snd.Seal([]byte("old"), 700)
+	old := append([]byte(nil), dgs[0]...)
+
+	// Re-key for epoch 5: the hello names it, and the old datagram no longer opens.
+	cs5, _, _ := wire.DeriveKeysEpoch(&key, &salt, 9, 5, wire.RoleClient)
+	_, sr5, _ := wire.DeriveKeysEpoch(&key, &salt, 9, 5, wire.RoleServer)
+	snd.Rekey(cs5, 5, 800)
+	rcv.Rekey(sr5)
+	if !snd.HelloDue(900) || snd.Epoch() != 5 {
+		t.Fatalf("after Rekey: hello due %v, epoch %d", snd.HelloDue(900), snd.Epoch())
+	}
+	_, dgs, _ = snd.Seal([]byte("new"), 900)
+	var h wire.Header
+	var got wire.Hello
+	off, err := wire.Parse(dgs[0], &h, &got)
+	if err != nil || got.Epoch != 5 || h.Flags&wire.FlagEpoch == 0 {
+		t.Fatalf("new datagram: %v, epoch %d, flags %x", err, got.Epoch, h.Flags)
+	}
+	sink := &countSink{}
+	if _, err := rcv.Receive(dgs[0], &h, off, 900, sink); err != nil || sink.n != 1 {
+		t.Fatalf("new datagram: %v, delivered %d", err, sink.n)
+	}
+	off, _ = wire.Parse(old, &h, &got)
+	if _, err := rcv.Receive(old, &h, off, 900, sink); err == nil || sink.n != 1 {
+		t.Fatalf("a datagram sealed before Rekey was taken (err %v)", err)
+	}
+}
+
+// StartAt moves packet IDs ahead; SetFloor refuses what lies below.
+func TestStartAtAndFloor(t *testing.T) {
+	key := wire.Key{4}
+	salt, _ := wire.NewSalt()
+	cs, _, _ := wire.DeriveKeys(&key, &salt, 9, wire.RoleClient)
+	_, sr, _ := wire.DeriveKeys(&key, &salt, 9, wire.RoleServer)
+	snd, _ := NewSender(cs, 9, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
+	var early [][]byte
+	for i := 0; i < 3; i++ {
+		_, dgs, _ := snd.Seal([]byte("e"), 1)
+		early = append(early, append([]byte(nil), dgs[0]...))
+	}
+	base := ClockPIDBase(1_800_000_000_000)
+	snd.StartAt(base)
+	pid, dgs, _ := snd.Seal([]byte("late"), 2)
+	if pid != base+1 {
+		t.Fatalf("packet ID %d after StartAt(%d)", pid, base)
+	}
+	rcv := NewReceiver(sr, raic.DecoderConfig{})
+	rcv.SetFloor(base + 1)
+	sink := &countSink{}
+	var h wire.Header
+	off, _ := wire.Parse(dgs[0], &h, nil)
+	if _, err := rcv.Receive(dgs[0], &h, off, 2, sink); err != nil {
+		t.Fatal(err)
+	}
+	for _, dg := range early {
+		off, _ := wire.Parse(dg, &h, nil)
+		if _, err := rcv.Receive(dg, &h, off, 2, sink); err == nil {
+			t.Fatalf("packet %d below the floor was taken", h.Packet)
+		}
+	}
+	if sink.n != 1 {
+		t.Fatalf("delivered %d, want 1", sink.n)
+	}
+}
+
+type countSink struct{ n int }
+
+func (c *countSink) Deliver(uint64, []byte, int64) { c.n++ }

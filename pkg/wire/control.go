@@ -43,14 +43,20 @@ type Pong struct {
 	Ping       Ping  // echoed unchanged
 	Overloaded bool  // the proxy asks its clients to move elsewhere if they can
 	PeerTime   int64 // the answering side's monotonic clock when it answered
+	// Epoch is the answering side's restart epoch, random per start (see
+	// package doc); 0 when it has none. A pong with one is PongEpochLen long.
+	Epoch uint64
 }
 
-// PongLen is the body length of a Pong.
+// PongLen is the body length of a Pong without an epoch (older proxies).
 const PongLen = PingLen + 16
+
+// PongEpochLen is the body length of a Pong that carries an epoch.
+const PongEpochLen = PongLen + 8
 
 const pongOverloaded = 1 << 0
 
-// Put writes p into b[:PongLen].
+// Put writes p into b[:PongLen], or b[:PongEpochLen] when p has an epoch.
 func (p *Pong) Put(b []byte) []byte {
 	_ = b[PongLen-1]
 	p.Ping.Put(b)
@@ -63,13 +69,21 @@ func (p *Pong) Put(b []byte) []byte {
 		b[i] = 0
 	}
 	binary.BigEndian.PutUint64(b[PingLen+8:], uint64(p.PeerTime))
+	if p.Epoch != 0 {
+		binary.BigEndian.PutUint64(b[PongLen:], p.Epoch)
+		return b[:PongEpochLen]
+	}
 	return b[:PongLen]
 }
 
-// ParsePong reads a Pong body.
+// ParsePong reads a Pong body, with or without an epoch.
 func ParsePong(b []byte, p *Pong) error {
-	if len(b) != PongLen {
+	if len(b) != PongLen && len(b) != PongEpochLen {
 		return ErrPayload
+	}
+	p.Epoch = 0
+	if len(b) == PongEpochLen {
+		p.Epoch = binary.BigEndian.Uint64(b[PongLen:])
 	}
 	if err := ParsePing(b[:PingLen], &p.Ping); err != nil {
 		return err

@@ -16,13 +16,30 @@ func FuzzParseOpen(f *testing.F) {
 	f.Add(append([]byte(nil), a...))
 	b, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, nil)
 	f.Add(append([]byte(nil), b...))
+	// A hello with a connect token (FlagToken).
 	tokHello := *hello
 	tokHello.Token = []byte("a connect token rides here")
 	c, _ := Seal(cs, make([]byte, MaxDatagram), &h, &tokHello, []byte("seed payload"))
-	f.Add(append([]byte(nil), c...))
+	c = append([]byte(nil), c...)
+	f.Add(c)
+	// A hello that names a restart epoch (FlagEpoch).
+	he := *hello
+	he.Epoch = 0x0123456789abcdef
+	d, _ := Seal(cs, make([]byte, MaxDatagram), &h, &he, []byte("epoch"))
+	d = append([]byte(nil), d...)
+	f.Add(d)
+	// Both trailers, epoch then token (FlagEpoch|FlagToken).
+	both := tokHello
+	both.Epoch = 0xfedcba9876543210
+	e, _ := Seal(cs, make([]byte, MaxDatagram), &h, &both, []byte("epoch and token"))
+	e = append([]byte(nil), e...)
+	f.Add(e)
 	f.Add([]byte{1, 1, 1})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		sealed := string(in) == string(a) || string(in) == string(b) || string(in) == string(c)
+		sealed := false
+		for _, s := range [][]byte{a, b, c, d, e} {
+			sealed = sealed || string(in) == string(s)
+		}
 		var gh Header
 		var gl Hello
 		off, err := Parse(in, &gh, &gl)

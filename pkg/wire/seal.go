@@ -71,10 +71,25 @@ func NewSalt() (s [16]byte, err error) {
 // role: send seals what this end sends, recv opens what it receives. A restarted
 // router picks a new salt, so its keys are new even if packet IDs start over.
 func DeriveKeys(psk *Key, salt *[16]byte, session uint64, role Role) (send, recv cipher.AEAD, err error) {
-	var info [8 + 16]byte
+	return DeriveKeysEpoch(psk, salt, session, 0, role)
+}
+
+// DeriveKeysEpoch is DeriveKeys for a session bound to the far side's restart
+// epoch (see package doc): the keys differ from those of any other epoch, so
+// datagrams sealed before a proxy restart do not open after it. Epoch 0 gives
+// DeriveKeys' keys, the derivation of senders that know no epoch.
+func DeriveKeysEpoch(psk *Key, salt *[16]byte, session, epoch uint64, role Role) (send, recv cipher.AEAD, err error) {
+	var info [8 + 16 + 8]byte
 	copy(info[:], salt[:])
 	binary.BigEndian.PutUint64(info[16:], session)
-	r := hkdf.New(sha256.New, psk[:], info[:], []byte("raic/1 session keys"))
+	in := info[:24]
+	label := "raic/1 session keys"
+	if epoch != 0 {
+		binary.BigEndian.PutUint64(info[24:], epoch)
+		in = info[:]
+		label = "raic/1 session keys, epoch"
+	}
+	r := hkdf.New(sha256.New, psk[:], in, []byte(label))
 	var km [2 * chacha20poly1305.KeySize]byte
 	if _, err = io.ReadFull(r, km[:]); err != nil {
 		return nil, nil, err
@@ -108,12 +123,15 @@ func Seal(aead cipher.AEAD, buf []byte, h *Header, hello *Hello, body []byte) ([
 	if h.Packet == 0 {
 		return nil, ErrNoPacket
 	}
-	h.Flags &^= FlagHello | FlagToken
+	h.Flags &^= FlagHello | FlagToken | FlagEpoch
 	if hello != nil {
 		if len(hello.Token) > MaxToken {
 			return nil, ErrHello
 		}
 		h.Flags |= FlagHello
+		if hello.Epoch != 0 {
+			h.Flags |= FlagEpoch
+		}
 		if len(hello.Token) > 0 {
 			h.Flags |= FlagToken
 		}

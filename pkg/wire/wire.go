@@ -6,13 +6,40 @@
 //
 //	0      version (1)
 //	1      type    (Data, Ping, Pong, Ack, Close, ...)
-//	2      flags   (FlagHello: a hello extension follows the header)
+//	2      flags   (FlagHello: a hello extension follows the header;
+//	               FlagEpoch: the hello carries the far side's restart epoch;
+//	               FlagToken: the hello carries a connect token)
 //	3      scheme  (RAIC scheme of a Data shard; 0 for control messages)
 //	4..11  session ID
 //	12..19 packet ID (per session and direction, starts at 1)
 //	20..23 shard descriptor: index, count, k, frag (meaning per scheme, see raic)
 //	24..   hello extension, when FlagHello is set (see Hello)
 //	..     ciphertext of the body, then a 16-byte Poly1305 tag
+//
+// Restart epochs (FlagEpoch, a compatible addition to version 1). A proxy picks
+// a random epoch each time it starts and puts it in its pongs (see Pong). A
+// router that knows it puts it at the end of its hellos (FlagEpoch) and derives
+// the session's keys from it too (DeriveKeysEpoch). So datagrams sealed for an
+// earlier run of the proxy never open in a session re-created after a restart,
+// and their hellos are refused: nothing captured before a restart can be
+// replayed into the new run. A sender that has no epoch (it heard no pong that
+// carries one, or an older proxy) leaves the flag clear and derives keys as
+// before; an older proxy's pongs carry no epoch, so a router never sets the flag
+// towards it.
+//
+// Hello trailers. After the fixed part of a hello (salt, time, client ID,
+// target) come the optional trailers, always in this order:
+//
+//	epoch  8 bytes, nonzero             when FlagEpoch
+//	token  2-byte length (1..MaxToken), when FlagToken
+//	       then the token
+//
+// The fixed-size epoch goes first so the token's length prefix is the last
+// thing read and nothing is ambiguous; both flags sit in the header and both
+// trailers in the hello, so all of it is associated data and authenticated.
+// Size budget: a hello with the longest client ID, an IPv6 target, an epoch
+// and a MaxToken token, plus a full 1,200-byte shard (raic's default max
+// shard), is exactly MaxDatagram (1,472 bytes); see TestHelloBudget.
 //
 // Bytes 12..23 (packet ID and descriptor) are the AEAD nonce. The header and the
 // hello extension are the associated data, so nothing in them can be altered.
@@ -41,13 +68,18 @@ const (
 	NonceLen  = 12
 	TagLen    = 16
 	// HelloMaxLen is the largest hello extension (IPv6 target, longest client ID).
-	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2
+	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2 + EpochLen
+	// EpochLen is the size of a restart epoch at the end of a hello.
+	EpochLen = 8
 	// MaxClientID is the longest client identifier, in bytes.
 	MaxClientID = 32
 	// MaxToken is the longest connect token a hello carries (see package
-	// token): a hello with a token and a full 1,200-byte shard still fits
-	// MaxDatagram.
-	MaxToken = 150
+	// token): a hello with the longest client ID, an IPv6 target, an epoch,
+	// a MaxToken token and a full shard of fullShard bytes is MaxDatagram.
+	MaxToken = MaxDatagram - HeaderLen - HelloMaxLen - 2 - TagLen - fullShard
+	// fullShard is raic's default max shard (raic.DefaultMaxShard), the
+	// largest body a data datagram carries by default.
+	fullShard = 1200
 	// MaxDatagram is the largest datagram any role sends or accepts.
 	MaxDatagram = 1472
 	// MaxOverhead is what the wire adds to a body in the worst case.
@@ -109,15 +141,17 @@ func (t Type) String() string {
 type Flags uint8
 
 // FlagHello marks a datagram that carries a hello extension after the header.
-// FlagToken, beside it, says the hello ends with a connect token (a 2-byte
-// length, then the token): the client is admitted by the token rather than by
-// a pre-shared key configured for its ID.
+// FlagEpoch marks a hello that ends with a restart epoch (only with FlagHello).
+// FlagToken says the hello ends with a connect token (a 2-byte length, then the
+// token; only with FlagHello): the client is admitted by the token rather than
+// by a pre-shared key configured for its ID. With both, the epoch comes first.
 const (
 	FlagHello Flags = 1 << 0
-	FlagToken Flags = 1 << 1
+	FlagEpoch Flags = 1 << 1
+	FlagToken Flags = 1 << 2
 )
 
-const knownFlags = FlagHello | FlagToken
+const knownFlags = FlagHello | FlagToken | FlagEpoch
 
 // Desc is the 4-byte shard descriptor; its meaning per scheme belongs to raic.
 type Desc struct{ Index, Count, K, Frag uint8 }
@@ -145,6 +179,9 @@ type Hello struct {
 	// Token is the connect token, when the client has one instead of a
 	// pre-shared key; after Parse it points into the datagram.
 	Token []byte
+	// Epoch is the far side's restart epoch this hello (and the session's
+	// keys) are for; 0 when the sender knows none (FlagEpoch clear).
+	Epoch uint64
 }
 
 // ClientID returns the client identifier as bytes (no copy).
@@ -216,6 +253,12 @@ func PutHello(b []byte, h *Hello) int {
 		binary.BigEndian.PutUint16(b[n:], h.Target.Port())
 		n += 2
 	}
+	// The optional trailers, in their one order: the fixed-size epoch first,
+	// then the length-prefixed token (see "Hello trailers" in the package doc).
+	if h.Epoch != 0 {
+		binary.BigEndian.PutUint64(b[n:], h.Epoch)
+		n += EpochLen
+	}
 	if len(h.Token) > 0 {
 		binary.BigEndian.PutUint16(b[n:], uint16(len(h.Token)))
 		n += 2
@@ -256,8 +299,8 @@ func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
 		return 0, ErrNoPacket
 	}
 	off := HeaderLen
-	if h.Flags&FlagToken != 0 && h.Flags&FlagHello == 0 {
-		return 0, ErrHello
+	if h.Flags&(FlagEpoch|FlagToken) != 0 && h.Flags&FlagHello == 0 {
+		return 0, ErrFlags
 	}
 	if h.Flags&FlagHello != 0 {
 		n, err := parseHello(b[off:len(b)-TagLen], hello)
@@ -265,6 +308,18 @@ func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
 			return 0, err
 		}
 		off += n
+		// Trailers in their one order: epoch, then token.
+		hello.Epoch = 0
+		if h.Flags&FlagEpoch != 0 {
+			if len(b)-TagLen < off+EpochLen {
+				return 0, ErrHello
+			}
+			hello.Epoch = binary.BigEndian.Uint64(b[off:])
+			if hello.Epoch == 0 {
+				return 0, ErrHello
+			}
+			off += EpochLen
+		}
 		hello.Token = nil
 		if h.Flags&FlagToken != 0 {
 			rest := b[off : len(b)-TagLen]

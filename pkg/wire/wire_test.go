@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"crypto/cipher"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"strings"
@@ -297,7 +298,7 @@ func TestHelloWithToken(t *testing.T) {
 	h := Header{Type: TypeData, Session: 42, Packet: 7}
 	hello := &Hello{Target: netip.MustParseAddrPort("198.18.9.2:27015"), Token: bytes.Repeat([]byte{0xAB}, MaxToken)}
 	hello.SetClientID(strings.Repeat("c", MaxClientID))
-	body := make([]byte, 1200) // a full shard still fits beside the longest token
+	body := make([]byte, fullShard) // a full shard still fits beside the longest token
 	dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hello, body)
 	if err != nil {
 		t.Fatal(err)
@@ -322,8 +323,8 @@ func TestHelloWithToken(t *testing.T) {
 	// Without FlagHello the token flag is refused.
 	bad = append([]byte(nil), dg...)
 	bad[2] = byte(FlagToken)
-	if _, err := Parse(bad, &gh, &gl); err != ErrHello {
-		t.Fatalf("token flag alone: %v", err)
+	if _, err := Parse(bad, &gh, &gl); err != ErrFlags {
+		t.Fatalf("token flag alone: %v, want ErrFlags", err)
 	}
 	// A token longer than MaxToken is not sealed.
 	hello.Token = make([]byte, MaxToken+1)
@@ -336,5 +337,124 @@ func TestHelloWithToken(t *testing.T) {
 	gl.Token = []byte("stale")
 	if _, err := Parse(dg, &gh, &gl); err != nil || gl.Token != nil {
 		t.Fatalf("token left from an earlier parse: %v %q", err, gl.Token)
+	}
+}
+
+// A hello with an epoch round-trips and sets FlagEpoch; a hello without one
+// leaves it clear, as an older sender's does; FlagEpoch without a hello is
+// malformed.
+func TestHelloEpoch(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	for _, epoch := range []uint64{0, 1, 0xfedcba9876543210} {
+		hl := &Hello{Target: netip.MustParseAddrPort("198.18.9.2:27015"), Epoch: epoch}
+		hl.SetClientID("alice")
+		h := Header{Type: TypeData, Session: 5, Packet: 7}
+		dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, []byte("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gh Header
+		var gl Hello
+		off, err := Parse(dg, &gh, &gl)
+		if err != nil {
+			t.Fatalf("epoch %x: %v", epoch, err)
+		}
+		if gl.Epoch != epoch || (gh.Flags&FlagEpoch != 0) != (epoch != 0) {
+			t.Fatalf("epoch %x: parsed %x, flags %x", epoch, gl.Epoch, gh.Flags)
+		}
+		if _, err := Open(sr, dg, off); err != nil {
+			t.Fatalf("epoch %x: %v", epoch, err)
+		}
+	}
+	h := Header{Type: TypePing, Session: 5, Packet: 8}
+	dg, _ := Seal(cs, make([]byte, MaxDatagram), &h, nil, []byte("x"))
+	dg[2] |= byte(FlagEpoch)
+	var gh Header
+	if _, err := Parse(dg, &gh, nil); err != ErrFlags {
+		t.Fatalf("FlagEpoch without a hello: %v, want ErrFlags", err)
+	}
+	// Pongs with and without an epoch both parse.
+	for _, e := range []uint64{0, 99} {
+		var b [PongEpochLen]byte
+		p := Pong{Ping: Ping{Seq: 3}, PeerTime: 4, Epoch: e}
+		var got Pong
+		if err := ParsePong(p.Put(b[:]), &got); err != nil || got.Epoch != e || got.Ping.Seq != 3 {
+			t.Fatalf("pong epoch %d: %v %+v", e, err, got)
+		}
+	}
+}
+
+// The hello trailers come in one order, epoch then token: a hello with both
+// reads back both, both flags are set, and altering any byte of either
+// trailer (or clearing either flag) fails to open.
+func TestHelloEpochAndToken(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	h := Header{Type: TypeData, Session: 42, Packet: 9}
+	hl := &Hello{Target: netip.MustParseAddrPort("198.18.9.2:27015"), Epoch: 0x1122334455667788, Token: []byte("token bytes")}
+	hl.SetClientID("alice")
+	dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gh Header
+	var gl Hello
+	off, err := Parse(dg, &gh, &gl)
+	if err != nil || gh.Flags != FlagHello|FlagEpoch|FlagToken || gl.Epoch != hl.Epoch || string(gl.Token) != "token bytes" {
+		t.Fatalf("parse: %v flags %v epoch %x token %q", err, gh.Flags, gl.Epoch, gl.Token)
+	}
+	// The epoch sits right before the token's length prefix.
+	tokAt := off - len(hl.Token) - 2
+	if got := binary.BigEndian.Uint64(dg[tokAt-EpochLen:]); got != hl.Epoch {
+		t.Fatalf("epoch not before the token: %x", got)
+	}
+	if _, err := Open(sr, append([]byte(nil), dg...), off); err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	for i := tokAt - EpochLen; i < off; i++ {
+		bad := append([]byte(nil), dg...)
+		bad[i] ^= 0x40
+		if o, err := Parse(bad, &gh, &gl); err == nil {
+			if _, err := Open(sr, bad, o); err == nil {
+				t.Fatalf("datagram with trailer byte %d altered opened", i)
+			}
+		}
+	}
+	for _, f := range []Flags{FlagEpoch, FlagToken} {
+		bad := append([]byte(nil), dg...)
+		bad[2] &^= byte(f)
+		if o, err := Parse(bad, &gh, &gl); err == nil {
+			if _, err := Open(sr, bad, o); err == nil {
+				t.Fatalf("datagram with %v cleared opened", f)
+			}
+		}
+	}
+}
+
+// The size budget: the longest hello (longest client ID, IPv6 target, an
+// epoch and a MaxToken token) with a full default shard is exactly
+// MaxDatagram, and seals.
+func TestHelloBudget(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	h := Header{Type: TypeData, Session: 42, Packet: 3}
+	hl := &Hello{Target: netip.MustParseAddrPort("[2001:db8::1]:27015"), Epoch: 7, Token: bytes.Repeat([]byte{1}, MaxToken)}
+	hl.SetClientID(strings.Repeat("c", MaxClientID))
+	dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, make([]byte, fullShard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dg) != MaxDatagram {
+		t.Fatalf("longest hello with a full shard is %d bytes, want %d", len(dg), MaxDatagram)
+	}
+	var gh Header
+	var gl Hello
+	off, err := Parse(dg, &gh, &gl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(sr, dg, off); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, make([]byte, fullShard+1)); err == nil {
+		t.Fatal("a byte past the budget sealed")
 	}
 }

@@ -1,0 +1,108 @@
+package tcpmux
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+var key = wire.Key{7, 7, 7}
+
+func keys(id string) (wire.Key, bool) { return key, id == "gamer" }
+
+func TestFramesAuthenticateBothWaysAndCarryDatagrams(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := ListenFrames(ln, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	accepted := make(chan *FrameConn, 4)
+	go func() {
+		for {
+			nc, err := fl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				fc, err := fl.Authenticate(nc)
+				if err != nil {
+					accepted <- nil
+					return
+				}
+				accepted <- fc
+			}()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var d net.Dialer
+	// Wrong key, unknown client: refused on both sides.
+	for _, c := range []struct {
+		id string
+		k  wire.Key
+	}{{"gamer", wire.Key{1}}, {"stranger", key}} {
+		if _, err := DialFrames(ctx, &d, ln.Addr().String(), c.id, c.k); !errors.Is(err, ErrAuth) {
+			t.Errorf("%s: err = %v, want ErrAuth", c.id, err)
+		}
+		if fc := <-accepted; fc != nil {
+			t.Errorf("%s: the proxy accepted", c.id)
+		}
+	}
+	fc, err := DialFrames(ctx, &d, ln.Addr().String(), "gamer", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	srv := <-accepted
+	if srv == nil || srv.ClientID != "gamer" {
+		t.Fatalf("proxy side %+v", srv)
+	}
+	for _, msg := range []string{"one", "", "three"} {
+		if err := fc.Send([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := srv.Receive()
+		if err != nil || string(got) != msg {
+			t.Fatalf("received %q, %v; want %q", got, err, msg)
+		}
+	}
+	if err := fc.Send(make([]byte, MaxFrame+1)); err == nil {
+		t.Error("an oversized datagram was sent")
+	}
+}
+
+func TestQUICRefusesWrongKey(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ql, err := Listen(pc, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ql.Close()
+	refused := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go ql.Accept(ctx, func(err error) { refused <- err })
+	cp, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	if _, err := Dial(ctx, cp, pc.LocalAddr().(*net.UDPAddr), "gamer", wire.Key{2}); err == nil {
+		t.Fatal("dial with a wrong key succeeded")
+	}
+	select {
+	case err := <-refused:
+		if !errors.Is(err, ErrAuth) {
+			t.Errorf("proxy refused with %v, want ErrAuth", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the proxy never refused")
+	}
+}

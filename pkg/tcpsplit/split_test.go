@@ -1,0 +1,228 @@
+package tcpsplit
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/tcpmux"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+var testKey = wire.Key{1, 2, 3}
+
+type fixed []*tcpmux.Conn
+
+func (f fixed) Live() []*tcpmux.Conn { return f }
+
+// setup runs a proxy side on loopback and returns n router connections to it.
+func setup(t *testing.T, n int, allowed string, key wire.Key) (fixed, *Stats, error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func(id string) (wire.Key, bool) { return testKey, id == "gamer" }
+	ln, err := tcpmux.Listen(pc, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	list, _ := allow.Parse([]string{allowed})
+	srv := &Server{Allowed: func(id string) (allow.List, bool) { return list, id == "gamer" },
+		Stats: NewStats(metrics.NewRegistry(), "p"), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	go func() {
+		for {
+			c, err := ln.Accept(ctx, nil)
+			if err != nil {
+				return
+			}
+			go srv.ServeConn(ctx, c)
+		}
+	}()
+	var conns fixed
+	for i := 0; i < n; i++ {
+		cp, _ := net.ListenPacket("udp", "127.0.0.1:0")
+		c, err := tcpmux.Dial(ctx, cp, pc.LocalAddr().(*net.UDPAddr), "gamer", key)
+		if err != nil {
+			return nil, nil, err
+		}
+		t.Cleanup(func() { c.Close() })
+		conns = append(conns, c)
+	}
+	return conns, NewStats(metrics.NewRegistry(), "r"), nil
+}
+
+// echoServer answers each connection with what it read, then closes.
+func echoServer(t *testing.T) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// roundTrip carries payload to the echo server and returns what came back.
+func roundTrip(t *testing.T, conns fixed, stats *Stats, target netip.AddrPort, rule Rule, payload []byte) []byte {
+	t.Helper()
+	tcpA, tcpB := tcpPair(t)
+	go Carry(tcpB, target, rule, conns, stats, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	go func() {
+		tcpA.Write(payload)
+		tcpA.(*net.TCPConn).CloseWrite()
+	}()
+	tcpA.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(tcpA)
+	if err != nil {
+		t.Fatalf("read back: %v (got %d bytes)", err, len(got))
+	}
+	return got
+}
+
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func TestCarryEchoesAndCompressesTextNotRandom(t *testing.T) {
+	conns, stats, err := setup(t, 1, "127.0.0.1", testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := echoServer(t)
+	text := []byte(strings.Repeat("GET /index.html HTTP/1.1\r\nHost: game.example\r\nAccept: text/html\r\n\r\n", 4000))
+	if got := roundTrip(t, conns, stats, target, Rule{Compress: true}, text); !bytes.Equal(got, text) {
+		t.Fatalf("text came back as %d bytes, want %d identical", len(got), len(text))
+	}
+	textSaved := stats.SavedPermille.Load()
+	t.Logf("text: %d raw bytes, %d on the wire, saved %.1f%%", stats.RawBytes.Load(), stats.WireBytes.Load(), float64(textSaved)/10)
+	if textSaved < 500 {
+		t.Errorf("text saved %d‰, want at least 500‰", textSaved)
+	}
+
+	random := make([]byte, 1<<20)
+	rand.Read(random)
+	stats2 := NewStats(metrics.NewRegistry(), "r2")
+	if got := roundTrip(t, conns, stats2, target, Rule{Compress: true}, random); !bytes.Equal(got, random) {
+		t.Fatalf("random bytes came back as %d bytes, want %d identical", len(got), len(random))
+	}
+	saved := stats2.SavedPermille.Load()
+	t.Logf("random: %d raw bytes, %d on the wire, saved %.1f%%", stats2.RawBytes.Load(), stats2.WireBytes.Load(), float64(saved)/10)
+	if saved > 0 || saved < -5 {
+		t.Errorf("random bytes: saved %d‰, want between -5‰ (frame headers) and 0", saved)
+	}
+}
+
+func TestDuplicatedFlowOverTwoConnections(t *testing.T) {
+	conns, stats, err := setup(t, 2, "127.0.0.1", testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := echoServer(t)
+	payload := make([]byte, 300<<10)
+	rand.Read(payload)
+	if got := roundTrip(t, conns, stats, target, Rule{Duplicate: true}, payload); !bytes.Equal(got, payload) {
+		t.Fatalf("came back as %d bytes, want %d identical", len(got), len(payload))
+	}
+	if stats.Flows.Load() != 1 {
+		t.Errorf("flows = %d, want 1", stats.Flows.Load())
+	}
+}
+
+func TestForbiddenTargetAndWrongKey(t *testing.T) {
+	if _, _, err := setup(t, 1, "127.0.0.1", wire.Key{9}); !errors.Is(err, tcpmux.ErrAuth) {
+		t.Fatalf("wrong key: err = %v, want ErrAuth", err)
+	}
+	conns, stats, err := setup(t, 1, "127.0.0.2", testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := echoServer(t)
+	if got := roundTrip(t, conns, stats, target, Rule{}, []byte("hello")); len(got) != 0 {
+		t.Fatalf("a target outside the allowlist answered %q", got)
+	}
+	if stats.Refused.Load() != 1 {
+		t.Errorf("refused = %d, want 1", stats.Refused.Load())
+	}
+}
+
+// TestStalledDownloadDoesNotBlockAnotherFlow: a download whose LAN client
+// reads nothing fills its own stream's window, and another flow on the same
+// connection (a game's stream) keeps its round trips.
+func TestStalledDownloadDoesNotBlockAnotherFlow(t *testing.T) {
+	conns, stats, err := setup(t, 1, "127.0.0.1", testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A bulk server that writes without end.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	wrote := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		n, _ := io.Copy(c, rand.Reader)
+		wrote <- n
+	}()
+	bulkA, bulkB := tcpPair(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go Carry(bulkB, ln.Addr().(*net.TCPAddr).AddrPort(), Rule{}, conns, stats, log)
+	bulkA.(*net.TCPConn).SetReadBuffer(4096) // and never read
+	time.Sleep(500 * time.Millisecond)       // the bulk stream fills its window
+
+	echo := echoServer(t)
+	gameA, gameB := tcpPair(t)
+	go Carry(gameB, echo, Rule{}, conns, stats, log)
+	buf := make([]byte, 64)
+	gameA.SetDeadline(time.Now().Add(10 * time.Second))
+	for i := 0; i < 50; i++ {
+		if _, err := gameA.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(gameA, buf); err != nil {
+			t.Fatalf("game message %d: %v (held up behind the stalled download)", i, err)
+		}
+	}
+	bulkA.Close()
+}

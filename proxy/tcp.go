@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/tcpmux"
+	"github.com/raicnet/raic/pkg/tcpsplit"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// tcp_listen at run time: on one address:port, QUIC on UDP carries routers'
+// TCP flows (package tcpsplit) and TLS on TCP carries the datagrams of
+// routers whose network blocks UDP. A fallback connection is one more path of
+// the sessions it carries: its datagrams enter handle with a synthetic source
+// address (fallbackPrefix), and sendTo writes what goes to that address back
+// over the connection.
+type tcpSide struct {
+	s      *Server
+	ql     *tcpmux.Listener
+	fl     *tcpmux.FrameListener
+	split  *tcpsplit.Server
+	nextID atomic.Uint64
+	mu     sync.RWMutex
+	conns  map[netip.AddrPort]*tcpmux.FrameConn
+
+	refused, fbConns *metrics.Counter
+	fbIn, fbOut      *metrics.Counter
+	fbActive         *metrics.Gauge
+}
+
+// fallbackPrefix holds the synthetic addresses of fallback connections. They
+// never reach a socket.
+var fallbackPrefix = [8]byte{0xfd, 0x72, 0x61, 0x69, 0x63, 0x74, 0x63, 0x70} // fd72:6169:6374:6370::/64
+
+func isFallback(a netip.AddrPort) bool {
+	if !a.Addr().Is6() {
+		return false
+	}
+	b := a.Addr().As16()
+	return [8]byte(b[:8]) == fallbackPrefix
+}
+
+func (s *Server) startTCP(ctx context.Context) error {
+	if s.cfg.TCPListen == "" {
+		return nil
+	}
+	t := &tcpSide{s: s, conns: map[netip.AddrPort]*tcpmux.FrameConn{},
+		refused:  s.reg.Counter("raic_proxy_tcp_auth_refused_total", "aggregated or fallback connections that failed authentication"),
+		fbConns:  s.reg.Counter("raic_proxy_udp_fallback_connections_total", "TLS/TCP fallback connections accepted"),
+		fbIn:     s.reg.Counter("raic_proxy_udp_fallback_in_total", "datagrams received over TLS/TCP fallback connections"),
+		fbOut:    s.reg.Counter("raic_proxy_udp_fallback_out_total", "datagrams sent over TLS/TCP fallback connections"),
+		fbActive: s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
+	}
+	keys := func(id string) (wire.Key, bool) {
+		c, ok := s.roster.Load().Clients[id] // pre-shared-key clients only
+		if !ok {
+			return wire.Key{}, false
+		}
+		return c.Key, true
+	}
+	pc, err := net.ListenPacket("udp", s.cfg.TCPListen)
+	if err != nil {
+		return err
+	}
+	if t.ql, err = tcpmux.Listen(pc, keys); err != nil {
+		pc.Close()
+		return err
+	}
+	ln, err := net.Listen("tcp", s.cfg.TCPListen)
+	if err != nil {
+		t.ql.Close()
+		return err
+	}
+	t.fl, _ = tcpmux.ListenFrames(ln, keys)
+	t.split = &tcpsplit.Server{
+		Allowed: func(id string) (allow.List, bool) {
+			c, ok := s.roster.Load().Clients[id] // pre-shared-key clients only
+			if !ok {
+				return nil, false
+			}
+			return c.Allow, true
+		},
+		Stats: tcpsplit.NewStats(s.reg, "raic_proxy_tcp"),
+		Log:   s.log,
+	}
+	s.tcp = t
+	s.log.Info("tcp serving", "listen", s.cfg.TCPListen)
+	go func() {
+		for {
+			c, err := t.ql.Accept(ctx, func(error) { t.refused.Inc() })
+			if err != nil {
+				return
+			}
+			s.log.Info("tcp connection open", "client", c.ClientID, "from", c.RemoteAddr().String())
+			go t.split.ServeConn(ctx, c)
+		}
+	}()
+	go func() {
+		for {
+			nc, err := t.fl.Accept()
+			if err != nil {
+				return
+			}
+			go t.serveFallback(nc)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		t.ql.Close()
+		t.fl.Close()
+		t.mu.Lock()
+		for _, fc := range t.conns {
+			fc.Close()
+		}
+		t.mu.Unlock()
+	}()
+	return nil
+}
+
+func (t *tcpSide) serveFallback(nc net.Conn) {
+	fc, err := t.fl.Authenticate(nc)
+	if err != nil {
+		t.refused.Inc()
+		return
+	}
+	var b [16]byte
+	copy(b[:8], fallbackPrefix[:])
+	binary.BigEndian.PutUint64(b[8:], t.nextID.Add(1))
+	addr := netip.AddrPortFrom(netip.AddrFrom16(b), 443)
+	t.mu.Lock()
+	t.conns[addr] = fc
+	t.mu.Unlock()
+	t.fbConns.Inc()
+	t.fbActive.Add(1)
+	t.s.log.Info("udp fallback connection open", "client", fc.ClientID, "from", fc.RemoteAddr().String())
+	defer func() {
+		t.mu.Lock()
+		delete(t.conns, addr)
+		t.mu.Unlock()
+		t.fbActive.Add(-1)
+		fc.Close()
+		t.s.log.Info("udp fallback connection closed", "client", fc.ClientID)
+	}()
+	r := &reader{ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+	for {
+		dg, err := fc.Receive()
+		if err != nil || t.s.closing.Load() {
+			return
+		}
+		t.fbIn.Inc()
+		t.s.handle(r, dg, addr, mono.Now())
+	}
+}
+
+// send writes dg to the fallback connection behind to; false if there is none.
+func (t *tcpSide) send(dg []byte, to netip.AddrPort) bool {
+	if t == nil || !isFallback(to) {
+		return false
+	}
+	t.mu.RLock()
+	fc := t.conns[to]
+	t.mu.RUnlock()
+	if fc != nil && fc.Send(dg) == nil {
+		t.fbOut.Inc()
+	}
+	return true
+}
