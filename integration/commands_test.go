@@ -162,7 +162,7 @@ func TestCommandsCheckExamples(t *testing.T) {
 	}
 	examples := map[string][]string{
 		"router/cmd/raic-router":             {"router-explicit.toml", "router-transparent.toml"},
-		"proxy/cmd/raic-proxy":               {"proxy.toml"},
+		"proxy/cmd/raic-proxy":               {"proxy.toml", "proxy-studio.toml"},
 		"intermediate/cmd/raic-intermediate": {"intermediate.toml"},
 		"simple/cmd/raic-simple":             {"simple.toml"},
 	}
