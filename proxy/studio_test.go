@@ -352,3 +352,43 @@ client_addr_header = "%s"
 		server.waitFor(t, int64(1+warmup+runs+1))
 	}
 }
+
+// newTokenRouterEpoch is newTokenRouter for a router that knows the proxy's
+// restart epoch: its hello carries both trailers (epoch, then token) and its
+// keys are the epoch's.
+func newTokenRouterEpoch(t testing.TB, tok []byte, key wire.Key, target netip.AddrPort, epoch uint64) *fakeRouter {
+	salt, _ := wire.NewSalt()
+	id := uint64(mono.Now()) | 1
+	send, recv, err := wire.DeriveKeysEpoch(&key, &salt, id, epoch, wire.RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := &wire.Hello{Salt: salt, Target: target, Token: tok, Epoch: epoch}
+	hello.SetClientID("token")
+	s, err := tunnel.NewSender(send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeRouter{send: s, recv: tunnel.NewReceiver(recv, raic.DecoderConfig{}), sock: newPeer(t)}
+}
+
+// A token router that names the proxy's current epoch is admitted (the
+// session keeps the epoch's keys); one that names an earlier run's epoch is
+// refused as old_epoch before its token is used up.
+func TestTokenWithEpoch(t *testing.T) {
+	server := newPeer(t)
+	p := startConfigProxy(t, fmt.Sprintf("listen = \"127.0.0.1:0\"\ntoken_key = \"%s\"\n", tokenKey))
+	tok, ck := mintFor(t, tokenKey, server.addr().String(), -time.Second, time.Minute, 1)
+
+	old := newTokenRouterEpoch(t, tok, ck, server.addr(), p.run.Epoch^1)
+	old.sendTo(t, old.seal(t, []byte("old run")), p.Addr())
+	server.expectNothing(t, 100*time.Millisecond, "old epoch")
+	waitUntil(t, func() bool { return counter(p, `proxy_dropped_total{reason="old_epoch"}`) >= 1 })
+
+	r := newTokenRouterEpoch(t, tok, ck, server.addr(), p.run.Epoch)
+	r.sendTo(t, r.seal(t, []byte("this run")), p.Addr())
+	if got := server.expect(t, "token session of this epoch"); string(got) != "this run" {
+		t.Fatalf("server got %q", got)
+	}
+	r.sock.expect(t, "ack")
+}
