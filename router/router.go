@@ -62,6 +62,7 @@ type Router struct {
 
 type counters struct {
 	fromGame, toGame, sealErrors, sendErrors                            *metrics.Counter
+	tooLarge                                                            *metrics.Counter
 	malformed, unknownSession, duplicate, authFailed                    *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle                      *metrics.Counter
 	delayedSent, delayedDropped, noLiveUplink, pongsSeen, proxyRestarts *metrics.Counter
@@ -76,6 +77,7 @@ func newCounters(r *metrics.Registry) counters {
 		fromGame:        r.Counter("router_game_packets_in_total", "Packets received from game clients."),
 		toGame:          r.Counter("router_game_packets_out_total", "Packets delivered to game clients."),
 		sealErrors:      r.Counter("router_seal_errors_total", "Packets that could not be coded or sealed (too large)."),
+		tooLarge:        r.Counter("router_too_large_total", "Game packets dropped because no path carries them: over 65,535 bytes, or more X-fragments than the scheme allows."),
 		sendErrors:      r.Counter("router_send_errors_total", "Errors sending on an uplink."),
 		malformed:       drop("malformed"),
 		unknownSession:  drop("unknown_session"),
@@ -500,10 +502,13 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 	t := rs.cur.Load()
 	_, dgs, err := t.send.Seal(pkt, now)
 	if err != nil {
+		if errors.Is(err, raic.ErrTooLarge) {
+			r.m.tooLarge.Inc()
+		}
 		r.m.sealErrors.Inc()
 		return
 	}
-	r.sendShards(t.px, dgs, now)
+	r.sendShards(t.px, dgs, t.send.Copies(), now)
 	// Bookkeeping only after every copy is on its way.
 	if rs.lastSend != 0 {
 		gap := now - rs.lastSend
@@ -523,38 +528,18 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 	r.observeGamePacket(rs, now, true)
 }
 
-// sendShards puts a packet's datagrams on the paths to proxy px. A single
-// datagram (RAIC-1) goes on every uplink, CopiesPerUplink times: a copy on a
-// path that merely looks down costs nothing but that uplink's bandwidth, while
-// skipping one on a false alarm (three keepalives lost in a row happens on a
-// lossy link) loses the copy that would have arrived. Coded shards are placed by
-// raic.Place on the paths that answer keepalives, since a shard on a dead path
-// is a lost shard.
-func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
+// sendShards puts a packet's datagrams on the paths to proxy px. Copies (the
+// one datagram of RAIC-1, or each X-fragment of a packet that a copy scheme
+// split; copies is what tunnel.Sender.Copies said) go on every uplink, see
+// sendCopies. Coded shards are placed by raic.Place on the paths that answer
+// keepalives, since a shard on a dead path is a lost shard.
+func (r *Router) sendShards(px *proxyConn, dgs [][]byte, copies bool, now int64) {
 	if r.tcp.carry(px, dgs) {
 		return // UDP reaches the proxy on no uplink: the TLS/TCP fallback (tcp.go)
 	}
-	if len(dgs) == 1 {
-		down := 0
-		for _, pt := range px.paths {
-			for c := 0; c < r.cfg.CopiesPerUplink; c++ {
-				r.sendPath(pt, dgs[0])
-			}
-			if !pt.health.Up(now) {
-				down++
-			}
-		}
-		// The copies of an uplink that looks down also go on the live ones (one
-		// uplink after another), so a dead uplink costs no protection.
-		if down > 0 && down < len(px.paths) {
-			next := int(now>>10) % len(px.paths) // spreads the extra copies
-			for moved := 0; moved < down*r.cfg.CopiesPerUplink; next++ {
-				if pt := px.paths[next%len(px.paths)]; pt.health.Up(now) {
-					r.sendPath(pt, dgs[0])
-					moved++
-				}
-			}
-			r.m.movedCopies.Add(uint64(down * r.cfg.CopiesPerUplink))
+	if copies {
+		for _, dg := range dgs {
+			r.sendCopies(px, dg, now)
 		}
 		return
 	}
@@ -577,6 +562,34 @@ func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
 	out := raic.Place(len(dgs), states, placement[:0])
 	for i, dg := range dgs {
 		r.sendPath(px.paths[out[i]], dg)
+	}
+}
+
+// sendCopies puts one copy datagram on every uplink, CopiesPerUplink times: a
+// copy on a path that merely looks down costs nothing but that uplink's
+// bandwidth, while skipping one on a false alarm (three keepalives lost in a
+// row happens on a lossy link) loses the copy that would have arrived.
+func (r *Router) sendCopies(px *proxyConn, dg []byte, now int64) {
+	down := 0
+	for _, pt := range px.paths {
+		for c := 0; c < r.cfg.CopiesPerUplink; c++ {
+			r.sendPath(pt, dg)
+		}
+		if !pt.health.Up(now) {
+			down++
+		}
+	}
+	// The copies of an uplink that looks down also go on the live ones (one
+	// uplink after another), so a dead uplink costs no protection.
+	if down > 0 && down < len(px.paths) {
+		next := int(now>>10) % len(px.paths) // spreads the extra copies
+		for moved := 0; moved < down*r.cfg.CopiesPerUplink; next++ {
+			if pt := px.paths[next%len(px.paths)]; pt.health.Up(now) {
+				r.sendPath(pt, dg)
+				moved++
+			}
+		}
+		r.m.movedCopies.Add(uint64(down * r.cfg.CopiesPerUplink))
 	}
 }
 
