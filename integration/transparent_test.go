@@ -59,6 +59,13 @@ func startTransparentBedNAT(t *testing.T, links []netns.LinkPair, before func(*n
 // to the router's configuration (after its [[uplink]] tables).
 func startTransparentBedConfig(t *testing.T, o netns.GameOptions, before func(*netns.Game), masquerade bool, extra string) *tpBed {
 	t.Helper()
+	return startTransparentBedKeys(t, o, before, masquerade, "", extra)
+}
+
+// startTransparentBedKeys is startTransparentBedConfig with tpKeys added to the
+// router's [transparent] table.
+func startTransparentBedKeys(t *testing.T, o netns.GameOptions, before func(*netns.Game), masquerade bool, tpKeys, extra string) *tpBed {
+	t.Helper()
 	g := netns.NewGameForTest(t, o)
 	uplinks := len(g.ISPs)
 	b := &tpBed{g: g}
@@ -108,6 +115,7 @@ tun_address = "198.18.255.254/32"
 	if masquerade {
 		text += "masquerade = [" + strings.Join(ifaces, ", ") + "]\n"
 	}
+	text += tpKeys
 	for i := 0; i < uplinks; i++ {
 		text += fmt.Sprintf("[[uplink]]\nname = \"isp%d\"\nsource = \"%s\"\n", i, netns.UplinkAddr(i))
 	}
