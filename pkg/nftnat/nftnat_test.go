@@ -44,7 +44,6 @@ func newNS(t *testing.T) int {
 	return int(r.h)
 }
 
-
 // TestMasqueradeTable installs, replaces and deletes the table in a fresh
 // namespace, reads it back over netlink and, where nft is installed, checks
 // that nft reads the same rules as the shell syntax the router used before.
