@@ -83,4 +83,8 @@ func TestTransparentASNOperatorFirstPacket(t *testing.T) {
 	if v := b.metric("router_transparent_flows_proxied_total"); v != 1 {
 		t.Errorf("%v flows proxied, want 1", v)
 	}
+	// /status names the operator and the rule that matched.
+	if ss := b.r.Status().Sessions; len(ss) != 1 || ss[0].App != "testgames" || ss[0].Rule != "asn:AS64496" {
+		t.Errorf("status sessions %+v, want one of app testgames by rule asn:AS64496", ss)
+	}
 }

@@ -113,6 +113,7 @@ type uplinkConn struct {
 	up     *metrics.Gauge
 	srtt   *metrics.Gauge
 	tos    uint8 // TOS byte of marked data datagrams (dscp.go); 0: none
+	rtt    *metrics.Histogram
 }
 
 // forward is one local listening socket of explicit mode and its sessions.
@@ -170,6 +171,8 @@ type routerSession struct {
 	expected int64 // the expected gap (app table or expected_pps), ns
 	dscp     dscpBucket
 
+	app, rule string // what the classifier said (status.go); set before the session is shared
+
 	sup suppress.SessionTiming // packet timing for suppression (suppression.go)
 }
 
@@ -210,6 +213,7 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 		r.anyDSCP = r.anyDSCP || dscp != 0
 		r.uplinks = append(r.uplinks, &uplinkConn{
 			idx: i, name: uc.Name, conn: conn, tos: dscp << 2,
+			rtt:  r.reg.Histogram("router_uplink_rtt_seconds"+lbl, "Keepalive round trips per uplink (to any proxy)."),
 			sent: r.reg.Counter("router_uplink_datagrams_sent_total"+lbl, "Datagrams sent per uplink."),
 			recv: r.reg.Counter("router_uplink_datagrams_received_total"+lbl, "Datagrams received per uplink."),
 			up:   r.reg.Gauge("router_uplink_up"+lbl, "1 when the uplink answers keepalives (its path to the first proxy)."),
@@ -335,6 +339,7 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", r.reg.Handler())
+		r.statusRoutes(mux) // status.go: /status and the live page at /
 		r.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go r.httpSrv.Serve(ln)
 	}
@@ -670,6 +675,7 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		// delays, so suppression can tell an upload queue from a download
 		// one.
 		rs.px.paths[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, pong.PeerTime, now)
+		r.uplinks[pong.Ping.Uplink].rtt.ObserveDuration(time.Duration(now - pong.Ping.SentAt))
 		rs.px.SetOverloaded(pong.Overloaded)
 	case wire.TypeProbeReply:
 		var rep wire.ProbeReply
