@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -158,14 +159,35 @@ func (e *ImportError) Error() string {
 // own nothing. IPv4 and IPv6 may be mixed in one file. Overlapping ranges are
 // refused: a lookup must have one answer.
 func ImportASN(file string, r io.Reader) (*ASNTable, error) {
-	type row struct {
-		start, end u128
-		asn        uint32
-		line       int
+	var b asnBuilder
+	strict := func(e *ImportError) error { return e }
+	if err := b.read(file, r, strict); err != nil {
+		return nil, err
 	}
-	var v4, v6 []row
-	owners := map[uint32]string{}
-	intern := map[string]string{}
+	return b.build(strict)
+}
+
+// asnRow is one imported range, with where it came from.
+type asnRow struct {
+	start, end u128
+	asn        uint32
+	file       string
+	line       int
+}
+
+// asnBuilder collects the ranges of one or more files.
+type asnBuilder struct {
+	v4, v6 []asnRow
+	owners map[uint32]string
+	intern map[string]string
+}
+
+// read adds the rows of one file. Each refused row goes to bad, which stops
+// the import by returning an error or skips the row by returning nil.
+func (b *asnBuilder) read(file string, r io.Reader, bad func(*ImportError) error) error {
+	if b.owners == nil {
+		b.owners, b.intern = map[uint32]string{}, map[string]string{}
+	}
 	layout := 0 // 0 unknown, 4 simple, 5 iptoasn
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
@@ -188,18 +210,24 @@ func ImportASN(file string, r io.Reader) (*ASNTable, error) {
 		for i := range raw {
 			f[i] = unquote(strings.TrimSpace(raw[i]))
 		}
-		bad := func(field, format string, a ...any) error {
-			return &ImportError{File: file, Line: ln, Field: field, Msg: fmt.Sprintf(format, a...)}
+		refuse := func(field, format string, a ...any) error {
+			return bad(&ImportError{File: file, Line: ln, Field: field, Msg: fmt.Sprintf(format, a...)})
 		}
 		if len(f) < 4 {
-			return nil, bad("row", "%d fields, want start,end,asn,owner or start,end,asn,country,description", len(f))
+			if err := refuse("row", "%d fields, want start,end,asn,owner or start,end,asn,country,description", len(f)); err != nil {
+				return err
+			}
+			continue
 		}
 		start, err := netip.ParseAddr(f[0])
 		if err != nil {
 			if layout == 0 && !strings.ContainsAny(f[0], ".:") {
 				continue // a header such as "range_start,range_end,..."
 			}
-			return nil, bad("range_start", "%q is not an IP address", f[0])
+			if err := refuse("range_start", "%q is not an IP address", f[0]); err != nil {
+				return err
+			}
+			continue
 		}
 		if layout == 0 {
 			layout = 4
@@ -208,27 +236,38 @@ func ImportASN(file string, r io.Reader) (*ASNTable, error) {
 			}
 		}
 		end, err := netip.ParseAddr(f[1])
-		if err != nil {
-			return nil, bad("range_end", "%q is not an IP address", f[1])
+		var msg, field string
+		switch {
+		case err != nil:
+			field, msg = "range_end", fmt.Sprintf("%q is not an IP address", f[1])
+		case start.Zone() != "" || end.Zone() != "":
+			field, msg = "range_start", "zoned addresses are not ranges"
+		case start.Unmap().Is4() != end.Unmap().Is4():
+			field, msg = "range_end", fmt.Sprintf("%s and %s are of different families", start, end)
+		case end.Unmap().Less(start.Unmap()):
+			field, msg = "range_end", fmt.Sprintf("%s is before range_start %s", end, start)
 		}
-		if start.Zone() != "" || end.Zone() != "" {
-			return nil, bad("range_start", "zoned addresses are not ranges")
+		if msg != "" {
+			if err := refuse(field, "%s", msg); err != nil {
+				return err
+			}
+			continue
 		}
 		start, end = start.Unmap(), end.Unmap()
-		if start.Is4() != end.Is4() {
-			return nil, bad("range_end", "%s and %s are of different families", start, end)
-		}
-		if end.Less(start) {
-			return nil, bad("range_end", "%s is before range_start %s", end, start)
-		}
 		asn, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimPrefix(f[2], "AS"), "as"), 10, 32)
 		if err != nil {
-			return nil, bad("AS_number", "%q is not an AS number", f[2])
+			if err := refuse("AS_number", "%q is not an AS number", f[2]); err != nil {
+				return err
+			}
+			continue
 		}
 		var owner string
 		if layout == 5 {
 			if len(f) < 5 {
-				return nil, bad("row", "%d fields, want 5 (start,end,asn,country,description) as the file's first row", len(f))
+				if err := refuse("row", "%d fields, want 5 (start,end,asn,country,description) as the file's first row", len(f)); err != nil {
+					return err
+				}
+				continue
 			}
 			owner = unquote(strings.TrimSpace(strings.Join(raw[4:], sep)))
 		} else {
@@ -237,40 +276,62 @@ func ImportASN(file string, r io.Reader) (*ASNTable, error) {
 		if asn == 0 {
 			continue
 		}
-		if s, ok := intern[owner]; ok {
+		if s, ok := b.intern[owner]; ok {
 			owner = s
 		} else {
-			intern[owner] = owner
+			b.intern[owner] = owner
 		}
-		if _, ok := owners[uint32(asn)]; !ok || owner != "" {
-			owners[uint32(asn)] = owner
+		if _, ok := b.owners[uint32(asn)]; !ok || owner != "" {
+			b.owners[uint32(asn)] = owner
 		}
-		rw := row{u128Of(start), u128Of(end), uint32(asn), ln}
+		rw := asnRow{u128Of(start), u128Of(end), uint32(asn), file, ln}
 		if start.Is4() {
-			v4 = append(v4, rw)
+			b.v4 = append(b.v4, rw)
 		} else {
-			v6 = append(v6, rw)
+			b.v6 = append(b.v6, rw)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, &ImportError{File: file, Line: ln + 1, Field: "row", Msg: err.Error()}
+		// A line too long to scan ends the file: what came before it stays.
+		return bad(&ImportError{File: file, Line: ln + 1, Field: "row", Msg: err.Error()})
 	}
-	byStart := func(a, b row) int {
+	return nil
+}
+
+// build sorts the ranges and makes the table. A range overlapping the one
+// before it goes to bad: a lookup must have one answer.
+func (b *asnBuilder) build(bad func(*ImportError) error) (*ASNTable, error) {
+	byStart := func(a, b asnRow) int {
 		if c := cmp.Compare(a.start.hi, b.start.hi); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.start.lo, b.start.lo)
 	}
+	owners := b.owners
+	if owners == nil {
+		owners = map[uint32]string{}
+	}
 	t := &ASNTable{owners: owners}
-	for fam, rows := range [][]row{v4, v6} {
+	for fam, rows := range [][]asnRow{b.v4, b.v6} {
 		// Files are normally sorted already; sorting a sorted slice is cheap.
 		slices.SortStableFunc(rows, byStart)
-		for i := 1; i < len(rows); i++ {
-			if !rows[i-1].end.less(rows[i].start) {
-				return nil, &ImportError{File: file, Line: rows[i].line, Field: "range_start",
-					Msg: fmt.Sprintf("range overlaps the one on line %d", rows[i-1].line)}
+		kept := rows[:0]
+		for _, r := range rows {
+			if n := len(kept); n > 0 && !kept[n-1].end.less(r.start) {
+				prev := kept[n-1]
+				where := fmt.Sprintf("line %d", prev.line)
+				if prev.file != r.file {
+					where = fmt.Sprintf("%s:%d", prev.file, prev.line)
+				}
+				if err := bad(&ImportError{File: r.file, Line: r.line, Field: "range_start",
+					Msg: "range overlaps the one on " + where}); err != nil {
+					return nil, err
+				}
+				continue
 			}
+			kept = append(kept, r)
 		}
+		rows = kept
 		if fam == 0 {
 			t.v4start = make([]uint32, len(rows))
 			t.v4end = make([]uint32, len(rows))
@@ -289,6 +350,97 @@ func ImportASN(file string, r io.Reader) (*ASNTable, error) {
 	}
 	t.buildBlocks()
 	return t, nil
+}
+
+// ASNLoadReport says what LoadASNFiles read and what it refused.
+type ASNLoadReport struct {
+	V4, V6  int            // ranges loaded
+	Skipped int            // rows refused (malformed or overlapping)
+	Errors  []*ImportError // the first MaxASNErrors of them, with file:line
+}
+
+// MaxASNErrors bounds the refused rows a report keeps: a file of the wrong
+// format would otherwise keep one error per line.
+const MaxASNErrors = 20
+
+// LoadASNFiles reads ASN range files (layouts as ImportASN) into one table.
+// Unlike ImportASN it is lenient, as a router fed a public file must be: a
+// malformed row, or a range overlapping an earlier one, is skipped, counted
+// and reported with its file and line. It fails only when a file cannot be
+// opened or when no range at all loads.
+func LoadASNFiles(paths []string) (*ASNTable, *ASNLoadReport, error) {
+	rep := &ASNLoadReport{}
+	lenient := func(e *ImportError) error {
+		rep.Skipped++
+		if len(rep.Errors) < MaxASNErrors {
+			rep.Errors = append(rep.Errors, e)
+		}
+		return nil
+	}
+	var b asnBuilder
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, rep, err
+		}
+		err = b.read(p, f, lenient)
+		f.Close()
+		if err != nil {
+			return nil, rep, err
+		}
+	}
+	t, err := b.build(lenient)
+	if err != nil {
+		return nil, rep, err
+	}
+	rep.V4, rep.V6 = t.Len()
+	if rep.V4+rep.V6 == 0 {
+		msg := "no range loaded"
+		if len(rep.Errors) > 0 {
+			msg += fmt.Sprintf(" (%d rows refused; first: %v)", rep.Skipped, rep.Errors[0])
+		}
+		return nil, rep, fmt.Errorf("asn files %s: %s", strings.Join(paths, ", "), msg)
+	}
+	return t, rep, nil
+}
+
+// PrefixesOf returns the IPv4 networks that exactly cover the ranges of the
+// given ASNs, each range split into the fewest CIDR blocks, in address order.
+// It scans the whole table (once at startup, not per packet).
+func (t *ASNTable) PrefixesOf(asns []uint32) []netip.Prefix {
+	if t == nil || len(asns) == 0 {
+		return nil
+	}
+	want := make(map[uint32]bool, len(asns))
+	for _, a := range asns {
+		want[a] = true
+	}
+	var out []netip.Prefix
+	for i, a := range t.v4asn {
+		if want[a] {
+			out = appendCIDRs(out, t.v4start[i], t.v4end[i])
+		}
+	}
+	return out
+}
+
+// appendCIDRs appends the fewest IPv4 prefixes covering lo..hi.
+func appendCIDRs(out []netip.Prefix, lo, hi uint32) []netip.Prefix {
+	for x := uint64(lo); x <= uint64(hi); {
+		// The largest block aligned at x that does not pass hi.
+		bits := 32
+		for bits > 0 {
+			size := uint64(1) << (32 - (bits - 1))
+			if x%size != 0 || x+size-1 > uint64(hi) {
+				break
+			}
+			bits--
+		}
+		v := uint32(x)
+		out = append(out, netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), bits))
+		x += uint64(1) << (32 - bits)
+	}
+	return out
 }
 
 // splitQuoted splits at sep outside double quotes, keeping fields raw, so an

@@ -17,6 +17,9 @@ import (
 
 const checkPktLen = 100
 
+// maxCheckPktLen bounds the sized streams (fragmentation tests).
+const maxCheckPktLen = 8192
+
 func fillPacket(b []byte, stream byte, seq uint32) {
 	b[0] = stream
 	binary.BigEndian.PutUint32(b[1:], seq)
@@ -31,6 +34,7 @@ func fillPacket(b []byte, stream byte, seq uint32) {
 
 // tally counts what one direction received.
 type tally struct {
+	size      int // the length of every packet of the stream
 	mu        sync.Mutex
 	seen      []bool
 	received  int
@@ -38,19 +42,22 @@ type tally struct {
 	corrupted int
 }
 
-func newTally(n int) *tally { return &tally{seen: make([]bool, n)} }
+func newTally(n int) *tally { return newSizedTally(n, checkPktLen) }
+
+func newSizedTally(n, size int) *tally { return &tally{seen: make([]bool, n), size: size} }
 
 func (t *tally) add(b []byte, stream byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(b) != checkPktLen || b[0] != stream {
+	if len(b) != t.size || b[0] != stream {
 		t.corrupted++
 		return
 	}
 	seq := binary.BigEndian.Uint32(b[1:])
-	var want [checkPktLen]byte
-	fillPacket(want[:], stream, seq)
-	if int(seq) >= len(t.seen) || string(want[:]) != string(b) {
+	var wantBuf [maxCheckPktLen]byte
+	want := wantBuf[:t.size]
+	fillPacket(want, stream, seq)
+	if int(seq) >= len(t.seen) || string(want) != string(b) {
 		t.corrupted++
 		return
 	}
@@ -77,15 +84,18 @@ type checkServer struct {
 	sent   atomic.Int64
 }
 
-func newCheckServer(t testing.TB, n int) *checkServer {
+func newCheckServer(t testing.TB, n int) *checkServer { return newSizedCheckServer(t, n, checkPktLen) }
+
+// newSizedCheckServer is newCheckServer for packets of size bytes.
+func newSizedCheckServer(t testing.TB, n, size int) *checkServer {
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	conn.SetReadBuffer(4 << 20)
-	s := &checkServer{conn: conn, up: newTally(n)}
+	s := &checkServer{conn: conn, up: newSizedTally(n, size)}
 	go func() {
-		buf := make([]byte, 2048)
+		buf := make([]byte, maxCheckPktLen+1)
 		for {
 			k, from, err := conn.ReadFromUDPAddrPort(buf)
 			if err != nil {
@@ -107,7 +117,13 @@ func (s *checkServer) addr() netip.AddrPort {
 
 // stream sends n packets of the given stream at rate pps through send.
 func stream(ctx context.Context, n int, rate float64, streamTag byte, send func([]byte)) {
-	var b [checkPktLen]byte
+	sizedStream(ctx, n, rate, streamTag, checkPktLen, send)
+}
+
+// sizedStream is stream with packets of size bytes.
+func sizedStream(ctx context.Context, n int, rate float64, streamTag byte, size int, send func([]byte)) {
+	var buf [maxCheckPktLen]byte
+	b := buf[:size]
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))

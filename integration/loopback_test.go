@@ -23,6 +23,11 @@ func runCheckedGame(t *testing.T, n int, rate float64, routerExtra string, uplin
 // runCheckedGameWith is runCheckedGame that also returns the router, for its
 // metrics.
 func runCheckedGameWith(t *testing.T, n int, rate float64, routerExtra string, uplinks func(proxyAddr netip.AddrPort) []netip.AddrPort) (up, down *tally, r *router.Router) {
+	return runSizedGame(t, n, rate, checkPktLen, routerExtra, uplinks)
+}
+
+// runSizedGame is runCheckedGameWith with packets of size bytes each way.
+func runSizedGame(t *testing.T, n int, rate float64, size int, routerExtra string, uplinks func(proxyAddr netip.AddrPort) []netip.AddrPort) (up, down *tally, r *router.Router) {
 	// Losses in the kernel's socket buffers (a loaded machine) are not the
 	// suite's: they are logged so that a failing bound can be told apart.
 	rcvbuf := hostinfo.RcvbufErrors()
@@ -31,7 +36,7 @@ func runCheckedGameWith(t *testing.T, n int, rate float64, routerExtra string, u
 			t.Logf("the kernel dropped %d UDP datagrams for full receive buffers during this test", d)
 		}
 	})
-	server := newCheckServer(t, n)
+	server := newSizedCheckServer(t, n, size)
 	p := startProxy(t, server.addr().String())
 	r = startRouter(t, server.addr(), routerExtra, uplinks(p.Addr())...)
 
@@ -41,9 +46,9 @@ func runCheckedGameWith(t *testing.T, n int, rate float64, routerExtra string, u
 	}
 	defer client.Close()
 	client.SetReadBuffer(4 << 20)
-	down = newTally(n)
+	down = newSizedTally(n, size)
 	go func() {
-		buf := make([]byte, 2048)
+		buf := make([]byte, maxCheckPktLen+1)
 		for {
 			k, _, err := client.ReadFromUDPAddrPort(buf)
 			if err != nil {
@@ -67,9 +72,9 @@ func runCheckedGameWith(t *testing.T, n int, rate float64, routerExtra string, u
 			}
 		}
 		to := *server.client.Load()
-		stream(ctx, n, rate, 'S', func(b []byte) { server.conn.WriteToUDPAddrPort(b, to) })
+		sizedStream(ctx, n, rate, 'S', size, func(b []byte) { server.conn.WriteToUDPAddrPort(b, to) })
 	}()
-	stream(ctx, n, rate, 'C', func(b []byte) { client.WriteToUDPAddrPort(b, fwd) })
+	sizedStream(ctx, n, rate, 'C', size, func(b []byte) { client.WriteToUDPAddrPort(b, fwd) })
 	<-serverDone
 	time.Sleep(500 * time.Millisecond) // the last packets are in flight
 	return server.up, down, r

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -16,11 +15,13 @@ import (
 	"testing"
 	"time"
 
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/net/ipv4"
 
 	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/integration/netns"
+	"github.com/raicnet/raic/pkg/nftnat"
 	"github.com/raicnet/raic/router"
 )
 
@@ -58,6 +59,13 @@ func startTransparentBedNAT(t *testing.T, links []netns.LinkPair, before func(*n
 // options (the router gets one [[uplink]] per uplink) and extra TOML appended
 // to the router's configuration (after its [[uplink]] tables).
 func startTransparentBedConfig(t *testing.T, o netns.GameOptions, before func(*netns.Game), masquerade bool, extra string) *tpBed {
+	t.Helper()
+	return startTransparentBedKeys(t, o, before, masquerade, "", extra)
+}
+
+// startTransparentBedKeys is startTransparentBedConfig with tpKeys added to the
+// router's [transparent] table.
+func startTransparentBedKeys(t *testing.T, o netns.GameOptions, before func(*netns.Game), masquerade bool, tpKeys, extra string) *tpBed {
 	t.Helper()
 	g := netns.NewGameForTest(t, o)
 	uplinks := len(g.ISPs)
@@ -108,6 +116,7 @@ tun_address = "198.18.255.254/32"
 	if masquerade {
 		text += "masquerade = [" + strings.Join(ifaces, ", ") + "]\n"
 	}
+	text += tpKeys
 	for i := 0; i < uplinks; i++ {
 		text += fmt.Sprintf("[[uplink]]\nname = \"isp%d\"\nsource = \"%s\"\n", i, netns.UplinkAddr(i))
 	}
@@ -146,17 +155,46 @@ func (b *tpBed) checkClean(t *testing.T) {
 	if links := out("ip", "link", "show"); strings.Contains(links, router.DefaultTUN) {
 		t.Errorf("TUN device left after exit:\n%s", links)
 	}
-	if nft := out("nft", "list", "tables"); strings.Contains(nft, "raic_") {
-		t.Errorf("nft table left after exit:\n%s", nft)
+	if _, ok := b.masquerade(t); ok {
+		t.Errorf("masquerade table %s left after exit", b.natTable())
 	}
+}
+
+// natTable is the name of the router's masquerade table.
+func (b *tpBed) natTable() string { return "raic_" + router.DefaultTUN }
+
+// masquerade reads the router's nf_tables masquerade table over netlink:
+// masquerade statements per chain, and whether the table exists.
+func (b *tpBed) masquerade(t *testing.T) (map[string]int, bool) {
+	t.Helper()
+	ns, err := vnetns.GetFromName(b.g.Router.NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	masq, ok, err := nftnat.Rules(int(ns), b.natTable())
+	if err != nil {
+		t.Fatalf("reading the masquerade table: %v", err)
+	}
+	return masq, ok
 }
 
 func (b *tpBed) metric(name string) float64 { return b.r.Metrics().Snapshot()[name] }
 
-// natOn reports whether the router masquerades (the kernel has nf_tables NAT).
+// natOn reports whether the router masquerades: its table is installed.
+// (With masquerade configured and no kernel NAT the router refuses to start.)
 func (b *tpBed) natOn() bool {
-	o, err := b.g.Router.Command("nft", "list", "tables").CombinedOutput()
-	return err == nil && strings.Contains(string(o), "raic_")
+	o, err := b.g.Router.Command("ip", "link", "show").CombinedOutput()
+	if err != nil || !strings.Contains(string(o), router.DefaultTUN) {
+		return false
+	}
+	ns, err := vnetns.GetFromName(b.g.Router.NS)
+	if err != nil {
+		return false
+	}
+	defer ns.Close()
+	masq, ok, err := nftnat.Rules(int(ns), b.natTable())
+	return err == nil && ok && masq["postrouting"] > 0
 }
 
 // udpIn opens a UDP socket inside host h.
@@ -371,11 +409,12 @@ func TestTransparentTCPUsesKernel(t *testing.T) {
 	}
 	el := time.Since(start)
 	p := <-peer
-	want := netns.LANAddr
-	if b.natOn() {
-		want = netns.UplinkAddr(0)
-	} else {
-		t.Log("kernel NAT unavailable: the testbed routes the LAN's addresses back through ISP 0")
+	// Masquerade is configured, so the router runs only with kernel NAT in
+	// force: the download must come to the uplink's address, never to the
+	// LAN's (which the testbed would route back through ISP 0 un-NATed).
+	want := netns.UplinkAddr(0)
+	if masq, ok := b.masquerade(t); !ok || masq["postrouting"] != len(b.g.ISPs) {
+		t.Errorf("masquerade table: %v (present %v), want one masquerade per uplink", masq, ok)
 	}
 	t.Logf("downloaded %d MiB in %v (%.0f Mbit/s); the internet host saw %v", size>>20, el.Round(time.Millisecond), float64(size)*8/el.Seconds()/1e6, p)
 	if p.Addr() != want {
@@ -561,19 +600,22 @@ func TestTransparentRestartAfterCrash(t *testing.T) {
 			{"ip", "rule", "add", "pref", fmt.Sprint(router.DefaultRulePriority + 1), "fwmark", "0x5241/0xffff", "lookup", fmt.Sprint(router.DefaultTable)},
 			{"ip", "rule", "add", "pref", fmt.Sprint(router.DefaultRulePriority), "iif", "lan0", "to", "198.18.41.2", "lookup", "main"},
 			{"ip", "rule", "add", "pref", "100", "iif", "lan0", "lookup", fmt.Sprint(router.DefaultTable)},
-			{"nft", "add", "table", "ip", "raic_" + router.DefaultTUN},
 		} {
-			if c[0] == "nft" && !hasNft() {
-				continue
-			}
 			if out, err := g.Router.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
 				t.Fatalf("%v: %v: %s", c, err, out)
 			}
+		}
+		// A leftover masquerade table, with a rule for a device of no use.
+		if err := g.Router.Do(func() error { return nftnat.Masquerade(0, "raic_"+router.DefaultTUN, []string{"gone0"}, nil) }); err != nil {
+			t.Fatal(err)
 		}
 	})
 	rules, _ := b.g.Router.Command("ip", "rule", "show").CombinedOutput()
 	if strings.Contains(string(rules), "100:") || strings.Contains(string(rules), "to 198.18.41.2 iif lan0 lookup main") {
 		t.Errorf("leftover rules not removed:\n%s", rules)
+	}
+	if masq, ok := b.masquerade(t); !ok || masq["postrouting"] != len(b.g.ISPs) {
+		t.Errorf("masquerade table after a restart: %v (present %v), want the leftover replaced by one masquerade per uplink", masq, ok)
 	}
 	server := netip.AddrPortFrom(netns.ServerAddr, tpGamePort)
 	srv := newEchoServer(t, b.g.Server, tpGamePort, 20)
@@ -586,11 +628,6 @@ func TestTransparentRestartAfterCrash(t *testing.T) {
 	if got, _, _ := cl.got.snapshot(); got < 19 {
 		t.Errorf("%d/20 replies after a restart", got)
 	}
-}
-
-func hasNft() bool {
-	_, err := exec.LookPath("nft")
-	return err == nil
 }
 
 func detectApps(t *testing.T) *detect.AppTable {

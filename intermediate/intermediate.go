@@ -840,12 +840,15 @@ func (s *Server) sendOn(u *uplink, dg []byte) {
 	u.sent.Inc()
 }
 
-// sendNext puts one packet's datagrams on the uplinks: a single datagram (RAIC-1)
-// goes on every uplink, copies_per_uplink times; coded shards are spread over
-// the uplinks by raic.Place.
-func (s *Server) sendNext(dgs [][]byte) {
-	if len(dgs) == 1 {
-		s.sendCopies(dgs[0])
+// sendNext puts one packet's datagrams on the uplinks: copies (a single
+// RAIC-1 datagram, or each X-fragment of a copy scheme) go on every uplink,
+// copies_per_uplink times; coded shards are spread over the uplinks by
+// raic.Place.
+func (s *Server) sendNext(dgs [][]byte, copies bool) {
+	if copies {
+		for _, dg := range dgs {
+			s.sendCopies(dg)
+		}
 		return
 	}
 	var live [maxUplinks]raic.UplinkState

@@ -100,7 +100,7 @@ func (t *toNext) Deliver(pid uint64, pkt []byte, now int64) {
 		s.m.sealErrors.Inc()
 		return
 	}
-	s.sendNext(dgs)
+	s.sendNext(dgs, rl.outSend.Copies())
 	rl.noteOut(pid)
 	s.m.relayedOut.Inc()
 }
@@ -129,8 +129,10 @@ func (t *toRouter) Deliver(pid uint64, pkt []byte, now int64) {
 		s.m.sealErrors.Inc()
 		return
 	}
-	if len(dgs) == 1 {
-		s.sendBack(&live, dgs[0])
+	if rl.inSend.Copies() {
+		for _, dg := range dgs {
+			s.sendBack(&live, dg)
+		}
 	} else {
 		var placement [64]int
 		out := live.Place(len(dgs), placement[:0])

@@ -643,16 +643,20 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 	// Send every copy first; counting comes after. A path lagging behind still
 	// gets its copies and as many more go on fresh paths; so do the copies of
 	// each router path never heard from (see replypath.Live.Copies).
+	// The X-fragments of a copy scheme are copies too (ps.send.Copies): each
+	// one goes to every path.
 	sent := len(dgs)
-	if len(dgs) == 1 {
+	if ps.send.Copies() {
 		var to [replypath.MaxCopies]netip.AddrPort
 		n, extra := live.Copies(&to)
-		for _, a := range to[:n] {
-			s.sendTo(dgs[0], a)
+		for _, dg := range dgs {
+			for _, a := range to[:n] {
+				s.sendTo(dg, a)
+			}
 		}
-		sent = n
+		sent = n * len(dgs)
 		if extra > 0 {
-			s.m.movedCopies.Add(uint64(extra))
+			s.m.movedCopies.Add(uint64(extra * len(dgs)))
 		}
 	} else {
 		var placement [64]int

@@ -84,6 +84,10 @@ type UplinkConfig struct {
 	// tables' via); after checking it holds the first proxy's address on this
 	// uplink.
 	Proxy string `toml:"proxy"`
+	// DSCP marks the session's data datagrams on this uplink ("EF", "CS4",
+	// a number; default off), at most at each session's expected rate (see
+	// dscp.go).
+	DSCP string `toml:"dscp"`
 }
 
 // ForwardConfig is one [[forward]] of explicit mode: game clients send to Listen
@@ -206,6 +210,9 @@ func (c *Config) check(meta *config.Meta) {
 			} else {
 				meta.Listen(key("source"), ap)
 			}
+		}
+		if _, err := parseDSCP(u.DSCP); err != nil {
+			meta.Report(key("dscp"), "%v", err)
 		}
 	}
 	meta.Add(c.Proxy.check(c, meta))

@@ -44,6 +44,7 @@ type Router struct {
 	seed uint64
 
 	uplinks  []*uplinkConn
+	anyDSCP  bool // some uplink marks data datagrams (dscp.go)
 	proxies  []*proxyConn
 	forwards []*forward
 	// byID finds sessions for the receive path: every session to a proxy, the
@@ -62,6 +63,7 @@ type Router struct {
 
 type counters struct {
 	fromGame, toGame, sealErrors, sendErrors                            *metrics.Counter
+	tooLarge, dscpMarked, dscpOverRate                                  *metrics.Counter
 	malformed, unknownSession, duplicate, authFailed                    *metrics.Counter
 	sessionsCreated, sessionsEvicted, sessionsIdle                      *metrics.Counter
 	delayedSent, delayedDropped, noLiveUplink, pongsSeen, proxyRestarts *metrics.Counter
@@ -76,6 +78,9 @@ func newCounters(r *metrics.Registry) counters {
 		fromGame:        r.Counter("router_game_packets_in_total", "Packets received from game clients."),
 		toGame:          r.Counter("router_game_packets_out_total", "Packets delivered to game clients."),
 		sealErrors:      r.Counter("router_seal_errors_total", "Packets that could not be coded or sealed (too large)."),
+		dscpMarked:      r.Counter("router_dscp_marked_packets_total", "Game packets whose datagrams carried the uplinks' DSCP mark."),
+		dscpOverRate:    r.Counter("router_dscp_over_rate_packets_total", "Game packets sent unmarked because their session was above its expected rate."),
+		tooLarge:        r.Counter("router_too_large_total", "Game packets dropped because no path carries them: over 65,535 bytes, or more X-fragments than the scheme allows."),
 		sendErrors:      r.Counter("router_send_errors_total", "Errors sending on an uplink."),
 		malformed:       drop("malformed"),
 		unknownSession:  drop("unknown_session"),
@@ -107,6 +112,8 @@ type uplinkConn struct {
 	recv   *metrics.Counter
 	up     *metrics.Gauge
 	srtt   *metrics.Gauge
+	tos    uint8 // TOS byte of marked data datagrams (dscp.go); 0: none
+	rtt    *metrics.Histogram
 }
 
 // forward is one local listening socket of explicit mode and its sessions.
@@ -159,8 +166,12 @@ type routerSession struct {
 	lastSwitch int64                         // start or last move; control goroutine after start
 	stranded   bool                          // control goroutine: "no reserve" was logged
 
-	lastSend int64 // only the goroutine reading the game side touches these two
+	lastSend int64 // only the goroutine reading the game side touches these
 	interval int64 // smoothed gap between the game's packets, ns
+	expected int64 // the expected gap (app table or expected_pps), ns
+	dscp     dscpBucket
+
+	app, rule string // what the classifier said (status.go); set before the session is shared
 
 	sup suppress.SessionTiming // packet timing for suppression (suppression.go)
 }
@@ -198,8 +209,11 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 			return nil, fmt.Errorf("uplink %s: %w", uc.Name, err)
 		}
 		lbl := `{uplink="` + uc.Name + `"}`
+		dscp, _ := parseDSCP(uc.DSCP) // checked with the config
+		r.anyDSCP = r.anyDSCP || dscp != 0
 		r.uplinks = append(r.uplinks, &uplinkConn{
-			idx: i, name: uc.Name, conn: conn,
+			idx: i, name: uc.Name, conn: conn, tos: dscp << 2,
+			rtt:  r.reg.Histogram("router_uplink_rtt_seconds"+lbl, "Keepalive round trips per uplink (to any proxy)."),
 			sent: r.reg.Counter("router_uplink_datagrams_sent_total"+lbl, "Datagrams sent per uplink."),
 			recv: r.reg.Counter("router_uplink_datagrams_received_total"+lbl, "Datagrams received per uplink."),
 			up:   r.reg.Gauge("router_uplink_up"+lbl, "1 when the uplink answers keepalives (its path to the first proxy)."),
@@ -278,6 +292,7 @@ func (r *Router) newSession(side gameSide, client, target netip.AddrPort, params
 		return nil, err
 	}
 	rs.interval = int64(interval)
+	rs.expected = int64(interval)
 	rs.lastSwitch = now
 	rs.cur.Store(rs)
 	return rs, nil
@@ -324,6 +339,7 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", r.reg.Handler())
+		r.statusRoutes(mux) // status.go: /status and the live page at /
 		r.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go r.httpSrv.Serve(ln)
 	}
@@ -500,10 +516,13 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 	t := rs.cur.Load()
 	_, dgs, err := t.send.Seal(pkt, now)
 	if err != nil {
+		if errors.Is(err, raic.ErrTooLarge) {
+			r.m.tooLarge.Inc()
+		}
 		r.m.sealErrors.Inc()
 		return
 	}
-	r.sendShards(t.px, dgs, now)
+	r.sendShards(t.px, dgs, t.send.Copies(), r.markPacket(rs, now), now)
 	// Bookkeeping only after every copy is on its way.
 	if rs.lastSend != 0 {
 		gap := now - rs.lastSend
@@ -523,38 +542,18 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 	r.observeGamePacket(rs, now, true)
 }
 
-// sendShards puts a packet's datagrams on the paths to proxy px. A single
-// datagram (RAIC-1) goes on every uplink, CopiesPerUplink times: a copy on a
-// path that merely looks down costs nothing but that uplink's bandwidth, while
-// skipping one on a false alarm (three keepalives lost in a row happens on a
-// lossy link) loses the copy that would have arrived. Coded shards are placed by
-// raic.Place on the paths that answer keepalives, since a shard on a dead path
-// is a lost shard.
-func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
+// sendShards puts a packet's datagrams on the paths to proxy px. Copies (the
+// one datagram of RAIC-1, or each X-fragment of a packet that a copy scheme
+// split; copies is what tunnel.Sender.Copies said) go on every uplink, see
+// sendCopies. Coded shards are placed by raic.Place on the paths that answer
+// keepalives, since a shard on a dead path is a lost shard.
+func (r *Router) sendShards(px *proxyConn, dgs [][]byte, copies, mark bool, now int64) {
 	if r.tcp.carry(px, dgs) {
 		return // UDP reaches the proxy on no uplink: the TLS/TCP fallback (tcp.go)
 	}
-	if len(dgs) == 1 {
-		down := 0
-		for _, pt := range px.paths {
-			for c := 0; c < r.cfg.CopiesPerUplink; c++ {
-				r.sendPath(pt, dgs[0])
-			}
-			if !pt.health.Up(now) {
-				down++
-			}
-		}
-		// The copies of an uplink that looks down also go on the live ones (one
-		// uplink after another), so a dead uplink costs no protection.
-		if down > 0 && down < len(px.paths) {
-			next := int(now>>10) % len(px.paths) // spreads the extra copies
-			for moved := 0; moved < down*r.cfg.CopiesPerUplink; next++ {
-				if pt := px.paths[next%len(px.paths)]; pt.health.Up(now) {
-					r.sendPath(pt, dgs[0])
-					moved++
-				}
-			}
-			r.m.movedCopies.Add(uint64(down * r.cfg.CopiesPerUplink))
+	if copies {
+		for _, dg := range dgs {
+			r.sendCopies(px, dg, mark, now)
 		}
 		return
 	}
@@ -576,7 +575,35 @@ func (r *Router) sendShards(px *proxyConn, dgs [][]byte, now int64) {
 	var placement [64]int
 	out := raic.Place(len(dgs), states, placement[:0])
 	for i, dg := range dgs {
-		r.sendPath(px.paths[out[i]], dg)
+		r.sendData(px.paths[out[i]], dg, mark)
+	}
+}
+
+// sendCopies puts one copy datagram on every uplink, CopiesPerUplink times: a
+// copy on a path that merely looks down costs nothing but that uplink's
+// bandwidth, while skipping one on a false alarm (three keepalives lost in a
+// row happens on a lossy link) loses the copy that would have arrived.
+func (r *Router) sendCopies(px *proxyConn, dg []byte, mark bool, now int64) {
+	down := 0
+	for _, pt := range px.paths {
+		for c := 0; c < r.cfg.CopiesPerUplink; c++ {
+			r.sendData(pt, dg, mark)
+		}
+		if !pt.health.Up(now) {
+			down++
+		}
+	}
+	// The copies of an uplink that looks down also go on the live ones (one
+	// uplink after another), so a dead uplink costs no protection.
+	if down > 0 && down < len(px.paths) {
+		next := int(now>>10) % len(px.paths) // spreads the extra copies
+		for moved := 0; moved < down*r.cfg.CopiesPerUplink; next++ {
+			if pt := px.paths[next%len(px.paths)]; pt.health.Up(now) {
+				r.sendData(pt, dg, mark)
+				moved++
+			}
+		}
+		r.m.movedCopies.Add(uint64(down * r.cfg.CopiesPerUplink))
 	}
 }
 
@@ -648,6 +675,7 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		// delays, so suppression can tell an upload queue from a download
 		// one.
 		rs.px.paths[pong.Ping.Uplink].health.OnPong(pong.Ping.Seq, pong.Ping.SentAt, pong.PeerTime, now)
+		r.uplinks[pong.Ping.Uplink].rtt.ObserveDuration(time.Duration(now - pong.Ping.SentAt))
 		rs.px.SetOverloaded(pong.Overloaded)
 	case wire.TypeProbeReply:
 		var rep wire.ProbeReply

@@ -92,6 +92,10 @@ type TransparentConfig struct {
 	UDPPorts []string `toml:"udp_ports"`
 	// AppsFile is a user application table merged over the shipped one.
 	AppsFile string `toml:"apps_file"`
+	// ASNFiles are IP-to-ASN range files (range_start,range_end,asn,org, or
+	// the iptoasn.com layout), so operators in the application table match by
+	// AS number: see router/asn.go.
+	ASNFiles []string `toml:"asn_files"`
 	// LearnedFile keeps learned destinations across restarts ("" = memory only).
 	LearnedFile string `toml:"learned_file"`
 	// MaxRules bounds the destination rules (learned destinations) and,
@@ -239,6 +243,7 @@ type transparent struct {
 	ended *session.Table[flowKey, struct{}]
 
 	tables  *detect.Config     // application and operator tables
+	asnNets []netip.Prefix     // the operators' ASN ranges (router/asn.go)
 	cls     *detect.Classifier // the TUN goroutine's
 	pollCls *detect.Classifier // the poller's
 	learned *detect.Learned
@@ -406,7 +411,12 @@ func (t *transparent) setupClassifiers() error {
 		n := t.learned.Restore(tc.LearnedFile, mono.Now(), time.Now(), t.r.log)
 		t.r.log.Info("learned destinations restored", "file", tc.LearnedFile, "entries", n)
 	}
-	opt := detect.Options{Config: base, Learned: t.learned, MaxFlows: t.r.cfg.MaxSessions}
+	asn, err := t.loadASN()
+	if err != nil {
+		return err
+	}
+	t.asnNets = t.operatorPrefixes(asn)
+	opt := detect.Options{Config: base, ASN: asn, Learned: t.learned, MaxFlows: t.r.cfg.MaxSessions}
 	if t.cls, err = detect.NewClassifier(opt); err != nil {
 		return err
 	}
@@ -438,6 +448,8 @@ func (t *transparent) steering() gateway.Steering {
 			}
 		}
 	}
+	// The ranges of the operators' ASNs (router/asn.go).
+	s.Prefixes = append(s.Prefixes, t.asnNets...)
 	return s
 }
 

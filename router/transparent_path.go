@@ -83,7 +83,11 @@ func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 	}
 	interval := time.Duration(float64(time.Second) / pps)
 	rs, created, err := t.flows.GetOrCreate(k, now, func() (*routerSession, error) {
-		return t.r.newSession(t, k.client, k.server, t.params, interval)
+		rs, err := t.r.newSession(t, k.client, k.server, t.params, interval)
+		if err == nil {
+			rs.app, rs.rule = dec.App, dec.Rule
+		}
+		return rs, err
 	})
 	if err != nil {
 		t.r.log.Error("cannot create session", "err", err)

@@ -92,6 +92,7 @@ type Runtime struct {
 // rtLink is one uplink under suppression.
 type rtLink struct {
 	name     string
+	why      [2]atomic.Pointer[string] // reason of the last level change (Levels)
 	health   Health
 	wan      *rtIface // nil when uploads are not enforced on it
 	statsIdx int      // ifindex of the device whose counters give its rates (0: none)
@@ -481,6 +482,7 @@ func (s *Runtime) sampleLink(l *rtLink, now int64, present bool) bool {
 			l.changes[d].Inc()
 			s.log.Info("suppression level", "uplink", ev.Uplink, "dir", ev.Dir.String(),
 				"from", ev.From.String(), "to", ev.To.String(), "reason", ev.Reason)
+			l.why[d].Store(&ev.Reason)
 		}
 		l.level[d].Set(int64(pol.Level))
 		if pol != l.pol[d] {
@@ -751,4 +753,28 @@ func (s *Runtime) error(now int64, what string, err error) {
 	if last := s.m.lastErrLog.Load(); now-last > int64(time.Second) && s.m.lastErrLog.CompareAndSwap(last, now) {
 		s.log.Warn("suppression: "+what, "err", err)
 	}
+}
+
+// LinkLevel is one uplink's enforcement level per direction and the reason of
+// its last change ("" before any), for a status report.
+type LinkLevel struct {
+	Uplink               string
+	Up, Down             Level
+	UpReason, DownReason string
+}
+
+// Levels reports every link's level; safe from any goroutine.
+func (s *Runtime) Levels() []LinkLevel {
+	out := make([]LinkLevel, 0, len(s.links))
+	for _, l := range s.links {
+		ll := LinkLevel{Uplink: l.name, Up: Level(l.level[Up].Load()), Down: Level(l.level[Down].Load())}
+		if w := l.why[Up].Load(); w != nil {
+			ll.UpReason = *w
+		}
+		if w := l.why[Down].Load(); w != nil {
+			ll.DownReason = *w
+		}
+		out = append(out, ll)
+	}
+	return out
 }

@@ -236,7 +236,9 @@ func (g *Gateway) Setup(s Steering, dests []netip.AddrPort) (info SetupInfo, err
 			}
 			log.Info("transparent: masquerading", "interfaces", strings.Join(tc.Masquerade, ","))
 		case errors.Is(err, netcfg.ErrNoNAT):
-			log.Warn("transparent: kernel NAT unavailable, masquerade off: LAN addresses are routed as they are", "err", err)
+			// Forwarding private addresses un-NATed would look like working
+			// and fail at the first ISP: refuse instead.
+			return info, fmt.Errorf("transparent.masquerade: %w", err)
 		default:
 			return info, err
 		}

@@ -59,11 +59,15 @@ type kind int
 const (
 	kindCounter kind = iota
 	kindGauge
+	kindHistogram
 )
 
 func (k kind) String() string {
-	if k == kindGauge {
+	switch k {
+	case kindGauge:
 		return "gauge"
+	case kindHistogram:
+		return "histogram"
 	}
 	return "counter"
 }
@@ -73,9 +77,23 @@ type series struct {
 	name    string // full name as written, labels included
 	counter *Counter
 	gauge   *Gauge
+	hist    *Histogram // histogram.go
+}
+
+func (s *series) kind() kind {
+	switch {
+	case s.counter != nil:
+		return kindCounter
+	case s.gauge != nil:
+		return kindGauge
+	}
+	return kindHistogram
 }
 
 func (s *series) value() float64 {
+	if s.hist != nil {
+		return float64(s.hist.Count())
+	}
 	if s.counter != nil {
 		return float64(s.counter.Load())
 	}
@@ -141,8 +159,8 @@ func (r *Registry) register(name, help string, k kind) *series {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s, ok := r.byName[name]; ok {
-		if (k == kindCounter) != (s.counter != nil) {
-			r.errs = append(r.errs, fmt.Errorf("metrics: %q registered as both counter and gauge", name))
+		if k != s.kind() {
+			r.errs = append(r.errs, fmt.Errorf("metrics: %q registered as both %s and %s", name, s.kind(), k))
 			return nil
 		}
 		return s
@@ -161,10 +179,13 @@ func (r *Registry) register(name, help string, k kind) *series {
 		return nil
 	}
 	s := &series{name: name}
-	if k == kindCounter {
+	switch k {
+	case kindCounter:
 		s.counter = new(Counter)
-	} else {
+	case kindGauge:
 		s.gauge = new(Gauge)
+	default:
+		s.hist = newHistogram(LatencyBuckets)
 	}
 	r.byName[name] = s
 	i := sort.Search(len(f.series), func(i int) bool { return f.series[i].name >= name })
@@ -288,6 +309,12 @@ func (r *Registry) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(&b, "# TYPE %s %s\n", f.name, f.kind)
 		for _, s := range f.series {
+			if f.kind == kindHistogram {
+				if s.hist != nil {
+					s.hist.writeText(&b, f.name, s.name)
+				}
+				continue
+			}
 			b.WriteString(s.name)
 			b.WriteByte(' ')
 			b.WriteString(s.text())

@@ -1,6 +1,6 @@
 // Package netcfg installs and removes the kernel configuration of the router's
 // transparent mode: policy routing rules and routes (through netlink), sysctls,
-// and the masquerade table (through nft).
+// and the masquerade table (through nf_tables netlink, package nftnat).
 //
 // A Net is bound to the network namespace it was opened in, and every change
 // goes to that namespace whichever goroutine makes it: the router's cleanup
@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 
@@ -23,6 +22,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/raicnet/raic/pkg/nftnat"
 )
 
 // Net is a handle on one network namespace.
@@ -324,8 +325,8 @@ func sysctlPath(key string) string {
 	return "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
 }
 
-// ErrNoNAT says that masquerade cannot be installed: no nft binary, or a
-// kernel without nf_tables NAT.
+// ErrNoNAT says that masquerade cannot be installed: the kernel lacks
+// nf_tables NAT (the error says which feature).
 var ErrNoNAT = errors.New("netcfg: kernel NAT unavailable")
 
 // Keep asks Masquerade to set Mark on packets coming in through Iif that
@@ -333,59 +334,22 @@ var ErrNoNAT = errors.New("netcfg: kernel NAT unavailable")
 // mark keeps such connections on the route they started on: the kernel kills a
 // masqueraded connection (and drops its packet) when its output interface
 // changes, which a mark set mid-flow by a classifier would otherwise cause.
-type Keep struct {
-	Iif  string
-	Mark uint32
-}
+type Keep = nftnat.Keep
 
-// Masquerade replaces the nft table "ip <table>" with one that masquerades
-// IPv4 traffic leaving through each of devs (and, with keep, marks packets of
-// masqueraded connections). The table is the router's alone, so replacing and
-// deleting it never touches anyone else's rules.
+// Masquerade replaces the nf_tables table "ip <table>" with one that
+// masquerades IPv4 traffic leaving through each of devs (and, with keep, marks
+// packets of masqueraded connections), over netlink (package nftnat). The
+// table is the router's alone, so replacing and deleting it never touches
+// anyone else's rules.
 func (n *Net) Masquerade(table string, devs []string, keep *Keep) error {
-	if _, err := exec.LookPath("nft"); err != nil {
-		return fmt.Errorf("%w: nft not installed (apt-get install nftables)", ErrNoNAT)
+	err := nftnat.Masquerade(int(n.ns), table, devs, keep)
+	if errors.Is(err, nftnat.ErrNoNAT) {
+		return fmt.Errorf("%w: %w", ErrNoNAT, err)
 	}
-	var b strings.Builder
-	// "add" then "delete" removes a leftover table whether or not it exists,
-	// in the same transaction as the new one is created.
-	fmt.Fprintf(&b, "add table ip %s\ndelete table ip %s\ntable ip %s {\n", table, table, table)
-	b.WriteString("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
-	for _, d := range devs {
-		fmt.Fprintf(&b, "\t\toifname %q masquerade\n", d)
-	}
-	b.WriteString("\t}\n")
-	if keep != nil {
-		// After conntrack (priority mangle > conntrack), before routing.
-		b.WriteString("\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n")
-		fmt.Fprintf(&b, "\t\tiifname %q ct status snat meta mark set meta mark or %#x\n", keep.Iif, keep.Mark)
-		b.WriteString("\t}\n")
-	}
-	b.WriteString("}\n")
-	return n.nft(b.String())
+	return err
 }
 
-// DeleteMasquerade removes the nft table "ip <table>" if it exists.
+// DeleteMasquerade removes the table "ip <table>" if it exists.
 func (n *Net) DeleteMasquerade(table string) error {
-	if _, err := exec.LookPath("nft"); err != nil {
-		return nil
-	}
-	return n.nft(fmt.Sprintf("add table ip %s\ndelete table ip %s\n", table, table))
-}
-
-func (n *Net) nft(script string) error {
-	return n.Do(func() error {
-		// The child inherits this thread's namespace: Do locked it there.
-		cmd := exec.Command("nft", "-f", "-")
-		cmd.Stdin = strings.NewReader(script)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			msg := strings.TrimSpace(string(out))
-			if strings.Contains(msg, "Operation not supported") || strings.Contains(msg, "No such file or directory") {
-				return fmt.Errorf("%w: %s", ErrNoNAT, msg)
-			}
-			return fmt.Errorf("netcfg: nft: %v: %s", err, msg)
-		}
-		return nil
-	})
+	return nftnat.Delete(int(n.ns), table)
 }

@@ -38,6 +38,7 @@ type Sender struct {
 	params raic.Params
 	bufs   [][]byte // one datagram buffer per shard, reused
 	dgs    [][]byte // the sealed datagrams returned by Seal
+	copies bool     // the datagrams of the last Seal are copy fragments (see Copies)
 
 	hasHello  bool
 	heard     atomic.Bool  // the far side has answered at least once
@@ -192,8 +193,12 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 		s.bufs = append(s.bufs, make([]byte, wire.MaxDatagram))
 	}
 	s.dgs = s.dgs[:0]
+	s.copies = true
 	for i := range shards {
 		sh := &shards[i]
+		// A shard that is the only one of its fragment (Count 1: RAIC-1, or a
+		// fragmented RAICT packet) is a copy: nothing else can rebuild it.
+		s.copies = s.copies && sh.Desc.Count == 1
 		h := wire.Header{
 			Type:    wire.TypeData,
 			Scheme:  uint8(sh.Scheme),
@@ -209,6 +214,13 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 	}
 	return s.dgs, nil
 }
+
+// Copies reports whether each datagram of the last Seal is a copy: the whole
+// packet or one X-fragment of it, each needed and rebuilt by nothing else. Such
+// datagrams go on every path (as RAIC-1 copies do); otherwise they are coded
+// shards, to be spread over the paths once each. One datagram alone is always
+// a copy.
+func (s *Sender) Copies() bool { return s.copies }
 
 // SealControl seals a control message of type t into buf with a fresh packet ID.
 func (s *Sender) SealControl(buf []byte, t wire.Type, body []byte, now int64) ([]byte, error) {

@@ -238,3 +238,34 @@ func TestStartAtAndFloor(t *testing.T) {
 type countSink struct{ n int }
 
 func (c *countSink) Deliver(uint64, []byte, int64) { c.n++ }
+
+// TestCopiesTellsFragmentsFromShards pins what decides whether a packet's
+// datagrams go on every path: the X-fragments of a copy scheme (and of a
+// fragmented RAICT packet) are copies, each needed; coded shards are not.
+func TestCopiesTellsFragmentsFromShards(t *testing.T) {
+	big := make([]byte, 4000)
+	cases := []struct {
+		p      raic.Params
+		n      int
+		ndg    int
+		copies bool
+	}{
+		{raic.Params{Scheme: raic.SchemeCopy, K: 1}, 100, 1, true},
+		{raic.Params{Scheme: raic.SchemeCopy, K: 1}, 4000, 4, true},
+		{raic.Params{Scheme: raic.SchemeCopy, K: 1, FragAbove: 500}, 1400, 3, true},
+		{raic.Params{Scheme: raic.SchemeTime, K: 1, Depth: 2}, 4000, 4, true},
+		{raic.Params{Scheme: raic.SchemeTime, K: 1, Depth: 2}, 100, 3, false},
+		{raic.Params{Scheme: raic.SchemeXOR, K: 2, M: 1}, 100, 3, false},
+		{raic.Params{Scheme: raic.SchemeRS, K: 2, M: 2}, 4000, 8, false},
+	}
+	for _, c := range cases {
+		s, _ := pair(t, c.p)
+		_, dgs, err := s.Seal(big[:c.n], 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dgs) != c.ndg || s.Copies() != c.copies {
+			t.Errorf("%v, %d bytes: %d datagrams, copies %v; want %d, %v", c.p, c.n, len(dgs), s.Copies(), c.ndg, c.copies)
+		}
+	}
+}

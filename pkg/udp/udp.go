@@ -52,6 +52,9 @@ type Message struct {
 	Buf  []byte         // caller-owned buffer; on read filled, on write sent
 	N    int            // bytes read / to write (write uses Buf[:N])
 	Addr netip.AddrPort // source on read, destination on write
+	// TOS, on write, is the IPv4 TOS byte (IPv6 traffic class) of this
+	// datagram alone, set by a control message; 0 leaves the socket's own.
+	TOS uint8
 }
 
 // ErrAddress is returned when a destination cannot be expressed on this socket:
@@ -66,6 +69,7 @@ type ioState struct {
 	hdrs  [MaxBatch]unix.Mmsghdr
 	iovs  [MaxBatch]unix.Iovec
 	names [MaxBatch]unix.RawSockaddrInet6 // large enough for sockaddr_in too
+	ctrls [MaxBatch][tosCmsgSpace]byte    // per-datagram TOS control messages (write)
 	n     int                             // messages handed to the syscall
 	got   int                             // messages the syscall processed
 	errno syscall.Errno                   // error of the last syscall, 0 if none
@@ -328,6 +332,11 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 			h.Hdr.Namelen = nl
 			h.Hdr.Control = nil
 			h.Hdr.Controllen = 0
+			if m.TOS != 0 {
+				c.putTOS(&s.ctrls[i], m.Addr, m.TOS)
+				h.Hdr.Control = &s.ctrls[i][0]
+				h.Hdr.SetControllen(tosCmsgSpace)
+			}
 			h.Hdr.Flags = 0
 			h.Len = 0
 		}
@@ -364,6 +373,38 @@ func (c *Conn) WriteTo(b []byte, to netip.AddrPort) error {
 	m[0] = Message{}
 	c.w.mu.Unlock()
 	return err
+}
+
+// WriteToTOS sends one datagram with the IPv4 TOS byte (or IPv6 traffic
+// class) tos, whatever the socket's own; the DSCP is tos>>2. It does not
+// allocate.
+func (c *Conn) WriteToTOS(b []byte, to netip.AddrPort, tos uint8) error {
+	c.w.mu.Lock()
+	m := &c.w.one
+	m[0] = Message{Buf: b, N: len(b), Addr: to, TOS: tos}
+	_, err := c.writeLocked(m[:])
+	m[0] = Message{}
+	c.w.mu.Unlock()
+	return err
+}
+
+// tosCmsgSpace is the room of one control message carrying an int:
+// CMSG_SPACE(4) on 64-bit Linux.
+const tosCmsgSpace = unix.SizeofCmsghdr + 8
+
+// putTOS writes the control message that sets a datagram's TOS. An IPv4
+// destination, on an IPv4 or a dual-stack socket, takes IP_TOS (the kernel
+// sends a mapped destination on the IPv4 path, which reads SOL_IP messages);
+// an IPv6 one takes IPV6_TCLASS.
+func (c *Conn) putTOS(b *[tosCmsgSpace]byte, to netip.AddrPort, tos uint8) {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	if a := to.Addr(); a.Is4() || a.Is4In6() {
+		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_TOS
+	} else {
+		h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_TCLASS
+	}
+	h.SetLen(unix.CmsgLen(4))
+	*(*int32)(unsafe.Pointer(&b[unix.SizeofCmsghdr])) = int32(tos)
 }
 
 // LocalAddr returns the bound address (unmapped when it is IPv4-mapped).
