@@ -160,6 +160,7 @@ func (s *Set) Send(dgs [][]byte, copies, mark bool, now int64) Result {
 func (s *Set) flush(p *Path, msgs []udp.Message) {
 	for len(msgs) > 0 {
 		n, err := p.Conn.WriteBatch(msgs)
+		n = max(0, min(n, len(msgs)))
 		if p.Sent != nil {
 			p.Sent.Add(uint64(n))
 		}

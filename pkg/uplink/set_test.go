@@ -223,3 +223,4 @@ func TestSendDoesNotAllocate(t *testing.T) {
 		t.Errorf("shards: %v allocations per packet", a)
 	}
 }
+
