@@ -223,4 +223,3 @@ func TestSendDoesNotAllocate(t *testing.T) {
 		t.Errorf("shards: %v allocations per packet", a)
 	}
 }
-
