@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
@@ -26,11 +27,11 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 	h := newHandRelay(t, target, next.addr(), next.addr())
 	s, rs := h.s, h.rs
 	seal := func(snd *tunnel.Sender, pkt []byte) []byte { return h.seal(t, snd, pkt, mono.Now()) }
-	rd := newReader()
+	rd := ingress.NewReader()
 	from := routerSide.addr()
 	payload := make([]byte, 100)
 
-	s.handle(rd, seal(rs, payload), from, mono.Now()) // opens the relay (allocates, once)
+	s.in.Handle(rd, seal(rs, payload), from, mono.Now()) // opens the relay (allocates, once)
 	rs.Heard(mono.Now())
 	rl, ok := s.relays.Peek(h.id)
 	if !ok || rl.outSend == nil {
@@ -45,11 +46,11 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 		dgs[i] = seal(rs, payload)
 	}
 	for i := 0; i < warmup; i++ {
-		s.handle(rd, dgs[i], from, mono.Now())
+		s.in.Handle(rd, dgs[i], from, mono.Now())
 	}
 	i := warmup
 	allocs := testing.AllocsPerRun(runs, func() {
-		s.handle(rd, dgs[i], from, mono.Now())
+		s.in.Handle(rd, dgs[i], from, mono.Now())
 		i++
 	})
 	if allocs != 0 {
@@ -69,7 +70,7 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := s.uplinks[0]
+	u := 0 // the first uplink
 	back := make([][]byte, warmup+runs+1)
 	for i := range back {
 		back[i] = seal(ps, payload)

@@ -163,6 +163,8 @@ type tap struct {
 	ln       *net.UDPConn
 	upstream netip.AddrPort
 	watch    func(dg []byte)
+	// cut, when set, makes the hop dead: nothing passes either way.
+	cut atomic.Bool
 
 	mu    sync.Mutex
 	socks map[netip.AddrPort]*net.UDPConn
@@ -176,6 +178,9 @@ func newTap(t testing.TB, upstream netip.AddrPort, watch func(dg []byte)) *tap {
 			k, from, err := tp.ln.ReadFromUDPAddrPort(b)
 			if err != nil {
 				return
+			}
+			if tp.cut.Load() {
+				continue
 			}
 			tp.watch(b[:k])
 			tp.sock(t, from).WriteToUDPAddrPort(b[:k], upstream)
@@ -212,6 +217,9 @@ func (tp *tap) sock(t testing.TB, from netip.AddrPort) *net.UDPConn {
 			k, err := c.Read(b)
 			if err != nil {
 				return
+			}
+			if tp.cut.Load() {
+				continue
 			}
 			tp.ln.WriteToUDPAddrPort(b[:k], from)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
@@ -42,12 +43,13 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 				copies = 2
 			}
 			s.cfg.Next.CopiesPerUplink = copies
-			rd := newReader()
+			s.next.Copies = copies
+			rd := ingress.NewReader()
 			from := newCountingSink(t).addr()
 			pkt := make([]byte, 100)
 			now := mono.Now()
 
-			s.handle(rd, h.seal(t, rs, pkt, now), from, now) // opens the relay
+			s.in.Handle(rd, h.seal(t, rs, pkt, now), from, now) // opens the relay
 			rl, ok := s.relays.Peek(h.id)
 			if !ok || rl.outSend == nil {
 				t.Fatal("relay not created")
@@ -74,12 +76,12 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 				// The router's next packet overtakes its keepalives (they came on
 				// slower paths): a keepalive taking the ID after the highest one
 				// passed on would take the router's next packet's.
-				s.handle(rd, h.seal(t, rs, pkt, now), from, now)
+				s.in.Handle(rd, h.seal(t, rs, pkt, now), from, now)
 				for _, ka := range kas {
-					s.handle(rd, ka, from, now)
+					s.in.Handle(rd, ka, from, now)
 				}
 			}
-			s.handle(rd, h.seal(t, rs, pkt, now), from, now)
+			s.in.Handle(rd, h.seal(t, rs, pkt, now), from, now)
 			dataPackets := 2 + rounds
 			keepalives := rounds * routerPaths
 			waitFor(t, 5*time.Second, "every datagram at the next hop", func() bool {

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
@@ -32,11 +33,11 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	}
 	s, rs := h.s, h.rs
 	seal := func(snd *tunnel.Sender, pkt []byte, now int64) []byte { return h.seal(t, snd, pkt, now) }
-	rd := newReader()
+	rd := ingress.NewReader()
 	payload := make([]byte, 100)
 	now := mono.Now()
 
-	s.handle(rd, seal(rs, payload, now), pathA.addr(), now) // opens the relay on A
+	s.in.Handle(rd, seal(rs, payload, now), pathA.addr(), now) // opens the relay on A
 	rs.Heard(now)
 	rl, ok := s.relays.Peek(h.id)
 	if !ok || rl.outSend == nil {
@@ -47,7 +48,7 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.handle(rd, ka, pathB.addr(), now)
+	s.in.Handle(rd, ka, pathB.addr(), now)
 
 	// The next hop's side of the session, answering.
 	outHello, _ := rl.outSend.Hello()
@@ -60,7 +61,7 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	moved := 0.0
 	answer := func(what string, toA, toB int64, movedNow float64) {
 		t.Helper()
-		s.fromNext(rd, s.uplinks[0], seal(ps, payload, now), now)
+		s.fromNext(rd, 0, seal(ps, payload, now), now)
 		wantA, wantB, moved = wantA+toA, wantB+toB, moved+movedNow
 		deadline := time.Now().Add(2 * time.Second)
 		for (pathA.n.Load() < wantA || pathB.n.Load() < wantB) && time.Now().Before(deadline) {
@@ -81,8 +82,8 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	for end := now + int64(6*time.Second); now < end; {
 		now += step
 		dg := seal(rs, payload, now)
-		s.handle(rd, dg, pathA.addr(), now)
-		s.handle(rd, dg, pathB.addr(), now+3*int64(time.Millisecond))
+		s.in.Handle(rd, dg, pathA.addr(), now)
+		s.in.Handle(rd, dg, pathB.addr(), now+3*int64(time.Millisecond))
 	}
 	if c := counter(s, `intermediate_dropped_total{reason="duplicate"}`); c < 600 {
 		t.Fatalf("%v duplicates counted, want B's 600 copies", c)
@@ -92,14 +93,14 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	// B falls silent; after half a second it lags behind A.
 	for end := now + int64(500*time.Millisecond); now < end; {
 		now += step
-		s.handle(rd, seal(rs, payload, now), pathA.addr(), now)
+		s.in.Handle(rd, seal(rs, payload, now), pathA.addr(), now)
 	}
 	answer("B lags behind", 2, 1, 1)
 
 	// B silent past the reply window: its copy goes on A.
 	for end := now + int64(2500*time.Millisecond); now < end; {
 		now += step
-		s.handle(rd, seal(rs, payload, now), pathA.addr(), now)
+		s.in.Handle(rd, seal(rs, payload, now), pathA.addr(), now)
 	}
 	answer("B gone", 2, 0, 1)
 }

@@ -87,32 +87,24 @@ func (c *probeCache) answered(r *wire.ProbeReply, now int64) {
 	}
 }
 
-// answerProbe answers a router's probe on its control session.
-func (s *Server) answerProbe(r *reader, rl *relay, body []byte, from netip.AddrPort, now int64) {
-	var p wire.Probe
-	if wire.ParseProbe(body, &p) != nil {
-		s.m.malformed.Inc()
+// answerProbe fills in the answer to a router's probe (ingress has parsed it,
+// and checked the target against the client's allowlist).
+func (s *Server) answerProbe(rep *wire.ProbeReply, now int64) {
+	if !rep.Allowed {
 		return
 	}
-	rep := wire.ProbeReply{Probe: p, Overloaded: s.nextOverloaded()}
-	rep.Allowed = p.Target.IsValid() && rl.client.Allow.Allows(p.Target)
-	if rep.Allowed {
-		e, send := s.probes.ask(p.Target, now)
-		if send {
-			s.probeNext(p.Target, now)
-		}
-		if e.answeredAt != 0 {
-			// Refused by the next hop means refused through us.
-			rep.Allowed = e.allowed
-			rep.Overloaded = rep.Overloaded || e.overloaded
-			if hop := s.nextRTT(); e.serverRTT > 0 && hop > 0 {
-				rep.ServerRTT = e.serverRTT + hop
-			}
-		}
+	target := rep.Probe.Target
+	e, send := s.probes.ask(target, now)
+	if send {
+		s.probeNext(target, now)
 	}
-	var rb [wire.ProbeReplyLen]byte
-	if out, err := rl.inSend.SealControl(r.ctrl, wire.TypeProbeReply, rep.Put(rb[:]), now); err == nil {
-		s.sendTo(out, from)
+	if e.answeredAt != 0 {
+		// Refused by the next hop means refused through us.
+		rep.Allowed = e.allowed
+		rep.Overloaded = rep.Overloaded || e.overloaded
+		if hop := s.nextRTT(now); e.serverRTT > 0 && hop > 0 {
+			rep.ServerRTT = e.serverRTT + hop
+		}
 	}
 }
 
@@ -127,19 +119,7 @@ func (s *Server) probeNext(target netip.AddrPort, now int64) {
 		s.m.sealErrors.Inc()
 		return
 	}
-	for _, u := range s.uplinks {
-		s.sendOn(u, dg)
+	for i := range s.next.Paths {
+		s.next.SendOn(i, dg)
 	}
-}
-
-// nextRTT is the smallest smoothed RTT to the next hop over the uplinks, 0
-// before any keepalive was answered.
-func (s *Server) nextRTT() time.Duration {
-	var best int64
-	for _, u := range s.uplinks {
-		if v := u.srtt.Load(); v > 0 && (best == 0 || v < best) {
-			best = v
-		}
-	}
-	return time.Duration(best)
 }

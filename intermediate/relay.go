@@ -2,12 +2,13 @@ package intermediate
 
 import (
 	"crypto/cipher"
-	"github.com/raicnet/raic/pkg/clients"
+	"errors"
 	"net/netip"
 	"sync/atomic"
 	"time"
 
-	"github.com/raicnet/raic/pkg/replypath"
+	"github.com/raicnet/raic/pkg/clients"
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
@@ -17,18 +18,17 @@ import (
 // intermediate opened with the next hop for it. "in" is the router's side, "out"
 // the next hop's side.
 type relay struct {
+	// The router's side: its keys, window, decoder, reply paths and scheme.
+	// Its Sink is toNext.
+	ingress.Peer
+
 	srv    *Server
-	client *clients.Client
 	target netip.AddrPort // zero for a control-only session (no out side)
 
-	inID   uint64
-	salt   [16]byte
-	inRecv *tunnel.Receiver
-	inSend *tunnel.Sender
-	// epoch is the restart epoch the router side's keys are for (0: none);
-	// control messages passed back with the next hop's IDs are sealed with
-	// inSend's current key.
-	epoch atomic.Uint64
+	inID uint64
+	// Control messages passed back with the next hop's IDs are sealed with
+	// the current key of Peer.Send (it changes when the session moves to a
+	// new restart epoch).
 
 	outID   uint64
 	outRecv *tunnel.Receiver // nil for a control-only session
@@ -39,45 +39,99 @@ type relay struct {
 	// keepNextPathAlive). Only the router side's read loop touches it.
 	kaNext uint32
 
-	// The sinks of the two receivers, made once so that handing them to Receive
-	// does not allocate.
-	toNext, toRouter tunnel.Sink
+	// The sink of the next hop side's receiver, made once so that handing it to
+	// Receive does not allocate.
+	toRouter tunnel.Sink
 
-	// Each direction is re-encoded with the scheme it arrived in. The scheme is
-	// noted after a data datagram authenticated and applied by whoever seals in
-	// that direction (always under the other side's receiver lock, one at a time).
-	inScheme, outScheme schemeState
+	// Each direction is re-encoded with the scheme it arrived in (the router's
+	// is Peer.Scheme). The scheme is noted after a data datagram authenticated
+	// and applied by whoever seals in that direction (always under the other
+	// side's receiver lock, one at a time).
+	outScheme ingress.Scheme
 
-	closed  atomic.Bool
-	lastAck atomic.Int64
-
-	paths replypath.Set // the router addresses replies go to
+	closed atomic.Bool
 }
 
-// newRelay makes the relay of a session a router opened: the router side from
-// the keys derived for it, and a fresh session towards the next hop when the
-// session has a target.
-func (s *Server) newRelay(c *clients.Client, id uint64, salt [16]byte, target netip.AddrPort, send, recv cipher.AEAD) (*relay, error) {
-	rl := &relay{srv: s, client: c, target: target, inID: id, salt: salt}
-	rl.inRecv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
+// RouterSide implements ingress.Session.
+func (rl *relay) RouterSide() *ingress.Peer { return &rl.Peer }
+
+// program is the intermediate as package ingress sees it: what a router's new
+// session becomes (a relay), and which of its controls go on to the next hop.
+type program Server
+
+// NewSession makes the relay of a session a router opened (an admitted hello):
+// the router side from the keys derived for it, and a fresh session towards
+// the next hop when the session has a target.
+func (p *program) NewSession(a *clients.Admission, id uint64, hello *wire.Hello, _ netip.AddrPort) (*relay, error) {
+	s := (*Server)(p)
+	rl := &relay{srv: s, target: hello.Target, inID: id}
+	rl.Client, rl.Salt = a.Client, hello.Salt
+	rl.Recv = tunnel.NewReceiver(a.Recv, raic.DecoderConfig{})
+	rl.Sink, rl.toRouter = (*toNext)(rl), (*toRouter)(rl)
 	var err error
 	// Towards the router no hello ever rides: the router opened the session.
-	if rl.inSend, err = tunnel.NewSender(send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil); err != nil {
-		return nil, err
-	}
-	rl.toNext, rl.toRouter = (*toNext)(rl), (*toRouter)(rl)
-	if !target.IsValid() {
+	rl.Send, err = tunnel.NewSender(a.Send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
+	switch {
+	case err != nil:
+	case rl.target.IsValid():
+		rl.outID, rl.outSend, rl.outSeal, rl.outRecv, err = s.newOutHalf(rl.target)
+	default:
 		// A control session's packet IDs are all its own: from the clock, as
 		// the proxy's, so a run after a restart repeats no nonce under the
 		// keys the router's hello may bring back.
-		rl.inSend.StartAt(tunnel.ClockPIDBase(time.Now().UnixMilli()))
-		return rl, nil
+		rl.Send.StartAt(tunnel.ClockPIDBase(time.Now().UnixMilli()))
 	}
-	if rl.outID, rl.outSend, rl.outSeal, rl.outRecv, err = s.newOutHalf(target); err != nil {
+	if err != nil {
+		s.m.sealErrors.Inc()
+		s.log.Warn("cannot open a session towards the next hop", "client", a.Client.ID, "err", err)
 		return nil, err
 	}
 	return rl, nil
 }
+
+// Opened makes a new relay findable by its next hop's session ID.
+func (p *program) Opened(rl *relay, now int64) {
+	s := (*Server)(p)
+	if rl.outSend != nil {
+		s.byOut.GetOrCreate(rl.outID, now, func() (*relay, error) { return rl, nil })
+	}
+	s.log.Info("session opened", "client", rl.Client.ID, "session", rl.inID, "next_session", rl.outID, "target", rl.target.String())
+}
+
+// Pass takes the controls of a relayed session: they go on to the next hop,
+// which answers them. A control-only session (a router's keepalive session,
+// without a target) ends here, and ingress answers it.
+func (p *program) Pass(r *ingress.Reader, rl *relay, body []byte, _ netip.AddrPort, now int64) bool {
+	s := (*Server)(p)
+	if rl.outSend == nil {
+		return false
+	}
+	switch r.Hdr.Type {
+	case wire.TypeData:
+		// Delivered already (toNext).
+	case wire.TypePing, wire.TypeProbe, wire.TypeClose:
+		s.passOut(r, rl, body, now)
+	case wire.TypeKeepalive:
+		// It refreshed the path it came on; its packet ID carries one of this
+		// intermediate's own keepalives on towards the next hop.
+		s.keepNextPathAlive(r, rl, now)
+	default:
+		s.returns.Malformed()
+	}
+	if r.Hdr.Type == wire.TypeClose {
+		s.relays.Delete(rl.inID)
+	}
+	return true
+}
+
+// Probe fills in a probe answer from the next hop's (probe.go).
+func (p *program) Probe(rl *relay, rep *wire.ProbeReply, now int64) {
+	(*Server)(p).answerProbe(rep, now)
+}
+
+// Overloaded: a router choosing between proxies should hear through this hop
+// that the next one is overloaded.
+func (p *program) Overloaded(int64) bool { return (*Server)(p).nextOverloaded() }
 
 // toNext is the sink of the router side's receiver: each packet decoded from the
 // router goes on to the next hop, re-encoded under the same packet ID.
@@ -90,17 +144,17 @@ func (t *toNext) Deliver(pid uint64, pkt []byte, now int64) {
 	if rl.closed.Load() || rl.outSend == nil {
 		return
 	}
-	if !rl.client.Take(now) {
+	if !rl.Client.Take(now) {
 		s.m.rateLimited.Inc()
 		return
 	}
-	rl.inScheme.apply(rl.outSend)
+	rl.Scheme.Apply(rl.outSend)
 	dgs, err := rl.outSend.SealPID(pid, pkt, now)
 	if err != nil {
 		s.m.sealErrors.Inc()
 		return
 	}
-	s.sendNext(dgs, rl.outSend.Copies())
+	s.sendNext(dgs, rl.outSend.Copies(), now)
 	rl.noteOut(pid)
 	s.m.relayedOut.Inc()
 }
@@ -117,66 +171,53 @@ func (t *toRouter) Deliver(pid uint64, pkt []byte, now int64) {
 	if rl.closed.Load() {
 		return
 	}
-	var live replypath.Live
-	rl.paths.Live(now, s.cfg.ReplyWindow.Duration, &live)
-	if live.Len() == 0 {
-		s.m.noPath.Inc()
+	_, moved, err := s.in.Reply(&rl.Peer, s.cfg.ReplyWindow.Duration, now, func() ([][]byte, bool, error) {
+		rl.outScheme.Apply(rl.Send)
+		dgs, err := rl.Send.SealPID(pid, pkt, now)
+		return dgs, rl.Send.Copies(), err
+	})
+	if !s.countReply(moved, err) {
 		return
-	}
-	rl.outScheme.apply(rl.inSend)
-	dgs, err := rl.inSend.SealPID(pid, pkt, now)
-	if err != nil {
-		s.m.sealErrors.Inc()
-		return
-	}
-	if rl.inSend.Copies() {
-		for _, dg := range dgs {
-			s.sendBack(&live, dg)
-		}
-	} else {
-		var placement [64]int
-		out := live.Place(len(dgs), placement[:0])
-		for i, dg := range dgs {
-			s.sendTo(dg, live.Addr(out[i]))
-		}
 	}
 	s.m.relayedBack.Inc()
 }
 
-// sendBack sends a single datagram to the router: a copy to every live path,
-// and for each path lagging behind or never heard from one more on a fresh path
-// (see replypath.Live.Copies).
-func (s *Server) sendBack(live *replypath.Live, dg []byte) {
-	var to [replypath.MaxCopies]netip.AddrPort
-	n, extra := live.Copies(&to)
-	for _, a := range to[:n] {
-		s.sendTo(dg, a)
+// countReply counts what ingress.Reply did; false when nothing was sent.
+func (s *Server) countReply(moved int, err error) bool {
+	switch {
+	case errors.Is(err, ingress.ErrNoPath):
+		s.m.noPath.Inc()
+		return false
+	case err != nil:
+		s.m.sealErrors.Inc()
+		return false
 	}
-	if extra > 0 {
-		s.m.movedCopies.Add(uint64(extra))
+	if moved > 0 {
+		s.m.movedCopies.Add(uint64(moved))
 	}
+	return true
 }
 
 // passOut passes a control message of a relayed session (its opened body in
-// r.hdr's datagram) on to the next hop under the same packet ID. The hello rides
+// r.Hdr's datagram) on to the next hop under the same packet ID. The hello rides
 // along while it is due, so a session whose first datagram is a ping opens at
 // the next hop as well.
-func (s *Server) passOut(r *reader, rl *relay, body []byte, now int64) {
+func (s *Server) passOut(r *ingress.Reader, rl *relay, body []byte, now int64) {
 	if rl.closed.Load() {
 		return
 	}
-	dg, err := sealPassed(rl.outSeal, rl.outSend, r.ctrl, r.hdr.Type, rl.outID, r.hdr.Packet, body, now)
+	dg, err := sealPassed(rl.outSeal, rl.outSend, r.Ctrl, r.Hdr.Type, rl.outID, r.Hdr.Packet, body, now)
 	if err != nil {
 		s.m.sealErrors.Inc()
 		return
 	}
-	s.sendCopies(dg)
-	rl.noteOut(r.hdr.Packet)
+	s.sendCopies(dg, now)
+	rl.noteOut(r.Hdr.Packet)
 	s.m.controlOut.Inc()
 }
 
 // keepNextPathAlive sends the next hop one keepalive of the relayed session for
-// a router's keepalive on it (r.hdr), under the router's packet ID, on the next
+// a router's keepalive on it (r.Hdr), under the router's packet ID, on the next
 // uplink in turn. Its body says how many uplinks this intermediate has and how
 // many copies of each single datagram it sends on each (next.copies_per_uplink),
 // so the next hop's replies get as many.
@@ -195,21 +236,20 @@ func (s *Server) passOut(r *reader, rl *relay, body []byte, now int64) {
 // gets one each round; with fewer, they take turns.
 //
 // It runs on the router side's read loop, the only goroutine sealing towards
-// the next hop (which closeAtNext relies on), and allocates nothing (r.ctrl).
-func (s *Server) keepNextPathAlive(r *reader, rl *relay, now int64) {
+// the next hop (which closeAtNext relies on), and allocates nothing (r.Ctrl).
+func (s *Server) keepNextPathAlive(r *ingress.Reader, rl *relay, now int64) {
 	if rl.closed.Load() {
 		return
 	}
-	body := [2]byte{byte(len(s.uplinks)), byte(s.cfg.Next.CopiesPerUplink)}
-	dg, err := sealPassed(rl.outSeal, rl.outSend, r.ctrl, wire.TypeKeepalive, rl.outID, r.hdr.Packet, body[:], now)
+	body := [2]byte{byte(len(s.next.Paths)), byte(s.cfg.Next.CopiesPerUplink)}
+	dg, err := sealPassed(rl.outSeal, rl.outSend, r.Ctrl, wire.TypeKeepalive, rl.outID, r.Hdr.Packet, body[:], now)
 	if err != nil {
 		s.m.sealErrors.Inc()
 		return
 	}
-	u := s.uplinks[rl.kaNext%uint32(len(s.uplinks))]
+	s.next.SendOn(int(rl.kaNext%uint32(len(s.next.Paths))), dg)
 	rl.kaNext++
-	s.sendOn(u, dg)
-	rl.noteOut(r.hdr.Packet)
+	rl.noteOut(r.Hdr.Packet)
 	s.m.keepalivesSent.Inc()
 }
 
@@ -223,28 +263,25 @@ func (rl *relay) noteOut(pid uint64) {
 
 // passBack passes a control message of the next hop back to the router under the
 // same packet ID. A pong also carries this hop's overload state.
-func (s *Server) passBack(r *reader, rl *relay, body []byte, now int64) {
-	if r.hdr.Type == wire.TypePong {
+func (s *Server) passBack(r *ingress.Reader, rl *relay, body []byte, now int64) {
+	if r.Hdr.Type == wire.TypePong {
 		var pong wire.Pong
 		if wire.ParsePong(body, &pong) != nil {
-			s.m.malformed.Inc()
+			s.returns.Malformed()
 			return
 		}
 		pong.Overloaded = pong.Overloaded || s.nextOverloaded()
 		pong.Put(body)
 	}
-	var live replypath.Live
-	rl.paths.Live(now, s.cfg.ReplyWindow.Duration, &live)
-	if live.Len() == 0 {
-		s.m.noPath.Inc()
+	var one [1][]byte
+	_, moved, err := s.in.Reply(&rl.Peer, s.cfg.ReplyWindow.Duration, now, func() ([][]byte, bool, error) {
+		dg, err := sealPassed(rl.Send.AEAD(), rl.Send, r.Ctrl, r.Hdr.Type, rl.inID, r.Hdr.Packet, body, now)
+		one[0] = dg
+		return one[:], true, err
+	})
+	if !s.countReply(moved, err) {
 		return
 	}
-	dg, err := sealPassed(rl.inSend.AEAD(), rl.inSend, r.ctrl, r.hdr.Type, rl.inID, r.hdr.Packet, body, now)
-	if err != nil {
-		s.m.sealErrors.Inc()
-		return
-	}
-	s.sendBack(&live, dg)
 	s.m.controlBack.Inc()
 }
 
@@ -261,60 +298,4 @@ func sealPassed(aead cipher.AEAD, snd *tunnel.Sender, buf []byte, t wire.Type, s
 	hl, _ := snd.Hello()
 	hl.UnixMilli = time.Now().UnixMilli()
 	return wire.Seal(aead, buf, &h, &hl, body)
-}
-
-// ackDue limits acks to one per 10 ms per session: a router sends hellos until
-// its first answer, and one ack per burst of them is enough.
-func (rl *relay) ackDue(now int64) bool {
-	last := rl.lastAck.Load()
-	if now-last < int64(10*time.Millisecond) {
-		return false
-	}
-	return rl.lastAck.CompareAndSwap(last, now)
-}
-
-// schemeState carries the RAIC scheme of one direction's incoming data to the
-// encoder of its outgoing data, packed into one word (scheme, k, m, depth).
-type schemeState struct {
-	seen    atomic.Uint32
-	applied uint32 // touched only by the goroutine that seals, under a receiver lock
-}
-
-// note remembers the scheme of an authenticated data datagram.
-func (st *schemeState) note(h *wire.Header) {
-	var p raic.Params
-	switch raic.Scheme(h.Scheme) {
-	case raic.SchemeCopy:
-		p = raic.Params{Scheme: raic.SchemeCopy, K: 1}
-	case raic.SchemeXOR:
-		p = raic.Params{Scheme: raic.SchemeXOR, K: int(h.Desc.K), M: 1}
-	case raic.SchemeRS:
-		p = raic.Params{Scheme: raic.SchemeRS, K: int(h.Desc.K), M: int(h.Desc.Count) - int(h.Desc.K)}
-	case raic.SchemeTime:
-		if h.Desc.Count < 2 {
-			return // a fragmented RAICT packet says nothing about the depth
-		}
-		p = raic.Params{Scheme: raic.SchemeTime, K: 1, Depth: int(h.Desc.Count) - 1}
-	default:
-		return
-	}
-	if p.K < 1 || p.M < 0 || p.K > 255 || p.M > 255 || p.Depth > 255 {
-		return
-	}
-	st.seen.Store(uint32(p.Scheme) | uint32(p.K)<<8 | uint32(p.M)<<16 | uint32(p.Depth)<<24)
-}
-
-// apply switches snd to the noted scheme when it changed.
-func (st *schemeState) apply(snd *tunnel.Sender) {
-	v := st.seen.Load()
-	if v == 0 || v == st.applied {
-		return
-	}
-	// Applied or not (a scheme that cannot be built keeps the old encoder), this
-	// value is not tried again.
-	st.applied = v
-	p := raic.Params{Scheme: raic.Scheme(v & 0xff), K: int(v >> 8 & 0xff), M: int(v >> 16 & 0xff), Depth: int(v >> 24)}
-	if p.Validate() == nil {
-		snd.SetParams(p)
-	}
 }

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
-	"github.com/raicnet/raic/pkg/wire"
 )
 
 // TestPacketPathDoesNotAllocate drives the proxy's per-datagram functions
@@ -33,14 +33,14 @@ burst = 100000000
 		t.Fatal(err)
 	}
 	defer s.Close()
-	rd := &reader{ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+	rd := ingress.NewReader()
 	fr := newFakeRouter(t, goodKey, server.addr())
 	routerSide := newCountingSink(t) // acks and replies land here
 	from := routerSide.addr()
 	payload := make([]byte, 100)
 
 	// The first datagram opens the session (that allocates, once).
-	s.handle(rd, fr.seal(t, payload), from, mono.Now())
+	s.in.Handle(rd, fr.seal(t, payload), from, mono.Now())
 	server.waitFor(t, 1)
 	fr.send.Heard(mono.Now()) // acked: no more hellos
 	ps, ok := s.sessions.Peek(fr.send.Session())
@@ -56,13 +56,13 @@ burst = 100000000
 		dgs[i] = fr.seal(t, payload)
 	}
 	for i := 0; i < warmup; i++ {
-		s.handle(rd, dgs[i], from, mono.Now())
+		s.in.Handle(rd, dgs[i], from, mono.Now())
 	}
 	server.waitFor(t, 1+warmup)
 	i := warmup
 	forwarded := counter(s, "proxy_forwarded_total")
 	allocs := testing.AllocsPerRun(runs, func() {
-		s.handle(rd, dgs[i], from, mono.Now())
+		s.in.Handle(rd, dgs[i], from, mono.Now())
 		i++
 	})
 	if allocs != 0 {
@@ -74,7 +74,7 @@ burst = 100000000
 
 	// The router sends two copies per path: so do the replies, still without
 	// allocating.
-	ps.paths.NoteKeepalive([]byte{1, 2})
+	ps.Paths.NoteKeepalive([]byte{1, 2})
 	replies := counter(s, "proxy_replies_total")
 	allocs = testing.AllocsPerRun(runs, func() { ps.reply(payload, mono.Now()) })
 	if allocs != 0 {

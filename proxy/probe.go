@@ -18,7 +18,6 @@ import (
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
-	"github.com/raicnet/raic/pkg/wire"
 )
 
 // A router that can use several proxies asks each, with a Probe, how far it is
@@ -185,27 +184,6 @@ func (p *prober) worker() {
 		}
 		p.mu.Unlock()
 	}
-}
-
-// answerProbe answers a Probe that arrived, authenticated, on session ps.
-func (s *Server) answerProbe(r *reader, ps *proxySession, body []byte, from netip.AddrPort, now int64) {
-	var probe wire.Probe
-	if wire.ParseProbe(body, &probe) != nil {
-		s.m.malformed.Inc()
-		return
-	}
-	rep := wire.ProbeReply{Probe: probe, Overloaded: s.load.overloaded(now)}
-	rep.Allowed = probe.Target.IsValid() && ps.client.Allow.Allows(probe.Target)
-	if rep.Allowed {
-		rep.ServerRTT = s.probes.lookup(probe.Target.Addr(), now)
-	}
-	var rb [wire.ProbeReplyLen]byte
-	out, err := ps.send.SealControl(r.ctrl, wire.TypeProbeReply, rep.Put(rb[:]), now)
-	if err != nil {
-		return
-	}
-	s.sendTo(out, from)
-	s.probes.asked.Inc()
 }
 
 // checkProbe checks the probe settings of the config.

@@ -336,8 +336,8 @@ func TestRepliesCopiesPerPath(t *testing.T) {
 		// (the second path learned, the copies noted).
 		waitUntil(t, func() bool {
 			var l replypath.Live
-			ps.paths.Live(mono.Now(), replypath.DefaultWindow, &l)
-			return counter(p, "proxy_received_total") >= before+2 && l.Len() == 2 && ps.paths.CopiesPerPath() == copies
+			ps.Paths.Live(mono.Now(), replypath.DefaultWindow, &l)
+			return counter(p, "proxy_received_total") >= before+2 && l.Len() == 2 && ps.Paths.CopiesPerPath() == copies
 		})
 	}
 	// dataOn counts the reply datagrams that reach peer within a short while.

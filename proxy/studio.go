@@ -150,7 +150,6 @@ func newRoster(cfg *Config, seen *token.Seen) (*clients.Roster, error) {
 	if err != nil {
 		return nil, err
 	}
-	clients.FairShare(r.Clients, cfg.MaxSessions)
 	r.TokenRatePPS, r.TokenBurst = cfg.TokenRatePPS, cfg.TokenBurst
 	return r, nil
 }
@@ -161,13 +160,13 @@ func newRoster(cfg *Config, seen *token.Seen) (*clients.Roster, error) {
 // tables, so a removed client can open nothing more. Other keys need a
 // restart.
 func (s *Server) Reload(cfg *Config) error {
-	old := s.roster.Load()
+	old := s.in.Roster()
 	r, err := newRoster(cfg, old.Seen)
 	if err != nil {
 		return err
 	}
 	s.studio.Store(&cfg.StudioConfig)
-	s.roster.Store(r)
+	s.in.SetRoster(r) // gives the clients their fair share
 	s.m.reloads.Inc()
 	s.log.Info("reloaded", "clients", len(r.Clients), "tokens", r.Tokens != nil, "sessions", s.sessions.Len())
 	return nil
@@ -178,7 +177,7 @@ func (s *Server) Reload(cfg *Config) error {
 // calls it on SIGTERM before it stops the proxy. /readyz fails from its start,
 // so a load balancer sends no new players here.
 func (s *Server) Drain() {
-	if s.draining.Swap(true) {
+	if s.in.Drain() {
 		return
 	}
 	limit := s.studio.Load().DrainTimeout.Duration
@@ -191,22 +190,8 @@ func (s *Server) Drain() {
 	s.log.Info("drained", "sessions_left", s.sessions.Len())
 }
 
-// tokenTick forgets expired tokens and publishes the token table's size and
-// evictions (the janitor calls it once a second).
-func (s *Server) tokenTick() {
-	seen := s.roster.Load().Seen
-	if seen == nil {
-		return
-	}
-	seen.Sweep(time.Now().Unix())
-	s.m.tokensSeen.Set(int64(seen.Len()))
-	if ev := seen.Evicted(); ev > s.m.tokensEvicted.Load() {
-		s.m.tokensEvicted.Add(ev - s.m.tokensEvicted.Load())
-	}
-}
-
 // Draining reports whether a drain has begun.
-func (s *Server) Draining() bool { return s.draining.Load() }
+func (s *Server) Draining() bool { return s.in.Draining() }
 
 // healthMux adds /healthz and /readyz to mux. /healthz answers while the
 // process serves; /readyz only while it also admits sessions.
@@ -222,7 +207,7 @@ func (s *Server) healthMux(mux *http.ServeMux) {
 		switch {
 		case s.closing.Load():
 			http.Error(w, "stopping", http.StatusServiceUnavailable)
-		case s.draining.Load():
+		case s.in.Draining():
 			http.Error(w, "draining", http.StatusServiceUnavailable)
 		default:
 			fmt.Fprintf(w, "ready: %d sessions\n", s.sessions.Len())

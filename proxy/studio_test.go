@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxyproto"
 	"github.com/raicnet/raic/pkg/token"
@@ -329,11 +330,11 @@ client_addr_header = "%s"
 			t.Fatal(err)
 		}
 		defer s.Close()
-		rd := &reader{ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+		rd := ingress.NewReader()
 		fr := newFakeRouter(t, goodKey, server.addr())
 		from := newCountingSink(t).addr()
 		payload := make([]byte, 100)
-		s.handle(rd, fr.seal(t, payload), from, mono.Now())
+		s.in.Handle(rd, fr.seal(t, payload), from, mono.Now())
 		server.waitFor(t, 1)
 		fr.send.Heard(mono.Now())
 		const runs, warmup = 500, 2048
@@ -342,11 +343,11 @@ client_addr_header = "%s"
 			dgs[i] = fr.seal(t, payload)
 		}
 		for i := 0; i < warmup; i++ {
-			s.handle(rd, dgs[i], from, mono.Now())
+			s.in.Handle(rd, dgs[i], from, mono.Now())
 		}
 		server.waitFor(t, 1+warmup)
 		i := warmup
-		if a := testing.AllocsPerRun(runs, func() { s.handle(rd, dgs[i], from, mono.Now()); i++ }); a != 0 {
+		if a := testing.AllocsPerRun(runs, func() { s.in.Handle(rd, dgs[i], from, mono.Now()); i++ }); a != 0 {
 			t.Errorf("%s: %v allocations per datagram", kind, a)
 		}
 		server.waitFor(t, int64(1+warmup+runs+1))
@@ -380,12 +381,12 @@ func TestTokenWithEpoch(t *testing.T) {
 	p := startConfigProxy(t, fmt.Sprintf("listen = \"127.0.0.1:0\"\ntoken_key = \"%s\"\n", tokenKey))
 	tok, ck := mintFor(t, tokenKey, server.addr().String(), -time.Second, time.Minute, 1)
 
-	old := newTokenRouterEpoch(t, tok, ck, server.addr(), p.run.Epoch^1)
+	old := newTokenRouterEpoch(t, tok, ck, server.addr(), p.in.Epoch()^1)
 	old.sendTo(t, old.seal(t, []byte("old run")), p.Addr())
 	server.expectNothing(t, 100*time.Millisecond, "old epoch")
 	waitUntil(t, func() bool { return counter(p, `proxy_dropped_total{reason="old_epoch"}`) >= 1 })
 
-	r := newTokenRouterEpoch(t, tok, ck, server.addr(), p.run.Epoch)
+	r := newTokenRouterEpoch(t, tok, ck, server.addr(), p.in.Epoch())
 	r.sendTo(t, r.seal(t, []byte("this run")), p.Addr())
 	if got := server.expect(t, "token session of this epoch"); string(got) != "this run" {
 		t.Fatalf("server got %q", got)

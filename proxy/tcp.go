@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tcpmux"
@@ -60,7 +61,7 @@ func (s *Server) startTCP(ctx context.Context) error {
 		fbActive: s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
 	}
 	keys := func(id string) (wire.Key, bool) {
-		c, ok := s.roster.Load().Clients[id] // pre-shared-key clients only
+		c, ok := s.in.Client(id) // pre-shared-key clients only, as the roster has them now
 		if !ok {
 			return wire.Key{}, false
 		}
@@ -82,7 +83,7 @@ func (s *Server) startTCP(ctx context.Context) error {
 	t.fl, _ = tcpmux.ListenFrames(ln, keys)
 	t.split = &tcpsplit.Server{
 		Allowed: func(id string) (allow.List, bool) {
-			c, ok := s.roster.Load().Clients[id] // pre-shared-key clients only
+			c, ok := s.in.Client(id) // pre-shared-key clients only, as the roster has them now
 			if !ok {
 				return nil, false
 			}
@@ -149,14 +150,14 @@ func (t *tcpSide) serveFallback(nc net.Conn) {
 		fc.Close()
 		t.s.log.Info("udp fallback connection closed", "client", fc.ClientID)
 	}()
-	r := &reader{ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+	r := ingress.NewReader()
 	for {
 		dg, err := fc.Receive()
 		if err != nil || t.s.closing.Load() {
 			return
 		}
 		t.fbIn.Inc()
-		t.s.handle(r, dg, addr, mono.Now())
+		t.s.in.Handle(r, dg, addr, mono.Now())
 	}
 }
 

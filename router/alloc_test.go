@@ -116,3 +116,49 @@ server = "%s"
 		t.Fatalf("delivered %d packets to the game, want %d", got, runs+1)
 	}
 }
+
+// TestCodedSendPathDoesNotAllocate is the send path with coded shards (RAIC-6
+// 2+2 over two uplinks, one of them looking dead, so the uplink set moves its
+// shards to the other): still no allocation per packet.
+func TestCodedSendPathDoesNotAllocate(t *testing.T) {
+	key := wire.Key{7}
+	proxyAddr, server, game := sink(t), sink(t), sink(t)
+	cfg, err := ParseConfig("router.toml", fmt.Sprintf(`
+client_id = "gamer"
+key = "%s"
+proxy = "%s"
+[[uplink]]
+source = "127.0.0.1"
+[[uplink]]
+source = "127.0.0.1"
+[[forward]]
+listen = "127.0.0.1:0"
+server = "%s"
+scheme = "rs:2+2"
+`, key, proxyAddr, server))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.closeSockets()
+	f := r.forwards[0]
+	pkt := make([]byte, 100)
+	now := mono.Now()
+	r.proxies[0].paths[1].health.OnPingSent(1, now) // never answered
+	r.fromGame(f, pkt, game, now)                   // creates the session (allocates, once)
+	later := now + int64(2*DefaultDownAfter)
+	for i := 0; i < 2048; i++ {
+		r.fromGame(f, pkt, game, later)
+	}
+	sent0, sent1 := r.uplinks[0].sent.Load(), r.uplinks[1].sent.Load()
+	const runs = 1000
+	if allocs := testing.AllocsPerRun(runs, func() { r.fromGame(f, pkt, game, later) }); allocs != 0 {
+		t.Errorf("coded send path: %v allocations per packet", allocs)
+	}
+	if got0, got1 := r.uplinks[0].sent.Load()-sent0, r.uplinks[1].sent.Load()-sent1; got0 != 4*(runs+1) || got1 != 0 {
+		t.Fatalf("uplinks sent %d and %d shards, want all %d on the live one", got0, got1, 4*(runs+1))
+	}
+}

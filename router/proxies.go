@@ -225,7 +225,8 @@ func is6(ap netip.AddrPort) bool { return ap.Addr().Is6() && !ap.Addr().Is4In6()
 type proxyConn struct {
 	idx   int
 	name  string
-	paths []*path // by uplink index
+	paths []*path     // by uplink index
+	set   *uplink.Set // the same paths, for sending (placement, moving off dead paths, batches)
 	ctrl  *routerSession
 
 	// Proxy is what the choice ranks it by: its paths' health, its load
@@ -283,6 +284,10 @@ func (r *Router) newProxies() {
 			}
 			px.paths = append(px.paths, pt)
 			px.Paths = append(px.Paths, pt.health)
+		}
+		px.set = &uplink.Set{Copies: r.cfg.CopiesPerUplink, Errors: r.m.sendErrors}
+		for i, pt := range px.paths {
+			px.set.Paths = append(px.set.Paths, &uplink.Path{Index: i, Name: pt.u.name, Conn: pt.u.conn, To: pt.addr, Health: pt.health, Sent: pt.u.sent, TOS: pt.u.tos})
 		}
 		r.proxies = append(r.proxies, px)
 	}

@@ -32,8 +32,6 @@ import (
 	"github.com/raicnet/raic/suppress"
 )
 
-const batch = 32
-
 // Router is a running router.
 type Router struct {
 	cfg  *Config
@@ -44,7 +42,8 @@ type Router struct {
 	seed uint64
 
 	uplinks  []*uplinkConn
-	anyDSCP  bool // some uplink marks data datagrams (dscp.go)
+	anyDSCP  bool            // some uplink marks data datagrams (dscp.go)
+	returns  *uplink.Returns // opens what the proxies send back, counting drops
 	proxies  []*proxyConn
 	forwards []*forward
 	// byID finds sessions for the receive path: every session to a proxy, the
@@ -83,9 +82,6 @@ func newCounters(r *metrics.Registry) counters {
 		tooLarge:        r.Counter("router_too_large_total", "Game packets dropped because no path carries them: over 65,535 bytes, or more X-fragments than the scheme allows."),
 		sendErrors:      r.Counter("router_send_errors_total", "Errors sending on an uplink."),
 		malformed:       drop("malformed"),
-		unknownSession:  drop("unknown_session"),
-		duplicate:       drop("duplicate"),
-		authFailed:      drop("auth"),
 		sessionsCreated: r.Counter("router_sessions_created_total", "Sessions created."),
 		sessionsEvicted: r.Counter("router_sessions_evicted_total", "Sessions evicted because the table was full."),
 		sessionsIdle:    r.Counter("router_sessions_expired_total", "Sessions ended after being idle."),
@@ -181,6 +177,7 @@ type routerSession struct {
 func New(cfg *Config, log *slog.Logger) (*Router, error) {
 	r := &Router{cfg: cfg, log: log, reg: metrics.NewRegistry()}
 	r.m = newCounters(r.reg)
+	r.returns = uplink.NewReturns(r.reg, "router_dropped_total", "Datagrams from the proxy dropped, by reason.")
 	var err error
 	if r.key, err = wire.ParseKey(cfg.Key); err != nil {
 		return nil, err
@@ -542,119 +539,48 @@ func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQ
 	r.observeGamePacket(rs, now, true)
 }
 
-// sendShards puts a packet's datagrams on the paths to proxy px. Copies (the
-// one datagram of RAIC-1, or each X-fragment of a packet that a copy scheme
-// split; copies is what tunnel.Sender.Copies said) go on every uplink, see
-// sendCopies. Coded shards are placed by raic.Place on the paths that answer
-// keepalives, since a shard on a dead path is a lost shard.
+// sendShards puts a packet's datagrams on the paths to proxy px (see
+// uplink.Set: copies on every path and moved off the ones that look down,
+// shards on the live ones; copies is what tunnel.Sender.Copies said, mark
+// whether they carry the uplinks' DSCP), then counts what moved.
 func (r *Router) sendShards(px *proxyConn, dgs [][]byte, copies, mark bool, now int64) {
 	if r.tcp.carry(px, dgs) {
 		return // UDP reaches the proxy on no uplink: the TLS/TCP fallback (tcp.go)
 	}
-	if copies {
-		for _, dg := range dgs {
-			r.sendCopies(px, dg, mark, now)
-		}
-		return
+	res := px.set.Send(dgs, copies, mark, now)
+	if res.Moved > 0 {
+		r.m.movedCopies.Add(uint64(res.Moved))
 	}
-	var live [16]raic.UplinkState
-	states := live[:len(px.paths)]
-	anyUp := false
-	for i, pt := range px.paths {
-		up := pt.health.Up(now)
-		states[i] = raic.UplinkState{Up: up, Weight: 1}
-		anyUp = anyUp || up
-	}
-	if !anyUp {
-		// Every uplink looks down: keep trying them all rather than go silent.
+	if res.AllDown {
 		r.m.noLiveUplink.Inc()
-		for i := range states {
-			states[i].Up = true
-		}
-	}
-	var placement [64]int
-	out := raic.Place(len(dgs), states, placement[:0])
-	for i, dg := range dgs {
-		r.sendData(px.paths[out[i]], dg, mark)
 	}
 }
 
-// sendCopies puts one copy datagram on every uplink, CopiesPerUplink times: a
-// copy on a path that merely looks down costs nothing but that uplink's
-// bandwidth, while skipping one on a false alarm (three keepalives lost in a
-// row happens on a lossy link) loses the copy that would have arrived.
-func (r *Router) sendCopies(px *proxyConn, dg []byte, mark bool, now int64) {
-	down := 0
-	for _, pt := range px.paths {
-		for c := 0; c < r.cfg.CopiesPerUplink; c++ {
-			r.sendData(pt, dg, mark)
-		}
-		if !pt.health.Up(now) {
-			down++
-		}
-	}
-	// The copies of an uplink that looks down also go on the live ones (one
-	// uplink after another), so a dead uplink costs no protection.
-	if down > 0 && down < len(px.paths) {
-		next := int(now>>10) % len(px.paths) // spreads the extra copies
-		for moved := 0; moved < down*r.cfg.CopiesPerUplink; next++ {
-			if pt := px.paths[next%len(px.paths)]; pt.health.Up(now) {
-				r.sendData(pt, dg, mark)
-				moved++
-			}
-		}
-		r.m.movedCopies.Add(uint64(down * r.cfg.CopiesPerUplink))
-	}
-}
-
-// uplinkLoop reads what the proxy sends back on one uplink.
+// uplinkLoop reads what the proxies send back on one uplink.
 func (r *Router) uplinkLoop(u *uplinkConn) {
 	defer r.wg.Done()
-	msgs := make([]udp.Message, batch)
-	for i := range msgs {
-		msgs[i].Buf = make([]byte, wire.MaxDatagram+1)
-	}
 	var h wire.Header
-	for {
-		n, err := u.conn.ReadBatch(msgs)
-		if err != nil {
-			if r.closing.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		now := mono.Now()
-		for i := 0; i < n; i++ {
-			r.fromProxy(u, msgs[i].Buf[:msgs[i].N], &h, now)
-		}
-	}
+	uplink.ReadLoop(u.conn, func(dg []byte, _ netip.AddrPort, now int64) { r.fromProxy(u, dg, &h, now) })
 }
 
 // fromProxy is the receive path of one datagram from the proxy.
 func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) {
 	u.recv.Inc()
-	off, err := wire.Parse(dg, h, nil)
-	if err != nil || h.Flags&wire.FlagHello != 0 {
-		r.m.malformed.Inc()
+	off, ok := r.returns.Parse(dg, h)
+	if !ok {
 		return
 	}
 	rs := r.ctrlSession(h.Session)
 	if rs == nil {
-		var ok bool
 		// Peek: nothing refreshes a flow before it authenticated, and only
 		// the server's packets do (Deliver), not acks or pongs.
 		if rs, ok = r.byID.Peek(h.Session); !ok {
-			r.m.unknownSession.Inc()
+			r.returns.Unknown()
 			return
 		}
 	}
-	body, err := rs.recv.Receive(dg, h, off, now, rs)
-	switch {
-	case errors.Is(err, tunnel.ErrDuplicate):
-		r.m.duplicate.Inc()
-		return
-	case err != nil:
-		r.m.authFailed.Inc()
+	body, ok := r.returns.Open(rs.recv, dg, h, off, now, rs)
+	if !ok {
 		return
 	}
 	if !rs.recv.Upgrading() { // heard with the old keys: the proxy has not followed yet

@@ -12,12 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // cacheLine is the padding unit. 128 rather than 64 bytes because Intel's
@@ -353,4 +355,19 @@ func (r *Registry) Handler() http.Handler {
 		}
 		_ = r.WriteText(w) // the client went away; nothing useful to do
 	})
+}
+
+// Serve listens on addr (a metrics key's host:port) and serves the registry at
+// /metrics until the returned server is closed. The listener is bound before
+// Serve returns, so a bad address is an error at start-up.
+func (r *Registry) Serve(addr string) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", r.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
 }

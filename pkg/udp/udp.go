@@ -219,6 +219,9 @@ func (c *Conn) send(fd uintptr) bool {
 		case unix.EAGAIN:
 			return false // send buffer full: wait for writability
 		}
+		if e != 0 {
+			n = 0 // the raw result is -1 then, not a count
+		}
 		c.w.got, c.w.errno = int(n), e
 		return true
 	}

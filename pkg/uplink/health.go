@@ -1,9 +1,15 @@
-// Package uplink keeps the health of one uplink as seen by keepalive pings: whether
-// it is up, its round-trip time (windowed minimum, smoothed value and variation),
-// its ping loss and, when the peer stamps its pongs, the one-way delay of each
-// direction.
+// Package uplink is the sending side towards a far end over several uplinks.
+// A Set (set.go) holds one Path per uplink (its socket, the far end's address
+// on it, its health), sends the keepalive pings and takes their answers, and
+// places each packet's copies or shards over the paths, moving them off the
+// paths that look dead, a sendmmsg batch per socket. The router and the
+// intermediate proxy both send through it.
 //
-// The package only keeps state; the caller sends the pings and feeds the results.
+// Health keeps the state of one path as seen by keepalive pings: whether it is
+// up, its round-trip time (windowed minimum, smoothed value and variation), its
+// ping loss and, when the peer stamps its pongs, the one-way delay of each
+// direction. Health only keeps state; its caller (a Set) sends the pings and
+// feeds the results.
 // Three goroutines typically touch a Health: a timer that asks PingDue and records
 // OnPingSent, a reader that records OnPong, and the send path that asks Up for every
 // packet. The writers (a few calls per second) serialise on a mutex and publish what

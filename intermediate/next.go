@@ -1,0 +1,268 @@
+package intermediate
+
+import (
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/raicnet/raic/pkg/ingress"
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/tunnel"
+	"github.com/raicnet/raic/pkg/udp"
+	"github.com/raicnet/raic/pkg/uplink"
+	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
+)
+
+// The next hop's side: towards it the intermediate is a router. Its uplinks
+// form an uplink.Set, which pings each of them on the control session, keeps
+// their health, and moves copies and shards off the uplinks that stop
+// answering.
+
+// ctrlSession is the intermediate's own session with the next hop, for
+// keepalives: it has no target and carries no relayed traffic.
+type ctrlSession struct {
+	id   uint64
+	send *tunnel.Sender
+	recv *tunnel.Receiver
+}
+
+// Deliver is never called: the control session carries no data.
+func (*ctrlSession) Deliver(uint64, []byte, int64) {}
+
+// newSessionID returns a random session ID that is not 0.
+func newSessionID() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, err
+		}
+		if id := binary.LittleEndian.Uint64(b[:]); id != 0 {
+			return id, nil
+		}
+	}
+}
+
+// newOutHalf makes the sending and receiving halves of a new session with the
+// next hop towards target (zero for the control session), with a fresh ID and
+// salt, so its keys are new even when the intermediate restarts.
+// sealKey is the AEAD the sender seals with, returned for control messages
+// passed on under IDs the sender did not choose (see sealPassed).
+func (s *Server) newOutHalf(target netip.AddrPort) (id uint64, send *tunnel.Sender, sealKey cipher.AEAD, recv *tunnel.Receiver, err error) {
+	if id, err = newSessionID(); err != nil {
+		return 0, nil, nil, nil, err
+	}
+	salt, err := wire.NewSalt()
+	if err != nil {
+		return 0, nil, nil, nil, err
+	}
+	sk, rk, err := wire.DeriveKeys(&s.nextKey, &salt, id, wire.RoleClient)
+	if err != nil {
+		return 0, nil, nil, nil, err
+	}
+	hello := &wire.Hello{Salt: salt, Target: target}
+	if err := hello.SetClientID(s.cfg.Next.ClientID); err != nil {
+		return 0, nil, nil, nil, err
+	}
+	if send, err = tunnel.NewSender(sk, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, hello); err != nil {
+		return 0, nil, nil, nil, err
+	}
+	return id, send, sk, tunnel.NewReceiver(rk, raic.DecoderConfig{}), nil
+}
+
+func (s *Server) newCtrl() (*ctrlSession, error) {
+	id, send, _, recv, err := s.newOutHalf(netip.AddrPort{})
+	if err != nil {
+		return nil, err
+	}
+	return &ctrlSession{id: id, send: send, recv: recv}, nil
+}
+
+// nextUplink is what the intermediate keeps per uplink besides its path.
+type nextUplink struct {
+	recv       *metrics.Counter
+	up, srtt   *metrics.Gauge
+	overloaded atomic.Bool // the next hop said so in its last pong on this uplink
+	wasUp      bool        // the janitor only
+}
+
+// openUplinks binds a socket per [[next.uplink]] and makes the Set.
+func (s *Server) openUplinks() error {
+	hc := uplink.HealthConfig{PingInterval: s.cfg.Next.PingInterval.Duration, DownAfter: 3 * s.cfg.Next.PingInterval.Duration}
+	s.returns = uplink.NewReturns(s.reg, "intermediate_dropped_total", "Datagrams dropped, by reason.")
+	s.next = &uplink.Set{Copies: s.cfg.Next.CopiesPerUplink, Errors: s.m.sendErrors}
+	for i, uc := range s.cfg.Next.Uplinks {
+		opt := udp.Options{Device: uc.Device, RecvBuffer: 4 << 20, SendBuffer: 4 << 20}
+		if uc.Source != "" {
+			opt.Local, _ = parseHostPort(uc.Source)
+		}
+		next, _ := netip.ParseAddrPort(uc.Proxy)
+		network := "udp4"
+		if next.Addr().Is6() && !next.Addr().Is4In6() {
+			network = "udp6"
+		}
+		conn, err := udp.Listen(network, opt)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", uc.Name, err)
+		}
+		lbl := `{uplink="` + uc.Name + `"}`
+		s.next.Paths = append(s.next.Paths, &uplink.Path{
+			Index: i, Name: uc.Name, Conn: conn, To: next, Health: uplink.NewHealth(hc),
+			Sent: s.reg.Counter("intermediate_uplink_datagrams_sent_total"+lbl, "Datagrams sent to the next hop per uplink."),
+		})
+		s.uplinks = append(s.uplinks, &nextUplink{wasUp: true,
+			recv: s.reg.Counter("intermediate_uplink_datagrams_received_total"+lbl, "Datagrams received from the next hop per uplink."),
+			up:   s.reg.Gauge("intermediate_uplink_up"+lbl, "1 when the uplink's path to the next hop answers keepalives."),
+			srtt: s.reg.Gauge("intermediate_uplink_srtt_microseconds"+lbl, "Smoothed keepalive RTT to the next hop per uplink."),
+		})
+	}
+	return nil
+}
+
+// ping sends the keepalives that are due, over the control session.
+func (s *Server) ping(buf []byte, now int64) {
+	s.next.SendPings(now, func(p wire.Ping) []byte {
+		var pb [wire.PingLen]byte
+		dg, err := s.ctrl.send.SealControl(buf, wire.TypePing, p.Put(pb[:]), now)
+		if err != nil {
+			s.m.sealErrors.Inc()
+			return nil
+		}
+		return dg
+	})
+}
+
+// noteUplinks logs uplinks going down and up and exports their state.
+func (s *Server) noteUplinks(now int64) {
+	for i, p := range s.next.Paths {
+		u := s.uplinks[i]
+		st := p.Health.Stats(now)
+		if st.Up != u.wasUp {
+			u.wasUp = st.Up
+			if st.Up {
+				s.log.Info("uplink up", "uplink", p.Name, "srtt", st.SRTT)
+			} else {
+				s.log.Warn("uplink down: no keepalive answer from the next hop", "uplink", p.Name)
+			}
+		}
+		u.up.Set(b2i(st.Up))
+		u.srtt.Set(st.SRTT.Microseconds())
+	}
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// nextOverloaded reports whether the next hop said it is overloaded in its last
+// keepalive answer on any uplink.
+func (s *Server) nextOverloaded() bool {
+	for _, u := range s.uplinks {
+		if u.overloaded.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// nextRTT is the smallest smoothed RTT to the next hop over the live uplinks, 0
+// before any keepalive was answered.
+func (s *Server) nextRTT(now int64) time.Duration {
+	rtt, _ := s.next.BestRTT(now)
+	return rtt
+}
+
+// fromNext processes one datagram the next hop sent back on uplink i.
+func (s *Server) fromNext(r *ingress.Reader, i int, dg []byte, now int64) {
+	s.m.fromNext.Inc()
+	s.uplinks[i].recv.Inc()
+	h := &r.Hdr
+	off, ok := s.returns.Parse(dg, h)
+	if !ok {
+		return
+	}
+	if h.Session == s.ctrl.id {
+		s.fromNextCtrl(r, dg, off, now)
+		return
+	}
+	rl, ok := s.byOut.Get(h.Session, now)
+	if !ok {
+		s.returns.Unknown()
+		return
+	}
+	s.relays.Get(rl.inID, now) // an answer keeps the session alive too
+	body, ok := s.returns.Open(rl.outRecv, dg, h, off, now, rl.toRouter)
+	if !ok {
+		return
+	}
+	rl.outSend.Heard(now)
+	if h.Type == wire.TypeData {
+		rl.outScheme.Note(h)
+		return
+	}
+	switch h.Type {
+	case wire.TypePong, wire.TypeAck, wire.TypeProbeReply, wire.TypeClose:
+		s.passBack(r, rl, body, now)
+	default:
+		s.returns.Malformed()
+	}
+	if h.Type == wire.TypeClose {
+		s.relays.Delete(rl.inID)
+	}
+}
+
+// fromNextCtrl handles the answers on the intermediate's own control session.
+func (s *Server) fromNextCtrl(r *ingress.Reader, dg []byte, off int, now int64) {
+	h := &r.Hdr
+	body, ok := s.returns.Open(s.ctrl.recv, dg, h, off, now, s.ctrl)
+	if !ok {
+		return
+	}
+	s.ctrl.send.Heard(now)
+	switch h.Type {
+	case wire.TypePong:
+		var pong wire.Pong
+		if wire.ParsePong(body, &pong) != nil || !s.next.OnPong(&pong, now) {
+			s.returns.Malformed()
+			return
+		}
+		s.m.pongsIn.Inc()
+		s.uplinks[pong.Ping.Uplink].overloaded.Store(pong.Overloaded)
+	case wire.TypeProbeReply:
+		var rep wire.ProbeReply
+		if wire.ParseProbeReply(body, &rep) != nil {
+			s.returns.Malformed()
+			return
+		}
+		s.probes.answered(&rep, now)
+	case wire.TypeClose:
+		// The next hop forgot us; the next keepalive re-creates the session, since
+		// the sender re-hellos after a silence.
+	}
+}
+
+// sendNext puts one packet's datagrams on the uplinks (see uplink.Set; copies
+// is what tunnel.Sender.Copies said of them).
+func (s *Server) sendNext(dgs [][]byte, copies bool, now int64) {
+	res := s.next.Send(dgs, copies, false, now)
+	if res.Moved > 0 {
+		s.m.nextMoved.Add(uint64(res.Moved))
+	}
+	if res.AllDown {
+		s.m.nextAllDown.Inc()
+	}
+}
+
+// sendCopies sends one datagram on every uplink, copies_per_uplink times (and
+// the copies of uplinks that look down on the live ones).
+func (s *Server) sendCopies(dg []byte, now int64) {
+	one := [1][]byte{dg}
+	s.sendNext(one[:], true, now)
+}

@@ -1,0 +1,618 @@
+// Package ingress is the side of a proxy or an intermediate proxy that faces
+// routers. It owns everything between the socket and a decoded packet: the
+// batch read loop (recvmmsg, the clock read once per batch), parsing, the
+// session lookup, admission of a new session's hello (clients.Admit, the one
+// admission call, against a roster the program may swap on reload; none while
+// draining), the session's receive (authenticate, anti-replay, decode),
+// learning the router's addresses as reply paths, noting the router's RAIC
+// scheme, and the control answers a far end owes a router: pong, ack, probe
+// reply, close. Every datagram it drops is counted by reason.
+//
+// The program says what it does with the rest through Program: what a new
+// session is (Open), what happens to a decoded packet (the session's Sink), and
+// which control messages it handles itself instead (Pass: the intermediate
+// passes a relayed session's controls on to the next hop).
+package ingress
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/raicnet/raic/pkg/clients"
+	"github.com/raicnet/raic/pkg/logging"
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/replypath"
+	"github.com/raicnet/raic/pkg/session"
+	"github.com/raicnet/raic/pkg/tunnel"
+	"github.com/raicnet/raic/pkg/udp"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// Batch is how many datagrams one read may return. A read never waits to fill
+// it: recvmmsg returns what is queued.
+const Batch = 32
+
+// Peer is the router-facing half of one session; a program's session embeds it.
+type Peer struct {
+	Client *clients.Client
+	Salt   [16]byte // the hello's salt: a hello with another one is another session
+	Recv   *tunnel.Receiver
+	Send   *tunnel.Sender // seals the answers towards the router
+	Sink   tunnel.Sink    // where the session's decoded packets go
+	Paths  replypath.Set  // the router addresses replies go to
+	Scheme Scheme         // the RAIC scheme of the router's data
+	Epoch  atomic.Uint64  // the restart epoch the session's keys are for (0: none)
+
+	lastAck atomic.Int64
+}
+
+// ackDue limits acks to one per 10 ms per session: a router sends hellos until
+// its first answer, and one ack per burst of them is enough.
+func (p *Peer) ackDue(now int64) bool {
+	last := p.lastAck.Load()
+	if now-last < int64(10*time.Millisecond) {
+		return false
+	}
+	return p.lastAck.CompareAndSwap(last, now)
+}
+
+// Session is a program's session: a pointer type whose RouterSide is its Peer.
+type Session interface {
+	comparable
+	RouterSide() *Peer
+}
+
+// Program is what a proxy or an intermediate does with what ingress delivers.
+type Program[S Session] interface {
+	// NewSession makes the session an admitted hello asks for, with the keys
+	// of a; ingress puts it in the session table. An error drops the datagram,
+	// and is the program's to count and log.
+	// from is the router address the hello came from.
+	NewSession(a *clients.Admission, id uint64, hello *wire.Hello, from netip.AddrPort) (S, error)
+	// Opened is told of a session just put in the table.
+	Opened(s S, now int64)
+	// Pass is offered each authenticated datagram of s after its packet was
+	// delivered and its path learned (r.Hdr, its opened body). True means the
+	// program dealt with it and ingress answers nothing.
+	Pass(r *Reader, s S, body []byte, from netip.AddrPort, now int64) bool
+	// Probe fills in the far end's part of a probe reply (server RTT; it may
+	// refuse or mark overload); ingress has set Allowed from s's allowlist and
+	// Overloaded from Overloaded.
+	Probe(s S, rep *wire.ProbeReply, now int64)
+	// Overloaded is what pongs and probe replies say about load.
+	Overloaded(now int64) bool
+}
+
+// Config is what an Ingress needs besides its session table.
+type Config struct {
+	Listen     string           // the address routers send to (a checked listen key)
+	RecvBuffer int              // its receive buffer; 0: 4 MiB
+	Clients    []clients.Config // the [[client]] tables: who is admitted
+	// Roster, if set, is admitted against instead of Clients: the
+	// [[client]] tables and a connect-token key (the proxy's).
+	Roster *clients.Roster
+	// Tokens: the program may admit connect tokens (the proxy). Their
+	// refusals are counted by reason (token_malformed, token_forged, ...)
+	// and the table of tokens used is published (PREFIX_tokens_seen,
+	// PREFIX_tokens_evicted_total, see TokenTick). Without it (the
+	// intermediate, which has no token key) a token hello is from a client
+	// it does not know: unknown_client.
+	Tokens bool
+	// MaxSessions is the session table's size, shared fairly among the
+	// clients (clients.FairShare).
+	MaxSessions int
+	// AuthenticatedKeepAlive: only game traffic that authenticated (data,
+	// pings, probes) keeps a session alive, not its keepalives or a datagram
+	// that does not open.
+	AuthenticatedKeepAlive bool
+	// SendVia, if set, is offered every datagram to a router first; true
+	// means it took it (the proxy's TLS/TCP fallback paths).
+	SendVia func(dg []byte, to netip.AddrPort) bool
+	// Prefix names the metrics: PREFIX_received_total, PREFIX_dropped_total
+	// {reason=...}, PREFIX_pongs_total, PREFIX_send_errors_total.
+	Prefix      string
+	Registry    *metrics.Registry
+	Log         *slog.Logger
+	HelloMaxAge time.Duration
+	// OnBatch, if set, runs after each batch read with the batch's start time
+	// (the proxy's load meter).
+	OnBatch func(start int64)
+}
+
+// Ingress reads one socket of datagrams from routers.
+type Ingress[S Session] struct {
+	cfg      Config
+	conn     *udp.Conn
+	roster   atomic.Pointer[clients.Roster] // swapped whole on reload (SetRoster)
+	draining atomic.Bool                    // no new sessions (Drain)
+	sessions *session.Table[uint64, S]
+	prog     Program[S]
+	m        counters
+	run      clients.Run      // this start's restart epoch, sent in pongs
+	refused  *logging.Limiter // bounds the log lines of per-datagram refusals
+	closing  atomic.Bool
+}
+
+type counters struct {
+	received, malformed, unknownSession, unknownClient, authFailed *metrics.Counter
+	duplicate, staleHello, forbiddenTarget, sessionConflict        *metrics.Counter
+	pongs, sendErrors, sessionsCreated                             *metrics.Counter
+	oldEpoch, sessionLimit, sessionRate                            *metrics.Counter
+	draining                                                       *metrics.Counter
+	// Connect tokens (Config.Tokens only): refusals by clients.Refusal, the
+	// table of tokens used.
+	tokenRefused  map[clients.Refusal]*metrics.Counter
+	tokensSeen    *metrics.Gauge
+	tokensEvicted *metrics.Counter
+}
+
+func newCounters(r *metrics.Registry, prefix string, tokens bool) counters {
+	drop := func(reason string) *metrics.Counter {
+		return r.Counter(prefix+`_dropped_total{reason="`+reason+`"}`, "Datagrams dropped, by reason.")
+	}
+	m := counters{
+		received:        r.Counter(prefix+"_received_total", "Datagrams received from routers."),
+		malformed:       drop("malformed"),
+		unknownSession:  drop("unknown_session"),
+		unknownClient:   drop("unknown_client"),
+		authFailed:      drop("auth"),
+		duplicate:       drop("duplicate"),
+		staleHello:      drop("stale_hello"),
+		forbiddenTarget: drop("forbidden_target"),
+		sessionConflict: drop("session_conflict"),
+		oldEpoch:        drop("old_epoch"),
+		sessionLimit:    drop("client_session_limit"),
+		sessionRate:     drop("client_session_rate"),
+		draining:        drop("draining"),
+		pongs:           r.Counter(prefix+"_pongs_total", "Keepalive answers sent to routers."),
+		sendErrors:      r.Counter(prefix+"_send_errors_total", "Errors sending datagrams."),
+		sessionsCreated: r.Counter(prefix+"_sessions_created_total", "Sessions created."),
+	}
+	if tokens {
+		m.tokenRefused = map[clients.Refusal]*metrics.Counter{}
+		for _, why := range []clients.Refusal{clients.TokenMalformed, clients.TokenForged, clients.TokenExpired, clients.TokenNotYet, clients.TokenReplayed} {
+			m.tokenRefused[why] = drop(why.String())
+		}
+		m.tokensSeen = r.Gauge(prefix+"_tokens_seen", "Connect tokens remembered until they expire (replay table).")
+		m.tokensEvicted = r.Counter(prefix+"_tokens_evicted_total", "Unexpired tokens dropped from the full replay table.")
+	}
+	return m
+}
+
+// New binds the socket routers send to and returns its ingress: sessions are
+// found in (and opened into) sessions, hellos admitted against cfg.Roster, or
+// cfg.Clients when it is nil.
+func New[S Session](cfg Config, sessions *session.Table[uint64, S], prog Program[S]) (*Ingress[S], error) {
+	roster := cfg.Roster
+	if roster == nil {
+		cl, err := clients.Table(cfg.Clients, mono.Now())
+		if err != nil {
+			return nil, err
+		}
+		roster = &clients.Roster{Clients: cl}
+	}
+	run, err := clients.NewRun(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RecvBuffer == 0 {
+		cfg.RecvBuffer = 4 << 20
+	}
+	local, _ := netip.ParseAddrPort(cfg.Listen)
+	conn, err := udp.Listen("udp", udp.Options{Local: local, RecvBuffer: cfg.RecvBuffer, SendBuffer: 4 << 20})
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	in := &Ingress[S]{cfg: cfg, conn: conn, sessions: sessions, prog: prog, m: newCounters(cfg.Registry, cfg.Prefix, cfg.Tokens),
+		run: run, refused: logging.NewLimiter(5, 20)}
+	in.SetRoster(roster)
+	return in, nil
+}
+
+// SetRoster makes new hellos meet r (a reload): its clients get their fair
+// share of the session table. Sessions already open keep the client they were
+// admitted with.
+func (in *Ingress[S]) SetRoster(r *clients.Roster) {
+	clients.FairShare(r.Clients, in.cfg.MaxSessions)
+	in.roster.Store(r)
+}
+
+// Roster is what hellos are admitted against now.
+func (in *Ingress[S]) Roster() *clients.Roster { return in.roster.Load() }
+
+// Drain stops admitting new sessions: their hellos are dropped, counted as
+// draining. Open sessions go on. It reports whether a drain had begun already.
+func (in *Ingress[S]) Drain() bool { return in.draining.Swap(true) }
+
+// Draining reports whether a drain has begun.
+func (in *Ingress[S]) Draining() bool { return in.draining.Load() }
+
+// TokenTick forgets the expired tokens of the table of tokens used and
+// publishes its size and evictions (a program's janitor calls it once a
+// second; nothing without Config.Tokens or a token key).
+func (in *Ingress[S]) TokenTick(now time.Time) {
+	seen := in.roster.Load().Seen
+	if seen == nil || in.m.tokensSeen == nil {
+		return
+	}
+	seen.Sweep(now.Unix())
+	in.m.tokensSeen.Set(int64(seen.Len()))
+	if ev := seen.Evicted(); ev > in.m.tokensEvicted.Load() {
+		in.m.tokensEvicted.Add(ev - in.m.tokensEvicted.Load())
+	}
+}
+
+// Epoch is this start's restart epoch (see clients.Run).
+func (in *Ingress[S]) Epoch() uint64 { return in.run.Epoch }
+
+// NewSessions makes a session table for an ingress: at most max sessions,
+// ended after idle, onRemove told of each end; IDs hashed with IDHash.
+func NewSessions[S Session](max int, idle time.Duration, onRemove func(uint64, S, session.Reason)) (*session.Table[uint64, S], error) {
+	hash, err := IDHash()
+	if err != nil {
+		return nil, err
+	}
+	return session.NewTable(session.Config[uint64, S]{MaxEntries: max, IdleTimeout: idle, Hash: hash, OnRemove: onRemove}), nil
+}
+
+// Clients is the number of clients admitted.
+func (in *Ingress[S]) Clients() int { return len(in.roster.Load().Clients) }
+
+// Addr is the address routers send to.
+func (in *Ingress[S]) Addr() netip.AddrPort { return in.conn.LocalAddr() }
+
+// Close closes the socket; Run returns.
+func (in *Ingress[S]) Close() {
+	in.closing.Store(true)
+	in.conn.Close()
+}
+
+// Reader holds one read goroutine's buffers, so nothing is allocated per
+// datagram. Programs use Ctrl for what they seal while handling a datagram.
+type Reader struct {
+	msgs    []udp.Message
+	Ctrl    []byte // control datagrams sealed on this goroutine
+	scratch []byte // a copy for authenticating hellos before a session exists
+	Hdr     wire.Header
+	Hello   wire.Hello
+	// sink delivers a session's decoded packets, but first learns the address
+	// the completing datagram came from as a live path: the answer may come
+	// back at once. Set per datagram, so passing it allocates nothing.
+	sink replypath.Learner
+}
+
+// NewReader returns the buffers of one read goroutine.
+func NewReader() *Reader {
+	r := &Reader{msgs: make([]udp.Message, Batch), Ctrl: make([]byte, wire.MaxDatagram), scratch: make([]byte, wire.MaxDatagram)}
+	for i := range r.msgs {
+		// One byte more than the largest datagram, so an oversized one shows as
+		// such instead of being silently truncated to a plausible length.
+		r.msgs[i].Buf = make([]byte, wire.MaxDatagram+1)
+	}
+	return r
+}
+
+// Run reads and handles datagrams until the socket is closed.
+func (in *Ingress[S]) Run() {
+	r := NewReader()
+	for {
+		n, err := in.conn.ReadBatch(r.msgs)
+		if err != nil {
+			if in.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			in.cfg.Log.Warn("read", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		now := mono.Now() // once per batch
+		for i := 0; i < n; i++ {
+			m := &r.msgs[i]
+			in.Handle(r, m.Buf[:m.N], m.Addr, now)
+		}
+		if in.cfg.OnBatch != nil {
+			in.cfg.OnBatch(now)
+		}
+	}
+}
+
+// Handle processes one datagram from a router.
+func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int64) {
+	in.m.received.Inc()
+	off, err := wire.Parse(dg, &r.Hdr, &r.Hello)
+	if err != nil {
+		in.m.malformed.Inc()
+		return
+	}
+	h := &r.Hdr
+	var s S
+	var ok bool
+	if in.cfg.AuthenticatedKeepAlive {
+		// Peek, not Get: only an authenticated datagram may keep a session alive.
+		s, ok = in.sessions.Peek(h.Session)
+	} else {
+		s, ok = in.sessions.Get(h.Session, now)
+	}
+	if !ok {
+		if h.Flags&wire.FlagHello == 0 {
+			in.m.unknownSession.Inc()
+			return
+		}
+		if s, ok = in.open(r, dg, off, from, now); !ok {
+			return
+		}
+	} else if h.Flags&wire.FlagHello != 0 && r.Hello.Salt != s.RouterSide().Salt {
+		// Another session claims this ID; it cannot be ours (different keys).
+		in.m.sessionConflict.Inc()
+		return
+	} else if h.Flags&wire.FlagHello != 0 && r.Hello.Epoch == in.run.Epoch && s.RouterSide().Epoch.Load() != in.run.Epoch {
+		// The router learned this run's epoch after it opened the session and
+		// moved the session's keys to it (so a restart of ours cannot take a
+		// replay of them): follow, once the hello proves it.
+		if !in.upgradeEpoch(r, s.RouterSide(), dg, off) {
+			return
+		}
+	}
+	p := s.RouterSide()
+	r.sink = replypath.Learner{Paths: &p.Paths, Next: p.Sink, From: from, Now: now}
+	body, err := p.Recv.Receive(dg, h, off, now, &r.sink)
+	switch {
+	case errors.Is(err, tunnel.ErrDuplicate):
+		in.m.duplicate.Inc()
+		// A router's copies on its slower uplinks arrive as duplicates: they keep
+		// a path already known fresh, never add one.
+		p.Paths.Refresh(from, now)
+		return
+	case err != nil:
+		in.m.authFailed.Inc()
+		return
+	}
+	// Authenticated: this address is a live path of the session (this is also how
+	// a NAT rebinding on the router's side is learned).
+	p.Paths.Learn(from, now)
+	if in.cfg.AuthenticatedKeepAlive && (h.Type == wire.TypeData || h.Type == wire.TypePing || h.Type == wire.TypeProbe) {
+		// Game traffic (and a control session's keepalive pings) keeps the
+		// session alive; keepalives of an idle game session do not, so it
+		// ends after session_idle as the router's does.
+		in.sessions.Get(h.Session, now)
+	}
+	switch h.Type {
+	case wire.TypeData:
+		p.Scheme.Note(h)
+	case wire.TypeKeepalive:
+		// It says how many paths the router has, and how many copies it sends on
+		// each: replies get as many on each path, and make up for the paths
+		// never heard from.
+		p.Paths.NoteKeepalive(body)
+	}
+	if in.prog.Pass(r, s, body, from, now) {
+		return
+	}
+	switch h.Type {
+	case wire.TypePing:
+		var ping wire.Ping
+		if wire.ParsePing(body, &ping) != nil {
+			in.m.malformed.Inc()
+			return
+		}
+		pong := wire.Pong{Ping: ping, PeerTime: now, Overloaded: in.prog.Overloaded(now), Epoch: in.run.Epoch}
+		var pb [wire.PongEpochLen]byte
+		if in.Answer(r, p, wire.TypePong, pong.Put(pb[:]), from, now) {
+			in.m.pongs.Inc()
+		}
+	case wire.TypeProbe:
+		var probe wire.Probe
+		if wire.ParseProbe(body, &probe) != nil {
+			in.m.malformed.Inc()
+			return
+		}
+		rep := wire.ProbeReply{Probe: probe, Overloaded: in.prog.Overloaded(now)}
+		rep.Allowed = probe.Target.IsValid() && p.Client.Allow.Allows(probe.Target)
+		in.prog.Probe(s, &rep, now)
+		var rb [wire.ProbeReplyLen]byte
+		in.Answer(r, p, wire.TypeProbeReply, rep.Put(rb[:]), from, now)
+	case wire.TypeClose:
+		in.sessions.Delete(h.Session)
+		return
+	}
+	if h.Flags&wire.FlagHello != 0 && p.ackDue(now) {
+		var ab [8]byte
+		binary.BigEndian.PutUint64(ab[:], h.Packet)
+		in.Answer(r, p, wire.TypeAck, ab[:], from, now)
+	}
+}
+
+// open admits the first datagram of an unknown session (it carries a hello),
+// has the program make the session and puts it in the table. ok is false, the reason counted, when
+// the datagram must be dropped.
+func (in *Ingress[S]) open(r *Reader, dg []byte, off int, from netip.AddrPort, now int64) (s S, ok bool) {
+	hello := &r.Hello
+	if in.draining.Load() {
+		in.m.draining.Inc()
+		return s, false
+	}
+	a, why := clients.Admit(in.roster.Load(), &r.Hdr, hello, dg, off, r.scratch, in.cfg.HelloMaxAge, time.Now(), &in.run)
+	if why == clients.Admitted {
+		why = a.Client.OpenSession(now)
+	}
+	switch why {
+	case clients.Admitted:
+	case clients.UnknownClient:
+		in.m.unknownClient.Inc()
+		return s, false
+	case clients.AuthFailed:
+		in.m.authFailed.Inc()
+		return s, false
+	case clients.StaleHello:
+		in.m.staleHello.Inc()
+		in.refuse("hello refused: its time is too far from ours (replayed, or a clock is wrong)",
+			"client", a.Client.ID, "hello_unix_ms", hello.UnixMilli, "hello_max_age", in.cfg.HelloMaxAge)
+		return s, false
+	case clients.OldEpoch:
+		in.m.oldEpoch.Inc()
+		in.refuse("hello refused: made for an earlier run of this program (a replay, or a router that has not heard of the restart yet)",
+			"client", a.Client.ID, "session", r.Hdr.Session)
+		return s, false
+	case clients.ForbiddenTarget:
+		in.m.forbiddenTarget.Inc()
+		in.refuse("target refused: not in the client's allowlist", "client", a.Client.ID, "target", hello.Target.String())
+		return s, false
+	case clients.SessionLimit, clients.SessionRate:
+		if why == clients.SessionLimit {
+			in.m.sessionLimit.Inc()
+		} else {
+			in.m.sessionRate.Inc()
+		}
+		in.refuse("session refused: client over its limit", "client", a.Client.ID, "limit", why.String(),
+			"sessions", a.Client.Sessions(), "max_sessions", a.Client.MaxSessions())
+		return s, false
+	default: // connect tokens: expired, forged, replayed...
+		if c := in.m.tokenRefused[why]; c != nil {
+			c.Inc()
+		} else if !in.cfg.Tokens {
+			// A program with no token key at all: to it the sender is a
+			// client it does not know.
+			in.m.unknownClient.Inc()
+		}
+		return s, false
+	}
+	id := r.Hdr.Session
+	s, created, err := in.sessions.GetOrCreate(id, now, func() (S, error) { return in.prog.NewSession(&a, id, hello, from) })
+	if !created {
+		a.Client.CloseSession() // reserved above, not used
+	}
+	if err != nil {
+		return s, false
+	}
+	if created {
+		p := s.RouterSide()
+		p.Epoch.Store(hello.Epoch)
+		if !hello.Target.IsValid() {
+			// A control session may be re-opened with the keys it had before a
+			// restart (clients.Admit): nothing sealed before this datagram is
+			// taken, so a replayed capture gets no answer.
+			p.Recv.SetFloor(r.Hdr.Packet)
+		}
+		in.m.sessionsCreated.Inc()
+		in.prog.Opened(s, now)
+	}
+	return s, true
+}
+
+// refuse logs a refusal, at a bounded rate.
+func (in *Ingress[S]) refuse(msg string, args ...any) {
+	if ok, n := in.refused.Allow(); ok {
+		in.cfg.Log.Warn(msg, append(args, "lines_suppressed", n)...)
+	}
+}
+
+// upgradeEpoch re-keys p for this run's epoch when the datagram, a hello
+// naming it, authenticates with those keys; it reports whether it did.
+func (in *Ingress[S]) upgradeEpoch(r *Reader, p *Peer, dg []byte, off int) bool {
+	send, recv, err := wire.DeriveKeysEpoch(&p.Client.Key, &p.Salt, r.Hdr.Session, in.run.Epoch, wire.RoleServer)
+	if err != nil {
+		return false
+	}
+	cp := r.scratch[:len(dg)]
+	copy(cp, dg)
+	if _, err := wire.Open(recv, cp, off); err != nil {
+		in.m.authFailed.Inc()
+		return false
+	}
+	p.Recv.Upgrade(recv)
+	p.Send.Rekey(send, 0, 0)
+	p.Epoch.Store(in.run.Epoch)
+	return true
+}
+
+// Answer seals a control message of p's session (in r.Ctrl) and sends it to
+// the router address to; false when nothing was sent.
+func (in *Ingress[S]) Answer(r *Reader, p *Peer, t wire.Type, body []byte, to netip.AddrPort, now int64) bool {
+	out, err := p.Send.SealControl(r.Ctrl, t, body, now)
+	if err != nil {
+		return false
+	}
+	return in.SendTo(out, to)
+}
+
+// SendTo sends one datagram to a router, counting a failure.
+func (in *Ingress[S]) SendTo(dg []byte, to netip.AddrPort) bool {
+	if in.cfg.SendVia != nil && in.cfg.SendVia(dg, to) {
+		return true
+	}
+	if err := in.conn.WriteTo(dg, to); err != nil {
+		in.m.sendErrors.Inc()
+		return false
+	}
+	return true
+}
+
+// ErrNoPath is Reply's error for a session with no router address heard from
+// within the reply window.
+var ErrNoPath = errors.New("ingress: no live path to the router")
+
+// Reply sends one packet back to the router of p over its live paths (heard
+// from within window): seal codes and seals it, and is called only once a path
+// is known, so a packet with nowhere to go takes no packet ID. A single
+// datagram (RAIC-1) goes to every path, as many times as the router's
+// keepalives say it sends on each, and for each path lagging behind or never
+// heard from as many more on fresh paths (replypath.Live.Copies); so does each
+// X-fragment of a copy scheme (seal says whether the datagrams are copies).
+// Shards are spread over the paths once each. It returns the datagrams sent and the extra
+// copies moved to fresh paths; the error is ErrNoPath or seal's.
+func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func() (dgs [][]byte, copies bool, err error)) (sent, moved int, err error) {
+	var live replypath.Live
+	p.Paths.Live(now, window, &live)
+	if live.Len() == 0 {
+		return 0, 0, ErrNoPath
+	}
+	dgs, copies, err := seal()
+	if err != nil {
+		return 0, 0, err
+	}
+	if copies {
+		// The X-fragments of a copy scheme are copies too: each goes to every
+		// path.
+		var to [replypath.MaxCopies]netip.AddrPort
+		n, extra := live.Copies(&to)
+		for _, dg := range dgs {
+			for _, a := range to[:n] {
+				in.SendTo(dg, a)
+			}
+		}
+		return n * len(dgs), extra * len(dgs), nil
+	}
+	var placement [64]int
+	out := live.Place(len(dgs), placement[:0])
+	for i, dg := range dgs {
+		in.SendTo(dg, live.Addr(out[i]))
+	}
+	return len(dgs), 0, nil
+}
+
+// IDHash returns a hash of session IDs for the session tables, seeded at
+// random: routers choose the IDs, and must not be able to choose ones that
+// crowd one bucket.
+func IDHash() (func(id uint64) uint64, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	seed := binary.LittleEndian.Uint64(b[:])
+	return func(id uint64) uint64 { return (id ^ seed) * 0x9e3779b97f4a7c15 }, nil
+}
+
+// Client returns the [[client]] with the given ID (a connect token's client
+// has no table entry), as the roster has it now.
+func (in *Ingress[S]) Client(id string) (*clients.Client, bool) {
+	c, ok := in.roster.Load().Clients[id]
+	return c, ok
+}
