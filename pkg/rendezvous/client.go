@@ -128,7 +128,9 @@ func (c *Client) Handle(b []byte, ev *Event) error {
 		return ErrBody
 	}
 	c.mu.Lock()
-	if ctr <= c.lastServer {
+	// One introduction goes to every uplink with one counter: a copy of the
+	// newest one is accepted (it says the same), anything older is not.
+	if ctr < c.lastServer {
 		c.mu.Unlock()
 		return ErrReplay
 	}
