@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -291,5 +292,110 @@ func TestLinkRendezvous(t *testing.T) {
 				t.Fatalf("relay used although punching worked: %+v", a.link.Counters())
 			}
 		})
+	}
+}
+
+// startMuxPeer is a side whose link delivers to a Mux.
+func startMuxPeer(t *testing.T, cfg LinkConfig, uplinks int, mc MuxConfig) (*Link, *Sockets, *Mux) {
+	t.Helper()
+	addrs := make([]netip.AddrPort, uplinks)
+	for i := range addrs {
+		addrs[i] = loop0
+	}
+	socks, err := ListenSockets(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux, err := NewMux(mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Paths.Uplinks = uplinks
+	cfg.Deliver = mux.Deliver
+	l, err := NewLink(cfg, socks, mono.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Attach(l)
+	socks.Serve(l)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(10 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				l.Tick(mono.Now())
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done; socks.Close(); mux.Close() })
+	return l, socks, mux
+}
+
+// TestVPortsCarryFlowsToThePeersService: two clients on A's virtual port
+// reach an echo service on B's side through the link, each as its own flow.
+func TestVPortsCarryFlowsToThePeersService(t *testing.T) {
+	echo, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(loop0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	sources := make(chan netip.AddrPort, 1000)
+	echoDone := make(chan struct{})
+	go func() {
+		defer close(echoDone)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := echo.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			sources <- from
+			echo.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	key := mustKey(t)
+	_, bs, _ := startMuxPeer(t, LinkConfig{LocalID: "bob", PeerID: "alice", Key: key}, 2,
+		MuxConfig{Services: []Service{{ID: 7, Target: echo.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	_, _, am := startMuxPeer(t, LinkConfig{LocalID: "alice", PeerID: "bob", Key: key,
+		Static: []netip.AddrPort{bs.Addr(0), bs.Addr(1)}}, 2, MuxConfig{VPorts: []VPort{{ID: 7, Listen: loop0}}})
+	vp := am.ListenAddr(7)
+	var clients [2]*net.UDPConn
+	for i := range clients {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(vp))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients[i] = c
+	}
+	buf := make([]byte, 2048)
+	for round := 0; round < 20; round++ {
+		for i, c := range clients {
+			msg := fmt.Sprintf("client %d round %d", i, round)
+			c.Write([]byte(msg))
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("client %d round %d: %v", i, round, err)
+			}
+			if string(buf[:n]) != msg {
+				t.Fatalf("client %d got %q, want %q", i, buf[:n], msg)
+			}
+		}
+	}
+	echo.Close()
+	<-echoDone
+	close(sources)
+	distinct := map[netip.AddrPort]bool{}
+	for s := range sources {
+		distinct[s] = true
+	}
+	if len(distinct) != 2 {
+		t.Fatalf("the service saw %d source addresses, want one per client flow (2)", len(distinct))
 	}
 }
