@@ -130,6 +130,7 @@ func (r *rvProcess) metrics(t *testing.T) map[string]float64 {
 type nsPeer struct {
 	link  *peer.Link
 	socks *peer.Sockets
+	mux   *peer.Mux
 	mu    sync.Mutex
 	got   map[uint32]int
 	at    map[uint32]int64 // arrival time of each first copy
@@ -141,8 +142,18 @@ func (p *nsPeer) count() int {
 	return len(p.got)
 }
 
-func startNSPeer(t *testing.T, p *netns.Peers, s int, uplinks int, keys peerKeys) *nsPeer {
+// nsPeerOptions adds virtual ports and per-copy observation to a side.
+type nsPeerOptions struct {
+	mux     *peer.MuxConfig
+	observe func(local int, from netip.AddrPort, t wire.Type, body []byte, now int64)
+}
+
+func startNSPeer(t *testing.T, p *netns.Peers, s int, uplinks int, keys peerKeys, opts ...nsPeerOptions) *nsPeer {
 	t.Helper()
+	var o nsPeerOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	addrs := make([]netip.AddrPort, uplinks)
 	for i := range addrs {
 		addrs[i] = netip.AddrPortFrom(netns.PeerUplinkAddr(s, i), peerPort)
@@ -151,6 +162,10 @@ func startNSPeer(t *testing.T, p *netns.Peers, s int, uplinks int, keys peerKeys
 	if err := p.Router[s].Do(func() error {
 		var err error
 		np.socks, err = peer.ListenSockets(addrs)
+		if err != nil || o.mux == nil {
+			return err
+		}
+		np.mux, err = peer.NewMux(*o.mux)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -165,11 +180,15 @@ func startNSPeer(t *testing.T, p *netns.Peers, s int, uplinks int, keys peerKeys
 			PingInterval: 50 * time.Millisecond, DownAfter: 150 * time.Millisecond}},
 		Rendezvous: rv, RendezvousAddr: netip.AddrPortFrom(netns.RendezvousAddr, rendezvousPort),
 		RegisterInterval: 250 * time.Millisecond, PunchTimeout: 2 * time.Second,
-		Log: testLogger(),
+		Log:     testLogger(),
+		Observe: o.observe,
 		Deliver: func(b []byte) {
 			now := mono.Now()
 			seq, ok := parseVoice(b)
 			if !ok {
+				if np.mux != nil {
+					np.mux.Deliver(b)
+				}
 				return
 			}
 			np.mu.Lock()
@@ -182,6 +201,9 @@ func startNSPeer(t *testing.T, p *netns.Peers, s int, uplinks int, keys peerKeys
 	}, np.socks, mono.Now())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if np.mux != nil {
+		np.mux.Attach(np.link)
 	}
 	np.socks.Serve(np.link)
 	stop := make(chan struct{})
@@ -199,7 +221,14 @@ func startNSPeer(t *testing.T, p *netns.Peers, s int, uplinks int, keys peerKeys
 			}
 		}
 	}()
-	t.Cleanup(func() { close(stop); <-done; np.socks.Close() })
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+		np.socks.Close()
+		if np.mux != nil {
+			np.mux.Close()
+		}
+	})
 	return np
 }
 

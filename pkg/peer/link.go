@@ -106,6 +106,9 @@ type LinkConfig struct {
 	PunchTimeout time.Duration
 	// Deliver receives each packet's payload once; it must not keep it.
 	Deliver func(payload []byte)
+	// Observe, when set, sees every authenticated copy that arrives directly
+	// (duplicates too: it costs opening them), for per-path measurements.
+	Observe func(local int, from netip.AddrPort, t wire.Type, body []byte, now int64)
 	Log     *slog.Logger
 }
 
@@ -334,7 +337,7 @@ func (l *Link) receivePeer(local int, from netip.AddrPort, b []byte, now int64, 
 		rs = &recvSession{sid: h.Session, started: hello.UnixMilli, open: open}
 		fresh = true
 	}
-	if rs.win.Seen(h.Packet) {
+	if l.cfg.Observe == nil && rs.win.Seen(h.Packet) {
 		l.rmu.Unlock()
 		l.c.dups.Add(1)
 		return
@@ -351,6 +354,9 @@ func (l *Link) receivePeer(local int, from netip.AddrPort, b []byte, now int64, 
 	}
 	isNew := rs.win.Mark(h.Packet)
 	l.rmu.Unlock()
+	if l.cfg.Observe != nil && !relayed {
+		l.cfg.Observe(local, from, h.Type, body, now)
+	}
 	if !isNew {
 		l.c.dups.Add(1)
 		return
