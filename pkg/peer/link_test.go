@@ -363,7 +363,7 @@ func TestVPortsCarryFlowsToThePeersService(t *testing.T) {
 		MuxConfig{Services: []Service{{ID: 7, Target: echo.LocalAddr().(*net.UDPAddr).AddrPort()}}})
 	_, _, am := startMuxPeer(t, LinkConfig{LocalID: "alice", PeerID: "bob", Key: key,
 		Static: []netip.AddrPort{bs.Addr(0), bs.Addr(1)}}, 2, MuxConfig{VPorts: []VPort{{ID: 7, Listen: loop0}}})
-	vp := am.ListenAddr(7)
+	vp, _ := am.ListenAddr(7)
 	var clients [2]*net.UDPConn
 	for i := range clients {
 		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(vp))

@@ -116,7 +116,9 @@ func NewMux(cfg MuxConfig) (*Mux, error) {
 		cfg.Listen = func(a netip.AddrPort) (*net.UDPConn, error) { return net.ListenUDP("udp", net.UDPAddrFromAddrPort(a)) }
 	}
 	if cfg.Dial == nil {
-		cfg.Dial = func(a netip.AddrPort) (*net.UDPConn, error) { return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(a)) }
+		cfg.Dial = func(a netip.AddrPort) (*net.UDPConn, error) {
+			return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(a))
+		}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -143,9 +145,13 @@ func NewMux(cfg MuxConfig) (*Mux, error) {
 	return m, nil
 }
 
-// ListenAddr returns the bound address of vport id.
-func (m *Mux) ListenAddr(id uint16) netip.AddrPort {
-	return m.listeners[id].conn.LocalAddr().(*net.UDPAddr).AddrPort()
+// ListenAddr returns the bound address of vport id, if there is one.
+func (m *Mux) ListenAddr(id uint16) (netip.AddrPort, bool) {
+	vl := m.listeners[id]
+	if vl == nil {
+		return netip.AddrPort{}, false
+	}
+	return vl.conn.LocalAddr().(*net.UDPAddr).AddrPort(), true
 }
 
 // Attach sets the link and starts the VPorts' read loops.
