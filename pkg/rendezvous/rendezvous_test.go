@@ -29,7 +29,7 @@ func TestConfigErrorsNameFileLineKey(t *testing.T) {
 		{"[[peer]]\nid = \"a\"\nkey = \"" + good + "\"\n[[peer]]\nid = \"a\"\nkey = \"" + good + "\"\n", "rv.toml:5: peer.1.id: peer \"a\" is configured twice"},
 		{"relay_rate_pps = -1\n[[peer]]\nid = \"a\"\nkey = \"" + good + "\"\n", "rv.toml:1: relay_rate_pps:"},
 		{"listen = \"127.0.0.1:1\"\n", "rv.toml: peer: no [[peer]]"},
-		{"[[peer]]\nid = \"a\"\nkey = \"" + good + "\"\nkye = 1\n", "rv.toml:4: unknown key"},
+		{"[[peer]]\nid = \"a\"\nkey = \"" + good + "\"\nkye = 1\n", "rv.toml:4: peer.0.kye: unknown key"},
 	}
 	for _, c := range cases {
 		_, err := ParseConfig("rv.toml", c.text)
