@@ -5,7 +5,7 @@ BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/raicnet/raic/pkg/version.Version=$(VERSION)
 # Namespace tests and benchmarks need root; everything else runs as any user.
-PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
+PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy proxy/cmd/raic-rendezvous simple/cmd/raic-simple \
             intermediate/cmd/raic-intermediate proxy/cmd/raic-token \
             integration/cmd/gamegen integration/cmd/linkem integration/cmd/ppserver
 

@@ -107,6 +107,20 @@ proxy = "198.18.40.2:4500"
 			badWant: ":8: next.key",
 		},
 		{
+			pkg: "proxy/cmd/raic-rendezvous",
+			good: `listen = "0.0.0.0:3478"
+[[peer]]
+id = "alice"
+key = "` + key + `"
+`,
+			bad: `listen = "0.0.0.0:3478"
+[[peer]]
+id = "alice"
+key = "not a key"
+`,
+			badWant: ":4: peer.0.key",
+		},
+		{
 			pkg: "simple/cmd/raic-simple",
 			good: `[[route]]
 listen = "0.0.0.0:4501"

@@ -71,6 +71,10 @@ type Config struct {
 	// TCP carries TCP flows and the UDP fallback over the aggregated
 	// connection to the proxy (see tcp.go).
 	TCP TCPConfig `toml:"tcp"`
+	// Peers and VPorts: peer mode, another router reached over every pair of
+	// uplinks (see peer.go).
+	Peers  []PeerConfig  `toml:"peer"`
+	VPorts []VPortConfig `toml:"vport"`
 }
 
 // UplinkConfig is one [[uplink]]: a socket bound to an interface or a source
@@ -230,8 +234,9 @@ func (c *Config) check(meta *config.Meta) {
 	}
 	c.Suppress.check(c, meta)
 	meta.Add(c.TCP.check(meta))
-	if len(c.Forwards) == 0 && !c.Transparent.Enabled && len(c.TCP.Forwards) == 0 && !c.TCP.Split.enabled() {
-		meta.Report("forward", "no [[forward]] configured and transparent mode is off: nothing to carry")
+	meta.Add(c.checkPeers(meta))
+	if len(c.Forwards) == 0 && !c.Transparent.Enabled && len(c.TCP.Forwards) == 0 && !c.TCP.Split.enabled() && len(c.Peers) == 0 {
+		meta.Report("forward", "no [[forward]] configured, transparent mode is off and no [[peer]]: nothing to carry")
 	}
 	for i := range c.Forwards {
 		f := &c.Forwards[i]

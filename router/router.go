@@ -58,6 +58,7 @@ type Router struct {
 	httpSrv *http.Server
 	sup     *suppression // [suppress] at run time (suppression.go); nil when off
 	tcp     *tcpSide     // [tcp] at run time (tcp.go); nil when off
+	peers   []*peerRun   // [[peer]] at run time (peer.go)
 }
 
 type counters struct {
@@ -371,6 +372,10 @@ func (r *Router) Run(ctx context.Context) error {
 		r.Close()
 		return err
 	}
+	if err := r.startPeers(ctx); err != nil {
+		r.Close()
+		return err
+	}
 	<-ctx.Done()
 	r.Close()
 	return nil
@@ -393,6 +398,7 @@ func (r *Router) Close() {
 	r.closeSuppression()
 	r.closeTransparent()
 	r.closeTCP()
+	r.closePeers()
 	r.closeSockets()
 	if r.httpSrv != nil {
 		r.httpSrv.Close()

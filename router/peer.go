@@ -1,0 +1,347 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"time"
+
+	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/peer"
+	"github.com/raicnet/raic/pkg/rendezvous"
+	"github.com/raicnet/raic/pkg/udp"
+	"github.com/raicnet/raic/pkg/uplink"
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// Peer mode: this router and another carry UDP flows (a VoIP call) over
+// every pair of their uplinks (see package peer). Each [[peer]] gets a socket
+// on every uplink (bound like the uplink's own, on the peer's port), finds
+// the other router at its configured addresses or through a rendezvous
+// (raic-rendezvous, which also relays when punching fails), and carries:
+//
+//   - [[vport]] tables: a local UDP port whose flows go to a service the peer
+//     offers;
+//   - [[peer.service]] tables: the services this router offers the peer,
+//     by name, each an address on its own side.
+//
+//	[[peer]]
+//	id = "bob"                        # the other router's client_id
+//	key = "…"                         # the pair's shared key (raic-router -genkey)
+//	addresses = ["203.0.113.7:4600"]  # and/or:
+//	rendezvous = "198.18.160.2:3478"
+//	rendezvous_key = "…"              # this router's key at the rendezvous
+//	port = 4600                       # local port on every uplink
+//	[[peer.service]]
+//	name = "sip"
+//	target = "192.168.1.20:5060"
+//
+//	[[vport]]
+//	peer = "bob"
+//	listen = "127.0.0.1:5060"
+//	service = "sip"                   # a service of bob's
+//
+// Peer mode uses plain per-uplink sockets for now; the transparent capture of
+// the LAN's VoIP flows towards the peer's LAN is not wired yet.
+
+// PeerConfig is one [[peer]].
+type PeerConfig struct {
+	ID            string              `toml:"id"`
+	Key           string              `toml:"key"`
+	Addresses     []string            `toml:"addresses"`
+	Rendezvous    string              `toml:"rendezvous"`
+	RendezvousKey string              `toml:"rendezvous_key"`
+	Port          int                 `toml:"port"`
+	Services      []PeerServiceConfig `toml:"service"`
+
+	addrs []netip.AddrPort
+	rv    netip.AddrPort
+}
+
+// PeerServiceConfig is one [[peer.service]]: what the peer's vports may reach.
+type PeerServiceConfig struct {
+	Name   string `toml:"name"`
+	Target string `toml:"target"`
+}
+
+// VPortConfig is one [[vport]].
+type VPortConfig struct {
+	Peer    string `toml:"peer"`
+	Listen  string `toml:"listen"`
+	Service string `toml:"service"`
+}
+
+// DefaultPeerPort is a peer's local port on every uplink.
+const DefaultPeerPort = 4600
+
+// serviceID is the 16-bit wire name of a service: both routers derive it from
+// the name, so neither has to number the other's services.
+func serviceID(name string) uint16 {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	v := h.Sum32()
+	return uint16(v>>16) ^ uint16(v)
+}
+
+func (c *Config) checkPeers(meta *config.Meta) error {
+	ids := map[string]bool{}
+	ports := map[int]bool{}
+	for i := range c.Peers {
+		p := &c.Peers[i]
+		key := func(k string) string { return fmt.Sprintf("peer.%d.%s", i, k) }
+		if p.ID == "" || len(p.ID) > wire.MaxClientID {
+			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
+		}
+		if ids[p.ID] {
+			return meta.Errorf(key("id"), "peer %q is configured twice", p.ID)
+		}
+		ids[p.ID] = true
+		if _, err := wire.ParseKey(p.Key); err != nil {
+			return meta.Errorf(key("key"), "%v", err)
+		}
+		p.addrs = nil
+		for _, a := range p.Addresses {
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil {
+				return meta.Errorf(key("addresses"), "not an address:port: %q", a)
+			}
+			p.addrs = append(p.addrs, ap)
+		}
+		if p.Rendezvous != "" {
+			ap, err := netip.ParseAddrPort(p.Rendezvous)
+			if err != nil {
+				return meta.Errorf(key("rendezvous"), "not an address:port: %v", err)
+			}
+			p.rv = ap
+			if _, err := wire.ParseKey(p.RendezvousKey); err != nil {
+				return meta.Errorf(key("rendezvous_key"), "%v", err)
+			}
+		} else if p.RendezvousKey != "" {
+			return meta.Errorf(key("rendezvous_key"), "set, but no rendezvous to use it with")
+		}
+		if p.Port == 0 {
+			p.Port = DefaultPeerPort
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			return meta.Errorf(key("port"), "must be 1 to 65535")
+		}
+		if ports[p.Port] {
+			return meta.Errorf(key("port"), "port %d is already another peer's", p.Port)
+		}
+		ports[p.Port] = true
+		names := map[uint16]string{}
+		for j, s := range p.Services {
+			skey := func(k string) string { return fmt.Sprintf("peer.%d.service.%d.%s", i, j, k) }
+			if s.Name == "" {
+				return meta.Errorf(skey("name"), "a service needs a name")
+			}
+			if other, dup := names[serviceID(s.Name)]; dup {
+				return meta.Errorf(skey("name"), "service %q clashes with %q: rename one", s.Name, other)
+			}
+			names[serviceID(s.Name)] = s.Name
+			if _, err := netip.ParseAddrPort(s.Target); err != nil {
+				return meta.Errorf(skey("target"), "not an address:port: %v", err)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for i, v := range c.VPorts {
+		key := func(k string) string { return fmt.Sprintf("vport.%d.%s", i, k) }
+		if !ids[v.Peer] {
+			return meta.Errorf(key("peer"), "no [[peer]] with id %q", v.Peer)
+		}
+		if _, err := netip.ParseAddrPort(v.Listen); err != nil {
+			return meta.Errorf(key("listen"), "not an address:port: %v", err)
+		}
+		if v.Service == "" {
+			return meta.Errorf(key("service"), "name the peer's service this port leads to")
+		}
+		if k := v.Peer + "\x00" + v.Service; seen[k] {
+			return meta.Errorf(key("service"), "service %q of %q already has a vport", v.Service, v.Peer)
+		} else {
+			seen[k] = true
+		}
+	}
+	return nil
+}
+
+// peerRun is one [[peer]] at run time.
+type peerRun struct {
+	id    string
+	link  *peer.Link
+	socks *peer.Sockets
+	mux   *peer.Mux
+	stop  chan struct{} // closed by closePeers
+
+	paths, pathsUp                           *metrics.Gauge
+	sent, delivered, dups, relaySent, relayR *metrics.Gauge
+}
+
+// startPeers opens every peer's sockets and starts its link; Close stops them.
+func (r *Router) startPeers(ctx context.Context) error {
+	now := mono.Now()
+	for _, pc := range r.cfg.Peers {
+		pr, err := r.newPeerRun(pc, now)
+		if err != nil {
+			return fmt.Errorf("peer %s: %w", pc.ID, err)
+		}
+		r.peers = append(r.peers, pr)
+		r.log.Info("peer ready", "peer", pc.ID, "port", pc.Port, "addresses", len(pc.addrs), "rendezvous", pc.Rendezvous)
+		pr.mux.Attach(pr.link)
+		pr.socks.Serve(pr.link)
+		r.wg.Add(1)
+		go r.peerTicker(ctx, pr)
+	}
+	return nil
+}
+
+func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
+	key, _ := wire.ParseKey(pc.Key)
+	var conns []peer.PacketConn
+	fail := func(err error) (*peerRun, error) {
+		for _, c := range conns {
+			c.Close()
+		}
+		return nil, err
+	}
+	for _, uc := range r.cfg.Uplinks {
+		opt := udp.Options{Device: uc.Device}
+		if uc.Source != "" {
+			opt.Local, _ = parseHostPort(uc.Source)
+		}
+		opt.Local = netip.AddrPortFrom(opt.Local.Addr(), uint16(pc.Port))
+		c, err := udp.Listen("udp4", opt)
+		if err != nil {
+			return fail(fmt.Errorf("uplink %s: %w", uc.Name, err))
+		}
+		conns = append(conns, c)
+	}
+	var mc peer.MuxConfig
+	mc.Log = r.log
+	for _, s := range pc.Services {
+		t, _ := netip.ParseAddrPort(s.Target)
+		mc.Services = append(mc.Services, peer.Service{ID: serviceID(s.Name), Target: t})
+	}
+	for _, v := range r.cfg.VPorts {
+		if v.Peer == pc.ID {
+			l, _ := netip.ParseAddrPort(v.Listen)
+			mc.VPorts = append(mc.VPorts, peer.VPort{ID: serviceID(v.Service), Listen: l})
+		}
+	}
+	mux, err := peer.NewMux(mc)
+	if err != nil {
+		return fail(err)
+	}
+	lc := peer.LinkConfig{
+		LocalID: r.cfg.ClientID, PeerID: pc.ID, Key: key,
+		Paths: peer.Config{Uplinks: len(conns), Health: uplink.HealthConfig{
+			PingInterval: r.cfg.PingInterval.Duration, DownAfter: r.cfg.DownAfter.Duration}},
+		Static:  pc.addrs,
+		Deliver: mux.Deliver,
+		Log:     r.log.With("peer", pc.ID),
+	}
+	if pc.rv.IsValid() {
+		rk, _ := wire.ParseKey(pc.RendezvousKey)
+		cl, err := rendezvous.NewClient(r.cfg.ClientID, rk, pc.ID)
+		if err != nil {
+			mux.Close()
+			return fail(err)
+		}
+		lc.Rendezvous, lc.RendezvousAddr = cl, pc.rv
+	}
+	socks := peer.NewSockets(conns)
+	link, err := peer.NewLink(lc, socks, now)
+	if err != nil {
+		mux.Close()
+		return fail(err)
+	}
+	lbl := `{peer="` + pc.ID + `"}`
+	g := func(name, help string) *metrics.Gauge { return r.reg.Gauge(name+lbl, help) }
+	return &peerRun{
+		id: pc.ID, link: link, socks: socks, mux: mux, stop: make(chan struct{}),
+		paths:     g("router_peer_paths", "Paths (local uplink, remote address) to the peer."),
+		pathsUp:   g("router_peer_paths_up", "Paths to the peer that answer keepalives."),
+		sent:      g("router_peer_packets_sent", "Packets sent to the peer."),
+		delivered: g("router_peer_packets_delivered", "Packets from the peer delivered (first copies)."),
+		dups:      g("router_peer_duplicates_dropped", "Copies from the peer dropped as duplicates."),
+		relaySent: g("router_peer_relay_sent", "Datagrams sent to the peer through the rendezvous relay."),
+		relayR:    g("router_peer_relay_received", "Datagrams from the peer received through the relay."),
+	}, nil
+}
+
+// peerTicker drives a peer's keepalives, registrations and metrics.
+func (r *Router) peerTicker(ctx context.Context, pr *peerRun) {
+	defer r.wg.Done()
+	tk := time.NewTicker(10 * time.Millisecond)
+	defer tk.Stop()
+	n := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-pr.stop:
+			return
+		case <-tk.C:
+		}
+		now := mono.Now()
+		pr.link.Tick(now)
+		if n++; n%50 != 0 {
+			continue
+		}
+		pr.mux.Expire(now)
+		st := pr.link.Paths().Stats(now)
+		up := 0
+		for _, s := range st {
+			if s.Health.Up && s.Health.PongsReceived > 0 {
+				up++
+			}
+		}
+		c := pr.link.Counters()
+		pr.paths.Set(int64(len(st)))
+		pr.pathsUp.Set(int64(up))
+		pr.sent.Set(int64(c.Sent))
+		pr.delivered.Set(int64(c.Delivered))
+		pr.dups.Set(int64(c.Dups))
+		pr.relaySent.Set(int64(c.RelaySent))
+		pr.relayR.Set(int64(c.RelayRecv))
+	}
+}
+
+// closePeers closes every peer's sockets (their read loops end).
+func (r *Router) closePeers() {
+	for _, pr := range r.peers {
+		close(pr.stop)
+		pr.socks.Close()
+		pr.mux.Close()
+	}
+}
+
+// PeerStats is one peer's state, for tests and reports.
+type PeerStats struct {
+	ID       string
+	Paths    []peer.PathStats
+	Counters peer.LinkCounters
+}
+
+// Peers returns the state of every peer.
+func (r *Router) Peers() []PeerStats {
+	now := mono.Now()
+	var out []PeerStats
+	for _, pr := range r.peers {
+		out = append(out, PeerStats{ID: pr.id, Paths: pr.link.Paths().Stats(now), Counters: pr.link.Counters()})
+	}
+	return out
+}
+
+// PeerVPortAddr returns the bound address of the vport to service of peer.
+func (r *Router) PeerVPortAddr(peerID, service string) (netip.AddrPort, bool) {
+	for _, pr := range r.peers {
+		if pr.id == peerID {
+			return pr.mux.ListenAddr(serviceID(service))
+		}
+	}
+	return netip.AddrPort{}, false
+}
