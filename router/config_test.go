@@ -2,6 +2,8 @@ package router
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -204,5 +206,64 @@ shape_share = nan
 		if !strings.HasPrefix(es[i].Error(), want[i]) {
 			t.Errorf("error %d = %q, want it to start %q", i, es[i], want[i])
 		}
+	}
+}
+
+// TestConfigAppProxiesNameProxies: a preferred proxy in the user's app table
+// (apps_file, a file of its own) must be one of the [[proxy]] tables; a name
+// that is not is refused at its own file, line and key.
+func TestConfigAppProxiesNameProxies(t *testing.T) {
+	apps := filepath.Join(t.TempDir(), "apps.toml")
+	if err := os.WriteFile(apps, []byte(`[[app]]
+name = "g"
+type = "shooter"
+proto = "udp"
+server_ports = ["41000"]
+proxies = ["fra", "nyc"]
+
+[[operator]]
+name = "o"
+type = "shooter"
+prefixes = ["198.18.41.0/24"]
+proxies = ["ams"]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := "client_id = \"a\"\nkey = \"" + wire.Key{1}.String() + "\"\n" + `[[uplink]]
+name = "isp0"
+source = "198.18.10.2"
+[[proxy]]
+name = "fra"
+address = "198.18.40.2:4500"
+[[proxy]]
+name = "ams"
+address = "198.18.50.2:4500"
+[transparent]
+enabled = true
+lan = "lan0"
+apps_file = "` + apps + `"
+`
+	_, err := ParseConfig("r.toml", text)
+	var es config.Errors
+	if !errors.As(err, &es) || len(es) != 1 {
+		t.Fatalf("error %v, want one config error", err)
+	}
+	want := apps + `:6: app.0.proxies: "nyc" names no [[proxy]] of the router`
+	if !strings.HasPrefix(es[0].Error(), want) {
+		t.Fatalf("error %q, want it to start %q", es[0], want)
+	}
+	// Named right, the file passes.
+	fixed := strings.Replace(text, `name = "ams"`, `name = "nyc"`, 1)
+	if err := os.WriteFile(apps, []byte(`[[app]]
+name = "g"
+type = "shooter"
+proto = "udp"
+server_ports = ["41000"]
+proxies = ["nyc", "fra"]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseConfig("r.toml", fixed); err != nil {
+		t.Fatalf("valid proxies refused: %v", err)
 	}
 }
