@@ -267,3 +267,25 @@ proxies = ["nyc", "fra"]
 		t.Fatalf("valid proxies refused: %v", err)
 	}
 }
+
+// TestConfigRDNSKeys: the rDNS keys are checked and defaulted.
+func TestConfigRDNSKeys(t *testing.T) {
+	tp := "[transparent]\nenabled = true\nlan = \"lan0\"\nrdns = true\n"
+	c, err := ParseConfig("r.toml", cfgHead("")+tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Transparent.RDNSTimeout.Duration != DefaultRDNSTimeout || c.Transparent.RDNSCache != DefaultRDNSCache {
+		t.Fatalf("defaults: %v, %d", c.Transparent.RDNSTimeout, c.Transparent.RDNSCache)
+	}
+	_, err = ParseConfig("r.toml", cfgHead("")+tp+"rdns_server = \"dns.example\"\nrdns_timeout = \"1ns\"\nrdns_cache = 1\n")
+	var es config.Errors
+	if !errors.As(err, &es) || len(es) != 3 {
+		t.Fatalf("error %v, want 3", err)
+	}
+	for i, key := range []string{"r.toml:12: transparent.rdns_server", "r.toml:13: transparent.rdns_timeout", "r.toml:14: transparent.rdns_cache"} {
+		if !strings.HasPrefix(es[i].Error(), key) {
+			t.Errorf("error %d = %q, want %q", i, es[i], key)
+		}
+	}
+}
