@@ -303,7 +303,7 @@ func (r *Router) switchSession(head *routerSession, to *proxyConn, why string, n
 		args = append(args, "from_score", k.Score[old.px.idx], "to_score", k.Score[to.idx],
 			"from_loss", fmt.Sprintf("%.3f", old.px.Loss(now)))
 	}
-	if why == proxychoice.ReasonLatency || why == proxychoice.ReasonLoss {
+	if why == proxychoice.ReasonLatency || why == proxychoice.ReasonLoss || why == proxychoice.ReasonPreferred {
 		r.log.Info("session moved to another proxy", args...)
 	} else {
 		r.log.Warn("session moved to another proxy", args...)
