@@ -52,6 +52,7 @@ type flowState struct {
 	static   bool     // LC from the first packet by rules 1-5
 	lastSeen int64
 	adhoc    adhocState
+	rdnsWait bool // the first packet queued an rDNS lookup for the destination
 }
 
 // NewClassifier builds a classifier. Operators named by owner are resolved
@@ -130,10 +131,15 @@ func (c *Classifier) Classify(flow FiveTuple, dscp uint8, size int, now int64) D
 	}
 	st.lastSeen = now
 	if created {
-		st.dec, st.static = c.firstPacket(flow, dscp, now)
+		st.dec, st.static = c.firstPacket(flow, dscp, now, st)
 	}
 	if st.static {
 		return st.dec
+	}
+	if st.rdnsWait {
+		if d, ok := c.rdnsAnswered(flow, st, now); ok {
+			return d
+		}
 	}
 	verdict, rule := ClassifyDSCP(dscp)
 	if dscp == DSCPCS1 {
@@ -153,8 +159,29 @@ func (c *Classifier) Classify(flow FiveTuple, dscp uint8, size int, now int64) D
 	return Decision{}
 }
 
+// rdnsAnswered looks again at the rDNS cache for a flow whose first packet
+// queued a lookup. When the name matched, the flow is LC but in flight (its
+// first packets left on their own path), so it is not proxied; its
+// destination is learned, so the next session to it is proxied from its first
+// packet, as with ad-hoc timing.
+func (c *Classifier) rdnsAnswered(f FiveTuple, st *flowState, now int64) (Decision, bool) {
+	d, state := c.rdns.lookup(f.Dst.Addr(), now)
+	switch state {
+	case rdnsWaiting:
+		return Decision{}, false
+	case rdnsMiss:
+		st.rdnsWait = false
+		return Decision{}, false
+	}
+	st.rdnsWait = false
+	d.Proxy = false
+	c.learned.Learn(f.Proto, f.Dst, f.Src, d.AppType, float64(st.adhoc.pps), now)
+	st.dec, st.static = d, true
+	return d, true
+}
+
 // firstPacket applies rules 1-5 in order.
-func (c *Classifier) firstPacket(f FiveTuple, dscp uint8, now int64) (Decision, bool) {
+func (c *Classifier) firstPacket(f FiveTuple, dscp uint8, now int64, st *flowState) (Decision, bool) {
 	if i := c.apps.lookup(f.Proto, f.Dst.Port(), f.Src.Port()); i >= 0 {
 		return c.apps.decs[i], true
 	}
@@ -174,8 +201,16 @@ func (c *Classifier) firstPacket(f FiveTuple, dscp uint8, now int64) (Decision, 
 		return Decision{LC: true, AppType: typ, Rule: "learned", Proxy: !inFlight, ExpectedPPS: pps}, true
 	}
 	if c.rdns != nil {
-		if d, ok := c.rdns.check(f.Dst.Addr(), now); ok {
+		switch d, state := c.rdns.lookup(f.Dst.Addr(), now); state {
+		case rdnsHit:
+			// Learned too: where the caller finds this flow already in
+			// flight (the router's timing poller sees only flows the kernel
+			// forwards), the next session to it is still steered and
+			// proxied from its first packet.
+			c.learned.Learn(f.Proto, f.Dst, f.Src, d.AppType, d.ExpectedPPS, now)
 			return d, true
+		case rdnsWaiting:
+			st.rdnsWait = true
 		}
 	}
 	if v, rule := ClassifyDSCP(dscp); v == DSCPLC {

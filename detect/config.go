@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -84,6 +85,43 @@ func LoadConfigFile(path string) (*Config, error) {
 		return nil, err
 	}
 	return ParseConfig(path, data)
+}
+
+// LoadConfigFileProxies is LoadConfigFile that also refuses, each with its
+// file, line and key, a preferred proxy (of an app or an operator) that is not
+// one of proxies: the names of the router's [[proxy]] tables.
+func LoadConfigFileProxies(path string, proxies []string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	err = config.CheckText(path, string(data), &c, func(meta *config.Meta) {
+		c.check(meta)
+		c.checkProxyNames(meta, proxies)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// checkProxyNames reports the preferred proxies that name none of proxies.
+func (c *Config) checkProxyNames(meta *config.Meta, proxies []string) {
+	check := func(table string, i int, names []string) {
+		for _, p := range names {
+			if !slices.Contains(proxies, p) {
+				meta.Report(fmt.Sprintf("%s.%d.proxies", table, i), "%q names no [[proxy]] of the router (configured: %s)",
+					p, strings.Join(proxies, ", "))
+			}
+		}
+	}
+	for i, a := range c.Apps {
+		check("app", i, a.Proxies)
+	}
+	for i, o := range c.Operators {
+		check("operator", i, o.Proxies)
+	}
 }
 
 // Merge returns base with user's entries applied: an entry with the name of a
@@ -208,6 +246,11 @@ func (c *Config) check(meta *config.Meta) {
 		for _, p := range o.Prefixes {
 			if pp, err := netip.ParsePrefix(p); err != nil || pp != pp.Masked() {
 				bad("operator", i, "prefixes", "%q: want a network such as 192.0.2.0/24", p)
+			}
+		}
+		for _, p := range o.Proxies {
+			if !validName(p) {
+				bad("operator", i, "proxies", "%q: want a proxy name of a-z 0-9 . _ -", p)
 			}
 		}
 		for _, n := range o.ASNs {

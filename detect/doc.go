@@ -13,7 +13,8 @@
 //  3. learned the destination was earlier found LC by ad-hoc timing.
 //  4. rdns    the destination's PTR name matched a pattern (option, off by
 //     default; answers come from an asynchronous cache, so a first flow to a
-//     new address never waits for DNS and usually misses this rule).
+//     new address never waits for DNS: it is LC only once the answer is in,
+//     then in flight, like ad-hoc timing, and its destination is learned).
 //  5. dscp    the packet carries EF, CS3, CS4 or CS5.
 //  6. adhoc   the flow's timing looks like a game or a call: small packets,
 //     short steady gaps, low rate, sustained for a while.
@@ -35,5 +36,6 @@
 // eviction, and every eviction is counted. A Classifier belongs to one
 // goroutine (the capture loop, or one per shard when flows are spread over
 // cores by hash); the learned and rDNS stores it shares are touched once per
-// new flow, never once per packet.
+// new flow, and the rDNS cache also per packet of a flow whose lookup is
+// pending (until the lookup's timeout at most).
 package detect

@@ -34,6 +34,9 @@ type RDNS struct {
 	mu      sync.Mutex
 	cache   *lru[netip.Addr, rdnsVal]
 	dropped uint64 // queue full
+	// lookups asked of the resolver, answers that matched a pattern, and
+	// lookups that failed (timeout, no answer, error).
+	lookups, matched, failed uint64
 
 	posTTL, negTTL, timeout time.Duration
 	now                     func() int64
@@ -69,26 +72,53 @@ func NewRDNS(pats []RDNSPattern, res Resolver, capacity, queueLen int) *RDNS {
 	return r
 }
 
+// SetTimeout sets how long one lookup may take (default 2 s); call it before
+// Run.
+func (r *RDNS) SetTimeout(d time.Duration) {
+	if d > 0 {
+		r.timeout = d
+	}
+}
+
+// rdnsState is what the cache knows of an address.
+type rdnsState uint8
+
+const (
+	rdnsMiss    rdnsState = iota // answered without a match, or not queued (queue full)
+	rdnsHit                      // the name matched a pattern
+	rdnsWaiting                  // a lookup is queued or under way
+)
+
 // check returns the decision for a's cached PTR match, queueing a lookup on a
 // miss. It does not allocate.
 func (r *RDNS) check(a netip.Addr, now int64) (Decision, bool) {
+	d, st := r.lookup(a, now)
+	return d, st == rdnsHit
+}
+
+// lookup is check that also tells a pending lookup from a known miss.
+func (r *RDNS) lookup(a netip.Addr, now int64) (Decision, rdnsState) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	v, ok := r.cache.get(a)
 	if ok && (v.pat == rdnsPending || now < v.expires) {
-		if v.pat >= 0 {
-			return r.decs[v.pat], true
+		switch {
+		case v.pat >= 0:
+			return r.decs[v.pat], rdnsHit
+		case v.pat == rdnsPending:
+			return Decision{}, rdnsWaiting
 		}
-		return Decision{}, false
+		return Decision{}, rdnsMiss
 	}
 	select {
 	case r.queue <- a:
 		v, _ = r.cache.put(a)
 		v.pat = rdnsPending
+		return Decision{}, rdnsWaiting
 	default:
 		r.dropped++ // retried by the next flow to a
 	}
-	return Decision{}, false
+	return Decision{}, rdnsMiss
 }
 
 // Run serves queued lookups until ctx ends.
@@ -115,6 +145,13 @@ func (r *RDNS) resolve(ctx context.Context, a netip.Addr) {
 		}
 	}
 	r.mu.Lock()
+	r.lookups++
+	switch {
+	case err != nil:
+		r.failed++
+	case pat >= 0:
+		r.matched++
+	}
 	v, _ := r.cache.put(a)
 	v.pat, v.expires = pat, r.now()+int64(ttl)
 	r.mu.Unlock()
@@ -138,4 +175,17 @@ func (r *RDNS) Stats() (dropped, evicted uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.dropped, r.cache.evicted
+}
+
+// RDNSCounters are the matcher's counters since it was made.
+type RDNSCounters struct {
+	Lookups, Matched, Failed uint64 // asked of the resolver; matched a pattern; failed or timed out
+	Dropped, Evicted         uint64 // not queued (queue full); cache entries evicted for room
+}
+
+// Counters returns the counters; safe from any goroutine.
+func (r *RDNS) Counters() RDNSCounters {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return RDNSCounters{Lookups: r.lookups, Matched: r.matched, Failed: r.failed, Dropped: r.dropped, Evicted: r.cache.evicted}
 }

@@ -138,6 +138,28 @@ func (r *Router) pickProxy(target netip.AddrPort, now int64) *proxyConn {
 	return r.proxies[r.ch.Pick(target, now)]
 }
 
+// pickProxyPrefer chooses the proxy for a new session to target of an app
+// that prefers the proxies in prefer, and says why (proxychoice.Chosen*).
+func (r *Router) pickProxyPrefer(target netip.AddrPort, prefer proxychoice.Prefer, now int64) (*proxyConn, string) {
+	j, why := r.ch.PickPreferred(target, prefer, now)
+	return r.proxies[j], why
+}
+
+// preferOf maps an app's proxy names (checked against the [[proxy]] tables by
+// Config.check) to the chooser's set. Called once per new flow; it does not
+// allocate.
+func (r *Router) preferOf(names []string) proxychoice.Prefer {
+	var p proxychoice.Prefer
+	for _, n := range names {
+		for _, px := range r.proxies {
+			if px.name == n {
+				p = p.With(px.idx)
+			}
+		}
+	}
+	return p
+}
+
 // onProbeReply records a proxy's answer about a server.
 func (r *Router) onProbeReply(px *proxyConn, rep *wire.ProbeReply, now int64) {
 	r.ch.probeReplies.Inc()
@@ -218,7 +240,7 @@ func (r *Router) passSessions(now int64) {
 			return true
 		}
 		c.count[t.px.idx]++
-		why, to := c.Leave(t.px.idx, t.target, head.lastSwitch, now)
+		why, to := c.LeavePreferred(t.px.idx, t.target, head.prefer, head.lastSwitch, now)
 		switch {
 		case why == "":
 		case to < 0:
@@ -267,6 +289,7 @@ func (r *Router) switchSession(head *routerSession, to *proxyConn, why string, n
 	nt.head = head
 	r.byID.GetOrCreate(nt.id, now, func() (*routerSession, error) { return nt, nil })
 	head.cur.Store(nt)
+	head.chosen.Store(&why)
 	head.lastSwitch = now
 	head.stranded = false
 	head.mu.Unlock()
@@ -280,7 +303,7 @@ func (r *Router) switchSession(head *routerSession, to *proxyConn, why string, n
 		args = append(args, "from_score", k.Score[old.px.idx], "to_score", k.Score[to.idx],
 			"from_loss", fmt.Sprintf("%.3f", old.px.Loss(now)))
 	}
-	if why == proxychoice.ReasonLatency || why == proxychoice.ReasonLoss {
+	if why == proxychoice.ReasonLatency || why == proxychoice.ReasonLoss || why == proxychoice.ReasonPreferred {
 		r.log.Info("session moved to another proxy", args...)
 	} else {
 		r.log.Warn("session moved to another proxy", args...)

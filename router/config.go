@@ -225,8 +225,17 @@ func (c *Config) check(meta *config.Meta) {
 	if c.Transparent.Enabled && c.Transparent.AppsFile != "" {
 		// The user's application table is a file of its own; its errors
 		// name it (and its lines), so that -check covers it too.
+		// Its preferred proxies must be [[proxy]] names of this file.
+		var names []string
+		for _, pc := range c.Proxy.List {
+			names = append(names, pc.Name)
+		}
+		load := detect.LoadConfigFile
+		if len(names) > 0 {
+			load = func(path string) (*detect.Config, error) { return detect.LoadConfigFileProxies(path, names) }
+		}
 		var es config.Errors
-		if _, err := detect.LoadConfigFile(c.Transparent.AppsFile); errors.As(err, &es) {
+		if _, err := load(c.Transparent.AppsFile); errors.As(err, &es) {
 			meta.Add(es)
 		} else if err != nil {
 			meta.Report("transparent.apps_file", "%v", err)

@@ -2,6 +2,8 @@ package router
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -203,6 +205,87 @@ shape_share = nan
 	for i := range want {
 		if !strings.HasPrefix(es[i].Error(), want[i]) {
 			t.Errorf("error %d = %q, want it to start %q", i, es[i], want[i])
+		}
+	}
+}
+
+// TestConfigAppProxiesNameProxies: a preferred proxy in the user's app table
+// (apps_file, a file of its own) must be one of the [[proxy]] tables; a name
+// that is not is refused at its own file, line and key.
+func TestConfigAppProxiesNameProxies(t *testing.T) {
+	apps := filepath.Join(t.TempDir(), "apps.toml")
+	if err := os.WriteFile(apps, []byte(`[[app]]
+name = "g"
+type = "shooter"
+proto = "udp"
+server_ports = ["41000"]
+proxies = ["fra", "nyc"]
+
+[[operator]]
+name = "o"
+type = "shooter"
+prefixes = ["198.18.41.0/24"]
+proxies = ["ams"]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := "client_id = \"a\"\nkey = \"" + wire.Key{1}.String() + "\"\n" + `[[uplink]]
+name = "isp0"
+source = "198.18.10.2"
+[[proxy]]
+name = "fra"
+address = "198.18.40.2:4500"
+[[proxy]]
+name = "ams"
+address = "198.18.50.2:4500"
+[transparent]
+enabled = true
+lan = "lan0"
+apps_file = "` + apps + `"
+`
+	_, err := ParseConfig("r.toml", text)
+	var es config.Errors
+	if !errors.As(err, &es) || len(es) != 1 {
+		t.Fatalf("error %v, want one config error", err)
+	}
+	want := apps + `:6: app.0.proxies: "nyc" names no [[proxy]] of the router`
+	if !strings.HasPrefix(es[0].Error(), want) {
+		t.Fatalf("error %q, want it to start %q", es[0], want)
+	}
+	// Named right, the file passes.
+	fixed := strings.Replace(text, `name = "ams"`, `name = "nyc"`, 1)
+	if err := os.WriteFile(apps, []byte(`[[app]]
+name = "g"
+type = "shooter"
+proto = "udp"
+server_ports = ["41000"]
+proxies = ["nyc", "fra"]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseConfig("r.toml", fixed); err != nil {
+		t.Fatalf("valid proxies refused: %v", err)
+	}
+}
+
+// TestConfigRDNSKeys: the rDNS keys are checked and defaulted.
+func TestConfigRDNSKeys(t *testing.T) {
+	tp := "[transparent]\nenabled = true\nlan = \"lan0\"\nrdns = true\n"
+	c, err := ParseConfig("r.toml", cfgHead("")+tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Transparent.RDNSTimeout.Duration != DefaultRDNSTimeout || c.Transparent.RDNSCache != DefaultRDNSCache {
+		t.Fatalf("defaults: %v, %d", c.Transparent.RDNSTimeout, c.Transparent.RDNSCache)
+	}
+	_, err = ParseConfig("r.toml", cfgHead("")+tp+"rdns_server = \"dns.example\"\nrdns_timeout = \"1ns\"\nrdns_cache = 1\n")
+	var es config.Errors
+	if !errors.As(err, &es) || len(es) != 3 {
+		t.Fatalf("error %v, want 3", err)
+	}
+	for i, key := range []string{"r.toml:12: transparent.rdns_server", "r.toml:13: transparent.rdns_timeout", "r.toml:14: transparent.rdns_cache"} {
+		if !strings.HasPrefix(es[i].Error(), key) {
+			t.Errorf("error %d = %q, want %q", i, es[i], key)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/proxychoice"
 	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/udp"
@@ -170,6 +171,9 @@ type routerSession struct {
 
 	app, rule string // what the classifier said (status.go); set before the session is shared
 
+	prefer proxychoice.Prefer     // the app's preferred proxies (choice.go); set before the session is shared
+	chosen atomic.Pointer[string] // why it is on its proxy now (status.go)
+
 	sup suppress.SessionTiming // packet timing for suppression (suppression.go)
 }
 
@@ -284,11 +288,19 @@ func (r *Router) Metrics() *metrics.Registry { return r.reg }
 // packets until it is measured. The session is the head of its flow: if the
 // flow later moves to another proxy, the game side still knows it by this one.
 func (r *Router) newSession(side gameSide, client, target netip.AddrPort, params raic.Params, interval time.Duration) (*routerSession, error) {
+	return r.newSessionPrefer(side, client, target, params, interval, 0)
+}
+
+// newSessionPrefer is newSession for an app that prefers some proxies.
+func (r *Router) newSessionPrefer(side gameSide, client, target netip.AddrPort, params raic.Params, interval time.Duration, prefer proxychoice.Prefer) (*routerSession, error) {
 	now := mono.Now()
-	rs, err := r.newTunnel(r.pickProxy(target, now), side, client, target, params)
+	px, why := r.pickProxyPrefer(target, prefer, now)
+	rs, err := r.newTunnel(px, side, client, target, params)
 	if err != nil {
 		return nil, err
 	}
+	rs.prefer = prefer
+	rs.chosen.Store(&why)
 	rs.interval = int64(interval)
 	rs.expected = int64(interval)
 	rs.lastSwitch = now

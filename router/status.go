@@ -38,14 +38,20 @@ type UplinkStatus struct {
 
 // SessionStatus is one game flow.
 type SessionStatus struct {
-	ID          string  `json:"id"`
-	Client      string  `json:"client"`
-	Server      string  `json:"server"`
-	App         string  `json:"app"`  // application or operator, "" when unknown
-	Rule        string  `json:"rule"` // the classifier rule that matched ("port:cs2", "asn:AS32590", "forward")
-	Scheme      string  `json:"scheme"`
-	Proxy       string  `json:"proxy"`
-	ExpectedPPS float64 `json:"expected_pps"` // from the app table or expected_pps
+	ID     string `json:"id"`
+	Client string `json:"client"`
+	Server string `json:"server"`
+	App    string `json:"app"`  // application or operator, "" when unknown
+	Rule   string `json:"rule"` // the classifier rule that matched ("port:cs2", "asn:AS32590", "forward")
+	Scheme string `json:"scheme"`
+	Proxy  string `json:"proxy"`
+	// ProxyReason says why the session is on that proxy: "best", "preferred"
+	// (the app's preferred proxies, from the app table), "fallback" (every
+	// preferred proxy was down), or the reason of its last move ("down",
+	// "latency", ...).
+	ProxyReason string   `json:"proxy_reason"`
+	Preferred   []string `json:"preferred,omitempty"` // the app's preferred proxies
+	ExpectedPPS float64  `json:"expected_pps"`        // from the app table or expected_pps
 }
 
 // SuppressionStatus is the enforcement level of one uplink, per direction, and
@@ -89,6 +95,14 @@ func (r *Router) Status() Status {
 		ss := SessionStatus{
 			ID: strconv.FormatUint(rs.id, 16), Client: rs.client.String(), Server: rs.target.String(),
 			App: rs.app, Rule: rule, Scheme: cur.send.Params().String(), Proxy: cur.px.name,
+		}
+		if why := rs.chosen.Load(); why != nil {
+			ss.ProxyReason = *why
+		}
+		for _, px := range r.proxies {
+			if rs.prefer.Has(px.idx) {
+				ss.Preferred = append(ss.Preferred, px.name)
+			}
 		}
 		if rs.expected > 0 {
 			ss.ExpectedPPS = 1e9 / float64(rs.expected)

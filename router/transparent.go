@@ -98,6 +98,13 @@ type TransparentConfig struct {
 	ASNFiles []string `toml:"asn_files"`
 	// LearnedFile keeps learned destinations across restarts ("" = memory only).
 	LearnedFile string `toml:"learned_file"`
+	// RDNS turns on the reverse-DNS rule (off by default), RDNSServer names
+	// the resolver ("" = the system's), RDNSTimeout bounds one lookup and
+	// RDNSCache the addresses remembered: see router/rdns.go.
+	RDNS        bool            `toml:"rdns"`
+	RDNSServer  string          `toml:"rdns_server"`
+	RDNSTimeout config.Duration `toml:"rdns_timeout"`
+	RDNSCache   int             `toml:"rdns_cache"`
 	// MaxRules bounds the destination rules (learned destinations) and,
 	// separately, the single-flow rules (default 256 each).
 	MaxRules int `toml:"max_rules"`
@@ -190,6 +197,7 @@ func (t *TransparentConfig) check(c *Config, meta *config.Meta) {
 	if t.PollInterval.Duration < 10*time.Millisecond || t.PollInterval.Duration > 5*time.Second {
 		meta.Report("transparent.poll_interval", "must be 10ms to 5s")
 	}
+	t.checkRDNS(meta)
 }
 
 // parsePortRange reads "N" or "N-M" (1 to 65535).
@@ -248,6 +256,7 @@ type transparent struct {
 	pollCls *detect.Classifier // the poller's
 	learned *detect.Learned
 	delayed *delayQueue
+	rdns    *rdnsRun // nil: the rDNS rule is off
 
 	polls   map[bpf.FlowKey]*pollState // poller goroutine only
 	pollGen uint32
@@ -420,6 +429,9 @@ func (t *transparent) setupClassifiers() error {
 	if t.cls, err = detect.NewClassifier(opt); err != nil {
 		return err
 	}
+	// Only the poller asks rDNS: it sees the flows the kernel forwards, and
+	// it is off the packet path (router/rdns.go).
+	opt.RDNS = t.newRDNS()
 	if t.pollCls, err = detect.NewClassifier(opt); err != nil {
 		return err
 	}
@@ -481,6 +493,7 @@ func (r *Router) startTransparent(ctx context.Context) error {
 	t.loops.Add(2)
 	go t.tunLoop()
 	go t.maintLoop(ctx)
+	t.startRDNS(ctx)
 	if t.delayed != nil {
 		r.wg.Add(1)
 		go r.delayLoop(ctx, &forward{delayed: t.delayed})
@@ -528,6 +541,7 @@ func (t *transparent) maintLoop(ctx context.Context) {
 		}
 		now := mono.Now()
 		t.poll(now)
+		t.rdnsCounters()
 		if now-lastSweep > int64(time.Second) {
 			lastSweep = now
 			t.flows.Sweep(now)

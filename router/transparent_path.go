@@ -83,7 +83,7 @@ func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 	}
 	interval := time.Duration(float64(time.Second) / pps)
 	rs, created, err := t.flows.GetOrCreate(k, now, func() (*routerSession, error) {
-		rs, err := t.r.newSession(t, k.client, k.server, t.params, interval)
+		rs, err := t.r.newSessionPrefer(t, k.client, k.server, t.params, interval, t.r.preferOf(dec.Proxies))
 		if err == nil {
 			rs.app, rs.rule = dec.App, dec.Rule
 		}
@@ -97,7 +97,7 @@ func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 		t.r.registerSession(rs, now)
 		t.m.proxied.Inc()
 		t.r.log.Info("transparent: flow proxied", "session", rs.id, "client", k.client.String(), "server", k.server.String(),
-			"rule", dec.Rule, "app", dec.App, "app_type", dec.AppType)
+			"rule", dec.Rule, "app", dec.App, "app_type", dec.AppType, "proxy", rs.px.name, "proxy_reason", *rs.chosen.Load())
 	}
 	t.r.sendPacket(rs, p.Payload, now, t.delayed)
 }

@@ -77,7 +77,7 @@ const (
 )
 
 // Reasons lists every reason.
-var Reasons = []string{ReasonDown, ReasonRefused, ReasonOverload, ReasonLoss, ReasonLatency}
+var Reasons = []string{ReasonDown, ReasonRefused, ReasonOverload, ReasonLoss, ReasonLatency, ReasonPreferred}
 
 // Emergency reports whether a reason leaves the proxy at once, whatever Hold.
 func Emergency(reason string) bool { return reason == ReasonDown || reason == ReasonRefused }
