@@ -11,7 +11,7 @@ PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy proxy/cmd/raic-rendezvou
 
 # What a release ships: static binaries (no cgo) per architecture in dist/.
 RELEASE_PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-simple \
-            intermediate/cmd/raic-intermediate proxy/cmd/raic-token
+            intermediate/cmd/raic-intermediate proxy/cmd/raic-token proxy/cmd/raic-rendezvous
 RELEASE_ARCHS    := amd64 arm64
 DIST    ?= dist
 
