@@ -189,7 +189,7 @@ func (s *Server) fromNext(r *ingress.Reader, i int, dg []byte, now int64) {
 		return
 	}
 	if h.Session == s.ctrl.id {
-		s.fromNextCtrl(r, dg, off, now)
+		s.fromNextCtrl(r, i, dg, off, now)
 		return
 	}
 	rl, ok := s.byOut.Get(h.Session, now)
@@ -200,6 +200,10 @@ func (s *Server) fromNext(r *ingress.Reader, i int, dg []byte, now int64) {
 	s.relays.Get(rl.inID, now) // an answer keeps the session alive too
 	body, ok := s.returns.Open(rl.outRecv, dg, h, off, now, rl.toRouter)
 	if !ok {
+		return
+	}
+	if h.IsPath() {
+		s.answerPath(r, i, rl.outSend, h, body)
 		return
 	}
 	rl.outSend.Heard(now)
@@ -219,10 +223,14 @@ func (s *Server) fromNext(r *ingress.Reader, i int, dg []byte, now int64) {
 }
 
 // fromNextCtrl handles the answers on the intermediate's own control session.
-func (s *Server) fromNextCtrl(r *ingress.Reader, dg []byte, off int, now int64) {
+func (s *Server) fromNextCtrl(r *ingress.Reader, i int, dg []byte, off int, now int64) {
 	h := &r.Hdr
 	body, ok := s.returns.Open(s.ctrl.recv, dg, h, off, now, s.ctrl)
 	if !ok {
+		return
+	}
+	if h.IsPath() {
+		s.answerPath(r, i, s.ctrl.send, h, body)
 		return
 	}
 	s.ctrl.send.Heard(now)
@@ -246,6 +254,24 @@ func (s *Server) fromNextCtrl(r *ingress.Reader, dg []byte, off int, now int64) 
 		// The next hop forgot us; the next keepalive re-creates the session, since
 		// the sender re-hellos after a silence.
 	}
+}
+
+// answerPath answers the next hop's path challenge (h, its token in body) on
+// uplink i, sealed by snd in the path nonce space (wire.TypePathChallenge), as
+// a router does: it proves the uplink's address is this intermediate's, and
+// lifts the next hop's 3x limit on it. It goes to the next hop's address on
+// that uplink. A path message is outside the replay window: it shows nothing
+// about the next hop being there and refreshes nothing.
+func (s *Server) answerPath(r *ingress.Reader, i int, snd *tunnel.Sender, h *wire.Header, token []byte) {
+	if h.Type != wire.TypePathChallenge {
+		return
+	}
+	dg, err := snd.SealPath(r.Ctrl, wire.TypePathResponse, token)
+	if err != nil {
+		s.m.sealErrors.Inc()
+		return
+	}
+	s.next.SendOn(i, dg)
 }
 
 // sendNext puts one packet's datagrams on the uplinks (see uplink.Set; copies

@@ -601,6 +601,14 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 	if !ok {
 		return
 	}
+	if h.IsPath() {
+		// Outside the replay window, so it shows nothing about the proxy
+		// being there: it neither counts as heard nor refreshes anything.
+		if h.Type == wire.TypePathChallenge {
+			r.answerPath(u, rs, body)
+		}
+		return
+	}
 	if !rs.recv.Upgrading() { // heard with the old keys: the proxy has not followed yet
 		rs.send.Heard(now)
 	}
@@ -634,6 +642,25 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 		if side := rs.head.side; side != nil && rs.head.cur.Load() == rs {
 			side.end(rs.head)
 		}
+	}
+}
+
+// answerPath answers the proxy's path challenge on uplink u (see
+// wire.TypePathChallenge): the response proves this uplink's address is the
+// router's, and lifts the proxy's 3x limit on what it sends there. It goes to
+// the proxy's address on that uplink, never to where the challenge claimed to
+// come from, so a replayed challenge cannot aim it elsewhere.
+func (r *Router) answerPath(u *uplinkConn, rs *routerSession, token []byte) {
+	var buf [wire.HeaderLen + wire.PathTokenLen + wire.TagLen]byte
+	dg, err := rs.send.SealPath(buf[:], wire.TypePathResponse, token)
+	if err != nil || u.idx >= len(rs.px.paths) {
+		return
+	}
+	if one := [1][]byte{dg}; r.tcp.carry(rs.px, one[:]) {
+		return
+	}
+	if err := u.conn.WriteTo(dg, rs.px.paths[u.idx].addr); err != nil {
+		r.m.sendErrors.Inc()
 	}
 }
 

@@ -149,9 +149,10 @@ type counters struct {
 	draining                                                       *metrics.Counter
 	// Connect tokens (Config.Tokens only): refusals by clients.Refusal, the
 	// table of tokens used.
-	tokenRefused  map[clients.Refusal]*metrics.Counter
-	tokensSeen    *metrics.Gauge
-	tokensEvicted *metrics.Counter
+	tokenRefused                           map[clients.Refusal]*metrics.Counter
+	tokensSeen                             *metrics.Gauge
+	tokensEvicted                          *metrics.Counter
+	challenges, validated, unvalidatedHeld *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry, prefix string, tokens bool) counters {
@@ -175,6 +176,9 @@ func newCounters(r *metrics.Registry, prefix string, tokens bool) counters {
 		pongs:           r.Counter(prefix+"_pongs_total", "Keepalive answers sent to routers."),
 		sendErrors:      r.Counter(prefix+"_send_errors_total", "Errors sending datagrams."),
 		sessionsCreated: r.Counter(prefix+"_sessions_created_total", "Sessions created."),
+		challenges:      r.Counter(prefix+"_path_challenges_total", "Path challenges sent to router addresses not yet validated."),
+		validated:       r.Counter(prefix+"_paths_validated_total", "Router addresses validated by a path response."),
+		unvalidatedHeld: r.Counter(prefix+"_unvalidated_path_held_total", "Datagrams not sent to a router address not yet validated: it had had 3x the bytes it sent."),
 	}
 	if tokens {
 		m.tokenRefused = map[clients.Refusal]*metrics.Counter{}
@@ -333,6 +337,10 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 		return
 	}
 	h := &r.Hdr
+	if (h.Type == wire.TypePathChallenge || h.Type == wire.TypePathResponse) && (!h.IsPath() || h.Flags&wire.FlagHello != 0) {
+		in.m.malformed.Inc()
+		return
+	}
 	var s S
 	var ok bool
 	if in.cfg.AuthenticatedKeepAlive {
@@ -362,22 +370,38 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 		}
 	}
 	p := s.RouterSide()
-	r.sink = replypath.Learner{Paths: &p.Paths, Next: p.Sink, From: from, Now: now}
+	r.sink = replypath.Learner{Paths: &p.Paths, Next: p.Sink, From: from, Now: now, Size: len(dg)}
 	body, err := p.Recv.Receive(dg, h, off, now, &r.sink)
 	switch {
 	case errors.Is(err, tunnel.ErrDuplicate):
 		in.m.duplicate.Inc()
 		// A router's copies on its slower uplinks arrive as duplicates: they keep
 		// a path already known fresh, never add one.
-		p.Paths.Refresh(from, now)
+		p.Paths.Refresh(from, len(dg), now)
 		return
 	case err != nil:
 		in.m.authFailed.Inc()
 		return
 	}
+	if h.IsPath() {
+		// Outside the replay window (wire.TypePathChallenge): a response
+		// validates only the address its challenge went to, with its token,
+		// and adds or refreshes no path.
+		if h.Type == wire.TypePathResponse && p.Paths.Validate(from, body) {
+			in.m.validated.Inc()
+		}
+		return
+	}
 	// Authenticated: this address is a live path of the session (this is also how
-	// a NAT rebinding on the router's side is learned).
-	p.Paths.Learn(from, now)
+	// a NAT rebinding on the router's side is learned). Until the router proves
+	// it owns the address, by answering the challenge sent there, it gets at
+	// most 3x what came from it.
+	if c, due := p.Paths.Heard(from, r.sink.Size, now); due {
+		r.sink.Challenge, r.sink.Due = c, true
+	}
+	if r.sink.Due {
+		in.challenge(r, p, r.sink.Challenge)
+	}
 	if in.cfg.AuthenticatedKeepAlive && (h.Type == wire.TypeData || h.Type == wire.TypePing || h.Type == wire.TypeProbe) {
 		// Game traffic (and a control session's keepalive pings) keeps the
 		// session alive; keepalives of an idle game session do not, so it
@@ -507,6 +531,14 @@ func (in *Ingress[S]) open(r *Reader, dg []byte, off int, from netip.AddrPort, n
 	return s, true
 }
 
+// challenge sends a path challenge of p's session (see replypath.Set.Heard).
+func (in *Ingress[S]) challenge(r *Reader, p *Peer, c replypath.Challenge) {
+	out, err := p.Send.SealPath(r.Ctrl, wire.TypePathChallenge, c.Token[:])
+	if err == nil && in.SendTo(out, c.To) {
+		in.m.challenges.Inc()
+	}
+}
+
 // refuse logs a refusal, at a bounded rate.
 func (in *Ingress[S]) refuse(msg string, args ...any) {
 	if ok, n := in.refused.Allow(); ok {
@@ -585,7 +617,7 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 		n, extra := live.Copies(&to)
 		for _, dg := range dgs {
 			for _, a := range to[:n] {
-				in.SendTo(dg, a)
+				in.sendReply(p, &live, dg, a)
 			}
 		}
 		return n * len(dgs), extra * len(dgs), nil
@@ -593,9 +625,19 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 	var placement [64]int
 	out := live.Place(len(dgs), placement[:0])
 	for i, dg := range dgs {
-		in.SendTo(dg, live.Addr(out[i]))
+		in.sendReply(p, &live, dg, live.Addr(out[i]))
 	}
 	return len(dgs), 0, nil
+}
+
+// sendReply sends one reply datagram to a live path of p, unless the path is
+// not validated yet and has had its 3x (replypath.Set.Spend).
+func (in *Ingress[S]) sendReply(p *Peer, live *replypath.Live, dg []byte, to netip.AddrPort) {
+	if live.Limited() && live.Limits(to) && !p.Paths.Spend(to, len(dg)) {
+		in.m.unvalidatedHeld.Inc()
+		return
+	}
+	in.SendTo(dg, to)
 }
 
 // IDHash returns a hash of session IDs for the session tables, seeded at

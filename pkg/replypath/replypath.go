@@ -14,6 +14,12 @@
 //     never adds a path, but it refreshes a path already known (Set.Refresh): the
 //     copies on a router's slower uplinks arrive as such duplicates, and they show
 //     those uplinks still work;
+//   - an address learned from a datagram (Set.Heard) is not yet validated: the
+//     datagram may be one an attacker held back and released from an address
+//     it wants flooded. Until the router answers a path challenge sent there
+//     (wire.TypePathChallenge, Set.Validate) the path may receive at most
+//     AmplificationLimit times the bytes received from it (Set.Spend), as
+//     QUIC limits an unvalidated address;
 //   - a path not heard from within the reply window is no longer used;
 //   - a path that falls more than LagBehind behind the freshest one has most
 //     likely failed: it still gets its copy, and one more goes on a fresh path;
@@ -31,6 +37,8 @@
 package replypath
 
 import (
+	"bytes"
+	"crypto/rand"
 	"math/bits"
 	"net/netip"
 	"sync"
@@ -66,6 +74,18 @@ const DefaultWindow = 2500 * time.Millisecond
 // Set.Refresh), so a path this far behind has most likely failed.
 const LagBehind = 400 * time.Millisecond
 
+// AmplificationLimit is how many times the bytes received from an address not
+// yet validated may be sent to it (QUIC's limit).
+const AmplificationLimit = 3
+
+// ChallengeEvery is how often a path not yet validated is challenged again
+// while it is heard from (the challenge or its answer may be lost).
+const ChallengeEvery = 200 * time.Millisecond
+
+// ChallengeCost is what a path challenge datagram costs from an unvalidated
+// path's budget (header, token, tag).
+const ChallengeCost = 24 + 8 + 16
+
 // Set is the router paths of one session. The zero value is empty and ready.
 type Set struct {
 	mu    sync.Mutex // guards paths
@@ -81,39 +101,156 @@ type Set struct {
 type path struct {
 	addr netip.AddrPort
 	last int64
+	// validated: the router answered a challenge from this address (or the
+	// caller learned it as trusted, Learn). Until then budget is what may
+	// still be sent there: AmplificationLimit times what came from it, less
+	// what went.
+	validated    bool
+	budget       int64
+	token        [8]byte // the challenge outstanding
+	challengedAt int64   // when it was sent; 0: never
 }
 
-// Learn records from as a live path of the session, heard from at now. Call it
-// only for a datagram that authenticated and passed the replay window (this is
-// also how a NAT rebinding on the router's side is learned). A new address takes
-// the place of the one heard from least recently when the set is full.
+// Challenge is a path challenge to send (Set.Heard): Token to To.
+type Challenge struct {
+	To    netip.AddrPort
+	Token [8]byte
+}
+
+// Learn records from as a live, validated path of the session, heard from at
+// now: for an address the caller has proved otherwise. Datagrams from routers
+// go through Heard instead.
 func (s *Set) Learn(from netip.AddrPort, now int64) {
 	s.mu.Lock()
-	oldest := 0
+	p := s.find(from, now)
+	p.last, p.validated = max(p.last, now), true
+	s.mu.Unlock()
+}
+
+// find returns the path of addr, or makes one: a new address takes the place
+// of the one heard from least recently when the set is full, a path not yet
+// validated first (so datagrams released from new addresses cannot push the
+// router's own paths out). s.mu is held.
+func (s *Set) find(addr netip.AddrPort, now int64) *path {
+	oldest, oldestUnval, empty := -1, -1, -1
 	for i := range s.paths {
 		p := &s.paths[i]
-		if p.addr == from {
-			p.last = now
-			s.mu.Unlock()
-			return
+		if p.addr == addr {
+			return p
 		}
-		if p.last < s.paths[oldest].last {
+		if !p.addr.IsValid() {
+			if empty < 0 {
+				empty = i
+			}
+			continue
+		}
+		if oldest < 0 || p.last < s.paths[oldest].last {
 			oldest = i
 		}
+		if !p.validated && (oldestUnval < 0 || p.last < s.paths[oldestUnval].last) {
+			oldestUnval = i
+		}
 	}
-	s.paths[oldest] = path{addr: from, last: now}
+	switch {
+	case empty >= 0:
+		oldest = empty
+	case oldestUnval >= 0:
+		oldest = oldestUnval
+	}
+	s.paths[oldest] = path{addr: addr, last: now}
+	return &s.paths[oldest]
+}
+
+// Heard records from as a live path of the session, heard from at now with a
+// datagram of n bytes. Call it only for a datagram that authenticated and
+// passed the replay window (this is also how a NAT rebinding on the router's
+// side is learned). A path not yet validated gains AmplificationLimit*n bytes
+// of budget, and when a challenge is due there (a new path, or none sent for
+// ChallengeEvery) Heard returns it, its cost already spent: the caller seals
+// and sends it.
+func (s *Set) Heard(from netip.AddrPort, n int, now int64) (c Challenge, due bool) {
+	s.mu.Lock()
+	p := s.find(from, now)
+	p.last = max(p.last, now)
+	if !p.validated {
+		p.budget += AmplificationLimit * int64(n)
+		if (p.challengedAt == 0 || now-p.challengedAt >= int64(ChallengeEvery)) && p.budget >= ChallengeCost {
+			if p.challengedAt == 0 {
+				rand.Read(p.token[:]) // never fails (crypto/rand)
+			}
+			p.challengedAt = now
+			p.budget -= ChallengeCost
+			c, due = Challenge{To: from, Token: p.token}, true
+		}
+	}
 	s.mu.Unlock()
+	return c, due
+}
+
+// Validate marks the path of from validated when token is the one of the
+// challenge sent there; it reports whether it did. Only an authenticated
+// response arriving from that address may be passed.
+func (s *Set) Validate(from netip.AddrPort, token []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.paths {
+		p := &s.paths[i]
+		if p.addr == from && !p.validated && p.challengedAt != 0 && bytes.Equal(token, p.token[:]) {
+			p.validated = true
+			return true
+		}
+	}
+	return false
+}
+
+// Spend reports whether n bytes may go to to now, and takes them from its
+// budget when the path is not yet validated. An address the set does not
+// hold gets nothing.
+func (s *Set) Spend(to netip.AddrPort, n int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.paths {
+		p := &s.paths[i]
+		if p.addr != to {
+			continue
+		}
+		if p.validated {
+			return true
+		}
+		if p.budget < int64(n) {
+			return false
+		}
+		p.budget -= int64(n)
+		return true
+	}
+	return false
+}
+
+// Validated reports whether from is a validated path.
+func (s *Set) Validated(from netip.AddrPort) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.paths {
+		if p := &s.paths[i]; p.addr == from {
+			return p.validated
+		}
+	}
+	return false
 }
 
 // Refresh marks a path already known as heard from at now. It is for datagrams
 // the replay window drops: they prove nothing about their source, so they never
 // add a path, but the router's copies on its slower uplinks arrive as such
-// duplicates, and they show those uplinks still work.
-func (s *Set) Refresh(from netip.AddrPort, now int64) {
+// duplicates, and they show those uplinks still work. Their bytes (n) count
+// towards a path not yet validated, as any received from it.
+func (s *Set) Refresh(from netip.AddrPort, n int, now int64) {
 	s.mu.Lock()
 	for i := range s.paths {
 		if p := &s.paths[i]; p.addr == from {
 			p.last = max(p.last, now)
+			if !p.validated {
+				p.budget += AmplificationLimit * int64(n)
+			}
 			break
 		}
 	}
@@ -150,18 +287,22 @@ func (s *Set) CopiesPerPath() int { return max(int(s.copies.Load()), 1) }
 func (s *Set) Live(now int64, window time.Duration, l *Live) {
 	var last [MaxPaths]int64
 	var freshest int64
+	var limited uint8
 	n := 0
 	s.mu.Lock()
 	for i := range s.paths {
 		p := &s.paths[i]
-		if p.addr.IsValid() && now-p.last <= int64(window) {
+		if p.addr.IsValid() && now-p.last <= int64(window) && (p.validated || p.budget > 0) {
+			if !p.validated {
+				limited |= 1 << n
+			}
 			l.addrs[n], last[n] = p.addr, p.last
 			freshest = max(freshest, p.last)
 			n++
 		}
 	}
 	s.mu.Unlock()
-	l.n, l.lagging, l.now = n, 0, now
+	l.n, l.lagging, l.limited, l.now = n, 0, limited, now
 	for i := 0; i < n; i++ {
 		if freshest-last[i] > int64(LagBehind) {
 			l.lagging |= 1 << i
@@ -177,6 +318,7 @@ type Live struct {
 	addrs   [MaxPaths]netip.AddrPort
 	n       int
 	lagging uint8 // bit i: path i lags behind the freshest
+	limited uint8 // bit i: path i is not validated yet (Set.Spend before sending)
 	missing int   // router paths never heard from
 	copies  int   // copies of a single datagram per path, 1..MaxCopiesPerPath
 	now     int64
@@ -187,6 +329,20 @@ func (l *Live) Len() int { return l.n }
 
 // Addr returns live path i.
 func (l *Live) Addr(i int) netip.AddrPort { return l.addrs[i] }
+
+// Limited reports whether a path not yet validated is among the live ones:
+// then each datagram to one of them must pass Set.Spend (Limits).
+func (l *Live) Limited() bool { return l.limited != 0 }
+
+// Limits reports whether to is a live path not yet validated.
+func (l *Live) Limits(to netip.AddrPort) bool {
+	for i := 0; i < l.n; i++ {
+		if l.addrs[i] == to {
+			return l.limited&(1<<i) != 0
+		}
+	}
+	return false
+}
 
 // Lagging reports whether live path i lags behind the freshest one.
 func (l *Live) Lagging(i int) bool { return l.lagging&(1<<i) != 0 }
@@ -244,10 +400,20 @@ type Learner struct {
 	Next  tunnel.Sink
 	From  netip.AddrPort
 	Now   int64 // when the datagram was read
+	// Size is the datagram's length, counted (Set.Heard) by the first packet
+	// it completes and then set to 0, so a datagram counts once.
+	Size int
+	// Challenge is the path challenge Set.Heard asked for, if Due; the caller
+	// sends it after Receive.
+	Challenge Challenge
+	Due       bool
 }
 
 // Deliver implements tunnel.Sink.
 func (l *Learner) Deliver(pid uint64, pkt []byte, now int64) {
-	l.Paths.Learn(l.From, l.Now)
+	if c, due := l.Paths.Heard(l.From, l.Size, l.Now); due {
+		l.Challenge, l.Due = c, true
+	}
+	l.Size = 0
 	l.Next.Deliver(pid, pkt, now)
 }

@@ -45,8 +45,8 @@ func TestDuplicateRefreshKeepsSlowPathAlive(t *testing.T) {
 	s.Learn(pathA, start)
 	s.Learn(pathB, start) // once, say from a keepalive
 	for now := start; now <= start+10*int64(time.Second); now += 10 * ms {
-		s.Learn(pathA, now)        // the first copy of each packet
-		s.Refresh(pathB, now+3*ms) // the second: a duplicate
+		s.Learn(pathA, now)             // the first copy of each packet
+		s.Refresh(pathB, 100, now+3*ms) // the second: a duplicate
 	}
 	now := start + 10*int64(time.Second) + 5*ms
 	to, extra := copiesOf(&s, now, DefaultWindow)
@@ -71,12 +71,12 @@ func TestDuplicateRefreshKeepsSlowPathAlive(t *testing.T) {
 func TestRefreshNeverAddsAPath(t *testing.T) {
 	var s Set
 	s.Learn(pathA, t0)
-	s.Refresh(pathB, t0)
+	s.Refresh(pathB, 100, t0)
 	if to, _ := copiesOf(&s, t0, DefaultWindow); len(to) != 1 || to[0] != pathA {
 		t.Errorf("reply goes to %v, want only %v", to, pathA)
 	}
 	// Nor can it move a path's time back.
-	s.Refresh(pathA, t0-50*ms)
+	s.Refresh(pathA, 100, t0-50*ms)
 	var l Live
 	s.Live(t0+int64(DefaultWindow), DefaultWindow, &l)
 	if l.Len() != 1 {
@@ -128,7 +128,7 @@ func TestLaggingPathCopiesRepeatedOnFreshPaths(t *testing.T) {
 	}
 
 	// Once C is heard again it is fresh and nothing moves.
-	s.Refresh(pathC, now)
+	s.Refresh(pathC, 100, now)
 	if to, extra := copiesOf(&s, now, DefaultWindow); extra != 0 || len(to) != 3 {
 		t.Errorf("after C is heard again: %v (%d extra), want one copy each", to, extra)
 	}
@@ -340,7 +340,7 @@ func TestLearnerLearnsBeforeDelivering(t *testing.T) {
 		s.Live(now, DefaultWindow, &l)
 		seen = l.Len()
 	})
-	ln := &Learner{Paths: &s, Next: next, From: pathA, Now: t0}
+	ln := &Learner{Paths: &s, Next: next, From: pathA, Now: t0, Size: 100}
 	ln.Deliver(1, nil, t0)
 	if seen != 1 {
 		t.Errorf("the next sink saw %d paths, want the one just learned", seen)
@@ -371,7 +371,7 @@ func TestPerPacketCallsDoNotAllocate(t *testing.T) {
 	allocs := testing.AllocsPerRun(1000, func() {
 		now += ms
 		s.Learn(pathA, now)
-		s.Refresh(pathB, now)
+		s.Refresh(pathB, 100, now)
 		s.NoteKeepalive([]byte{3, 2})
 		*ln = Learner{Paths: &s, Next: nopSink{}, From: pathB, Now: now}
 		sink.Deliver(1, nil, now)
@@ -395,9 +395,72 @@ func BenchmarkReply(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		now := t0 + int64(i)*ms
 		s.Learn(pathA, now)
-		s.Refresh(pathB, now)
+		s.Refresh(pathB, 100, now)
 		var l Live
 		s.Live(now, DefaultWindow, &l)
 		l.Copies(&out)
+	}
+}
+
+// TestUnvalidatedPathGetsThreeTimes: an address learned from datagrams may
+// receive at most AmplificationLimit times their bytes (challenges included)
+// until it answers the challenge with its token; then it is unlimited.
+func TestUnvalidatedPathGetsThreeTimes(t *testing.T) {
+	var s Set
+	c, due := s.Heard(pathA, 1000, t0)
+	if !due || c.To != pathA {
+		t.Fatalf("no challenge for a new path: %+v %v", c, due)
+	}
+	if _, due := s.Heard(pathA, 400, t0+ms); due {
+		t.Errorf("a second challenge within ChallengeEvery")
+	}
+	budget := AmplificationLimit*1400 - ChallengeCost
+	sent := 0
+	for s.Spend(pathA, 100) {
+		sent += 100
+		if sent > 10*1400 {
+			break
+		}
+	}
+	if sent > budget || sent < budget-100 {
+		t.Fatalf("sent %d bytes to an unvalidated path after 1400 received, want about %d", sent, budget)
+	}
+	var l Live
+	s.Live(t0+2*ms, DefaultWindow, &l)
+	if l.Len() == 1 && (!l.Limited() || !l.Limits(pathA)) {
+		t.Errorf("an unvalidated path is not marked limited")
+	}
+	wrong := c.Token
+	wrong[0]++
+	if s.Validate(pathA, wrong[:]) || s.Validate(pathB, c.Token[:]) {
+		t.Fatalf("validated with a wrong token or from another address")
+	}
+	if !s.Validate(pathA, c.Token[:]) || !s.Validated(pathA) {
+		t.Fatalf("not validated by its token")
+	}
+	for i := 0; i < 1000; i++ {
+		if !s.Spend(pathA, 1400) {
+			t.Fatalf("a validated path is limited")
+		}
+	}
+	s.Live(t0+2*ms, DefaultWindow, &l)
+	if l.Len() != 1 || l.Limited() {
+		t.Errorf("validated path: %d live, limited %v", l.Len(), l.Limited())
+	}
+	if s.Spend(pathB, 1) {
+		t.Errorf("an address the set does not hold may be sent to")
+	}
+}
+
+// TestUnvalidatedPathsDoNotPushOutValidated: addresses from released datagrams
+// take the place of other unvalidated ones, not of the router's validated paths.
+func TestUnvalidatedPathsDoNotPushOutValidated(t *testing.T) {
+	var s Set
+	s.Learn(pathA, t0)
+	for i := 0; i < 3*MaxPaths; i++ {
+		s.Heard(netip.AddrPortFrom(pathB.Addr(), uint16(2000+i)), 100, t0+int64(i+1)*ms)
+	}
+	if !s.Validated(pathA) {
+		t.Fatalf("the validated path was pushed out")
 	}
 }

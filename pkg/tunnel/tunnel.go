@@ -33,6 +33,10 @@ type Sender struct {
 	keys    atomic.Pointer[sendKeys] // replaced whole by Rekey
 	session uint64
 	lastPID atomic.Uint64
+	// pathPID numbers path challenges and responses (SealPath), in a nonce
+	// space of their own; it starts from the wall clock, as a re-created
+	// session may have its keys of before a restart.
+	pathPID atomic.Uint64
 
 	enc    *raic.Encoder
 	params raic.Params
@@ -60,6 +64,7 @@ type sendKeys struct {
 // RehelloAfter), so the session needs no round trip to start.
 func NewSender(aead cipher.AEAD, session uint64, p raic.Params, hello *wire.Hello) (*Sender, error) {
 	s := &Sender{session: session}
+	s.pathPID.Store(ClockPIDBase(time.Now().UnixMilli()))
 	k := &sendKeys{aead: aead}
 	if hello != nil {
 		k.hello, s.hasHello = *hello, true
@@ -236,6 +241,16 @@ func (s *Sender) SealControl(buf []byte, t wire.Type, body []byte, now int64) ([
 	return wire.Seal(keys.aead, buf, &h, hello, body)
 }
 
+// SealPath seals a path challenge or response (t) with token as its body into
+// buf. Its packet ID comes from the sender's own path counter and its
+// descriptor is wire.PathDesc, so its nonce is none that data or another
+// control message takes, whoever chose their IDs (see wire.TypePathChallenge).
+// It never carries a hello.
+func (s *Sender) SealPath(buf []byte, t wire.Type, token []byte) ([]byte, error) {
+	h := wire.Header{Type: t, Session: s.session, Packet: s.pathPID.Add(1), Desc: wire.PathDesc}
+	return wire.Seal(s.keys.Load().aead, buf, &h, nil, token)
+}
+
 // Sink takes the packets a Receiver releases. Deliver runs with the receiver's
 // lock held and must not keep pkt; now is the receive time of the datagram
 // that completed it (the clock is read once per datagram).
@@ -278,6 +293,22 @@ func NewReceiver(aead cipher.AEAD, dec raic.DecoderConfig) *Receiver {
 func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, sink Sink) (body []byte, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if h.IsPath() {
+		// Their IDs are another counter's (Sender.SealPath): they neither
+		// check nor move the window. A replayed one does no harm: a response
+		// counts only from the address its challenge went to, with that
+		// challenge's token, and the answer to a challenge goes only to the
+		// far end's own address.
+		if r.prev != nil {
+			body, err = r.openEither(dg, bodyOff)
+		} else {
+			body, err = wire.Open(r.aead, dg, bodyOff)
+		}
+		if err != nil {
+			r.stats.AuthFailed++
+		}
+		return body, err
+	}
 	if h.Packet < r.floor || r.window.Seen(h.Packet) {
 		r.stats.Duplicates++
 		return nil, ErrDuplicate

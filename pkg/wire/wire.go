@@ -112,8 +112,35 @@ const (
 	//	    times on each path. A body without it (an older sender) means 1, and
 	//	    a value out of range is clamped to 1..4.
 	TypeKeepalive Type = 8
-	typeLimit     Type = 9
+	// TypePathChallenge asks the far end to prove it owns the address the
+	// challenge went to; TypePathResponse answers on the same path, echoing its
+	// body (PathTokenLen random bytes), as QUIC's PATH_CHALLENGE/PATH_RESPONSE.
+	// The side answering routers sends a challenge to every router address it
+	// learns, and until the answer comes back that address gets at most
+	// replypath.AmplificationLimit times the bytes received from it. Both are
+	// sealed with PathDesc as their descriptor and a packet ID of the sender's
+	// own path counter (tunnel.Sender.SealPath), a nonce space no other
+	// datagram uses, and they never move the replay window: an intermediate
+	// passes its sessions' packet IDs through from hop to hop, so an ID of its
+	// own on those sessions could be one the next hop uses next.
+	TypePathChallenge Type = 9
+	TypePathResponse  Type = 10
+	typeLimit         Type = 11
 )
+
+// PathTokenLen is the body length of a path challenge and its response.
+const PathTokenLen = 8
+
+// PathDesc is the descriptor of path challenges and responses: no shard has it
+// (a shard's Count is at most 64), so their nonces never meet another
+// datagram's under the same key.
+var PathDesc = Desc{Index: 0xff, Count: 0xff, K: 0xff, Frag: 0xff}
+
+// IsPath reports whether h is a path challenge or response in the path nonce
+// space.
+func (h *Header) IsPath() bool {
+	return (h.Type == TypePathChallenge || h.Type == TypePathResponse) && h.Desc == PathDesc
+}
 
 func (t Type) String() string {
 	switch t {
@@ -133,6 +160,10 @@ func (t Type) String() string {
 		return "probe-reply"
 	case TypeKeepalive:
 		return "keepalive"
+	case TypePathChallenge:
+		return "path-challenge"
+	case TypePathResponse:
+		return "path-response"
 	}
 	return "unknown"
 }
