@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxychoice"
@@ -41,6 +42,11 @@ type Router struct {
 	reg  *metrics.Registry
 	m    counters
 	seed uint64
+	// flowLines bounds the log lines written per flow (a session started,
+	// ended, evicted, refused): a flood of new flows on the LAN, or a table
+	// that keeps evicting, must not become a flood of lines. What it holds
+	// back is counted in the next line it lets through (lines_suppressed).
+	flowLines *logging.Limiter
 
 	uplinks  []*uplinkConn
 	anyDSCP  bool            // some uplink marks data datagrams (dscp.go)
@@ -180,7 +186,7 @@ type routerSession struct {
 // New builds a router from a checked config: it opens the uplink sockets and the
 // local forward sockets.
 func New(cfg *Config, log *slog.Logger) (*Router, error) {
-	r := &Router{cfg: cfg, log: log, reg: metrics.NewRegistry()}
+	r := &Router{cfg: cfg, log: log, reg: metrics.NewRegistry(), flowLines: logging.NewLimiter(10, 50)}
 	r.m = newCounters(r.reg)
 	r.returns = uplink.NewReturns(r.reg, "router_dropped_total", "Datagrams from the proxy dropped, by reason.")
 	var err error
@@ -451,10 +457,16 @@ func (r *Router) onFlowRemoved(_ netip.AddrPort, rs *routerSession, why session.
 	switch why {
 	case session.ReasonEvicted:
 		r.m.sessionsEvicted.Inc()
-		r.log.Warn("session evicted: table full", "session", rs.id, "max_sessions", r.cfg.MaxSessions)
+		if ok, n := r.flowLines.Allow(); ok {
+			r.log.Warn("session evicted: table full", "session", rs.id, "max_sessions", r.cfg.MaxSessions, "lines_suppressed", n)
+		}
 	case session.ReasonIdle:
 		r.m.sessionsIdle.Inc()
-		r.log.Debug("session idle, ended", "session", rs.id, "client", rs.client.String())
+		if r.log.Enabled(context.Background(), slog.LevelDebug) {
+			if ok, n := r.flowLines.Allow(); ok {
+				r.log.Debug("session idle, ended", "session", rs.id, "client", rs.client.String(), "lines_suppressed", n)
+			}
+		}
 	}
 	rs.mu.Lock()
 	rs.ended = true // no move after this
@@ -499,7 +511,9 @@ func (r *Router) fromGame(f *forward, pkt []byte, from netip.AddrPort, now int64
 			return r.newSession(f, from, f.server, f.params, f.interval)
 		})
 		if err != nil {
-			r.log.Error("cannot create session", "err", err)
+			if ok, n := r.flowLines.Allow(); ok {
+				r.log.Error("cannot create session", "err", err, "lines_suppressed", n)
+			}
 			return
 		}
 		if created {
@@ -518,7 +532,10 @@ func (r *Router) registerSession(rs *routerSession, now int64) {
 	if rs.side != nil {
 		r.keepFlowPathsAlive(rs, make([]byte, wire.MaxDatagram), now)
 	}
-	r.log.Info("session started", "session", rs.id, "client", rs.client.String(), "server", rs.target.String(), "scheme", rs.send.Params().String())
+	if ok, n := r.flowLines.Allow(); ok {
+		r.log.Info("session started", "session", rs.id, "client", rs.client.String(), "server", rs.target.String(), "scheme", rs.send.Params().String(),
+			"lines_suppressed", n)
+	}
 }
 
 // sendPacket codes, seals and sends one game packet of the flow rs (its head)

@@ -69,7 +69,9 @@ func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 			// starts the connection again and is masqueraded on its uplink.
 			if err := t.gw.ForgetConnection(gateway.Flow{Client: k.client, Server: k.server}); err != nil {
 				t.m.ruleErrors.Inc()
-				t.r.log.Warn("transparent: forget connection", "err", err)
+				if ok, n := t.r.flowLines.Allow(); ok {
+					t.r.log.Warn("transparent: forget connection", "err", err, "lines_suppressed", n)
+				}
 			}
 		}
 		t.r.log.Debug("transparent: flow kept on its path", "client", k.client.String(), "server", k.server.String(),
@@ -90,14 +92,19 @@ func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 		return rs, err
 	})
 	if err != nil {
-		t.r.log.Error("cannot create session", "err", err)
+		if ok, n := t.r.flowLines.Allow(); ok {
+			t.r.log.Error("cannot create session", "err", err, "lines_suppressed", n)
+		}
 		return
 	}
 	if created {
 		t.r.registerSession(rs, now)
 		t.m.proxied.Inc()
-		t.r.log.Info("transparent: flow proxied", "session", rs.id, "client", k.client.String(), "server", k.server.String(),
-			"rule", dec.Rule, "app", dec.App, "app_type", dec.AppType, "proxy", rs.px.name, "proxy_reason", *rs.chosen.Load())
+		if ok, n := t.r.flowLines.Allow(); ok {
+			t.r.log.Info("transparent: flow proxied", "session", rs.id, "client", k.client.String(), "server", k.server.String(),
+				"rule", dec.Rule, "app", dec.App, "app_type", dec.AppType, "proxy", rs.px.name, "proxy_reason", *rs.chosen.Load(),
+				"lines_suppressed", n)
+		}
 	}
 	t.r.sendPacket(rs, p.Payload, now, t.delayed)
 }
@@ -137,7 +144,9 @@ func (t *transparent) passFlow(k flowKey, promote bool) {
 		if err := t.dp.Promote(bpf.FlowKey{Proto: bpf.ProtoUDP, Src: k.client, Dst: k.server}, 0); err == nil {
 			e.promoted = true
 		} else {
-			t.r.log.Warn("transparent: promote flow", "err", err)
+			if ok, n := t.r.flowLines.Allow(); ok {
+				t.r.log.Warn("transparent: promote flow", "err", err, "lines_suppressed", n)
+			}
 		}
 	}
 	t.pass.GetOrCreate(k, mono.Now(), func() (passEntry, error) { return e, nil })
@@ -266,8 +275,10 @@ func (t *transparent) poll(now int64) {
 	for i, fk := range found {
 		t.passFlow(fk, true)
 		t.m.adhoc.Inc()
-		t.r.log.Info("transparent: LC flow found in flight, kept on its path with priority",
-			"client", fk.client.String(), "server", fk.server.String(), "rule", decs[i].Rule, "app_type", decs[i].AppType)
+		if ok, n := t.r.flowLines.Allow(); ok {
+			t.r.log.Info("transparent: LC flow found in flight, kept on its path with priority",
+				"client", fk.client.String(), "server", fk.server.String(), "rule", decs[i].Rule, "app_type", decs[i].AppType, "lines_suppressed", n)
+		}
 	}
 	if len(found) > 0 {
 		t.syncDestRules(now)
