@@ -65,6 +65,13 @@ type Server struct {
 	byOut  *session.Table[uint64, *relay]
 	ctrl   *ctrlSession
 	probes probeCache // the next hop's answers about servers (probe.go)
+	// nextEpoch is the next hop's restart epoch from its pongs (0: none heard
+	// yet): sessions opened there derive their keys from it, and a change
+	// means it restarted (see noteNextEpoch).
+	nextEpoch atomic.Uint64
+	// nextSilent: no uplink answers and every session towards the next hop
+	// carries its hello again (see forceNextHellos). The janitor only.
+	nextSilent bool
 
 	closing atomic.Bool
 	closed  chan struct{}  // closed by Close, so the janitor stops however Close was reached
@@ -83,7 +90,7 @@ type counters struct {
 	fromNext, relayedOut, relayedBack, controlOut, controlBack *metrics.Counter
 	rateLimited, sealErrors, sendErrors, noPath, pongsIn       *metrics.Counter
 	sessionsEvicted, sessionsIdle, movedCopies                 *metrics.Counter
-	keepalivesSent, nextMoved, nextAllDown                     *metrics.Counter
+	keepalivesSent, nextMoved, nextAllDown, nextRestarts       *metrics.Counter
 	sessions                                                   *metrics.Gauge
 }
 
@@ -106,6 +113,7 @@ func newCounters(r *metrics.Registry) counters {
 		keepalivesSent:  r.Counter("intermediate_keepalives_sent_total", "Keepalives sent to the next hop on relayed sessions, each on one uplink."),
 		nextMoved:       r.Counter("intermediate_next_moved_copies_total", "Extra copies sent to the next hop on live uplinks for uplinks that look down."),
 		nextAllDown:     r.Counter("intermediate_next_no_live_uplink_total", "Packets sent to the next hop while every uplink looked down (sent on all)."),
+		nextRestarts:    r.Counter("intermediate_next_restarts_total", "Restarts of the next hop seen (a new epoch in its pongs); its sessions were re-keyed."),
 	}
 }
 
@@ -247,7 +255,7 @@ func (s *Server) closeAtNext() {
 		if rl.outSend == nil || rl.closed.Swap(true) {
 			return true
 		}
-		dg, err := sealPassed(rl.outSeal, rl.outSend, buf, wire.TypeClose, rl.outID, rl.outMax.Load()+1, nil, now)
+		dg, err := sealPassed(rl.outSend.AEAD(), rl.outSend, buf, wire.TypeClose, rl.outID, rl.outMax.Load()+1, nil, now)
 		if err == nil {
 			s.sendCopies(dg, now)
 		}
@@ -279,6 +287,7 @@ func (s *Server) janitor() {
 		now := mono.Now()
 		s.ping(buf, now)
 		s.noteUplinks(now)
+		s.forceNextHellos(now)
 		select {
 		case <-s.closed:
 			return

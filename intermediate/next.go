@@ -60,11 +60,14 @@ func (s *Server) newOutHalf(target netip.AddrPort) (id uint64, send *tunnel.Send
 	if err != nil {
 		return 0, nil, nil, nil, err
 	}
-	sk, rk, err := wire.DeriveKeys(&s.nextKey, &salt, id, wire.RoleClient)
+	// Bound to the next hop's epoch once a pong named it, so nothing sealed
+	// for this session opens in another run of the next hop.
+	epoch := s.nextEpoch.Load()
+	sk, rk, err := wire.DeriveKeysEpoch(&s.nextKey, &salt, id, epoch, wire.RoleClient)
 	if err != nil {
 		return 0, nil, nil, nil, err
 	}
-	hello := &wire.Hello{Salt: salt, Target: target}
+	hello := &wire.Hello{Salt: salt, Target: target, Epoch: epoch}
 	if err := hello.SetClientID(s.cfg.Next.ClientID); err != nil {
 		return 0, nil, nil, nil, err
 	}
@@ -206,7 +209,11 @@ func (s *Server) fromNext(r *ingress.Reader, i int, dg []byte, now int64) {
 		s.answerPath(r, i, rl.outSend, h, body)
 		return
 	}
-	rl.outSend.Heard(now)
+	if !rl.outRecv.Upgrading() {
+		// Heard with the keys before an upgrade, the next hop has not
+		// followed yet, and the hello that makes it follow must ride on.
+		rl.outSend.Heard(now)
+	}
 	if h.Type == wire.TypeData {
 		rl.outScheme.Note(h)
 		return
@@ -243,6 +250,7 @@ func (s *Server) fromNextCtrl(r *ingress.Reader, i int, dg []byte, off int, now 
 		}
 		s.m.pongsIn.Inc()
 		s.uplinks[pong.Ping.Uplink].overloaded.Store(pong.Overloaded)
+		s.noteNextEpoch(pong.Epoch, now)
 	case wire.TypeProbeReply:
 		var rep wire.ProbeReply
 		if wire.ParseProbeReply(body, &rep) != nil {
@@ -254,6 +262,73 @@ func (s *Server) fromNextCtrl(r *ingress.Reader, i int, dg []byte, off int, now 
 		// The next hop forgot us; the next keepalive re-creates the session, since
 		// the sender re-hellos after a silence.
 	}
+}
+
+// noteNextEpoch records the restart epoch of the next hop's pong, as a router
+// does its proxy's. A change from a known one means the next hop restarted and
+// lost every session: each relay's session there is re-keyed for the new epoch
+// (the next hop refuses game hellos of an old one, so nothing captured before
+// its restart can be replayed into it) and says hello again at once. The first
+// epoch heard moves the sessions opened before it to it too (the next hop
+// follows on their next hello). Called on the uplink goroutines.
+func (s *Server) noteNextEpoch(epoch uint64, now int64) {
+	old := s.nextEpoch.Load()
+	if epoch == 0 || epoch == old || !s.nextEpoch.CompareAndSwap(old, epoch) {
+		return
+	}
+	if old != 0 {
+		s.m.nextRestarts.Inc()
+		s.log.Warn("next hop restarted: re-opening its sessions")
+	}
+	s.relays.Range(func(_ uint64, rl *relay) bool {
+		if rl.outSend != nil {
+			s.rekeyOut(rl, epoch, old == 0, now)
+		}
+		return true
+	})
+}
+
+// rekeyOut derives the keys of rl's session at the next hop for its new epoch,
+// on both halves, and forces the hello back on. upgrade: the next hop did not
+// restart, it only named its epoch for the first time, so what it seals with
+// the old keys until it follows still opens.
+func (s *Server) rekeyOut(rl *relay, epoch uint64, upgrade bool, now int64) {
+	if rl.outSend.Epoch() == epoch {
+		return
+	}
+	hl, _ := rl.outSend.Hello()
+	send, recv, err := wire.DeriveKeysEpoch(&s.nextKey, &hl.Salt, rl.outID, epoch, wire.RoleClient)
+	if err != nil {
+		s.m.sealErrors.Inc()
+		return
+	}
+	if upgrade {
+		rl.outRecv.Upgrade(recv)
+	} else {
+		rl.outRecv.Rekey(recv)
+	}
+	rl.outSend.Rekey(send, epoch, now)
+}
+
+// forceNextHellos puts the hello back on every datagram towards the next hop
+// once no uplink answers (a restarted next hop knows none of the sessions),
+// instead of waiting for tunnel.RehelloAfter: the control session's first ping
+// after it is back re-opens that session, its pong names the new epoch, and
+// the relays' sessions follow (noteNextEpoch). The janitor only.
+func (s *Server) forceNextHellos(now int64) {
+	up := s.next.AnyUp(now)
+	if up || s.nextSilent {
+		s.nextSilent = !up
+		return
+	}
+	s.nextSilent = true
+	s.ctrl.send.ForceHello(now)
+	s.relays.Range(func(_ uint64, rl *relay) bool {
+		if rl.outSend != nil {
+			rl.outSend.ForceHello(now)
+		}
+		return true
+	})
 }
 
 // answerPath answers the next hop's path challenge (h, its token in body) on

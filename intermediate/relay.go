@@ -33,7 +33,6 @@ type relay struct {
 	outID   uint64
 	outRecv *tunnel.Receiver // nil for a control-only session
 	outSend *tunnel.Sender
-	outSeal cipher.AEAD   // for control messages passed on with the router's IDs
 	outMax  atomic.Uint64 // the highest packet ID sealed towards the next hop
 	// kaNext picks the uplink of the next keepalive towards the next hop (see
 	// keepNextPathAlive). Only the router side's read loop touches it.
@@ -74,7 +73,7 @@ func (p *program) NewSession(a *clients.Admission, id uint64, hello *wire.Hello,
 	switch {
 	case err != nil:
 	case rl.target.IsValid():
-		rl.outID, rl.outSend, rl.outSeal, rl.outRecv, err = s.newOutHalf(rl.target)
+		rl.outID, rl.outSend, _, rl.outRecv, err = s.newOutHalf(rl.target)
 	default:
 		// A control session's packet IDs are all its own: from the clock, as
 		// the proxy's, so a run after a restart repeats no nonce under the
@@ -206,7 +205,7 @@ func (s *Server) passOut(r *ingress.Reader, rl *relay, body []byte, now int64) {
 	if rl.closed.Load() {
 		return
 	}
-	dg, err := sealPassed(rl.outSeal, rl.outSend, r.Ctrl, r.Hdr.Type, rl.outID, r.Hdr.Packet, body, now)
+	dg, err := sealPassed(rl.outSend.AEAD(), rl.outSend, r.Ctrl, r.Hdr.Type, rl.outID, r.Hdr.Packet, body, now)
 	if err != nil {
 		s.m.sealErrors.Inc()
 		return
@@ -242,7 +241,7 @@ func (s *Server) keepNextPathAlive(r *ingress.Reader, rl *relay, now int64) {
 		return
 	}
 	body := [2]byte{byte(len(s.next.Paths)), byte(s.cfg.Next.CopiesPerUplink)}
-	dg, err := sealPassed(rl.outSeal, rl.outSend, r.Ctrl, wire.TypeKeepalive, rl.outID, r.Hdr.Packet, body[:], now)
+	dg, err := sealPassed(rl.outSend.AEAD(), rl.outSend, r.Ctrl, wire.TypeKeepalive, rl.outID, r.Hdr.Packet, body[:], now)
 	if err != nil {
 		s.m.sealErrors.Inc()
 		return
