@@ -1072,4 +1072,13 @@ func TestFaultsIntermediate(t *testing.T) {
 	if gap > 500*time.Millisecond {
 		t.Errorf("traffic flowed %v after the intermediate was back, want <= 200 ms (fails past 500 ms)", gap)
 	}
+	// Both hops proved their addresses: the router answered the
+	// intermediate's path challenges, the intermediate the proxy's.
+	time.Sleep(200 * time.Millisecond)
+	if v := fm.metric("intermediate_paths_validated_total"); v < 1 {
+		t.Errorf("intermediate_paths_validated_total = %v: the router answered no path challenge", v)
+	}
+	if v := fp.metric("proxy_paths_validated_total"); v < 1 {
+		t.Errorf("proxy_paths_validated_total = %v: the intermediate answered no path challenge", v)
+	}
 }

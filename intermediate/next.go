@@ -319,6 +319,15 @@ func (s *Server) forceNextHellos(now int64) {
 	up := s.next.AnyUp(now)
 	if up || s.nextSilent {
 		s.nextSilent = !up
+		if !up {
+			// While silent, a keepalive goes out every janitor tick
+			// instead of every ping interval: the pong that names a
+			// restarted next hop's epoch, which its sessions wait for
+			// (their hellos of the old one are refused), comes sooner.
+			for _, p := range s.next.Paths {
+				p.Health.PingSoon()
+			}
+		}
 		return
 	}
 	s.nextSilent = true

@@ -163,6 +163,10 @@ func (h *Health) PingDue(now int64) bool {
 	return h.pingsSent.Load() == 0 || now-h.lastPingAt.Load() >= h.interval
 }
 
+// PingSoon makes the next keepalive due at once (PingDue), for a far end that
+// went silent and may be back: its first answer should come as soon as it is.
+func (h *Health) PingSoon() { h.lastPingAt.Store(0) }
+
 // OnPingSent records that keepalive seq left at now. Sequence numbers must increase
 // by one per ping (wrapping is fine); the ring that remembers send times is indexed
 // by them.
