@@ -149,9 +149,12 @@ type counters struct {
 	draining                                                       *metrics.Counter
 	// Connect tokens (Config.Tokens only): refusals by clients.Refusal, the
 	// table of tokens used.
-	tokenRefused                           map[clients.Refusal]*metrics.Counter
-	tokensSeen                             *metrics.Gauge
-	tokensEvicted                          *metrics.Counter
+	tokenRefused  map[clients.Refusal]*metrics.Counter
+	tokensSeen    *metrics.Gauge
+	tokensEvicted *metrics.Counter
+
+	// Path validation (replypath.Set.Heard): challenges sent, answers that
+	// validated an address, replies held back from one not yet validated.
 	challenges, validated, unvalidatedHeld *metrics.Counter
 }
 
