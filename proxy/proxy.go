@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,6 +121,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		SendVia: func(dg []byte, to netip.AddrPort) bool { return s.tcp.send(dg, to) }, // a TLS/TCP fallback path (tcp.go)
 		Prefix:  "proxy", Registry: s.reg, Log: log,
 		OnBatch: func(start int64) { s.load.observeBatch(start, mono.Now()) },
+		Workers: cfg.workers(),
 	}, s.sessions, (*program)(s))
 	if err != nil {
 		return nil, err
@@ -130,6 +132,14 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	s.probes = newProber(cfg, log, s.reg)
 	return s, nil
+}
+
+// workers is the number of listen sockets: workers = 0 is one per CPU.
+func (c *Config) workers() int {
+	if c.Workers == 0 {
+		return runtime.GOMAXPROCS(0)
+	}
+	return c.Workers
 }
 
 // Addr is the address the proxy listens on.
@@ -144,7 +154,7 @@ func (s *Server) Run(ctx context.Context) error {
 		go hs.Serve(s.httpLns[i])
 	}
 	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", s.in.Clients(),
-		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions)
+		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions, "workers", s.in.Workers())
 	if err := s.startTCP(ctx); err != nil {
 		return fmt.Errorf("tcp_listen: %w", err)
 	}

@@ -91,3 +91,36 @@ func TestPacketInfoOff(t *testing.T) {
 		t.Fatalf("Local = %v without PacketInfo", msgs[0].Local)
 	}
 }
+
+// Reading the destination and sending from a chosen source allocate nothing.
+func TestPacketInfoDoesNotAllocate(t *testing.T) {
+	srv, err := Listen("udp4", Options{Local: netip.MustParseAddrPort("0.0.0.0:0"), PacketInfo: true, RecvBuffer: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	peer, err := Listen("udp4", Options{Local: netip.MustParseAddrPort("127.0.0.1:0"), RecvBuffer: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), srv.LocalAddr().Port())
+	buf := make([]byte, 64)
+	msgs := []Message{{Buf: make([]byte, 64)}}
+	round := func() {
+		peer.WriteTo(buf[:32], to)
+		if n, err := srv.ReadBatch(msgs); n != 1 || err != nil || msgs[0].Local != to.Addr() {
+			t.Fatalf("ReadBatch = %d, %v, local %v", n, err, msgs[0].Local)
+		}
+		if err := srv.WriteToFrom(buf[:16], msgs[0].Addr, msgs[0].Local); err != nil {
+			t.Fatal(err)
+		}
+		if _, from, err := peer.ReadFrom(buf); err != nil || from != to {
+			t.Fatalf("reply from %v (%v), want %v", from, err, to)
+		}
+	}
+	round()
+	if a := testing.AllocsPerRun(200, round); a != 0 {
+		t.Errorf("PacketInfo read and sourced write: %v allocs per round, want 0", a)
+	}
+}
