@@ -527,9 +527,9 @@ func writeMarkdown(opt *options, rows [][3]string, env string) error {
 		"≤ 20 MB RSS, ready to serve ≤ 50 ms after start. Ready is measured from exec to the first " +
 		"authenticated answer (the ack of a hello) at the client.\n")
 	fmt.Fprintf(&b, "\nMachine: %s. This is a shared development machine with other builds and tests "+
-		"running at the same time; the forwarded rate moved between about 55,000 and 115,000 packets/s from run to "+
-		"run within one hour, with the other processes' load, while the proxy process's own time per packet stayed "+
-		"between 6.6 and 8.8 µs.\n", env)
+		"running at the same time: the forwarded rate moves from run to run with the other processes' load (see the "+
+		"noise row and the reference loops, measured on the same core right after), while the proxy process's own "+
+		"time per packet moves much less.\n", env)
 	if err := os.MkdirAll(filepath.Dir(opt.out), 0o755); err != nil {
 		return err
 	}
