@@ -379,6 +379,9 @@ session_rate = 1000000
 	fmt.Printf("opening %d sessions ...\n", opt.sessions)
 	t := time.Now()
 	if err := gen.openAll(ctx); err != nil {
+		if m, serr := scrape(metricsAddr); serr == nil {
+			err = fmt.Errorf("%w; the proxy's drops: %s; created %.0f", err, dropList(movedDrops(nil, m)), m["proxy_sessions_created_total"])
+		}
 		return nil, err
 	}
 	f.setup = time.Since(t)
