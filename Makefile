@@ -15,7 +15,7 @@ RELEASE_PROGRAMS := router/cmd/raic-router proxy/cmd/raic-proxy simple/cmd/raic-
 RELEASE_ARCHS    := amd64 arm64
 DIST    ?= dist
 
-.PHONY: help build test vet fmt-check check-generated check-examples generate bench demo faults fuzz fuzz-short clean release release-check
+.PHONY: help build test vet fmt-check check-generated check-examples generate bench loadtest demo faults fuzz fuzz-short clean release release-check
 
 help:
 	@echo "make demo             testbed demo: direct uplinks vs router+proxy (root)"
@@ -23,7 +23,8 @@ help:
 	@echo "make build            programs into $(BIN)/"
 	@echo "make release          static linux/amd64 and linux/arm64 binaries into $(DIST)/"
 	@echo "make release-check    run the amd64 release binaries, check the arm64 ones with file(1)"
-	@echo "make bench            benchmark tables (micro, loopback, testbed)"
+	@echo "make bench            benchmark tables (micro, loopback, proxy scale, testbed)"
+	@echo "make loadtest         10,000 simulated routers against one proxy: docs/bench-load.md"
 	@echo "make faults           fault and attack suite: prints its table to docs/faults.md"
 	@echo "make fuzz             every Fuzz target for FUZZTIME each (default 2m)"
 	@echo "make generate         rebuild the eBPF objects and Go bindings (clang)"
@@ -97,10 +98,16 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 300ms -benchmem \
 		./pkg/... ./raic/... ./detect/... ./suppress/... ./simple/... ./bpf/... | tee docs/bench-micro.txt
 	$(GO) run ./integration/cmd/rttbench
-	$(GO) run ./integration/cmd/capbench
+	$(GO) run ./integration/cmd/capbench -scale
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./integration/cmd/demo -schemes && $(GO) run ./integration/cmd/suppressbench; \
 	else echo "bench: testbed tables skipped (they need root for network namespaces)"; fi
+
+# 10,000 routers (sessions) on loopback against one proxy, in rising rate
+# steps; CI runs a bounded version (TestLoadShort).
+loadtest:
+	@mkdir -p docs
+	$(GO) run ./integration/cmd/capbench -load
 
 faults:
 	@mkdir -p docs

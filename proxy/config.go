@@ -42,6 +42,10 @@ type Config struct {
 	// address:port: QUIC on UDP for their TCP flows, TLS on TCP for the
 	// datagrams of routers whose network blocks UDP (see tcp.go).
 	TCPListen string `toml:"tcp_listen"`
+	// Workers is how many sockets share the listen address (SO_REUSEPORT),
+	// each with its own read loop: 1 (the default) is one, 0 one per CPU
+	// (GOMAXPROCS). Sessions are shared by all (see package ingress).
+	Workers int `toml:"workers"`
 	// Clients are the routers allowed to use this proxy.
 	Clients []ClientConfig `toml:"client"`
 	// Studio operation: connect tokens, client-address headers, health, drain
@@ -81,6 +85,7 @@ func DefaultConfig() Config {
 			MaxTokens:    clients.DefaultSeenTokens,
 			DrainTimeout: config.Duration{Duration: DefaultDrainTimeout},
 		},
+		Workers: 1,
 	}
 }
 
@@ -119,6 +124,7 @@ func (c *Config) check(meta *config.Meta) {
 		meta.Report("log_level", "%v", err)
 	}
 	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
+	meta.Int("workers", c.Workers, 0, maxWorkers)
 	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
 	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
 	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
@@ -127,6 +133,9 @@ func (c *Config) check(meta *config.Meta) {
 	c.checkStudio(meta)
 	meta.Add(clients.CheckTokens(meta, c.Clients, "the proxy", c.tokenKey != nil))
 }
+
+// maxWorkers bounds workers: far more read loops than cores only adds sockets.
+const maxWorkers = 256
 
 // maxSessionsCap bounds max_sessions: each session holds a socket.
 const maxSessionsCap = 1 << 22

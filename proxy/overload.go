@@ -65,7 +65,8 @@ func newLoadMeter(cfg *Config, reg *metrics.Registry) *loadMeter {
 }
 
 // observeBatch records that a read batch read at start (mono ns) was handled by
-// end. Only the read loop calls it.
+// end. Each worker's read loop calls it: two racing updates lose one sample
+// of the average at worst.
 func (l *loadMeter) observeBatch(start, end int64) {
 	d := end - start
 	if d < 0 {

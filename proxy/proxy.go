@@ -19,8 +19,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/raicnet/raic/pkg/clients"
@@ -62,8 +64,8 @@ type Server struct {
 	refusedLog *logging.Limiter
 
 	closing atomic.Bool
-	loops   sync.WaitGroup // the read loop and the janitor
-	pumps   sync.WaitGroup // one reply pump per session with a server
+	loops   sync.WaitGroup    // the read loops, the pollers and the janitor
+	pollers []*upstreamPoller // read the servers' replies, one per worker (upstream.go)
 
 	httpSrvs  []*http.Server // metrics and health (studio.go)
 	httpLns   []net.Listener
@@ -120,16 +122,39 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		SendVia: func(dg []byte, to netip.AddrPort) bool { return s.tcp.send(dg, to) }, // a TLS/TCP fallback path (tcp.go)
 		Prefix:  "proxy", Registry: s.reg, Log: log,
 		OnBatch: func(start int64) { s.load.observeBatch(start, mono.Now()) },
+		Workers: cfg.workers(),
 	}, s.sessions, (*program)(s))
 	if err != nil {
 		return nil, err
 	}
+	for i := 0; i < s.in.Workers(); i++ {
+		p, err := newUpstreamPoller(s)
+		if err != nil {
+			s.in.Close()
+			for _, p := range s.pollers {
+				p.close()
+			}
+			return nil, err
+		}
+		s.pollers = append(s.pollers, p)
+	}
 	if err := s.listenHTTP(); err != nil {
 		s.in.Close()
+		for _, p := range s.pollers {
+			p.close()
+		}
 		return nil, err
 	}
 	s.probes = newProber(cfg, log, s.reg)
 	return s, nil
+}
+
+// workers is the number of listen sockets: workers = 0 is one per CPU.
+func (c *Config) workers() int {
+	if c.Workers == 0 {
+		return runtime.GOMAXPROCS(0)
+	}
+	return c.Workers
 }
 
 // Addr is the address the proxy listens on.
@@ -144,11 +169,17 @@ func (s *Server) Run(ctx context.Context) error {
 		go hs.Serve(s.httpLns[i])
 	}
 	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", s.in.Clients(),
-		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions)
+		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions, "workers", s.in.Workers())
 	if err := s.startTCP(ctx); err != nil {
 		return fmt.Errorf("tcp_listen: %w", err)
 	}
-	s.loops.Add(2)
+	s.loops.Add(2 + len(s.pollers))
+	for _, p := range s.pollers {
+		go func() {
+			defer s.loops.Done()
+			p.run()
+		}()
+	}
 	go s.janitor(ctx)
 	go func() {
 		defer s.loops.Done()
@@ -165,19 +196,22 @@ func (s *Server) Close() {
 		return
 	}
 	s.in.Close()
+	for _, p := range s.pollers {
+		p.close()
+	}
 	for i, hs := range s.httpSrvs {
 		hs.Close()
 		s.httpLns[i].Close() // Close does not close a listener Serve never took
 	}
-	// Stop the loops first, so no session is created behind our back, then end
-	// the sessions: closing their upstream sockets ends their reply pumps.
+	// Stop the loops first (the read loops, the pollers of the servers'
+	// replies), so no session is created or answered behind our back, then
+	// end the sessions.
 	s.loops.Wait()
 	var ids []uint64
 	s.sessions.Range(func(id uint64, _ *proxySession) bool { ids = append(ids, id); return true })
 	for _, id := range ids {
 		s.sessions.Delete(id)
 	}
-	s.pumps.Wait()
 	s.probes.close()
 }
 
@@ -230,13 +264,16 @@ func (p *program) NewSession(a *clients.Admission, id uint64, hello *wire.Hello,
 	return ps, err
 }
 
-// Opened logs the new session and starts its reply pump.
+// Opened logs the new session and has a poller read its server's replies.
 func (p *program) Opened(ps *proxySession, _ int64) {
 	s := (*Server)(p)
 	s.log.Info("session opened", "client", ps.Client.ID, "session", ps.id, "target", ps.target.String())
 	if ps.upstream != nil {
-		s.pumps.Add(1)
-		go ps.pumpReplies()
+		ps.poller = s.pollers[ps.id%uint64(len(s.pollers))]
+		if err := ps.poller.add(ps); err != nil {
+			s.m.upstreamErrors.Inc()
+			s.log.Warn("cannot watch upstream socket", "client", ps.Client.ID, "target", ps.target.String(), "err", err)
+		}
 	}
 }
 
@@ -266,7 +303,9 @@ type proxySession struct {
 	id           uint64
 	target       netip.AddrPort
 
-	upstream *net.UDPConn // connected to target; nil for a control-only session
+	upstream *net.UDPConn    // connected to target; nil for a control-only session
+	urc      syscall.RawConn // upstream's, for the poller's reads
+	poller   *upstreamPoller // reads upstream
 	closed   atomic.Bool
 
 	// The player's address for the server (studio.go): the router address
@@ -304,6 +343,12 @@ func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target,
 		// The default buffer holds only ~20 ms of a 10,000 pps server stream; the
 		// memory is used only while packets wait.
 		ps.upstream.SetReadBuffer(1 << 20)
+		// Taken here, before the session is in the table, which the poller
+		// finds it in.
+		if ps.urc, err = ps.upstream.SyscallConn(); err != nil {
+			ps.upstream.Close()
+			return nil, err
+		}
 	}
 	return ps, nil
 }
@@ -327,36 +372,6 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 		return
 	}
 	s.m.forwarded.Inc()
-}
-
-// pumpReplies reads what the game server sends and returns it to the router.
-func (ps *proxySession) pumpReplies() {
-	s := ps.srv
-	defer s.pumps.Done()
-	// One buffer per session, so it is sized for game packets rather than for the
-	// largest UDP datagram: a thousand sessions must not cost 64 MB. A datagram
-	// that fills it may have been cut short, so it is dropped and counted.
-	buf := make([]byte, maxServerPacket+1)
-	for {
-		n, err := ps.upstream.Read(buf)
-		if err != nil {
-			if ps.closed.Load() {
-				return
-			}
-			// ICMP port unreachable from the server surfaces here; keep going.
-			s.m.upstreamErrors.Inc()
-			continue
-		}
-		if n > maxServerPacket {
-			s.m.oversize.Inc()
-			if ok, sup := s.refusedLog.Allow(); ok {
-				s.log.Warn("server packet dropped: larger than the proxy carries back", "client", ps.Client.ID,
-					"target", ps.target.String(), "limit_bytes", maxServerPacket, "lines_suppressed", sup)
-			}
-			continue
-		}
-		ps.reply(buf[:n], mono.Now())
-	}
 }
 
 // reply codes one server packet and sends it over every live path of the
@@ -391,6 +406,9 @@ func (ps *proxySession) close() {
 		return
 	}
 	if ps.upstream != nil {
+		if ps.poller != nil {
+			ps.poller.remove(ps)
+		}
 		ps.upstream.Close()
 	}
 }

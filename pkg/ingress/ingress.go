@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,6 +53,33 @@ type Peer struct {
 	Epoch  atomic.Uint64  // the restart epoch the session's keys are for (0: none)
 
 	lastAck atomic.Int64
+	local   localAddr // the proxy address the router sends to (sticky source)
+}
+
+// localAddr is the address of ours a session's router sends to, learned from
+// its authenticated datagrams on a socket bound to the unspecified address, so
+// that replies leave from it: a router (or a NAT on its way) takes answers only
+// from the address it wrote to. One per session, not per path: every uplink of
+// a router is configured with the same proxy address. The lock is the
+// session's own and is taken only to read or change the address.
+type localAddr struct {
+	mu   sync.Mutex
+	addr netip.Addr
+}
+
+func (l *localAddr) set(a netip.Addr) {
+	l.mu.Lock()
+	if l.addr != a {
+		l.addr = a
+	}
+	l.mu.Unlock()
+}
+
+func (l *localAddr) get() netip.Addr {
+	l.mu.Lock()
+	a := l.addr
+	l.mu.Unlock()
+	return a
 }
 
 // ackDue limits acks to one per 10 ms per session: a router sends hellos until
@@ -123,22 +151,28 @@ type Config struct {
 	Log         *slog.Logger
 	HelloMaxAge time.Duration
 	// OnBatch, if set, runs after each batch read with the batch's start time
-	// (the proxy's load meter).
+	// (the proxy's load meter). With several workers it runs on each.
 	OnBatch func(start int64)
+	// Workers is how many sockets (SO_REUSEPORT, one read loop each) share
+	// the listen address; 0 or 1: one socket, as without the option.
+	Workers int
 }
 
 // Ingress reads one socket of datagrams from routers.
 type Ingress[S Session] struct {
-	cfg      Config
-	conn     *udp.Conn
-	roster   atomic.Pointer[clients.Roster] // swapped whole on reload (SetRoster)
-	draining atomic.Bool                    // no new sessions (Drain)
-	sessions *session.Table[uint64, S]
-	prog     Program[S]
-	m        counters
-	run      clients.Run      // this start's restart epoch, sent in pongs
-	refused  *logging.Limiter // bounds the log lines of per-datagram refusals
-	closing  atomic.Bool
+	cfg       Config
+	conn      *udp.Conn                      // conns[0]: the one replies from outside a read loop leave on
+	conns     []*udp.Conn                    // one per worker, all bound to the listen address
+	pktinfo   bool                           // bound to the unspecified address: replies follow the address reached
+	perWorker []*metrics.Counter             // datagrams read by each worker: how the kernel spreads them
+	roster    atomic.Pointer[clients.Roster] // swapped whole on reload (SetRoster)
+	draining  atomic.Bool                    // no new sessions (Drain)
+	sessions  *session.Table[uint64, S]
+	prog      Program[S]
+	m         counters
+	run       clients.Run      // this start's restart epoch, sent in pongs
+	refused   *logging.Limiter // bounds the log lines of per-datagram refusals
+	closing   atomic.Bool
 }
 
 type counters struct {
@@ -213,13 +247,17 @@ func New[S Session](cfg Config, sessions *session.Table[uint64, S], prog Program
 	if cfg.RecvBuffer == 0 {
 		cfg.RecvBuffer = 4 << 20
 	}
-	local, _ := netip.ParseAddrPort(cfg.Listen)
-	conn, err := udp.Listen("udp", udp.Options{Local: local, RecvBuffer: cfg.RecvBuffer, SendBuffer: 4 << 20})
+	conns, err := listen(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		return nil, err
 	}
-	in := &Ingress[S]{cfg: cfg, conn: conn, sessions: sessions, prog: prog, m: newCounters(cfg.Registry, cfg.Prefix, cfg.Tokens),
+	in := &Ingress[S]{cfg: cfg, conn: conns[0], conns: conns, pktinfo: conns[0].LocalAddr().Addr().IsUnspecified(),
+		sessions: sessions, prog: prog, m: newCounters(cfg.Registry, cfg.Prefix, cfg.Tokens),
 		run: run, refused: logging.NewLimiter(5, 20)}
+	for i := range conns {
+		in.perWorker = append(in.perWorker, cfg.Registry.Counter(fmt.Sprintf(`%s_worker_received_total{worker="%d"}`, cfg.Prefix, i),
+			"Datagrams read by each worker socket."))
+	}
 	in.SetRoster(roster)
 	return in, nil
 }
@@ -257,6 +295,37 @@ func (in *Ingress[S]) TokenTick(now time.Time) {
 	}
 }
 
+// listen binds the worker sockets. With several, each is SO_REUSEPORT and the
+// kernel spreads routers' datagrams over them by a hash of the 4-tuple, so the
+// datagrams of one session, coming from each of the router's uplinks, land on
+// different workers. They all share the one session table instead of being
+// steered by session ID (an SK_REUSEPORT eBPF program could pick the socket
+// from the header's session ID): the table is already sharded with a
+// read-mostly lock per shard, a session's own state (window, paths, sender)
+// has its own lock that two workers rarely want at once, replies from the
+// server side go out from any socket anyway, and the proxy keeps running
+// without CAP_BPF or root.
+func listen(cfg Config) ([]*udp.Conn, error) {
+	local, _ := netip.ParseAddrPort(cfg.Listen)
+	n := max(cfg.Workers, 1)
+	opt := udp.Options{Local: local, RecvBuffer: cfg.RecvBuffer, SendBuffer: 4 << 20, ReusePort: n > 1,
+		PacketInfo: !local.Addr().IsValid() || local.Addr().IsUnspecified()}
+	var conns []*udp.Conn
+	for i := 0; i < n; i++ {
+		c, err := udp.Listen("udp", opt)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		}
+		conns = append(conns, c)
+		// Port 0 asks for any port: the other workers take the one the first got.
+		opt.Local = netip.AddrPortFrom(local.Addr(), c.LocalAddr().Port())
+	}
+	return conns, nil
+}
+
 // Epoch is this start's restart epoch (see clients.Run).
 func (in *Ingress[S]) Epoch() uint64 { return in.run.Epoch }
 
@@ -276,15 +345,22 @@ func (in *Ingress[S]) Clients() int { return len(in.roster.Load().Clients) }
 // Addr is the address routers send to.
 func (in *Ingress[S]) Addr() netip.AddrPort { return in.conn.LocalAddr() }
 
-// Close closes the socket; Run returns.
+// Workers is the number of sockets (read loops) serving the listen address.
+func (in *Ingress[S]) Workers() int { return len(in.conns) }
+
+// Close closes the sockets; Run returns.
 func (in *Ingress[S]) Close() {
 	in.closing.Store(true)
-	in.conn.Close()
+	for _, c := range in.conns {
+		c.Close()
+	}
 }
 
 // Reader holds one read goroutine's buffers, so nothing is allocated per
 // datagram. Programs use Ctrl for what they seal while handling a datagram.
 type Reader struct {
+	conn    *udp.Conn // the worker socket read; answers to its datagrams leave on it
+	local   netip.Addr
 	msgs    []udp.Message
 	Ctrl    []byte // control datagrams sealed on this goroutine
 	scratch []byte // a copy for authenticating hellos before a session exists
@@ -307,11 +383,27 @@ func NewReader() *Reader {
 	return r
 }
 
-// Run reads and handles datagrams until the socket is closed.
+// Run reads and handles datagrams until the sockets are closed: one read
+// loop per worker socket, each on its own goroutine with its own buffers.
 func (in *Ingress[S]) Run() {
+	var wg sync.WaitGroup
+	for i := 1; i < len(in.conns); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in.readLoop(i)
+		}()
+	}
+	in.readLoop(0)
+	wg.Wait()
+}
+
+func (in *Ingress[S]) readLoop(worker int) {
+	c, read := in.conns[worker], in.perWorker[worker]
 	r := NewReader()
+	r.conn = c
 	for {
-		n, err := in.conn.ReadBatch(r.msgs)
+		n, err := c.ReadBatch(r.msgs)
 		if err != nil {
 			if in.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
@@ -321,8 +413,10 @@ func (in *Ingress[S]) Run() {
 			continue
 		}
 		now := mono.Now() // once per batch
+		read.Add(uint64(n))
 		for i := 0; i < n; i++ {
 			m := &r.msgs[i]
+			r.local = m.Local
 			in.Handle(r, m.Buf[:m.N], m.Addr, now)
 		}
 		if in.cfg.OnBatch != nil {
@@ -401,6 +495,9 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 	// most 3x what came from it.
 	if c, due := p.Paths.Heard(from, r.sink.Size, now); due {
 		r.sink.Challenge, r.sink.Due = c, true
+	}
+	if in.pktinfo && r.local.IsValid() {
+		p.local.set(r.local)
 	}
 	if r.sink.Due {
 		in.challenge(r, p, r.sink.Challenge)
@@ -537,7 +634,15 @@ func (in *Ingress[S]) open(r *Reader, dg []byte, off int, from netip.AddrPort, n
 // challenge sends a path challenge of p's session (see replypath.Set.Heard).
 func (in *Ingress[S]) challenge(r *Reader, p *Peer, c replypath.Challenge) {
 	out, err := p.Send.SealPath(r.Ctrl, wire.TypePathChallenge, c.Token[:])
-	if err == nil && in.SendTo(out, c.To) {
+	if err != nil {
+		return
+	}
+	conn := r.conn
+	if conn == nil {
+		conn = in.conn
+	}
+	// From the address the router reached, like every other answer.
+	if in.send(conn, out, c.To, in.localOf(p)) {
 		in.m.challenges.Inc()
 	}
 }
@@ -575,19 +680,74 @@ func (in *Ingress[S]) Answer(r *Reader, p *Peer, t wire.Type, body []byte, to ne
 	if err != nil {
 		return false
 	}
-	return in.SendTo(out, to)
+	c := r.conn
+	if c == nil {
+		c = in.conn
+	}
+	return in.send(c, out, to, in.localOf(p))
 }
 
 // SendTo sends one datagram to a router, counting a failure.
 func (in *Ingress[S]) SendTo(dg []byte, to netip.AddrPort) bool {
+	return in.send(in.conn, dg, to, netip.Addr{})
+}
+
+func (in *Ingress[S]) send(c *udp.Conn, dg []byte, to netip.AddrPort, from netip.Addr) bool {
 	if in.cfg.SendVia != nil && in.cfg.SendVia(dg, to) {
 		return true
 	}
-	if err := in.conn.WriteTo(dg, to); err != nil {
+	if err := c.WriteToFrom(dg, to, from); err != nil {
 		in.m.sendErrors.Inc()
 		return false
 	}
 	return true
+}
+
+// localOf is the source address replies of p leave from: the one its router
+// reached, when the socket is bound to the unspecified address.
+func (in *Ingress[S]) localOf(p *Peer) netip.Addr {
+	if !in.pktinfo {
+		return netip.Addr{}
+	}
+	return p.local.get()
+}
+
+// maxReplyBatch is the most datagrams of one reply sent in one sendmmsg: two
+// copies on each of eight paths; a reply with more takes several calls. It
+// sits on the stack of each session's reply goroutine, so it stays small.
+const maxReplyBatch = 16
+
+// replyBatch collects the datagrams of one reply and sends them with as few
+// sendmmsg calls as it can. It lives on the caller's stack.
+type replyBatch struct {
+	msgs [maxReplyBatch]udp.Message
+	n    int
+}
+
+func (in *Ingress[S]) queue(b *replyBatch, dg []byte, to netip.AddrPort, from netip.Addr) {
+	if in.cfg.SendVia != nil && in.cfg.SendVia(dg, to) {
+		return // a TLS/TCP path took it
+	}
+	if b.n == len(b.msgs) {
+		in.flush(b)
+	}
+	b.msgs[b.n] = udp.Message{Buf: dg, N: len(dg), Addr: to, Local: from}
+	b.n++
+}
+
+func (in *Ingress[S]) flush(b *replyBatch) {
+	msgs := b.msgs[:b.n]
+	for len(msgs) > 0 {
+		n, err := in.conn.WriteBatch(msgs)
+		if err == nil {
+			break
+		}
+		// msgs[n] failed: count it and go on with the rest.
+		in.m.sendErrors.Inc()
+		msgs = msgs[min(n+1, len(msgs)):]
+	}
+	clear(b.msgs[:b.n]) // no reference to the datagrams stays behind
+	b.n = 0
 }
 
 // ErrNoPath is Reply's error for a session with no router address heard from
@@ -613,6 +773,11 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 	if err != nil {
 		return 0, 0, err
 	}
+	// Every datagram of the reply (copies to each path, shards, fragments)
+	// leaves in one sendmmsg: they are ready together, so batching them holds
+	// none back.
+	var b replyBatch
+	from := in.localOf(p)
 	if copies {
 		// The X-fragments of a copy scheme are copies too: each goes to every
 		// path.
@@ -620,27 +785,29 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 		n, extra := live.Copies(&to)
 		for _, dg := range dgs {
 			for _, a := range to[:n] {
-				in.sendReply(p, &live, dg, a)
+				in.queueReply(p, &live, &b, dg, a, from)
 			}
 		}
+		in.flush(&b)
 		return n * len(dgs), extra * len(dgs), nil
 	}
 	var placement [64]int
 	out := live.Place(len(dgs), placement[:0])
 	for i, dg := range dgs {
-		in.sendReply(p, &live, dg, live.Addr(out[i]))
+		in.queueReply(p, &live, &b, dg, live.Addr(out[i]), from)
 	}
+	in.flush(&b)
 	return len(dgs), 0, nil
 }
 
-// sendReply sends one reply datagram to a live path of p, unless the path is
+// queueReply queues one reply datagram to a live path of p, unless the path is
 // not validated yet and has had its 3x (replypath.Set.Spend).
-func (in *Ingress[S]) sendReply(p *Peer, live *replypath.Live, dg []byte, to netip.AddrPort) {
+func (in *Ingress[S]) queueReply(p *Peer, live *replypath.Live, b *replyBatch, dg []byte, to netip.AddrPort, from netip.Addr) {
 	if live.Limited() && live.Limits(to) && !p.Paths.Spend(to, len(dg)) {
 		in.m.unvalidatedHeld.Inc()
 		return
 	}
-	in.SendTo(dg, to)
+	in.queue(b, dg, to, from)
 }
 
 // IDHash returns a hash of session IDs for the session tables, seeded at

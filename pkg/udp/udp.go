@@ -45,6 +45,10 @@ type Options struct {
 	RecvBuffer int            // SO_RCVBUF (SO_RCVBUFFORCE tried first), 0 = leave
 	SendBuffer int            // SO_SNDBUF (SO_SNDBUFFORCE tried first), 0 = leave
 	Mark       uint32         // SO_MARK, 0 = none; needs CAP_NET_ADMIN
+	// PacketInfo asks for each datagram's destination address on read
+	// (IP_PKTINFO, IPV6_RECVPKTINFO), so a socket bound to the unspecified
+	// address can answer from the address it was reached on (Message.Local).
+	PacketInfo bool
 }
 
 // Message is one datagram in a batch.
@@ -55,6 +59,10 @@ type Message struct {
 	// TOS, on write, is the IPv4 TOS byte (IPv6 traffic class) of this
 	// datagram alone, set by a control message; 0 leaves the socket's own.
 	TOS uint8
+	// Local, on read from a PacketInfo socket, is the address the datagram was
+	// sent to; on write, when valid, the source address to send from
+	// (IP_PKTINFO / IPV6_PKTINFO). Zero: the kernel's choice.
+	Local netip.Addr
 }
 
 // ErrAddress is returned when a destination cannot be expressed on this socket:
@@ -69,7 +77,7 @@ type ioState struct {
 	hdrs  [MaxBatch]unix.Mmsghdr
 	iovs  [MaxBatch]unix.Iovec
 	names [MaxBatch]unix.RawSockaddrInet6 // large enough for sockaddr_in too
-	ctrls [MaxBatch][tosCmsgSpace]byte    // per-datagram TOS control messages (write)
+	ctrls [MaxBatch][ctrlSpace]byte       // per-datagram control messages: TOS, packet info
 	n     int                             // messages handed to the syscall
 	got   int                             // messages the syscall processed
 	errno syscall.Errno                   // error of the last syscall, 0 if none
@@ -79,10 +87,11 @@ type ioState struct {
 // Conn is a UDP socket with allocation-free batched I/O. It is safe for concurrent
 // use; calls in the same direction are serialised.
 type Conn struct {
-	uc    *net.UDPConn
-	rc    syscall.RawConn
-	v6    bool // socket family is AF_INET6 (dual-stack unless bound to an IPv6 address)
-	local netip.AddrPort
+	uc      *net.UDPConn
+	rc      syscall.RawConn
+	v6      bool // socket family is AF_INET6 (dual-stack unless bound to an IPv6 address)
+	pktinfo bool // Options.PacketInfo: reads carry their destination address
+	local   netip.AddrPort
 
 	// Stored once so that RawConn.Read/Write get the same func value every call
 	// instead of a freshly allocated closure.
@@ -124,6 +133,7 @@ func Listen(network string, opt Options) (*Conn, error) {
 		uc.Close()
 		return nil, err
 	}
+	c.pktinfo = opt.PacketInfo
 	return c, nil
 }
 
@@ -166,6 +176,17 @@ func setOptions(fd int, opt *Options) error {
 	if opt.ReusePort {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 			return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+		}
+	}
+	if opt.PacketInfo {
+		// Both families on a dual-stack socket: IPv4 peers arrive mapped and
+		// report through IP_PKTINFO, IPv6 ones through IPV6_PKTINFO.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil && !opt.Local.Addr().Is6() {
+			return os.NewSyscallError("setsockopt IP_PKTINFO", err)
+		}
+		if opt.Local.Addr().Is6() || !opt.Local.Addr().IsValid() {
+			// Fails on an IPv4 socket, which needs only the above.
+			unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
 		}
 	}
 	if opt.Mark != 0 {
@@ -254,6 +275,10 @@ func (c *Conn) readLocked(msgs []Message) (int, error) {
 		h.Hdr.Namelen = unix.SizeofSockaddrInet6
 		h.Hdr.Control = nil
 		h.Hdr.Controllen = 0
+		if c.pktinfo {
+			h.Hdr.Control = &s.ctrls[i][0]
+			h.Hdr.SetControllen(ctrlSpace)
+		}
 		h.Hdr.Flags = 0
 		h.Len = 0
 	}
@@ -263,6 +288,10 @@ func (c *Conn) readLocked(msgs []Message) (int, error) {
 	for i := 0; i < got; i++ {
 		msgs[i].N = int(s.hdrs[i].Len)
 		msgs[i].Addr = parseSockaddr(&s.names[i], s.hdrs[i].Hdr.Namelen)
+		msgs[i].Local = netip.Addr{}
+		if c.pktinfo {
+			msgs[i].Local = parsePktinfo(s.ctrls[i][:s.hdrs[i].Hdr.Controllen])
+		}
 	}
 	// Drop the references to the caller's buffers so the Conn does not keep them
 	// alive after the call.
@@ -335,10 +364,17 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 			h.Hdr.Namelen = nl
 			h.Hdr.Control = nil
 			h.Hdr.Controllen = 0
+			cl := 0
 			if m.TOS != 0 {
-				c.putTOS(&s.ctrls[i], m.Addr, m.TOS)
+				c.putTOS((*[tosCmsgSpace]byte)(s.ctrls[i][:tosCmsgSpace]), m.Addr, m.TOS)
+				cl = tosCmsgSpace
+			}
+			if m.Local.IsValid() {
+				cl += putPktinfo(s.ctrls[i][cl:], m.Addr, m.Local)
+			}
+			if cl > 0 {
 				h.Hdr.Control = &s.ctrls[i][0]
-				h.Hdr.SetControllen(tosCmsgSpace)
+				h.Hdr.SetControllen(cl)
 			}
 			h.Hdr.Flags = 0
 			h.Len = 0
@@ -389,6 +425,78 @@ func (c *Conn) WriteToTOS(b []byte, to netip.AddrPort, tos uint8) error {
 	m[0] = Message{}
 	c.w.mu.Unlock()
 	return err
+}
+
+// WriteToFrom sends one datagram from the local address from (a
+// PacketInfo-style source; zero: the kernel's choice). It does not allocate.
+func (c *Conn) WriteToFrom(b []byte, to netip.AddrPort, from netip.Addr) error {
+	c.w.mu.Lock()
+	m := &c.w.one
+	m[0] = Message{Buf: b, N: len(b), Addr: to, Local: from}
+	_, err := c.writeLocked(m[:])
+	m[0] = Message{}
+	c.w.mu.Unlock()
+	return err
+}
+
+// pktinfoSpace is CMSG_SPACE(sizeof(struct in6_pktinfo)), the larger of the
+// two packet-info messages; ctrlSpace holds a TOS message and one of them.
+const (
+	pktinfoSpace = unix.SizeofCmsghdr + (unix.SizeofInet6Pktinfo+7)&^7
+	ctrlSpace    = tosCmsgSpace + pktinfoSpace
+)
+
+// parsePktinfo returns the destination address a read's control messages
+// carry (zero if none).
+func parsePktinfo(b []byte) netip.Addr {
+	for len(b) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(b) {
+			return netip.Addr{}
+		}
+		data := b[unix.SizeofCmsghdr:l]
+		switch {
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
+			return netip.AddrFrom4(pi.Addr)
+		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
+			pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
+			return netip.AddrFrom16(pi.Addr).Unmap()
+		}
+		sp := (l + 7) &^ 7
+		if sp > len(b) {
+			break
+		}
+		b = b[sp:]
+	}
+	return netip.Addr{}
+}
+
+// putPktinfo writes the control message that sends a datagram to to from the
+// local address from, and returns its length (0 when the families differ).
+// An IPv4 destination takes IP_PKTINFO (ipi_spec_dst), also on a dual-stack
+// socket, as for TOS.
+func putPktinfo(b []byte, to netip.AddrPort, from netip.Addr) int {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	if a := to.Addr(); a.Is4() || a.Is4In6() {
+		if !from.Unmap().Is4() {
+			return 0
+		}
+		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+		h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+		pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&b[unix.SizeofCmsghdr]))
+		*pi = unix.Inet4Pktinfo{Spec_dst: from.Unmap().As4()}
+		return unix.CmsgSpace(unix.SizeofInet4Pktinfo)
+	}
+	if from.Unmap().Is4() {
+		return 0
+	}
+	h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
+	pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&b[unix.SizeofCmsghdr]))
+	*pi = unix.Inet6Pktinfo{Addr: from.As16()}
+	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 }
 
 // tosCmsgSpace is the room of one control message carrying an int:

@@ -15,6 +15,8 @@
 //	go run ./integration/cmd/capbench                   # 1,000 sessions, 8 s timed phase
 //	go run ./integration/cmd/capbench -quick            # a ~15 s smoke run
 //	go run ./integration/cmd/capbench -profile cpu.pprof # also profile the proxy (see below)
+//	go run ./integration/cmd/capbench -scale            # workers 1 and 2, RSS at 1,000 and 100,000 sessions (make bench)
+//	go run ./integration/cmd/capbench -load             # 10,000 routers in rate steps (make loadtest)
 //
 // With -profile, the proxy runs from this binary (the same proxy package, with
 // pprof CPU profiling around it) instead of raic-proxy, and the top of the
@@ -81,6 +83,11 @@ type options struct {
 	nice        int
 	proxyEnv    string
 	internalCfg string // set when this binary runs as the profiled proxy
+	workers     int    // the proxy's workers key, and its GOMAXPROCS
+	sources     int    // generator sockets (source ports) the sessions' datagrams leave from
+	scale       bool   // run the scale table (scale.go) instead of one measurement
+	load        bool   // run the load test (load.go) instead
+	loadOpt     loadOptions
 }
 
 func main() {
@@ -101,7 +108,14 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, opt); err != nil {
+	do := run
+	switch {
+	case opt.scale:
+		do = runScale
+	case opt.load:
+		do = runLoad
+	}
+	if err := do(ctx, opt); err != nil {
 		fmt.Fprintln(os.Stderr, "capbench:", err)
 		os.Exit(1)
 	}
@@ -125,14 +139,28 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.nice, "nice", -20, "nice value for this process and the proxy, so other work on a shared host disturbs the measurement less (0: leave as is)")
 	fs.StringVar(&o.proxyEnv, "proxy-env", "", "extra environment for the proxy, space-separated NAME=VALUE (for example GOGC=50)")
 	fs.StringVar(&o.internalCfg, "internal-run-proxy", "", "run the proxy in this process with this config (used by -profile)")
+	fs.IntVar(&o.workers, "workers", 1, "the proxy's workers (SO_REUSEPORT sockets) and GOMAXPROCS; pinned to CPUs proxy-cpu onwards")
+	fs.IntVar(&o.sources, "sources", 1, "generator sockets the datagrams leave from, round-robin per batch (the kernel spreads them over the workers by source port)")
+	fs.BoolVar(&o.scale, "scale", false, "the scale table: workers 1 and 2 at 1,000 sessions, RSS at 1,000 and 100,000 sessions (docs/bench-scale.md)")
+	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
+	addLoadFlags(fs, &o.loadOpt)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.scale && !flagSet(fs, "out") {
+		o.out = "docs/bench-scale.md"
+	}
+	if o.load && !flagSet(fs, "out") {
+		o.out = "docs/bench-load.md"
 	}
 	if o.quick {
 		o.packets, o.duration, o.floor = 400000, 2*time.Second, time.Second
 		if !flagSet(fs, "out") {
 			o.out = "" // a smoke run does not replace the published table
 		}
+	}
+	if o.workers < 1 || o.sources < 1 {
+		return nil, errors.New("need workers ≥ 1 and sources ≥ 1")
 	}
 	if o.sessions < 1 || o.packets < o.sessions || o.window < udp.MaxBatch {
 		return nil, errors.New("need sessions ≥ 1, packets ≥ sessions, window ≥ 64")
@@ -167,6 +195,48 @@ type figures struct {
 func run(ctx context.Context, opt *options) error {
 	start := time.Now()
 	load0 := hostinfo.LoadAvg()
+	if err := setup(opt); err != nil {
+		return err
+	}
+	f, err := measure(ctx, opt)
+	if err != nil {
+		return err
+	}
+	load1 := hostinfo.LoadAvg()
+	env := environment(opt, load0, load1)
+	fmt.Println()
+	rowsOut := table(opt, f)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	for _, r := range rowsOut {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", r[0], r[1], r[2])
+	}
+	tw.Flush()
+	if f.others > 20 {
+		env += fmt.Sprintf(". WARNING: other processes used %.0f%% of a core during the timed phase; re-run on a quiet host", f.others)
+	}
+	fmt.Printf("\n%s\nrun took %v\n", env, time.Since(start).Round(time.Second))
+	if opt.profile != "" {
+		fmt.Printf("\nCPU profile of the proxy: %s (go tool pprof -top %s)\n", opt.profile, opt.profile)
+		top := exec.Command("go", "tool", "pprof", "-top", "-nodecount=35", opt.profile)
+		top.Stdout, top.Stderr = os.Stdout, os.Stderr
+		top.Run()
+		fmt.Printf("\nheap of the proxy after the timed phase: %s.heap\n", opt.profile)
+		top = exec.Command("go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=25", opt.profile+".heap")
+		top.Stdout, top.Stderr = os.Stdout, os.Stderr
+		top.Run()
+	}
+	if opt.out != "" {
+		if err := writeMarkdown(opt, rowsOut, env); err != nil {
+			return err
+		}
+		fmt.Println("wrote", opt.out)
+	}
+	return nil
+}
+
+// setup renices and pins this process, and raises its open-file limit (the
+// proxy inherits it: each session holds a socket) as far as it may.
+func setup(opt *options) error {
 	if opt.nice != 0 {
 		if err := hostinfo.NiceSelf(opt.nice); err != nil {
 			fmt.Fprintf(os.Stderr, "capbench: cannot set nice %d (%v); going on\n", opt.nice, err)
@@ -176,89 +246,128 @@ func run(ctx context.Context, opt *options) error {
 	if err := hostinfo.PinSelf(opt.genCPU); err != nil {
 		return fmt.Errorf("pin this process to CPU %d: %w", opt.genCPU, err)
 	}
-	tmp, err := os.MkdirTemp("", "capbench-")
-	if err != nil {
-		return err
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
+		want := uint64(4*opt.sessions + 4096)
+		if lim.Cur < want {
+			up := syscall.Rlimit{Cur: max(want, lim.Max), Max: max(want, lim.Max)}
+			if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) != nil {
+				lim.Cur = lim.Max // not root: as far as the hard limit
+				syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+			}
+		}
 	}
-	defer os.RemoveAll(tmp)
-	var argv []string
+	return nil
+}
+
+// environment describes the machine and the run, for the tables.
+func environment(opt *options, load0, load1 string) string {
+	env := fmt.Sprintf("%s, %d CPUs (%s), Go %s, kernel %s; load average %s before, %s after; proxy and generator at nice %d",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), hostinfo.CPUModel(), runtime.Version(), hostinfo.Kernel(), load0, load1, opt.nice)
+	if opt.proxyEnv != "" {
+		env += "; proxy environment " + opt.proxyEnv
+	}
+	if src := hostinfo.SourceState(); src != "" {
+		env += "; built from " + src
+	}
+	return env
+}
+
+// proxyArgv is the command line of the proxy process, short of its config
+// path: this binary (profiling), the given binary, or one built into tmp.
+func proxyArgv(ctx context.Context, opt *options, tmp string) ([]string, error) {
 	switch {
 	case opt.profile != "":
 		self, err := os.Executable()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		prof, err := filepath.Abs(opt.profile)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		argv = []string{self, "-profile", prof, "-internal-run-proxy"}
+		return []string{self, "-profile", prof, "-internal-run-proxy"}, nil
 	case opt.proxyBin != "":
-		argv = []string{opt.proxyBin, "-config"}
-	default:
-		fmt.Println("building raic-proxy ...")
-		bin := filepath.Join(tmp, "raic-proxy")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/raicnet/raic/proxy/cmd/raic-proxy")
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("go build raic-proxy: %w", err)
-		}
-		argv = []string{bin, "-config"}
+		return []string{opt.proxyBin, "-config"}, nil
 	}
+	fmt.Println("building raic-proxy ...")
+	bin := filepath.Join(tmp, "raic-proxy")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/raicnet/raic/proxy/cmd/raic-proxy")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("go build raic-proxy: %w", err)
+	}
+	opt.proxyBin = bin // later runs of a table reuse it
+	return []string{bin, "-config"}, nil
+}
 
+// measure runs the proxy, opens the sessions, runs the timed phase and the
+// reference loops, and returns what it measured.
+func measure(ctx context.Context, opt *options) (*figures, error) {
+	tmp, err := os.MkdirTemp("", "capbench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	argv, err := proxyArgv(ctx, opt, tmp)
+	if err != nil {
+		return nil, err
+	}
 	// The game server: a sink that counts.
 	sink, err := newSink()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer sink.close()
 
 	key, err := wire.GenerateKey()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	proxyAddr, err := freePort("udp")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	metricsAddr, err := freePort("tcp")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg := fmt.Sprintf(`listen = "%s"
 metrics = "%s"
 log_level = "info"
 max_sessions = %d
+workers = %d
 [[client]]
 id = "%s"
 key = "%s"
 allow = ["%s"]
 rate_pps = 1000000000
 burst = 10000000
-`, proxyAddr, metricsAddr, 2*opt.sessions+16, clientID, key, sink.addr())
+session_rate = 1000000
+`, proxyAddr, metricsAddr, 2*opt.sessions+16, opt.workers, clientID, key, sink.addr())
 	cfgPath := filepath.Join(tmp, "proxy.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		return err
+		return nil, err
 	}
 	argv = append(argv, cfgPath)
 
 	gen, err := newGenerator(opt, key, sink.addr(), proxyAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer gen.conn.Close()
+	defer gen.close()
 
 	var f figures
-	p, err := startProxy(argv, opt.proxyCPU, strings.Fields(opt.proxyEnv))
+	p, err := startProxy(argv, opt.proxyCPU, opt.workers, strings.Fields(opt.proxyEnv))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer p.stop()
 
 	// Ready: the first authenticated ack of session 0.
-	fmt.Printf("proxy started (pid %d, GOMAXPROCS=1, CPU %d); probing for its first ack ...\n", p.cmd.Process.Pid, opt.proxyCPU)
+	fmt.Printf("proxy started (pid %d, GOMAXPROCS=%d, CPU %s); probing for its first ack ...\n", p.cmd.Process.Pid, opt.workers, cpuList(opt.proxyCPU, opt.workers))
 	if f.readyAck, err = gen.probe(ctx, p.started, p); err != nil {
-		return err
+		return nil, err
 	}
 	// The log line may still be in the pipe: give the reader a moment.
 	for i := 0; i < 100 && p.readyLog() == 0; i++ {
@@ -270,19 +379,22 @@ burst = 10000000
 	fmt.Printf("opening %d sessions ...\n", opt.sessions)
 	t := time.Now()
 	if err := gen.openAll(ctx); err != nil {
-		return err
+		if m, serr := scrape(metricsAddr); serr == nil {
+			err = fmt.Errorf("%w; the proxy's drops: %s; created %.0f", err, dropList(movedDrops(nil, m)), m["proxy_sessions_created_total"])
+		}
+		return nil, err
 	}
 	f.setup = time.Since(t)
 	m, err := scrape(metricsAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	f.sessionsLive = m["proxy_sessions_created_total"] - m["proxy_sessions_expired_total"] - m["proxy_sessions_evicted_total"]
 
 	fmt.Printf("sealing %d datagrams in advance ...\n", opt.packets)
 	t = time.Now()
 	if err := gen.preseal(); err != nil {
-		return err
+		return nil, err
 	}
 	f.presealTime = time.Since(t)
 	f.datagramLen = gen.dgLen
@@ -293,7 +405,7 @@ burst = 10000000
 	fmt.Printf("timed phase: up to %v, %d datagrams ...\n", opt.duration, opt.packets)
 	m0, err := scrape(metricsAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rb0 := hostinfo.RcvbufErrors()
 	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
@@ -322,7 +434,7 @@ burst = 10000000
 	f.coreBusy = 100 * (hostinfo.StatBusy(cpuName, false) - core0) / f.elapsed.Seconds()
 	m1, err := scrape(metricsAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	f.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
 	for k, v := range m1 {
@@ -336,56 +448,19 @@ burst = 10000000
 		time.Sleep(500 * time.Millisecond)
 	}
 	if err := p.alive(); err != nil {
-		return err
+		return nil, err
 	}
 	p.stop()
 	if opt.floor > 0 {
 		fmt.Printf("reference: bare write(2) loop on CPU %d for %v ...\n", opt.proxyCPU, opt.floor)
 		if f.floorPPS, err = floorRate(sink, opt.sessions, opt.proxyCPU, opt.size, opt.floor); err != nil {
-			return err
+			return nil, err
 		}
 		if f.floorBatchPPS, err = floorBatchRate(sink, opt.proxyCPU, opt.size, opt.floor); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	load1 := hostinfo.LoadAvg()
-
-	env := fmt.Sprintf("%s, %d CPUs (%s), Go %s, kernel %s; load average %s before, %s after; proxy and generator at nice %d",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), hostinfo.CPUModel(), runtime.Version(), hostinfo.Kernel(), load0, load1, opt.nice)
-	if opt.proxyEnv != "" {
-		env += "; proxy environment " + opt.proxyEnv
-	}
-	if src := hostinfo.SourceState(); src != "" {
-		env += "; built from " + src
-	}
-	fmt.Println()
-	rowsOut := table(opt, &f)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	for _, r := range rowsOut {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", r[0], r[1], r[2])
-	}
-	tw.Flush()
-	if f.others > 20 {
-		env += fmt.Sprintf(". WARNING: other processes used %.0f%% of a core during the timed phase; re-run on a quiet host", f.others)
-	}
-	fmt.Printf("\n%s\nrun took %v\n", env, time.Since(start).Round(time.Second))
-	if opt.profile != "" {
-		fmt.Printf("\nCPU profile of the proxy: %s (go tool pprof -top %s)\n", opt.profile, opt.profile)
-		top := exec.Command("go", "tool", "pprof", "-top", "-nodecount=35", opt.profile)
-		top.Stdout, top.Stderr = os.Stdout, os.Stderr
-		top.Run()
-		fmt.Printf("\nheap of the proxy after the timed phase: %s.heap\n", opt.profile)
-		top = exec.Command("go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=25", opt.profile+".heap")
-		top.Stdout, top.Stderr = os.Stdout, os.Stderr
-		top.Run()
-	}
-	if opt.out != "" {
-		if err := writeMarkdown(opt, rowsOut, env); err != nil {
-			return err
-		}
-		fmt.Println("wrote", opt.out)
-	}
-	return nil
+	return &f, nil
 }
 
 // table returns the result rows: figure, value, target and verdict.
@@ -455,9 +530,9 @@ func writeMarkdown(opt *options, rows [][3]string, env string) error {
 		"≤ 20 MB RSS, ready to serve ≤ 50 ms after start. Ready is measured from exec to the first " +
 		"authenticated answer (the ack of a hello) at the client.\n")
 	fmt.Fprintf(&b, "\nMachine: %s. This is a shared development machine with other builds and tests "+
-		"running at the same time; the forwarded rate moved between about 55,000 and 115,000 packets/s from run to "+
-		"run within one hour, with the other processes' load, while the proxy process's own time per packet stayed "+
-		"between 6.6 and 8.8 µs.\n", env)
+		"running at the same time: the forwarded rate moves from run to run with the other processes' load (see the "+
+		"noise row and the reference loops, measured on the same core right after), while the proxy process's own "+
+		"time per packet moves much less.\n", env)
 	if err := os.MkdirAll(filepath.Dir(opt.out), 0o755); err != nil {
 		return err
 	}
@@ -500,6 +575,7 @@ func (s *sink) close() { s.conn.Close(); <-s.done }
 
 // genSession is one simulated router session.
 type genSession struct {
+	mu    sync.Mutex
 	send  *tunnel.Sender
 	recv  *tunnel.Receiver
 	acked atomic.Bool
@@ -508,7 +584,8 @@ type genSession struct {
 // generator plays the routers.
 type generator struct {
 	opt   *options
-	conn  *udp.Conn
+	conn  *udp.Conn   // conns[0]
+	conns []*udp.Conn // -sources sockets; blast takes them in turn per batch
 	proxy netip.AddrPort
 	sess  []*genSession
 	byID  map[uint64]int
@@ -525,8 +602,16 @@ func newGenerator(opt *options, key wire.Key, target, proxyAddr netip.AddrPort) 
 	if err != nil {
 		return nil, err
 	}
-	g := &generator{opt: opt, conn: c, proxy: proxyAddr, byID: map[uint64]int{}, acks: make(chan int, opt.sessions+1),
+	g := &generator{opt: opt, conn: c, conns: []*udp.Conn{c}, proxy: proxyAddr, byID: map[uint64]int{}, acks: make(chan int, opt.sessions+1),
 		pkt: make([]byte, opt.size)}
+	for len(g.conns) < opt.sources {
+		c, err := udp.Listen("udp4", udp.Options{Local: netip.MustParseAddrPort("127.0.0.1:0"), RecvBuffer: 1 << 20, SendBuffer: 4 << 20})
+		if err != nil {
+			g.close()
+			return nil, err
+		}
+		g.conns = append(g.conns, c)
+	}
 	for i := range g.pkt {
 		g.pkt[i] = byte(i)
 	}
@@ -552,19 +637,27 @@ func newGenerator(opt *options, key wire.Key, target, proxyAddr netip.AddrPort) 
 		g.sess = append(g.sess, &genSession{send: s, recv: tunnel.NewReceiver(recv, raic.DecoderConfig{})})
 		g.byID[id] = i
 	}
-	go g.readAcks()
+	for _, c := range g.conns {
+		go g.readAcks(c)
+	}
 	return g, nil
 }
 
-// readAcks authenticates what the proxy answers and marks sessions acked.
-func (g *generator) readAcks() {
+func (g *generator) close() {
+	for _, c := range g.conns {
+		c.Close()
+	}
+}
+
+// readAcks authenticates what the proxy answers on c and marks sessions acked.
+func (g *generator) readAcks(conn *udp.Conn) {
 	msgs := make([]udp.Message, udp.MaxBatch)
 	for i := range msgs {
 		msgs[i].Buf = make([]byte, wire.MaxDatagram+1)
 	}
 	var h wire.Header
 	for {
-		n, err := g.conn.ReadBatch(msgs)
+		n, err := conn.ReadBatch(msgs)
 		if err != nil {
 			return
 		}
@@ -580,7 +673,10 @@ func (g *generator) readAcks() {
 				continue
 			}
 			s := g.sess[idx]
-			if _, err := s.recv.Receive(dg, &h, off, now, nil); err != nil {
+			s.mu.Lock() // sessions answer on every source socket: a Receiver is one goroutine's
+			_, err = s.recv.Receive(dg, &h, off, now, nil)
+			s.mu.Unlock()
+			if err != nil {
 				continue
 			}
 			s.send.Heard(now)
@@ -627,22 +723,35 @@ func (g *generator) probe(ctx context.Context, started time.Time, p *proxyProc) 
 	}
 }
 
+// helloRound is the most hellos openAll sends before waiting for their acks.
+const helloRound = 2000
+
 // openAll sends a hello for every session not yet acked, and again every 50 ms
-// for those still waiting, until all are acked (at most 5 s).
+// for those still waiting, until all are acked (at most 5 s, and 1 s more per
+// 2,000 sessions).
 func (g *generator) openAll(ctx context.Context) error {
 	acked := 1 // session 0, by probe
-	deadline := time.Now().Add(5 * time.Second)
+	limit := 5*time.Second + time.Duration(len(g.sess)/2000)*time.Second
+	deadline := time.Now().Add(limit)
 	for acked < len(g.sess) {
+		// At most a few thousand hellos per round, so that the proxy's receive
+		// buffer never overflows with them and a round's acks come back in it.
+		sent := 0
 		for i, s := range g.sess {
+			if sent == helloRound {
+				break
+			}
 			if !s.acked.Load() {
 				if err := g.sendOne(i); err != nil {
 					return err
 				}
+				sent++
 			}
 		}
 		t := time.After(50 * time.Millisecond)
+		want := acked + sent
 	wait:
-		for acked < len(g.sess) {
+		for acked < want {
 			select {
 			case <-g.acks:
 				acked++
@@ -653,7 +762,7 @@ func (g *generator) openAll(ctx context.Context) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d sessions acked within 5 s", acked, len(g.sess))
+			return fmt.Errorf("only %d of %d sessions acked within %v", acked, len(g.sess), limit)
 		}
 	}
 	return nil
@@ -664,6 +773,11 @@ func (g *generator) openAll(ctx context.Context) error {
 // same length.
 func (g *generator) preseal() error {
 	now := mono.Now()
+	for _, s := range g.sess {
+		// Every session was acked, but opening many takes long enough that a
+		// sender would put its hello back on as a keepalive would.
+		s.send.Heard(now)
+	}
 	_, dgs, err := g.sess[0].send.Seal(g.pkt, now) // learn the length (and spend one ID)
 	if err != nil {
 		return err
@@ -709,7 +823,7 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) uint64 
 			msgs[i].N = g.dgLen
 			msgs[i].Addr = g.proxy
 		}
-		n, err := g.conn.WriteBatch(msgs[:nb])
+		n, err := g.conns[batches%len(g.conns)].WriteBatch(msgs[:nb])
 		if err != nil {
 			n++ // skip the failed one
 		}
@@ -731,13 +845,22 @@ type proxyProc struct {
 	readyAt time.Time
 }
 
-// startProxy runs argv with GOMAXPROCS=1 and env, pinned to cpu.
-func startProxy(argv []string, cpu int, env []string) (*proxyProc, error) {
+// cpuList is the CPUs the proxy is pinned to: workers of them from cpu on.
+func cpuList(cpu, workers int) string {
+	if workers <= 1 {
+		return strconv.Itoa(cpu)
+	}
+	return fmt.Sprintf("%d-%d", cpu, cpu+workers-1)
+}
+
+// startProxy runs argv with GOMAXPROCS=workers and env, pinned to as many
+// CPUs from cpu on.
+func startProxy(argv []string, cpu, workers int, env []string) (*proxyProc, error) {
 	if ts, err := exec.LookPath("taskset"); err == nil {
-		argv = append([]string{ts, "-c", strconv.Itoa(cpu)}, argv...)
+		argv = append([]string{ts, "-c", cpuList(cpu, workers)}, argv...)
 	}
 	p := &proxyProc{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
-	p.cmd.Env = append(append(os.Environ(), "GOMAXPROCS=1"), env...)
+	p.cmd.Env = append(append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(max(workers, 1))), env...)
 	p.cmd.Stdout = io.Discard
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
