@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/raicnet/raic/pkg/config"
@@ -12,6 +13,7 @@ import (
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/peer"
 	"github.com/raicnet/raic/pkg/rendezvous"
+	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
@@ -43,6 +45,10 @@ import (
 //	peer = "bob"
 //	listen = "127.0.0.1:5060"
 //	service = "sip"                   # a service of bob's
+//
+// A router may be peer-only: [[peer]] tables and no proxy anywhere (no
+// top-level proxy, no uplink proxy, no forwards, transparent mode or tcp);
+// then key may be left out too, and the router runs only its peers.
 //
 // Peer mode uses plain per-uplink sockets for now; the transparent capture of
 // the LAN's VoIP flows towards the peer's LAN is not wired yet.
@@ -86,7 +92,46 @@ func serviceID(name string) uint16 {
 	return uint16(v>>16) ^ uint16(v)
 }
 
+// peerOnly reports whether c is a router that only carries peer sessions:
+// peers, and nothing that needs a proxy.
+func (c *Config) peerOnly() bool {
+	if len(c.Peers) == 0 || c.Proxy.raw != nil || len(c.Forwards) > 0 || c.Transparent.Enabled ||
+		len(c.TCP.Forwards) > 0 || c.TCP.Split.enabled() {
+		return false
+	}
+	for _, u := range c.Uplinks {
+		if u.Proxy != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// newPeerOnly finishes New for a peer-only router: no proxy paths, no
+// sessions; the peers open their own sockets in Run.
+func (r *Router) newPeerOnly() *Router {
+	r.byID = session.NewTable(session.Config[uint64, *routerSession]{
+		MaxEntries: 1, Hash: func(id uint64) uint64 { return id },
+	})
+	return r
+}
+
+// runPeerOnly is Run for a peer-only router.
+func (r *Router) runPeerOnly(ctx context.Context) error {
+	r.log.Info("peer-only router: no proxy", "peers", len(r.cfg.Peers), "uplinks", len(r.cfg.Uplinks))
+	if err := r.startPeers(ctx); err != nil {
+		r.Close()
+		return err
+	}
+	<-ctx.Done()
+	r.Close()
+	return nil
+}
+
 func (c *Config) checkPeers(meta *config.Meta) error {
+	if c.Suppress.Enabled && c.peerOnly() {
+		return meta.Errorf("suppress.enabled", "suppression needs a proxy session; a peer-only router does not suppress yet")
+	}
 	ids := map[string]bool{}
 	ports := map[int]bool{}
 	for i := range c.Peers {
@@ -178,6 +223,51 @@ type peerRun struct {
 
 	paths, pathsUp                           *metrics.Gauge
 	sent, delivered, dups, relaySent, relayR *metrics.Gauge
+
+	// Every authenticated data copy counted per path (duplicates too), so
+	// each path's loss shows beside the session's: 1 - copies / the peer's
+	// packets sent. Counting a duplicate means opening it, which a call's
+	// 50 packets a second per path can afford.
+	reg        *metrics.Registry
+	uplinks    []string
+	pathMu     sync.Mutex
+	pathCopies map[peer.Path]*metrics.Counter
+	pathOther  *metrics.Counter
+	// What the vports wrote out, by service and direction.
+	vportOut map[uint16]*[2]*metrics.Counter // [0]: back to a local client, [1]: to a local service
+}
+
+// maxPathCounters bounds the per-path counters; copies from further
+// addresses (rebinding NATs) are counted together.
+const maxPathCounters = 64
+
+func (pr *peerRun) observe(local int, from netip.AddrPort, t wire.Type, _ []byte, _ int64) {
+	if t != wire.TypeData {
+		return
+	}
+	k := peer.Path{Local: local, Remote: from}
+	pr.pathMu.Lock()
+	c := pr.pathCopies[k]
+	if c == nil {
+		c = pr.pathOther
+		if len(pr.pathCopies) < maxPathCounters && local < len(pr.uplinks) {
+			c = pr.reg.Counter(fmt.Sprintf(`router_peer_path_copies_received_total{peer=%q,uplink=%q,remote=%q}`,
+				pr.id, pr.uplinks[local], from.String()), "Data copies received from the peer per path (local uplink, remote address), duplicates included.")
+			pr.pathCopies[k] = c
+		}
+	}
+	pr.pathMu.Unlock()
+	c.Inc()
+}
+
+func (pr *peerRun) onVPortPacket(id uint16, toService bool, _ []byte) {
+	if c := pr.vportOut[id]; c != nil {
+		if toService {
+			c[1].Inc()
+		} else {
+			c[0].Inc()
+		}
+	}
 }
 
 // startPeers opens every peer's sockets and starts its link; Close stops them.
@@ -231,6 +321,33 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 			mc.VPorts = append(mc.VPorts, peer.VPort{ID: serviceID(v.Service), Listen: l})
 		}
 	}
+	pr := &peerRun{id: pc.ID, stop: make(chan struct{}), reg: r.reg,
+		pathCopies: map[peer.Path]*metrics.Counter{}, vportOut: map[uint16]*[2]*metrics.Counter{}}
+	for _, uc := range r.cfg.Uplinks {
+		pr.uplinks = append(pr.uplinks, uc.Name)
+	}
+	pr.pathOther = r.reg.Counter(`router_peer_path_copies_received_total{peer="`+pc.ID+`",uplink="other",remote="other"}`,
+		"Data copies received from the peer per path (local uplink, remote address), duplicates included.")
+	vportCounters := func(name string) {
+		id := serviceID(name)
+		if pr.vportOut[id] != nil {
+			return
+		}
+		c := func(to string) *metrics.Counter {
+			return r.reg.Counter(fmt.Sprintf(`router_peer_vport_packets_total{peer=%q,service=%q,to=%q}`, pc.ID, name, to),
+				"Packets the peer's flows wrote out locally: to a local client of a vport, or to a local service.")
+		}
+		pr.vportOut[id] = &[2]*metrics.Counter{c("client"), c("service")}
+	}
+	for _, s := range pc.Services {
+		vportCounters(s.Name)
+	}
+	for _, v := range r.cfg.VPorts {
+		if v.Peer == pc.ID {
+			vportCounters(v.Service)
+		}
+	}
+	mc.OnPacket = pr.onVPortPacket
 	mux, err := peer.NewMux(mc)
 	if err != nil {
 		return fail(err)
@@ -241,6 +358,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 			PingInterval: r.cfg.PingInterval.Duration, DownAfter: r.cfg.DownAfter.Duration}},
 		Static:  pc.addrs,
 		Deliver: mux.Deliver,
+		Observe: pr.observe,
 		Log:     r.log.With("peer", pc.ID),
 	}
 	if pc.rv.IsValid() {
@@ -260,16 +378,15 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 	}
 	lbl := `{peer="` + pc.ID + `"}`
 	g := func(name, help string) *metrics.Gauge { return r.reg.Gauge(name+lbl, help) }
-	return &peerRun{
-		id: pc.ID, link: link, socks: socks, mux: mux, stop: make(chan struct{}),
-		paths:     g("router_peer_paths", "Paths (local uplink, remote address) to the peer."),
-		pathsUp:   g("router_peer_paths_up", "Paths to the peer that answer keepalives."),
-		sent:      g("router_peer_packets_sent", "Packets sent to the peer."),
-		delivered: g("router_peer_packets_delivered", "Packets from the peer delivered (first copies)."),
-		dups:      g("router_peer_duplicates_dropped", "Copies from the peer dropped as duplicates."),
-		relaySent: g("router_peer_relay_sent", "Datagrams sent to the peer through the rendezvous relay."),
-		relayR:    g("router_peer_relay_received", "Datagrams from the peer received through the relay."),
-	}, nil
+	pr.link, pr.socks, pr.mux = link, socks, mux
+	pr.paths = g("router_peer_paths", "Paths (local uplink, remote address) to the peer.")
+	pr.pathsUp = g("router_peer_paths_up", "Paths to the peer that answer keepalives.")
+	pr.sent = g("router_peer_packets_sent", "Packets sent to the peer.")
+	pr.delivered = g("router_peer_packets_delivered", "Packets from the peer delivered (first copies).")
+	pr.dups = g("router_peer_duplicates_dropped", "Copies from the peer dropped as duplicates.")
+	pr.relaySent = g("router_peer_relay_sent", "Datagrams sent to the peer through the rendezvous relay.")
+	pr.relayR = g("router_peer_relay_received", "Datagrams from the peer received through the relay.")
+	return pr, nil
 }
 
 // peerTicker drives a peer's keepalives, registrations and metrics.
