@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -182,11 +184,12 @@ func TestPeerRoutersVoIPCall(t *testing.T) {
 	var rs [2]*peerRouterProcess
 	rs[0] = startPeerRouter(t, bin, p, 0, peerRouterConfig(0, 2, keys, fmt.Sprintf(
 		"\n[[vport]]\npeer = \"bob\"\nlisten = \"%s:%d\"\nservice = \"sip\"\n\n[[vport]]\npeer = \"bob\"\nlisten = \"%s:%d\"\nservice = \"rtp\"\n",
-		gwA, sipPort, gwA, rtpPort)))
+		gwA, sipPort, gwA, rtpPort)+probeConfig(0)))
 	rs[1] = startPeerRouter(t, bin, p, 1, peerRouterConfig(1, 2, keys, fmt.Sprintf(
 		"\n[[peer.service]]\nname = \"sip\"\ntarget = \"%s:%d\"\n\n[[peer.service]]\nname = \"rtp\"\ntarget = \"%s:%d\"\n",
-		calleeB, sipPort, calleeB, rtpPort)))
+		calleeB, sipPort, calleeB, rtpPort)+probeConfig(1)))
 	waitPathsUp(t, rs, 4, 15*time.Second)
+	probes := [2]*probeStream{startProbeReceiver(t, p, 0), startProbeReceiver(t, p, 1)} // what each side's LAN receives
 	linkStart := p.Emu[0][1].AToB().Start()
 	if since := time.Duration(mono.Now() - linkStart); since > 10*time.Second {
 		t.Fatalf("punching took until %v after the links started: the outages (from 11 s) would miss the call", since)
@@ -221,8 +224,15 @@ func TestPeerRoutersVoIPCall(t *testing.T) {
 	if err := uac.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// The measurement stream, LAN to LAN both ways, during the call.
+	var wg sync.WaitGroup
+	for sd := 0; sd < 2; sd++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); sendProbes(t, p, sd, voicePPS*callSeconds, time.Second/voicePPS) }()
+	}
 	uacErr := uac.Wait()
 	uasErr := uas.Wait()
+	wg.Wait()
 	time.Sleep(500 * time.Millisecond)
 	if uacErr != nil || uasErr != nil {
 		t.Fatalf("the call failed: caller %v, callee %v\ncaller:\n%s\ncallee:\n%s", uacErr, uasErr,
@@ -233,7 +243,7 @@ func TestPeerRoutersVoIPCall(t *testing.T) {
 	sentBy := [2]float64{m[0][`router_peer_packets_sent{peer="bob"}`], m[1][`router_peer_packets_sent{peer="alice"}`]}
 	deliveredAt := [2]float64{m[0][`router_peer_packets_delivered{peer="bob"}`], m[1][`router_peer_packets_delivered{peer="alice"}`]}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "%-26s %9s %8s\n", "path (all the call's packets)", "packets", "loss %")
+	fmt.Fprintf(&sb, "%-26s %9s %8s\n", "path (every data packet)", "packets", "loss %")
 	for _, d := range []struct {
 		name             string
 		sender, receiver int
@@ -255,6 +265,15 @@ func TestPeerRoutersVoIPCall(t *testing.T) {
 		got := deliveredAt[d.receiver]
 		loss := 100 * (1 - got/sent)
 		fmt.Fprintf(&sb, "%-26s %9.0f %8.2f\n", d.name+" peer session 2×2", got, loss)
+		pr := probes[d.receiver].result(voicePPS * callSeconds)
+		fmt.Fprintf(&sb, "%-26s %9d %8.2f  one-way p50 %s ms, p99 %s ms, duplicates delivered %d\n",
+			d.name+" LAN→LAN probe stream", pr.got, pr.loss, ms(pr.q.p50), ms(pr.q.p99), pr.dups)
+		if pr.dups != 0 {
+			t.Errorf("%s: %d duplicates delivered to the LAN", d.name, pr.dups)
+		}
+		if pr.loss > 0.5 || pr.loss >= worst {
+			t.Errorf("%s: the probe stream lost %.2f%%, want ≤ 0.5%% and below the worst path's %.2f%%", d.name, pr.loss, worst)
+		}
 		if got > sent {
 			t.Errorf("%s: %v packets delivered of %v sent: duplicates got through", d.name, got, sent)
 		}
@@ -280,6 +299,95 @@ func TestPeerRoutersVoIPCall(t *testing.T) {
 	}
 	if v := rv.metrics(t)["raic_rendezvous_relayed_total"]; v != 0 {
 		t.Errorf("the call was relayed (%v datagrams) although punching works", v)
+	}
+}
+
+// The probe stream: each LAN sends voice-sized packets through its router's
+// "probe" vport to the other LAN's probe service, which records them.
+const probeVPort, probeService = 7100, 7200
+
+func probeConfig(s int) string {
+	return fmt.Sprintf("\n[[vport]]\npeer = %q\nlisten = \"%s:%d\"\nservice = \"probe\"\n\n[[peer.service]]\nname = \"probe\"\ntarget = \"%s:%d\"\n",
+		peerIDs[1-s], netns.PeerLANGateway(s), probeVPort, netns.PeerLANAddr(s), probeService)
+}
+
+// probeStream records what one LAN's probe service received.
+type probeStream struct {
+	mu    sync.Mutex
+	n     map[uint32]int
+	delay []time.Duration // of first copies
+}
+
+type probeResult struct {
+	got, dups int
+	loss      float64
+	q         pctl
+}
+
+func (ps *probeStream) result(sent int) probeResult {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	r := probeResult{got: len(ps.n), loss: 100 * (1 - float64(len(ps.n))/float64(sent)), q: quantiles(slices.Clone(ps.delay))}
+	for _, c := range ps.n {
+		r.dups += c - 1
+	}
+	return r
+}
+
+// startProbeReceiver listens on side s's LAN host for the other side's
+// probes. The namespaces share one clock, so send times are comparable.
+func startProbeReceiver(t *testing.T, p *netns.Peers, s int) *probeStream {
+	t.Helper()
+	var c *net.UDPConn
+	if err := p.LAN[s].Do(func() (err error) {
+		c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netns.PeerLANAddr(s), probeService)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ps := &probeStream{n: map[uint32]int{}}
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			k, err := c.Read(b)
+			if err != nil {
+				return
+			}
+			now := mono.Now()
+			seq, ok := parseVoice(b[:k])
+			if !ok {
+				continue
+			}
+			ps.mu.Lock()
+			if ps.n[seq] == 0 {
+				ps.delay = append(ps.delay, time.Duration(now-int64(binary.BigEndian.Uint64(b[8:]))))
+			}
+			ps.n[seq]++
+			ps.mu.Unlock()
+		}
+	}()
+	return ps
+}
+
+// sendProbes sends n voice packets every gap from side s's LAN host to its
+// router's probe vport.
+func sendProbes(t *testing.T, p *netns.Peers, s, n int, gap time.Duration) {
+	var c *net.UDPConn
+	if err := p.LAN[s].Do(func() (err error) {
+		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netns.PeerLANGateway(s), probeVPort)))
+		return err
+	}); err != nil {
+		t.Error(err)
+		return
+	}
+	defer c.Close()
+	buf := make([]byte, 256)
+	tk := time.NewTicker(gap)
+	defer tk.Stop()
+	for seq := 0; seq < n; seq++ {
+		c.Write(voicePacket(buf, uint32(seq), mono.Now()))
+		<-tk.C
 	}
 }
 
