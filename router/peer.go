@@ -233,6 +233,8 @@ type peerRun struct {
 	pathMu     sync.Mutex
 	pathCopies map[peer.Path]*metrics.Counter
 	pathOther  *metrics.Counter
+	// Each path's keepalive health, set by the ticker (its goroutine only).
+	pathHealth map[peer.Path]*[3]*metrics.Gauge // up, SRTT µs, keepalive loss ‰
 	// What the vports wrote out, by service and direction.
 	vportOut map[uint16]*[2]*metrics.Counter // [0]: back to a local client, [1]: to a local service
 }
@@ -258,6 +260,31 @@ func (pr *peerRun) observe(local int, from netip.AddrPort, t wire.Type, _ []byte
 	}
 	pr.pathMu.Unlock()
 	c.Inc()
+}
+
+// setPathHealth exports one path's keepalive health; paths beyond
+// maxPathCounters go unexported (their copies are still counted).
+func (pr *peerRun) setPathHealth(s peer.PathStats) {
+	g := pr.pathHealth[s.Path]
+	if g == nil {
+		if len(pr.pathHealth) >= maxPathCounters || s.Path.Local >= len(pr.uplinks) {
+			return
+		}
+		lbl := fmt.Sprintf(`{peer=%q,uplink=%q,remote=%q}`, pr.id, pr.uplinks[s.Path.Local], s.Path.Remote.String())
+		g = &[3]*metrics.Gauge{
+			pr.reg.Gauge("router_peer_path_up"+lbl, "1 when the path (local uplink, remote address) answers keepalives."),
+			pr.reg.Gauge("router_peer_path_srtt_microseconds"+lbl, "Smoothed keepalive round trip per path."),
+			pr.reg.Gauge("router_peer_path_keepalive_loss_permille"+lbl, "Unanswered keepalives per path (smoothed), per thousand."),
+		}
+		pr.pathHealth[s.Path] = g
+	}
+	up := int64(0)
+	if s.Health.Up {
+		up = 1
+	}
+	g[0].Set(up)
+	g[1].Set(s.Health.SRTT.Microseconds())
+	g[2].Set(int64(s.Health.Loss * 1000))
 }
 
 func (pr *peerRun) onVPortPacket(id uint16, toService bool, _ []byte) {
@@ -322,7 +349,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 		}
 	}
 	pr := &peerRun{id: pc.ID, stop: make(chan struct{}), reg: r.reg,
-		pathCopies: map[peer.Path]*metrics.Counter{}, vportOut: map[uint16]*[2]*metrics.Counter{}}
+		pathCopies: map[peer.Path]*metrics.Counter{}, pathHealth: map[peer.Path]*[3]*metrics.Gauge{}, vportOut: map[uint16]*[2]*metrics.Counter{}}
 	for _, uc := range r.cfg.Uplinks {
 		pr.uplinks = append(pr.uplinks, uc.Name)
 	}
@@ -417,6 +444,9 @@ func (r *Router) peerTicker(ctx context.Context, pr *peerRun) {
 			}
 		}
 		c := pr.link.Counters()
+		for _, s := range st {
+			pr.setPathHealth(s)
+		}
 		pr.paths.Set(int64(len(st)))
 		pr.pathsUp.Set(int64(up))
 		pr.sent.Set(int64(c.Sent))

@@ -184,6 +184,8 @@ func TestPeerOnlyRoutersCarryAVPort(t *testing.T) {
 			waitMetric(routers[1], fmt.Sprintf(`router_peer_path_copies_received_total{peer="alice",uplink=%q,remote="%s:%d"}`, up, from, pa), n)
 		}
 	}
+	// The ticker exports each path's health every 500 ms.
+	waitMetric(routers[0], `router_peer_path_up{peer="bob",uplink="uplink1",remote="127.0.0.2:4632"}`, 1)
 	if d := routers[1].Peers()[0].Counters.Delivered; d != n {
 		t.Fatalf("bob delivered %d packets, want %d (one per packet, duplicates dropped)", d, n)
 	}
