@@ -235,8 +235,10 @@ type peerRun struct {
 	pathOther  *metrics.Counter
 	// Each path's keepalive health, set by the ticker (its goroutine only).
 	pathHealth map[peer.Path]*[3]*metrics.Gauge // up, SRTT µs, keepalive loss ‰
-	// What the vports wrote out, by service and direction.
-	vportOut map[uint16]*[2]*metrics.Counter // [0]: back to a local client, [1]: to a local service
+	// The vports' packets by service and direction: [0] peer → local
+	// client, [1] peer → local service, [2] local client → peer, [3] local
+	// service → peer.
+	vportOut map[uint16]*[4]*metrics.Counter
 }
 
 // maxPathCounters bounds the per-path counters; copies from further
@@ -297,6 +299,16 @@ func (pr *peerRun) onVPortPacket(id uint16, toService bool, _ []byte) {
 	}
 }
 
+func (pr *peerRun) onVPortInput(id uint16, fromService bool, _ []byte) {
+	if c := pr.vportOut[id]; c != nil {
+		if fromService {
+			c[3].Inc()
+		} else {
+			c[2].Inc()
+		}
+	}
+}
+
 // startPeers opens every peer's sockets and starts its link; Close stops them.
 func (r *Router) startPeers(ctx context.Context) error {
 	now := mono.Now()
@@ -349,7 +361,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 		}
 	}
 	pr := &peerRun{id: pc.ID, stop: make(chan struct{}), reg: r.reg,
-		pathCopies: map[peer.Path]*metrics.Counter{}, pathHealth: map[peer.Path]*[3]*metrics.Gauge{}, vportOut: map[uint16]*[2]*metrics.Counter{}}
+		pathCopies: map[peer.Path]*metrics.Counter{}, pathHealth: map[peer.Path]*[3]*metrics.Gauge{}, vportOut: map[uint16]*[4]*metrics.Counter{}}
 	for _, uc := range r.cfg.Uplinks {
 		pr.uplinks = append(pr.uplinks, uc.Name)
 	}
@@ -360,11 +372,11 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 		if pr.vportOut[id] != nil {
 			return
 		}
-		c := func(to string) *metrics.Counter {
-			return r.reg.Counter(fmt.Sprintf(`router_peer_vport_packets_total{peer=%q,service=%q,to=%q}`, pc.ID, name, to),
-				"Packets the peer's flows wrote out locally: to a local client of a vport, or to a local service.")
+		c := func(dir string) *metrics.Counter {
+			return r.reg.Counter(fmt.Sprintf(`router_peer_vport_packets_total{peer=%q,service=%q,dir=%q}`, pc.ID, name, dir),
+				"Packets of the flows to and from the peer, by service and direction.")
 		}
-		pr.vportOut[id] = &[2]*metrics.Counter{c("client"), c("service")}
+		pr.vportOut[id] = &[4]*metrics.Counter{c("peer_to_client"), c("peer_to_service"), c("client_to_peer"), c("service_to_peer")}
 	}
 	for _, s := range pc.Services {
 		vportCounters(s.Name)
@@ -374,7 +386,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 			vportCounters(v.Service)
 		}
 	}
-	mc.OnPacket = pr.onVPortPacket
+	mc.OnPacket, mc.OnInput = pr.onVPortPacket, pr.onVPortInput
 	mux, err := peer.NewMux(mc)
 	if err != nil {
 		return fail(err)

@@ -175,8 +175,20 @@ func TestPeerOnlyRoutersCarryAVPort(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	waitMetric(routers[1], `router_peer_vport_packets_total{peer="alice",service="echo",to="service"}`, n)
-	waitMetric(routers[0], `router_peer_vport_packets_total{peer="bob",service="echo",to="client"}`, n)
+	for _, c := range []struct {
+		r      *Router
+		series string
+	}{
+		{routers[0], `router_peer_vport_packets_total{peer="bob",service="echo",dir="client_to_peer"}`},
+		{routers[1], `router_peer_vport_packets_total{peer="alice",service="echo",dir="peer_to_service"}`},
+		{routers[1], `router_peer_vport_packets_total{peer="alice",service="echo",dir="service_to_peer"}`},
+		{routers[0], `router_peer_vport_packets_total{peer="bob",service="echo",dir="peer_to_client"}`},
+	} {
+		waitMetric(c.r, c.series, n)
+		if v := c.r.Metrics().Snapshot()[c.series]; v != n {
+			t.Errorf("%s = %v, want %d", c.series, v, n)
+		}
+	}
 	// Every packet went over each of the 4 paths (loopback loses nothing):
 	// bob counts n copies on each from alice's two addresses.
 	for _, up := range []string{"uplink0", "uplink1"} {
