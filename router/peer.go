@@ -495,6 +495,50 @@ func (r *Router) Peers() []PeerStats {
 	return out
 }
 
+// PeerStatus is one peer in GET /status.
+type PeerStatus struct {
+	ID        string           `json:"id"`
+	Relay     bool             `json:"relay"` // the rendezvous relays: punching failed
+	Sent      uint64           `json:"packets_sent"`
+	Delivered uint64           `json:"packets_delivered"`
+	Dups      uint64           `json:"duplicates_dropped"`
+	Paths     []PeerPathStatus `json:"paths"`
+}
+
+// PeerPathStatus is one path (local uplink, remote address) to a peer.
+type PeerPathStatus struct {
+	Uplink       string  `json:"uplink"`
+	Remote       string  `json:"remote"`
+	RemoteUplink int     `json:"remote_uplink"` // -1 until the peer says
+	Kind         string  `json:"kind"`          // how the address was learned
+	Up           bool    `json:"up"`
+	RTTMs        float64 `json:"rtt_ms"`
+	Loss         float64 `json:"loss"` // share of keepalives unanswered (EWMA), 0..1
+	PingsSent    uint64  `json:"pings"`
+	PongsSeen    uint64  `json:"pongs"`
+}
+
+func (r *Router) peerStatus(now int64) []PeerStatus {
+	var out []PeerStatus
+	for _, pr := range r.peers {
+		c := pr.link.Counters()
+		ps := PeerStatus{ID: pr.id, Relay: pr.link.RelayActive(now), Sent: c.Sent, Delivered: c.Delivered, Dups: c.Dups}
+		for _, s := range pr.link.Paths().Stats(now) {
+			name := ""
+			if s.Path.Local < len(pr.uplinks) {
+				name = pr.uplinks[s.Path.Local]
+			}
+			ps.Paths = append(ps.Paths, PeerPathStatus{
+				Uplink: name, Remote: s.Path.Remote.String(), RemoteUplink: s.RemoteUplink, Kind: s.Kind.String(),
+				Up: s.Health.Up, RTTMs: ms(int64(s.Health.SRTT)), Loss: s.Health.Loss,
+				PingsSent: s.Health.PingsSent, PongsSeen: s.Health.PongsReceived,
+			})
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
 // PeerVPortAddr returns the bound address of the vport to service of peer.
 func (r *Router) PeerVPortAddr(peerID, service string) (netip.AddrPort, bool) {
 	for _, pr := range r.peers {

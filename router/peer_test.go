@@ -198,6 +198,9 @@ func TestPeerOnlyRoutersCarryAVPort(t *testing.T) {
 	}
 	// The ticker exports each path's health every 500 ms.
 	waitMetric(routers[0], `router_peer_path_up{peer="bob",uplink="uplink1",remote="127.0.0.2:4632"}`, 1)
+	if st := routers[0].Status(); len(st.Peers) != 1 || len(st.Peers[0].Paths) != 4 || st.Peers[0].Delivered != n || st.Peers[0].Relay {
+		t.Errorf("alice's status: %+v, want bob with 4 paths, %d packets delivered, no relay", st.Peers, n)
+	}
 	if d := routers[1].Peers()[0].Counters.Delivered; d != n {
 		t.Fatalf("bob delivered %d packets, want %d (one per packet, duplicates dropped)", d, n)
 	}
