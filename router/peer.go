@@ -50,8 +50,13 @@ import (
 // top-level proxy, no uplink proxy, no forwards, transparent mode or tcp);
 // then key may be left out too, and the router runs only its peers.
 //
-// Peer mode uses plain per-uplink sockets for now; the transparent capture of
-// the LAN's VoIP flows towards the peer's LAN is not wired yet.
+// Peer links use sockets of their own on every uplink rather than the
+// uplinks' uplink.Set: a Set is one fixed far-end address per uplink with one
+// Health each, while a peer has N×M paths whose remote addresses are learned
+// and rebind (package peer keeps their health), and the peer sockets also
+// carry the rendezvous's messages. Only RAIC-1 copies are sent; the
+// transparent capture of the LAN's VoIP flows towards the peer's LAN is not
+// wired yet.
 
 // PeerConfig is one [[peer]].
 type PeerConfig struct {
