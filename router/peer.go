@@ -133,9 +133,10 @@ func (r *Router) runPeerOnly(ctx context.Context) error {
 	return nil
 }
 
+// checkPeers reports every error of the [[peer]] and [[vport]] tables.
 func (c *Config) checkPeers(meta *config.Meta) error {
 	if c.Suppress.Enabled && c.peerOnly() {
-		return meta.Errorf("suppress.enabled", "suppression needs a proxy session; a peer-only router does not suppress yet")
+		meta.Report("suppress.enabled", "suppression needs a proxy session; a peer-only router does not suppress yet")
 	}
 	ids := map[string]bool{}
 	ports := map[int]bool{}
@@ -143,57 +144,57 @@ func (c *Config) checkPeers(meta *config.Meta) error {
 		p := &c.Peers[i]
 		key := func(k string) string { return fmt.Sprintf("peer.%d.%s", i, k) }
 		if p.ID == "" || len(p.ID) > wire.MaxClientID {
-			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
+			meta.Report(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
 		}
 		if ids[p.ID] {
-			return meta.Errorf(key("id"), "peer %q is configured twice", p.ID)
+			meta.Report(key("id"), "peer %q is configured twice", p.ID)
 		}
 		ids[p.ID] = true
 		if _, err := wire.ParseKey(p.Key); err != nil {
-			return meta.Errorf(key("key"), "%v", err)
+			meta.Report(key("key"), "%v", err)
 		}
 		p.addrs = nil
 		for _, a := range p.Addresses {
 			ap, err := netip.ParseAddrPort(a)
 			if err != nil {
-				return meta.Errorf(key("addresses"), "not an address:port: %q", a)
+				meta.Report(key("addresses"), "not an address:port: %q", a)
 			}
 			p.addrs = append(p.addrs, ap)
 		}
 		if p.Rendezvous != "" {
 			ap, err := netip.ParseAddrPort(p.Rendezvous)
 			if err != nil {
-				return meta.Errorf(key("rendezvous"), "not an address:port: %v", err)
+				meta.Report(key("rendezvous"), "not an address:port: %v", err)
 			}
 			p.rv = ap
 			if _, err := wire.ParseKey(p.RendezvousKey); err != nil {
-				return meta.Errorf(key("rendezvous_key"), "%v", err)
+				meta.Report(key("rendezvous_key"), "%v", err)
 			}
 		} else if p.RendezvousKey != "" {
-			return meta.Errorf(key("rendezvous_key"), "set, but no rendezvous to use it with")
+			meta.Report(key("rendezvous_key"), "set, but no rendezvous to use it with")
 		}
 		if p.Port == 0 {
 			p.Port = DefaultPeerPort
 		}
 		if p.Port < 1 || p.Port > 65535 {
-			return meta.Errorf(key("port"), "must be 1 to 65535")
+			meta.Report(key("port"), "must be 1 to 65535")
 		}
 		if ports[p.Port] {
-			return meta.Errorf(key("port"), "port %d is already another peer's", p.Port)
+			meta.Report(key("port"), "port %d is already another peer's", p.Port)
 		}
 		ports[p.Port] = true
 		names := map[uint16]string{}
 		for j, s := range p.Services {
 			skey := func(k string) string { return fmt.Sprintf("peer.%d.service.%d.%s", i, j, k) }
 			if s.Name == "" {
-				return meta.Errorf(skey("name"), "a service needs a name")
+				meta.Report(skey("name"), "a service needs a name")
 			}
 			if other, dup := names[serviceID(s.Name)]; dup {
-				return meta.Errorf(skey("name"), "service %q clashes with %q: rename one", s.Name, other)
+				meta.Report(skey("name"), "service %q clashes with %q: rename one", s.Name, other)
 			}
 			names[serviceID(s.Name)] = s.Name
 			if _, err := netip.ParseAddrPort(s.Target); err != nil {
-				return meta.Errorf(skey("target"), "not an address:port: %v", err)
+				meta.Report(skey("target"), "not an address:port: %v", err)
 			}
 		}
 	}
@@ -201,16 +202,15 @@ func (c *Config) checkPeers(meta *config.Meta) error {
 	for i, v := range c.VPorts {
 		key := func(k string) string { return fmt.Sprintf("vport.%d.%s", i, k) }
 		if !ids[v.Peer] {
-			return meta.Errorf(key("peer"), "no [[peer]] with id %q", v.Peer)
+			meta.Report(key("peer"), "no [[peer]] with id %q", v.Peer)
 		}
 		if _, err := netip.ParseAddrPort(v.Listen); err != nil {
-			return meta.Errorf(key("listen"), "not an address:port: %v", err)
+			meta.Report(key("listen"), "not an address:port: %v", err)
 		}
 		if v.Service == "" {
-			return meta.Errorf(key("service"), "name the peer's service this port leads to")
-		}
-		if k := v.Peer + "\x00" + v.Service; seen[k] {
-			return meta.Errorf(key("service"), "service %q of %q already has a vport", v.Service, v.Peer)
+			meta.Report(key("service"), "name the peer's service this port leads to")
+		} else if k := v.Peer + "\x00" + v.Service; seen[k] {
+			meta.Report(key("service"), "service %q of %q already has a vport", v.Service, v.Peer)
 		} else {
 			seen[k] = true
 		}

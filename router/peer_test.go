@@ -59,6 +59,14 @@ func TestPeerOnlyConfigCheck(t *testing.T) {
 			t.Errorf("error %v, want %q", err, tc.want)
 		}
 	}
+	// Every error at once, each with its line and key.
+	bad := strings.Replace(strings.Replace(good, "port = 4611", "port = 99999", 1), "service = \"sip\"", "service = \"\"", 1)
+	_, err = ParseConfig("r.toml", bad)
+	for _, want := range []string{"r.toml:14: peer.0.port: must be 1 to 65535", "r.toml:20: vport.0.service: name the peer's service"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want it to hold %q", err, want)
+		}
+	}
 	if _, err := ParseConfig("r.toml", strings.Replace(good, "client_id", "key = \"zz\"\nclient_id", 1)); err == nil ||
 		!strings.Contains(err.Error(), "r.toml:1: key") {
 		t.Errorf("a bad key in a peer-only config: error %v, want one naming r.toml:1: key", err)
