@@ -235,8 +235,14 @@ func TestPeerRoutersVoIPCall(t *testing.T) {
 	wg.Wait()
 	time.Sleep(500 * time.Millisecond)
 	if uacErr != nil || uasErr != nil {
-		t.Fatalf("the call failed: caller %v, callee %v\ncaller:\n%s\ncallee:\n%s", uacErr, uasErr,
-			tail(uacOut.String(), 30), tail(uasOut.String(), 30))
+		errs, _ := filepath.Glob(filepath.Join(dir, "*_errors.log"))
+		var el strings.Builder
+		for _, f := range errs {
+			b, _ := os.ReadFile(f)
+			fmt.Fprintf(&el, "%s:\n%s\n", filepath.Base(f), tail(string(b), 30))
+		}
+		t.Fatalf("the call failed: caller %v, callee %v\ncaller:\n%s\ncallee:\n%s\nsipp error logs:\n%s", uacErr, uasErr,
+			tail(uacOut.String(), 30), tail(uasOut.String(), 30), el.String())
 	}
 
 	m := [2]map[string]float64{rs[0].metrics(t), rs[1].metrics(t)}
