@@ -60,11 +60,12 @@ generate:
 EXAMPLES := raic-router:examples/router-explicit.toml raic-router:examples/router-transparent.toml \
             raic-proxy:examples/proxy.toml raic-proxy:examples/proxy-studio.toml \
             raic-intermediate:examples/intermediate.toml \
-            raic-simple:examples/simple.toml
+            raic-simple:examples/simple.toml raic-router:examples/router-peer.toml \
+            raic-rendezvous:examples/rendezvous.toml
 check-examples:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(GO) build -o "$$tmp/" ./router/cmd/raic-router ./proxy/cmd/raic-proxy \
-		./intermediate/cmd/raic-intermediate ./simple/cmd/raic-simple && \
+		./intermediate/cmd/raic-intermediate ./simple/cmd/raic-simple ./proxy/cmd/raic-rendezvous && \
 	for e in $(EXAMPLES); do \
 		"$$tmp/$${e%%:*}" -check -config "$${e#*:}" || exit 1; \
 	done

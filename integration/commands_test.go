@@ -175,7 +175,8 @@ func TestCommandsCheckExamples(t *testing.T) {
 		t.Skip("builds the programs; skipped with -short")
 	}
 	examples := map[string][]string{
-		"router/cmd/raic-router":             {"router-explicit.toml", "router-transparent.toml"},
+		"router/cmd/raic-router":             {"router-explicit.toml", "router-transparent.toml", "router-peer.toml"},
+		"proxy/cmd/raic-rendezvous":          {"rendezvous.toml"},
 		"proxy/cmd/raic-proxy":               {"proxy.toml", "proxy-studio.toml"},
 		"intermediate/cmd/raic-intermediate": {"intermediate.toml"},
 		"simple/cmd/raic-simple":             {"simple.toml"},

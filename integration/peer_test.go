@@ -98,20 +98,27 @@ func startRendezvousProcess(t *testing.T, p *netns.Peers, keys peerKeys) *rvProc
 // metrics reads the rendezvous's metrics endpoint from inside its namespace.
 func (r *rvProcess) metrics(t *testing.T) map[string]float64 {
 	t.Helper()
+	return nsMetrics(t, r.host, fmt.Sprintf("%s:%d", netns.RendezvousAddr, rvMetricsPort))
+}
+
+// nsMetrics reads a program's metrics endpoint at addr from inside host's
+// namespace: series name (with its labels) to value.
+func nsMetrics(t *testing.T, host *netns.Host, addr string) map[string]float64 {
+	t.Helper()
 	var body []byte
-	err := r.host.Do(func() error {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", netns.RendezvousAddr, rvMetricsPort), time.Second)
+	err := host.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: rv\r\n\r\n")
+		fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: m\r\n\r\n")
 		body, err = io.ReadAll(c)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("rendezvous metrics: %v", err)
+		t.Fatalf("metrics at %s: %v", addr, err)
 	}
 	m := map[string]float64{}
 	sc := bufio.NewScanner(bytes.NewReader(body))

@@ -166,6 +166,7 @@ func TestPeerVoIPCall(t *testing.T) {
 
 	rtpAtB := &rtpCount{seq: map[uint16]bool{}}   // caller → callee, as B hands it to the callee
 	rtpBackA := &rtpCount{seq: map[uint16]bool{}} // the echo, as A hands it back to the caller
+	rtpFromA := &rtpCount{seq: map[uint16]bool{}} // what the caller sent into A's vport
 	inNS := func(h *netns.Host) func(netip.AddrPort) (*net.UDPConn, error) {
 		return func(a netip.AddrPort) (c *net.UDPConn, err error) {
 			err = h.Do(func() error {
@@ -188,6 +189,11 @@ func TestPeerVoIPCall(t *testing.T) {
 			OnPacket: func(id uint16, toService bool, b []byte) {
 				if id == vportRTP && !toService {
 					rtpBackA.add(b)
+				}
+			},
+			OnInput: func(id uint16, fromService bool, b []byte) {
+				if id == vportRTP && !fromService {
+					rtpFromA.add(b)
 				}
 			},
 		},
@@ -261,7 +267,10 @@ func TestPeerVoIPCall(t *testing.T) {
 
 	// Report.
 	sent := voicePPS * voiceSeconds
-	rtpSent := callSeconds * 50
+	rtpSent := rtpFromA.n() // 800 or 801: sipp may send one more
+	if rtpSent < callSeconds*50 {
+		t.Fatalf("the caller sent %d RTP packets into A's vport, want ≥ %d", rtpSent, callSeconds*50)
+	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "%-22s %8s %8s %8s %6s\n", "path", "loss %", "p50 ms", "p99 ms", "dups")
 	worst := map[int]float64{}

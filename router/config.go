@@ -164,7 +164,7 @@ func (c *Config) check(meta *config.Meta) {
 	if c.ClientID == "" || len(c.ClientID) > wire.MaxClientID {
 		meta.Report("client_id", "must be 1 to %d bytes", wire.MaxClientID)
 	}
-	if _, err := wire.ParseKey(c.Key); err != nil {
+	if _, err := wire.ParseKey(c.Key); err != nil && !(c.Key == "" && c.peerOnly()) {
 		meta.Report("key", "%v", err)
 	}
 	if _, err := raic.ParseParams(c.Scheme); err != nil {
@@ -219,7 +219,9 @@ func (c *Config) check(meta *config.Meta) {
 			meta.Report(key("dscp"), "%v", err)
 		}
 	}
-	meta.Add(c.Proxy.check(c, meta))
+	if !c.peerOnly() { // a peer-only router has no proxy (peer.go)
+		meta.Add(c.Proxy.check(c, meta))
+	}
 	meta.Add(c.Choice.check(c, meta))
 	c.Transparent.check(c, meta)
 	if c.Transparent.Enabled && c.Transparent.AppsFile != "" {

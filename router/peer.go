@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/raicnet/raic/pkg/config"
@@ -12,6 +13,7 @@ import (
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/peer"
 	"github.com/raicnet/raic/pkg/rendezvous"
+	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
@@ -44,8 +46,17 @@ import (
 //	listen = "127.0.0.1:5060"
 //	service = "sip"                   # a service of bob's
 //
-// Peer mode uses plain per-uplink sockets for now; the transparent capture of
-// the LAN's VoIP flows towards the peer's LAN is not wired yet.
+// A router may be peer-only: [[peer]] tables and no proxy anywhere (no
+// top-level proxy, no uplink proxy, no forwards, transparent mode or tcp);
+// then key may be left out too, and the router runs only its peers.
+//
+// Peer links use sockets of their own on every uplink rather than the
+// uplinks' uplink.Set: a Set is one fixed far-end address per uplink with one
+// Health each, while a peer has N×M paths whose remote addresses are learned
+// and rebind (package peer keeps their health), and the peer sockets also
+// carry the rendezvous's messages. Only RAIC-1 copies are sent; the
+// transparent capture of the LAN's VoIP flows towards the peer's LAN is not
+// wired yet.
 
 // PeerConfig is one [[peer]].
 type PeerConfig struct {
@@ -86,64 +97,104 @@ func serviceID(name string) uint16 {
 	return uint16(v>>16) ^ uint16(v)
 }
 
+// peerOnly reports whether c is a router that only carries peer sessions:
+// peers, and nothing that needs a proxy.
+func (c *Config) peerOnly() bool {
+	if len(c.Peers) == 0 || c.Proxy.raw != nil || len(c.Forwards) > 0 || c.Transparent.Enabled ||
+		len(c.TCP.Forwards) > 0 || c.TCP.Split.enabled() {
+		return false
+	}
+	for _, u := range c.Uplinks {
+		if u.Proxy != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// newPeerOnly finishes New for a peer-only router: no proxy paths, no
+// sessions; the peers open their own sockets in Run.
+func (r *Router) newPeerOnly() *Router {
+	r.byID = session.NewTable(session.Config[uint64, *routerSession]{
+		MaxEntries: 1, Hash: func(id uint64) uint64 { return id },
+	})
+	return r
+}
+
+// runPeerOnly is Run for a peer-only router.
+func (r *Router) runPeerOnly(ctx context.Context) error {
+	r.log.Info("peer-only router: no proxy", "peers", len(r.cfg.Peers), "uplinks", len(r.cfg.Uplinks))
+	if err := r.startPeers(ctx); err != nil {
+		r.Close()
+		return err
+	}
+	<-ctx.Done()
+	r.Close()
+	return nil
+}
+
+// checkPeers reports every error of the [[peer]] and [[vport]] tables.
 func (c *Config) checkPeers(meta *config.Meta) error {
+	if c.Suppress.Enabled && c.peerOnly() {
+		meta.Report("suppress.enabled", "suppression needs a proxy session; a peer-only router does not suppress yet")
+	}
 	ids := map[string]bool{}
 	ports := map[int]bool{}
 	for i := range c.Peers {
 		p := &c.Peers[i]
 		key := func(k string) string { return fmt.Sprintf("peer.%d.%s", i, k) }
 		if p.ID == "" || len(p.ID) > wire.MaxClientID {
-			return meta.Errorf(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
+			meta.Report(key("id"), "must be 1 to %d bytes", wire.MaxClientID)
 		}
 		if ids[p.ID] {
-			return meta.Errorf(key("id"), "peer %q is configured twice", p.ID)
+			meta.Report(key("id"), "peer %q is configured twice", p.ID)
 		}
 		ids[p.ID] = true
 		if _, err := wire.ParseKey(p.Key); err != nil {
-			return meta.Errorf(key("key"), "%v", err)
+			meta.Report(key("key"), "%v", err)
 		}
 		p.addrs = nil
 		for _, a := range p.Addresses {
 			ap, err := netip.ParseAddrPort(a)
 			if err != nil {
-				return meta.Errorf(key("addresses"), "not an address:port: %q", a)
+				meta.Report(key("addresses"), "not an address:port: %q", a)
 			}
 			p.addrs = append(p.addrs, ap)
 		}
 		if p.Rendezvous != "" {
 			ap, err := netip.ParseAddrPort(p.Rendezvous)
 			if err != nil {
-				return meta.Errorf(key("rendezvous"), "not an address:port: %v", err)
+				meta.Report(key("rendezvous"), "not an address:port: %v", err)
 			}
 			p.rv = ap
 			if _, err := wire.ParseKey(p.RendezvousKey); err != nil {
-				return meta.Errorf(key("rendezvous_key"), "%v", err)
+				meta.Report(key("rendezvous_key"), "%v", err)
 			}
 		} else if p.RendezvousKey != "" {
-			return meta.Errorf(key("rendezvous_key"), "set, but no rendezvous to use it with")
+			meta.Report(key("rendezvous_key"), "set, but no rendezvous to use it with")
 		}
 		if p.Port == 0 {
 			p.Port = DefaultPeerPort
 		}
 		if p.Port < 1 || p.Port > 65535 {
-			return meta.Errorf(key("port"), "must be 1 to 65535")
+			meta.Report(key("port"), "must be 1 to 65535")
 		}
 		if ports[p.Port] {
-			return meta.Errorf(key("port"), "port %d is already another peer's", p.Port)
+			meta.Report(key("port"), "port %d is already another peer's", p.Port)
 		}
 		ports[p.Port] = true
 		names := map[uint16]string{}
 		for j, s := range p.Services {
 			skey := func(k string) string { return fmt.Sprintf("peer.%d.service.%d.%s", i, j, k) }
 			if s.Name == "" {
-				return meta.Errorf(skey("name"), "a service needs a name")
+				meta.Report(skey("name"), "a service needs a name")
 			}
 			if other, dup := names[serviceID(s.Name)]; dup {
-				return meta.Errorf(skey("name"), "service %q clashes with %q: rename one", s.Name, other)
+				meta.Report(skey("name"), "service %q clashes with %q: rename one", s.Name, other)
 			}
 			names[serviceID(s.Name)] = s.Name
 			if _, err := netip.ParseAddrPort(s.Target); err != nil {
-				return meta.Errorf(skey("target"), "not an address:port: %v", err)
+				meta.Report(skey("target"), "not an address:port: %v", err)
 			}
 		}
 	}
@@ -151,16 +202,15 @@ func (c *Config) checkPeers(meta *config.Meta) error {
 	for i, v := range c.VPorts {
 		key := func(k string) string { return fmt.Sprintf("vport.%d.%s", i, k) }
 		if !ids[v.Peer] {
-			return meta.Errorf(key("peer"), "no [[peer]] with id %q", v.Peer)
+			meta.Report(key("peer"), "no [[peer]] with id %q", v.Peer)
 		}
 		if _, err := netip.ParseAddrPort(v.Listen); err != nil {
-			return meta.Errorf(key("listen"), "not an address:port: %v", err)
+			meta.Report(key("listen"), "not an address:port: %v", err)
 		}
 		if v.Service == "" {
-			return meta.Errorf(key("service"), "name the peer's service this port leads to")
-		}
-		if k := v.Peer + "\x00" + v.Service; seen[k] {
-			return meta.Errorf(key("service"), "service %q of %q already has a vport", v.Service, v.Peer)
+			meta.Report(key("service"), "name the peer's service this port leads to")
+		} else if k := v.Peer + "\x00" + v.Service; seen[k] {
+			meta.Report(key("service"), "service %q of %q already has a vport", v.Service, v.Peer)
 		} else {
 			seen[k] = true
 		}
@@ -178,6 +228,90 @@ type peerRun struct {
 
 	paths, pathsUp                           *metrics.Gauge
 	sent, delivered, dups, relaySent, relayR *metrics.Gauge
+
+	// Every authenticated data copy counted per path (duplicates too), so
+	// each path's loss shows beside the session's: 1 - copies / the peer's
+	// packets sent. Counting a duplicate means opening it, which a call's
+	// 50 packets a second per path can afford.
+	reg        *metrics.Registry
+	uplinks    []string
+	pathMu     sync.Mutex
+	pathCopies map[peer.Path]*metrics.Counter
+	pathOther  *metrics.Counter
+	// Each path's keepalive health, set by the ticker (its goroutine only).
+	pathHealth map[peer.Path]*[3]*metrics.Gauge // up, SRTT µs, keepalive loss ‰
+	// The vports' packets by service and direction: [0] peer → local
+	// client, [1] peer → local service, [2] local client → peer, [3] local
+	// service → peer.
+	vportOut map[uint16]*[4]*metrics.Counter
+}
+
+// maxPathCounters bounds the per-path counters; copies from further
+// addresses (rebinding NATs) are counted together.
+const maxPathCounters = 64
+
+func (pr *peerRun) observe(local int, from netip.AddrPort, t wire.Type, _ []byte, _ int64) {
+	if t != wire.TypeData {
+		return
+	}
+	k := peer.Path{Local: local, Remote: from}
+	pr.pathMu.Lock()
+	c := pr.pathCopies[k]
+	if c == nil {
+		c = pr.pathOther
+		if len(pr.pathCopies) < maxPathCounters && local < len(pr.uplinks) {
+			c = pr.reg.Counter(fmt.Sprintf(`router_peer_path_copies_received_total{peer=%q,uplink=%q,remote=%q}`,
+				pr.id, pr.uplinks[local], from.String()), "Data copies received from the peer per path (local uplink, remote address), duplicates included.")
+			pr.pathCopies[k] = c
+		}
+	}
+	pr.pathMu.Unlock()
+	c.Inc()
+}
+
+// setPathHealth exports one path's keepalive health; paths beyond
+// maxPathCounters go unexported (their copies are still counted).
+func (pr *peerRun) setPathHealth(s peer.PathStats) {
+	g := pr.pathHealth[s.Path]
+	if g == nil {
+		if len(pr.pathHealth) >= maxPathCounters || s.Path.Local >= len(pr.uplinks) {
+			return
+		}
+		lbl := fmt.Sprintf(`{peer=%q,uplink=%q,remote=%q}`, pr.id, pr.uplinks[s.Path.Local], s.Path.Remote.String())
+		g = &[3]*metrics.Gauge{
+			pr.reg.Gauge("router_peer_path_up"+lbl, "1 when the path (local uplink, remote address) answers keepalives."),
+			pr.reg.Gauge("router_peer_path_srtt_microseconds"+lbl, "Smoothed keepalive round trip per path."),
+			pr.reg.Gauge("router_peer_path_keepalive_loss_permille"+lbl, "Unanswered keepalives per path (smoothed), per thousand."),
+		}
+		pr.pathHealth[s.Path] = g
+	}
+	up := int64(0)
+	if s.Health.Up {
+		up = 1
+	}
+	g[0].Set(up)
+	g[1].Set(s.Health.SRTT.Microseconds())
+	g[2].Set(int64(s.Health.Loss * 1000))
+}
+
+func (pr *peerRun) onVPortPacket(id uint16, toService bool, _ []byte) {
+	if c := pr.vportOut[id]; c != nil {
+		if toService {
+			c[1].Inc()
+		} else {
+			c[0].Inc()
+		}
+	}
+}
+
+func (pr *peerRun) onVPortInput(id uint16, fromService bool, _ []byte) {
+	if c := pr.vportOut[id]; c != nil {
+		if fromService {
+			c[3].Inc()
+		} else {
+			c[2].Inc()
+		}
+	}
 }
 
 // startPeers opens every peer's sockets and starts its link; Close stops them.
@@ -231,6 +365,33 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 			mc.VPorts = append(mc.VPorts, peer.VPort{ID: serviceID(v.Service), Listen: l})
 		}
 	}
+	pr := &peerRun{id: pc.ID, stop: make(chan struct{}), reg: r.reg,
+		pathCopies: map[peer.Path]*metrics.Counter{}, pathHealth: map[peer.Path]*[3]*metrics.Gauge{}, vportOut: map[uint16]*[4]*metrics.Counter{}}
+	for _, uc := range r.cfg.Uplinks {
+		pr.uplinks = append(pr.uplinks, uc.Name)
+	}
+	pr.pathOther = r.reg.Counter(`router_peer_path_copies_received_total{peer="`+pc.ID+`",uplink="other",remote="other"}`,
+		"Data copies received from the peer per path (local uplink, remote address), duplicates included.")
+	vportCounters := func(name string) {
+		id := serviceID(name)
+		if pr.vportOut[id] != nil {
+			return
+		}
+		c := func(dir string) *metrics.Counter {
+			return r.reg.Counter(fmt.Sprintf(`router_peer_vport_packets_total{peer=%q,service=%q,dir=%q}`, pc.ID, name, dir),
+				"Packets of the flows to and from the peer, by service and direction.")
+		}
+		pr.vportOut[id] = &[4]*metrics.Counter{c("peer_to_client"), c("peer_to_service"), c("client_to_peer"), c("service_to_peer")}
+	}
+	for _, s := range pc.Services {
+		vportCounters(s.Name)
+	}
+	for _, v := range r.cfg.VPorts {
+		if v.Peer == pc.ID {
+			vportCounters(v.Service)
+		}
+	}
+	mc.OnPacket, mc.OnInput = pr.onVPortPacket, pr.onVPortInput
 	mux, err := peer.NewMux(mc)
 	if err != nil {
 		return fail(err)
@@ -241,6 +402,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 			PingInterval: r.cfg.PingInterval.Duration, DownAfter: r.cfg.DownAfter.Duration}},
 		Static:  pc.addrs,
 		Deliver: mux.Deliver,
+		Observe: pr.observe,
 		Log:     r.log.With("peer", pc.ID),
 	}
 	if pc.rv.IsValid() {
@@ -260,16 +422,15 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 	}
 	lbl := `{peer="` + pc.ID + `"}`
 	g := func(name, help string) *metrics.Gauge { return r.reg.Gauge(name+lbl, help) }
-	return &peerRun{
-		id: pc.ID, link: link, socks: socks, mux: mux, stop: make(chan struct{}),
-		paths:     g("router_peer_paths", "Paths (local uplink, remote address) to the peer."),
-		pathsUp:   g("router_peer_paths_up", "Paths to the peer that answer keepalives."),
-		sent:      g("router_peer_packets_sent", "Packets sent to the peer."),
-		delivered: g("router_peer_packets_delivered", "Packets from the peer delivered (first copies)."),
-		dups:      g("router_peer_duplicates_dropped", "Copies from the peer dropped as duplicates."),
-		relaySent: g("router_peer_relay_sent", "Datagrams sent to the peer through the rendezvous relay."),
-		relayR:    g("router_peer_relay_received", "Datagrams from the peer received through the relay."),
-	}, nil
+	pr.link, pr.socks, pr.mux = link, socks, mux
+	pr.paths = g("router_peer_paths", "Paths (local uplink, remote address) to the peer.")
+	pr.pathsUp = g("router_peer_paths_up", "Paths to the peer that answer keepalives.")
+	pr.sent = g("router_peer_packets_sent", "Packets sent to the peer.")
+	pr.delivered = g("router_peer_packets_delivered", "Packets from the peer delivered (first copies).")
+	pr.dups = g("router_peer_duplicates_dropped", "Copies from the peer dropped as duplicates.")
+	pr.relaySent = g("router_peer_relay_sent", "Datagrams sent to the peer through the rendezvous relay.")
+	pr.relayR = g("router_peer_relay_received", "Datagrams from the peer received through the relay.")
+	return pr, nil
 }
 
 // peerTicker drives a peer's keepalives, registrations and metrics.
@@ -300,6 +461,9 @@ func (r *Router) peerTicker(ctx context.Context, pr *peerRun) {
 			}
 		}
 		c := pr.link.Counters()
+		for _, s := range st {
+			pr.setPathHealth(s)
+		}
 		pr.paths.Set(int64(len(st)))
 		pr.pathsUp.Set(int64(up))
 		pr.sent.Set(int64(c.Sent))
@@ -332,6 +496,50 @@ func (r *Router) Peers() []PeerStats {
 	var out []PeerStats
 	for _, pr := range r.peers {
 		out = append(out, PeerStats{ID: pr.id, Paths: pr.link.Paths().Stats(now), Counters: pr.link.Counters()})
+	}
+	return out
+}
+
+// PeerStatus is one peer in GET /status.
+type PeerStatus struct {
+	ID        string           `json:"id"`
+	Relay     bool             `json:"relay"` // the rendezvous relays: punching failed
+	Sent      uint64           `json:"packets_sent"`
+	Delivered uint64           `json:"packets_delivered"`
+	Dups      uint64           `json:"duplicates_dropped"`
+	Paths     []PeerPathStatus `json:"paths"`
+}
+
+// PeerPathStatus is one path (local uplink, remote address) to a peer.
+type PeerPathStatus struct {
+	Uplink       string  `json:"uplink"`
+	Remote       string  `json:"remote"`
+	RemoteUplink int     `json:"remote_uplink"` // -1 until the peer says
+	Kind         string  `json:"kind"`          // how the address was learned
+	Up           bool    `json:"up"`
+	RTTMs        float64 `json:"rtt_ms"`
+	Loss         float64 `json:"loss"` // share of keepalives unanswered (EWMA), 0..1
+	PingsSent    uint64  `json:"pings"`
+	PongsSeen    uint64  `json:"pongs"`
+}
+
+func (r *Router) peerStatus(now int64) []PeerStatus {
+	var out []PeerStatus
+	for _, pr := range r.peers {
+		c := pr.link.Counters()
+		ps := PeerStatus{ID: pr.id, Relay: pr.link.RelayActive(now), Sent: c.Sent, Delivered: c.Delivered, Dups: c.Dups}
+		for _, s := range pr.link.Paths().Stats(now) {
+			name := ""
+			if s.Path.Local < len(pr.uplinks) {
+				name = pr.uplinks[s.Path.Local]
+			}
+			ps.Paths = append(ps.Paths, PeerPathStatus{
+				Uplink: name, Remote: s.Path.Remote.String(), RemoteUplink: s.RemoteUplink, Kind: s.Kind.String(),
+				Up: s.Health.Up, RTTMs: ms(int64(s.Health.SRTT)), Loss: s.Health.Loss,
+				PingsSent: s.Health.PingsSent, PongsSeen: s.Health.PongsReceived,
+			})
+		}
+		out = append(out, ps)
 	}
 	return out
 }

@@ -189,6 +189,9 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 	r := &Router{cfg: cfg, log: log, reg: metrics.NewRegistry(), flowLines: logging.NewLimiter(10, 50)}
 	r.m = newCounters(r.reg)
 	r.returns = uplink.NewReturns(r.reg, "router_dropped_total", "Datagrams from the proxy dropped, by reason.")
+	if cfg.peerOnly() {
+		return r.newPeerOnly(), nil // peer.go
+	}
 	var err error
 	if r.key, err = wire.ParseKey(cfg.Key); err != nil {
 		return nil, err
@@ -358,6 +361,9 @@ func (r *Router) Run(ctx context.Context) error {
 		r.statusRoutes(mux) // status.go: /status and the live page at /
 		r.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go r.httpSrv.Serve(ln)
+	}
+	if r.cfg.peerOnly() {
+		return r.runPeerOnly(ctx) // peer.go
 	}
 	for _, u := range r.uplinks {
 		r.log.Info("uplink ready", "uplink", u.name, "local", u.conn.LocalAddr().String(), "proxy", u.proxy.String())

@@ -16,6 +16,7 @@ type Status struct {
 	Uplinks     []UplinkStatus      `json:"uplinks"`
 	Sessions    []SessionStatus     `json:"sessions"`
 	Suppression []SuppressionStatus `json:"suppression"` // empty when suppression is off
+	Peers       []PeerStatus        `json:"peers,omitempty"`
 }
 
 // UplinkStatus is one uplink's health on its path to the first proxy.
@@ -111,6 +112,7 @@ func (r *Router) Status() Status {
 		return true
 	})
 	sort.Slice(st.Sessions, func(i, j int) bool { return st.Sessions[i].ID < st.Sessions[j].ID })
+	st.Peers = r.peerStatus(now)
 	if s := r.sup; s != nil && s.rt != nil {
 		for _, l := range s.rt.Levels() {
 			st.Suppression = append(st.Suppression, SuppressionStatus{Uplink: l.Uplink,

@@ -60,7 +60,10 @@ type MuxConfig struct {
 	// OnPacket, when set, sees every payload the Mux writes out (towards a
 	// service, or back to a client), for measurements.
 	OnPacket func(vport uint16, toService bool, payload []byte)
-	Log      *slog.Logger
+	// OnInput, when set, sees every payload the Mux reads to send to the
+	// peer (from a local client of a vport, or from a local service).
+	OnInput func(vport uint16, fromService bool, payload []byte)
+	Log     *slog.Logger
 }
 
 // Mux carries the flows of virtual ports over a Link.
@@ -211,6 +214,9 @@ func (m *Mux) readVPort(vl *vlistener) {
 		buf[0] = frameToService
 		binary.BigEndian.PutUint16(buf[1:], vl.id)
 		binary.BigEndian.PutUint32(buf[3:], f.id)
+		if m.cfg.OnInput != nil {
+			m.cfg.OnInput(vl.id, false, buf[frameHeader:frameHeader+n])
+		}
 		if l := m.link.Load(); l != nil {
 			l.Send(buf[:frameHeader+n], now)
 		}
@@ -308,6 +314,9 @@ func (m *Mux) openOut(k flowKey, target netip.AddrPort) (*outFlow, error) {
 			buf[0] = frameReply
 			binary.BigEndian.PutUint16(buf[1:], k.vport)
 			binary.BigEndian.PutUint32(buf[3:], k.flow)
+			if m.cfg.OnInput != nil {
+				m.cfg.OnInput(k.vport, true, buf[frameHeader:frameHeader+n])
+			}
 			if l := m.link.Load(); l != nil {
 				l.Send(buf[:frameHeader+n], now)
 			}

@@ -20,7 +20,7 @@ the game server, and writes the first copy of each reply back to the game.`,
 		Load:     router.LoadConfig,
 		LogLevel: func(c *router.Config) string { return c.LogLevel },
 		Summary: func(c *router.Config) string {
-			return fmt.Sprintf("%d uplinks, %d forwards, transparent mode %v", len(c.Uplinks), len(c.Forwards), c.Transparent.Enabled)
+			return fmt.Sprintf("%d uplinks, %d forwards, transparent mode %v, %d peers", len(c.Uplinks), len(c.Forwards), c.Transparent.Enabled, len(c.Peers))
 		},
 		New: func(c *router.Config, log *slog.Logger) (cli.Runner, error) { return router.New(c, log) },
 	}.Main()
