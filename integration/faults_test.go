@@ -926,10 +926,10 @@ func TestFaultsRouterRestartServerPort(t *testing.T) {
 	if p := os.Getenv("RAIC_FAULTS_TABLE"); p != "" {
 		appendRows(t, p, rows) // after TestFaults, which writes the file
 	}
-	if a1 != b1 || replaced != 1 {
+	if a1 != b1 || replaced < 1 {
 		t.Errorf("router back while the proxy's session was open: server saw %v, then %v (ports reused %.0f)", b1, a1, replaced)
 	}
-	if a2 != b2 || kept < 1 || reused != 1 {
+	if a2 != b2 || kept < 1 || reused < 1 {
 		t.Errorf("router back after the proxy's session ended: server saw %v, then %v (kept %.0f, reused %.0f)", b2, a2, kept, reused)
 	}
 	if a0 == b0 {
