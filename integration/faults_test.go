@@ -846,6 +846,97 @@ func TestFaultsRouterRestart(t *testing.T) {
 	}
 }
 
+// TestFaultsRouterRestartServerPort: the game server sees the same source
+// address and port from the proxy after the router restarts (kill -9: no close
+// messages), whether the proxy's old session is still open (the router is back
+// in 1 s) or has ended after session_idle (back in 4 s): the proxy keeps the
+// server side of the session for keep_server_port and gives it to the router's
+// new session of the same flow. With keep_server_port = "0" the server sees a
+// new port (the behaviour before), so the test can tell them apart.
+func TestFaultsRouterRestartServerPort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 12 s; not in -short")
+	}
+	// A server that notes where each game packet came from, and echoes it.
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var mu sync.Mutex
+	var last netip.AddrPort
+	var lastAt int64
+	go func() {
+		b := make([]byte, 70000)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			last, lastAt = from, mono.Now()
+			mu.Unlock()
+			conn.WriteToUDPAddrPort(b[:n], from)
+		}
+	}()
+	srv := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	source := func(after int64, what string) netip.AddrPort {
+		var got netip.AddrPort
+		waitFor(t, 10*time.Second, what, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			got = last
+			return lastAt > after
+		})
+		return got
+	}
+	restart := func(keep string, down time.Duration) (before, after netip.AddrPort, fp *faultProxy) {
+		fp = startFaultProxy(t, "127.0.0.1:0", srv.String(), `session_idle = "2s"`+"\n"+`keep_server_port = "`+keep+`"`)
+		probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fwd := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+		probe.Close()
+		fr := startFaultRouter(t, fwd, srv, fp.p.Addr(), fp.p.Addr())
+		game := startGame(t, fwd, 100)
+		defer game.close()
+		before = source(mono.Now(), "game traffic")
+		fr.stop()
+		time.Sleep(down)
+		fr.start()
+		defer fr.stop()
+		after = source(mono.Now()+int64(100*time.Millisecond), "game traffic after the router restart")
+		return before, after, fp
+	}
+
+	b1, a1, fp1 := restart("30s", time.Second)
+	replaced := fp1.metric("proxy_server_ports_reused_total")
+	fp1.stop()
+	b2, a2, fp2 := restart("30s", 4*time.Second)
+	kept, reused := fp2.metric("proxy_server_ports_kept_total"), fp2.metric("proxy_server_ports_reused_total")
+	fp2.stop()
+	b0, a0, fp0 := restart("0", time.Second)
+	fp0.stop()
+
+	rows := []faultRow{{"router killed, back 1 s / 4 s later (proxy session open / ended after session_idle 2 s): the server's view of the player",
+		fmt.Sprintf("same source port both times (%v, then %v; %.0f and %.0f sessions took their flow's port); with keep_server_port 0 it moves %v → %v", a1, a2, replaced, reused, b0, a0),
+		"same port"}}
+	t.Logf("\n| fault / attack | measured | must |\n| --- | --- | --- |\n| %s | %s | %s |\n", rows[0].name, rows[0].measured, rows[0].bound)
+	if p := os.Getenv("RAIC_FAULTS_TABLE"); p != "" {
+		appendRows(t, p, rows) // after TestFaults, which writes the file
+	}
+	if a1 != b1 || replaced < 1 {
+		t.Errorf("router back while the proxy's session was open: server saw %v, then %v (ports reused %.0f)", b1, a1, replaced)
+	}
+	if a2 != b2 || kept < 1 || reused < 1 {
+		t.Errorf("router back after the proxy's session ended: server saw %v, then %v (kept %.0f, reused %.0f)", b2, a2, kept, reused)
+	}
+	if a0 == b0 {
+		t.Errorf("keep_server_port 0: the server saw the same port %v after the restart", a0)
+	}
+}
+
 // TestFaultsSoak plays 5,000 pps each way for RAIC_FAULTS_SOAK (default 10 s;
 // make faults: 5 min) through router and proxy, and prints loss, RSS and
 // goroutines (of this process, which runs router, proxy and the game) at 30 s

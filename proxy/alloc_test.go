@@ -146,7 +146,7 @@ func TestServerRepliesDoNotAllocate(t *testing.T) {
 	// This router answers no path challenges: take its address as validated,
 	// so replies are not held to 3x what came from it.
 	ps.Paths.Learn(routerSide.addr(), mono.Now())
-	upstream := ps.upstream.LocalAddr().(*net.UDPAddr).AddrPort()
+	upstream := ps.port.Load().conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	before := routerSide.n.Load()
 	pkt := make([]byte, 100)
 	send := func(n int) {

@@ -23,6 +23,10 @@ type Config struct {
 	MaxSessions int `toml:"max_sessions"`
 	// SessionIdle ends a session after this long without traffic either way.
 	SessionIdle config.Duration `toml:"session_idle"`
+	// KeepServerPort keeps the server-side socket of an ended session this
+	// long for a new session of the same client and flow (a restarted
+	// router's), so the game server sees the same source port; 0: off.
+	KeepServerPort config.Duration `toml:"keep_server_port"`
 	// ReplyWindow: replies go to every address the session's datagrams came from
 	// within this window (one per uplink of the router).
 	ReplyWindow config.Duration `toml:"reply_window"`
@@ -58,12 +62,13 @@ type ClientConfig = clients.Config
 
 // Defaults.
 const (
-	DefaultListen      = "0.0.0.0:4500"
-	DefaultMaxSessions = 10000
-	DefaultSessionIdle = 60 * time.Second
-	DefaultReplyWindow = replypath.DefaultWindow // routers refresh every path once a second
-	DefaultHelloMaxAge = 30 * time.Second
-	DefaultRatePPS     = clients.DefaultRatePPS
+	DefaultListen         = "0.0.0.0:4500"
+	DefaultMaxSessions    = 10000
+	DefaultSessionIdle    = 60 * time.Second
+	DefaultKeepServerPort = 30 * time.Second
+	DefaultReplyWindow    = replypath.DefaultWindow // routers refresh every path once a second
+	DefaultHelloMaxAge    = 30 * time.Second
+	DefaultRatePPS        = clients.DefaultRatePPS
 )
 
 // DefaultConfig is the configuration before a file is read: every key a file
@@ -74,6 +79,7 @@ func DefaultConfig() Config {
 		LogLevel:        "info",
 		MaxSessions:     DefaultMaxSessions,
 		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
+		KeepServerPort:  config.Duration{Duration: DefaultKeepServerPort},
 		ReplyWindow:     config.Duration{Duration: DefaultReplyWindow},
 		HelloMaxAge:     config.Duration{Duration: DefaultHelloMaxAge},
 		OverloadLatency: config.Duration{Duration: DefaultOverloadLatency},
@@ -126,6 +132,7 @@ func (c *Config) check(meta *config.Meta) {
 	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
 	meta.Int("workers", c.Workers, 0, maxWorkers)
 	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
+	meta.Duration("keep_server_port", c.KeepServerPort.Duration, 0, 10*time.Minute)
 	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
 	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
 	c.checkLoad(meta)

@@ -24,6 +24,8 @@ func TestConfigBounds(t *testing.T) {
 		{`overload_latency = "-1ms"`, "p.toml:1: overload_latency: -1ms is not within 1ns to 1s"},
 		{`overload_latency = "1m"`, "p.toml:1: overload_latency: 1m is not within"},
 		{`session_idle = "0s"`, "p.toml:1: session_idle: 0s is not within 1s to 24h"},
+		{`keep_server_port = "11m"`, "p.toml:1: keep_server_port: 11m is not within 0s to 10m"},
+		{`keep_server_port = "-1s"`, "p.toml:1: keep_server_port: -1s is not within 0s to 10m"},
 		{`reply_window = "1ns"`, "p.toml:1: reply_window: 1ns is not within 100ms to 1m"},
 		{`hello_max_age = "100h"`, "p.toml:1: hello_max_age: 100h is not within 1s to 1h"},
 		{`probe_ttl = "10ms"`, "p.toml:1: probe_ttl: 10ms is not within 1s to 1h"},

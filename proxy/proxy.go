@@ -22,7 +22,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/raicnet/raic/pkg/clients"
@@ -57,8 +56,9 @@ type Server struct {
 	sessions *session.Table[uint64, *proxySession]
 	reg      *metrics.Registry
 	m        counters
-	probes   *prober    // RTT-to-server answers (probe.go)
-	load     *loadMeter // overload reporting (overload.go)
+	probes   *prober     // RTT-to-server answers (probe.go)
+	load     *loadMeter  // overload reporting (overload.go)
+	ports    *portKeeper // server ports kept for a flow's next session (keepport.go)
 	// refusedLog bounds the log lines of per-datagram refusals (evictions,
 	// oversized replies); ingress bounds its own.
 	refusedLog *logging.Limiter
@@ -108,6 +108,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, reg: metrics.NewRegistry(), refusedLog: logging.NewLimiter(5, 20)}
 	s.m = newCounters(s.reg)
 	s.load = newLoadMeter(cfg, s.reg)
+	s.ports = newPortKeeper(int64(cfg.KeepServerPort.Duration), cfg.MaxSessions, s.reg)
 	s.studio.Store(&cfg.StudioConfig)
 	roster, err := newRoster(cfg, nil)
 	if err != nil {
@@ -212,6 +213,7 @@ func (s *Server) Close() {
 	for _, id := range ids {
 		s.sessions.Delete(id)
 	}
+	s.ports.sweep(-1)
 	s.probes.close()
 }
 
@@ -226,6 +228,7 @@ func (s *Server) janitor(ctx context.Context) {
 		case <-t.C:
 			now := mono.Now()
 			s.sessions.Sweep(now)
+			s.ports.sweep(now)
 			s.sessions.Range(func(_ uint64, ps *proxySession) bool { ps.Recv.Expire(now); return true })
 			s.m.sessions.Set(int64(s.sessions.Len()))
 			s.in.TokenTick(time.Now())
@@ -256,7 +259,7 @@ type program Server
 // to the target; from is where the player's address header says it comes from.
 func (p *program) NewSession(a *clients.Admission, id uint64, hello *wire.Hello, from netip.AddrPort) (*proxySession, error) {
 	s := (*Server)(p)
-	ps, err := s.newSession(a.Client, id, hello.Salt, hello.Target, from, a.Send, a.Recv)
+	ps, err := s.newSession(a.Client, id, hello, from, a.Send, a.Recv)
 	if err != nil {
 		s.m.upstreamErrors.Inc()
 		s.log.Warn("cannot open upstream socket", "client", a.Client.ID, "target", hello.Target.String(), "err", err)
@@ -267,8 +270,20 @@ func (p *program) NewSession(a *clients.Admission, id uint64, hello *wire.Hello,
 // Opened logs the new session and has a poller read its server's replies.
 func (p *program) Opened(ps *proxySession, _ int64) {
 	s := (*Server)(p)
-	s.log.Info("session opened", "client", ps.Client.ID, "session", ps.id, "target", ps.target.String())
-	if ps.upstream != nil {
+	s.log.Info("session opened", "client", ps.Client.ID, "session", ps.id, "target", ps.target.String(), "server_port_reused", ps.reused)
+	if old := ps.replaces; old != nil {
+		// The router restarted while its old session of this flow was open:
+		// the new one has its server port now (keepport.go), the old one ends.
+		ps.replaces = nil
+		if cur, ok := s.sessions.Peek(old.id); ok && cur == old {
+			s.sessions.Delete(old.id)
+			s.log.Info("session replaced: a new session of its flow took its server port", "client", old.Client.ID, "session", old.id, "by", ps.id)
+		}
+	}
+	if ps.flowed {
+		s.ports.opened(ps.key(), ps)
+	}
+	if ps.port.Load() != nil {
 		ps.poller = s.pollers[ps.id%uint64(len(s.pollers))]
 		if err := ps.poller.add(ps); err != nil {
 			s.m.upstreamErrors.Inc()
@@ -303,9 +318,17 @@ type proxySession struct {
 	id           uint64
 	target       netip.AddrPort
 
-	upstream *net.UDPConn    // connected to target; nil for a control-only session
-	urc      syscall.RawConn // upstream's, for the poller's reads
-	poller   *upstreamPoller // reads upstream
+	// port is the socket connected to target (nil for a control-only
+	// session, or once another session of the flow took it over); reused
+	// says it was an earlier session's. flow is the hello's flow token
+	// (flowed: it had one); replaces is the open session whose port this one
+	// took, ended once this one is in the table.
+	port     atomic.Pointer[serverPort]
+	poller   *upstreamPoller // reads port
+	reused   bool
+	flow     [wire.FlowLen]byte
+	flowed   bool
+	replaces *proxySession
 	closed   atomic.Bool
 
 	// The player's address for the server (studio.go): the router address
@@ -319,8 +342,9 @@ type proxySession struct {
 // RouterSide implements ingress.Session.
 func (ps *proxySession) RouterSide() *ingress.Peer { return &ps.Peer }
 
-func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target, from netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
-	ps := &proxySession{srv: s, id: id, target: target, origin: from}
+func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, from netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
+	salt, target := hello.Salt, hello.Target
+	ps := &proxySession{srv: s, id: id, target: target, origin: from, flow: hello.Flow, flowed: hello.HasFlow() && target.IsValid()}
 	if ps.header = s.studio.Load().headerFor(target); ps.header != proxyproto.None {
 		ps.hbuf = make([]byte, proxyproto.MaxLen+raic.MaxPacket)
 	}
@@ -335,20 +359,30 @@ func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target,
 	// sealed in this session, so the router's window takes them and no nonce
 	// repeats even when the keys do (a re-opened control session).
 	ps.Send.StartAt(tunnel.ClockPIDBase(time.Now().UnixMilli()))
+	if ps.flowed {
+		// A kept port of this flow, or an open session's (keepport.go).
+		if sp, old := s.ports.claim(ps.key()); sp != nil {
+			ps.port.Store(sp)
+			ps.reused, ps.replaces = true, old
+			return ps, nil
+		}
+	}
 	if target.IsValid() {
-		ps.upstream, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
+		conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
 		if err != nil {
 			return nil, err
 		}
 		// The default buffer holds only ~20 ms of a 10,000 pps server stream; the
 		// memory is used only while packets wait.
-		ps.upstream.SetReadBuffer(1 << 20)
+		conn.SetReadBuffer(1 << 20)
 		// Taken here, before the session is in the table, which the poller
 		// finds it in.
-		if ps.urc, err = ps.upstream.SyscallConn(); err != nil {
-			ps.upstream.Close()
+		sp := &serverPort{conn: conn}
+		if sp.rc, err = conn.SyscallConn(); err != nil {
+			conn.Close()
 			return nil, err
 		}
+		ps.port.Store(sp)
 	}
 	return ps, nil
 }
@@ -356,7 +390,8 @@ func (s *Server) newSession(c *clients.Client, id uint64, salt [16]byte, target,
 // Deliver forwards a decoded packet to the game server (tunnel.Sink).
 func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 	s := ps.srv
-	if ps.upstream == nil {
+	sp := ps.port.Load()
+	if sp == nil {
 		return
 	}
 	if !ps.Client.Take(now) {
@@ -367,7 +402,7 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 		n := ps.clientAddrHeader(ps.hbuf)
 		pkt = ps.hbuf[:n+copy(ps.hbuf[n:], pkt)]
 	}
-	if _, err := ps.upstream.Write(pkt); err != nil {
+	if _, err := sp.conn.Write(pkt); err != nil {
 		s.m.upstreamErrors.Inc()
 		return
 	}
@@ -405,10 +440,7 @@ func (ps *proxySession) close() {
 	if ps.closed.Swap(true) {
 		return
 	}
-	if ps.upstream != nil {
-		if ps.poller != nil {
-			ps.poller.remove(ps)
-		}
-		ps.upstream.Close()
-	}
+	// Its server port is kept for the flow's next session, unless the proxy
+	// is stopping (keepport.go).
+	ps.srv.ports.ended(ps, !ps.srv.closing.Load(), mono.Now())
 }

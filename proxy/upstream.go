@@ -52,8 +52,12 @@ func newUpstreamPoller(s *Server) (*upstreamPoller, error) {
 
 // add watches ps's upstream socket; its events carry the session ID.
 func (p *upstreamPoller) add(ps *proxySession) error {
+	sp := ps.port.Load()
+	if sp == nil {
+		return nil
+	}
 	var cerr error
-	err := ps.urc.Control(func(fd uintptr) {
+	err := sp.rc.Control(func(fd uintptr) {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(uint32(ps.id)), Pad: int32(uint32(ps.id >> 32))}
 		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 	})
@@ -63,12 +67,10 @@ func (p *upstreamPoller) add(ps *proxySession) error {
 	return err
 }
 
-// remove stops watching ps's socket; called before it is closed.
-func (p *upstreamPoller) remove(ps *proxySession) {
-	if ps.urc == nil {
-		return
-	}
-	ps.urc.Control(func(fd uintptr) { unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+// remove stops watching a session's socket sp; called before it is closed
+// or handed to another session (keepport.go).
+func (p *upstreamPoller) remove(sp *serverPort) {
+	sp.rc.Control(func(fd uintptr) { unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
 }
 
 func (p *upstreamPoller) close() { p.file.Close() }
@@ -117,11 +119,15 @@ func (p *upstreamPoller) run() {
 			ev := &p.events[i]
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			ps, ok := s.sessions.Peek(id)
-			if !ok || ps.urc == nil {
+			if !ok {
+				continue
+			}
+			sp := ps.port.Load()
+			if sp == nil {
 				continue
 			}
 			for k := 0; k < perWake; k++ {
-				if err := ps.urc.Read(p.readFn); err != nil {
+				if err := sp.rc.Read(p.readFn); err != nil {
 					break // closed under us: the session ended
 				}
 				if p.rerr == unix.EAGAIN {

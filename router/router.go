@@ -340,6 +340,12 @@ func (r *Router) newTunnel(px *proxyConn, side gameSide, client, target netip.Ad
 	}
 	hello := &wire.Hello{Salt: salt, Target: target, Token: r.cfg.token, Epoch: epoch}
 	hello.SetClientID(r.cfg.ClientID)
+	if target.IsValid() && client.IsValid() {
+		// The same after a restart of ours: the proxy gives the session the
+		// server-side socket it kept for this flow, so the server sees the
+		// same source port (see wire.FlowToken).
+		hello.Flow = wire.FlowToken(&r.key, client, target)
+	}
 	rs := &routerSession{r: r, id: id, px: px, side: side, client: client, target: target, params: params}
 	rs.head = rs
 	if rs.send, err = tunnel.NewSender(send, id, params, hello); err != nil {

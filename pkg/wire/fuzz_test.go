@@ -34,10 +34,22 @@ func FuzzParseOpen(f *testing.F) {
 	e, _ := Seal(cs, make([]byte, MaxDatagram), &h, &both, []byte("epoch and token"))
 	e = append([]byte(nil), e...)
 	f.Add(e)
+	// Every trailer, epoch, flow then token (FlagEpoch|FlagFlow|FlagToken),
+	// and a flow alone.
+	all := both
+	all.Flow = [FlowLen]byte{0xfe, 1, 2, 3}
+	g, _ := Seal(cs, make([]byte, MaxDatagram), &h, &all, []byte("all trailers"))
+	g = append([]byte(nil), g...)
+	f.Add(g)
+	fl := *hello
+	fl.Flow = [FlowLen]byte{15: 1}
+	k, _ := Seal(cs, make([]byte, MaxDatagram), &h, &fl, []byte("flow"))
+	k = append([]byte(nil), k...)
+	f.Add(k)
 	f.Add([]byte{1, 1, 1})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		sealed := false
-		for _, s := range [][]byte{a, b, c, d, e} {
+		for _, s := range [][]byte{a, b, c, d, e, g, k} {
 			sealed = sealed || string(in) == string(s)
 		}
 		var gh Header

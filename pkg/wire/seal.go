@@ -2,6 +2,7 @@ package wire
 
 import (
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -9,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net/netip"
 	"strings"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -123,7 +125,7 @@ func Seal(aead cipher.AEAD, buf []byte, h *Header, hello *Hello, body []byte) ([
 	if h.Packet == 0 {
 		return nil, ErrNoPacket
 	}
-	h.Flags &^= FlagHello | FlagToken | FlagEpoch
+	h.Flags &^= FlagHello | FlagToken | FlagEpoch | FlagFlow
 	if hello != nil {
 		if len(hello.Token) > MaxToken {
 			return nil, ErrHello
@@ -131,6 +133,9 @@ func Seal(aead cipher.AEAD, buf []byte, h *Header, hello *Hello, body []byte) ([
 		h.Flags |= FlagHello
 		if hello.Epoch != 0 {
 			h.Flags |= FlagEpoch
+		}
+		if hello.HasFlow() {
+			h.Flags |= FlagFlow
 		}
 		if len(hello.Token) > 0 {
 			h.Flags |= FlagToken
@@ -170,4 +175,26 @@ func Open(aead cipher.AEAD, b []byte, bodyOff int) ([]byte, error) {
 		return nil, ErrAuth
 	}
 	return out, nil
+}
+
+// FlowToken names one game flow of a client across the client's restarts:
+// HMAC-SHA256 under the client's key of the LAN client's and the server's
+// addresses, cut to FlowLen bytes. It depends on nothing else, so a restarted
+// router gives the flow the same token, and no one without the key can make
+// another client's.
+func FlowToken(psk *Key, client, server netip.AddrPort) (t [FlowLen]byte) {
+	m := hmac.New(sha256.New, psk[:])
+	m.Write([]byte("raic flow"))
+	for _, a := range []netip.AddrPort{client, server} {
+		b, _ := a.MarshalBinary() // 16-byte address (4 for IPv4), 2-byte port
+		var l [1]byte
+		l[0] = byte(len(b))
+		m.Write(l[:])
+		m.Write(b)
+	}
+	copy(t[:], m.Sum(nil))
+	if t == ([FlowLen]byte{}) {
+		t[0] = 1 // all zero means none on the wire
+	}
+	return t
 }

@@ -8,7 +8,8 @@
 //	1      type    (Data, Ping, Pong, Ack, Close, ...)
 //	2      flags   (FlagHello: a hello extension follows the header;
 //	               FlagEpoch: the hello carries the far side's restart epoch;
-//	               FlagToken: the hello carries a connect token)
+//	               FlagToken: the hello carries a connect token;
+//	               FlagFlow: the hello carries a flow token)
 //	3      scheme  (RAIC scheme of a Data shard; 0 for control messages)
 //	4..11  session ID
 //	12..19 packet ID (per session and direction, starts at 1)
@@ -31,15 +32,24 @@
 // target) come the optional trailers, always in this order:
 //
 //	epoch  8 bytes, nonzero             when FlagEpoch
+//	flow   16 bytes, nonzero            when FlagFlow
 //	token  2-byte length (1..MaxToken), when FlagToken
 //	       then the token
 //
-// The fixed-size epoch goes first so the token's length prefix is the last
-// thing read and nothing is ambiguous; both flags sit in the header and both
+// The fixed-size trailers go first so the token's length prefix is the last
+// thing read and nothing is ambiguous; the flags sit in the header and the
 // trailers in the hello, so all of it is associated data and authenticated.
-// Size budget: a hello with the longest client ID, an IPv6 target, an epoch
-// and a MaxToken token, plus a full 1,200-byte shard (raic's default max
-// shard), is exactly MaxDatagram (1,472 bytes); see TestHelloBudget.
+// Size budget: a hello with the longest client ID, an IPv6 target, an epoch,
+// a flow token and a MaxToken token, plus a full 1,200-byte shard (raic's
+// default max shard), is exactly MaxDatagram (1,472 bytes); see
+// TestHelloBudget.
+//
+// Flow tokens (FlagFlow, a compatible addition to version 1). A router names
+// each game flow with a token that stays the same across its restarts (see
+// FlowToken): a proxy that kept the server-side socket of an ended session
+// gives it to the new session of the same client with the same flow token and
+// target, so the game server sees the same source port after a router
+// restart. A sender without one leaves the flag clear.
 //
 // Bytes 12..23 (packet ID and descriptor) are the AEAD nonce. The header and the
 // hello extension are the associated data, so nothing in them can be altered.
@@ -68,14 +78,16 @@ const (
 	NonceLen  = 12
 	TagLen    = 16
 	// HelloMaxLen is the largest hello extension (IPv6 target, longest client ID).
-	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2 + EpochLen
+	HelloMaxLen = 16 + 8 + 1 + MaxClientID + 1 + 16 + 2 + EpochLen + FlowLen
 	// EpochLen is the size of a restart epoch at the end of a hello.
 	EpochLen = 8
+	// FlowLen is the size of a flow token at the end of a hello.
+	FlowLen = 16
 	// MaxClientID is the longest client identifier, in bytes.
 	MaxClientID = 32
 	// MaxToken is the longest connect token a hello carries (see package
 	// token): a hello with the longest client ID, an IPv6 target, an epoch,
-	// a MaxToken token and a full shard of fullShard bytes is MaxDatagram.
+	// a flow token, a MaxToken token and a full shard of fullShard bytes is MaxDatagram.
 	MaxToken = MaxDatagram - HeaderLen - HelloMaxLen - 2 - TagLen - fullShard
 	// fullShard is raic's default max shard (raic.DefaultMaxShard), the
 	// largest body a data datagram carries by default.
@@ -175,14 +187,17 @@ type Flags uint8
 // FlagEpoch marks a hello that ends with a restart epoch (only with FlagHello).
 // FlagToken says the hello ends with a connect token (a 2-byte length, then the
 // token; only with FlagHello): the client is admitted by the token rather than
-// by a pre-shared key configured for its ID. With both, the epoch comes first.
+// by a pre-shared key configured for its ID. FlagFlow says the hello carries
+// a flow token (only with FlagHello). Trailers come in the order epoch, flow,
+// token.
 const (
 	FlagHello Flags = 1 << 0
 	FlagEpoch Flags = 1 << 1
 	FlagToken Flags = 1 << 2
+	FlagFlow  Flags = 1 << 3
 )
 
-const knownFlags = FlagHello | FlagToken | FlagEpoch
+const knownFlags = FlagHello | FlagToken | FlagEpoch | FlagFlow
 
 // Desc is the 4-byte shard descriptor; its meaning per scheme belongs to raic.
 type Desc struct{ Index, Count, K, Frag uint8 }
@@ -213,7 +228,13 @@ type Hello struct {
 	// Epoch is the far side's restart epoch this hello (and the session's
 	// keys) are for; 0 when the sender knows none (FlagEpoch clear).
 	Epoch uint64
+	// Flow names the game flow across the sender's restarts (FlowToken); all
+	// zero when the sender gives none (FlagFlow clear).
+	Flow [FlowLen]byte
 }
+
+// HasFlow reports whether the hello carries a flow token.
+func (h *Hello) HasFlow() bool { return h.Flow != [FlowLen]byte{} }
 
 // ClientID returns the client identifier as bytes (no copy).
 func (h *Hello) ClientID() []byte { return h.Client[:h.ClientLen] }
@@ -284,11 +305,15 @@ func PutHello(b []byte, h *Hello) int {
 		binary.BigEndian.PutUint16(b[n:], h.Target.Port())
 		n += 2
 	}
-	// The optional trailers, in their one order: the fixed-size epoch first,
-	// then the length-prefixed token (see "Hello trailers" in the package doc).
+	// The optional trailers, in their one order: the fixed-size epoch and
+	// flow first, then the length-prefixed token (see "Hello trailers" in the
+	// package doc).
 	if h.Epoch != 0 {
 		binary.BigEndian.PutUint64(b[n:], h.Epoch)
 		n += EpochLen
+	}
+	if h.HasFlow() {
+		n += copy(b[n:], h.Flow[:])
 	}
 	if len(h.Token) > 0 {
 		binary.BigEndian.PutUint16(b[n:], uint16(len(h.Token)))
@@ -330,7 +355,7 @@ func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
 		return 0, ErrNoPacket
 	}
 	off := HeaderLen
-	if h.Flags&(FlagEpoch|FlagToken) != 0 && h.Flags&FlagHello == 0 {
+	if h.Flags&(FlagEpoch|FlagToken|FlagFlow) != 0 && h.Flags&FlagHello == 0 {
 		return 0, ErrFlags
 	}
 	if h.Flags&FlagHello != 0 {
@@ -339,7 +364,7 @@ func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
 			return 0, err
 		}
 		off += n
-		// Trailers in their one order: epoch, then token.
+		// Trailers in their one order: epoch, flow, then token.
 		hello.Epoch = 0
 		if h.Flags&FlagEpoch != 0 {
 			if len(b)-TagLen < off+EpochLen {
@@ -350,6 +375,17 @@ func Parse(b []byte, h *Header, hello *Hello) (bodyOff int, err error) {
 				return 0, ErrHello
 			}
 			off += EpochLen
+		}
+		hello.Flow = [FlowLen]byte{}
+		if h.Flags&FlagFlow != 0 {
+			if len(b)-TagLen < off+FlowLen {
+				return 0, ErrHello
+			}
+			copy(hello.Flow[:], b[off:off+FlowLen])
+			if !hello.HasFlow() {
+				return 0, ErrHello
+			}
+			off += FlowLen
 		}
 		hello.Token = nil
 		if h.Flags&FlagToken != 0 {

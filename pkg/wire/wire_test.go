@@ -436,7 +436,7 @@ func TestHelloEpochAndToken(t *testing.T) {
 func TestHelloBudget(t *testing.T) {
 	cs, _, _, sr := testKeys(t)
 	h := Header{Type: TypeData, Session: 42, Packet: 3}
-	hl := &Hello{Target: netip.MustParseAddrPort("[2001:db8::1]:27015"), Epoch: 7, Token: bytes.Repeat([]byte{1}, MaxToken)}
+	hl := &Hello{Target: netip.MustParseAddrPort("[2001:db8::1]:27015"), Epoch: 7, Flow: [FlowLen]byte{9}, Token: bytes.Repeat([]byte{1}, MaxToken)}
 	hl.SetClientID(strings.Repeat("c", MaxClientID))
 	dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, make([]byte, fullShard))
 	if err != nil {
@@ -456,5 +456,65 @@ func TestHelloBudget(t *testing.T) {
 	}
 	if _, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, make([]byte, fullShard+1)); err == nil {
 		t.Fatal("a byte past the budget sealed")
+	}
+}
+
+// A flow token rides between the epoch and the connect token, comes back
+// intact, and is authenticated; an all-zero one or one cut short is refused.
+func TestHelloFlow(t *testing.T) {
+	cs, _, _, sr := testKeys(t)
+	var key Key
+	key[0] = 5
+	lan := netip.MustParseAddrPort("192.168.1.20:50000")
+	srv := netip.MustParseAddrPort("198.18.9.2:27015")
+	flow := FlowToken(&key, lan, srv)
+	if flow != FlowToken(&key, lan, srv) {
+		t.Fatal("flow token not stable")
+	}
+	var other Key
+	other[0] = 6
+	if flow == FlowToken(&other, lan, srv) || flow == FlowToken(&key, netip.MustParseAddrPort("192.168.1.20:50001"), srv) {
+		t.Fatal("flow token does not depend on the key and the flow")
+	}
+	h := Header{Type: TypeData, Session: 42, Packet: 3}
+	hl := &Hello{Target: srv, Epoch: 11, Flow: flow, Token: []byte("tok")}
+	hl.SetClientID("alice")
+	dg, err := Seal(cs, make([]byte, MaxDatagram), &h, hl, []byte("body"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gh Header
+	var gl Hello
+	off, err := Parse(dg, &gh, &gl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gh.Flags&FlagFlow == 0 || gl.Flow != flow || gl.Epoch != 11 || string(gl.Token) != "tok" {
+		t.Fatalf("parsed flags %b flow %x epoch %d token %q", gh.Flags, gl.Flow, gl.Epoch, gl.Token)
+	}
+	if b, err := Open(sr, append([]byte(nil), dg...), off); err != nil || string(b) != "body" {
+		t.Fatalf("open: %q %v", b, err)
+	}
+	// Flipping the flag off shifts the trailers: the datagram must not open.
+	bad := append([]byte(nil), dg...)
+	bad[2] &^= byte(FlagFlow)
+	if off, err := Parse(bad, &gh, &gl); err == nil {
+		if _, err := Open(sr, bad, off); err == nil {
+			t.Fatal("datagram with the flow flag cleared opened")
+		}
+	}
+	// An all-zero flow token is refused.
+	zero := append([]byte(nil), dg...)
+	fo := HeaderLen + 16 + 8 + 1 + 5 + 1 + 6 + EpochLen
+	copy(zero[fo:fo+FlowLen], make([]byte, FlowLen))
+	if _, err := Parse(zero, &gh, &gl); err != ErrHello {
+		t.Fatalf("zero flow token: %v, want ErrHello", err)
+	}
+	// Without a flow, the flag stays clear and Flow parses as zero.
+	hl.Flow = [FlowLen]byte{}
+	dg, _ = Seal(cs, make([]byte, MaxDatagram), &h, hl, []byte("body"))
+	gl.Flow = flow
+	if _, err := Parse(dg, &gh, &gl); err != nil || gh.Flags&FlagFlow != 0 || gl.HasFlow() {
+		t.Fatalf("no flow: err %v flags %b flow %x", err, gh.Flags, gl.Flow)
 	}
 }
