@@ -221,6 +221,9 @@ func (s *Server) fromNext(r *ingress.Reader, i int, dg []byte, now int64) {
 	switch h.Type {
 	case wire.TypePong, wire.TypeAck, wire.TypeProbeReply, wire.TypeClose:
 		s.passBack(r, rl, body, now)
+	case wire.TypeQuality:
+		// The next hop's figures of this hop's paths: the intermediate codes
+		// as the router does and does not adapt, so they end here.
 	default:
 		s.returns.Malformed()
 	}

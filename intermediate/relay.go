@@ -74,6 +74,9 @@ func (p *program) NewSession(a *clients.Admission, id uint64, hello *wire.Hello,
 	case err != nil:
 	case rl.target.IsValid():
 		rl.outID, rl.outSend, _, rl.outRecv, err = s.newOutHalf(rl.target)
+		// Its answers to the router keep the next hop's packet IDs: nothing
+		// may be sealed towards the router under IDs of this hop's own.
+		rl.KeepsIDs = true
 	default:
 		// A control session's packet IDs are all its own: from the clock, as
 		// the proxy's, so a run after a restart repeats no nonce under the

@@ -7,6 +7,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/logging"
+	"github.com/raicnet/raic/pkg/quality"
 	"github.com/raicnet/raic/pkg/replypath"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 	// each with its own read loop: 1 (the default) is one, 0 one per CPU
 	// (GOMAXPROCS). Sessions are shared by all (see package ingress).
 	Workers int `toml:"workers"`
+	// ReportInterval is how often each session's router gets a quality report
+	// (received, lost, late, lag) on each of its paths; "0s" turns them off.
+	ReportInterval config.Duration `toml:"report_interval"`
 	// Clients are the routers allowed to use this proxy.
 	Clients []ClientConfig `toml:"client"`
 	// Studio operation: connect tokens, client-address headers, health, drain
@@ -92,6 +96,8 @@ func DefaultConfig() Config {
 			DrainTimeout: config.Duration{Duration: DefaultDrainTimeout},
 		},
 		Workers: 1,
+		// quality reports to the routers (pkg/quality)
+		ReportInterval: config.Duration{Duration: quality.DefaultInterval},
 	}
 }
 
@@ -135,6 +141,9 @@ func (c *Config) check(meta *config.Meta) {
 	meta.Duration("keep_server_port", c.KeepServerPort.Duration, 0, 10*time.Minute)
 	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
 	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
+	if c.ReportInterval.Duration != 0 {
+		meta.Duration("report_interval", c.ReportInterval.Duration, quality.MinInterval, quality.MaxInterval)
+	}
 	c.checkLoad(meta)
 	c.checkProbe(meta)
 	c.checkStudio(meta)

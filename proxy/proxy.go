@@ -124,6 +124,8 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		Prefix:  "proxy", Registry: s.reg, Log: log,
 		OnBatch: func(start int64) { s.load.observeBatch(start, mono.Now()) },
 		Workers: cfg.workers(),
+		// quality reports to the routers (pkg/quality)
+		ReportInterval: reportInterval(cfg.ReportInterval.Duration),
 	}, s.sessions, (*program)(s))
 	if err != nil {
 		return nil, err
@@ -443,4 +445,12 @@ func (ps *proxySession) close() {
 	// Its server port is kept for the flow's next session, unless the proxy
 	// is stopping (keepport.go).
 	ps.srv.ports.ended(ps, !ps.srv.closing.Load(), mono.Now())
+}
+
+// reportInterval is ingress's form of report_interval: "0s" means none.
+func reportInterval(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/token"
 	"github.com/raicnet/raic/pkg/wire"
-	"github.com/raicnet/raic/raic"
 )
 
 // Config is the router's TOML configuration.
@@ -36,7 +35,8 @@ type Config struct {
 	// Choice tunes how a proxy is chosen and when a session moves to another.
 	Choice ChoiceConfig `toml:"choice"`
 	// Scheme is the default RAIC scheme: "copy" (RAIC-1), "xor:2" (RAIC-5 2+1),
-	// "rs:2+2" (RAIC-6), "time:2" (RAICT). A forward may choose its own.
+	// "rs:2+2" (RAIC-6), "time:2" (RAICT), or "auto": chosen per session at run
+	// time from the proxy's quality reports (auto.go). A forward may choose its own.
 	Scheme string `toml:"scheme"`
 	// CopiesPerUplink sends each RAIC-1 datagram this many times on each uplink.
 	// The keepalives tell the proxy (or intermediate), which sends its single-datagram
@@ -167,7 +167,7 @@ func (c *Config) check(meta *config.Meta) {
 	if _, err := wire.ParseKey(c.Key); err != nil && !(c.Key == "" && c.peerOnly()) {
 		meta.Report("key", "%v", err)
 	}
-	if _, err := raic.ParseParams(c.Scheme); err != nil {
+	if _, _, err := parseScheme(c.Scheme); err != nil {
 		meta.Report("scheme", "%v", err)
 	}
 	meta.Int("copies_per_uplink", c.CopiesPerUplink, 1, 4)
@@ -258,7 +258,7 @@ func (c *Config) check(meta *config.Meta) {
 		meta.AddrPort(key("server"), f.Server)
 		if !meta.IsDefined(key("scheme")) {
 			f.Scheme = c.Scheme
-		} else if _, err := raic.ParseParams(f.Scheme); err != nil {
+		} else if _, _, err := parseScheme(f.Scheme); err != nil {
 			meta.Report(key("scheme"), "%v", err)
 		}
 		if !meta.IsDefined(key("expected_pps")) {

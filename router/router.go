@@ -25,6 +25,7 @@ import (
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxychoice"
+	"github.com/raicnet/raic/pkg/quality"
 	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/udp"
@@ -66,6 +67,11 @@ type Router struct {
 	sup     *suppression // [suppress] at run time (suppression.go); nil when off
 	tcp     *tcpSide     // [tcp] at run time (tcp.go); nil when off
 	peers   []*peerRun   // [[peer]] at run time (peer.go)
+
+	quality        []*uplinkQuality // per uplink, from the proxies' reports (auto.go)
+	qbufs          [][]byte         // per uplink: the reply-direction reports its goroutine seals
+	schemeSwitches *metrics.Counter
+	replyReports   *metrics.Counter
 }
 
 type counters struct {
@@ -126,6 +132,7 @@ type forward struct {
 	conn     *udp.Conn
 	server   netip.AddrPort
 	params   raic.Params
+	auto     bool // scheme = "auto" (auto.go)
 	interval time.Duration
 	flows    *session.Table[netip.AddrPort, *routerSession]
 	delayed  *delayQueue
@@ -181,6 +188,11 @@ type routerSession struct {
 	chosen atomic.Pointer[string] // why it is on its proxy now (status.go)
 
 	sup suppress.SessionTiming // packet timing for suppression (suppression.go)
+
+	auto *autoState // scheme = "auto": the adaptive choice (auto.go); nil otherwise
+	// replies measures what each uplink delivers of the proxy's replies; the
+	// figures go back to it in quality reports (auto.go).
+	replies quality.Tracker[int]
 }
 
 // New builds a router from a checked config: it opens the uplink sockets and the
@@ -232,6 +244,7 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 		})
 	}
 	r.newProxies()
+	r.initQuality()
 	// The flow tables own a session's lifetime (idle expiry, eviction); byID only
 	// finds sessions for the receive path, so it is sized to hold them all,
 	// twice over for flows in the middle of a move, and transparent mode's too.
@@ -242,12 +255,12 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 	for i, fc := range cfg.Forwards {
 		listen, _ := netip.ParseAddrPort(fc.Listen)
 		server, _ := netip.ParseAddrPort(fc.Server)
-		params, _ := raic.ParseParams(fc.Scheme)
+		params, auto, _ := parseScheme(fc.Scheme)
 		conn, err := udp.Listen("udp", udp.Options{Local: listen, RecvBuffer: 1 << 20, SendBuffer: 1 << 20})
 		if err != nil {
 			return nil, fmt.Errorf("forward %s: %w", fc.Listen, err)
 		}
-		f := &forward{idx: i, conn: conn, server: server, params: params,
+		f := &forward{idx: i, conn: conn, server: server, params: params, auto: auto,
 			interval: time.Duration(float64(time.Second) / fc.ExpectedPPS)}
 		f.flows = session.NewTable(session.Config[netip.AddrPort, *routerSession]{
 			MaxEntries: cfg.MaxSessions, IdleTimeout: cfg.SessionIdle.Duration,
@@ -313,6 +326,9 @@ func (r *Router) newSessionPrefer(side gameSide, client, target netip.AddrPort, 
 	rs.interval = int64(interval)
 	rs.expected = int64(interval)
 	rs.lastSwitch = now
+	if autoFor(side) {
+		rs.auto = newAuto(params, now)
+	}
 	rs.cur.Store(rs)
 	return rs, nil
 }
@@ -558,6 +574,7 @@ func (r *Router) registerSession(rs *routerSession, now int64) {
 func (r *Router) sendPacket(rs *routerSession, pkt []byte, now int64, dq *delayQueue) {
 	r.m.fromGame.Inc()
 	t := rs.cur.Load()
+	rs.applyAuto(t)
 	_, dgs, err := t.send.Seal(pkt, now)
 	if err != nil {
 		if errors.Is(err, raic.ErrTooLarge) {
@@ -626,6 +643,7 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 			return
 		}
 	}
+	r.noteReply(u, rs, h, now)
 	body, ok := r.returns.Open(rs.recv, dg, h, off, now, rs)
 	if !ok {
 		return
@@ -665,6 +683,8 @@ func (r *Router) fromProxy(u *uplinkConn, dg []byte, h *wire.Header, now int64) 
 			return
 		}
 		r.onProbeReply(rs.px, &rep, now)
+	case wire.TypeQuality:
+		r.onQuality(u, body)
 	case wire.TypeClose:
 		// A session the flow has moved away from ends quietly; only the
 		// current one's end is the flow's.
@@ -748,6 +768,7 @@ func (r *Router) pinger(ctx context.Context) {
 			}
 			r.byID.Range(func(_ uint64, rs *routerSession) bool { rs.recv.Expire(now); return true })
 			r.keepPathsAlive(buf, now)
+			r.adaptSchemes(now)
 		}
 	}
 }

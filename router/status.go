@@ -35,6 +35,13 @@ type UplinkStatus struct {
 	PingsSent   uint64  `json:"pings"`
 	UpQueueMs   float64 `json:"up_queue_ms"`
 	DownQueueMs float64 `json:"down_queue_ms"`
+	// From the proxies' quality reports on this uplink (smoothed): its data
+	// datagrams lost and late (0..1), and how far behind the fastest uplink
+	// they arrive.
+	ReportedLoss float64 `json:"reported_loss"`
+	ReportedLate float64 `json:"reported_late"`
+	ReportedLag  float64 `json:"reported_lag_ms"`
+	Reports      uint64  `json:"quality_reports"`
 }
 
 // SessionStatus is one game flow.
@@ -53,6 +60,12 @@ type SessionStatus struct {
 	ProxyReason string   `json:"proxy_reason"`
 	Preferred   []string `json:"preferred,omitempty"` // the app's preferred proxies
 	ExpectedPPS float64  `json:"expected_pps"`        // from the app table or expected_pps
+
+	// scheme = "auto": why the session has its scheme, and its last changes
+	// ("12.0s: copy -> rs:2+2: uplink lte loss 9.8% (...)", seconds since it
+	// started).
+	SchemeWhy     string   `json:"scheme_reason,omitempty"`
+	SchemeChanges []string `json:"scheme_changes,omitempty"`
 }
 
 // SuppressionStatus is the enforcement level of one uplink, per direction, and
@@ -80,6 +93,8 @@ func (r *Router) Status() Status {
 			DownEvents: h.DownEvents, PongsSeen: h.PongsReceived, PingsSent: h.PingsSent,
 			UpQueueMs: ms(int64(h.UpQueue)), DownQueueMs: ms(int64(h.DownQueue)),
 		})
+		us := &st.Uplinks[len(st.Uplinks)-1]
+		us.ReportedLoss, us.ReportedLate, us.ReportedLag, us.Reports = r.qualityStatus(u.idx)
 	}
 	r.byID.Range(func(_ uint64, rs *routerSession) bool {
 		if rs.head != rs || rs.side == nil {
@@ -104,6 +119,9 @@ func (r *Router) Status() Status {
 			if rs.prefer.Has(px.idx) {
 				ss.Preferred = append(ss.Preferred, px.name)
 			}
+		}
+		if scheme, why, changes, ok := rs.autoStatus(); ok {
+			ss.Scheme, ss.SchemeWhy, ss.SchemeChanges = scheme, why, changes
 		}
 		if rs.expected > 0 {
 			ss.ExpectedPPS = 1e9 / float64(rs.expected)

@@ -239,6 +239,7 @@ type transparent struct {
 	tun    *water.Interface // gw's, read and written by the data path
 	dp     *bpf.Datapath    // gw's, read by the data path
 	params raic.Params
+	auto   bool // scheme = "auto" (auto.go)
 	done   chan struct{}
 
 	// Proxied flows (their sessions) and flows handed back to the kernel.
@@ -348,12 +349,12 @@ func (r *Router) setupTransparent() error {
 // classifiers, reply buffers. setupKernel adds the kernel side.
 func newTransparent(r *Router) (*transparent, error) {
 	tc := &r.cfg.Transparent
-	params, err := raic.ParseParams(r.cfg.Scheme)
+	params, auto, err := parseScheme(r.cfg.Scheme)
 	if err != nil {
 		return nil, err
 	}
 	t := &transparent{
-		r: r, cfg: tc, params: params, done: make(chan struct{}),
+		r: r, cfg: tc, params: params, auto: auto, done: make(chan struct{}),
 		polls: map[bpf.FlowKey]*pollState{}, m: newTPCounters(r.reg),
 	}
 	t.bufs.New = func() any { b := make([]byte, nat.HeaderLen+nat.MaxPayload); return &b }

@@ -124,6 +124,13 @@ type Outage struct {
 	End   Duration `toml:"end" json:"end"`
 }
 
+// LossStep is a window with a loss probability of its own.
+type LossStep struct {
+	Start Duration `toml:"start" json:"start"`
+	End   Duration `toml:"end" json:"end"`
+	Loss  float64  `toml:"loss" json:"loss"`
+}
+
 // GE holds raw Gilbert–Elliott parameters, with netem's names: P is the
 // probability of moving from the good to the bad state per packet, R from bad to
 // good; LossBad (netem's 1-h) and LossGood (netem's 1-k) are the loss
@@ -176,6 +183,10 @@ type Config struct {
 	QueueTime  Duration `toml:"queue_time" json:"queue_time"`
 	// Outages lists windows relative to the link's start when nothing gets through.
 	Outages []Outage `toml:"outages" json:"outages,omitempty"`
+	// LossSteps change the Bernoulli loss within windows relative to the
+	// link's start (a loss step: clean, then lossy, then clean again); outside
+	// them Loss applies. Ignored when GE is set.
+	LossSteps []LossStep `toml:"loss_steps" json:"loss_steps,omitempty"`
 	// Seed makes the random choices reproducible; 0 picks a random seed, which the
 	// link reports (Link.Seed) so a failing run can be replayed.
 	Seed uint64 `toml:"seed" json:"seed"`
@@ -218,6 +229,14 @@ func (c *Config) Validate() error {
 	for _, o := range c.Outages {
 		if o.Start < 0 || o.End < o.Start {
 			return fmt.Errorf("linkem: bad outage %v-%v", o.Start.D(), o.End.D())
+		}
+	}
+	for _, s := range c.LossSteps {
+		if s.Start < 0 || s.End < s.Start {
+			return fmt.Errorf("linkem: bad loss step %v-%v", s.Start.D(), s.End.D())
+		}
+		if err := prob("loss step", s.Loss); err != nil {
+			return err
 		}
 	}
 	return nil

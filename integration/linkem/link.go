@@ -241,7 +241,13 @@ func (l *Link) lose(now int64) Cause {
 		}
 		return Delivered
 	}
-	if l.cfg.Loss > 0 && l.rng.Float64() < l.cfg.Loss {
+	loss := l.cfg.Loss
+	for _, s := range l.cfg.LossSteps {
+		if rel >= int64(s.Start) && rel < int64(s.End) {
+			loss = s.Loss
+		}
+	}
+	if loss > 0 && l.rng.Float64() < loss {
 		return DropLoss
 	}
 	return Delivered

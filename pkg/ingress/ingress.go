@@ -30,6 +30,7 @@ import (
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/quality"
 	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/session"
 	"github.com/raicnet/raic/pkg/tunnel"
@@ -51,6 +52,14 @@ type Peer struct {
 	Paths  replypath.Set  // the router addresses replies go to
 	Scheme Scheme         // the RAIC scheme of the router's data
 	Epoch  atomic.Uint64  // the restart epoch the session's keys are for (0: none)
+	// Quality measures what each router path delivers of the session's data;
+	// its figures go back on each path as quality reports (quality.go).
+	Quality quality.Tracker[netip.AddrPort]
+	// KeepsIDs: the session's datagrams to the router carry the packet IDs
+	// of a hop further on (an intermediate relaying a proxy's replies), so
+	// ingress seals nothing of its own for it (no quality reports: their
+	// IDs would collide with relayed ones).
+	KeepsIDs bool
 
 	lastAck atomic.Int64
 	local   localAddr // the proxy address the router sends to (sticky source)
@@ -150,6 +159,9 @@ type Config struct {
 	Registry    *metrics.Registry
 	Log         *slog.Logger
 	HelloMaxAge time.Duration
+	// ReportInterval is how often each session's router gets a quality report
+	// on each path (quality.go); 0: quality.DefaultInterval, below 0: none.
+	ReportInterval time.Duration
 	// OnBatch, if set, runs after each batch read with the batch's start time
 	// (the proxy's load meter). With several workers it runs on each.
 	OnBatch func(start int64)
@@ -190,6 +202,10 @@ type counters struct {
 	// Path validation (replypath.Set.Heard): challenges sent, answers that
 	// validated an address, replies held back from one not yet validated.
 	challenges, validated, unvalidatedHeld *metrics.Counter
+
+	// Quality reports sent, and the figures of those received (quality.go).
+	reports                             *metrics.Counter
+	replyReceived, replyLost, replyLate *metrics.Counter
 }
 
 func newCounters(r *metrics.Registry, prefix string, tokens bool) counters {
@@ -216,6 +232,10 @@ func newCounters(r *metrics.Registry, prefix string, tokens bool) counters {
 		challenges:      r.Counter(prefix+"_path_challenges_total", "Path challenges sent to router addresses not yet validated."),
 		validated:       r.Counter(prefix+"_paths_validated_total", "Router addresses validated by a path response."),
 		unvalidatedHeld: r.Counter(prefix+"_unvalidated_path_held_total", "Datagrams not sent to a router address not yet validated: it had had 3x the bytes it sent."),
+		reports:         r.Counter(prefix+"_quality_reports_total", "Quality reports sent to routers (one per path and interval)."),
+		replyReceived:   r.Counter(prefix+"_reply_datagrams_reported_received_total", "Reply datagrams the routers' quality reports say arrived."),
+		replyLost:       r.Counter(prefix+"_reply_datagrams_reported_lost_total", "Reply datagrams the routers' quality reports say were lost."),
+		replyLate:       r.Counter(prefix+"_reply_datagrams_reported_late_total", "Reply datagrams the routers' quality reports say came late."),
 	}
 	if tokens {
 		m.tokenRefused = map[clients.Refusal]*metrics.Counter{}
@@ -472,6 +492,7 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 	switch {
 	case errors.Is(err, tunnel.ErrDuplicate):
 		in.m.duplicate.Inc()
+		in.noteQuality(r, p, from, now)
 		// A router's copies on its slower uplinks arrive as duplicates: they keep
 		// a path already known fresh, never add one.
 		p.Paths.Refresh(from, len(dg), now)
@@ -502,6 +523,7 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 	if r.sink.Due {
 		in.challenge(r, p, r.sink.Challenge)
 	}
+	in.noteQuality(r, p, from, now)
 	if in.cfg.AuthenticatedKeepAlive && (h.Type == wire.TypeData || h.Type == wire.TypePing || h.Type == wire.TypeProbe) {
 		// Game traffic (and a control session's keepalive pings) keeps the
 		// session alive; keepalives of an idle game session do not, so it
@@ -516,6 +538,10 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 		// each: replies get as many on each path, and make up for the paths
 		// never heard from.
 		p.Paths.NoteKeepalive(body)
+	case wire.TypeQuality:
+		// The router's figures of the replies on this path: this hop's.
+		in.onQuality(body)
+		return
 	}
 	if in.prog.Pass(r, s, body, from, now) {
 		return

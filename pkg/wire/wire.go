@@ -137,7 +137,10 @@ const (
 	// own on those sessions could be one the next hop uses next.
 	TypePathChallenge Type = 9
 	TypePathResponse  Type = 10
-	typeLimit         Type = 11
+	// TypeQuality is a quality report: what the sender received on the path
+	// the report travels on over the last interval (Quality in quality.go).
+	TypeQuality Type = 11
+	typeLimit   Type = 12
 )
 
 // PathTokenLen is the body length of a path challenge and its response.
@@ -176,6 +179,8 @@ func (t Type) String() string {
 		return "path-challenge"
 	case TypePathResponse:
 		return "path-response"
+	case TypeQuality:
+		return "quality"
 	}
 	return "unknown"
 }

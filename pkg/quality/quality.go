@@ -1,0 +1,249 @@
+// Package quality measures, per path of one session, what the receiving side
+// gets of the far side's data: datagrams received, lost, late, and how far each
+// path lags behind the fastest one. The figures go back to the sender in
+// wire.TypeQuality reports, one per path on that path, every report interval;
+// the router adapts its RAIC scheme to them (router/auto.go).
+//
+// Everything is computed from the packet IDs and shard descriptors the data
+// already carries, in a fixed window of the last Window packet IDs: no
+// timestamps on the wire, nothing allocated per datagram, one small mutex per
+// session.
+//
+// How loss is found. A packet's datagrams are told apart by their shard
+// descriptor (index, and fragment for X-fragments), mapped to one of 16 bits.
+// Each path learns which bits it carries (the union of what arrived on it over
+// the last two report intervals: every bit for copies, its share of the shards
+// for codes spread over the uplinks). When a packet ID leaves the window, each
+// path is charged one lost datagram for every bit it carries that the packet
+// had (what any path received of it, and every shard of an unfragmented coded
+// packet, whose count the descriptor says) but that never arrived on it.
+// Control messages take packet IDs too, but never reach a tracker, so they are
+// not mistaken for gaps. A packet lost on every path is seen by none and not
+// counted (the figures are per path, for choosing a scheme). Right after the
+// sender moves shards between paths (an uplink went down) the carried bits lag
+// by up to two intervals, which can overstate a path's loss meanwhile; a
+// change of scheme (another shard count or k) starts the carried bits over.
+package quality
+
+import (
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// Window is how many packet IDs are tracked (64: a second at 60 packets/s,
+// and each session keeps 2 KB for it): a datagram that arrives more than
+// this many packets after the newest one is counted late (and it was counted
+// lost when its packet left the window).
+const Window = 64
+
+// MaxPaths bounds the paths tracked per session (a router has up to four
+// uplinks); a new path takes the place of
+// the one heard from least recently.
+const MaxPaths = 4
+
+// LateAfter is how long after the first datagram of a packet (on any path) a
+// datagram of the same packet counts as late: a game takes the first copy, so a
+// copy this far behind is of no use.
+const LateAfter = 50 * time.Millisecond
+
+// DefaultInterval is the report interval when none is configured;
+// MinInterval and MaxInterval bound the configured one.
+const (
+	DefaultInterval = time.Second
+	MinInterval     = 100 * time.Millisecond
+	MaxInterval     = 10 * time.Second
+)
+
+type slot struct {
+	pid   uint64
+	first int64            // when its first datagram arrived, on any path
+	all   uint16           // the bits an unfragmented coded packet has
+	shape uint16           // the scheme's shape when it arrived (Tracker.shape)
+	got   [MaxPaths]uint16 // per path: the bits that arrived on it
+}
+
+type path[K comparable] struct {
+	key                  K
+	used                 bool
+	last                 int64
+	carried, carriedPrev uint16
+	received, lost, late uint32
+	lagSum, lagMax       int64
+	lagN                 uint32
+}
+
+// Tracker keeps the figures of one session's paths, each path known by a key:
+// the proxy uses the router's address, the router its uplink index. The zero
+// value is ready.
+type Tracker[K comparable] struct {
+	mu      sync.Mutex
+	paths   [MaxPaths]path[K]
+	ring    [Window]slot
+	highest uint64
+	packets uint32
+	shape   uint16       // Count and K of the last data datagram: the scheme's shape
+	last    atomic.Int64 // when the last reports were taken
+}
+
+// Report is the figures of one path over one interval.
+type Report[K comparable] struct {
+	Key K
+	Q   wire.Quality
+}
+
+// shardBit maps a datagram's descriptor to its bit: the shard index, plus the
+// fragment index times the shard count, so each datagram of a packet has its
+// own bit (modulo 16).
+func shardBit(d wire.Desc) uint16 {
+	n := int(d.Count)
+	if n == 0 {
+		n = 1
+	}
+	return 1 << ((int(d.Index) + n*int(d.Frag&0x7f)) % 16)
+}
+
+// Note records one data datagram of packet pid, with descriptor d, that
+// arrived on path k at now (duplicates too: they are what the slower paths
+// deliver).
+func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.last.Load() == 0 {
+		t.last.Store(now)
+	}
+	if sh := uint16(d.Count)<<8 | uint16(d.K); sh != t.shape {
+		// The sender changed its scheme: which bits a path carries is to be
+		// learned again, or the old scheme's bits would count as lost.
+		t.shape = sh
+		for i := range t.paths {
+			t.paths[i].carried, t.paths[i].carriedPrev = 0, 0
+		}
+	}
+	p := t.path(k, now)
+	ps := &t.paths[p]
+	ps.received++
+	if t.highest == 0 {
+		t.highest = pid - 1
+	}
+	if pid+Window <= t.highest {
+		ps.late++ // long after its packet left the window (and was counted lost)
+		return
+	}
+	if pid > t.highest {
+		t.advance(pid)
+	}
+	s := &t.ring[pid%Window]
+	if s.pid != pid {
+		*s = slot{pid: pid, first: now, shape: t.shape}
+		t.packets++
+	}
+	if d.Frag == 0x80 && d.Count > 1 { // one fragment only, coded: all its shards are known
+		s.all |= uint16(1<<min(int(d.Count), 16) - 1)
+	}
+	b := shardBit(d)
+	if s.got[p] == 0 {
+		lag := now - s.first
+		ps.lagSum += lag
+		ps.lagN++
+		ps.lagMax = max(ps.lagMax, lag)
+	}
+	if now-s.first > int64(LateAfter) {
+		ps.late++
+	}
+	s.got[p] |= b
+	ps.carried |= b
+}
+
+// path returns the index of path k, taking a slot for it when it is new.
+func (t *Tracker[K]) path(k K, now int64) int {
+	oldest := 0
+	for i := range t.paths {
+		p := &t.paths[i]
+		if p.used && p.key == k {
+			p.last = now
+			return i
+		}
+		if !p.used || (t.paths[oldest].used && p.last < t.paths[oldest].last) {
+			oldest = i
+		}
+	}
+	t.paths[oldest] = path[K]{key: k, used: true, last: now}
+	for i := range t.ring {
+		t.ring[i].got[oldest] = 0
+	}
+	return oldest
+}
+
+// advance moves the window's newest packet ID to pid, charging each path for
+// what the packets leaving the window lacked.
+func (t *Tracker[K]) advance(pid uint64) {
+	steps := min(pid-t.highest, Window)
+	for id := pid - steps + 1; id <= pid; id++ {
+		s := &t.ring[id%Window]
+		if s.pid != 0 {
+			t.settle(s)
+		}
+		*s = slot{}
+	}
+	t.highest = pid
+}
+
+func (t *Tracker[K]) settle(s *slot) {
+	if s.shape != t.shape {
+		return // sent before a change of scheme: the paths' carried bits are the new scheme's
+	}
+	had := s.all
+	for i := range s.got {
+		had |= s.got[i]
+	}
+	for i := range t.paths {
+		p := &t.paths[i]
+		if !p.used {
+			continue
+		}
+		if miss := had & (p.carried | p.carriedPrev) &^ s.got[i]; miss != 0 {
+			p.lost += uint32(bits.OnesCount16(miss))
+		}
+	}
+}
+
+// Due reports, to one caller, that reports are due: every interval since the
+// last. Lock-free, for the receive path.
+func (t *Tracker[K]) Due(now int64, interval time.Duration) bool {
+	last := t.last.Load()
+	return last != 0 && now-last >= int64(interval) && t.last.CompareAndSwap(last, now)
+}
+
+// Take fills out with the figures of each path heard from since the last Take
+// (or whose datagrams were lost meanwhile), resets them for the next interval,
+// and returns how many it filled. Figures of the packets still in the window
+// are left for the next interval.
+func (t *Tracker[K]) Take(now int64, interval time.Duration, out *[MaxPaths]Report[K]) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for i := range t.paths {
+		p := &t.paths[i]
+		if !p.used {
+			continue
+		}
+		if p.received+p.lost > 0 {
+			q := wire.Quality{IntervalMs: uint16(min(interval.Milliseconds(), 65535)),
+				Received: p.received, Lost: p.lost, Late: p.late, Packets: t.packets}
+			if p.lagN > 0 {
+				q.LagMeanUs = uint32(min(p.lagSum/int64(p.lagN)/1000, 1<<32-1))
+			}
+			q.LagMaxUs = uint32(min(p.lagMax/1000, 1<<32-1))
+			out[n] = Report[K]{Key: p.key, Q: q}
+			n++
+		}
+		p.received, p.lost, p.late, p.lagSum, p.lagMax, p.lagN = 0, 0, 0, 0, 0, 0
+		p.carriedPrev, p.carried = p.carried, 0
+	}
+	t.packets = 0
+	return n
+}
