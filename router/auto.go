@@ -244,6 +244,11 @@ func (r *Router) switchReason(from, to raic.Params, q []raic.UplinkQuality, curR
 	} else {
 		fmt.Fprintf(&b, "uplink %s loss %.1f%%", r.uplinks[worst].name, 100*q[worst].Loss)
 	}
+	for i := range q {
+		if i != worst {
+			fmt.Fprintf(&b, ", %s %.1f%%", r.uplinks[i].name, 100*q[i].Loss)
+		}
+	}
 	if urgent {
 		fmt.Fprintf(&b, " (%v would lose %.2g%%, target %.2g%%)", from, 100*curRes, 100*autoTarget)
 	} else if raic.Overhead(to) == raic.Overhead(from) {
