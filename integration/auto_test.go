@@ -52,7 +52,7 @@ type stepRun struct {
 // loss must stay near the best fixed scheme's: within 20% of it or, the counts
 // being small, within 0.1% of the packets sent (the choice's target).
 func TestLoopbackAutoSchemeLossStep(t *testing.T) {
-	const rate, secs = 200, 28
+	const rate, secs = 200, 34
 	const n = rate * secs
 	var runs []stepRun
 	for _, scheme := range []string{"auto", "copy", "rs:2+2", "rs:2+3"} {

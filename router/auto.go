@@ -26,9 +26,9 @@ import (
 //   - a scheme that no longer meets the target by a margin (its theoretical
 //     residual loss over the measured uplinks above autoUpMargin times the
 //     target) is left at the next evaluation: protection is urgent;
-//   - otherwise a different pick (usually a cheaper one, once the loss has
-//     gone) must be the pick for autoConfirm evaluations in a row, and the
-//     session must have kept its scheme for autoHold;
+//   - otherwise the pick must differ from the current scheme (usually a
+//     cheaper one, once the loss has gone) for autoConfirm evaluations in a
+//     row, and the session must have kept its scheme for autoHold;
 //   - each change is logged with its reason and counted.
 
 // AutoScheme is the scheme key's value that asks for the adaptive choice.
@@ -207,11 +207,11 @@ func (r *Router) adapt(rs *routerSession, now int64) {
 	}
 	curRes := raic.ResidualLoss(a.cur, loss)
 	urgent := curRes > autoUpMargin*autoTarget
-	if want == a.pending {
-		a.streak++
-	} else {
-		a.pending, a.streak = want, 1
-	}
+	// Any pick other than the current one counts towards a change, not only
+	// the same pick again: near a boundary the pick may alternate between two
+	// schemes that both differ from the current one. The latest pick is taken.
+	a.pending = want
+	a.streak++
 	if !urgent && (a.streak < autoConfirm || now-a.since < int64(autoHold)) {
 		return
 	}
