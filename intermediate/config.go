@@ -6,9 +6,7 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/pkg/clients"
-
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/wire"
 )
@@ -32,15 +30,9 @@ import (
 //	[[next.uplink]]
 //	source = "198.18.32.2"
 type Config struct {
-	// Listen is the UDP address routers (or an intermediate before this one) send to.
-	Listen string `toml:"listen"`
-	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
-	Metrics string `toml:"metrics"`
-	// LogLevel is debug, info, warn or error.
-	LogLevel string `toml:"log_level"`
-	// MaxSessions bounds the relayed sessions; the least recently used one is
-	// evicted (and counted) when a new one would exceed it.
-	MaxSessions int `toml:"max_sessions"`
+	// Serving is listen, metrics, log_level and max_sessions (the relayed
+	// sessions).
+	config.Serving
 	// SessionIdle ends a session after this long without traffic either way.
 	SessionIdle config.Duration `toml:"session_idle"`
 	// ReplyWindow: replies go to every address the session's datagrams came from
@@ -90,8 +82,8 @@ type UplinkConfig struct {
 
 // Defaults.
 const (
-	DefaultListen       = "0.0.0.0:4500"
-	DefaultMaxSessions  = 10000
+	DefaultListen       = config.DefaultServingListen
+	DefaultMaxSessions  = config.DefaultServingMaxSessions
 	DefaultSessionIdle  = 60 * time.Second
 	DefaultReplyWindow  = replypath.DefaultWindow // routers refresh every path once a second
 	DefaultHelloMaxAge  = 30 * time.Second
@@ -104,16 +96,13 @@ const (
 const (
 	minPingInterval = 10 * time.Millisecond
 	maxPingInterval = 10 * time.Second
-	maxSessionsCap  = 1 << 22 // each session holds a socket
 )
 
 // DefaultConfig is the configuration before a file is read: every key a file
 // leaves out keeps the value it has here.
 func DefaultConfig() Config {
 	return Config{
-		Listen:      DefaultListen,
-		LogLevel:    "info",
-		MaxSessions: DefaultMaxSessions,
+		Serving:     config.DefaultServing(),
 		SessionIdle: config.Duration{Duration: DefaultSessionIdle},
 		ReplyWindow: config.Duration{Duration: DefaultReplyWindow},
 		HelloMaxAge: config.Duration{Duration: DefaultHelloMaxAge},
@@ -127,34 +116,17 @@ func DefaultConfig() Config {
 // LoadConfig reads, defaults and checks a config file. Every error of the file
 // is returned at once, each naming the file, line and key.
 func LoadConfig(path string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.Check(path, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return config.LoadAs(path, DefaultConfig(), (*Config).check)
 }
 
 // ParseConfig is LoadConfig for a config held in a string (name is used in errors).
 func ParseConfig(name, text string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.CheckText(name, text, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return config.ParseAs(name, text, DefaultConfig(), (*Config).check)
 }
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	if ap, ok := meta.AddrPort("listen", c.Listen); ok {
-		meta.Listen("listen", ap)
-	}
-	if c.Metrics != "" {
-		meta.HostPort("metrics", c.Metrics)
-	}
-	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		meta.Report("log_level", "%v", err)
-	}
-	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
+	c.Serving.Check(meta)
 	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
 	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
 	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)

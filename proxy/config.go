@@ -4,23 +4,14 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/pkg/clients"
-
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/replypath"
 )
 
 // Config is the proxy's TOML configuration.
 type Config struct {
-	// Listen is the UDP address routers send to.
-	Listen string `toml:"listen"`
-	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
-	Metrics string `toml:"metrics"`
-	// LogLevel is debug, info, warn or error.
-	LogLevel string `toml:"log_level"`
-	// MaxSessions bounds the session table; the least recently used session is
-	// evicted (and counted) when a new one would exceed it.
-	MaxSessions int `toml:"max_sessions"`
+	// Serving is listen, metrics, log_level and max_sessions.
+	config.Serving
 	// SessionIdle ends a session after this long without traffic either way.
 	SessionIdle config.Duration `toml:"session_idle"`
 	// ReplyWindow: replies go to every address the session's datagrams came from
@@ -58,8 +49,8 @@ type ClientConfig = clients.Config
 
 // Defaults.
 const (
-	DefaultListen      = "0.0.0.0:4500"
-	DefaultMaxSessions = 10000
+	DefaultListen      = config.DefaultServingListen
+	DefaultMaxSessions = config.DefaultServingMaxSessions
 	DefaultSessionIdle = 60 * time.Second
 	DefaultReplyWindow = replypath.DefaultWindow // routers refresh every path once a second
 	DefaultHelloMaxAge = 30 * time.Second
@@ -70,9 +61,7 @@ const (
 // leaves out keeps the value it has here.
 func DefaultConfig() Config {
 	return Config{
-		Listen:          DefaultListen,
-		LogLevel:        "info",
-		MaxSessions:     DefaultMaxSessions,
+		Serving:         config.DefaultServing(),
 		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
 		ReplyWindow:     config.Duration{Duration: DefaultReplyWindow},
 		HelloMaxAge:     config.Duration{Duration: DefaultHelloMaxAge},
@@ -92,38 +81,21 @@ func DefaultConfig() Config {
 // LoadConfig reads, defaults and checks a proxy config file. Every error of
 // the file is returned at once, each naming the file, line and key.
 func LoadConfig(path string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.Check(path, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return config.LoadAs(path, DefaultConfig(), (*Config).check)
 }
 
 // ParseConfig is LoadConfig for a config held in a string (name is used in errors).
 func ParseConfig(name, text string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.CheckText(name, text, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return config.ParseAs(name, text, DefaultConfig(), (*Config).check)
 }
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	if ap, ok := meta.AddrPort("listen", c.Listen); ok {
-		meta.Listen("listen", ap)
-	}
-	if c.Metrics != "" {
-		meta.HostPort("metrics", c.Metrics)
-	}
+	c.Serving.Check(meta)
 	if c.TCPListen != "" {
 		// TCP, so it may share the UDP listen port.
 		meta.AddrPort("tcp_listen", c.TCPListen)
 	}
-	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		meta.Report("log_level", "%v", err)
-	}
-	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
 	meta.Int("workers", c.Workers, 0, maxWorkers)
 	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
 	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
@@ -136,6 +108,3 @@ func (c *Config) check(meta *config.Meta) {
 
 // maxWorkers bounds workers: far more read loops than cores only adds sockets.
 const maxWorkers = 256
-
-// maxSessionsCap bounds max_sessions: each session holds a socket.
-const maxSessionsCap = 1 << 22

@@ -9,7 +9,6 @@ import (
 
 	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/token"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
@@ -56,9 +55,9 @@ type Config struct {
 	// keepalive answer came within DownAfter, and up again on the next answer.
 	PingInterval config.Duration `toml:"ping_interval"`
 	DownAfter    config.Duration `toml:"down_after"`
-	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
-	Metrics  string `toml:"metrics"`
-	LogLevel string `toml:"log_level"`
+	// Common is metrics (Prometheus text, /status and the live page) and
+	// log_level.
+	config.Common
 
 	Uplinks  []UplinkConfig  `toml:"uplink"`
 	Forwards []ForwardConfig `toml:"forward"`
@@ -134,7 +133,7 @@ func DefaultConfig() Config {
 		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
 		PingInterval:    config.Duration{Duration: DefaultPingInterval},
 		DownAfter:       config.Duration{Duration: DefaultDownAfter},
-		LogLevel:        "info",
+		Common:          config.DefaultCommon(),
 		Suppress:        defaultSuppressConfig(),
 	}
 }
@@ -142,20 +141,12 @@ func DefaultConfig() Config {
 // LoadConfig reads, defaults and checks a router config file. Every error of
 // the file is returned at once, each naming the file, line and key.
 func LoadConfig(path string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.Check(path, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return config.LoadAs(path, DefaultConfig(), (*Config).check)
 }
 
-// ParseConfig is LoadConfig for a config held in a string.
+// ParseConfig is LoadConfig for a config held in a string (name is used in errors).
 func ParseConfig(name, text string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.CheckText(name, text, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return config.ParseAs(name, text, DefaultConfig(), (*Config).check)
 }
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
@@ -182,12 +173,7 @@ func (c *Config) check(meta *config.Meta) {
 		meta.Report("down_after", "must be at least ping_interval (%v)", c.PingInterval.Duration)
 	}
 	meta.Duration("down_after", c.DownAfter.Duration, MinPingInterval, MaxDownAfter)
-	if c.Metrics != "" {
-		meta.HostPort("metrics", c.Metrics)
-	}
-	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		meta.Report("log_level", "%v", err)
-	}
+	c.Common.Check(meta)
 	if len(c.Uplinks) == 0 {
 		meta.Report("uplink", "no [[uplink]] configured")
 		return // the proxy, choice and suppression checks need the uplinks

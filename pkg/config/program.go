@@ -1,0 +1,85 @@
+package config
+
+import (
+	"github.com/raicnet/raic/pkg/logging"
+)
+
+// Common holds the keys every program has. Each program's Config embeds it,
+// so the keys read, default and check alike everywhere.
+type Common struct {
+	// Metrics, when set, serves Prometheus text at http://Metrics/metrics (and
+	// the router's status pages there).
+	Metrics string `toml:"metrics"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `toml:"log_level"`
+}
+
+// DefaultLogLevel is every program's log level when the file names none.
+const DefaultLogLevel = "info"
+
+// DefaultCommon is Common before a file is read.
+func DefaultCommon() Common { return Common{LogLevel: DefaultLogLevel} }
+
+// Check records what is wrong with the common keys on m.
+func (c *Common) Check(m *Meta) {
+	if c.Metrics != "" {
+		// Checked here rather than when the listener opens, so that -check catches it.
+		m.HostPort("metrics", c.Metrics)
+	}
+	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
+		m.Report("log_level", "%v", err)
+	}
+}
+
+// Serving holds, besides Common, the keys of the programs that routers send
+// to (the proxy and the intermediate): the address they listen on and the size
+// of their session table.
+type Serving struct {
+	Common
+	// Listen is the UDP address routers (or an intermediate before this one)
+	// send to.
+	Listen string `toml:"listen"`
+	// MaxSessions bounds the session table; the least recently used session
+	// is evicted (and counted) when a new one would exceed it.
+	MaxSessions int `toml:"max_sessions"`
+}
+
+// Defaults of Serving.
+const (
+	DefaultServingListen      = "0.0.0.0:4500"
+	DefaultServingMaxSessions = 10000
+	// MaxServingSessions bounds max_sessions: each session holds a socket.
+	MaxServingSessions = 1 << 22
+)
+
+// DefaultServing is Serving before a file is read.
+func DefaultServing() Serving {
+	return Serving{Common: DefaultCommon(), Listen: DefaultServingListen, MaxSessions: DefaultServingMaxSessions}
+}
+
+// Check records what is wrong with the serving keys on m.
+func (s *Serving) Check(m *Meta) {
+	if ap, ok := m.AddrPort("listen", s.Listen); ok {
+		m.Listen("listen", ap)
+	}
+	s.Common.Check(m)
+	m.Int("max_sessions", s.MaxSessions, 1, MaxServingSessions)
+}
+
+// LoadAs reads, defaults and checks a program's config file: c holds the
+// defaults (decoding fills only the keys the file has), check validates.
+// Every error of the file is returned at once, each naming file, line and key.
+func LoadAs[T any](path string, c T, check func(*T, *Meta)) (*T, error) {
+	if err := Check(path, &c, func(m *Meta) { check(&c, m) }); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ParseAs is LoadAs for a config held in a string (name is used in errors).
+func ParseAs[T any](name, text string, c T, check func(*T, *Meta)) (*T, error) {
+	if err := CheckText(name, text, &c, func(m *Meta) { check(&c, m) }); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
