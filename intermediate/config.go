@@ -7,7 +7,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/replypath"
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -30,19 +30,11 @@ import (
 //	[[next.uplink]]
 //	source = "198.18.32.2"
 type Config struct {
-	// Serving is listen, metrics, log_level and max_sessions (the relayed
-	// sessions).
-	config.Serving
-	// SessionIdle ends a session after this long without traffic either way.
-	SessionIdle config.Duration `toml:"session_idle"`
-	// ReplyWindow: replies go to every address the session's datagrams came from
-	// within this window (one per uplink of the router).
-	ReplyWindow config.Duration `toml:"reply_window"`
-	// HelloMaxAge refuses hellos whose timestamp is further than this from our
-	// clock, so a captured hello cannot reopen a session later.
-	HelloMaxAge config.Duration `toml:"hello_max_age"`
-	// Clients are the routers allowed to use this intermediate.
-	Clients []ClientConfig `toml:"client"`
+	// Settings are the router-facing side's keys, as in the proxy: listen,
+	// metrics, log_level, max_sessions (the relayed sessions), session_idle,
+	// reply_window, hello_max_age and the [[client]] tables (the routers
+	// allowed to use this intermediate).
+	ingress.Settings
 	// Next is the hop after this one: a proxy or another intermediate.
 	Next NextConfig `toml:"next"`
 }
@@ -82,11 +74,11 @@ type UplinkConfig struct {
 
 // Defaults.
 const (
-	DefaultListen       = config.DefaultServingListen
-	DefaultMaxSessions  = config.DefaultServingMaxSessions
-	DefaultSessionIdle  = 60 * time.Second
-	DefaultReplyWindow  = replypath.DefaultWindow // routers refresh every path once a second
-	DefaultHelloMaxAge  = 30 * time.Second
+	DefaultListen       = ingress.DefaultListen
+	DefaultMaxSessions  = ingress.DefaultMaxSessions
+	DefaultSessionIdle  = ingress.DefaultSessionIdle
+	DefaultReplyWindow  = ingress.DefaultReplyWindow
+	DefaultHelloMaxAge  = ingress.DefaultHelloMaxAge
 	DefaultRatePPS      = clients.DefaultRatePPS
 	DefaultPingInterval = 250 * time.Millisecond
 	maxUplinks          = 16
@@ -102,10 +94,7 @@ const (
 // leaves out keeps the value it has here.
 func DefaultConfig() Config {
 	return Config{
-		Serving:     config.DefaultServing(),
-		SessionIdle: config.Duration{Duration: DefaultSessionIdle},
-		ReplyWindow: config.Duration{Duration: DefaultReplyWindow},
-		HelloMaxAge: config.Duration{Duration: DefaultHelloMaxAge},
+		Settings: ingress.DefaultSettings(),
 		Next: NextConfig{
 			CopiesPerUplink: 1,
 			PingInterval:    config.Duration{Duration: DefaultPingInterval},
@@ -126,12 +115,8 @@ func ParseConfig(name, text string) (*Config, error) {
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	c.Serving.Check(meta)
-	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
-	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
-	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
+	c.Settings.Check(meta, "the intermediate", false)
 	meta.Duration("next.ping_interval", c.Next.PingInterval.Duration, minPingInterval, maxPingInterval)
-	meta.Add(clients.Check(meta, c.Clients, "the intermediate"))
 	c.Next.check(meta)
 }
 

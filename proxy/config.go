@@ -1,25 +1,17 @@
 package proxy
 
 import (
-	"time"
-
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/replypath"
+	"github.com/raicnet/raic/pkg/ingress"
 )
 
 // Config is the proxy's TOML configuration.
 type Config struct {
-	// Serving is listen, metrics, log_level and max_sessions.
-	config.Serving
-	// SessionIdle ends a session after this long without traffic either way.
-	SessionIdle config.Duration `toml:"session_idle"`
-	// ReplyWindow: replies go to every address the session's datagrams came from
-	// within this window (one per uplink of the router).
-	ReplyWindow config.Duration `toml:"reply_window"`
-	// HelloMaxAge refuses hellos whose timestamp is further than this from the
-	// proxy's clock, so a captured hello cannot reopen a session later.
-	HelloMaxAge config.Duration `toml:"hello_max_age"`
+	// Settings are the router-facing side's keys: listen, metrics, log_level,
+	// max_sessions, session_idle, reply_window, hello_max_age and the
+	// [[client]] tables (the routers allowed to use this proxy).
+	ingress.Settings
 	// OverloadLatency and OverloadCPU: above either (the smoothed time to handle
 	// a read batch, the share of the CPUs used) the proxy reports itself
 	// overloaded (see overload.go).
@@ -37,8 +29,6 @@ type Config struct {
 	// each with its own read loop: 1 (the default) is one, 0 one per CPU
 	// (GOMAXPROCS). Sessions are shared by all (see package ingress).
 	Workers int `toml:"workers"`
-	// Clients are the routers allowed to use this proxy.
-	Clients []ClientConfig `toml:"client"`
 	// Studio operation: connect tokens, client-address headers, health, drain
 	// (see studio.go).
 	StudioConfig
@@ -49,11 +39,11 @@ type ClientConfig = clients.Config
 
 // Defaults.
 const (
-	DefaultListen      = config.DefaultServingListen
-	DefaultMaxSessions = config.DefaultServingMaxSessions
-	DefaultSessionIdle = 60 * time.Second
-	DefaultReplyWindow = replypath.DefaultWindow // routers refresh every path once a second
-	DefaultHelloMaxAge = 30 * time.Second
+	DefaultListen      = ingress.DefaultListen
+	DefaultMaxSessions = ingress.DefaultMaxSessions
+	DefaultSessionIdle = ingress.DefaultSessionIdle
+	DefaultReplyWindow = ingress.DefaultReplyWindow
+	DefaultHelloMaxAge = ingress.DefaultHelloMaxAge
 	DefaultRatePPS     = clients.DefaultRatePPS
 )
 
@@ -61,10 +51,7 @@ const (
 // leaves out keeps the value it has here.
 func DefaultConfig() Config {
 	return Config{
-		Serving:         config.DefaultServing(),
-		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
-		ReplyWindow:     config.Duration{Duration: DefaultReplyWindow},
-		HelloMaxAge:     config.Duration{Duration: DefaultHelloMaxAge},
+		Settings:        ingress.DefaultSettings(),
 		OverloadLatency: config.Duration{Duration: DefaultOverloadLatency},
 		OverloadCPU:     DefaultOverloadCPU,
 		ProbeTTL:        config.Duration{Duration: DefaultProbeTTL},
@@ -91,19 +78,15 @@ func ParseConfig(name, text string) (*Config, error) {
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	c.Serving.Check(meta)
+	c.checkStudio(meta) // first: with connect tokens on, no [[client]] is needed
+	c.Settings.Check(meta, "the proxy", c.tokenKey != nil)
 	if c.TCPListen != "" {
 		// TCP, so it may share the UDP listen port.
 		meta.AddrPort("tcp_listen", c.TCPListen)
 	}
 	meta.Int("workers", c.Workers, 0, maxWorkers)
-	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
-	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
-	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
 	c.checkLoad(meta)
 	c.checkProbe(meta)
-	c.checkStudio(meta)
-	meta.Add(clients.CheckTokens(meta, c.Clients, "the proxy", c.tokenKey != nil))
 }
 
 // maxWorkers bounds workers: far more read loops than cores only adds sockets.

@@ -31,41 +31,6 @@ func (c *Common) Check(m *Meta) {
 	}
 }
 
-// Serving holds, besides Common, the keys of the programs that routers send
-// to (the proxy and the intermediate): the address they listen on and the size
-// of their session table.
-type Serving struct {
-	Common
-	// Listen is the UDP address routers (or an intermediate before this one)
-	// send to.
-	Listen string `toml:"listen"`
-	// MaxSessions bounds the session table; the least recently used session
-	// is evicted (and counted) when a new one would exceed it.
-	MaxSessions int `toml:"max_sessions"`
-}
-
-// Defaults of Serving.
-const (
-	DefaultServingListen      = "0.0.0.0:4500"
-	DefaultServingMaxSessions = 10000
-	// MaxServingSessions bounds max_sessions: each session holds a socket.
-	MaxServingSessions = 1 << 22
-)
-
-// DefaultServing is Serving before a file is read.
-func DefaultServing() Serving {
-	return Serving{Common: DefaultCommon(), Listen: DefaultServingListen, MaxSessions: DefaultServingMaxSessions}
-}
-
-// Check records what is wrong with the serving keys on m.
-func (s *Serving) Check(m *Meta) {
-	if ap, ok := m.AddrPort("listen", s.Listen); ok {
-		m.Listen("listen", ap)
-	}
-	s.Common.Check(m)
-	m.Int("max_sessions", s.MaxSessions, 1, MaxServingSessions)
-}
-
 // LoadAs reads, defaults and checks a program's config file: c holds the
 // defaults (decoding fills only the keys the file has), check validates.
 // Every error of the file is returned at once, each naming file, line and key.
