@@ -2,12 +2,12 @@ package intermediate
 
 import (
 	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/ingress"
+	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -145,22 +145,7 @@ func (n *NextConfig) check(meta *config.Meta) {
 	for i := range n.Uplinks {
 		u := &n.Uplinks[i]
 		key := func(k string) string { return fmt.Sprintf("next.uplink.%d.%s", i, k) }
-		if u.Name == "" {
-			u.Name = fmt.Sprintf("uplink%d", i)
-		}
-		if names[u.Name] {
-			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
-		}
-		names[u.Name] = true
-		if u.Source != "" {
-			// A source with a port is bound as given, so it must not be
-			// another socket's address.
-			if ap, err := parseHostPort(u.Source); err != nil {
-				meta.Report(key("source"), "%v", err)
-			} else {
-				meta.Listen(key("source"), ap)
-			}
-		}
+		uplink.CheckSocket(meta, "next.uplink", i, &u.Name, u.Source, names)
 		if u.Proxy == "" {
 			if n.Proxy == "" {
 				meta.Report(key("proxy"), "no next hop for this uplink: set proxy here or in [next]")
@@ -170,16 +155,4 @@ func (n *NextConfig) check(meta *config.Meta) {
 			meta.AddrPort(key("proxy"), u.Proxy)
 		}
 	}
-}
-
-// parseHostPort reads "ADDR" or "ADDR:PORT".
-func parseHostPort(s string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap, nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("not an address or address:port: %q", s)
-	}
-	return netip.AddrPortFrom(a, 0), nil
 }

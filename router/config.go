@@ -3,13 +3,13 @@ package router
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"time"
 
 	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/token"
+	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
 )
@@ -185,22 +185,7 @@ func (c *Config) check(meta *config.Meta) {
 	for i := range c.Uplinks {
 		u := &c.Uplinks[i]
 		key := func(k string) string { return fmt.Sprintf("uplink.%d.%s", i, k) }
-		if u.Name == "" {
-			u.Name = fmt.Sprintf("uplink%d", i)
-		}
-		if names[u.Name] {
-			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
-		}
-		names[u.Name] = true
-		if u.Source != "" {
-			// A source with a port is bound as given, so it must not be
-			// another socket's address.
-			if ap, err := parseHostPort(u.Source); err != nil {
-				meta.Report(key("source"), "%v", err)
-			} else {
-				meta.Listen(key("source"), ap)
-			}
-		}
+		uplink.CheckSocket(meta, "uplink", i, &u.Name, u.Source, names)
 		if _, err := parseDSCP(u.DSCP); err != nil {
 			meta.Report(key("dscp"), "%v", err)
 		}
@@ -253,18 +238,6 @@ func (c *Config) check(meta *config.Meta) {
 			meta.Rate(key("expected_pps"), f.ExpectedPPS, MaxExpectedPPS)
 		}
 	}
-}
-
-// parseHostPort reads "ADDR" or "ADDR:PORT".
-func parseHostPort(s string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap, nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("not an address or address:port: %q", s)
-	}
-	return netip.AddrPortFrom(a, 0), nil
 }
 
 // checkToken reads the connect token, if any (see Config.Token), recording
