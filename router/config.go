@@ -138,16 +138,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// LoadConfig reads, defaults and checks a router config file. Every error of
-// the file is returned at once, each naming the file, line and key.
-func LoadConfig(path string) (*Config, error) {
-	return config.LoadAs(path, DefaultConfig(), (*Config).check)
-}
-
-// ParseConfig is LoadConfig for a config held in a string (name is used in errors).
-func ParseConfig(name, text string) (*Config, error) {
-	return config.ParseAs(name, text, DefaultConfig(), (*Config).check)
-}
+// LoadConfig reads, defaults and checks a router config file; every error of the
+// file is returned at once, each naming the file, line and key. ParseConfig
+// does the same for a config held in a string (name is used in errors).
+var LoadConfig, ParseConfig = config.Loaders(DefaultConfig, (*Config).check)
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {

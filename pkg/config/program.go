@@ -31,20 +31,24 @@ func (c *Common) Check(m *Meta) {
 	}
 }
 
-// LoadAs reads, defaults and checks a program's config file: c holds the
-// defaults (decoding fills only the keys the file has), check validates.
-// Every error of the file is returned at once, each naming file, line and key.
-func LoadAs[T any](path string, c T, check func(*T, *Meta)) (*T, error) {
-	if err := Check(path, &c, func(m *Meta) { check(&c, m) }); err != nil {
-		return nil, err
+// Loaders returns a program's LoadConfig and ParseConfig: each starts from
+// def() (decoding fills only the keys the file has), then check validates.
+// Every error of the file is returned at once, each naming file, line and key;
+// parse reads a config held in a string (name is used in errors).
+func Loaders[T any](def func() T, check func(*T, *Meta)) (load func(path string) (*T, error), parse func(name, text string) (*T, error)) {
+	load = func(path string) (*T, error) {
+		c := def()
+		if err := Check(path, &c, func(m *Meta) { check(&c, m) }); err != nil {
+			return nil, err
+		}
+		return &c, nil
 	}
-	return &c, nil
-}
-
-// ParseAs is LoadAs for a config held in a string (name is used in errors).
-func ParseAs[T any](name, text string, c T, check func(*T, *Meta)) (*T, error) {
-	if err := CheckText(name, text, &c, func(m *Meta) { check(&c, m) }); err != nil {
-		return nil, err
+	parse = func(name, text string) (*T, error) {
+		c := def()
+		if err := CheckText(name, text, &c, func(m *Meta) { check(&c, m) }); err != nil {
+			return nil, err
+		}
+		return &c, nil
 	}
-	return &c, nil
+	return load, parse
 }

@@ -22,8 +22,8 @@ func (c *settingsConfig) check(m *config.Meta) {
 // checked at their lines, and sit beside the program's own keys and the
 // unknown-key reports.
 func TestSettingsEmbedded(t *testing.T) {
-	def := settingsConfig{Settings: DefaultSettings()}
-	c, err := config.ParseAs("p.toml", "max_sessions = 7\nextra = 3\n[[client]]\nid = \"gamer\"\nkey = \""+wire.Key{1}.String()+"\"\nallow = [\"198.18.0.1:1\"]\n", def, (*settingsConfig).check)
+	_, parse := config.Loaders(func() settingsConfig { return settingsConfig{Settings: DefaultSettings()} }, (*settingsConfig).check)
+	c, err := parse("p.toml", "max_sessions = 7\nextra = 3\n[[client]]\nid = \"gamer\"\nkey = \""+wire.Key{1}.String()+"\"\nallow = [\"198.18.0.1:1\"]\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func TestSettingsEmbedded(t *testing.T) {
 		t.Errorf("decoded %+v", c)
 	}
 	text := "listen = \"nowhere\"\nlog_level = \"loud\"\nmetrics = \"x\"\nmax_sessions = 0\nextra = 10\nlisen = 1\nreply_window = \"1ms\"\n[[client]]\nid = \"\"\n"
-	_, err = config.ParseAs("p.toml", text, def, (*settingsConfig).check)
+	_, err = parse("p.toml", text)
 	if err == nil {
 		t.Fatal("a bad file passed")
 	}

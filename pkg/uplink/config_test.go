@@ -18,12 +18,13 @@ type socketsConfig struct {
 // twice; each error names its uplink's key.
 func TestCheckSocket(t *testing.T) {
 	text := "[[uplink]]\nsource = \"127.0.0.1:4000\"\n[[uplink]]\nname = \"uplink0\"\nsource = \"127.0.0.1:4000\"\n[[uplink]]\nsource = \"nowhere\"\n[[uplink]]\nsource = \"198.18.0.2\"\n"
-	c, err := config.ParseAs("r.toml", text, socketsConfig{}, func(c *socketsConfig, m *config.Meta) {
+	_, parse := config.Loaders(func() socketsConfig { return socketsConfig{} }, func(c *socketsConfig, m *config.Meta) {
 		seen := map[string]bool{}
 		for i := range c.Uplinks {
 			CheckSocket(m, "uplink", i, &c.Uplinks[i].Name, c.Uplinks[i].Source, seen)
 		}
 	})
+	c, err := parse("r.toml", text)
 	if err == nil {
 		t.Fatalf("passed: %+v", c)
 	}
