@@ -72,13 +72,9 @@ type UplinkConfig struct {
 	Proxy  string `toml:"proxy"`  // next hop reached over this uplink
 }
 
-// Defaults.
+// Defaults; those of the router-facing keys are ingress's
+// (ingress.DefaultListen...).
 const (
-	DefaultListen       = ingress.DefaultListen
-	DefaultMaxSessions  = ingress.DefaultMaxSessions
-	DefaultSessionIdle  = ingress.DefaultSessionIdle
-	DefaultReplyWindow  = ingress.DefaultReplyWindow
-	DefaultHelloMaxAge  = ingress.DefaultHelloMaxAge
 	DefaultRatePPS      = clients.DefaultRatePPS
 	DefaultPingInterval = 250 * time.Millisecond
 	maxUplinks          = 16

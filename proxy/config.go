@@ -37,15 +37,9 @@ type Config struct {
 // ClientConfig is one [[client]] table (see package clients).
 type ClientConfig = clients.Config
 
-// Defaults.
-const (
-	DefaultListen      = ingress.DefaultListen
-	DefaultMaxSessions = ingress.DefaultMaxSessions
-	DefaultSessionIdle = ingress.DefaultSessionIdle
-	DefaultReplyWindow = ingress.DefaultReplyWindow
-	DefaultHelloMaxAge = ingress.DefaultHelloMaxAge
-	DefaultRatePPS     = clients.DefaultRatePPS
-)
+// DefaultRatePPS is a client's rate_pps when its table names none; the
+// defaults of the router-facing keys are ingress's (ingress.DefaultListen...).
+const DefaultRatePPS = clients.DefaultRatePPS
 
 // DefaultConfig is the configuration before a file is read: every key a file
 // leaves out keeps the value it has here.
