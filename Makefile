@@ -78,7 +78,7 @@ test: fmt-check vet check-generated check-examples fuzz-short
 # Every Fuzz target, as package:Target. make test runs each for a few seconds
 # on top of its committed seeds (f.Add and testdata/fuzz); make fuzz for
 # minutes. Each run prints its execs.
-FUZZ_TARGETS = ./pkg/wire:FuzzParseOpen ./pkg/wire:FuzzParseQuality ./pkg/token:FuzzOpen ./pkg/proxyproto:FuzzParse ./pkg/replay:FuzzWindow ./pkg/config:FuzzDecode \
+FUZZ_TARGETS = ./pkg/wire:FuzzParseOpen ./pkg/wire:FuzzParseQuality ./pkg/token:FuzzOpen ./pkg/proxyproto:FuzzParse ./raic/replay:FuzzWindow ./pkg/config:FuzzDecode \
 	./pkg/nat:FuzzParse ./raic:FuzzDecoder ./raic:FuzzRoundTrip ./detect:FuzzImportASN \
 	./suppress:FuzzParseConfig ./integration/linkem:FuzzParseConfig ./integration/gamegen:FuzzParseHeader \
 	./pkg/rendezvous:FuzzServerHandle

@@ -16,7 +16,6 @@ import (
 	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/integration/netns"
 	"github.com/raicnet/raic/pkg/mono"
-	"github.com/raicnet/raic/proxy"
 	"github.com/raicnet/raic/router"
 )
 
@@ -274,33 +273,6 @@ func checkFailover(t *testing.T, r *router.Router, stopNear func(), client *net.
 	if ns := srv.nsources(); ns != 2 {
 		t.Errorf("the server heard the game from %d addresses, want 2 (one per proxy)", ns)
 	}
-}
-
-// runLoopbackProxy runs a proxy on loopback and returns it and a stop func.
-func runLoopbackProxy(t *testing.T, allow string) (*proxy.Server, func()) {
-	t.Helper()
-	cfg, err := proxy.ParseConfig("proxy.toml", fmt.Sprintf(`
-listen = "127.0.0.1:0"
-[[client]]
-id = "gamer"
-key = "%s"
-allow = ["%s"]
-rate_pps = 100000
-`, testKey, allow))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := proxy.New(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); <-done }) }
-	t.Cleanup(stop)
-	return p, stop
 }
 
 // TestFailoverLoopback needs no root: two proxies on loopback, the far one

@@ -1,15 +1,11 @@
 package integration
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/netip"
-	"os"
 	"testing"
-	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/proxy"
 	"github.com/raicnet/raic/router"
@@ -19,15 +15,20 @@ import (
 var testKey = wire.Key{0x52, 0x41, 0x49, 0x43}
 
 // testLogger logs to stderr when RAIC_TEST_LOG is set, and nowhere otherwise.
-func testLogger() *slog.Logger {
-	if os.Getenv("RAIC_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+var testLogger = testkit.Logger
+
+// waitFor polls cond until it holds or the timeout passes.
+var waitFor = testkit.WaitFor
 
 // startProxy runs a proxy on loopback that lets client "gamer" reach allow.
 func startProxy(t testing.TB, allow string) *proxy.Server {
+	t.Helper()
+	p, _ := runLoopbackProxy(t, allow)
+	return p
+}
+
+// runLoopbackProxy is startProxy with a func that stops the proxy mid-test.
+func runLoopbackProxy(t testing.TB, allow string) (*proxy.Server, func()) {
 	t.Helper()
 	cfg, err := proxy.ParseConfig("proxy.toml", fmt.Sprintf(`
 listen = "127.0.0.1:0"
@@ -44,11 +45,7 @@ rate_pps = 100000
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return p
+	return p, testkit.Run(t, p.Run)
 }
 
 // startRouter runs a router in explicit mode with one uplink per entry of
@@ -75,21 +72,6 @@ server = "%s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testkit.Run(t, r.Run)
 	return r
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

@@ -2,12 +2,10 @@ package intermediate
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
-	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tunnel"
@@ -24,11 +22,11 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 	target := netip.MustParseAddrPort("198.18.41.2:27015")
 	next := newCountingSink(t)
 	routerSide := newCountingSink(t)
-	h := newHandRelay(t, target, next.addr(), next.addr())
+	h := newHandRelay(t, target, next.Addr(), next.Addr())
 	s, rs := h.s, h.rs
 	seal := func(snd *tunnel.Sender, pkt []byte) []byte { return h.seal(t, snd, pkt, mono.Now()) }
 	rd := ingress.NewReader()
-	from := routerSide.addr()
+	from := routerSide.Addr()
 	payload := make([]byte, 100)
 
 	s.in.Handle(rd, seal(rs, payload), from, mono.Now()) // opens the relay (allocates, once)
@@ -37,7 +35,7 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 	if !ok || rl.outSend == nil {
 		t.Fatal("relay not created")
 	}
-	next.waitFor(t, 2)
+	next.WaitFor(t, 2)
 
 	// The decoder's ring of groups gets its buffers on first use: warm it up.
 	const runs, warmup = 1000, 2048
@@ -57,7 +55,7 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 		t.Errorf("router to next hop: %v allocations per datagram", allocs)
 	}
 	total := int64(1 + warmup + runs + 1)
-	next.waitFor(t, 2*total) // a copy on each uplink
+	next.WaitFor(t, 2*total) // a copy on each uplink
 	if c := counter(s, `intermediate_relayed_total{dir="out"}`); c != float64(total) {
 		t.Fatalf("relayed %v packets out, want %d", c, total)
 	}
@@ -86,49 +84,18 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("next hop to router: %v allocations per datagram", allocs)
 	}
-	routerSide.waitFor(t, total-1) // nothing opened this direction
+	routerSide.WaitFor(t, total-1) // nothing opened this direction
 	if c := counter(s, `intermediate_relayed_total{dir="back"}`); c != float64(total-1) {
 		t.Fatalf("relayed %v packets back, want %d", c, total-1)
 	}
 }
 
-// countingSink counts what it receives without allocating.
-type countingSink struct {
-	conn *net.UDPConn
-	n    atomic.Int64
-}
-
-func newCountingSink(t testing.TB) *countingSink {
-	c := udpListen(t)
-	c.SetReadBuffer(8 << 20)
-	s := &countingSink{conn: c}
-	go func() {
-		b := make([]byte, 2048)
-		for {
-			n, _, err := c.ReadFromUDPAddrPort(b)
-			if err != nil {
-				return
-			}
-			if n > 1 && wire.Type(b[1]) == wire.TypePathChallenge {
-				continue // the answering side checks a new address; not a reply
-			}
-			s.n.Add(1)
-		}
-	}()
-	return s
-}
-
-func (s *countingSink) addr() netip.AddrPort { return addrOf(s.conn) }
-
-func (s *countingSink) waitFor(t testing.TB, n int64) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.n.Load() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("received %d datagrams, want %d", s.n.Load(), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+// newCountingSink is testkit's counting sink, not counting the path checks
+// the answering side sends to a new address (they are not replies).
+func newCountingSink(t testing.TB) *testkit.CountingSink {
+	return testkit.NewCountingSinkSkipping(t, func(dg []byte) bool {
+		return len(dg) > 1 && wire.Type(dg[1]) == wire.TypePathChallenge
+	})
 }
 
 // handRelay is an intermediate with a game session the test drives by hand:

@@ -2,14 +2,12 @@ package intermediate
 
 import (
 	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/raicnet/raic/pkg/clients"
-
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/logging"
-	"github.com/raicnet/raic/pkg/replypath"
+	"github.com/raicnet/raic/pkg/ingress"
+	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -32,25 +30,11 @@ import (
 //	[[next.uplink]]
 //	source = "198.18.32.2"
 type Config struct {
-	// Listen is the UDP address routers (or an intermediate before this one) send to.
-	Listen string `toml:"listen"`
-	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
-	Metrics string `toml:"metrics"`
-	// LogLevel is debug, info, warn or error.
-	LogLevel string `toml:"log_level"`
-	// MaxSessions bounds the relayed sessions; the least recently used one is
-	// evicted (and counted) when a new one would exceed it.
-	MaxSessions int `toml:"max_sessions"`
-	// SessionIdle ends a session after this long without traffic either way.
-	SessionIdle config.Duration `toml:"session_idle"`
-	// ReplyWindow: replies go to every address the session's datagrams came from
-	// within this window (one per uplink of the router).
-	ReplyWindow config.Duration `toml:"reply_window"`
-	// HelloMaxAge refuses hellos whose timestamp is further than this from our
-	// clock, so a captured hello cannot reopen a session later.
-	HelloMaxAge config.Duration `toml:"hello_max_age"`
-	// Clients are the routers allowed to use this intermediate.
-	Clients []ClientConfig `toml:"client"`
+	// Settings are the router-facing side's keys, as in the proxy: listen,
+	// metrics, log_level, max_sessions (the relayed sessions), session_idle,
+	// reply_window, hello_max_age and the [[client]] tables (the routers
+	// allowed to use this intermediate).
+	ingress.Settings
 	// Next is the hop after this one: a proxy or another intermediate.
 	Next NextConfig `toml:"next"`
 }
@@ -88,13 +72,9 @@ type UplinkConfig struct {
 	Proxy  string `toml:"proxy"`  // next hop reached over this uplink
 }
 
-// Defaults.
+// Defaults; those of the router-facing keys are ingress's
+// (ingress.DefaultListen...).
 const (
-	DefaultListen       = "0.0.0.0:4500"
-	DefaultMaxSessions  = 10000
-	DefaultSessionIdle  = 60 * time.Second
-	DefaultReplyWindow  = replypath.DefaultWindow // routers refresh every path once a second
-	DefaultHelloMaxAge  = 30 * time.Second
 	DefaultRatePPS      = clients.DefaultRatePPS
 	DefaultPingInterval = 250 * time.Millisecond
 	maxUplinks          = 16
@@ -104,19 +84,13 @@ const (
 const (
 	minPingInterval = 10 * time.Millisecond
 	maxPingInterval = 10 * time.Second
-	maxSessionsCap  = 1 << 22 // each session holds a socket
 )
 
 // DefaultConfig is the configuration before a file is read: every key a file
 // leaves out keeps the value it has here.
 func DefaultConfig() Config {
 	return Config{
-		Listen:      DefaultListen,
-		LogLevel:    "info",
-		MaxSessions: DefaultMaxSessions,
-		SessionIdle: config.Duration{Duration: DefaultSessionIdle},
-		ReplyWindow: config.Duration{Duration: DefaultReplyWindow},
-		HelloMaxAge: config.Duration{Duration: DefaultHelloMaxAge},
+		Settings: ingress.DefaultSettings(),
 		Next: NextConfig{
 			CopiesPerUplink: 1,
 			PingInterval:    config.Duration{Duration: DefaultPingInterval},
@@ -124,42 +98,15 @@ func DefaultConfig() Config {
 	}
 }
 
-// LoadConfig reads, defaults and checks a config file. Every error of the file
-// is returned at once, each naming the file, line and key.
-func LoadConfig(path string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.Check(path, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-// ParseConfig is LoadConfig for a config held in a string (name is used in errors).
-func ParseConfig(name, text string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.CheckText(name, text, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
+// LoadConfig reads, defaults and checks a intermediate config file; every error of the
+// file is returned at once, each naming the file, line and key. ParseConfig
+// does the same for a config held in a string (name is used in errors).
+var LoadConfig, ParseConfig = config.Loaders(DefaultConfig, (*Config).check)
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	if ap, ok := meta.AddrPort("listen", c.Listen); ok {
-		meta.Listen("listen", ap)
-	}
-	if c.Metrics != "" {
-		meta.HostPort("metrics", c.Metrics)
-	}
-	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		meta.Report("log_level", "%v", err)
-	}
-	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
-	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
-	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
-	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
+	c.Settings.Check(meta, "the intermediate", false)
 	meta.Duration("next.ping_interval", c.Next.PingInterval.Duration, minPingInterval, maxPingInterval)
-	meta.Add(clients.Check(meta, c.Clients, "the intermediate"))
 	c.Next.check(meta)
 }
 
@@ -188,22 +135,7 @@ func (n *NextConfig) check(meta *config.Meta) {
 	for i := range n.Uplinks {
 		u := &n.Uplinks[i]
 		key := func(k string) string { return fmt.Sprintf("next.uplink.%d.%s", i, k) }
-		if u.Name == "" {
-			u.Name = fmt.Sprintf("uplink%d", i)
-		}
-		if names[u.Name] {
-			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
-		}
-		names[u.Name] = true
-		if u.Source != "" {
-			// A source with a port is bound as given, so it must not be
-			// another socket's address.
-			if ap, err := parseHostPort(u.Source); err != nil {
-				meta.Report(key("source"), "%v", err)
-			} else {
-				meta.Listen(key("source"), ap)
-			}
-		}
+		uplink.CheckSocket(meta, "next.uplink", i, &u.Name, u.Source, names)
 		if u.Proxy == "" {
 			if n.Proxy == "" {
 				meta.Report(key("proxy"), "no next hop for this uplink: set proxy here or in [next]")
@@ -213,16 +145,4 @@ func (n *NextConfig) check(meta *config.Meta) {
 			meta.AddrPort(key("proxy"), u.Proxy)
 		}
 	}
-}
-
-// parseHostPort reads "ADDR" or "ADDR:PORT".
-func parseHostPort(s string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap, nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("not an address or address:port: %q", s)
-	}
-	return netip.AddrPortFrom(a, 0), nil
 }

@@ -1,18 +1,15 @@
 package intermediate
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/proxy"
 	"github.com/raicnet/raic/router"
@@ -23,15 +20,15 @@ var (
 	midKeys   = []wire.Key{{0x33, 0x44}, {0x55, 0x66}, {0x77, 0x88}}
 )
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// run starts fn(ctx) in the background and stops it when the test ends.
-func run(t testing.TB, fn func(context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { fn(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-}
+// The shared helpers, under the names these tests use.
+var (
+	quietLog   = testkit.Quiet
+	run        = testkit.Run // starts fn(ctx) in the background, stops it when the test ends
+	udpListen  = testkit.UDPListen
+	addrOf     = testkit.AddrOf
+	echoServer = testkit.EchoServer // answers every datagram with the same bytes and counts them
+	waitFor    = testkit.WaitFor
+)
 
 // startProxy runs a proxy on loopback that serves client id with key and lets it
 // reach allow.
@@ -113,38 +110,6 @@ server = "%s"
 	}
 	run(t, r.Run)
 	return r
-}
-
-// udpListen opens a loopback socket closed when the test ends.
-func udpListen(t testing.TB) *net.UDPConn {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetReadBuffer(4 << 20)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
-
-// echoServer answers every datagram with the same bytes and counts them.
-func echoServer(t testing.TB) (netip.AddrPort, *atomic.Int64) {
-	c := udpListen(t)
-	var n atomic.Int64
-	go func() {
-		b := make([]byte, 2048)
-		for {
-			k, from, err := c.ReadFromUDPAddrPort(b)
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			c.WriteToUDPAddrPort(b[:k], from)
-		}
-	}()
-	return addrOf(c), &n
 }
 
 // gamePacket is what the test game sends: a sequence number and filler.
@@ -337,18 +302,6 @@ func (w *wireWatcher) result() (sessions []uint64, checked, wrong int, firstBad 
 		sessions = append(sessions, id)
 	}
 	return sessions, w.checked, w.wrong, w.firstBad
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func counter(s *Server, name string) float64 { return s.Metrics().Snapshot()[name] }

@@ -78,8 +78,7 @@ type Server struct {
 	reading sync.WaitGroup // the router side's read loop: the only one sealing towards the next hop
 	loops   sync.WaitGroup // the uplink read loops and the janitor
 	httpSrv *http.Server
-	// refusedLog bounds the log lines of evictions; ingress bounds its own.
-	refusedLog *logging.Limiter
+	ends    *ingress.Ends // evictions and idle ends, counted and logged
 }
 
 // counters are the intermediate's own metrics; the router side's (received,
@@ -121,8 +120,10 @@ func newCounters(r *metrics.Registry) counters {
 // is ready to serve when New returns (and sockets opened inside a network
 // namespace stay there).
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, reg: metrics.NewRegistry(), closed: make(chan struct{}), refusedLog: logging.NewLimiter(5, 20)}
+	s := &Server{cfg: cfg, log: log, reg: metrics.NewRegistry(), closed: make(chan struct{})}
 	s.m = newCounters(s.reg)
+	// Evictions are logged at most 5 lines a second (ingress bounds its own).
+	s.ends = ingress.NewEnds(s.m.sessionsEvicted, s.m.sessionsIdle, log, logging.NewLimiter(5, 20), cfg.MaxSessions)
 	var err error
 	if s.nextKey, err = wire.ParseKey(cfg.Next.Key); err != nil {
 		return nil, fmt.Errorf("next.key: %v", err)
@@ -310,18 +311,8 @@ func (s *Server) janitor() {
 	}
 }
 
-func (s *Server) onRemove(_ uint64, rl *relay, why session.Reason) {
-	switch why {
-	case session.ReasonEvicted:
-		s.m.sessionsEvicted.Inc()
-		if ok, n := s.refusedLog.Allow(); ok {
-			s.log.Warn("session evicted: table full", "session", rl.inID, "client", rl.Client.ID, "max_sessions", s.cfg.MaxSessions, "lines_suppressed", n)
-		}
-	case session.ReasonIdle:
-		s.m.sessionsIdle.Inc()
-		s.log.Debug("session idle, ended", "session", rl.inID, "client", rl.Client.ID)
-	}
-	rl.Client.CloseSession()
+func (s *Server) onRemove(id uint64, rl *relay, why session.Reason) {
+	s.ends.Ended(id, &rl.Peer, why)
 	rl.closed.Store(true)
 	if rl.outSend != nil {
 		s.byOut.Delete(rl.outID)

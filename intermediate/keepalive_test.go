@@ -45,7 +45,7 @@ func TestKeepalivesOnEveryUplink(t *testing.T) {
 			s.cfg.Next.CopiesPerUplink = copies
 			s.next.Copies = copies
 			rd := ingress.NewReader()
-			from := newCountingSink(t).addr()
+			from := newCountingSink(t).Addr()
 			pkt := make([]byte, 100)
 			now := mono.Now()
 

@@ -101,7 +101,7 @@ func (s *Server) openUplinks() error {
 	for i, uc := range s.cfg.Next.Uplinks {
 		opt := udp.Options{Device: uc.Device, RecvBuffer: 4 << 20, SendBuffer: 4 << 20}
 		if uc.Source != "" {
-			opt.Local, _ = parseHostPort(uc.Source)
+			opt.Local, _ = uplink.ParseSource(uc.Source)
 		}
 		next, _ := netip.ParseAddrPort(uc.Proxy)
 		network := "udp4"

@@ -62,7 +62,7 @@ func newNonceSink(t *testing.T) *nonceSink {
 func TestNoNonceSealsTwoDatagramsTowardsTheRouter(t *testing.T) {
 	target := netip.MustParseAddrPort("198.18.41.2:27015")
 	next := newCountingSink(t)
-	h := newHandRelay(t, target, next.addr())
+	h := newHandRelay(t, target, next.Addr())
 	s, rs := h.s, h.rs
 	rd := ingress.NewReader()
 	payload := make([]byte, 100)

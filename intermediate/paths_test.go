@@ -27,7 +27,7 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	target := netip.MustParseAddrPort("198.18.41.2:27015")
 	next := newCountingSink(t)
 	pathA, pathB := newCountingSink(t), newCountingSink(t)
-	h := newHandRelay(t, target, next.addr())
+	h := newHandRelay(t, target, next.Addr())
 	if h.s.cfg.ReplyWindow.Duration != 2500*time.Millisecond {
 		t.Fatalf("default reply window %v, want 2.5 s", h.s.cfg.ReplyWindow.Duration)
 	}
@@ -37,7 +37,7 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	payload := make([]byte, 100)
 	now := mono.Now()
 
-	s.in.Handle(rd, seal(rs, payload, now), pathA.addr(), now) // opens the relay on A
+	s.in.Handle(rd, seal(rs, payload, now), pathA.Addr(), now) // opens the relay on A
 	rs.Heard(now)
 	rl, ok := s.relays.Peek(h.id)
 	if !ok || rl.outSend == nil {
@@ -48,7 +48,7 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.in.Handle(rd, ka, pathB.addr(), now)
+	s.in.Handle(rd, ka, pathB.Addr(), now)
 
 	// The next hop's side of the session, answering.
 	outHello, _ := rl.outSend.Hello()
@@ -64,11 +64,11 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 		s.fromNext(rd, 0, seal(ps, payload, now), now)
 		wantA, wantB, moved = wantA+toA, wantB+toB, moved+movedNow
 		deadline := time.Now().Add(2 * time.Second)
-		for (pathA.n.Load() < wantA || pathB.n.Load() < wantB) && time.Now().Before(deadline) {
+		for (pathA.N.Load() < wantA || pathB.N.Load() < wantB) && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
 		}
 		time.Sleep(20 * time.Millisecond) // anything more would show now
-		if a, b := pathA.n.Load(), pathB.n.Load(); a != wantA || b != wantB {
+		if a, b := pathA.N.Load(), pathB.N.Load(); a != wantA || b != wantB {
 			t.Errorf("%s: A received %d, B %d; want %d and %d", what, a, b, wantA, wantB)
 		}
 		if c := counter(s, "intermediate_moved_copies_total"); c != moved {
@@ -82,8 +82,8 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	for end := now + int64(6*time.Second); now < end; {
 		now += step
 		dg := seal(rs, payload, now)
-		s.in.Handle(rd, dg, pathA.addr(), now)
-		s.in.Handle(rd, dg, pathB.addr(), now+3*int64(time.Millisecond))
+		s.in.Handle(rd, dg, pathA.Addr(), now)
+		s.in.Handle(rd, dg, pathB.Addr(), now+3*int64(time.Millisecond))
 	}
 	if c := counter(s, `intermediate_dropped_total{reason="duplicate"}`); c < 600 {
 		t.Fatalf("%v duplicates counted, want B's 600 copies", c)
@@ -93,14 +93,14 @@ func TestRepliesFollowRouterPaths(t *testing.T) {
 	// B falls silent; after half a second it lags behind A.
 	for end := now + int64(500*time.Millisecond); now < end; {
 		now += step
-		s.in.Handle(rd, seal(rs, payload, now), pathA.addr(), now)
+		s.in.Handle(rd, seal(rs, payload, now), pathA.Addr(), now)
 	}
 	answer("B lags behind", 2, 1, 1)
 
 	// B silent past the reply window: its copy goes on A.
 	for end := now + int64(2500*time.Millisecond); now < end; {
 		now += step
-		s.in.Handle(rd, seal(rs, payload, now), pathA.addr(), now)
+		s.in.Handle(rd, seal(rs, payload, now), pathA.Addr(), now)
 	}
 	answer("B gone", 2, 0, 1)
 }

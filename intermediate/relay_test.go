@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
@@ -187,7 +188,7 @@ proxy = "198.18.40.2:4500"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != DefaultListen || len(c.Next.Uplinks) != 1 || c.Next.Uplinks[0].Proxy != "198.18.40.2:4500" ||
+	if c.Listen != ingress.DefaultListen || len(c.Next.Uplinks) != 1 || c.Next.Uplinks[0].Proxy != "198.18.40.2:4500" ||
 		c.Next.CopiesPerUplink != 1 || c.Next.PingInterval.Duration != DefaultPingInterval || c.Clients[0].RatePPS != DefaultRatePPS {
 		t.Errorf("defaults not applied: %+v", c)
 	}

@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"net"
-	"net/netip"
-	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 )
@@ -15,13 +13,13 @@ import (
 // directly: receive + authenticate + dedup + forward to the server, and a server
 // reply coded and sent back over every path. In steady state neither allocates.
 func TestPacketPathDoesNotAllocate(t *testing.T) {
-	server := newCountingSink(t)
+	server := testkit.NewCountingSink(t)
 	cfg, err := ParseConfig("proxy.toml", `
 listen = "127.0.0.1:0"
 [[client]]
 id = "gamer"
 key = "`+goodKey.String()+`"
-allow = ["`+server.addr().String()+`"]
+allow = ["`+server.Addr().String()+`"]
 rate_pps = 100000000
 burst = 100000000
 `)
@@ -34,14 +32,14 @@ burst = 100000000
 	}
 	defer s.Close()
 	rd := ingress.NewReader()
-	fr := newFakeRouter(t, goodKey, server.addr())
-	routerSide := newCountingSink(t) // acks and replies land here
-	from := routerSide.addr()
+	fr := newFakeRouter(t, goodKey, server.Addr())
+	routerSide := testkit.NewCountingSink(t) // acks and replies land here
+	from := routerSide.Addr()
 	payload := make([]byte, 100)
 
 	// The first datagram opens the session (that allocates, once).
 	s.in.Handle(rd, fr.seal(t, payload), from, mono.Now())
-	server.waitFor(t, 1)
+	server.WaitFor(t, 1)
 	fr.send.Heard(mono.Now()) // acked: no more hellos
 	ps, ok := s.sessions.Peek(fr.send.Session())
 	if !ok {
@@ -58,7 +56,7 @@ burst = 100000000
 	for i := 0; i < warmup; i++ {
 		s.in.Handle(rd, dgs[i], from, mono.Now())
 	}
-	server.waitFor(t, 1+warmup)
+	server.WaitFor(t, 1+warmup)
 	i := warmup
 	forwarded := counter(s, "proxy_forwarded_total")
 	allocs := testing.AllocsPerRun(runs, func() {
@@ -83,46 +81,7 @@ burst = 100000000
 	if got := counter(s, "proxy_replies_total") - replies; got != runs+1 {
 		t.Fatalf("sent %v replies, want %d", got, runs+1)
 	}
-	routerSide.waitFor(t, 2*(runs+1))
-}
-
-// countingSink is a server that counts what it receives without allocating, so
-// its reads do not show in the allocation counts.
-type countingSink struct {
-	conn *net.UDPConn
-	n    atomic.Int64
-}
-
-func newCountingSink(t testing.TB) *countingSink {
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetReadBuffer(8 << 20)
-	s := &countingSink{conn: c}
-	go func() {
-		b := make([]byte, 2048)
-		for {
-			if _, _, err := c.ReadFromUDPAddrPort(b); err != nil {
-				return
-			}
-			s.n.Add(1)
-		}
-	}()
-	t.Cleanup(func() { c.Close() })
-	return s
-}
-
-func (s *countingSink) addr() netip.AddrPort { return s.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
-
-func (s *countingSink) waitFor(t testing.TB, n int64) {
-	deadline := time.Now().Add(5 * time.Second)
-	for s.n.Load() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("server received %d packets, want %d", s.n.Load(), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	routerSide.WaitFor(t, 2*(runs+1))
 }
 
 // TestServerRepliesDoNotAllocate runs the whole reply side of a running
@@ -131,39 +90,39 @@ func (s *countingSink) waitFor(t testing.TB, n int64) {
 // allocations over many replies, counted while nothing else runs, stay near
 // zero (the janitor's once-a-second sweep may add a few).
 func TestServerRepliesDoNotAllocate(t *testing.T) {
-	server := newCountingSink(t)
-	s := startTestProxy(t, server.addr().String(), "rate_pps = 100000000\nburst = 100000000")
-	fr := newFakeRouter(t, goodKey, server.addr())
-	routerSide := newCountingSink(t)
-	if _, err := routerSide.conn.WriteToUDPAddrPort(fr.seal(t, []byte("open")), s.Addr()); err != nil {
+	server := testkit.NewCountingSink(t)
+	s := startTestProxy(t, server.Addr().String(), "rate_pps = 100000000\nburst = 100000000")
+	fr := newFakeRouter(t, goodKey, server.Addr())
+	routerSide := testkit.NewCountingSink(t)
+	if _, err := routerSide.Conn.WriteToUDPAddrPort(fr.seal(t, []byte("open")), s.Addr()); err != nil {
 		t.Fatal(err)
 	}
-	server.waitFor(t, 1)
+	server.WaitFor(t, 1)
 	ps, ok := s.sessions.Peek(fr.send.Session())
 	if !ok {
 		t.Fatal("session not created")
 	}
 	// This router answers no path challenges: take its address as validated,
 	// so replies are not held to 3x what came from it.
-	ps.Paths.Learn(routerSide.addr(), mono.Now())
+	ps.Paths.Learn(routerSide.Addr(), mono.Now())
 	upstream := ps.port.Load().conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	before := routerSide.n.Load()
+	before := routerSide.N.Load()
 	pkt := make([]byte, 100)
 	send := func(n int) {
 		for i := 0; i < n; i++ {
-			server.conn.WriteToUDPAddrPort(pkt, upstream)
+			server.Conn.WriteToUDPAddrPort(pkt, upstream)
 			if i%50 == 49 {
-				routerSide.waitFor(t, before+int64(i)) // keep the socket buffers from overflowing
+				routerSide.WaitFor(t, before+int64(i)) // keep the socket buffers from overflowing
 			}
 		}
 	}
 	send(200) // warm up
-	routerSide.waitFor(t, before+200)
-	before = routerSide.n.Load()
+	routerSide.WaitFor(t, before+200)
+	before = routerSide.N.Load()
 	const runs = 2000
 	allocs := testing.AllocsPerRun(1, func() {
 		send(runs)
-		routerSide.waitFor(t, before+runs)
+		routerSide.WaitFor(t, before+runs)
 	})
 	if per := allocs / runs; per > 0.01 {
 		t.Errorf("%.3f allocations per server reply (%v over %d)", per, allocs, runs)

@@ -1,39 +1,24 @@
 package proxy
 
 import (
+	"github.com/raicnet/raic/pkg/clients"
+	"github.com/raicnet/raic/pkg/config"
 	"time"
 
-	"github.com/raicnet/raic/pkg/clients"
-
-	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/logging"
+	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/quality"
-	"github.com/raicnet/raic/pkg/replypath"
 )
 
 // Config is the proxy's TOML configuration.
 type Config struct {
-	// Listen is the UDP address routers send to.
-	Listen string `toml:"listen"`
-	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
-	Metrics string `toml:"metrics"`
-	// LogLevel is debug, info, warn or error.
-	LogLevel string `toml:"log_level"`
-	// MaxSessions bounds the session table; the least recently used session is
-	// evicted (and counted) when a new one would exceed it.
-	MaxSessions int `toml:"max_sessions"`
-	// SessionIdle ends a session after this long without traffic either way.
-	SessionIdle config.Duration `toml:"session_idle"`
+	// Settings are the router-facing side's keys: listen, metrics, log_level,
+	// max_sessions, session_idle, reply_window, hello_max_age and the
+	// [[client]] tables (the routers allowed to use this proxy).
+	ingress.Settings
 	// KeepServerPort keeps the server-side socket of an ended session this
 	// long for a new session of the same client and flow (a restarted
 	// router's), so the game server sees the same source port; 0: off.
 	KeepServerPort config.Duration `toml:"keep_server_port"`
-	// ReplyWindow: replies go to every address the session's datagrams came from
-	// within this window (one per uplink of the router).
-	ReplyWindow config.Duration `toml:"reply_window"`
-	// HelloMaxAge refuses hellos whose timestamp is further than this from the
-	// proxy's clock, so a captured hello cannot reopen a session later.
-	HelloMaxAge config.Duration `toml:"hello_max_age"`
 	// OverloadLatency and OverloadCPU: above either (the smoothed time to handle
 	// a read batch, the share of the CPUs used) the proxy reports itself
 	// overloaded (see overload.go).
@@ -54,8 +39,6 @@ type Config struct {
 	// ReportInterval is how often each session's router gets a quality report
 	// (received, lost, late, lag) on each of its paths; "0s" turns them off.
 	ReportInterval config.Duration `toml:"report_interval"`
-	// Clients are the routers allowed to use this proxy.
-	Clients []ClientConfig `toml:"client"`
 	// Studio operation: connect tokens, client-address headers, health, drain
 	// (see studio.go).
 	StudioConfig
@@ -64,28 +47,19 @@ type Config struct {
 // ClientConfig is one [[client]] table (see package clients).
 type ClientConfig = clients.Config
 
-// Defaults.
-const (
-	DefaultListen         = "0.0.0.0:4500"
-	DefaultMaxSessions    = 10000
-	DefaultSessionIdle    = 60 * time.Second
-	DefaultKeepServerPort = 30 * time.Second
-	DefaultReplyWindow    = replypath.DefaultWindow // routers refresh every path once a second
-	DefaultHelloMaxAge    = 30 * time.Second
-	DefaultRatePPS        = clients.DefaultRatePPS
-)
+// DefaultRatePPS is a client's rate_pps when its table names none; the
+// defaults of the router-facing keys are ingress's (ingress.DefaultListen...).
+const DefaultRatePPS = clients.DefaultRatePPS
+
+// DefaultKeepServerPort is keep_server_port's default.
+const DefaultKeepServerPort = 30 * time.Second
 
 // DefaultConfig is the configuration before a file is read: every key a file
 // leaves out keeps the value it has here.
 func DefaultConfig() Config {
 	return Config{
-		Listen:          DefaultListen,
-		LogLevel:        "info",
-		MaxSessions:     DefaultMaxSessions,
-		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
+		Settings:        ingress.DefaultSettings(),
 		KeepServerPort:  config.Duration{Duration: DefaultKeepServerPort},
-		ReplyWindow:     config.Duration{Duration: DefaultReplyWindow},
-		HelloMaxAge:     config.Duration{Duration: DefaultHelloMaxAge},
 		OverloadLatency: config.Duration{Duration: DefaultOverloadLatency},
 		OverloadCPU:     DefaultOverloadCPU,
 		ProbeTTL:        config.Duration{Duration: DefaultProbeTTL},
@@ -101,57 +75,27 @@ func DefaultConfig() Config {
 	}
 }
 
-// LoadConfig reads, defaults and checks a proxy config file. Every error of
-// the file is returned at once, each naming the file, line and key.
-func LoadConfig(path string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.Check(path, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-// ParseConfig is LoadConfig for a config held in a string (name is used in errors).
-func ParseConfig(name, text string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.CheckText(name, text, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
+// LoadConfig reads, defaults and checks a proxy config file; every error of the
+// file is returned at once, each naming the file, line and key. ParseConfig
+// does the same for a config held in a string (name is used in errors).
+var LoadConfig, ParseConfig = config.Loaders(DefaultConfig, (*Config).check)
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	if ap, ok := meta.AddrPort("listen", c.Listen); ok {
-		meta.Listen("listen", ap)
-	}
-	if c.Metrics != "" {
-		meta.HostPort("metrics", c.Metrics)
-	}
+	c.checkStudio(meta) // first: with connect tokens on, no [[client]] is needed
+	c.Settings.Check(meta, "the proxy", c.tokenKey != nil)
 	if c.TCPListen != "" {
 		// TCP, so it may share the UDP listen port.
 		meta.AddrPort("tcp_listen", c.TCPListen)
 	}
-	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		meta.Report("log_level", "%v", err)
-	}
-	meta.Int("max_sessions", c.MaxSessions, 1, maxSessionsCap)
 	meta.Int("workers", c.Workers, 0, maxWorkers)
-	meta.Duration("session_idle", c.SessionIdle.Duration, time.Second, 24*time.Hour)
 	meta.Duration("keep_server_port", c.KeepServerPort.Duration, 0, 10*time.Minute)
-	meta.Duration("reply_window", c.ReplyWindow.Duration, 100*time.Millisecond, time.Minute)
-	meta.Duration("hello_max_age", c.HelloMaxAge.Duration, time.Second, time.Hour)
 	if c.ReportInterval.Duration != 0 {
 		meta.Duration("report_interval", c.ReportInterval.Duration, quality.MinInterval, quality.MaxInterval)
 	}
 	c.checkLoad(meta)
 	c.checkProbe(meta)
-	c.checkStudio(meta)
-	meta.Add(clients.CheckTokens(meta, c.Clients, "the proxy", c.tokenKey != nil))
 }
 
 // maxWorkers bounds workers: far more read loops than cores only adds sockets.
 const maxWorkers = 256
-
-// maxSessionsCap bounds max_sessions: each session holds a socket.
-const maxSessionsCap = 1 << 22

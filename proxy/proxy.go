@@ -62,6 +62,7 @@ type Server struct {
 	// refusedLog bounds the log lines of per-datagram refusals (evictions,
 	// oversized replies); ingress bounds its own.
 	refusedLog *logging.Limiter
+	ends       *ingress.Ends // evictions and idle ends, counted and logged
 
 	closing atomic.Bool
 	loops   sync.WaitGroup    // the read loops, the pollers and the janitor
@@ -107,6 +108,7 @@ func newCounters(r *metrics.Registry) counters {
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, reg: metrics.NewRegistry(), refusedLog: logging.NewLimiter(5, 20)}
 	s.m = newCounters(s.reg)
+	s.ends = ingress.NewEnds(s.m.sessionsEvicted, s.m.sessionsIdle, log, s.refusedLog, cfg.MaxSessions)
 	s.load = newLoadMeter(cfg, s.reg)
 	s.ports = newPortKeeper(int64(cfg.KeepServerPort.Duration), cfg.MaxSessions, s.reg)
 	s.studio.Store(&cfg.StudioConfig)
@@ -239,17 +241,7 @@ func (s *Server) janitor(ctx context.Context) {
 }
 
 func (s *Server) onRemove(id uint64, ps *proxySession, why session.Reason) {
-	switch why {
-	case session.ReasonEvicted:
-		s.m.sessionsEvicted.Inc()
-		if ok, n := s.refusedLog.Allow(); ok {
-			s.log.Warn("session evicted: table full", "session", id, "client", ps.Client.ID, "max_sessions", s.cfg.MaxSessions, "lines_suppressed", n)
-		}
-	case session.ReasonIdle:
-		s.m.sessionsIdle.Inc()
-		s.log.Debug("session idle, ended", "session", id, "client", ps.Client.ID)
-	}
-	ps.Client.CloseSession()
+	s.ends.Ended(id, &ps.Peer, why)
 	ps.close()
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxyproto"
@@ -310,7 +311,7 @@ func TestStudioConfig(t *testing.T) {
 // either (the header is assembled in the session's own buffer).
 func TestHeaderPathDoesNotAllocate(t *testing.T) {
 	for _, kind := range []string{"proxy-v2", "spp"} {
-		server := newCountingSink(t)
+		server := testkit.NewCountingSink(t)
 		cfg, err := ParseConfig("proxy.toml", fmt.Sprintf(`listen = "127.0.0.1:0"
 [[client]]
 id = "gamer"
@@ -321,7 +322,7 @@ burst = 100000000
 [[server]]
 match = "%s"
 client_addr_header = "%s"
-`, goodKey, server.addr(), server.addr(), kind))
+`, goodKey, server.Addr(), server.Addr(), kind))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -331,11 +332,11 @@ client_addr_header = "%s"
 		}
 		defer s.Close()
 		rd := ingress.NewReader()
-		fr := newFakeRouter(t, goodKey, server.addr())
-		from := newCountingSink(t).addr()
+		fr := newFakeRouter(t, goodKey, server.Addr())
+		from := testkit.NewCountingSink(t).Addr()
 		payload := make([]byte, 100)
 		s.in.Handle(rd, fr.seal(t, payload), from, mono.Now())
-		server.waitFor(t, 1)
+		server.WaitFor(t, 1)
 		fr.send.Heard(mono.Now())
 		const runs, warmup = 500, 2048
 		dgs := make([][]byte, warmup+runs+1)
@@ -345,12 +346,12 @@ client_addr_header = "%s"
 		for i := 0; i < warmup; i++ {
 			s.in.Handle(rd, dgs[i], from, mono.Now())
 		}
-		server.waitFor(t, 1+warmup)
+		server.WaitFor(t, 1+warmup)
 		i := warmup
 		if a := testing.AllocsPerRun(runs, func() { s.in.Handle(rd, dgs[i], from, mono.Now()); i++ }); a != 0 {
 			t.Errorf("%s: %v allocations per datagram", kind, a)
 		}
-		server.waitFor(t, int64(1+warmup+runs+1))
+		server.WaitFor(t, int64(1+warmup+runs+1))
 	}
 }
 

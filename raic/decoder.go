@@ -2,7 +2,7 @@ package raic
 
 import (
 	"encoding/binary"
-	"github.com/raicnet/raic/pkg/replay"
+	"github.com/raicnet/raic/raic/replay"
 	"time"
 )
 

@@ -4,34 +4,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 	"testing"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/mono"
-	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/wire"
-	"github.com/raicnet/raic/raic"
 )
 
 // sink is a loopback socket that reads and discards, so sends to it succeed.
-func sink(t testing.TB) netip.AddrPort {
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetReadBuffer(8 << 20)
-	go func() {
-		b := make([]byte, 2048)
-		for {
-			if _, _, err := c.ReadFromUDPAddrPort(b); err != nil {
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() { c.Close() })
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
-}
+var sink = testkit.Sink
 
 // TestPacketPathDoesNotAllocate drives the router's per-packet functions
 // directly: a game packet coded, sealed and sent on two uplinks, and a datagram
@@ -82,24 +63,9 @@ server = "%s"
 
 	// Datagrams as the proxy would seal them for this session.
 	hello, _ := rs.send.Hello()
-	psend, _, err := wire.DeriveKeys(&key, &hello.Salt, rs.id, wire.RoleServer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxySide, err := tunnel.NewSender(psend, rs.id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The decoder's ring of groups (1,024 slots) gets its buffers on first use:
 	// warm it up, then measure.
-	dgs := make([][]byte, warmup+runs+1)
-	for i := range dgs {
-		_, d, err := proxySide.Seal(pkt, mono.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		dgs[i] = append([]byte(nil), d[0]...)
-	}
+	dgs := testkit.SealedAsProxy(t, key, hello.Salt, rs.id, pkt, warmup+runs+1)
 	var h wire.Header
 	for i := 0; i < warmup; i++ {
 		r.fromProxy(r.uplinks[0], dgs[i], &h, mono.Now())

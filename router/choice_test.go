@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxychoice"
 	"github.com/raicnet/raic/pkg/tunnel"
@@ -241,16 +241,8 @@ func (l *logSink) all(sub string) []string {
 	return out
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitUntil polls cond until it holds or d passes.
+var waitUntil = testkit.WaitFor
 
 // TestChoiceByServerRTT runs a router against two fake proxies that answer
 // probes: the one with the lower server RTT wins although both are equally
@@ -415,22 +407,7 @@ server = "198.18.41.2:27015"
 	}
 
 	hello, _ := cur.send.Hello()
-	psend, _, err := wire.DeriveKeys(&key, &hello.Salt, cur.id, wire.RoleServer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxySide, err := tunnel.NewSender(psend, cur.id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dgs := make([][]byte, warmup+runs+1)
-	for i := range dgs {
-		_, d, err := proxySide.Seal(pkt, mono.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		dgs[i] = append([]byte(nil), d[0]...)
-	}
+	dgs := testkit.SealedAsProxy(t, key, hello.Salt, cur.id, pkt, warmup+runs+1)
 	var h wire.Header
 	for i := 0; i < warmup; i++ {
 		r.fromProxy(r.uplinks[1], dgs[i], &h, mono.Now())
@@ -577,9 +554,6 @@ func runRouterLogging(t *testing.T, cfg *Config, logs io.Writer) *Router {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testkit.Run(t, r.Run)
 	return r
 }

@@ -3,14 +3,13 @@ package router
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"time"
 
 	"github.com/raicnet/raic/detect"
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/token"
+	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -56,9 +55,9 @@ type Config struct {
 	// keepalive answer came within DownAfter, and up again on the next answer.
 	PingInterval config.Duration `toml:"ping_interval"`
 	DownAfter    config.Duration `toml:"down_after"`
-	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
-	Metrics  string `toml:"metrics"`
-	LogLevel string `toml:"log_level"`
+	// Common is metrics (Prometheus text, /status and the live page) and
+	// log_level.
+	config.Common
 
 	Uplinks  []UplinkConfig  `toml:"uplink"`
 	Forwards []ForwardConfig `toml:"forward"`
@@ -134,29 +133,15 @@ func DefaultConfig() Config {
 		SessionIdle:     config.Duration{Duration: DefaultSessionIdle},
 		PingInterval:    config.Duration{Duration: DefaultPingInterval},
 		DownAfter:       config.Duration{Duration: DefaultDownAfter},
-		LogLevel:        "info",
+		Common:          config.DefaultCommon(),
 		Suppress:        defaultSuppressConfig(),
 	}
 }
 
-// LoadConfig reads, defaults and checks a router config file. Every error of
-// the file is returned at once, each naming the file, line and key.
-func LoadConfig(path string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.Check(path, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-// ParseConfig is LoadConfig for a config held in a string.
-func ParseConfig(name, text string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.CheckText(name, text, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
+// LoadConfig reads, defaults and checks a router config file; every error of the
+// file is returned at once, each naming the file, line and key. ParseConfig
+// does the same for a config held in a string (name is used in errors).
+var LoadConfig, ParseConfig = config.Loaders(DefaultConfig, (*Config).check)
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
@@ -182,12 +167,7 @@ func (c *Config) check(meta *config.Meta) {
 		meta.Report("down_after", "must be at least ping_interval (%v)", c.PingInterval.Duration)
 	}
 	meta.Duration("down_after", c.DownAfter.Duration, MinPingInterval, MaxDownAfter)
-	if c.Metrics != "" {
-		meta.HostPort("metrics", c.Metrics)
-	}
-	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		meta.Report("log_level", "%v", err)
-	}
+	c.Common.Check(meta)
 	if len(c.Uplinks) == 0 {
 		meta.Report("uplink", "no [[uplink]] configured")
 		return // the proxy, choice and suppression checks need the uplinks
@@ -199,22 +179,7 @@ func (c *Config) check(meta *config.Meta) {
 	for i := range c.Uplinks {
 		u := &c.Uplinks[i]
 		key := func(k string) string { return fmt.Sprintf("uplink.%d.%s", i, k) }
-		if u.Name == "" {
-			u.Name = fmt.Sprintf("uplink%d", i)
-		}
-		if names[u.Name] {
-			meta.Report(key("name"), "uplink %q is configured twice", u.Name)
-		}
-		names[u.Name] = true
-		if u.Source != "" {
-			// A source with a port is bound as given, so it must not be
-			// another socket's address.
-			if ap, err := parseHostPort(u.Source); err != nil {
-				meta.Report(key("source"), "%v", err)
-			} else {
-				meta.Listen(key("source"), ap)
-			}
-		}
+		uplink.CheckSocket(meta, "uplink", i, &u.Name, u.Source, names)
 		if _, err := parseDSCP(u.DSCP); err != nil {
 			meta.Report(key("dscp"), "%v", err)
 		}
@@ -267,18 +232,6 @@ func (c *Config) check(meta *config.Meta) {
 			meta.Rate(key("expected_pps"), f.ExpectedPPS, MaxExpectedPPS)
 		}
 	}
-}
-
-// parseHostPort reads "ADDR" or "ADDR:PORT".
-func parseHostPort(s string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap, nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("not an address or address:port: %q", s)
-	}
-	return netip.AddrPortFrom(a, 0), nil
 }
 
 // checkToken reads the connect token, if any (see Config.Token), recording

@@ -344,7 +344,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 	for _, uc := range r.cfg.Uplinks {
 		opt := udp.Options{Device: uc.Device}
 		if uc.Source != "" {
-			opt.Local, _ = parseHostPort(uc.Source)
+			opt.Local, _ = uplink.ParseSource(uc.Source)
 		}
 		opt.Local = netip.AddrPortFrom(opt.Local.Addr(), uint16(pc.Port))
 		c, err := udp.Listen("udp4", opt)

@@ -220,7 +220,7 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 	for i, uc := range cfg.Uplinks {
 		opt := udp.Options{Device: uc.Device, RecvBuffer: 1 << 20, SendBuffer: 1 << 20}
 		if uc.Source != "" {
-			opt.Local, _ = parseHostPort(uc.Source)
+			opt.Local, _ = uplink.ParseSource(uc.Source)
 		}
 		// Config checking made every proxy on one uplink the same family.
 		network := "udp4"

@@ -18,6 +18,7 @@ import (
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tcpmux"
 	"github.com/raicnet/raic/pkg/tcpsplit"
+	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -363,7 +364,7 @@ func uplinkSource(u UplinkConfig) string {
 	if u.Source == "" {
 		return ":0"
 	}
-	ap, err := parseHostPort(u.Source)
+	ap, err := uplink.ParseSource(u.Source)
 	if err != nil {
 		return ":0"
 	}

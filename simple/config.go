@@ -6,15 +6,12 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/pkg/config"
-	"github.com/raicnet/raic/pkg/logging"
 )
 
 // Config is the simple proxy's TOML configuration.
 type Config struct {
-	// LogLevel is debug, info, warn or error.
-	LogLevel string `toml:"log_level"`
-	// Metrics, when set, serves Prometheus text at http://Metrics/metrics.
-	Metrics string `toml:"metrics"`
+	// Common is log_level and metrics.
+	config.Common
 	// MaxMappings bounds the mapping table (one mapping, with its own upstream
 	// socket, per source address and route). When it is full the least recently
 	// used mapping is evicted, counted and its socket closed.
@@ -40,7 +37,7 @@ type RouteConfig struct {
 
 // Defaults.
 const (
-	DefaultLogLevel    = "info"
+	DefaultLogLevel    = config.DefaultLogLevel
 	DefaultMaxMappings = 10000
 	DefaultMappingIdle = 60 * time.Second
 	DefaultRatePPS     = 5000
@@ -64,41 +61,21 @@ const (
 // is filled in by the check.
 func DefaultConfig() Config {
 	return Config{
-		LogLevel:    DefaultLogLevel,
+		Common:      config.DefaultCommon(),
 		MaxMappings: DefaultMaxMappings,
 		MappingIdle: config.Duration{Duration: DefaultMappingIdle},
 		RatePPS:     DefaultRatePPS,
 	}
 }
 
-// LoadConfig reads, defaults and checks a config file. Every error of the file
-// is returned at once, each naming the file, line and key.
-func LoadConfig(path string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.Check(path, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-// ParseConfig is LoadConfig for a config held in a string (name is used in errors).
-func ParseConfig(name, text string) (*Config, error) {
-	c := DefaultConfig()
-	if err := config.CheckText(name, text, &c, c.check); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
+// LoadConfig reads, defaults and checks a simple relay config file; every error of the
+// file is returned at once, each naming the file, line and key. ParseConfig
+// does the same for a config held in a string (name is used in errors).
+var LoadConfig, ParseConfig = config.Loaders(DefaultConfig, (*Config).check)
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
-		meta.Report("log_level", "%v", err)
-	}
-	if c.Metrics != "" {
-		// Checked here rather than when the listener opens, so that -check catches it.
-		meta.HostPort("metrics", c.Metrics)
-	}
+	c.Common.Check(meta)
 	meta.Int("max_mappings", c.MaxMappings, 1, maxMappingsCap)
 	meta.Duration("mapping_idle", c.MappingIdle.Duration, 100*time.Millisecond, 24*time.Hour)
 	if !meta.Rate("rate_pps", c.RatePPS, MaxRatePPS) {

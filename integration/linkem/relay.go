@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/raicnet/raic/pkg/mono"
@@ -20,6 +21,31 @@ const (
 	RelayIdleTimeout = 2 * time.Minute
 )
 
+// Direction is the way a datagram crosses a relay.
+type Direction uint8
+
+const (
+	// Upstream is from a client towards the upstream address.
+	Upstream Direction = iota
+	// Downstream is a reply from the upstream back to its client.
+	Downstream
+)
+
+func (d Direction) String() string {
+	if d == Upstream {
+		return "upstream"
+	}
+	return "downstream"
+}
+
+// Hook decides about one datagram before the link's own impairments apply:
+// drop discards it, otherwise delay is added to the time the link delivers it
+// (so a hook can reorder). pkt is only valid during the call and must not be
+// changed. A test uses a hook to drop or hold back exactly the datagrams it
+// means to (the third hello, every ack of one session...), which random loss
+// cannot. It runs on the relay's readers: keep it short.
+type Hook func(dir Direction, pkt []byte) (drop bool, delay time.Duration)
+
 // UDPRelay forwards datagrams from clients to one upstream address through an
 // emulated link, and replies back through another. Like a NAT it gives each client
 // address its own upstream socket, so the upstream sees one peer per client. It
@@ -32,6 +58,8 @@ type UDPRelay struct {
 	downMu   sync.Mutex // many per-client readers share the down link
 	upS      *scheduler
 	downS    *scheduler
+	hook     atomic.Pointer[Hook]
+	hooked   atomic.Uint64 // datagrams the hook dropped
 
 	mu      sync.Mutex
 	clients map[netip.AddrPort]*relayClient
@@ -96,6 +124,33 @@ func (r *UDPRelay) Addr() netip.AddrPort {
 // Up and Down return the links, for their counters and seeds.
 func (r *UDPRelay) Up() *Link   { return r.up }
 func (r *UDPRelay) Down() *Link { return r.down }
+
+// SetHook makes h decide about every datagram from now on, both ways; nil
+// removes it.
+func (r *UDPRelay) SetHook(h Hook) {
+	if h == nil {
+		r.hook.Store(nil)
+		return
+	}
+	r.hook.Store(&h)
+}
+
+// HookDropped returns how many datagrams the hook has dropped.
+func (r *UDPRelay) HookDropped() uint64 { return r.hooked.Load() }
+
+// consult runs the hook, if any, on pkt.
+func (r *UDPRelay) consult(dir Direction, pkt []byte) (drop bool, delay int64) {
+	h := r.hook.Load()
+	if h == nil {
+		return false, 0
+	}
+	drop, d := (*h)(dir, pkt)
+	if drop {
+		r.hooked.Add(1)
+		return true, 0
+	}
+	return false, max(int64(d), 0)
+}
 
 // Clients returns the number of client mappings.
 func (r *UDPRelay) Clients() int {
@@ -165,6 +220,10 @@ func (r *UDPRelay) readClients() {
 		now := mono.Now()
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 		c := r.client(from, now)
+		drop, extra := r.consult(Upstream, buf[:n])
+		if drop {
+			continue
+		}
 		r.upMu.Lock()
 		deps, k, cause := r.up.Decide(now, n)
 		r.upMu.Unlock()
@@ -180,7 +239,7 @@ func (r *UDPRelay) readClients() {
 				}
 				continue
 			}
-			it.at, it.conn = deps[i], c.conn
+			it.at, it.conn = deps[i]+extra, c.conn
 			if !r.upS.push(it) {
 				r.up.CountOverflow()
 			}
@@ -203,6 +262,10 @@ func (r *UDPRelay) readUpstream(c *relayClient) {
 		r.mu.Lock()
 		c.last = now
 		r.mu.Unlock()
+		drop, extra := r.consult(Downstream, buf[:n])
+		if drop {
+			continue
+		}
 		r.downMu.Lock()
 		deps, k, cause := r.down.Decide(now, n)
 		r.downMu.Unlock()
@@ -215,7 +278,7 @@ func (r *UDPRelay) readUpstream(c *relayClient) {
 				r.down.CountOverflow()
 				continue
 			}
-			it.at, it.conn, it.dst = deps[i], r.ln, c.addr
+			it.at, it.conn, it.dst = deps[i]+extra, r.ln, c.addr
 			if !r.downS.push(it) {
 				r.down.CountOverflow()
 			}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -244,5 +245,79 @@ func TestRelayBadInput(t *testing.T) {
 	}
 	if _, err := NewUDPRelay(loopback, netip.MustParseAddrPort("127.0.0.1:9"), Config{Loss: 2}, Config{}); err == nil {
 		t.Error("bad config accepted")
+	}
+}
+
+// TestRelayHookDropsAndDelaysChosenDatagrams: the hook sees every datagram with
+// its direction; the ones it drops never arrive (and are counted), the one it
+// delays arrives that much later, behind the datagrams sent after it. The ten
+// datagrams leave in one burst, so the hold (300 ms) outlasts the burst by far
+// even on a loaded machine.
+func TestRelayHookDropsAndDelaysChosenDatagrams(t *testing.T) {
+	srv, _ := echoServer(t)
+	r := newRelay(t, srv, "", "")
+	const hold = 300 * time.Millisecond
+	var seen [2]atomic.Int64
+	r.SetHook(func(dir Direction, pkt []byte) (bool, time.Duration) {
+		seen[dir].Add(1)
+		seq := pkt[8]
+		switch {
+		case dir == Upstream && seq%3 == 0:
+			return true, 0
+		case dir == Downstream && seq == 1:
+			return false, hold
+		}
+		return false, 0
+	})
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(r.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sent := map[byte]int64{}
+	for seq := byte(0); seq < 10; seq++ {
+		pkt := make([]byte, 16)
+		binary.BigEndian.PutUint64(pkt, uint64(mono.Now()))
+		pkt[8] = seq
+		sent[seq] = mono.Now()
+		if _, err := c.Write(pkt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var order []byte
+	var late time.Duration
+	c.SetReadDeadline(time.Now().Add(hold + time.Second))
+	buf := make([]byte, 64)
+	for len(order) < 6 {
+		n, err := c.Read(buf)
+		if err != nil {
+			break
+		}
+		if n == 16 {
+			order = append(order, buf[8])
+			if buf[8] == 1 {
+				late = time.Duration(mono.Now() - sent[1])
+			}
+		}
+	}
+	if want := []byte{2, 4, 5, 7, 8, 1}; !slices.Equal(order, want) {
+		t.Fatalf("replies arrived in order %v, want %v (0, 3, 6, 9 dropped going up; 1 held back coming down)", order, want)
+	}
+	if late < hold {
+		t.Errorf("the held reply came back after %v, want at least %v", late, hold)
+	}
+	if got := r.HookDropped(); got != 4 {
+		t.Errorf("HookDropped = %d, want 4", got)
+	}
+	if up, down := seen[Upstream].Load(), seen[Downstream].Load(); up != 10 || down != 6 {
+		t.Errorf("the hook saw %d datagrams going up and %d coming down, want 10 and 6", up, down)
+	}
+	r.SetHook(nil)
+	pkt := make([]byte, 16) // seq 0: the removed hook no longer drops it
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(buf); err != nil || n != 16 {
+		t.Fatalf("after SetHook(nil): read %d, %v", n, err)
 	}
 }

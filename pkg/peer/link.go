@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/pkg/rendezvous"
-	"github.com/raicnet/raic/pkg/replay"
 	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic/replay"
 )
 
 // A Link is one peer session: it seals each packet once and sends the same

@@ -12,9 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/raicnet/raic/pkg/replay"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
+	"github.com/raicnet/raic/raic/replay"
 )
 
 // ErrDuplicate means the window had already seen the packet: dropped before any
