@@ -62,33 +62,6 @@ type Peer struct {
 	KeepsIDs bool
 
 	lastAck atomic.Int64
-	local   localAddr // the proxy address the router sends to (sticky source)
-}
-
-// localAddr is the address of ours a session's router sends to, learned from
-// its authenticated datagrams on a socket bound to the unspecified address, so
-// that replies leave from it: a router (or a NAT on its way) takes answers only
-// from the address it wrote to. One per session, not per path: every uplink of
-// a router is configured with the same proxy address. The lock is the
-// session's own and is taken only to read or change the address.
-type localAddr struct {
-	mu   sync.Mutex
-	addr netip.Addr
-}
-
-func (l *localAddr) set(a netip.Addr) {
-	l.mu.Lock()
-	if l.addr != a {
-		l.addr = a
-	}
-	l.mu.Unlock()
-}
-
-func (l *localAddr) get() netip.Addr {
-	l.mu.Lock()
-	a := l.addr
-	l.mu.Unlock()
-	return a
 }
 
 // ackDue limits acks to one per 10 ms per session: a router sends hellos until
@@ -518,7 +491,7 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 		r.sink.Challenge, r.sink.Due = c, true
 	}
 	if in.pktinfo && r.local.IsValid() {
-		p.local.set(r.local)
+		p.Paths.SetLocal(from, r.local)
 	}
 	if r.sink.Due {
 		in.challenge(r, p, r.sink.Challenge)
@@ -668,7 +641,7 @@ func (in *Ingress[S]) challenge(r *Reader, p *Peer, c replypath.Challenge) {
 		conn = in.conn
 	}
 	// From the address the router reached, like every other answer.
-	if in.send(conn, out, c.To, in.localOf(p)) {
+	if in.send(conn, out, c.To, in.localOf(p, c.To)) {
 		in.m.challenges.Inc()
 	}
 }
@@ -710,7 +683,7 @@ func (in *Ingress[S]) Answer(r *Reader, p *Peer, t wire.Type, body []byte, to ne
 	if c == nil {
 		c = in.conn
 	}
-	return in.send(c, out, to, in.localOf(p))
+	return in.send(c, out, to, in.localOf(p, to))
 }
 
 // SendTo sends one datagram to a router, counting a failure.
@@ -729,13 +702,15 @@ func (in *Ingress[S]) send(c *udp.Conn, dg []byte, to netip.AddrPort, from netip
 	return true
 }
 
-// localOf is the source address replies of p leave from: the one its router
-// reached, when the socket is bound to the unspecified address.
-func (in *Ingress[S]) localOf(p *Peer) netip.Addr {
+// localOf is the source address datagrams of p to the router address to leave
+// from: the one that path reached, when the socket is bound to the unspecified
+// address (a router, or a NAT on its way, takes answers only from the address
+// it wrote to; each path may reach another address of ours).
+func (in *Ingress[S]) localOf(p *Peer, to netip.AddrPort) netip.Addr {
 	if !in.pktinfo {
 		return netip.Addr{}
 	}
-	return p.local.get()
+	return p.Paths.LocalOf(to)
 }
 
 // maxReplyBatch is the most datagrams of one reply sent in one sendmmsg: two
@@ -803,7 +778,6 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 	// leaves in one sendmmsg: they are ready together, so batching them holds
 	// none back.
 	var b replyBatch
-	from := in.localOf(p)
 	if copies {
 		// The X-fragments of a copy scheme are copies too: each goes to every
 		// path.
@@ -811,7 +785,7 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 		n, extra := live.Copies(&to)
 		for _, dg := range dgs {
 			for _, a := range to[:n] {
-				in.queueReply(p, &live, &b, dg, a, from)
+				in.queueReply(p, &live, &b, dg, a)
 			}
 		}
 		in.flush(&b)
@@ -820,7 +794,7 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 	var placement [64]int
 	out := live.Place(len(dgs), placement[:0])
 	for i, dg := range dgs {
-		in.queueReply(p, &live, &b, dg, live.Addr(out[i]), from)
+		in.queueReply(p, &live, &b, dg, live.Addr(out[i]))
 	}
 	in.flush(&b)
 	return len(dgs), 0, nil
@@ -828,12 +802,12 @@ func (in *Ingress[S]) Reply(p *Peer, window time.Duration, now int64, seal func(
 
 // queueReply queues one reply datagram to a live path of p, unless the path is
 // not validated yet and has had its 3x (replypath.Set.Spend).
-func (in *Ingress[S]) queueReply(p *Peer, live *replypath.Live, b *replyBatch, dg []byte, to netip.AddrPort, from netip.Addr) {
+func (in *Ingress[S]) queueReply(p *Peer, live *replypath.Live, b *replyBatch, dg []byte, to netip.AddrPort) {
 	if live.Limited() && live.Limits(to) && !p.Paths.Spend(to, len(dg)) {
 		in.m.unvalidatedHeld.Inc()
 		return
 	}
-	in.queue(b, dg, to, from)
+	in.queue(b, dg, to, in.localOf(p, to))
 }
 
 // IDHash returns a hash of session IDs for the session tables, seeded at

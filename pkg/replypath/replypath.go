@@ -101,6 +101,10 @@ type Set struct {
 type path struct {
 	addr netip.AddrPort
 	last int64
+	// local is the proxy's own address this path reached it at (IP_PKTINFO,
+	// for a proxy bound to 0.0.0.0 or [::]): replies to it leave from there,
+	// since each path may reach another address of the proxy.
+	local netip.Addr
 	// validated: the router answered a challenge from this address (or the
 	// caller learned it as trusted, Learn). Until then budget is what may
 	// still be sent there: AmplificationLimit times what came from it, less
@@ -125,6 +129,32 @@ func (s *Set) Learn(from netip.AddrPort, now int64) {
 	p := s.find(from, now)
 	p.last, p.validated = max(p.last, now), true
 	s.mu.Unlock()
+}
+
+// SetLocal records that the path from reached the proxy at its address local.
+// A path not in the set is left alone.
+func (s *Set) SetLocal(from netip.AddrPort, local netip.Addr) {
+	s.mu.Lock()
+	for i := range s.paths {
+		if p := &s.paths[i]; p.addr == from {
+			p.local = local
+			break
+		}
+	}
+	s.mu.Unlock()
+}
+
+// LocalOf returns the proxy address the path to reached it at (SetLocal), or
+// the zero Addr when none is known.
+func (s *Set) LocalOf(to netip.AddrPort) netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.paths {
+		if p := &s.paths[i]; p.addr == to {
+			return p.local
+		}
+	}
+	return netip.Addr{}
 }
 
 // find returns the path of addr, or makes one: a new address takes the place

@@ -464,3 +464,28 @@ func TestUnvalidatedPathsDoNotPushOutValidated(t *testing.T) {
 		t.Fatalf("the validated path was pushed out")
 	}
 }
+
+// TestLocalPerPath: each path keeps the proxy address it reached, so replies
+// to two paths that reached two addresses of a multi-homed proxy leave from
+// each one's own (a single per-session address sent one path's replies from
+// the other's address, which its relay dropped).
+func TestLocalPerPath(t *testing.T) {
+	var s Set
+	a := netip.MustParseAddrPort("198.18.0.2:5000")
+	b := netip.MustParseAddrPort("198.18.1.2:5000")
+	la, lb := netip.MustParseAddr("198.18.40.2"), netip.MustParseAddr("198.18.41.2")
+	s.Heard(a, 100, 1)
+	s.Heard(b, 100, 1)
+	s.SetLocal(a, la)
+	s.SetLocal(b, lb)
+	s.SetLocal(netip.MustParseAddrPort("198.18.2.2:5000"), la) // not a path: ignored
+	if got := s.LocalOf(a); got != la {
+		t.Errorf("path a: local %v, want %v", got, la)
+	}
+	if got := s.LocalOf(b); got != lb {
+		t.Errorf("path b: local %v, want %v", got, lb)
+	}
+	if got := s.LocalOf(netip.MustParseAddrPort("198.18.2.2:5000")); got.IsValid() {
+		t.Errorf("unknown path: local %v, want none", got)
+	}
+}
