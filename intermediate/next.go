@@ -299,18 +299,9 @@ func (s *Server) rekeyOut(rl *relay, epoch uint64, upgrade bool, now int64) {
 	if rl.outSend.Epoch() == epoch {
 		return
 	}
-	hl, _ := rl.outSend.Hello()
-	send, recv, err := wire.DeriveKeysEpoch(&s.nextKey, &hl.Salt, rl.outID, epoch, wire.RoleClient)
-	if err != nil {
+	if err := tunnel.FollowEpoch(rl.outSend, rl.outRecv, &s.nextKey, rl.outID, epoch, upgrade, now); err != nil {
 		s.m.sealErrors.Inc()
-		return
 	}
-	if upgrade {
-		rl.outRecv.Upgrade(recv)
-	} else {
-		rl.outRecv.Rekey(recv)
-	}
-	rl.outSend.Rekey(send, epoch, now)
 }
 
 // forceNextHellos puts the hello back on every datagram towards the next hop

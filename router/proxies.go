@@ -13,6 +13,7 @@ import (
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxychoice"
+	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
 )
@@ -498,15 +499,6 @@ func (rs *routerSession) rekey(epoch uint64, upgrade bool, now int64) {
 	if rs.send.Epoch() == epoch {
 		return
 	}
-	hl, _ := rs.send.Hello()
-	send, recv, err := wire.DeriveKeysEpoch(&rs.r.key, &hl.Salt, rs.id, epoch, wire.RoleClient)
-	if err != nil {
-		return
-	}
-	if upgrade {
-		rs.recv.Upgrade(recv)
-	} else {
-		rs.recv.Rekey(recv)
-	}
-	rs.send.Rekey(send, epoch, now)
+	// A failure leaves the old keys: the next pong of the epoch tries again.
+	_ = tunnel.FollowEpoch(rs.send, rs.recv, &rs.r.key, rs.id, epoch, upgrade, now)
 }

@@ -31,6 +31,12 @@ func (in *Ingress[S]) noteQuality(r *Reader, p *Peer, from netip.AddrPort, now i
 	n := p.Quality.Take(now, every, &reps)
 	var b [wire.QualityLen]byte
 	for i := range reps[:n] {
+		// Only to a path the router proved it owns (replypath's challenge):
+		// figures can come from datagrams not yet authenticated (duplicates),
+		// and a report must never go to an address that only claimed a path.
+		if !p.Paths.Validated(reps[i].Key) {
+			continue
+		}
 		if in.Answer(r, p, wire.TypeQuality, reps[i].Q.Put(b[:]), reps[i].Key, now) {
 			in.m.reports.Inc()
 		}

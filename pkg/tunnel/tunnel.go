@@ -417,3 +417,23 @@ func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 // Hello returns the hello this sender puts on its datagrams while it is due,
 // and whether it has one.
 func (s *Sender) Hello() (wire.Hello, bool) { return s.keys.Load().hello, s.hasHello }
+
+// FollowEpoch moves a client-side session (send, recv) to the far side's
+// restart epoch: keys derived anew from key with the session's salt, the
+// receiver upgraded (the far side continues the session: the window stays)
+// or re-keyed (it re-created it: the window starts over), then the sender.
+// The router and the intermediate's next-hop side both call it.
+func FollowEpoch(send *Sender, recv *Receiver, key *wire.Key, session, epoch uint64, upgrade bool, now int64) error {
+	hl, _ := send.Hello()
+	sk, rk, err := wire.DeriveKeysEpoch(key, &hl.Salt, session, epoch, wire.RoleClient)
+	if err != nil {
+		return err
+	}
+	if upgrade {
+		recv.Upgrade(rk)
+	} else {
+		recv.Rekey(rk)
+	}
+	send.Rekey(sk, epoch, now)
+	return nil
+}
