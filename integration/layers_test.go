@@ -33,7 +33,7 @@ var layers = []struct {
 	}},
 	{"tunnel: one session's sealing, window and codec", []string{"pkg/tunnel"}},
 	{"session parts: reply paths, clients, TCP framing", []string{"pkg/replypath", "pkg/clients", "pkg/tcpmux"}},
-	{"engines: ingress, uplink set, TCP split, detection, rendezvous", []string{"pkg/ingress", "pkg/uplink", "pkg/tcpsplit", "detect", "pkg/rendezvous"}},
+	{"engines: ingress, uplink set, TCP split, detection, rendezvous, fleet operation", []string{"pkg/ingress", "pkg/uplink", "pkg/tcpsplit", "detect", "pkg/rendezvous", "pkg/fleet"}},
 	{"policy and peers: suppression, proxy choice, peer paths", []string{"suppress", "pkg/proxychoice", "pkg/peer"}},
 	{"kernel: eBPF enforcement, gateway setup", []string{"bpf", "pkg/gateway"}},
 	{"programs", []string{"router", "proxy", "intermediate", "simple"}},

@@ -3,6 +3,7 @@ package proxy
 import (
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/fleet"
 	"time"
 
 	"github.com/raicnet/raic/pkg/ingress"
@@ -64,12 +65,8 @@ func DefaultConfig() Config {
 		OverloadCPU:     DefaultOverloadCPU,
 		ProbeTTL:        config.Duration{Duration: DefaultProbeTTL},
 		ProbeMaxTargets: DefaultProbeMaxTargets,
-		StudioConfig: StudioConfig{
-			TokenRatePPS: clients.DefaultRatePPS,
-			MaxTokens:    clients.DefaultSeenTokens,
-			DrainTimeout: config.Duration{Duration: DefaultDrainTimeout},
-		},
-		Workers: 1,
+		StudioConfig:    StudioConfig{Config: fleet.Defaults()},
+		Workers:         1,
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: config.Duration{Duration: quality.DefaultInterval},
 	}

@@ -8,16 +8,13 @@ package proxy
 
 import (
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/raicnet/raic/pkg/allow"
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/fleet"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxyproto"
 	"github.com/raicnet/raic/pkg/token"
@@ -26,24 +23,10 @@ import (
 
 // StudioConfig are the proxy's keys for running it as a studio's fleet.
 type StudioConfig struct {
-	// TokenKey (or TokenKeyFile, a file holding it) is the key the studio's
-	// backend seals connect tokens with (raic-token -genkey). With it, players
-	// with a token are admitted without a [[client]] table.
-	TokenKey     string `toml:"token_key"`
-	TokenKeyFile string `toml:"token_key_file"`
-	// TokenRatePPS and TokenBurst limit the datagrams of each token (all its
-	// sessions together), as rate_pps and burst do a [[client]]'s; the
-	// token's own session limit is its max_sessions.
-	TokenRatePPS float64 `toml:"token_rate_pps"`
-	TokenBurst   int     `toml:"token_burst"`
-	// MaxTokens bounds the table of tokens seen (kept until each expires).
-	MaxTokens int `toml:"max_tokens"`
-	// HealthListen serves /healthz (alive) and /readyz (serving and not
-	// draining) over HTTP; when it equals Metrics, one server serves all three.
-	HealthListen string `toml:"health_listen"`
-	// DrainTimeout: on SIGTERM the proxy stops admitting sessions and serves
-	// those it has until they end or this long has passed.
-	DrainTimeout config.Duration `toml:"drain_timeout"`
+	// Config: token_key, token_key_file, token_rate_pps, token_burst,
+	// max_tokens, health_listen, drain_timeout (package fleet, the same in
+	// the intermediate).
+	fleet.Config
 	// Servers give per-server options, for whichever client reaches them.
 	Servers []ServerConfig `toml:"server"`
 
@@ -68,50 +51,13 @@ type serverRule struct {
 }
 
 // DefaultDrainTimeout is how long a drain waits for sessions to end.
-const DefaultDrainTimeout = 30 * time.Second
-
-// Bounds of the studio keys.
-const (
-	maxTokensCap    = 1 << 24 // token table entries (about 200 bytes each)
-	maxTokenBurst   = 1 << 30 // as a [[client]]'s burst
-	maxDrainTimeout = time.Hour
-)
+const DefaultDrainTimeout = fleet.DefaultDrainTimeout
 
 // checkStudio validates the studio keys, decoded over DefaultConfig,
 // recording every error on meta; it reads the token key file.
 func (c *StudioConfig) checkStudio(meta *config.Meta) {
-	c.tokenKey = nil
-	keyText, keyName := c.TokenKey, "token_key"
-	switch {
-	case c.TokenKey != "" && c.TokenKeyFile != "":
-		meta.Report("token_key_file", "set token_key or token_key_file, not both")
-		keyText = ""
-	case c.TokenKeyFile != "":
-		b, err := os.ReadFile(c.TokenKeyFile)
-		if err != nil {
-			meta.Report("token_key_file", "%v", err)
-		}
-		keyText, keyName = string(b), "token_key_file"
-	}
-	if keyText != "" {
-		if k, err := wire.ParseKey(keyText); err != nil {
-			meta.Report(keyName, "%v", err)
-		} else {
-			c.tokenKey = &k
-		}
-	}
-	meta.Rate("token_rate_pps", c.TokenRatePPS, clients.MaxRatePPS)
-	if !meta.IsDefined("token_burst") {
-		// As a [[client]]'s: a tenth of a second of its rate, and some.
-		c.TokenBurst = int(min(c.TokenRatePPS, maxTokenBurst)/10) + 64
-	} else {
-		meta.Int("token_burst", c.TokenBurst, 1, maxTokenBurst)
-	}
-	meta.Int("max_tokens", c.MaxTokens, 1, maxTokensCap)
-	if c.HealthListen != "" {
-		meta.AddrPort("health_listen", c.HealthListen)
-	}
-	meta.Duration("drain_timeout", c.DrainTimeout.Duration, 0, maxDrainTimeout)
+	c.Config.Check(meta)
+	c.tokenKey = c.Config.Key()
 	c.servers = nil
 	for i, sc := range c.Servers {
 		key := func(k string) string { return fmt.Sprintf("server.%d.%s", i, k) }
@@ -143,15 +89,7 @@ func (c *StudioConfig) headerFor(target netip.AddrPort) proxyproto.Kind {
 // newRoster builds the admission tables of cfg, keeping seen (the tokens
 // already used) across reloads.
 func newRoster(cfg *Config, seen *token.Seen) (*clients.Roster, error) {
-	if seen == nil && cfg.tokenKey != nil {
-		seen = token.NewSeen(cfg.MaxTokens)
-	}
-	r, err := clients.NewRoster(cfg.Clients, cfg.tokenKey, seen, mono.Now())
-	if err != nil {
-		return nil, err
-	}
-	r.TokenRatePPS, r.TokenBurst = cfg.TokenRatePPS, cfg.TokenBurst
-	return r, nil
+	return cfg.StudioConfig.Roster(cfg.Clients, seen)
 }
 
 // Reload takes the [[client]] tables, the token key and the [[server]] options
@@ -180,75 +118,25 @@ func (s *Server) Drain() {
 	if s.in.Drain() {
 		return
 	}
-	limit := s.studio.Load().DrainTimeout.Duration
-	s.log.Info("draining: admitting no new sessions", "sessions", s.sessions.Len(), "drain_timeout", limit)
-	deadline := time.Now().Add(limit)
-	for s.sessions.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-		s.sessions.Sweep(mono.Now())
-	}
-	s.log.Info("drained", "sessions_left", s.sessions.Len())
+	fleet.Wait(s.log, s.studio.Load().DrainTimeout.Duration, s.sessions.Len, func() { s.sessions.Sweep(mono.Now()) })
 }
 
 // Draining reports whether a drain has begun.
 func (s *Server) Draining() bool { return s.in.Draining() }
 
-// healthMux adds /healthz and /readyz to mux. /healthz answers while the
-// process serves; /readyz only while it also admits sessions.
-func (s *Server) healthMux(mux *http.ServeMux) {
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if s.closing.Load() {
-			http.Error(w, "stopping", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		switch {
-		case s.closing.Load():
-			http.Error(w, "stopping", http.StatusServiceUnavailable)
-		case s.in.Draining():
-			http.Error(w, "draining", http.StatusServiceUnavailable)
-		default:
-			fmt.Fprintf(w, "ready: %d sessions\n", s.sessions.Len())
-		}
-	})
-}
-
 // listenHTTP binds the metrics and health endpoints (New calls it, so the
 // proxy is reachable when New returns; Run serves them): one server when they
-// share an address, two otherwise.
+// share an address, two otherwise (package fleet).
 func (s *Server) listenHTTP() error {
-	type srv struct {
-		addr string
-		mux  *http.ServeMux
+	h, err := fleet.Listen(s.cfg.Metrics, s.reg.Handler(), s.cfg.HealthListen, fleet.State{
+		Stopping: s.closing.Load,
+		Draining: s.in.Draining,
+		Sessions: s.sessions.Len,
+	})
+	if err != nil {
+		return err
 	}
-	var servers []srv
-	if s.cfg.Metrics != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", s.reg.Handler())
-		if s.cfg.HealthListen == s.cfg.Metrics {
-			s.healthMux(mux)
-		}
-		servers = append(servers, srv{s.cfg.Metrics, mux})
-	}
-	if s.cfg.HealthListen != "" && s.cfg.HealthListen != s.cfg.Metrics {
-		mux := http.NewServeMux()
-		s.healthMux(mux)
-		servers = append(servers, srv{s.cfg.HealthListen, mux})
-	}
-	for _, sv := range servers {
-		ln, err := net.Listen("tcp", sv.addr)
-		if err != nil {
-			for _, l := range s.httpLns {
-				l.Close()
-			}
-			return fmt.Errorf("http listener %s: %w", sv.addr, err)
-		}
-		s.httpSrvs = append(s.httpSrvs, &http.Server{Handler: sv.mux, ReadHeaderTimeout: 5 * time.Second})
-		s.httpLns = append(s.httpLns, ln)
-		s.httpAddrs = append(s.httpAddrs, ln.Addr().String())
-	}
+	s.httpSrvs, s.httpLns, s.httpAddrs = h.Servers, h.Listeners, h.Addrs
 	return nil
 }
 
