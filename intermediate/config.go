@@ -6,6 +6,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/config"
+	"github.com/raicnet/raic/pkg/fleet"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
@@ -35,6 +36,13 @@ type Config struct {
 	// reply_window, hello_max_age and the [[client]] tables (the routers
 	// allowed to use this intermediate).
 	ingress.Settings
+	// Config are the keys of running in a studio's fleet, as in the proxy
+	// (package fleet): token_key or token_key_file (the studio's connect-token
+	// key: routers with a token are admitted here as the proxy admits them,
+	// and relayed under this intermediate's own client ID), token_rate_pps,
+	// token_burst, max_tokens, health_listen (/healthz, /readyz) and
+	// drain_timeout (SIGTERM).
+	fleet.Config
 	// Next is the hop after this one: a proxy or another intermediate.
 	Next NextConfig `toml:"next"`
 }
@@ -91,6 +99,7 @@ const (
 func DefaultConfig() Config {
 	return Config{
 		Settings: ingress.DefaultSettings(),
+		Config:   fleet.Defaults(),
 		Next: NextConfig{
 			CopiesPerUplink: 1,
 			PingInterval:    config.Duration{Duration: DefaultPingInterval},
@@ -105,7 +114,8 @@ var LoadConfig, ParseConfig = config.Loaders(DefaultConfig, (*Config).check)
 
 // check validates c, decoded over DefaultConfig, recording every error on meta.
 func (c *Config) check(meta *config.Meta) {
-	c.Settings.Check(meta, "the intermediate", false)
+	c.Config.Check(meta) // first: with connect tokens on, no [[client]] is needed
+	c.Settings.Check(meta, "the intermediate", c.Config.Key() != nil)
 	meta.Duration("next.ping_interval", c.Next.PingInterval.Duration, minPingInterval, maxPingInterval)
 	c.Next.check(meta)
 }

@@ -76,3 +76,31 @@ func TestConfigReportsEveryError(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetConfig: with a token key no [[client]] is needed; without one it
+// still is; the fleet keys are checked as the proxy checks them.
+func TestFleetConfig(t *testing.T) {
+	next := "[next]\nclient_id = \"mid\"\nkey = \"" + routerKey.String() + "\"\nproxy = \"198.18.40.2:4500\"\n"
+	c, err := ParseConfig("i.toml", "token_key = \""+routerKey.String()+"\"\nhealth_listen = \"127.0.0.1:9113\"\ndrain_timeout = \"5s\"\n"+next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Config.Key() == nil || c.HealthListen != "127.0.0.1:9113" || c.DrainTimeout.Seconds() != 5 {
+		t.Fatalf("fleet keys not read: %+v", c.Config)
+	}
+	if _, err := ParseConfig("i.toml", next); err == nil || !strings.Contains(err.Error(), "no [[client]] configured") {
+		t.Errorf("no clients and no token key: error %v", err)
+	}
+	for _, tc := range []struct{ extra, want string }{
+		{`token_key = "short"`, "i.toml:1: token_key: "},
+		{`token_key_file = "/nonexistent/token.key"`, "i.toml:1: token_key_file: "},
+		{`health_listen = "nowhere"`, "i.toml:1: health_listen: "},
+		{`drain_timeout = "2h"`, "i.toml:1: drain_timeout: 2h is not within"},
+		{`max_tokens = 0`, "i.toml:1: max_tokens: 0 is not within"},
+	} {
+		_, err := ParseConfig("i.toml", tc.extra+"\n"+configTail())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.extra, err, tc.want)
+		}
+	}
+}

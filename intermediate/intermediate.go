@@ -31,12 +31,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/raicnet/raic/pkg/fleet"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
@@ -77,8 +77,10 @@ type Server struct {
 	closed  chan struct{}  // closed by Close, so the janitor stops however Close was reached
 	reading sync.WaitGroup // the router side's read loop: the only one sealing towards the next hop
 	loops   sync.WaitGroup // the uplink read loops and the janitor
-	httpSrv *http.Server
-	ends    *ingress.Ends // evictions and idle ends, counted and logged
+	http    *fleet.HTTP    // metrics and health (studio.go)
+	ends    *ingress.Ends  // evictions and idle ends, counted and logged
+	// drainTimeout is drain_timeout as the last reload left it (studio.go).
+	drainTimeout atomic.Int64
 }
 
 // counters are the intermediate's own metrics; the router side's (received,
@@ -91,6 +93,7 @@ type counters struct {
 	sessionsEvicted, sessionsIdle, movedCopies                 *metrics.Counter
 	keepalivesSent, nextMoved, nextAllDown, nextRestarts       *metrics.Counter
 	sessions                                                   *metrics.Gauge
+	reloads                                                    *metrics.Counter // SIGHUP (studio.go)
 }
 
 func newCounters(r *metrics.Registry) counters {
@@ -113,6 +116,7 @@ func newCounters(r *metrics.Registry) counters {
 		nextMoved:       r.Counter("intermediate_next_moved_copies_total", "Extra copies sent to the next hop on live uplinks for uplinks that look down."),
 		nextAllDown:     r.Counter("intermediate_next_no_live_uplink_total", "Packets sent to the next hop while every uplink looked down (sent on all)."),
 		nextRestarts:    r.Counter("intermediate_next_restarts_total", "Restarts of the next hop seen (a new epoch in its pongs); its sessions were re-keyed."),
+		reloads:         r.Counter("intermediate_reloads_total", "Client and token tables reloaded (SIGHUP)."),
 	}
 }
 
@@ -145,8 +149,16 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 			s.closeSockets()
 		}
 	}()
+	s.drainTimeout.Store(int64(cfg.DrainTimeout.Duration))
+	// The [[client]] tables and, with a token key, connect tokens: admitted
+	// as the proxy admits them (package fleet builds the roster for both).
+	roster, err := cfg.Config.Roster(cfg.Clients, nil)
+	if err != nil {
+		return nil, err
+	}
 	if s.in, err = ingress.New(ingress.Config{
-		Listen: cfg.Listen, Clients: cfg.Clients, MaxSessions: cfg.MaxSessions, HelloMaxAge: cfg.HelloMaxAge.Duration,
+		Listen: cfg.Listen, Roster: roster, Tokens: cfg.Config.Key() != nil,
+		MaxSessions: cfg.MaxSessions, HelloMaxAge: cfg.HelloMaxAge.Duration,
 		Prefix: "intermediate", Registry: s.reg, Log: log,
 	}, s.relays, (*program)(s)); err != nil {
 		return nil, err
@@ -155,6 +167,9 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	if s.ctrl, err = s.newCtrl(); err != nil {
+		return nil, err
+	}
+	if err = s.listenHTTP(); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -189,15 +204,9 @@ func (s *Server) UplinkStats() []uplink.Stats {
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	if s.cfg.Metrics != "" {
-		var err error
-		if s.httpSrv, err = s.reg.Serve(s.cfg.Metrics); err != nil {
-			s.Close()
-			return err
-		}
-	}
+	s.http.Serve()
 	s.log.Info("intermediate serving", "listen", s.Addr().String(), "clients", s.in.Clients(),
-		"next_client_id", s.cfg.Next.ClientID, "max_sessions", s.cfg.MaxSessions)
+		"tokens", s.cfg.Config.Key() != nil, "next_client_id", s.cfg.Next.ClientID, "max_sessions", s.cfg.MaxSessions)
 	for _, p := range s.next.Paths {
 		s.log.Info("uplink ready", "uplink", p.Name, "local", p.Conn.LocalAddr().String(), "next", p.To.String())
 	}
@@ -231,9 +240,7 @@ func (s *Server) Close() {
 	}
 	close(s.closed)
 	s.in.Close()
-	if s.httpSrv != nil {
-		s.httpSrv.Close()
-	}
+	s.http.Close()
 	s.reading.Wait()
 	s.closeAtNext()
 	s.closeSockets()
@@ -308,6 +315,7 @@ func (s *Server) janitor() {
 			return true
 		})
 		s.m.sessions.Set(int64(s.relays.Len()))
+		s.in.TokenTick(time.Now())
 	}
 }
 

@@ -198,6 +198,9 @@ func Listen(metrics string, handler http.Handler, health string, st State) (*HTT
 
 // Serve serves every endpoint, each on its own goroutine.
 func (h *HTTP) Serve() {
+	if h == nil {
+		return
+	}
 	for i, s := range h.Servers {
 		go s.Serve(h.Listeners[i])
 	}
@@ -205,6 +208,9 @@ func (h *HTTP) Serve() {
 
 // Close stops them.
 func (h *HTTP) Close() {
+	if h == nil {
+		return
+	}
 	for i, s := range h.Servers {
 		s.Close()
 		h.Listeners[i].Close() // Close does not close a listener Serve never took
