@@ -3,12 +3,15 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/raicnet/raic/pkg/allow"
+	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
@@ -81,6 +84,17 @@ func (s *Server) startTCP(ctx context.Context) error {
 		return err
 	}
 	t.fl, _ = tcpmux.ListenFrames(ln, keys)
+	// A router admitted by a connect token presents it in place of a client
+	// ID: opened against the token key as the roster has it now, refusals
+	// counted by reason in proxy_dropped_total as a token hello's. Its
+	// sessions are then admitted hello by hello, as over UDP.
+	t.fl.Tokens = func(tok []byte) (string, wire.Key, error) {
+		id, key, why := s.in.OpenToken(tok, time.Now())
+		if why != clients.Admitted {
+			return "", key, fmt.Errorf("%w: connect token refused: %s", tcpmux.ErrAuth, why)
+		}
+		return id, key, nil
+	}
 	t.split = &tcpsplit.Server{
 		Allowed: func(id string) (allow.List, bool) {
 			c, ok := s.in.Client(id) // pre-shared-key clients only, as the roster has them now

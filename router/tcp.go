@@ -244,8 +244,14 @@ func (r *Router) startTCP(ctx context.Context) error {
 		r.closeTCP()
 		return err
 	}
-	for _, m := range t.muxes {
-		go t.keepConn(ctx, m)
+	if r.cfg.token == nil {
+		for _, m := range t.muxes {
+			go t.keepConn(ctx, m)
+		}
+	} else if len(r.cfg.TCP.Forwards) > 0 || r.cfg.TCP.Split.enabled() {
+		// The proxy admits a connect token on the TLS fallback only: a
+		// split flow's allowlist is a [[client]]'s.
+		r.log.Warn("tcp: split flows need a client_id and key at the proxy; with a connect token only the UDP fallback is carried")
 	}
 	for i, ln := range t.lns {
 		f := r.cfg.TCP.Forwards[i]
@@ -460,7 +466,14 @@ func (t *tcpSide) dialFrames(ctx context.Context) {
 			d.LocalAddr = net.TCPAddrFromAddrPort(a)
 		}
 		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		fc, err := tcpmux.DialFrames(dctx, &d, t.proxy.String(), t.r.cfg.ClientID, t.key)
+		var fc *tcpmux.FrameConn
+		var err error
+		if tok := t.r.cfg.token; tok != nil {
+			// Admitted by the connect token, as the hellos are.
+			fc, err = tcpmux.DialFramesToken(dctx, &d, t.proxy.String(), tok, t.key)
+		} else {
+			fc, err = tcpmux.DialFrames(dctx, &d, t.proxy.String(), t.r.cfg.ClientID, t.key)
+		}
 		cancel()
 		if err != nil {
 			t.r.log.Debug("udp fallback: connection failed", "uplink", m.u.Name, "err", err)

@@ -441,22 +441,34 @@ func checkHello(c *Client, key *wire.Key, hdr *wire.Header, hello *wire.Hello, d
 	return a, Admitted
 }
 
-func admitToken(r *Roster, hdr *wire.Header, hello *wire.Hello, dg []byte, off int, scratch []byte, maxAge time.Duration, now time.Time, run *Run) (Admission, Refusal) {
+// OpenToken opens a connect token with the roster's token key and checks
+// its validity window at now, into t (its client ID points into scratch, at
+// least token.MaxLen bytes): Admitted, or TokenMalformed (also when the
+// roster has no token key), TokenForged, TokenExpired or TokenNotYet. Admit
+// calls it for a token hello; a program calls it for a router that presents
+// its token elsewhere (the proxy's TLS fallback).
+func OpenToken(r *Roster, tok, scratch []byte, now time.Time, t *token.Opened) Refusal {
 	if r.Tokens == nil {
-		return Admission{}, TokenMalformed
+		return TokenMalformed
 	}
+	switch err := r.Tokens.Open(tok, scratch, now, t); err {
+	case nil:
+		return Admitted
+	case token.ErrForged:
+		return TokenForged
+	case token.ErrExpired:
+		return TokenExpired
+	case token.ErrNotYet:
+		return TokenNotYet
+	}
+	return TokenMalformed
+}
+
+func admitToken(r *Roster, hdr *wire.Header, hello *wire.Hello, dg []byte, off int, scratch []byte, maxAge time.Duration, now time.Time, run *Run) (Admission, Refusal) {
 	var tb [token.MaxLen]byte
 	var t token.Opened
-	switch err := r.Tokens.Open(hello.Token, tb[:], now, &t); err {
-	case nil:
-	case token.ErrForged:
-		return Admission{}, TokenForged
-	case token.ErrExpired:
-		return Admission{}, TokenExpired
-	case token.ErrNotYet:
-		return Admission{}, TokenNotYet
-	default:
-		return Admission{}, TokenMalformed
+	if why := OpenToken(r, hello.Token, tb[:], now, &t); why != Admitted {
+		return Admission{}, why
 	}
 	rate, burst := r.TokenRatePPS, r.TokenBurst
 	if rate <= 0 {

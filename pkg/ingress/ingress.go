@@ -33,6 +33,7 @@ import (
 	"github.com/raicnet/raic/pkg/quality"
 	"github.com/raicnet/raic/pkg/replypath"
 	"github.com/raicnet/raic/pkg/session"
+	"github.com/raicnet/raic/pkg/token"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/wire"
@@ -598,13 +599,7 @@ func (in *Ingress[S]) open(r *Reader, dg []byte, off int, from netip.AddrPort, n
 			"sessions", a.Client.Sessions(), "max_sessions", a.Client.MaxSessions())
 		return s, false
 	default: // connect tokens: expired, forged, replayed...
-		if c := in.m.tokenRefused[why]; c != nil {
-			c.Inc()
-		} else if !in.cfg.Tokens {
-			// A program with no token key at all: to it the sender is a
-			// client it does not know.
-			in.m.unknownClient.Inc()
-		}
+		in.tokenRefused(why)
 		return s, false
 	}
 	id := r.Hdr.Session
@@ -628,6 +623,34 @@ func (in *Ingress[S]) open(r *Reader, dg []byte, off int, from netip.AddrPort, n
 		in.prog.Opened(s, now)
 	}
 	return s, true
+}
+
+// tokenRefused counts a connect token's refusal by its reason.
+func (in *Ingress[S]) tokenRefused(why clients.Refusal) {
+	if c := in.m.tokenRefused[why]; c != nil {
+		c.Inc()
+	} else if !in.cfg.Tokens {
+		// A program with no token key at all: to it the sender is a
+		// client it does not know.
+		in.m.unknownClient.Inc()
+	}
+}
+
+// OpenToken opens a connect token a router presents outside a hello (the
+// proxy's TLS fallback connection) against the roster as it is now, and
+// returns the client ID and client key sealed in it. A refused token
+// (forged, expired, not yet valid, malformed, or any token without a token
+// key) is counted as a token hello's refusal is; the sessions the router
+// then opens are admitted one by one by their hellos, with every check of
+// Admit (servers, session limit, replays).
+func (in *Ingress[S]) OpenToken(tok []byte, now time.Time) (clientID string, key wire.Key, why clients.Refusal) {
+	var tb [token.MaxLen]byte
+	var t token.Opened
+	if why = clients.OpenToken(in.roster.Load(), tok, tb[:], now, &t); why != clients.Admitted {
+		in.tokenRefused(why)
+		return "", key, why
+	}
+	return string(t.ClientID), t.ClientKey, clients.Admitted
 }
 
 // challenge sends a path challenge of p's session (see replypath.Set.Heard).

@@ -30,6 +30,16 @@ type FrameConn struct {
 
 // DialFrames connects with d to addr over TLS and authenticates with the key.
 func DialFrames(ctx context.Context, d *net.Dialer, addr string, clientID string, key wire.Key) (*FrameConn, error) {
+	return dialFrames(ctx, d, addr, clientID, nil, key)
+}
+
+// DialFramesToken is DialFrames for a router admitted by a connect token:
+// it presents tok and proves key, the client key sealed in it.
+func DialFramesToken(ctx context.Context, d *net.Dialer, addr string, tok []byte, key wire.Key) (*FrameConn, error) {
+	return dialFrames(ctx, d, addr, "", tok, key)
+}
+
+func dialFrames(ctx context.Context, d *net.Dialer, addr string, clientID string, tok []byte, key wire.Key) (*FrameConn, error) {
 	td := &tls.Dialer{NetDialer: d, Config: ClientTLS()}
 	nc, err := td.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -37,12 +47,15 @@ func DialFrames(ctx context.Context, d *net.Dialer, addr string, clientID string
 	}
 	tc := nc.(*tls.Conn)
 	tc.SetDeadline(time.Now().Add(authTimeout))
-	if err := clientAuth(tc, tc.ConnectionState(), clientID, key); err != nil {
+	if err := clientAuth(tc, tc.ConnectionState(), clientID, tok, key); err != nil {
 		tc.Close()
 		return nil, err
 	}
 	tc.SetDeadline(time.Time{})
 	noDelay(tc)
+	if len(tok) > 0 {
+		clientID = "token"
+	}
 	return &FrameConn{c: tc, ClientID: clientID}, nil
 }
 
@@ -94,6 +107,9 @@ type FrameListener struct {
 	ln   net.Listener
 	tc   *tls.Config
 	keys KeyLookup
+	// Tokens, if set before the first Accept, admits routers by a connect
+	// token too; nil refuses them.
+	Tokens TokenLookup
 }
 
 // ListenFrames serves the TLS fallback on ln.
@@ -117,7 +133,7 @@ func (l *FrameListener) Authenticate(nc net.Conn) (*FrameConn, error) {
 		tc.Close()
 		return nil, err
 	}
-	id, err := serverAuth(tc, tc.ConnectionState(), l.keys)
+	id, err := serverAuth(tc, tc.ConnectionState(), l.keys, l.Tokens)
 	if err != nil {
 		tc.Close()
 		return nil, err

@@ -73,7 +73,7 @@ func Dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID st
 		if dl, ok := ctx.Deadline(); ok {
 			s.SetDeadline(dl)
 		}
-		err = clientAuth(s, qc.ConnectionState().TLS, clientID, key)
+		err = clientAuth(s, qc.ConnectionState().TLS, clientID, nil, key)
 		s.SetDeadline(time.Time{})
 		s.Close()
 	}
@@ -121,7 +121,7 @@ func (l *Listener) Accept(ctx context.Context, onRefused func(error)) (*Conn, er
 			}
 			s.SetDeadline(time.Now().Add(authTimeout))
 			defer s.Close()
-			return serverAuth(s, qc.ConnectionState().TLS, l.keys)
+			return serverAuth(s, qc.ConnectionState().TLS, l.keys, nil) // no tokens: a flow's allowlist is its [[client]]'s
 		}()
 		if err != nil {
 			qc.CloseWithError(1, "")

@@ -19,6 +19,14 @@
 // in the middle terminates two handshakes with different exporters and cannot
 // compute either proof without the key, so neither side talks to anyone who
 // does not hold it.
+//
+// A router admitted by a connect token (package token) has no pre-shared key
+// at the proxy: on the TLS fallback it sends its token in place of the client
+// ID (marker byte 0xff, the token's length, the token) and proves the client
+// key sealed inside it; the proxy opens the token (TokenLookup: forged,
+// expired and not yet valid tokens are refused there) and checks the proof
+// with that key. The datagrams the connection then carries are admitted one
+// session at a time as over UDP, by the token in their hellos.
 package tcpmux
 
 import (
@@ -54,6 +62,15 @@ var ErrAuth = errors.New("tcpmux: authentication failed")
 
 // KeyLookup returns the pre-shared key of a client ID, if it is known.
 type KeyLookup func(clientID string) (wire.Key, bool)
+
+// TokenLookup opens a connect token a router presents in place of a client
+// ID: the client ID and key inside it, or why it is refused (Authenticate
+// returns that error).
+type TokenLookup func(tok []byte) (clientID string, key wire.Key, err error)
+
+// tokenMarker, in the place of the client ID's length, says a connect token
+// follows (a client ID is at most wire.MaxClientID bytes).
+const tokenMarker = 0xff
 
 // ServerTLS returns the proxy's TLS configuration with a fresh self-signed
 // certificate (the key proofs, not the certificate, authenticate).
@@ -101,16 +118,25 @@ func exporter(cs tls.ConnectionState) ([]byte, error) {
 	return cs.ExportKeyingMaterial(exporterLabel, nil, 32)
 }
 
-// clientHello writes the router's proof on rw and checks the proxy's answer.
-func clientAuth(rw io.ReadWriter, cs tls.ConnectionState, clientID string, key wire.Key) error {
-	if len(clientID) == 0 || len(clientID) > wire.MaxClientID {
+// clientAuth writes the router's proof on rw, after its client ID or, when
+// tok is set, its connect token, and checks the proxy's answer.
+func clientAuth(rw io.ReadWriter, cs tls.ConnectionState, clientID string, tok []byte, key wire.Key) error {
+	var msg []byte
+	switch {
+	case len(tok) > 0:
+		if len(tok) > wire.MaxToken {
+			return fmt.Errorf("tcpmux: a token is at most %d bytes", wire.MaxToken)
+		}
+		msg = append([]byte{tokenMarker, byte(len(tok))}, tok...)
+	case len(clientID) == 0 || len(clientID) > wire.MaxClientID:
 		return fmt.Errorf("tcpmux: client ID must be 1 to %d bytes", wire.MaxClientID)
+	default:
+		msg = append([]byte{byte(len(clientID))}, clientID...)
 	}
 	ekm, err := exporter(cs)
 	if err != nil {
 		return err
 	}
-	msg := append([]byte{byte(len(clientID))}, clientID...)
 	msg = append(msg, proof(key, "client", ekm)...)
 	if _, err := rw.Write(msg); err != nil {
 		return err
@@ -126,8 +152,10 @@ func clientAuth(rw io.ReadWriter, cs tls.ConnectionState, clientID string, key w
 }
 
 // serverAuth reads a router's proof from rw, checks it against the client's
-// key and answers with the proxy's proof. It returns the client ID.
-func serverAuth(rw io.ReadWriter, cs tls.ConnectionState, keys KeyLookup) (string, error) {
+// key (from keys, or from the connect token it sent when tokens is set) and
+// answers with the proxy's proof. It returns the client ID. A refused peer
+// gets no answer.
+func serverAuth(rw io.ReadWriter, cs tls.ConnectionState, keys KeyLookup, tokens TokenLookup) (string, error) {
 	ekm, err := exporter(cs)
 	if err != nil {
 		return "", err
@@ -136,16 +164,40 @@ func serverAuth(rw io.ReadWriter, cs tls.ConnectionState, keys KeyLookup) (strin
 	if _, err := io.ReadFull(rw, n[:]); err != nil {
 		return "", err
 	}
-	if n[0] == 0 || int(n[0]) > wire.MaxClientID {
+	var id string
+	var key wire.Key
+	var got []byte
+	switch {
+	case n[0] == tokenMarker && tokens != nil:
+		if _, err := io.ReadFull(rw, n[:]); err != nil {
+			return "", err
+		}
+		if n[0] == 0 || int(n[0]) > wire.MaxToken {
+			return "", ErrAuth
+		}
+		buf := make([]byte, int(n[0])+proofLen)
+		if _, err := io.ReadFull(rw, buf); err != nil {
+			return "", err
+		}
+		if id, key, err = tokens(buf[:n[0]]); err != nil {
+			return "", err
+		}
+		got = buf[n[0]:]
+	case n[0] == 0 || int(n[0]) > wire.MaxClientID:
 		return "", ErrAuth
+	default:
+		buf := make([]byte, int(n[0])+proofLen)
+		if _, err := io.ReadFull(rw, buf); err != nil {
+			return "", err
+		}
+		id = string(buf[:n[0]])
+		var ok bool
+		if key, ok = keys(id); !ok {
+			return "", ErrAuth
+		}
+		got = buf[n[0]:]
 	}
-	buf := make([]byte, int(n[0])+proofLen)
-	if _, err := io.ReadFull(rw, buf); err != nil {
-		return "", err
-	}
-	id := string(buf[:n[0]])
-	key, ok := keys(id)
-	if !ok || !hmac.Equal(buf[n[0]:], proof(key, "client", ekm)) {
+	if !hmac.Equal(got, proof(key, "client", ekm)) {
 		return "", ErrAuth
 	}
 	if _, err := rw.Write(proof(key, "proxy", ekm)); err != nil {

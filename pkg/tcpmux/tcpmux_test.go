@@ -106,3 +106,86 @@ func TestQUICRefusesWrongKey(t *testing.T) {
 		t.Fatal("the proxy never refused")
 	}
 }
+
+// A router with a connect token authenticates the fallback by the token and
+// the client key inside it: a token the lookup refuses, a wrong key, or a
+// token at a listener without a lookup get no answer; the lookup's error is
+// what Authenticate returns.
+func TestFramesByToken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := ListenFrames(ln, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	errExpired := errors.New("expired")
+	tokKey := wire.Key{4, 4}
+	fl.Tokens = func(tok []byte) (string, wire.Key, error) {
+		switch string(tok) {
+		case "good":
+			return "player", tokKey, nil
+		case "old":
+			return "", wire.Key{}, errExpired
+		}
+		return "", wire.Key{}, ErrAuth
+	}
+	type result struct {
+		fc  *FrameConn
+		err error
+	}
+	accepted := make(chan result, 4)
+	go func() {
+		for {
+			nc, err := fl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				fc, err := fl.Authenticate(nc)
+				accepted <- result{fc, err}
+			}()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var d net.Dialer
+	for _, c := range []struct {
+		tok  string
+		k    wire.Key
+		want error
+	}{{"old", tokKey, errExpired}, {"forged", tokKey, ErrAuth}, {"good", key, ErrAuth}} {
+		if _, err := DialFramesToken(ctx, &d, ln.Addr().String(), []byte(c.tok), c.k); !errors.Is(err, ErrAuth) {
+			t.Errorf("%s: router err = %v, want ErrAuth (no answer)", c.tok, err)
+		}
+		if r := <-accepted; r.fc != nil || !errors.Is(r.err, c.want) {
+			t.Errorf("%s: proxy side %v, %v; want %v", c.tok, r.fc, r.err, c.want)
+		}
+	}
+	fc, err := DialFramesToken(ctx, &d, ln.Addr().String(), []byte("good"), tokKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	srv := <-accepted
+	if srv.fc == nil || srv.fc.ClientID != "player" {
+		t.Fatalf("proxy side %+v", srv)
+	}
+	if err := fc.Send([]byte("by token")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := srv.fc.Receive(); err != nil || string(got) != "by token" {
+		t.Fatalf("received %q, %v", got, err)
+	}
+
+	// Without a lookup the marker is an unknown client.
+	fl.Tokens = nil
+	if _, err := DialFramesToken(ctx, &d, ln.Addr().String(), []byte("good"), tokKey); !errors.Is(err, ErrAuth) {
+		t.Errorf("no lookup: router err = %v", err)
+	}
+	if r := <-accepted; r.fc != nil || !errors.Is(r.err, ErrAuth) {
+		t.Errorf("no lookup: proxy side %v, %v", r.fc, r.err)
+	}
+}
