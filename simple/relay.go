@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/raicnet/raic/pkg/fleet"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/session"
@@ -238,6 +239,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", r.reg.Handler())
+		// /healthz and /readyz beside it, as the proxy's and the
+		// intermediate's (a relay has no drain: ready while it serves).
+		fleet.State{Stopping: r.closing.Load, Draining: func() bool { return false }, Sessions: r.mappings.Len}.Handle(mux)
 		r.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go r.httpSrv.Serve(ln)
 	}

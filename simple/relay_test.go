@@ -641,6 +641,17 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, body)
 		}
 	}
+	// Health beside the metrics, for a load balancer in front of relays.
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + maddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s = %d, want 200", path, resp.StatusCode)
+		}
+	}
 }
 
 // A datagram that finds its mapping closed under it (expired or evicted between
