@@ -108,14 +108,15 @@ type Config struct {
 	RecvBuffer int              // its receive buffer; 0: 4 MiB
 	Clients    []clients.Config // the [[client]] tables: who is admitted
 	// Roster, if set, is admitted against instead of Clients: the
-	// [[client]] tables and a connect-token key (the proxy's).
+	// [[client]] tables and a connect-token key (package fleet builds it
+	// for the proxy and the intermediate).
 	Roster *clients.Roster
-	// Tokens: the program may admit connect tokens (the proxy). Their
-	// refusals are counted by reason (token_malformed, token_forged, ...)
-	// and the table of tokens used is published (PREFIX_tokens_seen,
-	// PREFIX_tokens_evicted_total, see TokenTick). Without it (the
-	// intermediate, which has no token key) a token hello is from a client
-	// it does not know: unknown_client.
+	// Tokens: the program may admit connect tokens (the proxy; the
+	// intermediate when it has a token key). Their refusals are counted by
+	// reason (token_malformed, token_forged, ...) and the table of tokens
+	// used is published (PREFIX_tokens_seen, PREFIX_tokens_evicted_total,
+	// see TokenTick). Without it (an intermediate with no token key) a
+	// token hello is from a client it does not know: unknown_client.
 	Tokens bool
 	// MaxSessions is the session table's size, shared fairly among the
 	// clients (clients.FairShare).
