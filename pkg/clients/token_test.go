@@ -232,3 +232,49 @@ func TestAdmitTokenEpochAndLimits(t *testing.T) {
 		t.Fatalf("fourth session of a three-session token: %v, want SessionLimit", why)
 	}
 }
+
+// OpenToken gives the refusal Admit would for the token alone, and the
+// client ID and key inside a good one; a roster without a token key opens
+// nothing.
+func TestOpenToken(t *testing.T) {
+	shared := wire.Key{7, 7, 7}
+	roster, err := clients.NewRoster(nil, &shared, token.NewSeen(16), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	mint := func(key wire.Key, nbf, exp time.Duration) ([]byte, wire.Key) {
+		tok, c, err := token.Mint(&key, token.Claims{ClientID: "player-1", Servers: []string{"198.18.41.2"},
+			NotBefore: now.Add(nbf), Expires: now.Add(exp)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok, c.ClientKey
+	}
+	good, ck := mint(shared, -time.Second, time.Minute)
+	var scratch [token.MaxLen]byte
+	var o token.Opened
+	if why := clients.OpenToken(roster, good, scratch[:], now, &o); why != clients.Admitted || string(o.ClientID) != "player-1" || o.ClientKey != ck {
+		t.Fatalf("good token: %v, %q", why, o.ClientID)
+	}
+	expired, _ := mint(shared, -time.Hour, -time.Minute)
+	notYet, _ := mint(shared, time.Hour, 2*time.Hour)
+	forged, _ := mint(wire.Key{1}, -time.Second, time.Minute)
+	for _, c := range []struct {
+		name string
+		tok  []byte
+		want clients.Refusal
+	}{
+		{"expired", expired, clients.TokenExpired},
+		{"not yet valid", notYet, clients.TokenNotYet},
+		{"forged", forged, clients.TokenForged},
+		{"garbage", []byte("x"), clients.TokenMalformed},
+	} {
+		if why := clients.OpenToken(roster, c.tok, scratch[:], now, &o); why != c.want {
+			t.Errorf("%s: %v, want %v", c.name, why, c.want)
+		}
+	}
+	if why := clients.OpenToken(&clients.Roster{}, good, scratch[:], now, &o); why != clients.TokenMalformed {
+		t.Errorf("no token key: %v", why)
+	}
+}
