@@ -236,8 +236,8 @@ func TestPeerLANSiteToSite(t *testing.T) {
 		frame(siteA, netip.MustParseAddrPort("198.18.171.255:5060")), // B's broadcast
 		frame(siteA, netip.MustParseAddrPort("198.18.171.0:5060")),   // B's network address
 		frame(netip.MustParseAddrPort("198.18.99.2:5060"), siteB),    // not A's LAN
-		{peer.FrameLAN, 0, 1},                                        // malformed
-		{9, 1, 2, 3},                                                 // no such kind
+		{peer.FrameLAN, 0, 1}, // malformed
+		{9, 1, 2, 3},          // no such kind
 	} {
 		link.Send(f, mono.Now())
 	}
