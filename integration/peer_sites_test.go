@@ -33,7 +33,7 @@ import (
 // The call's ports: SIP 5060 on both hosts, RTP in the classifier's RTP range.
 const (
 	siteCallerRTP, siteCalleeRTP = 20000, 22000
-	siteProbePort                = 7300
+	siteProbePort, siteProbeFrom = 7300, 7301 // the probe streams' receiver and sender ports
 )
 
 // siteRouterConfig is side s's router.toml: peerRouterConfig with the
@@ -115,7 +115,7 @@ func maps(m map[netip.AddrPort]int) map[netip.AddrPort]int {
 func sendSiteProbes(t *testing.T, p *netns.Peers, s, n int, gap time.Duration) {
 	var c *net.UDPConn
 	if err := p.LAN[s].Do(func() (err error) {
-		c, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netns.PeerLANAddr(s), siteProbePort)),
+		c, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netns.PeerLANAddr(s), siteProbeFrom)),
 			net.UDPAddrFromAddrPort(netip.AddrPortFrom(netns.PeerLANAddr(1-s), siteProbePort)))
 		return err
 	}); err != nil {
@@ -303,7 +303,7 @@ func TestPeerSitesVoIPCall(t *testing.T) {
 		pr, sources := probes[d.receiver].result(voicePPS * callSeconds)
 		fmt.Fprintf(&sb, "%-26s %9d %8.2f  one-way p50 %s ms, p99 %s ms, duplicates delivered %d, sources %v\n",
 			d.name+" LAN→LAN probe stream", pr.got, pr.loss, ms(pr.q.p50), ms(pr.q.p99), pr.dups, sources)
-		want := netip.AddrPortFrom(netns.PeerLANAddr(d.sender), siteProbePort)
+		want := netip.AddrPortFrom(netns.PeerLANAddr(d.sender), siteProbeFrom)
 		if len(sources) != 1 || sources[want] == 0 {
 			t.Errorf("%s: the probes came from %v, want only from the sending host's own %v", d.name, sources, want)
 		}

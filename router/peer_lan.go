@@ -292,14 +292,7 @@ func (s *siteLAN) fromLAN(pkt []byte, cls *detect.Classifier, now int64) bool {
 	if len(s.peers) == 0 || len(pkt) < nat.IPv4HeaderLen || pkt[0]>>4 != 4 {
 		return false
 	}
-	dst := netip.AddrFrom4([4]byte(pkt[16:20]))
-	var lp *lanPeer
-	for _, p := range s.peers {
-		if p.inLAN(dst) {
-			lp = p
-			break
-		}
-	}
+	lp := s.peerFor(netip.AddrFrom4([4]byte(pkt[16:20])))
 	if lp == nil {
 		return false
 	}
@@ -366,6 +359,16 @@ func (s *siteLAN) newFlow(lp *lanPeer, dir int, k flowKey, cls *detect.Classifie
 		}
 	}
 	return c2
+}
+
+// peerFor returns the peer whose LAN holds dst, or nil.
+func (s *siteLAN) peerFor(dst netip.Addr) *lanPeer {
+	for _, p := range s.peers {
+		if p.inLAN(dst) {
+			return p
+		}
+	}
+	return nil
 }
 
 // isOwn reports whether a is a host of this router's LAN.

@@ -225,6 +225,9 @@ func (t *transparent) poll(now int64) {
 		if _, ok := t.flows.Peek(fk); ok {
 			return true // proxied (captured by a destination rule)
 		}
+		if t.r.lan != nil && t.r.lan.peerFor(fk.server.Addr()) != nil {
+			return true // to a peer's LAN: the peer session carries it (peer_lan.go)
+		}
 		st := t.polls[k]
 		if st == nil {
 			if len(t.polls) >= maxPolled {
