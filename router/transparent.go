@@ -42,7 +42,8 @@ import (
 //     at rule_priority+2, "lookup table" for UDP destination port ranges that
 //     overlap the ephemeral ports (the eBPF port table also matches source
 //     ports, so these ranges are matched by destination here instead),
-//     operator prefixes and learned destinations;
+//     operator prefixes, the peers' LANs (peer_lan.go) and learned
+//     destinations;
 //   - net.ipv4.ip_forward = 1 (the old value is restored) and loose reverse
 //     path filtering on the TUN device, whose packets come from LAN addresses;
 //   - when masquerade lists interfaces, the nft table "ip raic_<tun>" that
