@@ -84,7 +84,7 @@ func (f *fakeTUN) take() [][]byte {
 
 // newSiteRouter builds a site router with transparent mode's userspace side
 // only (no kernel setup) and a fake TUN device, and starts its peer.
-func newSiteRouter(t *testing.T, ctx context.Context, text string) (*Router, *fakeTUN) {
+func newSiteRouter(t testing.TB, ctx context.Context, text string) (*Router, *fakeTUN) {
 	t.Helper()
 	cfg, err := ParseConfig("r.toml", text)
 	if err != nil {
@@ -321,4 +321,77 @@ func TestPeerLANPathsDoNotAllocate(t *testing.T) {
 	if got := tun.n - before; got != runs+1 {
 		t.Fatalf("%d packets written to the TUN, want %d (drops %v)", got, runs+1, lp.drops)
 	}
+}
+
+// TestPeerLANOwnFromInterface: without lan_prefixes, this router's LAN is
+// the LAN interface's networks (here lo's 127.0.0.0/8); the router's own
+// address, the network and the broadcast address are never destinations;
+// a peer's lan overlapping them stops the start.
+func TestPeerLANOwnFromInterface(t *testing.T) {
+	key := wire.Key{7}
+	text := strings.Replace(siteConfig("alice", "bob", 4661, 4662, key, "198.18.170.0/24", "198.18.171.0/24"),
+		"lan = \"lan0\"\nlan_prefixes = [\"198.18.170.0/24\"]", "lan = \"lo\"", 1)
+	build := func(text string) (*Router, *transparent, error) {
+		cfg, err := ParseConfig("r.toml", text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Transparent.Enabled = false
+		r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Transparent.Enabled = true
+		tp, err := newTransparent(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, tp, r.setupLAN(tp)
+	}
+	r, _, err := build(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.lan.own) != 1 || r.lan.own[0] != netip.MustParsePrefix("127.0.0.0/8") {
+		t.Fatalf("own LAN %v, want lo's 127.0.0.0/8", r.lan.own)
+	}
+	for a, want := range map[string]bool{"127.0.0.1": false, "127.0.0.2": true, "127.0.0.0": false, "127.255.255.255": false,
+		"198.18.171.2": false, "224.0.0.1": false, "255.255.255.255": false} {
+		if got := r.lan.acceptsDestination(netip.MustParseAddr(a)); got != want {
+			t.Errorf("destination %s accepted %v, want %v", a, got, want)
+		}
+	}
+	_, _, err = build(strings.Replace(text, `lan = ["198.18.171.0/24"]`, `lan = ["127.0.0.0/16"]`, 1))
+	if err == nil || !strings.Contains(err.Error(), "peer bob: lan 127.0.0.0/16 overlaps this router's LAN 127.0.0.0/8 (from the networks of lo)") {
+		t.Fatalf("a peer's lan overlapping lo's network: %v", err)
+	}
+}
+
+// BenchmarkPeerLAN is the per-packet cost of both site-to-site paths: a
+// captured packet to the peer's LAN (parse, flow lookup, frame, seal, send
+// on 2 uplinks to 2 static addresses: 4 copies) and a frame from the peer
+// (check, flow lookup, rebuild, TUN write to a counting sink).
+func BenchmarkPeerLAN(b *testing.B) {
+	key, _ := wire.GenerateKey()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, tun := newSiteRouter(b, ctx, siteConfig("alice", "bob", 4671, 4672, key, "198.18.170.0/24", "198.18.171.0/24"))
+	tun.keep = false
+	buf := make([]byte, 2048)
+	n, _ := nat.Build(buf, siteA, siteB, 1, make([]byte, 160))
+	pkt := buf[:n]
+	fb := make([]byte, 2048)
+	fn, _ := peer.PutLANFrame(fb, &peer.LANFrame{Src: siteB, Dst: siteA, Payload: make([]byte, 160)})
+	b.Run("fromLAN(parse+lookup+frame+seal+send)", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r.tp.fromLAN(pkt, mono.Now())
+		}
+	})
+	b.Run("fromPeer(check+lookup+rebuild+TUN write)", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r.peers[0].deliver(fb[:fn])
+		}
+	})
 }
