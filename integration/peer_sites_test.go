@@ -99,10 +99,10 @@ func (ps *siteProbes) result(sent int) (probeResult, map[netip.AddrPort]int) {
 	for _, c := range ps.n {
 		r.dups += c - 1
 	}
-	return r, maps(ps.sources)
+	return r, cloneSources(ps.sources)
 }
 
-func maps(m map[netip.AddrPort]int) map[netip.AddrPort]int {
+func cloneSources(m map[netip.AddrPort]int) map[netip.AddrPort]int {
 	out := make(map[netip.AddrPort]int, len(m))
 	for k, v := range m {
 		out[k] = v
