@@ -61,6 +61,7 @@ EXAMPLES := raic-router:examples/router-explicit.toml raic-router:examples/route
             raic-proxy:examples/proxy.toml raic-proxy:examples/proxy-studio.toml \
             raic-intermediate:examples/intermediate.toml \
             raic-simple:examples/simple.toml raic-router:examples/router-peer.toml \
+            raic-router:examples/router-peer-transparent.toml \
             raic-rendezvous:examples/rendezvous.toml
 check-examples:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \

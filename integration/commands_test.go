@@ -175,7 +175,7 @@ func TestCommandsCheckExamples(t *testing.T) {
 		t.Skip("builds the programs; skipped with -short")
 	}
 	examples := map[string][]string{
-		"router/cmd/raic-router":             {"router-explicit.toml", "router-transparent.toml", "router-peer.toml"},
+		"router/cmd/raic-router":             {"router-explicit.toml", "router-transparent.toml", "router-peer.toml", "router-peer-transparent.toml"},
 		"proxy/cmd/raic-rendezvous":          {"rendezvous.toml"},
 		"proxy/cmd/raic-proxy":               {"proxy.toml", "proxy-studio.toml"},
 		"intermediate/cmd/raic-intermediate": {"intermediate.toml"},

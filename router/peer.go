@@ -47,16 +47,17 @@ import (
 //	service = "sip"                   # a service of bob's
 //
 // A router may be peer-only: [[peer]] tables and no proxy anywhere (no
-// top-level proxy, no uplink proxy, no forwards, transparent mode or tcp);
-// then key may be left out too, and the router runs only its peers.
+// top-level proxy, no uplink proxy, no forwards or tcp); then key may be left
+// out too, and the router runs only its peers (and, in transparent mode,
+// captures only the flows to the peers' LANs).
 //
 // Peer links use sockets of their own on every uplink rather than the
 // uplinks' uplink.Set: a Set is one fixed far-end address per uplink with one
 // Health each, while a peer has N×M paths whose remote addresses are learned
 // and rebind (package peer keeps their health), and the peer sockets also
-// carry the rendezvous's messages. Only RAIC-1 copies are sent; the
-// transparent capture of the LAN's VoIP flows towards the peer's LAN is not
-// wired yet.
+// carry the rendezvous's messages. Only RAIC-1 copies are sent. In
+// transparent mode, lan = [prefixes] names the peer's LAN, whose UDP flows
+// go over the session with their original addresses (peer_lan.go).
 
 // PeerConfig is one [[peer]].
 type PeerConfig struct {
@@ -67,9 +68,11 @@ type PeerConfig struct {
 	RendezvousKey string              `toml:"rendezvous_key"`
 	Port          int                 `toml:"port"`
 	Services      []PeerServiceConfig `toml:"service"`
+	LAN           []string            `toml:"lan"` // the peer's LAN prefixes (peer_lan.go)
 
 	addrs []netip.AddrPort
 	rv    netip.AddrPort
+	lan   []netip.Prefix
 }
 
 // PeerServiceConfig is one [[peer.service]]: what the peer's vports may reach.
@@ -100,7 +103,7 @@ func serviceID(name string) uint16 {
 // peerOnly reports whether c is a router that only carries peer sessions:
 // peers, and nothing that needs a proxy.
 func (c *Config) peerOnly() bool {
-	if len(c.Peers) == 0 || c.Proxy.raw != nil || len(c.Forwards) > 0 || c.Transparent.Enabled ||
+	if len(c.Peers) == 0 || c.Proxy.raw != nil || len(c.Forwards) > 0 ||
 		len(c.TCP.Forwards) > 0 || c.TCP.Split.enabled() {
 		return false
 	}
@@ -114,17 +117,24 @@ func (c *Config) peerOnly() bool {
 
 // newPeerOnly finishes New for a peer-only router: no proxy paths, no
 // sessions; the peers open their own sockets in Run.
-func (r *Router) newPeerOnly() *Router {
+func (r *Router) newPeerOnly() (*Router, error) {
 	r.byID = session.NewTable(session.Config[uint64, *routerSession]{
 		MaxEntries: 1, Hash: func(id uint64) uint64 { return id },
 	})
-	return r
+	if err := r.setupTransparent(); err != nil { // the peers' LANs only (peer_lan.go)
+		return nil, err
+	}
+	return r, nil
 }
 
 // runPeerOnly is Run for a peer-only router.
 func (r *Router) runPeerOnly(ctx context.Context) error {
 	r.log.Info("peer-only router: no proxy", "peers", len(r.cfg.Peers), "uplinks", len(r.cfg.Uplinks))
 	if err := r.startPeers(ctx); err != nil {
+		r.Close()
+		return err
+	}
+	if err := r.startTransparent(ctx); err != nil {
 		r.Close()
 		return err
 	}
@@ -198,6 +208,7 @@ func (c *Config) checkPeers(meta *config.Meta) error {
 			}
 		}
 	}
+	c.checkPeerLANs(meta) // peer_lan.go
 	seen := map[string]bool{}
 	for i, v := range c.VPorts {
 		key := func(k string) string { return fmt.Sprintf("vport.%d.%s", i, k) }
@@ -244,6 +255,7 @@ type peerRun struct {
 	// client, [1] peer → local service, [2] local client → peer, [3] local
 	// service → peer.
 	vportOut map[uint16]*[4]*metrics.Counter
+	lan      *lanPeer // its LAN flows (peer_lan.go)
 }
 
 // maxPathCounters bounds the per-path counters; copies from further
@@ -401,7 +413,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 		Paths: peer.Config{Uplinks: len(conns), Health: uplink.HealthConfig{
 			PingInterval: r.cfg.PingInterval.Duration, DownAfter: r.cfg.DownAfter.Duration}},
 		Static:  pc.addrs,
-		Deliver: mux.Deliver,
+		Deliver: pr.deliver, // vport and LAN frames (peer_lan.go)
 		Observe: pr.observe,
 		Log:     r.log.With("peer", pc.ID),
 	}
@@ -423,6 +435,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 	lbl := `{peer="` + pc.ID + `"}`
 	g := func(name, help string) *metrics.Gauge { return r.reg.Gauge(name+lbl, help) }
 	pr.link, pr.socks, pr.mux = link, socks, mux
+	r.attachLAN(pr)
 	pr.paths = g("router_peer_paths", "Paths (local uplink, remote address) to the peer.")
 	pr.pathsUp = g("router_peer_paths_up", "Paths to the peer that answer keepalives.")
 	pr.sent = g("router_peer_packets_sent", "Packets sent to the peer.")
@@ -453,6 +466,9 @@ func (r *Router) peerTicker(ctx context.Context, pr *peerRun) {
 			continue
 		}
 		pr.mux.Expire(now)
+		if pr.lan != nil {
+			pr.lan.sweep(now)
+		}
 		st := pr.link.Paths().Stats(now)
 		up := 0
 		for _, s := range st {

@@ -67,6 +67,10 @@ type Router struct {
 	sup     *suppression // [suppress] at run time (suppression.go); nil when off
 	tcp     *tcpSide     // [tcp] at run time (tcp.go); nil when off
 	peers   []*peerRun   // [[peer]] at run time (peer.go)
+	// The peers' LAN flows in transparent mode (peer_lan.go): lanPeers per
+	// [[peer]], lan once transparent mode is set up.
+	lanPeers []*lanPeer
+	lan      *siteLAN
 
 	quality        []*uplinkQuality // per uplink, from the proxies' reports (auto.go)
 	qbufs          [][]byte         // per uplink: the reply-direction reports its goroutine seals
@@ -201,16 +205,17 @@ func New(cfg *Config, log *slog.Logger) (*Router, error) {
 	r := &Router{cfg: cfg, log: log, reg: metrics.NewRegistry(), flowLines: logging.NewLimiter(10, 50)}
 	r.m = newCounters(r.reg)
 	r.returns = uplink.NewReturns(r.reg, "router_dropped_total", "Datagrams from the proxy dropped, by reason.")
+	var sb [8]byte
+	rand.Read(sb[:])
+	r.seed = binary.LittleEndian.Uint64(sb[:])
+	r.initLAN() // peer_lan.go
 	if cfg.peerOnly() {
-		return r.newPeerOnly(), nil // peer.go
+		return r.newPeerOnly() // peer.go
 	}
 	var err error
 	if r.key, err = wire.ParseKey(cfg.Key); err != nil {
 		return nil, err
 	}
-	var sb [8]byte
-	rand.Read(sb[:])
-	r.seed = binary.LittleEndian.Uint64(sb[:])
 	ok := false
 	defer func() {
 		if !ok {

@@ -42,7 +42,8 @@ import (
 //     at rule_priority+2, "lookup table" for UDP destination port ranges that
 //     overlap the ephemeral ports (the eBPF port table also matches source
 //     ports, so these ranges are matched by destination here instead),
-//     operator prefixes and learned destinations;
+//     operator prefixes, the peers' LANs (peer_lan.go) and learned
+//     destinations;
 //   - net.ipv4.ip_forward = 1 (the old value is restored) and loose reverse
 //     path filtering on the TUN device, whose packets come from LAN addresses;
 //   - when masquerade lists interfaces, the nft table "ip raic_<tun>" that
@@ -59,6 +60,9 @@ type TransparentConfig struct {
 	// LAN is the LAN-side interface: the classifier runs on its ingress and
 	// every policy rule matches packets that came in through it.
 	LAN string `toml:"lan"`
+	// LANPrefixes are this LAN's networks, where a peer's LAN flows may go
+	// (peer_lan.go); default: the LAN interface's IPv4 networks at start.
+	LANPrefixes []string `toml:"lan_prefixes"`
 	// TUN is the name of the TUN device latency-critical packets are routed
 	// into (default "raic0"); MTU its MTU (default 1500).
 	TUN string `toml:"tun"`
@@ -323,6 +327,9 @@ func (r *Router) setupTransparent() error {
 	if err != nil {
 		return err
 	}
+	if err := r.setupLAN(t); err != nil { // peer_lan.go
+		return err
+	}
 	tc := t.cfg
 	gw, err := gateway.Open(gateway.Config{
 		LAN: tc.LAN, TUN: tc.TUN, MTU: tc.MTU, TUNAddress: netip.MustParsePrefix(tc.TUNAddress),
@@ -443,7 +450,11 @@ func (t *transparent) setupClassifiers() error {
 // packet: the UDP server ports of the enabled applications and the operators'
 // prefixes.
 func (t *transparent) steering() gateway.Steering {
-	var s gateway.Steering
+	// The peers' LANs (peer_lan.go), and nothing else without a proxy.
+	s := gateway.Steering{Prefixes: t.r.peerLANPrefixes()}
+	if len(t.r.proxies) == 0 {
+		return s
+	}
 	for _, a := range t.tables.Apps {
 		if a.Disabled || (a.Proto != "udp" && a.Proto != "both") {
 			continue
@@ -469,6 +480,9 @@ func (t *transparent) steering() gateway.Steering {
 // learnedDests returns the learned UDP destinations, most recently used first.
 func (t *transparent) learnedDests(now int64) []netip.AddrPort {
 	var out []netip.AddrPort
+	if len(t.r.proxies) == 0 {
+		return nil // a peer-only router proxies nothing
+	}
 	for _, e := range t.learned.Entries(now) {
 		if e.Proto == detect.ProtoUDP {
 			out = append(out, e.Dst)

@@ -27,6 +27,9 @@ const endedMemory = 120 * time.Second
 // goes back to the kernel, which forwards it as if the TUN had not been there.
 func (t *transparent) fromLAN(pkt []byte, now int64) {
 	t.m.in.Inc()
+	if t.r.lan != nil && t.r.lan.fromLAN(pkt, t.cls, now) {
+		return // to a peer's LAN (peer_lan.go)
+	}
 	var p nat.Packet
 	switch err := nat.Parse(pkt, &p); err {
 	case nil:
@@ -54,7 +57,7 @@ func (t *transparent) fromLAN(pkt []byte, now int64) {
 func (t *transparent) newFlow(k flowKey, p *nat.Packet, pkt []byte, now int64) {
 	dec := t.cls.Classify(detectTuple(p), p.DSCP, p.Len, now)
 	inFlight := t.seenBefore(k, now)
-	if !dec.LC || !dec.Proxy || inFlight {
+	if !dec.LC || !dec.Proxy || inFlight || len(t.r.proxies) == 0 { // no proxy: a peer-only router
 		if inFlight || dec.LC {
 			t.m.inFlight.Inc()
 		} else {
@@ -221,6 +224,9 @@ func (t *transparent) poll(now int64) {
 		}
 		if _, ok := t.flows.Peek(fk); ok {
 			return true // proxied (captured by a destination rule)
+		}
+		if t.r.lan != nil && t.r.lan.peerFor(fk.server.Addr()) != nil {
+			return true // to a peer's LAN: the peer session carries it (peer_lan.go)
 		}
 		st := t.polls[k]
 		if st == nil {

@@ -75,7 +75,7 @@ type Config struct {
 // kernel can match.
 type Steering struct {
 	UDPPorts [][2]uint16    // UDP server port ranges
-	Prefixes []netip.Prefix // operator prefixes (IPv4 ones are used)
+	Prefixes []netip.Prefix // operator prefixes and the peers' LANs (IPv4 ones are used)
 }
 
 // Counters are the router's counters for the rule changes.
