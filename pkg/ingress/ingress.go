@@ -404,6 +404,15 @@ func NewReader() *Reader {
 	return r
 }
 
+// NewWorkerReader returns the buffers of worker's read loop: what a program
+// queues on it (ReaderSink) waits for its AfterBatch. Run makes its own; a
+// test drives a read loop's path with one while Run is not running.
+func NewWorkerReader(worker int) *Reader {
+	r := NewReader()
+	r.worker = worker + 1
+	return r
+}
+
 // Run reads and handles datagrams until the sockets are closed: one read
 // loop per worker socket, each on its own goroutine with its own buffers.
 func (in *Ingress[S]) Run() {
