@@ -68,6 +68,7 @@ type Server struct {
 	loops   sync.WaitGroup    // the read loops, the pollers and the janitor
 	pollers []*upstreamPoller // read the servers' replies, one per worker (upstream.go)
 	shared  *sharedUpstream   // the shared upstream sockets, nil when no [[server]] asks for them (shared_upstream.go)
+	writers []*rawWriter      // one per worker: writes to the sessions' own sockets (rawwrite.go)
 
 	httpSrvs  []*http.Server // metrics and health (studio.go)
 	httpLns   []net.Listener
@@ -148,6 +149,9 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 		s.pollers = append(s.pollers, p)
+	}
+	for i := 0; i < s.in.Workers(); i++ {
+		s.writers = append(s.writers, newRawWriter())
 	}
 	if cfg.anyShared() {
 		if s.shared, err = newSharedUpstream(s, s.in.Workers(), cfg.MaxSessions); err != nil {
@@ -435,6 +439,12 @@ func (ps *proxySession) Deliver(pid uint64, pkt []byte, now int64) {
 		ps.DeliverVia(nil, pid, pkt, now)
 		return
 	}
+	ps.deliver(pkt, now, nil)
+}
+
+// deliver forwards on the session's own socket, with wr (a read loop's,
+// rawwrite.go) when the caller has one.
+func (ps *proxySession) deliver(pkt []byte, now int64, wr *rawWriter) {
 	s := ps.srv
 	sp := ps.port.Load()
 	if sp == nil {
@@ -448,7 +458,7 @@ func (ps *proxySession) Deliver(pid uint64, pkt []byte, now int64) {
 		n := ps.clientAddrHeader(ps.hbuf)
 		pkt = ps.hbuf[:n+copy(ps.hbuf[n:], pkt)]
 	}
-	if _, err := sp.conn.Write(pkt); err != nil {
+	if err := wr.write(sp, pkt); err != nil {
 		s.m.upstreamErrors.Inc()
 		return
 	}

@@ -224,11 +224,18 @@ func (ps *proxySession) putShared(b []byte, pkt []byte) int {
 
 // DeliverVia forwards a decoded packet (ingress.ReaderSink): a shared
 // session's is queued in the read loop's batch for its socket, sent at the
-// batch's end (flushWorker); a per-session one's goes out at once (Deliver).
+// batch's end (flushWorker); a per-session one's goes out at once on its
+// own socket, through the read loop's writer (rawwrite.go).
 func (ps *proxySession) DeliverVia(r *ingress.Reader, pid uint64, pkt []byte, now int64) {
 	ss := ps.shared
 	if ss == nil {
-		ps.Deliver(pid, pkt, now)
+		var wr *rawWriter
+		if r != nil {
+			if w := r.Worker(); w >= 0 && w < len(ps.srv.writers) {
+				wr = ps.srv.writers[w]
+			}
+		}
+		ps.deliver(pkt, now, wr)
 		return
 	}
 	s := ps.srv
