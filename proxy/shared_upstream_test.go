@@ -336,3 +336,29 @@ upstream = "shared"
 			counter(s, `proxy_dropped_total{reason="shared_reply_unknown"}`), counter(s, `proxy_dropped_total{reason="shared_reply_bad_header"}`))
 	}
 }
+
+// A per-session SPP server that answers with the header it got (as SPP
+// origins do) has it stripped before the reply goes back; a bare answer
+// passes as it is.
+func TestPerSessionStripsSPPReplyHeader(t *testing.T) {
+	server := newSPPEcho(t)
+	p := startConfigProxy(t, fmt.Sprintf(`listen = "127.0.0.1:0"
+[[client]]
+id = "gamer"
+key = "%s"
+allow = ["%s"]
+[[server]]
+match = "%s"
+client_addr_header = "spp"
+`, goodKey, server.addr(), server.addr()))
+	r := newFakeRouter(t, goodKey, server.addr())
+	r.sendTo(t, r.seal(t, []byte("x")), p.Addr())
+	seen := server.next(t)
+	if got := replies(t, r.sock, 1, r); fmt.Sprint(got[r.send.Session()]) != "[echo:x]" {
+		t.Fatalf("reply %v, want the header stripped", got)
+	}
+	server.conn.WriteToUDPAddrPort([]byte("bare"), seen.peer)
+	if got := replies(t, r.sock, 1, r); fmt.Sprint(got[r.send.Session()]) != "[bare]" {
+		t.Fatalf("bare reply came back as %v", got)
+	}
+}
