@@ -84,6 +84,54 @@ burst = 100000000
 	routerSide.WaitFor(t, 2*(runs+1))
 }
 
+// A read loop's forwards to sessions' own sockets (through its rawWriter)
+// allocate nothing either.
+func TestReadLoopForwardDoesNotAllocate(t *testing.T) {
+	server := testkit.NewCountingSink(t)
+	cfg, err := ParseConfig("proxy.toml", `
+listen = "127.0.0.1:0"
+workers = 1
+[[client]]
+id = "gamer"
+key = "`+goodKey.String()+`"
+allow = ["`+server.Addr().String()+`"]
+rate_pps = 100000000
+burst = 100000000
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rd := ingress.NewWorkerReader(0)
+	fr := newFakeRouter(t, goodKey, server.Addr())
+	from := testkit.NewCountingSink(t).Addr()
+	payload := make([]byte, 100)
+	s.in.Handle(rd, fr.seal(t, payload), from, mono.Now())
+	server.WaitFor(t, 1)
+	fr.send.Heard(mono.Now())
+	const runs, warmup = 1000, 2048
+	dgs := make([][]byte, warmup+runs+1)
+	for i := range dgs {
+		dgs[i] = fr.seal(t, payload)
+	}
+	for i := 0; i < warmup; i++ {
+		s.in.Handle(rd, dgs[i], from, mono.Now())
+	}
+	server.WaitFor(t, 1+warmup)
+	i := warmup
+	if allocs := testing.AllocsPerRun(runs, func() {
+		s.in.Handle(rd, dgs[i], from, mono.Now())
+		i++
+	}); allocs != 0 {
+		t.Errorf("read loop's forward: %v allocations per datagram", allocs)
+	}
+	server.WaitFor(t, int64(1+warmup+runs+1))
+}
+
 // TestServerRepliesDoNotAllocate runs the whole reply side of a running
 // proxy: the server writes to the session's upstream socket, the poller
 // (upstream.go) reads it, codes it and sends it to the router. The process's

@@ -67,6 +67,8 @@ type Server struct {
 	closing atomic.Bool
 	loops   sync.WaitGroup    // the read loops, the pollers and the janitor
 	pollers []*upstreamPoller // read the servers' replies, one per worker (upstream.go)
+	shared  *sharedUpstream   // the shared upstream sockets, nil when no [[server]] asks for them (shared_upstream.go)
+	writers []*rawWriter      // one per worker: writes to the sessions' own sockets (rawwrite.go)
 
 	httpSrvs  []*http.Server // metrics and health (studio.go)
 	httpLns   []net.Listener
@@ -125,6 +127,11 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		SendVia: func(dg []byte, to netip.AddrPort) bool { return s.tcp.send(dg, to) }, // a TLS/TCP fallback path (tcp.go)
 		Prefix:  "proxy", Registry: s.reg, Log: log,
 		OnBatch: func(start int64) { s.load.observeBatch(start, mono.Now()) },
+		AfterBatch: func(r *ingress.Reader) {
+			if s.shared != nil {
+				s.shared.flushWorker(r.Worker()) // the batch's forwards on the shared sockets
+			}
+		},
 		Workers: cfg.workers(),
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: reportInterval(cfg.ReportInterval.Duration),
@@ -143,10 +150,25 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		}
 		s.pollers = append(s.pollers, p)
 	}
+	for i := 0; i < s.in.Workers(); i++ {
+		s.writers = append(s.writers, newRawWriter())
+	}
+	if cfg.anyShared() {
+		if s.shared, err = newSharedUpstream(s, s.in.Workers(), cfg.MaxSessions); err != nil {
+			s.in.Close()
+			for _, p := range s.pollers {
+				p.close()
+			}
+			return nil, err
+		}
+	}
 	if err := s.listenHTTP(); err != nil {
 		s.in.Close()
 		for _, p := range s.pollers {
 			p.close()
+		}
+		if s.shared != nil {
+			s.shared.close()
 		}
 		return nil, err
 	}
@@ -185,6 +207,15 @@ func (s *Server) Run(ctx context.Context) error {
 			p.run()
 		}()
 	}
+	if s.shared != nil {
+		s.loops.Add(len(s.shared.socks))
+		for _, ss := range s.shared.socks {
+			go func() {
+				defer s.loops.Done()
+				s.shared.readReplies(ss)
+			}()
+		}
+	}
 	go s.janitor(ctx)
 	go func() {
 		defer s.loops.Done()
@@ -203,6 +234,9 @@ func (s *Server) Close() {
 	s.in.Close()
 	for _, p := range s.pollers {
 		p.close()
+	}
+	if s.shared != nil {
+		s.shared.close()
 	}
 	for i, hs := range s.httpSrvs {
 		hs.Close()
@@ -331,6 +365,12 @@ type proxySession struct {
 	origin netip.AddrPort
 	header proxyproto.Kind
 	hbuf   []byte
+
+	// shared is the shared upstream socket the session is sent from (nil:
+	// its own, port), slot its value in the SPP header's proxy-port field
+	// (shared_upstream.go).
+	shared *sharedSocket
+	slot   uint16
 }
 
 // RouterSide implements ingress.Session.
@@ -339,7 +379,11 @@ func (ps *proxySession) RouterSide() *ingress.Peer { return &ps.Peer }
 func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, from netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
 	salt, target := hello.Salt, hello.Target
 	ps := &proxySession{srv: s, id: id, target: target, origin: from, flow: hello.Flow, flowed: hello.HasFlow() && target.IsValid()}
-	if ps.header = s.studio.Load().headerFor(target); ps.header != proxyproto.None {
+	studio := s.studio.Load()
+	// A shared-upstream session needs no buffer of its own (the read loop's
+	// batch holds its datagrams) and no socket.
+	shared := s.shared != nil && target.IsValid() && studio.sharedFor(target)
+	if ps.header = studio.headerFor(target); ps.header != proxyproto.None && !shared {
 		ps.hbuf = make([]byte, proxyproto.MaxLen+raic.MaxPacket)
 	}
 	ps.Client, ps.Salt, ps.Sink = c, salt, ps
@@ -353,6 +397,14 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 	// sealed in this session, so the router's window takes them and no nonce
 	// repeats even when the keys do (a re-opened control session).
 	ps.Send.StartAt(tunnel.ClockPIDBase(time.Now().UnixMilli()))
+	if shared {
+		// Last, once the session is whole: its replies may come at once.
+		if s.shared.attach(ps) {
+			ps.flowed = false // no server port of its own to keep for the flow
+			return ps, nil
+		}
+		ps.hbuf = make([]byte, proxyproto.MaxLen+raic.MaxPacket) // no free slot: a socket of its own
+	}
 	if ps.flowed {
 		// A kept port of this flow, or an open session's (keepport.go).
 		if sp, old := s.ports.claim(ps.key()); sp != nil {
@@ -382,7 +434,17 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 }
 
 // Deliver forwards a decoded packet to the game server (tunnel.Sink).
-func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
+func (ps *proxySession) Deliver(pid uint64, pkt []byte, now int64) {
+	if ps.shared != nil {
+		ps.DeliverVia(nil, pid, pkt, now)
+		return
+	}
+	ps.deliver(pkt, now, nil)
+}
+
+// deliver forwards on the session's own socket, with wr (a read loop's,
+// rawwrite.go) when the caller has one.
+func (ps *proxySession) deliver(pkt []byte, now int64, wr *rawWriter) {
 	s := ps.srv
 	sp := ps.port.Load()
 	if sp == nil {
@@ -396,7 +458,7 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 		n := ps.clientAddrHeader(ps.hbuf)
 		pkt = ps.hbuf[:n+copy(ps.hbuf[n:], pkt)]
 	}
-	if _, err := sp.conn.Write(pkt); err != nil {
+	if err := wr.write(sp, pkt); err != nil {
 		s.m.upstreamErrors.Inc()
 		return
 	}
@@ -432,6 +494,10 @@ func (ps *proxySession) reply(pkt []byte, now int64) {
 
 func (ps *proxySession) close() {
 	if ps.closed.Swap(true) {
+		return
+	}
+	if ps.shared != nil {
+		ps.srv.shared.detach(ps)
 		return
 	}
 	// Its server port is kept for the flow's next session, unless the proxy

@@ -43,11 +43,17 @@ type ServerConfig struct {
 	// each datagram forwarded to these servers: "proxy-v2" (PROXY protocol v2,
 	// DGRAM) or "spp" (Cloudflare's Simple Proxy Protocol). Off by default.
 	ClientAddrHeader string `toml:"client_addr_header"`
+	// Upstream is how sessions to these servers are sent: "per-session"
+	// (the default: a socket of each session's own, like a NAT) or "shared"
+	// (a few sockets for all, each datagram told apart by its SPP header;
+	// needs client_addr_header = "spp"; shared_upstream.go).
+	Upstream string `toml:"upstream"`
 }
 
 type serverRule struct {
 	match  allow.List
 	header proxyproto.Kind
+	shared bool // upstream = "shared"
 }
 
 // DefaultDrainTimeout is how long a drain waits for sessions to end.
@@ -71,7 +77,12 @@ func (c *StudioConfig) checkStudio(meta *config.Meta) {
 			meta.Report(key("client_addr_header"), "%v", err)
 			continue
 		}
-		c.servers = append(c.servers, serverRule{match: m, header: h})
+		shared, err := parseUpstream(sc.Upstream, h)
+		if err != nil {
+			meta.Report(key("upstream"), "%v", err)
+			continue
+		}
+		c.servers = append(c.servers, serverRule{match: m, header: h, shared: shared})
 	}
 }
 
@@ -104,6 +115,9 @@ func (s *Server) Reload(cfg *Config) error {
 		return err
 	}
 	s.studio.Store(&cfg.StudioConfig)
+	if s.shared == nil && cfg.anyShared() {
+		s.log.Warn("upstream = \"shared\" takes effect at the next start: until then new sessions get sockets of their own")
+	}
 	s.in.SetRoster(r) // gives the clients their fair share
 	s.m.reloads.Inc()
 	s.log.Info("reloaded", "clients", len(r.Clients), "tokens", r.Tokens != nil, "sessions", s.sessions.Len())

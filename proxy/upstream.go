@@ -146,7 +146,7 @@ func (p *upstreamPoller) run() {
 					}
 					continue
 				}
-				ps.reply(p.buf[:p.got], now)
+				ps.reply(ps.stripReply(p.buf[:p.got]), now)
 			}
 		}
 	}

@@ -153,6 +153,16 @@ type Client struct {
 	last   int64
 	rate   float64
 	burst  float64
+	// The datagram bucket, taken once per forwarded packet by every worker,
+	// without the lock: as a theoretical arrival time (GCRA), the time at
+	// which the bucket would be full again, in ns as float64 bits. Tokens
+	// at now are burst - (tat-now)/interval; a datagram may go when that is
+	// at least one, i.e. tat-now ≤ tau = (burst-1)·interval, and takes one
+	// by moving tat on by interval. 0 is a full bucket. A rate of 0 (no
+	// refill) keeps the locked bucket above.
+	tat      atomic.Uint64
+	interval float64 // ns per token
+	tau      float64
 
 	// Session admission (OpenSession): a count against maxSessions and a
 	// token bucket of session creations, guarded by mu.
@@ -188,9 +198,14 @@ func Table(cs []Config, now int64) (map[string]*Client, error) {
 // newClient makes a run-time client with full buckets; now < 0 starts them
 // at the first Take or OpenSession (the caller has no monotonic time).
 func newClient(id string, key wire.Key, al allow.List, rate float64, burst int, maxSessions int64, srate float64, now int64) *Client {
-	return &Client{ID: id, Key: key, Allow: al, rate: rate,
+	c := &Client{ID: id, Key: key, Allow: al, rate: rate,
 		burst: float64(burst), tokens: float64(burst), last: now,
 		maxSessions: maxSessions, srate: srate, stokens: srate, slast: now}
+	if rate > 0 {
+		c.interval = 1e9 / rate
+		c.tau = (float64(burst) - 1) * c.interval
+	}
+	return c
 }
 
 // Roster is what Admit checks a hello against: the configured clients by ID
@@ -234,6 +249,19 @@ func NewRoster(cs []Config, tokenKey *token.Key, seen *token.Seen, now int64) (*
 
 // Take reports whether the client may have one more datagram forwarded now.
 func (c *Client) Take(now int64) bool {
+	if c.interval > 0 {
+		n := float64(now)
+		for {
+			old := c.tat.Load()
+			t := max(math.Float64frombits(old), n)
+			if t-n > c.tau {
+				return false
+			}
+			if c.tat.CompareAndSwap(old, math.Float64bits(t+c.interval)) {
+				return true
+			}
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.last < 0 {

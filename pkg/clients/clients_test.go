@@ -2,6 +2,8 @@ package clients
 
 import (
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,5 +93,42 @@ func TestTakeLimitsRate(t *testing.T) {
 	}
 	if n != 5 {
 		t.Fatalf("%d taken after 50 ms at 100/s, want 5", n)
+	}
+}
+
+// The lock-free bucket Take uses answers as the locked token bucket does, on
+// a long irregular stream of datagrams, and lets exactly its share through
+// when many goroutines take at once.
+func TestTakeMatchesTokenBucket(t *testing.T) {
+	const rate, burst = 1000, 8
+	free := newClient("a", wire.Key{1}, nil, rate, burst, 0, 1, 0)
+	locked := newClient("b", wire.Key{1}, nil, rate, burst, 0, 1, 0)
+	locked.interval = 0 // the locked bucket
+	now := int64(1e9)
+	x := uint64(12345)
+	for i := 0; i < 200000; i++ {
+		x = x*6364136223846793005 + 1442695040888963407
+		now += int64(x>>33) % 2_000_003 // 0 to 2 ms: above and below the rate
+		if a, b := free.Take(now), locked.Take(now); a != b {
+			t.Fatalf("datagram %d at %d ns: lock-free bucket says %v, locked one %v", i, now, a, b)
+		}
+	}
+	c := newClient("c", wire.Key{1}, nil, rate, burst, 0, 1, 0)
+	var wg sync.WaitGroup
+	var got atomic.Int64
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 1000; i++ {
+				if c.Take(5e6) { // a full bucket: burst
+					got.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got.Load() != burst {
+		t.Fatalf("%d taken by 8 goroutines at once, want %d", got.Load(), burst)
 	}
 }

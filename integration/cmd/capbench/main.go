@@ -51,6 +51,7 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/proxyproto"
 	"github.com/raicnet/raic/pkg/tunnel"
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/wire"
@@ -87,6 +88,8 @@ type options struct {
 	sources     int    // generator sockets (source ports) the sessions' datagrams leave from
 	scale       bool   // run the scale table (scale.go) instead of one measurement
 	load        bool   // run the load test (load.go) instead
+	sharedBig   int    // -scale: sessions of the largest shared-upstream row
+	shared      bool   // the sink is an SPP server on the proxy's shared upstream ([[server]] upstream = "shared")
 	loadOpt     loadOptions
 }
 
@@ -142,6 +145,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.workers, "workers", 1, "the proxy's workers (SO_REUSEPORT sockets) and GOMAXPROCS; pinned to CPUs proxy-cpu onwards")
 	fs.IntVar(&o.sources, "sources", 1, "generator sockets the datagrams leave from, round-robin per batch (the kernel spreads them over the workers by source port)")
 	fs.BoolVar(&o.scale, "scale", false, "the scale table: workers 1 and 2 at 1,000 sessions, RSS at 1,000 and 100,000 sessions (docs/bench-scale.md)")
+	fs.BoolVar(&o.shared, "shared-upstream", false, "the game server speaks SPP and the proxy sends every session to it from its shared upstream sockets (upstream = \"shared\")")
+	fs.IntVar(&o.sharedBig, "shared-sessions", bigSessions, "-scale: sessions of the largest shared-upstream row (fewer if memory is short)")
 	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
 	addLoadFlags(fs, &o.loadOpt)
 	if err := fs.Parse(args); err != nil {
@@ -181,6 +186,7 @@ type figures struct {
 	sent, sinkGot      uint64        // during the timed phase
 	forwarded          float64       // proxy_forwarded_total delta
 	dropped            float64       // proxy_dropped_total (all reasons) delta
+	sppBad             uint64        // with -shared-upstream: datagrams at the sink without a valid SPP header
 	rcvbufErrors       uint64        // kernel UDP receive-buffer drops (all sockets) during the phase
 	elapsed            time.Duration
 	proxyCPU, genCPU   float64 // percent of one core during the timed phase
@@ -319,6 +325,7 @@ func measure(ctx context.Context, opt *options) (*figures, error) {
 		return nil, err
 	}
 	defer sink.close()
+	sink.spp = opt.shared
 
 	key, err := wire.GenerateKey()
 	if err != nil {
@@ -345,6 +352,9 @@ rate_pps = 1000000000
 burst = 10000000
 session_rate = 1000000
 `, proxyAddr, metricsAddr, 2*opt.sessions+16, opt.workers, clientID, key, sink.addr())
+	if opt.shared {
+		cfg += fmt.Sprintf("[[server]]\nmatch = \"%s\"\nclient_addr_header = \"spp\"\nupstream = \"shared\"\n", sink.addr())
+	}
 	cfgPath := filepath.Join(tmp, "proxy.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -409,7 +419,7 @@ session_rate = 1000000
 	}
 	rb0 := hostinfo.RcvbufErrors()
 	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
-	s0 := sink.count.Load()
+	s0, bad0 := sink.count.Load(), sink.bad.Load()
 	bg := hostinfo.StartBackground(os.Getpid(), p.cmd.Process.Pid)
 	cpuName := fmt.Sprintf("cpu%d", opt.proxyCPU)
 	core0 := hostinfo.StatBusy(cpuName, false)
@@ -427,6 +437,7 @@ session_rate = 1000000
 	}
 	f.elapsed = time.Since(t0)
 	f.sinkGot = sink.count.Load() - s0
+	f.sppBad = sink.bad.Load() - bad0
 	f.proxyCPU = 100 * (hostinfo.CPUTime(p.cmd.Process.Pid) - pc0) / f.elapsed.Seconds()
 	f.genCPU = 100 * (hostinfo.CPUTime(os.Getpid()) - gc0) / f.elapsed.Seconds()
 	f.rcvbufErrors = hostinfo.RcvbufErrors() - rb0
@@ -539,10 +550,14 @@ func writeMarkdown(opt *options, rows [][3]string, env string) error {
 	return os.WriteFile(opt.out, []byte(b.String()), 0o644)
 }
 
-// sink is the game server: it counts what the proxy forwards.
+// sink is the game server: it counts what the proxy forwards. As an SPP
+// server (spp) it also parses and strips each datagram's header, counting
+// those without a valid one (bad), as a server must drop them.
 type sink struct {
 	conn  *udp.Conn
 	count atomic.Uint64
+	bad   atomic.Uint64
+	spp   bool // set before the proxy sends
 	done  chan struct{}
 }
 
@@ -562,6 +577,15 @@ func newSink() (*sink, error) {
 			n, err := c.ReadBatch(msgs)
 			if err != nil {
 				return
+			}
+			if s.spp {
+				bad := 0
+				for i := 0; i < n; i++ {
+					if client, _, _, err := proxyproto.SPP.Parse(msgs[i].Buf[:msgs[i].N]); err != nil || !client.IsValid() {
+						bad++
+					}
+				}
+				s.bad.Add(uint64(bad))
 			}
 			s.count.Add(uint64(n))
 		}

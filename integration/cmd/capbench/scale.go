@@ -29,6 +29,7 @@ type scaleRun struct {
 	workers  int
 	sources  int
 	timed    bool // a full timed phase (otherwise a short one: memory is the point)
+	shared   bool // SPP server on the proxy's shared upstream: no socket per session
 	f        *figures
 }
 
@@ -59,14 +60,25 @@ func runScale(ctx context.Context, opt *options) error {
 		big = (int(lim.Cur) - 1000) / 1000 * 1000
 		fdLimit = lim.Cur
 	}
+	// The shared rows hold no descriptor per session; memory (the
+	// generator's sessions and the proxy's, well under 64 KB together)
+	// bounds the largest.
+	if avail := memAvailable(); avail > 0 && int64(opt.sharedBig)*(64<<10) > avail {
+		opt.sharedBig = int(avail/(64<<10)) / 1000 * 1000
+	}
 	runs := []*scaleRun{
 		{name: "1 worker, 1,000 sessions", sessions: 1000, workers: 1, sources: 1, timed: true},
 		{name: "2 workers, 1,000 sessions", sessions: 1000, workers: 2, sources: 8, timed: true},
 		{name: fmt.Sprintf("1 worker, %d sessions", big), sessions: big, workers: 1, sources: 8},
+		// The shared upstream holds no descriptor per session: 100,000 needs
+		// no open-file limit above the default.
+		{name: "1 worker, 1,000 sessions, shared upstream (spp)", sessions: 1000, workers: 1, sources: 1, timed: true, shared: true},
+		{name: "2 workers, 1,000 sessions, shared upstream", sessions: 1000, workers: 2, sources: 8, timed: true, shared: true},
+		{name: fmt.Sprintf("1 worker, %d sessions, shared upstream", opt.sharedBig), sessions: opt.sharedBig, workers: 1, sources: 8, shared: true},
 	}
 	for i, r := range runs {
 		o := *opt
-		o.sessions, o.workers, o.sources = r.sessions, r.workers, r.sources
+		o.sessions, o.workers, o.sources, o.shared = r.sessions, r.workers, r.sources, r.shared
 		o.out, o.profile = "", ""
 		if i > 0 {
 			o.floor = 0 // the reference loops are the host's, measured once
@@ -105,7 +117,10 @@ func runScale(ctx context.Context, opt *options) error {
 		"a core with the proxy. 100-byte game packets, sealed in advance, round-robin over the sessions, from 1 (one worker) " +
 		"or 8 (otherwise) source ports, so the kernel's reuseport hash spreads them. \"Per proxy core\" is the forwarded rate " +
 		"divided by the proxy process's own CPU time (softirq work of loopback delivery not included); \"at 100% of CPU 0\" " +
-		"divides by CPU 0's busy time from any cause. The largest row (100,000 sessions where the open-file limit allows) is about memory: its timed phase is short.\n\n")
+		"divides by CPU 0's busy time from any cause. The largest row (100,000 sessions where the open-file limit allows) is about memory: its timed phase is short. " +
+		"The shared-upstream rows give the sink the SPP header (upstream = \"shared\"): every session leaves on one socket per worker, " +
+		"each read batch's forwards in one sendmmsg, so no descriptor per session bounds them; the sink checks each header " +
+		"(datagrams without a valid one are in the dropped column).\n\n")
 	for i, r := range rows {
 		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
 		if i == 0 {
@@ -133,6 +148,7 @@ func scaleTable(runs []*scaleRun) [][]string {
 	mb := func(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
 	rows := [][]string{{"run", "forwarded", "proxy CPU", "per proxy core", "at 100% of CPU 0", "dropped", "noise (others)", "RSS idle", "peak RSS", "targets"}}
 	var perCore1 float64
+	base := runs[0] // the 1-worker row a 2-worker row compares with: the first of its upstream mode
 	for i, r := range runs {
 		f := r.f
 		fwd := f.forwarded / f.elapsed.Seconds()
@@ -140,25 +156,31 @@ func scaleTable(runs []*scaleRun) [][]string {
 		if i == 0 {
 			perCore1 = perCore
 		}
+		if r.timed && r.workers == 1 && r.shared != base.shared {
+			base = r
+		}
 		var verdict []string
 		limit := int64(targetRSS)
 		if r.sessions >= bigSessions {
 			limit = targetRSS100k
 		}
-		if r.sessions >= 10000 && r.sessions < bigSessions {
+		if r.sessions >= 10000 && r.sessions < bigSessions && !r.shared {
 			// Extrapolated from the cost per session above the empty proxy.
 			per := float64(f.rssIdle-f.rssStart) / float64(r.sessions)
 			at := float64(f.rssStart) + per*bigSessions
 			verdict = append(verdict, fmt.Sprintf("%.1f KB per session, so %.0f MB at 100,000 (the open-file limit, %d, allows no more here): RSS ≤ 200 MB at 100,000: %s",
 				per/1024, at/(1<<20), fdLimit, mark(at <= targetRSS100k)))
 		} else {
+			if r.shared && r.sessions >= 10000 {
+				verdict = append(verdict, fmt.Sprintf("%.1f KB per session", float64(f.rssIdle-f.rssStart)/float64(r.sessions)/1024))
+			}
 			verdict = append(verdict, fmt.Sprintf("RSS ≤ %d MB: %s", limit>>20, mark(f.hwm <= limit)))
 		}
 		if r.timed && r.workers == 1 {
 			verdict = append(verdict, fmt.Sprintf("≥ %d/s per core: %s", targetPPS, mark(perCore >= targetPPS)))
 		}
 		if r.timed && r.workers > 1 && perCore1 > 0 {
-			verdict = append(verdict, fmt.Sprintf("%.2f× the 1-worker rate", fwd/(runs[0].f.forwarded/runs[0].f.elapsed.Seconds())))
+			verdict = append(verdict, fmt.Sprintf("%.2f× the 1-worker rate", fwd/(base.f.forwarded/base.f.elapsed.Seconds())))
 		}
 		rows = append(rows, []string{
 			r.name,
@@ -166,7 +188,7 @@ func scaleTable(runs []*scaleRun) [][]string {
 			fmt.Sprintf("%.0f%%", f.proxyCPU),
 			fmt.Sprintf("%.0f packets/s", perCore),
 			fmt.Sprintf("%.0f packets/s", fwd/max(f.coreBusy/100, 0.01)),
-			fmt.Sprintf("%.0f", f.dropped+float64(f.rcvbufErrors)),
+			fmt.Sprintf("%.0f", f.dropped+float64(f.rcvbufErrors)+float64(f.sppBad)),
 			fmt.Sprintf("%.0f%% of a core", f.others),
 			mb(f.rssIdle),
 			mb(f.hwm),
@@ -178,4 +200,19 @@ func scaleTable(runs []*scaleRun) [][]string {
 		rows = append(rows, []string{"reference: bare sendmmsg loop, batches of 64", fmt.Sprintf("%.0f packets/s", f.floorBatchPPS.sent), "", "", "", "", "", "", "", "batched sends"})
 	}
 	return rows
+}
+
+// memAvailable is the host's MemAvailable in bytes (0 if unknown).
+func memAvailable() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(l, "MemAvailable: %d kB", &kb); err == nil {
+			return kb << 10
+		}
+	}
+	return 0
 }

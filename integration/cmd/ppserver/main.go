@@ -6,7 +6,10 @@
 //	client=ADDR:PORT peer=ADDR:PORT <payload>
 //
 // (client is the player's address from the header, peer the proxy socket the
-// datagram came from). A datagram without a valid header is counted and
+// datagram came from). With SPP the reply starts with the header the datagram
+// came with, byte for byte, as SPP origins answer: the proxy finds the
+// session by it (a proxy with upstream = "shared" sends every player from one
+// socket) and strips it. A datagram without a valid header is counted and
 // dropped, as a server must: otherwise anyone could claim any address. A
 // server of one's own does the same with package
 // github.com/raicnet/raic/pkg/proxyproto: Kind.Parse on each datagram.
@@ -61,7 +64,11 @@ func main() {
 			log.Printf("dropped a datagram from %v without a valid %v header (%d so far)", peer, kind, dropped)
 			continue
 		}
-		out = fmt.Appendf(out[:0], "client=%v peer=%v ", client, peer)
+		out = out[:0]
+		if kind == proxyproto.SPP {
+			out = append(out, buf[:proxyproto.SPPLen]...)
+		}
+		out = fmt.Appendf(out, "client=%v peer=%v ", client, peer)
 		out = append(out, payload...)
 		conn.WriteToUDPAddrPort(out, peer)
 	}
