@@ -226,6 +226,15 @@ func validDesc(s *Shard) bool {
 	return false
 }
 
+// WholeCopy reports whether s is a valid RAIC-1 copy of a whole packet (no
+// X-fragments): the packet itself, released as it is by the first copy.
+// Such a shard needs no decoding state, only a record of the packet IDs
+// released, so a receiver that keeps one (an anti-replay window) may deliver
+// it without a Decoder; Add takes it too.
+func WholeCopy(s *Shard) bool {
+	return s.Scheme == SchemeCopy && s.Desc.Frag == fragLast && validDesc(s)
+}
+
 // Add takes one shard and returns the packets it completed: at most one, except
 // under RAICT, where one shard may rebuild a chain of earlier packets. The
 // packet is released by the first shard that makes it complete.

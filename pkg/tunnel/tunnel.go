@@ -277,13 +277,20 @@ type Receiver struct {
 	prev      cipher.AEAD
 	spare     []byte
 	upgrading atomic.Bool // prev is set: the far side may not have followed yet
-	dec       *raic.Decoder
-	stats     ReceiverStats
+	// dec is made on the first shard that is not a whole RAIC-1 copy: a
+	// copy needs only the window, so a copy-only session (most of a
+	// proxy's) never holds a decoder. copies counts, in the decoder's terms,
+	// the copies released without one.
+	dec    *raic.Decoder
+	decCfg raic.DecoderConfig
+	copies raic.DecoderStats
+	stats  ReceiverStats
 }
 
-// NewReceiver makes the receiving half of a session.
+// NewReceiver makes the receiving half of a session; dec bounds its decoder,
+// which is made when the first coded shard arrives.
 func NewReceiver(aead cipher.AEAD, dec raic.DecoderConfig) *Receiver {
-	return &Receiver{aead: aead, dec: raic.NewDecoder(dec)}
+	return &Receiver{aead: aead, decCfg: dec}
 }
 
 // Receive handles one parsed datagram (h and bodyOff from wire.Parse); dg is
@@ -330,7 +337,24 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		}
 		return body, nil
 	}
-	released := r.dec.Add(raic.Shard{Scheme: raic.Scheme(h.Scheme), PID: h.Packet, Desc: raic.Desc(h.Desc), Data: body}, now)
+	sh := raic.Shard{Scheme: raic.Scheme(h.Scheme), PID: h.Packet, Desc: raic.Desc(h.Desc), Data: body}
+	if r.dec == nil {
+		if raic.WholeCopy(&sh) {
+			// What the decoder's copy path does, with the window (checked
+			// above, under the lock) as its record of released packets.
+			r.copies.Shards++
+			if r.window.Mark(sh.PID) {
+				r.copies.Released++
+				r.stats.Delivered++
+				sink.Deliver(sh.PID, sh.Data, now)
+			} else {
+				r.stats.Duplicates++
+			}
+			return nil, nil
+		}
+		r.dec = raic.NewDecoder(r.decCfg)
+	}
+	released := r.dec.Add(sh, now)
 	for i := range released {
 		if r.window.Mark(released[i].PID) {
 			r.stats.Delivered++
@@ -403,7 +427,9 @@ func (r *Receiver) SetFloor(pid uint64) {
 // Expire gives up decode groups older than the decoder's limit.
 func (r *Receiver) Expire(now int64) {
 	r.mu.Lock()
-	r.dec.Expire(now)
+	if r.dec != nil {
+		r.dec.Expire(now)
+	}
 	r.mu.Unlock()
 }
 
@@ -411,7 +437,21 @@ func (r *Receiver) Expire(now int64) {
 func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.stats, r.dec.Stats()
+	ds := r.copies
+	if r.dec != nil {
+		d := r.dec.Stats()
+		ds.Shards += d.Shards
+		ds.Released += d.Released
+		ds.Recovered += d.Recovered
+		ds.Duplicates += d.Duplicates
+		ds.Malformed += d.Malformed
+		ds.Evicted += d.Evicted
+		ds.Expired += d.Expired
+		ds.Lost += d.Lost
+		ds.Late += d.Late
+		ds.NoBuffer += d.NoBuffer
+	}
+	return r.stats, ds
 }
 
 // Hello returns the hello this sender puts on its datagrams while it is due,
