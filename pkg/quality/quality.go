@@ -149,8 +149,9 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 		t.filled |= 1 << i
 		t.packets++
 	}
-	since := int64(nowUs-s.first) * 1000 // ns since its first datagram, to the µs
-	if d.Frag == 0x80 && d.Count > 1 {   // one fragment only, coded: all its shards are known
+	// ns since its first datagram, to the µs
+	since := int64(nowUs-s.first) * 1000
+	if d.Frag == 0x80 && d.Count > 1 { // one fragment only, coded: all its shards are known
 		s.all |= uint16(1<<min(int(d.Count), 16) - 1)
 	}
 	b := shardBit(d)
