@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net"
 	"testing"
 
 	"github.com/raicnet/raic/integration/testkit"
@@ -105,7 +104,7 @@ func TestServerRepliesDoNotAllocate(t *testing.T) {
 	// This router answers no path challenges: take its address as validated,
 	// so replies are not held to 3x what came from it.
 	ps.Paths.Learn(routerSide.Addr(), mono.Now())
-	upstream := ps.port.Load().conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	upstream := ps.port.Load().localAddr()
 	before := routerSide.N.Load()
 	pkt := make([]byte, 100)
 	send := func(n int) {

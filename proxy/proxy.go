@@ -362,18 +362,10 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 		}
 	}
 	if target.IsValid() {
-		conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
-		if err != nil {
-			return nil, err
-		}
 		// The default buffer holds only ~20 ms of a 10,000 pps server stream; the
 		// memory is used only while packets wait.
-		conn.SetReadBuffer(1 << 20)
-		// Taken here, before the session is in the table, which the poller
-		// finds it in.
-		sp := &serverPort{conn: conn}
-		if sp.rc, err = conn.SyscallConn(); err != nil {
-			conn.Close()
+		sp, err := dialServer(target, 1<<20)
+		if err != nil {
 			return nil, err
 		}
 		ps.port.Store(sp)
@@ -396,7 +388,7 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 		n := ps.clientAddrHeader(ps.hbuf)
 		pkt = ps.hbuf[:n+copy(ps.hbuf[n:], pkt)]
 	}
-	if _, err := sp.conn.Write(pkt); err != nil {
+	if err := sp.write(pkt); err != nil {
 		s.m.upstreamErrors.Inc()
 		return
 	}
