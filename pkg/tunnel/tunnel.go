@@ -271,20 +271,25 @@ type Receiver struct {
 	aead   cipher.AEAD
 	window replay.Window
 	floor  uint64 // packet IDs below it are refused (SetFloor)
-	// prev is the key before Upgrade, still taken until a datagram opens with
-	// the new one; spare keeps a copy of a datagram meanwhile, since a failed
-	// open leaves the datagram unusable.
-	prev      cipher.AEAD
-	spare     []byte
-	upgrading atomic.Bool // prev is set: the far side may not have followed yet
+	// up holds the key before Upgrade (nil before the first one).
+	up        *upgrade
+	upgrading atomic.Bool // up.prev is set: the far side may not have followed yet
 	// dec is made on the first shard that is not a whole RAIC-1 copy: a
 	// copy needs only the window, so a copy-only session (most of a
-	// proxy's) never holds a decoder. copies counts, in the decoder's terms,
-	// the copies released without one.
+	// proxy's) never holds a decoder. copies counts the copies released
+	// without one.
 	dec    *raic.Decoder
 	decCfg raic.DecoderConfig
-	copies raic.DecoderStats
+	copies uint64
 	stats  ReceiverStats
+}
+
+// upgrade is a receiver's state for Upgrade: prev is the key before it, still
+// taken until a datagram opens with the new one (nil then); spare keeps a copy
+// of a datagram meanwhile, since a failed open leaves the datagram unusable.
+type upgrade struct {
+	prev  cipher.AEAD
+	spare []byte
 }
 
 // NewReceiver makes the receiving half of a session; dec bounds its decoder,
@@ -306,7 +311,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		// counts only from the address its challenge went to, with that
 		// challenge's token, and the answer to a challenge goes only to the
 		// far end's own address.
-		if r.prev != nil {
+		if r.up != nil && r.up.prev != nil {
 			body, err = r.openEither(dg, bodyOff)
 		} else {
 			body, err = wire.Open(r.aead, dg, bodyOff)
@@ -320,7 +325,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		r.stats.Duplicates++
 		return nil, ErrDuplicate
 	}
-	if r.prev != nil {
+	if r.up != nil && r.up.prev != nil {
 		body, err = r.openEither(dg, bodyOff)
 	} else {
 		body, err = wire.Open(r.aead, dg, bodyOff)
@@ -342,9 +347,8 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		if raic.WholeCopy(&sh) {
 			// What the decoder's copy path does, with the window (checked
 			// above, under the lock) as its record of released packets.
-			r.copies.Shards++
 			if r.window.Mark(sh.PID) {
-				r.copies.Released++
+				r.copies++
 				r.stats.Delivered++
 				sink.Deliver(sh.PID, sh.Data, now)
 			} else {
@@ -371,7 +375,10 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 // and nothing sealed with the old keys opens any more.
 func (r *Receiver) Rekey(aead cipher.AEAD) {
 	r.mu.Lock()
-	r.aead, r.prev = aead, nil
+	r.aead = aead
+	if r.up != nil {
+		r.up.prev = nil
+	}
 	r.upgrading.Store(false)
 	r.window.Reset()
 	r.mu.Unlock()
@@ -384,11 +391,11 @@ func (r *Receiver) Rekey(aead cipher.AEAD) {
 // flight during the switch are not lost.
 func (r *Receiver) Upgrade(aead cipher.AEAD) {
 	r.mu.Lock()
-	r.prev, r.aead = r.aead, aead
-	r.upgrading.Store(true)
-	if r.spare == nil {
-		r.spare = make([]byte, wire.MaxDatagram+1)
+	if r.up == nil {
+		r.up = &upgrade{spare: make([]byte, wire.MaxDatagram+1)}
 	}
+	r.up.prev, r.aead = r.aead, aead
+	r.upgrading.Store(true)
 	r.mu.Unlock()
 }
 
@@ -401,18 +408,18 @@ func (r *Receiver) Upgrading() bool { return r.upgrading.Load() }
 // openEither opens dg with the new key or, failing that, the one before
 // Upgrade; the first success with the new key retires the old one.
 func (r *Receiver) openEither(dg []byte, bodyOff int) ([]byte, error) {
-	if len(dg) > len(r.spare) {
+	if len(dg) > len(r.up.spare) {
 		return wire.Open(r.aead, dg, bodyOff)
 	}
-	cp := r.spare[:len(dg)]
+	cp := r.up.spare[:len(dg)]
 	copy(cp, dg)
 	if body, err := wire.Open(r.aead, dg, bodyOff); err == nil {
-		r.prev = nil
+		r.up.prev = nil
 		r.upgrading.Store(false)
 		return body, nil
 	}
 	copy(dg, cp)
-	return wire.Open(r.prev, dg, bodyOff)
+	return wire.Open(r.up.prev, dg, bodyOff)
 }
 
 // SetFloor refuses every packet ID below pid from now on. A proxy sets it to
@@ -437,7 +444,9 @@ func (r *Receiver) Expire(now int64) {
 func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ds := r.copies
+	// With no decoder, every whole copy that authenticated was released
+	// (the window dropped the rest before).
+	ds := raic.DecoderStats{Shards: r.copies, Released: r.copies}
 	if r.dec != nil {
 		d := r.dec.Stats()
 		ds.Shards += d.Shards
