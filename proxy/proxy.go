@@ -401,10 +401,23 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 func (ps *proxySession) reply(pkt []byte, now int64) {
 	s := ps.srv
 	s.sessions.Get(ps.id, now) // a server reply keeps the session alive too
+	// While the session has a port, its replies come from the poller that
+	// reads it, pollers[id % n], and nowhere else: they are sealed into that
+	// poller's buffers. Otherwise into the sender's own.
+	sb := (*tunnel.SealBuffers)(nil)
+	if ps.port.Load() != nil {
+		sb = &s.pollers[ps.id%uint64(len(s.pollers))].seal
+	}
 	// Every copy is sent first; counting comes after.
 	sent, moved, err := s.in.Reply(&ps.Peer, s.cfg.ReplyWindow.Duration, now, func() ([][]byte, bool, error) {
 		ps.Scheme.Apply(ps.Send)
-		_, dgs, err := ps.Send.Seal(pkt, now)
+		var dgs [][]byte
+		var err error
+		if sb != nil {
+			_, dgs, err = ps.Send.SealWith(sb, pkt, now)
+		} else {
+			_, dgs, err = ps.Send.Seal(pkt, now)
+		}
 		return dgs, ps.Send.Copies(), err
 	})
 	switch {

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/tunnel"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,6 +25,9 @@ type upstreamPoller struct {
 	events [64]unix.EpollEvent
 	n      int
 	buf    []byte
+	// seal holds the datagrams of the replies sealed on this poller: one set
+	// for all its sessions, not a set per session (proxySession.reply).
+	seal tunnel.SealBuffers
 
 	// Stored once, so the RawConn call builds no closure per call.
 	waitFn func(fd uintptr) bool

@@ -40,9 +40,8 @@ type Sender struct {
 
 	enc    *raic.Encoder
 	params raic.Params
-	bufs   [][]byte // one datagram buffer per shard, reused
-	dgs    [][]byte // the sealed datagrams returned by Seal
-	copies bool     // the datagrams of the last Seal are copy fragments (see Copies)
+	own    SealBuffers // Seal's, made on the first Seal (SealWith takes the caller's)
+	copies bool        // the datagrams of the last Seal are copy fragments (see Copies)
 
 	hasHello  bool
 	heard     atomic.Bool  // the far side has answered at least once
@@ -160,12 +159,29 @@ func (s *Sender) StartAt(pid uint64) {
 // millisecond of its life to overtake the base of a later restart.
 func ClockPIDBase(unixMilli int64) uint64 { return uint64(unixMilli) << 20 }
 
+// SealBuffers hold the datagrams a Seal writes: a buffer of wire.MaxDatagram
+// bytes per shard, grown on use. A Sender has its own; many senders may
+// share one set (SealWith) when they seal one at a time and each sends its
+// datagrams before the next Seal into the set: a proxy's sessions replying on
+// one goroutine share one, so a session holds no datagram buffer of its own.
+// The zero value is ready.
+type SealBuffers struct {
+	bufs [][]byte // one datagram buffer per shard, reused
+	dgs  [][]byte // the sealed datagrams returned by Seal
+}
+
 // Seal codes pkt into shards and seals each into a datagram of its own. The
 // datagrams stay valid until the next Seal; every copy sent of a shard must be
 // this same buffer (see package wire on nonces).
 func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err error) {
+	return s.SealWith(&s.own, pkt, now)
+}
+
+// SealWith is Seal into b, whose datagrams stay valid until the next Seal
+// into b, by any sender.
+func (s *Sender) SealWith(b *SealBuffers, pkt []byte, now int64) (pid uint64, dgs [][]byte, err error) {
 	pid = s.nextPID()
-	dgs, err = s.SealPID(pid, pkt, now)
+	dgs, err = s.sealPID(b, pid, pkt, now)
 	return pid, dgs, err
 }
 
@@ -174,6 +190,10 @@ func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err erro
 // The caller must never seal two packets under one ID in a session (the nonce
 // rule); IDs used here also move the sender's counter past them.
 func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
+	return s.sealPID(&s.own, pid, pkt, now)
+}
+
+func (s *Sender) sealPID(b *SealBuffers, pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
 	for {
 		last := s.lastPID.Load()
 		if pid <= last || s.lastPID.CompareAndSwap(last, pid) {
@@ -194,10 +214,10 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 		hl.UnixMilli = time.Now().UnixMilli()
 		hello = &hl
 	}
-	for len(s.bufs) < len(shards) {
-		s.bufs = append(s.bufs, make([]byte, wire.MaxDatagram))
+	for len(b.bufs) < len(shards) {
+		b.bufs = append(b.bufs, make([]byte, wire.MaxDatagram))
 	}
-	s.dgs = s.dgs[:0]
+	b.dgs = b.dgs[:0]
 	s.copies = true
 	for i := range shards {
 		sh := &shards[i]
@@ -211,13 +231,13 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 			Packet:  pid,
 			Desc:    wire.Desc(sh.Desc),
 		}
-		dg, err := wire.Seal(keys.aead, s.bufs[i], &h, hello, sh.Data)
+		dg, err := wire.Seal(keys.aead, b.bufs[i], &h, hello, sh.Data)
 		if err != nil {
 			return nil, err
 		}
-		s.dgs = append(s.dgs, dg)
+		b.dgs = append(b.dgs, dg)
 	}
-	return s.dgs, nil
+	return b.dgs, nil
 }
 
 // Copies reports whether each datagram of the last Seal is a copy: the whole
