@@ -3,8 +3,8 @@ package tunnel
 import (
 	"errors"
 	"testing"
-	"unsafe"
 	"time"
+	"unsafe"
 
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
