@@ -70,7 +70,6 @@ type slot struct {
 
 type path[K comparable] struct {
 	key                  K
-	used                 bool
 	last                 int64
 	carried, carriedPrev uint16
 	received, lost, late uint32
@@ -82,8 +81,10 @@ type path[K comparable] struct {
 // the proxy uses the router's address, the router its uplink index. The zero
 // value is ready.
 type Tracker[K comparable] struct {
-	mu      sync.Mutex
-	paths   [MaxPaths]path[K]
+	mu sync.Mutex
+	// paths grows as paths appear, to MaxPaths at most (a session of one
+	// uplink holds one).
+	paths   []path[K]
 	ring    [Window]slot
 	filled  uint64 // bit i: ring[i] holds a packet (so Window ≤ 64, checked below)
 	highest uint64
@@ -173,15 +174,20 @@ func (t *Tracker[K]) path(k K, now int64) int {
 	oldest := 0
 	for i := range t.paths {
 		p := &t.paths[i]
-		if p.used && p.key == k {
+		if p.key == k {
 			p.last = now
 			return i
 		}
-		if !p.used || (t.paths[oldest].used && p.last < t.paths[oldest].last) {
+		if p.last < t.paths[oldest].last {
 			oldest = i
 		}
 	}
-	t.paths[oldest] = path[K]{key: k, used: true, last: now}
+	if len(t.paths) < MaxPaths {
+		// A fresh index: no slot of the ring has bits of it.
+		t.paths = append(t.paths, path[K]{key: k, last: now})
+		return len(t.paths) - 1
+	}
+	t.paths[oldest] = path[K]{key: k, last: now}
 	for i := range t.ring {
 		t.ring[i].got[oldest] = 0
 	}
@@ -213,9 +219,6 @@ func (t *Tracker[K]) settle(s *slot) {
 	}
 	for i := range t.paths {
 		p := &t.paths[i]
-		if !p.used {
-			continue
-		}
 		if miss := had & (p.carried | p.carriedPrev) &^ s.got[i]; miss != 0 {
 			p.lost += uint32(bits.OnesCount16(miss))
 		}
@@ -239,9 +242,6 @@ func (t *Tracker[K]) Take(now int64, interval time.Duration, out *[MaxPaths]Repo
 	n := 0
 	for i := range t.paths {
 		p := &t.paths[i]
-		if !p.used {
-			continue
-		}
 		if p.received+p.lost > 0 {
 			q := wire.Quality{IntervalMs: uint16(min(interval.Milliseconds(), 65535)),
 				Received: p.received, Lost: p.lost, Late: p.late, Packets: t.packets}
