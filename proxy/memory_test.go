@@ -13,14 +13,15 @@ import (
 	"github.com/raicnet/raic/raic"
 )
 
-// heapPerSessionBound is what one open RAIC-1 session may cost in Go heap,
-// all included, with a margin over the 4.4 KB measured: the session with its
-// router side (keys, reply paths, 1 KB of quality window: 2,688 bytes), the
-// receiver (its 1 KB anti-replay window: 1,152), the sender, the table's
-// entry and the upstream socket (a bare descriptor). No decoder, no datagram
-// buffer: those come with coded schemes and replies, and replies are sealed
-// into their poller's buffers.
-const heapPerSessionBound = 5120
+// heapPerSessionBound is what one open RAIC-1 session of one uplink may cost
+// in Go heap, all included, with a margin over the 3.2 KB measured: the
+// session with its router side (keys, the 1 KB quality window: a 1,408-byte
+// block), the receiver (its 1 KB anti-replay window: 1,152), the sender and
+// its encoder, one reply path and one quality path, the table's entry and the
+// upstream socket (a bare descriptor). No decoder, no datagram buffer: those
+// come with coded schemes and replies, and replies are sealed into their
+// poller's buffers.
+const heapPerSessionBound = 3840
 
 // TestSessionHeapIsBounded opens sessions through the real path (datagrams on
 // loopback, the read loop, admission, the session table, an upstream socket

@@ -52,10 +52,19 @@ type Sender struct {
 }
 
 // sendKeys is what Rekey swaps at once: the sealing key and the hello that
-// names the epoch it was derived for.
+// names the epoch it was derived for (nil for a sender with no hello that was
+// never re-keyed: a proxy's, which holds one per session).
 type sendKeys struct {
 	aead  cipher.AEAD
-	hello wire.Hello
+	hello *wire.Hello
+}
+
+// helloOf is k's hello, or the zero one.
+func (k *sendKeys) helloOf() wire.Hello {
+	if k.hello == nil {
+		return wire.Hello{}
+	}
+	return *k.hello
 }
 
 // NewSender makes the sending half of a session. hello, if not nil, rides on
@@ -66,7 +75,8 @@ func NewSender(aead cipher.AEAD, session uint64, p raic.Params, hello *wire.Hell
 	s.pathPID.Store(ClockPIDBase(time.Now().UnixMilli()))
 	k := &sendKeys{aead: aead}
 	if hello != nil {
-		k.hello, s.hasHello = *hello, true
+		h := *hello
+		k.hello, s.hasHello = &h, true
 	}
 	s.keys.Store(k)
 	if err := s.SetParams(p); err != nil {
@@ -125,8 +135,9 @@ func (s *Sender) ForceHello(now int64) {
 // epoch: aead seals from the next datagram on, and the hello (forced back on)
 // names epoch. Packet IDs keep growing. Safe to call while Seal runs.
 func (s *Sender) Rekey(aead cipher.AEAD, epoch uint64, now int64) {
-	k := &sendKeys{aead: aead, hello: s.keys.Load().hello}
-	k.hello.Epoch = epoch
+	h := s.keys.Load().helloOf()
+	h.Epoch = epoch
+	k := &sendKeys{aead: aead, hello: &h}
 	s.keys.Store(k)
 	s.ForceHello(now)
 }
@@ -136,7 +147,12 @@ func (s *Sender) Rekey(aead cipher.AEAD, epoch uint64, now int64) {
 func (s *Sender) AEAD() cipher.AEAD { return s.keys.Load().aead }
 
 // Epoch returns the restart epoch the session's keys are derived for (0: none).
-func (s *Sender) Epoch() uint64 { return s.keys.Load().hello.Epoch }
+func (s *Sender) Epoch() uint64 {
+	if h := s.keys.Load().hello; h != nil {
+		return h.Epoch
+	}
+	return 0
+}
 
 func (s *Sender) nextPID() uint64 { return s.lastPID.Add(1) }
 
@@ -210,7 +226,7 @@ func (s *Sender) sealPID(b *SealBuffers, pid uint64, pkt []byte, now int64) (dgs
 	var hl wire.Hello
 	var hello *wire.Hello
 	if s.HelloDue(now) {
-		hl = keys.hello
+		hl = keys.helloOf()
 		hl.UnixMilli = time.Now().UnixMilli()
 		hello = &hl
 	}
@@ -254,7 +270,7 @@ func (s *Sender) SealControl(buf []byte, t wire.Type, body []byte, now int64) ([
 	var hl wire.Hello
 	var hello *wire.Hello
 	if s.HelloDue(now) {
-		hl = keys.hello
+		hl = keys.helloOf()
 		hl.UnixMilli = time.Now().UnixMilli()
 		hello = &hl
 	}
@@ -495,7 +511,7 @@ func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 
 // Hello returns the hello this sender puts on its datagrams while it is due,
 // and whether it has one.
-func (s *Sender) Hello() (wire.Hello, bool) { return s.keys.Load().hello, s.hasHello }
+func (s *Sender) Hello() (wire.Hello, bool) { return s.keys.Load().helloOf(), s.hasHello }
 
 // FollowEpoch moves a client-side session (send, recv) to the far side's
 // restart epoch: keys derived anew from key with the session's salt, the
