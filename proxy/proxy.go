@@ -327,10 +327,9 @@ type proxySession struct {
 
 	// The player's address for the server (studio.go): the router address
 	// the session began from, written in a header of kind header in front of
-	// each forwarded packet, assembled in hbuf (the read loop's, per session).
+	// each forwarded packet.
 	origin netip.AddrPort
 	header proxyproto.Kind
-	hbuf   []byte
 }
 
 // RouterSide implements ingress.Session.
@@ -339,9 +338,7 @@ func (ps *proxySession) RouterSide() *ingress.Peer { return &ps.Peer }
 func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, from netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
 	salt, target := hello.Salt, hello.Target
 	ps := &proxySession{srv: s, id: id, target: target, origin: from, flow: hello.Flow, flowed: hello.HasFlow() && target.IsValid()}
-	if ps.header = s.studio.Load().headerFor(target); ps.header != proxyproto.None {
-		ps.hbuf = make([]byte, proxyproto.MaxLen+raic.MaxPacket)
-	}
+	ps.header = s.studio.Load().headerFor(target)
 	ps.Client, ps.Salt, ps.Sink = c, salt, ps
 	ps.Recv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
@@ -384,11 +381,16 @@ func (ps *proxySession) Deliver(_ uint64, pkt []byte, now int64) {
 		s.m.rateLimited.Inc()
 		return
 	}
+	var err error
 	if ps.header != proxyproto.None && len(pkt) <= raic.MaxPacket {
-		n := ps.clientAddrHeader(ps.hbuf)
-		pkt = ps.hbuf[:n+copy(ps.hbuf[n:], pkt)]
+		// The header is written on the stack and sent in front of the
+		// packet (writev): no buffer per session.
+		var h [proxyproto.MaxLen]byte
+		err = sp.writeHeaded(h[:ps.clientAddrHeader(h[:])], pkt)
+	} else {
+		err = sp.write(pkt)
 	}
-	if err := sp.write(pkt); err != nil {
+	if err != nil {
 		s.m.upstreamErrors.Inc()
 		return
 	}

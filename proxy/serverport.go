@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -117,6 +118,35 @@ func (sp *serverPort) write(pkt []byte) error {
 		if err != unix.EINTR {
 			return err
 		}
+	}
+}
+
+// writeHeaded sends one datagram of hdr followed by pkt (writev: nothing is
+// copied, and the caller's header may live on its stack); it never waits.
+func (sp *serverPort) writeHeaded(hdr, pkt []byte) error {
+	if len(hdr) == 0 {
+		return sp.write(pkt)
+	}
+	if !sp.acquire() {
+		return errPortClosed
+	}
+	defer sp.release()
+	var iov [2]unix.Iovec
+	iov[0].Base, iov[0].Len = &hdr[0], uint64(len(hdr))
+	n := 1
+	if len(pkt) > 0 {
+		iov[1].Base, iov[1].Len = &pkt[0], uint64(len(pkt))
+		n = 2
+	}
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(sp.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		switch errno {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return errno
 	}
 }
 
