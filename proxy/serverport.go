@@ -16,11 +16,15 @@ import (
 // datagrams wait in its buffer.
 //
 // It is a bare non-blocking descriptor, in the poller's epoll set only: a
-// net.UDPConn would add a netFD, its two addresses and a runtime poll
-// descriptor (about 700 bytes a session, which at 100,000 sessions is 70 MB)
-// for a netpoller registration the poller does not use. A write never waits:
-// when the socket's send buffer is full it fails (EAGAIN), and the caller
-// counts it like any other upstream error, as a datagram lost on the way.
+// net.UDPConn would add a netFD, its two addresses, a RawConn and a runtime
+// poll descriptor (about 550 bytes a session, some outside the Go heap: 55 MB
+// at 100,000 sessions) for a netpoller registration the poller does not use.
+//
+// A write finds the socket's send buffer full (EAGAIN) only when the
+// server's link is slower than the session's packets: it then waits for
+// room, as net.UDPConn.Write did, but at most sendWait, after which the
+// datagram is dropped and the caller counts the error like any other
+// upstream error.
 type serverPort struct {
 	fd int32
 	// state is the count of calls using fd, plus portClosed once close was
@@ -31,6 +35,9 @@ type serverPort struct {
 }
 
 const portClosed = 1 << 30
+
+// sendWait bounds how long a write waits for room in a full send buffer.
+const sendWait = 100 // ms
 
 // dialServer opens a socket connected to target, with a receive buffer of
 // rcvbuf bytes (0: the system's default).
@@ -107,22 +114,39 @@ func (sp *serverPort) isClosed() bool { return sp.state.Load()&portClosed != 0 }
 // errPortClosed is a write's or read's error on a closed port.
 var errPortClosed = os.ErrClosed
 
-// write sends pkt to the server; it never waits.
+// write sends pkt to the server.
 func (sp *serverPort) write(pkt []byte) error {
 	if !sp.acquire() {
 		return errPortClosed
 	}
 	defer sp.release()
+	waited := false
 	for {
 		_, err := unix.Write(int(sp.fd), pkt)
-		if err != unix.EINTR {
-			return err
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN && !waited:
+			sp.waitWritable()
+			waited = true
+			continue
+		}
+		return err
+	}
+}
+
+// waitWritable waits until fd has room to send, at most sendWait (fd held).
+func (sp *serverPort) waitWritable() {
+	fds := [1]unix.PollFd{{Fd: sp.fd, Events: unix.POLLOUT}}
+	for {
+		if _, err := unix.Poll(fds[:], sendWait); err != unix.EINTR {
+			return
 		}
 	}
 }
 
 // writeHeaded sends one datagram of hdr followed by pkt (writev: nothing is
-// copied, and the caller's header may live on its stack); it never waits.
+// copied, and the caller's header may live on its stack), waiting as write.
 func (sp *serverPort) writeHeaded(hdr, pkt []byte) error {
 	if len(hdr) == 0 {
 		return sp.write(pkt)
@@ -138,12 +162,17 @@ func (sp *serverPort) writeHeaded(hdr, pkt []byte) error {
 		iov[1].Base, iov[1].Len = &pkt[0], uint64(len(pkt))
 		n = 2
 	}
+	waited := false
 	for {
 		_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(sp.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
-		switch errno {
-		case 0:
+		switch {
+		case errno == 0:
 			return nil
-		case unix.EINTR:
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN && !waited:
+			sp.waitWritable()
+			waited = true
 			continue
 		}
 		return errno
