@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/replypath"
 )
 
 // TestPacketPathDoesNotAllocate drives the proxy's per-datagram functions
@@ -81,6 +83,33 @@ burst = 100000000
 		t.Fatalf("sent %v replies, want %d", got, runs+1)
 	}
 	routerSide.WaitFor(t, 2*(runs+1))
+
+	// Datagrams from ever new router addresses: each takes the place of a
+	// path not yet validated and is sent a path challenge, still without
+	// allocating once the session's path tables are full.
+	addrs := make([]netip.AddrPort, 0, 2*replypath.MaxPaths+runs)
+	for i := 0; i < cap(addrs); i++ {
+		addrs = append(addrs, netip.AddrPortFrom(from.Addr(), uint16(20000+i)))
+	}
+	more := make([][]byte, len(addrs))
+	for i := range more {
+		more[i] = fr.seal(t, payload)
+	}
+	for i := 0; i < 2*replypath.MaxPaths; i++ {
+		s.in.Handle(rd, more[i], addrs[i], mono.Now())
+	}
+	j := 2 * replypath.MaxPaths
+	challenges := counter(s, "proxy_path_challenges_total")
+	allocs = testing.AllocsPerRun(runs-1, func() {
+		s.in.Handle(rd, more[j], addrs[j], mono.Now())
+		j++
+	})
+	if allocs != 0 {
+		t.Errorf("datagram from a new address, challenged: %v allocations per datagram", allocs)
+	}
+	if got := counter(s, "proxy_path_challenges_total") - challenges; got < runs-1 {
+		t.Errorf("%v path challenges sent, want %d", got, runs-1)
+	}
 }
 
 // TestServerRepliesDoNotAllocate runs the whole reply side of a running
