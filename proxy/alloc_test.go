@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/ingress"
@@ -154,5 +155,62 @@ func TestServerRepliesDoNotAllocate(t *testing.T) {
 	})
 	if per := allocs / runs; per > 0.01 {
 		t.Errorf("%.3f allocations per server reply (%v over %d)", per, allocs, runs)
+	}
+}
+
+// TestQualityReportsDoNotAllocate: a datagram that finds the session's
+// quality report due sends it (to the validated path) without allocating.
+func TestQualityReportsDoNotAllocate(t *testing.T) {
+	server := testkit.NewCountingSink(t)
+	cfg, err := ParseConfig("proxy.toml", `
+listen = "127.0.0.1:0"
+report_interval = "100ms"
+[[client]]
+id = "gamer"
+key = "`+goodKey.String()+`"
+allow = ["`+server.Addr().String()+`"]
+rate_pps = 100000000
+burst = 100000000
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rd := ingress.NewReader()
+	fr := newFakeRouter(t, goodKey, server.Addr())
+	routerSide := testkit.NewCountingSink(t)
+	from := routerSide.Addr()
+	payload := make([]byte, 100)
+	s.in.Handle(rd, fr.seal(t, payload), from, mono.Now())
+	server.WaitFor(t, 1)
+	fr.send.Heard(mono.Now())
+	ps, ok := s.sessions.Peek(fr.send.Session())
+	if !ok {
+		t.Fatal("session not created")
+	}
+	ps.Paths.Learn(from, mono.Now()) // validated: reports go to it
+	const runs = 5
+	dgs := make([][]byte, runs+2)
+	for i := range dgs {
+		dgs[i] = fr.seal(t, payload)
+	}
+	time.Sleep(110 * time.Millisecond)
+	s.in.Handle(rd, dgs[0], from, mono.Now()) // the first report
+	i := 1
+	reports := counter(s, "proxy_quality_reports_total")
+	allocs := testing.AllocsPerRun(runs, func() {
+		time.Sleep(110 * time.Millisecond)
+		s.in.Handle(rd, dgs[i], from, mono.Now())
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("a datagram sending the quality report: %v allocations", allocs)
+	}
+	if got := counter(s, "proxy_quality_reports_total") - reports; got < runs {
+		t.Errorf("%v reports sent, want ≥ %d", got, runs)
 	}
 }
