@@ -505,6 +505,7 @@ func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 		ds.Lost += d.Lost
 		ds.Late += d.Late
 		ds.NoBuffer += d.NoBuffer
+		ds.Grown += d.Grown
 	}
 	return r.stats, ds
 }
