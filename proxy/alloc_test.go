@@ -48,8 +48,7 @@ burst = 100000000
 		t.Fatal("session not created")
 	}
 
-	// The decoder's ring of groups (1,024 slots) gets its buffers on first use:
-	// warm it up, then measure.
+	// Warm up (the session's tables grow on first use), then measure.
 	const runs, warmup = 1000, 2048
 	dgs := make([][]byte, warmup+runs+1)
 	for i := range dgs {
