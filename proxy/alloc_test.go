@@ -1,12 +1,14 @@
 package proxy
 
 import (
-	"net"
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/replypath"
 )
 
 // TestPacketPathDoesNotAllocate drives the proxy's per-datagram functions
@@ -46,8 +48,7 @@ burst = 100000000
 		t.Fatal("session not created")
 	}
 
-	// The decoder's ring of groups (1,024 slots) gets its buffers on first use:
-	// warm it up, then measure.
+	// Warm up (the session's tables grow on first use), then measure.
 	const runs, warmup = 1000, 2048
 	dgs := make([][]byte, warmup+runs+1)
 	for i := range dgs {
@@ -82,9 +83,36 @@ burst = 100000000
 		t.Fatalf("sent %v replies, want %d", got, runs+1)
 	}
 	routerSide.WaitFor(t, 2*(runs+1))
+
+	// Datagrams from ever new router addresses: each takes the place of a
+	// path not yet validated and is sent a path challenge, still without
+	// allocating once the session's path tables are full.
+	addrs := make([]netip.AddrPort, 0, 2*replypath.MaxPaths+runs)
+	for i := 0; i < cap(addrs); i++ {
+		addrs = append(addrs, netip.AddrPortFrom(from.Addr(), uint16(20000+i)))
+	}
+	more := make([][]byte, len(addrs))
+	for i := range more {
+		more[i] = fr.seal(t, payload)
+	}
+	for i := 0; i < 2*replypath.MaxPaths; i++ {
+		s.in.Handle(rd, more[i], addrs[i], mono.Now())
+	}
+	j := 2 * replypath.MaxPaths
+	challenges := counter(s, "proxy_path_challenges_total")
+	allocs = testing.AllocsPerRun(runs-1, func() {
+		s.in.Handle(rd, more[j], addrs[j], mono.Now())
+		j++
+	})
+	if allocs != 0 {
+		t.Errorf("datagram from a new address, challenged: %v allocations per datagram", allocs)
+	}
+	if got := counter(s, "proxy_path_challenges_total") - challenges; got < runs-1 {
+		t.Errorf("%v path challenges sent, want %d", got, runs-1)
+	}
 }
 
-// A read loop's forwards to sessions' own sockets (through its rawWriter)
+// A read loop's forwards to sessions' own sockets (serverPort.write)
 // allocate nothing either.
 func TestReadLoopForwardDoesNotAllocate(t *testing.T) {
 	server := testkit.NewCountingSink(t)
@@ -153,7 +181,7 @@ func TestServerRepliesDoNotAllocate(t *testing.T) {
 	// This router answers no path challenges: take its address as validated,
 	// so replies are not held to 3x what came from it.
 	ps.Paths.Learn(routerSide.Addr(), mono.Now())
-	upstream := ps.port.Load().conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	upstream := ps.port.Load().localAddr()
 	before := routerSide.N.Load()
 	pkt := make([]byte, 100)
 	send := func(n int) {
@@ -174,5 +202,62 @@ func TestServerRepliesDoNotAllocate(t *testing.T) {
 	})
 	if per := allocs / runs; per > 0.01 {
 		t.Errorf("%.3f allocations per server reply (%v over %d)", per, allocs, runs)
+	}
+}
+
+// TestQualityReportsDoNotAllocate: a datagram that finds the session's
+// quality report due sends it (to the validated path) without allocating.
+func TestQualityReportsDoNotAllocate(t *testing.T) {
+	server := testkit.NewCountingSink(t)
+	cfg, err := ParseConfig("proxy.toml", `
+listen = "127.0.0.1:0"
+report_interval = "100ms"
+[[client]]
+id = "gamer"
+key = "`+goodKey.String()+`"
+allow = ["`+server.Addr().String()+`"]
+rate_pps = 100000000
+burst = 100000000
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rd := ingress.NewReader()
+	fr := newFakeRouter(t, goodKey, server.Addr())
+	routerSide := testkit.NewCountingSink(t)
+	from := routerSide.Addr()
+	payload := make([]byte, 100)
+	s.in.Handle(rd, fr.seal(t, payload), from, mono.Now())
+	server.WaitFor(t, 1)
+	fr.send.Heard(mono.Now())
+	ps, ok := s.sessions.Peek(fr.send.Session())
+	if !ok {
+		t.Fatal("session not created")
+	}
+	ps.Paths.Learn(from, mono.Now()) // validated: reports go to it
+	const runs = 5
+	dgs := make([][]byte, runs+2)
+	for i := range dgs {
+		dgs[i] = fr.seal(t, payload)
+	}
+	time.Sleep(110 * time.Millisecond)
+	s.in.Handle(rd, dgs[0], from, mono.Now()) // the first report
+	i := 1
+	reports := counter(s, "proxy_quality_reports_total")
+	allocs := testing.AllocsPerRun(runs, func() {
+		time.Sleep(110 * time.Millisecond)
+		s.in.Handle(rd, dgs[i], from, mono.Now())
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("a datagram sending the quality report: %v allocations", allocs)
+	}
+	if got := counter(s, "proxy_quality_reports_total") - reports; got < runs {
+		t.Errorf("%v reports sent, want ≥ %d", got, runs)
 	}
 }

@@ -2,11 +2,8 @@ package proxy
 
 import (
 	"container/list"
-	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
-	"syscall"
 
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/wire"
@@ -28,21 +25,6 @@ type portKey struct {
 	client string
 	flow   [wire.FlowLen]byte
 	target netip.AddrPort
-}
-
-// serverPort is a socket connected to a game server. The poller of the
-// session that owns it reads it (upstream.go); while kept, no one does and the
-// server's datagrams wait in its buffer.
-type serverPort struct {
-	conn   *net.UDPConn
-	rc     syscall.RawConn // conn's, for the poller
-	closed atomic.Bool
-}
-
-func (sp *serverPort) close() {
-	if !sp.closed.Swap(true) {
-		sp.conn.Close()
-	}
 }
 
 type keptPort struct {
@@ -176,7 +158,7 @@ func (ps *proxySession) key() portKey {
 
 // unwatch takes sp, ps's port, out of ps's poller: it is closed or handed on.
 func (ps *proxySession) unwatch(sp *serverPort) {
-	if ps.poller != nil && sp.rc != nil {
+	if ps.poller != nil {
 		ps.poller.remove(sp)
 	}
 }

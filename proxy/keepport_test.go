@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -12,12 +11,12 @@ import (
 
 func testPort(t *testing.T) *serverPort {
 	t.Helper()
-	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
+	sp, err := dialServer(netip.MustParseAddrPort("127.0.0.1:9"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return &serverPort{conn: c}
+	t.Cleanup(sp.close)
+	return sp
 }
 
 func flowSession(t *testing.T, client string, flow byte, target string) *proxySession {
@@ -38,8 +37,8 @@ func TestPortKeeper(t *testing.T) {
 	sp := a.port.Load()
 	pk.opened(a.key(), a)
 	pk.ended(a, true, 0)
-	if a.port.Load() != nil || sp.closed.Load() || pk.Len() != 1 || pk.keptN.Load() != 1 {
-		t.Fatalf("ended session's port not kept: closed %v, kept %d", sp.closed.Load(), pk.Len())
+	if a.port.Load() != nil || sp.isClosed() || pk.Len() != 1 || pk.keptN.Load() != 1 {
+		t.Fatalf("ended session's port not kept: closed %v, kept %d", sp.isClosed(), pk.Len())
 	}
 	for _, other := range []*proxySession{
 		flowSession(t, "mallory", 1, "198.18.9.2:27015"), // another client, same token
@@ -67,8 +66,8 @@ func TestPortKeeper(t *testing.T) {
 		t.Fatalf("open session's port: got %p from %p, want %p from %p", got, old, sp, b)
 	}
 	pk.ended(b, true, 0) // it ends: nothing of its own to keep
-	if pk.Len() != 0 || sp.closed.Load() {
-		t.Fatalf("the replaced session's end kept %d ports, closed %v", pk.Len(), sp.closed.Load())
+	if pk.Len() != 0 || sp.isClosed() {
+		t.Fatalf("the replaced session's end kept %d ports, closed %v", pk.Len(), sp.isClosed())
 	}
 
 	// Full: the oldest is closed and counted.
@@ -78,12 +77,12 @@ func TestPortKeeper(t *testing.T) {
 		ports = append(ports, s.port.Load())
 		pk.ended(s, true, int64(i))
 	}
-	if pk.Len() != 2 || pk.evicted.Load() != 1 || !ports[0].closed.Load() || ports[1].closed.Load() {
-		t.Fatalf("kept %d, evicted %d, oldest closed %v", pk.Len(), pk.evicted.Load(), ports[0].closed.Load())
+	if pk.Len() != 2 || pk.evicted.Load() != 1 || !ports[0].isClosed() || ports[1].isClosed() {
+		t.Fatalf("kept %d, evicted %d, oldest closed %v", pk.Len(), pk.evicted.Load(), ports[0].isClosed())
 	}
 	// Past keep_server_port they are closed.
 	pk.sweep(int64(31 * time.Second))
-	if pk.Len() != 0 || !ports[1].closed.Load() || !ports[2].closed.Load() {
+	if pk.Len() != 0 || !ports[1].isClosed() || !ports[2].isClosed() {
 		t.Fatalf("expired ports: kept %d", pk.Len())
 	}
 	// Stopping (keep false), or no flow token: closed at once.
@@ -94,7 +93,7 @@ func TestPortKeeper(t *testing.T) {
 	e.flowed = false
 	ep := e.port.Load()
 	pk.ended(e, true, 0)
-	if !dp.closed.Load() || !ep.closed.Load() || pk.Len() != 0 {
+	if !dp.isClosed() || !ep.isClosed() || pk.Len() != 0 {
 		t.Fatal("port kept while stopping or without a flow token")
 	}
 	// Off: nothing is kept or claimed.
@@ -102,7 +101,7 @@ func TestPortKeeper(t *testing.T) {
 	f := flowSession(t, "alice", 1, "198.18.9.2:27015")
 	fp := f.port.Load()
 	off.ended(f, true, 0)
-	if !fp.closed.Load() || off.Len() != 0 {
+	if !fp.isClosed() || off.Len() != 0 {
 		t.Fatal("keep_server_port 0 kept a port")
 	}
 }

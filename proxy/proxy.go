@@ -68,7 +68,6 @@ type Server struct {
 	loops   sync.WaitGroup    // the read loops, the pollers and the janitor
 	pollers []*upstreamPoller // read the servers' replies, one per worker (upstream.go)
 	shared  *sharedUpstream   // the shared upstream sockets, nil when no [[server]] asks for them (shared_upstream.go)
-	writers []*rawWriter      // one per worker: writes to the sessions' own sockets (rawwrite.go)
 
 	httpSrvs  []*http.Server // metrics and health (studio.go)
 	httpLns   []net.Listener
@@ -149,9 +148,6 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 		s.pollers = append(s.pollers, p)
-	}
-	for i := 0; i < s.in.Workers(); i++ {
-		s.writers = append(s.writers, newRawWriter())
 	}
 	if cfg.anyShared() {
 		if s.shared, err = newSharedUpstream(s, s.in.Workers(), cfg.MaxSessions); err != nil {
@@ -361,10 +357,9 @@ type proxySession struct {
 
 	// The player's address for the server (studio.go): the router address
 	// the session began from, written in a header of kind header in front of
-	// each forwarded packet, assembled in hbuf (the read loop's, per session).
+	// each forwarded packet.
 	origin netip.AddrPort
 	header proxyproto.Kind
-	hbuf   []byte
 
 	// shared is the shared upstream socket the session is sent from (nil:
 	// its own, port), slot its value in the SPP header's proxy-port field
@@ -380,12 +375,9 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 	salt, target := hello.Salt, hello.Target
 	ps := &proxySession{srv: s, id: id, target: target, origin: from, flow: hello.Flow, flowed: hello.HasFlow() && target.IsValid()}
 	studio := s.studio.Load()
-	// A shared-upstream session needs no buffer of its own (the read loop's
-	// batch holds its datagrams) and no socket.
+	// A shared-upstream session needs no socket (shared_upstream.go).
 	shared := s.shared != nil && target.IsValid() && studio.sharedFor(target)
-	if ps.header = studio.headerFor(target); ps.header != proxyproto.None && !shared {
-		ps.hbuf = make([]byte, proxyproto.MaxLen+raic.MaxPacket)
-	}
+	ps.header = studio.headerFor(target)
 	ps.Client, ps.Salt, ps.Sink = c, salt, ps
 	ps.Recv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
@@ -403,7 +395,7 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 			ps.flowed = false // no server port of its own to keep for the flow
 			return ps, nil
 		}
-		ps.hbuf = make([]byte, proxyproto.MaxLen+raic.MaxPacket) // no free slot: a socket of its own
+		// No free slot: the session gets a socket of its own below.
 	}
 	if ps.flowed {
 		// A kept port of this flow, or an open session's (keepport.go).
@@ -414,18 +406,10 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 		}
 	}
 	if target.IsValid() {
-		conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
-		if err != nil {
-			return nil, err
-		}
 		// The default buffer holds only ~20 ms of a 10,000 pps server stream; the
 		// memory is used only while packets wait.
-		conn.SetReadBuffer(1 << 20)
-		// Taken here, before the session is in the table, which the poller
-		// finds it in.
-		sp := &serverPort{conn: conn}
-		if sp.rc, err = conn.SyscallConn(); err != nil {
-			conn.Close()
+		sp, err := dialServer(target, 1<<20)
+		if err != nil {
 			return nil, err
 		}
 		ps.port.Store(sp)
@@ -439,12 +423,12 @@ func (ps *proxySession) Deliver(pid uint64, pkt []byte, now int64) {
 		ps.DeliverVia(nil, pid, pkt, now)
 		return
 	}
-	ps.deliver(pkt, now, nil)
+	ps.deliver(pkt, now)
 }
 
-// deliver forwards on the session's own socket, with wr (a read loop's,
-// rawwrite.go) when the caller has one.
-func (ps *proxySession) deliver(pkt []byte, now int64, wr *rawWriter) {
+// deliver forwards on the session's own socket (serverPort: a bare
+// non-blocking socket, written without the netpoller).
+func (ps *proxySession) deliver(pkt []byte, now int64) {
 	s := ps.srv
 	sp := ps.port.Load()
 	if sp == nil {
@@ -454,11 +438,16 @@ func (ps *proxySession) deliver(pkt []byte, now int64, wr *rawWriter) {
 		s.m.rateLimited.Inc()
 		return
 	}
+	var err error
 	if ps.header != proxyproto.None && len(pkt) <= raic.MaxPacket {
-		n := ps.clientAddrHeader(ps.hbuf)
-		pkt = ps.hbuf[:n+copy(ps.hbuf[n:], pkt)]
+		// The header is written on the stack and sent in front of the
+		// packet (writev): no buffer per session.
+		var h [proxyproto.MaxLen]byte
+		err = sp.writeHeaded(h[:ps.clientAddrHeader(h[:])], pkt)
+	} else {
+		err = sp.write(pkt)
 	}
-	if err := wr.write(sp, pkt); err != nil {
+	if err != nil {
 		s.m.upstreamErrors.Inc()
 		return
 	}
@@ -471,10 +460,23 @@ func (ps *proxySession) deliver(pkt []byte, now int64, wr *rawWriter) {
 func (ps *proxySession) reply(pkt []byte, now int64) {
 	s := ps.srv
 	s.sessions.Get(ps.id, now) // a server reply keeps the session alive too
+	// While the session has a port, its replies come from the poller that
+	// reads it, pollers[id % n], and nowhere else: they are sealed into that
+	// poller's buffers. Otherwise into the sender's own.
+	sb := (*tunnel.SealBuffers)(nil)
+	if ps.port.Load() != nil {
+		sb = &s.pollers[ps.id%uint64(len(s.pollers))].seal
+	}
 	// Every copy is sent first; counting comes after.
 	sent, moved, err := s.in.Reply(&ps.Peer, s.cfg.ReplyWindow.Duration, now, func() ([][]byte, bool, error) {
 		ps.Scheme.Apply(ps.Send)
-		_, dgs, err := ps.Send.Seal(pkt, now)
+		var dgs [][]byte
+		var err error
+		if sb != nil {
+			_, dgs, err = ps.Send.SealWith(sb, pkt, now)
+		} else {
+			_, dgs, err = ps.Send.Seal(pkt, now)
+		}
 		return dgs, ps.Send.Copies(), err
 	})
 	switch {

@@ -225,17 +225,11 @@ func (ps *proxySession) putShared(b []byte, pkt []byte) int {
 // DeliverVia forwards a decoded packet (ingress.ReaderSink): a shared
 // session's is queued in the read loop's batch for its socket, sent at the
 // batch's end (flushWorker); a per-session one's goes out at once on its
-// own socket, through the read loop's writer (rawwrite.go).
+// own socket.
 func (ps *proxySession) DeliverVia(r *ingress.Reader, pid uint64, pkt []byte, now int64) {
 	ss := ps.shared
 	if ss == nil {
-		var wr *rawWriter
-		if r != nil {
-			if w := r.Worker(); w >= 0 && w < len(ps.srv.writers) {
-				wr = ps.srv.writers[w]
-			}
-		}
-		ps.deliver(pkt, now, wr)
+		ps.deliver(pkt, now)
 		return
 	}
 	s := ps.srv

@@ -308,7 +308,7 @@ func TestStudioConfig(t *testing.T) {
 }
 
 // Forwarding with a client-address header allocates nothing per packet
-// either (the header is assembled in the session's own buffer).
+// either (the header is written on the stack and sent with writev).
 func TestHeaderPathDoesNotAllocate(t *testing.T) {
 	for _, kind := range []string{"proxy-v2", "spp"} {
 		server := testkit.NewCountingSink(t)

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/tunnel"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,12 +25,14 @@ type upstreamPoller struct {
 	events [64]unix.EpollEvent
 	n      int
 	buf    []byte
+	// seal holds the datagrams of the replies sealed on this poller: one set
+	// for all its sessions, not a set per session (proxySession.reply).
+	seal tunnel.SealBuffers
 
-	// Stored once, so the RawConn calls build no closure per call.
+	// Stored once, so the RawConn call builds no closure per call.
 	waitFn func(fd uintptr) bool
-	readFn func(fd uintptr) bool
-	got    int
-	rerr   error
+	got    int   // the last read from a session's port
+	rerr   error // and its error
 }
 
 func newUpstreamPoller(s *Server) (*upstreamPoller, error) {
@@ -46,7 +49,7 @@ func newUpstreamPoller(s *Server) (*upstreamPoller, error) {
 		p.file.Close()
 		return nil, err
 	}
-	p.waitFn, p.readFn = p.wait, p.read
+	p.waitFn = p.wait
 	return p, nil
 }
 
@@ -56,21 +59,14 @@ func (p *upstreamPoller) add(ps *proxySession) error {
 	if sp == nil {
 		return nil
 	}
-	var cerr error
-	err := sp.rc.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(uint32(ps.id)), Pad: int32(uint32(ps.id >> 32))}
-		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-	})
-	if err == nil {
-		err = cerr
-	}
-	return err
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(uint32(ps.id)), Pad: int32(uint32(ps.id >> 32))}
+	return sp.epollCtl(p.epfd, unix.EPOLL_CTL_ADD, &ev)
 }
 
 // remove stops watching a session's socket sp; called before it is closed
 // or handed to another session (keepport.go).
 func (p *upstreamPoller) remove(sp *serverPort) {
-	sp.rc.Control(func(fd uintptr) { unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	sp.epollCtl(p.epfd, unix.EPOLL_CTL_DEL, nil)
 }
 
 func (p *upstreamPoller) close() { p.file.Close() }
@@ -84,19 +80,6 @@ func (p *upstreamPoller) wait(fd uintptr) bool {
 		}
 		p.n = n
 		return n > 0 || err != nil
-	}
-}
-
-// read is the callback reading one datagram from a session's socket; it never
-// waits (level-triggered epoll says again when more is queued).
-func (p *upstreamPoller) read(fd uintptr) bool {
-	for {
-		n, err := unix.Read(int(fd), p.buf)
-		if err == unix.EINTR {
-			continue
-		}
-		p.got, p.rerr = n, err
-		return true
 	}
 }
 
@@ -127,7 +110,9 @@ func (p *upstreamPoller) run() {
 				continue
 			}
 			for k := 0; k < perWake; k++ {
-				if err := sp.rc.Read(p.readFn); err != nil {
+				// It never waits (level-triggered epoll says again when
+				// more is queued).
+				if p.got, p.rerr = sp.read(p.buf); p.rerr == errPortClosed {
 					break // closed under us: the session ended
 				}
 				if p.rerr == unix.EAGAIN {

@@ -14,7 +14,7 @@ type Released struct {
 
 // DecoderConfig bounds the decoder's memory.
 type DecoderConfig struct {
-	MaxGroups  int           // packets in flight (a ring indexed by packet ID); default 1024, rounded up to a power of two
+	MaxGroups  int           // packets in flight (a ring indexed by packet ID, grown on use from 64); default 1024, rounded up to a power of two
 	MaxAge     time.Duration // an incomplete packet older than this is given up by Expire; default 2s
 	MaxBuffers int           // shard buffers (1,500 bytes each) held at once; default 8*MaxGroups
 }
@@ -31,6 +31,7 @@ type DecoderStats struct {
 	Lost       uint64 // packets given up: Evicted + Expired + malformed at completion
 	Late       uint64 // shards for a packet too old for the ring or already given up
 	NoBuffer   uint64 // shards dropped because the buffer budget was spent
+	Grown      uint64 // times the ring of packets in flight doubled (up to MaxGroups)
 }
 
 const (
@@ -180,8 +181,22 @@ func (d *Decoder) dropHist(g *group) {
 
 // slot returns the group of pid, claiming its ring slot when create is set;
 // nil means pid is too old for the ring.
-func (d *Decoder) slot(pid uint64, create bool, now int64) *group {
+func (d *Decoder) slot(pid uint64, create, grow bool, now int64) *group {
 	g := &d.groups[pid&d.mask]
+	// The ring starts small and doubles, up to MaxGroups, whenever a packet
+	// would lose its slot to one less than MaxGroups away: an older one
+	// still decoding, or a newer one (which would refuse it). A ring of
+	// MaxGroups gives each of those its own slot, so the decoder acts as
+	// with the whole ring, short of remembering released packets for as
+	// long (a late shard of one is refused then, not counted a duplicate;
+	// a receiver's replay window drops those before). Only Add grows it,
+	// holding no group: RAICT rebuilds (within 2*MaxDepth of the newest
+	// packet, so apart in any ring) hold one.
+	for grow && create && len(d.groups) < d.size && g.state != stFree && g.pid != pid &&
+		((g.pid > pid && g.pid-pid < uint64(d.size)) || (g.pid < pid && g.state == stPending && pid-g.pid < uint64(d.size))) {
+		d.grow()
+		g = &d.groups[pid&d.mask]
+	}
 	if g.state != stFree && g.pid == pid {
 		return g
 	}
@@ -198,6 +213,25 @@ func (d *Decoder) slot(pid uint64, create bool, now int64) *group {
 	d.clearGroup(g)
 	*g = group{pid: pid, first: now, ents: g.ents, last: -1, state: stPending}
 	return g
+}
+
+// minGroups is the decoder's first ring: it doubles as packets in flight
+// need (slot), up to MaxGroups.
+const minGroups = 64
+
+// grow doubles the ring; each group keeps a slot of its own (two packet IDs
+// apart in the smaller ring are apart in the larger one).
+func (d *Decoder) grow() {
+	n := 2 * len(d.groups)
+	ng := make([]group, n)
+	m := uint64(n - 1)
+	for i := range d.groups {
+		if g := &d.groups[i]; g.state != stFree {
+			ng[g.pid&m] = *g
+		}
+	}
+	d.groups, d.mask = ng, m
+	d.stats.Grown++
 }
 
 // validDesc checks the fields that need no state.
@@ -224,6 +258,15 @@ func validDesc(s *Shard) bool {
 		return ds.Frag == fragLast && (ds.Index == 0 || len(s.Data) >= 2)
 	}
 	return false
+}
+
+// WholeCopy reports whether s is a valid RAIC-1 copy of a whole packet (no
+// X-fragments): the packet itself, released as it is by the first copy.
+// Such a shard needs no decoding state, only a record of the packet IDs
+// released, so a receiver that keeps one (an anti-replay window) may deliver
+// it without a Decoder; Add takes it too.
+func WholeCopy(s *Shard) bool {
+	return s.Scheme == SchemeCopy && s.Desc.Frag == fragLast && validDesc(s)
 }
 
 // Add takes one shard and returns the packets it completed: at most one, except
@@ -266,7 +309,8 @@ func (d *Decoder) Add(s Shard, now int64) []Released {
 		return d.rel
 	}
 	if d.groups == nil {
-		d.groups = make([]group, d.size)
+		n := min(minGroups, d.size)
+		d.groups, d.mask = make([]group, n), uint64(n-1)
 		d.sc = new(blockScratch)
 	}
 	if s.PID > d.maxPID {
@@ -281,7 +325,7 @@ func (d *Decoder) Add(s Shard, now int64) []Released {
 			}
 		}
 	}
-	g := d.slot(s.PID, true, now)
+	g := d.slot(s.PID, true, true, now)
 	if g == nil || g.state == stGone {
 		d.stats.Late++
 		return nil
@@ -622,7 +666,7 @@ func (d *Decoder) rebuild(t uint64, x, kd []byte, lk uint16, now int64) bool {
 		d.stats.Malformed++
 		return false
 	}
-	g := d.slot(t, true, now)
+	g := d.slot(t, true, false, now)
 	if g == nil || g.state != stPending {
 		return false
 	}

@@ -22,7 +22,7 @@ type Encoder struct {
 	buf    []byte
 	shards []Shard
 	rsIn   [][]byte
-	hist   [MaxDepth]histEnt // RAICT: the last packets, indexed by pid % MaxDepth
+	hist   *[MaxDepth]histEnt // RAICT only: the last packets, indexed by pid % MaxDepth
 }
 
 type histEnt struct {
@@ -37,6 +37,9 @@ func NewEncoder(p Params) (*Encoder, error) {
 		return nil, err
 	}
 	e := &Encoder{p: p}
+	if p.Scheme == SchemeTime {
+		e.hist = new([MaxDepth]histEnt)
+	}
 	if p.Scheme == SchemeRS {
 		// The library computes the parity with SIMD; the Cauchy matrix is given
 		// explicitly so the decoder in this package solves the same code.

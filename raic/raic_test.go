@@ -742,3 +742,42 @@ func bitsSet(x int) int {
 	}
 	return n
 }
+
+// The ring of packets in flight grows with what is in flight: an in-order
+// coded stream keeps the first ring, and 200 packets decoding at once (each
+// missing a shard until the end) all complete, as in a ring of MaxGroups.
+func TestDecoderRingGrowsOnUse(t *testing.T) {
+	p := Params{Scheme: SchemeRS, K: 2, M: 1}
+	enc, err := NewEncoder(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt := make([]byte, 100)
+	dec := NewDecoder(DecoderConfig{})
+	for pid := uint64(1); pid <= 5000; pid++ {
+		shards, err := enc.Encode(pid, pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sh := range shards[:2] {
+			dec.Add(sh, 1)
+		}
+	}
+	if st := dec.Stats(); st.Released != 5000 || st.Grown != 0 {
+		t.Fatalf("in order: %+v, want 5000 released and the first ring", st)
+	}
+
+	dec = NewDecoder(DecoderConfig{})
+	var held []Shard
+	for pid := uint64(1); pid <= 200; pid++ {
+		shards, _ := enc.Encode(pid, pkt)
+		dec.Add(shards[0], 1)
+		held = append(held, Shard{Scheme: shards[1].Scheme, PID: pid, Desc: shards[1].Desc, Data: append([]byte(nil), shards[1].Data...)})
+	}
+	for _, sh := range held {
+		dec.Add(sh, 1)
+	}
+	if st := dec.Stats(); st.Released != 200 || st.Evicted != 0 || st.Grown != 2 {
+		t.Fatalf("200 in flight: %+v, want 200 released, none evicted, the ring grown twice (64 to 256)", st)
+	}
+}

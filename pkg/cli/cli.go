@@ -2,7 +2,7 @@
 // each one answers the same flags the same way: -config FILE, -check (validate
 // the config and exit), -version, -genkey (programs that hold keys), --help;
 // then it builds the program from its config, logs in the common format, and
-// runs it until SIGINT or SIGTERM.
+// runs it until SIGINT or SIGTERM. SIGUSR1 logs the process's memory (LogMemory).
 package cli
 
 import (
@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/raicnet/raic/pkg/config"
@@ -134,7 +135,7 @@ func (p Program[C]) run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	go p.signals(sigs, prog, *cfgPath, log, stop)
 	if err := prog.Run(ctx); err != nil {
@@ -145,12 +146,26 @@ func (p Program[C]) run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// signals turns SIGHUP into a reload, the first SIGTERM into a drain (for a
+// LogMemory runs a garbage collection and logs the memory the process holds
+// then: heap_alloc_bytes is the live heap, heap_inuse_bytes the spans it
+// occupies, sys_bytes all the runtime took from the system. The benchmarks
+// read it for the heap a session costs.
+func LogMemory(log *slog.Logger) {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	log.Info("memory", "heap_alloc_bytes", m.HeapAlloc, "heap_inuse_bytes", m.HeapInuse, "heap_objects", m.HeapObjects,
+		"stack_inuse_bytes", m.StackInuse, "sys_bytes", m.Sys, "goroutines", runtime.NumGoroutine())
+}
+
+// signals turns SIGUSR1 into a memory report (LogMemory), SIGHUP into a reload, the first SIGTERM into a drain (for a
 // Drainer) and the end, and SIGINT or a second SIGTERM into the end at once.
 func (p Program[C]) signals(sigs <-chan os.Signal, prog Runner, path string, log *slog.Logger, stop func()) {
 	draining := false
 	for sig := range sigs {
 		switch sig {
+		case syscall.SIGUSR1:
+			LogMemory(log)
 		case syscall.SIGHUP:
 			rl, ok := prog.(Reloader[C])
 			if !ok {

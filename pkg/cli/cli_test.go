@@ -77,3 +77,16 @@ func TestFrame(t *testing.T) {
 		t.Fatalf("a program that cannot start exits %d, want 1", code)
 	}
 }
+
+// TestLogMemory: the memory report names the live heap, as the benchmarks
+// read it.
+func TestLogMemory(t *testing.T) {
+	var b strings.Builder
+	LogMemory(slog.New(slog.NewTextHandler(&b, nil)))
+	line := b.String()
+	for _, want := range []string{`msg=memory`, "heap_alloc_bytes=", "heap_inuse_bytes=", "sys_bytes="} {
+		if !strings.Contains(line, want) {
+			t.Errorf("memory report %q lacks %q", line, want)
+		}
+	}
+}

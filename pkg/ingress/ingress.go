@@ -361,8 +361,10 @@ type Reader struct {
 	conn    *udp.Conn // the worker socket read; answers to its datagrams leave on it
 	local   netip.Addr
 	msgs    []udp.Message
-	Ctrl    []byte // control datagrams sealed on this goroutine
-	scratch []byte // a copy for authenticating hellos before a session exists
+	Ctrl    []byte                // control datagrams sealed on this goroutine
+	scratch []byte                // a copy for authenticating hellos before a session exists
+	token   [8]byte               // a path challenge's token while it is sealed (so it does not escape per challenge)
+	report  [wire.QualityLen]byte // a quality report's body while it is sealed (quality.go)
 	Hdr     wire.Header
 	Hello   wire.Hello
 	// sink delivers a session's decoded packets, but first learns the address
@@ -702,7 +704,8 @@ func (in *Ingress[S]) OpenToken(tok []byte, now time.Time) (clientID string, key
 
 // challenge sends a path challenge of p's session (see replypath.Set.Heard).
 func (in *Ingress[S]) challenge(r *Reader, p *Peer, c replypath.Challenge) {
-	out, err := p.Send.SealPath(r.Ctrl, wire.TypePathChallenge, c.Token[:])
+	r.token = c.Token
+	out, err := p.Send.SealPath(r.Ctrl, wire.TypePathChallenge, r.token[:])
 	if err != nil {
 		return
 	}

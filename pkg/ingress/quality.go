@@ -29,7 +29,7 @@ func (in *Ingress[S]) noteQuality(r *Reader, p *Peer, from netip.AddrPort, now i
 	}
 	var reps [quality.MaxPaths]quality.Report[netip.AddrPort]
 	n := p.Quality.Take(now, every, &reps)
-	var b [wire.QualityLen]byte
+	b := r.report[:] // the reader's: a local array would escape, one per report
 	for i := range reps[:n] {
 		// Only to a path the router proved it owns (replypath's challenge):
 		// figures can come from datagrams not yet authenticated (duplicates),

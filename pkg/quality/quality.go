@@ -35,7 +35,7 @@ import (
 )
 
 // Window is how many packet IDs are tracked (64: a second at 60 packets/s,
-// and each session keeps 2 KB for it): a datagram that arrives more than
+// and each session keeps 1 KB for it): a datagram that arrives more than
 // this many packets after the newest one is counted late (and it was counted
 // lost when its packet left the window).
 const Window = 64
@@ -58,9 +58,11 @@ const (
 	MaxInterval     = 10 * time.Second
 )
 
+// slot is one packet of the window: 16 bytes, so the ring is 1 KB. It holds
+// no packet ID: a filled slot (Tracker.filled) always holds the one ID of the
+// window that maps to it, since advance empties a slot as its ID leaves.
 type slot struct {
-	pid   uint64
-	first int64            // when its first datagram arrived, on any path
+	first uint32           // when its first datagram arrived, on any path: µs of the clock, modulo 2^32 (71 minutes)
 	all   uint16           // the bits an unfragmented coded packet has
 	shape uint16           // the scheme's shape when it arrived (Tracker.shape)
 	got   [MaxPaths]uint16 // per path: the bits that arrived on it
@@ -68,7 +70,6 @@ type slot struct {
 
 type path[K comparable] struct {
 	key                  K
-	used                 bool
 	last                 int64
 	carried, carriedPrev uint16
 	received, lost, late uint32
@@ -80,14 +81,19 @@ type path[K comparable] struct {
 // the proxy uses the router's address, the router its uplink index. The zero
 // value is ready.
 type Tracker[K comparable] struct {
-	mu      sync.Mutex
-	paths   [MaxPaths]path[K]
+	mu sync.Mutex
+	// paths grows as paths appear, to MaxPaths at most (a session of one
+	// uplink holds one).
+	paths   []path[K]
 	ring    [Window]slot
+	filled  uint64 // bit i: ring[i] holds a packet (so Window ≤ 64, checked below)
 	highest uint64
 	packets uint32
 	shape   uint16       // Count and K of the last data datagram: the scheme's shape
 	last    atomic.Int64 // when the last reports were taken
 }
+
+var _ [64 - Window]struct{} // Tracker.filled has a bit per slot
 
 // Report is the figures of one path over one interval.
 type Report[K comparable] struct {
@@ -136,22 +142,27 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	if pid > t.highest {
 		t.advance(pid)
 	}
-	s := &t.ring[pid%Window]
-	if s.pid != pid {
-		*s = slot{pid: pid, first: now, shape: t.shape}
+	i := pid % Window
+	s := &t.ring[i]
+	nowUs := uint32(now / 1000)
+	if t.filled&(1<<i) == 0 {
+		*s = slot{first: nowUs, shape: t.shape}
+		t.filled |= 1 << i
 		t.packets++
 	}
+	// ns since its first datagram, to the µs
+	since := int64(nowUs-s.first) * 1000
 	if d.Frag == 0x80 && d.Count > 1 { // one fragment only, coded: all its shards are known
 		s.all |= uint16(1<<min(int(d.Count), 16) - 1)
 	}
 	b := shardBit(d)
 	if s.got[p] == 0 {
-		lag := now - s.first
+		lag := since
 		ps.lagSum += lag
 		ps.lagN++
 		ps.lagMax = max(ps.lagMax, lag)
 	}
-	if now-s.first > int64(LateAfter) {
+	if since > int64(LateAfter) {
 		ps.late++
 	}
 	s.got[p] |= b
@@ -163,15 +174,20 @@ func (t *Tracker[K]) path(k K, now int64) int {
 	oldest := 0
 	for i := range t.paths {
 		p := &t.paths[i]
-		if p.used && p.key == k {
+		if p.key == k {
 			p.last = now
 			return i
 		}
-		if !p.used || (t.paths[oldest].used && p.last < t.paths[oldest].last) {
+		if p.last < t.paths[oldest].last {
 			oldest = i
 		}
 	}
-	t.paths[oldest] = path[K]{key: k, used: true, last: now}
+	if len(t.paths) < MaxPaths {
+		// A fresh index: no slot of the ring has bits of it.
+		t.paths = append(t.paths, path[K]{key: k, last: now})
+		return len(t.paths) - 1
+	}
+	t.paths[oldest] = path[K]{key: k, last: now}
 	for i := range t.ring {
 		t.ring[i].got[oldest] = 0
 	}
@@ -183,11 +199,12 @@ func (t *Tracker[K]) path(k K, now int64) int {
 func (t *Tracker[K]) advance(pid uint64) {
 	steps := min(pid-t.highest, Window)
 	for id := pid - steps + 1; id <= pid; id++ {
-		s := &t.ring[id%Window]
-		if s.pid != 0 {
-			t.settle(s)
+		i := id % Window
+		if t.filled&(1<<i) != 0 {
+			t.settle(&t.ring[i])
 		}
-		*s = slot{}
+		t.ring[i] = slot{}
+		t.filled &^= 1 << i
 	}
 	t.highest = pid
 }
@@ -202,9 +219,6 @@ func (t *Tracker[K]) settle(s *slot) {
 	}
 	for i := range t.paths {
 		p := &t.paths[i]
-		if !p.used {
-			continue
-		}
 		if miss := had & (p.carried | p.carriedPrev) &^ s.got[i]; miss != 0 {
 			p.lost += uint32(bits.OnesCount16(miss))
 		}
@@ -228,9 +242,6 @@ func (t *Tracker[K]) Take(now int64, interval time.Duration, out *[MaxPaths]Repo
 	n := 0
 	for i := range t.paths {
 		p := &t.paths[i]
-		if !p.used {
-			continue
-		}
 		if p.received+p.lost > 0 {
 			q := wire.Quality{IntervalMs: uint16(min(interval.Milliseconds(), 65535)),
 				Received: p.received, Lost: p.lost, Late: p.late, Packets: t.packets}

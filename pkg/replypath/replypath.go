@@ -88,8 +88,10 @@ const ChallengeCost = 24 + 8 + 16
 
 // Set is the router paths of one session. The zero value is empty and ready.
 type Set struct {
-	mu    sync.Mutex // guards paths
-	paths [MaxPaths]path
+	mu sync.Mutex // guards paths
+	// paths grows as the router's addresses appear, to MaxPaths at most: a
+	// session of one uplink holds one (the proxy holds a set per session).
+	paths []path
 	// routerPaths is how many paths the router has (from its keepalives): when
 	// fewer are known here, replies get extra copies on the known ones.
 	routerPaths atomic.Uint32
@@ -162,17 +164,11 @@ func (s *Set) LocalOf(to netip.AddrPort) netip.Addr {
 // validated first (so datagrams released from new addresses cannot push the
 // router's own paths out). s.mu is held.
 func (s *Set) find(addr netip.AddrPort, now int64) *path {
-	oldest, oldestUnval, empty := -1, -1, -1
+	oldest, oldestUnval := -1, -1
 	for i := range s.paths {
 		p := &s.paths[i]
 		if p.addr == addr {
 			return p
-		}
-		if !p.addr.IsValid() {
-			if empty < 0 {
-				empty = i
-			}
-			continue
 		}
 		if oldest < 0 || p.last < s.paths[oldest].last {
 			oldest = i
@@ -181,10 +177,11 @@ func (s *Set) find(addr netip.AddrPort, now int64) *path {
 			oldestUnval = i
 		}
 	}
-	switch {
-	case empty >= 0:
-		oldest = empty
-	case oldestUnval >= 0:
+	if len(s.paths) < MaxPaths {
+		s.paths = append(s.paths, path{addr: addr, last: now})
+		return &s.paths[len(s.paths)-1]
+	}
+	if oldestUnval >= 0 {
 		oldest = oldestUnval
 	}
 	s.paths[oldest] = path{addr: addr, last: now}

@@ -40,9 +40,8 @@ type Sender struct {
 
 	enc    *raic.Encoder
 	params raic.Params
-	bufs   [][]byte // one datagram buffer per shard, reused
-	dgs    [][]byte // the sealed datagrams returned by Seal
-	copies bool     // the datagrams of the last Seal are copy fragments (see Copies)
+	own    SealBuffers // Seal's, made on the first Seal (SealWith takes the caller's)
+	copies bool        // the datagrams of the last Seal are copy fragments (see Copies)
 
 	hasHello  bool
 	heard     atomic.Bool  // the far side has answered at least once
@@ -53,10 +52,19 @@ type Sender struct {
 }
 
 // sendKeys is what Rekey swaps at once: the sealing key and the hello that
-// names the epoch it was derived for.
+// names the epoch it was derived for (nil for a sender with no hello that was
+// never re-keyed: a proxy's, which holds one per session).
 type sendKeys struct {
 	aead  cipher.AEAD
-	hello wire.Hello
+	hello *wire.Hello
+}
+
+// helloOf is k's hello, or the zero one.
+func (k *sendKeys) helloOf() wire.Hello {
+	if k.hello == nil {
+		return wire.Hello{}
+	}
+	return *k.hello
 }
 
 // NewSender makes the sending half of a session. hello, if not nil, rides on
@@ -67,7 +75,8 @@ func NewSender(aead cipher.AEAD, session uint64, p raic.Params, hello *wire.Hell
 	s.pathPID.Store(ClockPIDBase(time.Now().UnixMilli()))
 	k := &sendKeys{aead: aead}
 	if hello != nil {
-		k.hello, s.hasHello = *hello, true
+		h := *hello
+		k.hello, s.hasHello = &h, true
 	}
 	s.keys.Store(k)
 	if err := s.SetParams(p); err != nil {
@@ -126,8 +135,9 @@ func (s *Sender) ForceHello(now int64) {
 // epoch: aead seals from the next datagram on, and the hello (forced back on)
 // names epoch. Packet IDs keep growing. Safe to call while Seal runs.
 func (s *Sender) Rekey(aead cipher.AEAD, epoch uint64, now int64) {
-	k := &sendKeys{aead: aead, hello: s.keys.Load().hello}
-	k.hello.Epoch = epoch
+	h := s.keys.Load().helloOf()
+	h.Epoch = epoch
+	k := &sendKeys{aead: aead, hello: &h}
 	s.keys.Store(k)
 	s.ForceHello(now)
 }
@@ -137,7 +147,12 @@ func (s *Sender) Rekey(aead cipher.AEAD, epoch uint64, now int64) {
 func (s *Sender) AEAD() cipher.AEAD { return s.keys.Load().aead }
 
 // Epoch returns the restart epoch the session's keys are derived for (0: none).
-func (s *Sender) Epoch() uint64 { return s.keys.Load().hello.Epoch }
+func (s *Sender) Epoch() uint64 {
+	if h := s.keys.Load().hello; h != nil {
+		return h.Epoch
+	}
+	return 0
+}
 
 func (s *Sender) nextPID() uint64 { return s.lastPID.Add(1) }
 
@@ -160,12 +175,29 @@ func (s *Sender) StartAt(pid uint64) {
 // millisecond of its life to overtake the base of a later restart.
 func ClockPIDBase(unixMilli int64) uint64 { return uint64(unixMilli) << 20 }
 
+// SealBuffers hold the datagrams a Seal writes: a buffer of wire.MaxDatagram
+// bytes per shard, grown on use. A Sender has its own; many senders may
+// share one set (SealWith) when they seal one at a time and each sends its
+// datagrams before the next Seal into the set: a proxy's sessions replying on
+// one goroutine share one, so a session holds no datagram buffer of its own.
+// The zero value is ready.
+type SealBuffers struct {
+	bufs [][]byte // one datagram buffer per shard, reused
+	dgs  [][]byte // the sealed datagrams returned by Seal
+}
+
 // Seal codes pkt into shards and seals each into a datagram of its own. The
 // datagrams stay valid until the next Seal; every copy sent of a shard must be
 // this same buffer (see package wire on nonces).
 func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err error) {
+	return s.SealWith(&s.own, pkt, now)
+}
+
+// SealWith is Seal into b, whose datagrams stay valid until the next Seal
+// into b, by any sender.
+func (s *Sender) SealWith(b *SealBuffers, pkt []byte, now int64) (pid uint64, dgs [][]byte, err error) {
 	pid = s.nextPID()
-	dgs, err = s.SealPID(pid, pkt, now)
+	dgs, err = s.sealPID(b, pid, pkt, now)
 	return pid, dgs, err
 }
 
@@ -174,6 +206,10 @@ func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err erro
 // The caller must never seal two packets under one ID in a session (the nonce
 // rule); IDs used here also move the sender's counter past them.
 func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
+	return s.sealPID(&s.own, pid, pkt, now)
+}
+
+func (s *Sender) sealPID(b *SealBuffers, pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
 	for {
 		last := s.lastPID.Load()
 		if pid <= last || s.lastPID.CompareAndSwap(last, pid) {
@@ -190,14 +226,14 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 	var hl wire.Hello
 	var hello *wire.Hello
 	if s.HelloDue(now) {
-		hl = keys.hello
+		hl = keys.helloOf()
 		hl.UnixMilli = time.Now().UnixMilli()
 		hello = &hl
 	}
-	for len(s.bufs) < len(shards) {
-		s.bufs = append(s.bufs, make([]byte, wire.MaxDatagram))
+	for len(b.bufs) < len(shards) {
+		b.bufs = append(b.bufs, make([]byte, wire.MaxDatagram))
 	}
-	s.dgs = s.dgs[:0]
+	b.dgs = b.dgs[:0]
 	s.copies = true
 	for i := range shards {
 		sh := &shards[i]
@@ -211,13 +247,13 @@ func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err e
 			Packet:  pid,
 			Desc:    wire.Desc(sh.Desc),
 		}
-		dg, err := wire.Seal(keys.aead, s.bufs[i], &h, hello, sh.Data)
+		dg, err := wire.Seal(keys.aead, b.bufs[i], &h, hello, sh.Data)
 		if err != nil {
 			return nil, err
 		}
-		s.dgs = append(s.dgs, dg)
+		b.dgs = append(b.dgs, dg)
 	}
-	return s.dgs, nil
+	return b.dgs, nil
 }
 
 // Copies reports whether each datagram of the last Seal is a copy: the whole
@@ -234,7 +270,7 @@ func (s *Sender) SealControl(buf []byte, t wire.Type, body []byte, now int64) ([
 	var hl wire.Hello
 	var hello *wire.Hello
 	if s.HelloDue(now) {
-		hl = keys.hello
+		hl = keys.helloOf()
 		hl.UnixMilli = time.Now().UnixMilli()
 		hello = &hl
 	}
@@ -263,7 +299,9 @@ type ReceiverStats struct {
 	Delivered, Duplicates, AuthFailed, DecodeDropped uint64
 }
 
-// Receiver opens what one end receives in one session. Safe for concurrent use:
+// Receiver opens what one end receives in one session. It is kept to 1,144
+// bytes, so with the allocator's 8-byte header it takes a 1,152-byte block:
+// a proxy holds one per session. Safe for concurrent use:
 // datagrams of one session may arrive on several uplink goroutines at once; a
 // per-session lock (never a global one) orders them.
 type Receiver struct {
@@ -271,19 +309,35 @@ type Receiver struct {
 	aead   cipher.AEAD
 	window replay.Window
 	floor  uint64 // packet IDs below it are refused (SetFloor)
-	// prev is the key before Upgrade, still taken until a datagram opens with
-	// the new one; spare keeps a copy of a datagram meanwhile, since a failed
-	// open leaves the datagram unusable.
-	prev      cipher.AEAD
-	spare     []byte
-	upgrading atomic.Bool // prev is set: the far side may not have followed yet
-	dec       *raic.Decoder
-	stats     ReceiverStats
+	// up holds the key before Upgrade (nil before the first one).
+	up        *upgrade
+	upgrading atomic.Bool // up.prev is set: the far side may not have followed yet
+	// dec is made on the first shard that is not a whole RAIC-1 copy: a
+	// copy needs only the window, so a copy-only session (most of a
+	// proxy's) never holds a decoder. copies counts the copies released
+	// without one.
+	dec    *raic.Decoder
+	decCfg *raic.DecoderConfig // nil: the defaults
+	copies uint64
+	stats  ReceiverStats
 }
 
-// NewReceiver makes the receiving half of a session.
+// upgrade is a receiver's state for Upgrade: prev is the key before it, still
+// taken until a datagram opens with the new one (nil then); spare keeps a copy
+// of a datagram meanwhile, since a failed open leaves the datagram unusable.
+type upgrade struct {
+	prev  cipher.AEAD
+	spare []byte
+}
+
+// NewReceiver makes the receiving half of a session; dec bounds its decoder,
+// which is made when the first coded shard arrives.
 func NewReceiver(aead cipher.AEAD, dec raic.DecoderConfig) *Receiver {
-	return &Receiver{aead: aead, dec: raic.NewDecoder(dec)}
+	r := &Receiver{aead: aead}
+	if dec != (raic.DecoderConfig{}) {
+		r.decCfg = &dec
+	}
+	return r
 }
 
 // Receive handles one parsed datagram (h and bodyOff from wire.Parse); dg is
@@ -299,7 +353,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		// counts only from the address its challenge went to, with that
 		// challenge's token, and the answer to a challenge goes only to the
 		// far end's own address.
-		if r.prev != nil {
+		if r.up != nil && r.up.prev != nil {
 			body, err = r.openEither(dg, bodyOff)
 		} else {
 			body, err = wire.Open(r.aead, dg, bodyOff)
@@ -313,7 +367,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		r.stats.Duplicates++
 		return nil, ErrDuplicate
 	}
-	if r.prev != nil {
+	if r.up != nil && r.up.prev != nil {
 		body, err = r.openEither(dg, bodyOff)
 	} else {
 		body, err = wire.Open(r.aead, dg, bodyOff)
@@ -330,7 +384,27 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		}
 		return body, nil
 	}
-	released := r.dec.Add(raic.Shard{Scheme: raic.Scheme(h.Scheme), PID: h.Packet, Desc: raic.Desc(h.Desc), Data: body}, now)
+	sh := raic.Shard{Scheme: raic.Scheme(h.Scheme), PID: h.Packet, Desc: raic.Desc(h.Desc), Data: body}
+	if r.dec == nil {
+		if raic.WholeCopy(&sh) {
+			// What the decoder's copy path does, with the window (checked
+			// above, under the lock) as its record of released packets.
+			if r.window.Mark(sh.PID) {
+				r.copies++
+				r.stats.Delivered++
+				sink.Deliver(sh.PID, sh.Data, now)
+			} else {
+				r.stats.Duplicates++
+			}
+			return nil, nil
+		}
+		var cfg raic.DecoderConfig
+		if r.decCfg != nil {
+			cfg = *r.decCfg
+		}
+		r.dec = raic.NewDecoder(cfg)
+	}
+	released := r.dec.Add(sh, now)
 	for i := range released {
 		if r.window.Mark(released[i].PID) {
 			r.stats.Delivered++
@@ -347,7 +421,10 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 // and nothing sealed with the old keys opens any more.
 func (r *Receiver) Rekey(aead cipher.AEAD) {
 	r.mu.Lock()
-	r.aead, r.prev = aead, nil
+	r.aead = aead
+	if r.up != nil {
+		r.up.prev = nil
+	}
 	r.upgrading.Store(false)
 	r.window.Reset()
 	r.mu.Unlock()
@@ -360,11 +437,11 @@ func (r *Receiver) Rekey(aead cipher.AEAD) {
 // flight during the switch are not lost.
 func (r *Receiver) Upgrade(aead cipher.AEAD) {
 	r.mu.Lock()
-	r.prev, r.aead = r.aead, aead
-	r.upgrading.Store(true)
-	if r.spare == nil {
-		r.spare = make([]byte, wire.MaxDatagram+1)
+	if r.up == nil {
+		r.up = &upgrade{spare: make([]byte, wire.MaxDatagram+1)}
 	}
+	r.up.prev, r.aead = r.aead, aead
+	r.upgrading.Store(true)
 	r.mu.Unlock()
 }
 
@@ -377,18 +454,18 @@ func (r *Receiver) Upgrading() bool { return r.upgrading.Load() }
 // openEither opens dg with the new key or, failing that, the one before
 // Upgrade; the first success with the new key retires the old one.
 func (r *Receiver) openEither(dg []byte, bodyOff int) ([]byte, error) {
-	if len(dg) > len(r.spare) {
+	if len(dg) > len(r.up.spare) {
 		return wire.Open(r.aead, dg, bodyOff)
 	}
-	cp := r.spare[:len(dg)]
+	cp := r.up.spare[:len(dg)]
 	copy(cp, dg)
 	if body, err := wire.Open(r.aead, dg, bodyOff); err == nil {
-		r.prev = nil
+		r.up.prev = nil
 		r.upgrading.Store(false)
 		return body, nil
 	}
 	copy(dg, cp)
-	return wire.Open(r.prev, dg, bodyOff)
+	return wire.Open(r.up.prev, dg, bodyOff)
 }
 
 // SetFloor refuses every packet ID below pid from now on. A proxy sets it to
@@ -403,7 +480,9 @@ func (r *Receiver) SetFloor(pid uint64) {
 // Expire gives up decode groups older than the decoder's limit.
 func (r *Receiver) Expire(now int64) {
 	r.mu.Lock()
-	r.dec.Expire(now)
+	if r.dec != nil {
+		r.dec.Expire(now)
+	}
 	r.mu.Unlock()
 }
 
@@ -411,12 +490,29 @@ func (r *Receiver) Expire(now int64) {
 func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.stats, r.dec.Stats()
+	// With no decoder, every whole copy that authenticated was released
+	// (the window dropped the rest before).
+	ds := raic.DecoderStats{Shards: r.copies, Released: r.copies}
+	if r.dec != nil {
+		d := r.dec.Stats()
+		ds.Shards += d.Shards
+		ds.Released += d.Released
+		ds.Recovered += d.Recovered
+		ds.Duplicates += d.Duplicates
+		ds.Malformed += d.Malformed
+		ds.Evicted += d.Evicted
+		ds.Expired += d.Expired
+		ds.Lost += d.Lost
+		ds.Late += d.Late
+		ds.NoBuffer += d.NoBuffer
+		ds.Grown += d.Grown
+	}
+	return r.stats, ds
 }
 
 // Hello returns the hello this sender puts on its datagrams while it is due,
 // and whether it has one.
-func (s *Sender) Hello() (wire.Hello, bool) { return s.keys.Load().hello, s.hasHello }
+func (s *Sender) Hello() (wire.Hello, bool) { return s.keys.Load().helloOf(), s.hasHello }
 
 // FollowEpoch moves a client-side session (send, recv) to the far side's
 // restart epoch: keys derived anew from key with the session's salt, the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
@@ -267,5 +268,13 @@ func TestCopiesTellsFragmentsFromShards(t *testing.T) {
 		if len(dgs) != c.ndg || s.Copies() != c.copies {
 			t.Errorf("%v, %d bytes: %d datagrams, copies %v; want %d, %v", c.p, c.n, len(dgs), s.Copies(), c.ndg, c.copies)
 		}
+	}
+}
+
+// TestReceiverFitsItsBlock: a proxy holds a Receiver per session; past 1,144
+// bytes (1,152 less the allocator's header) each would take a 1,280-byte block.
+func TestReceiverFitsItsBlock(t *testing.T) {
+	if n := unsafe.Sizeof(Receiver{}); n > 1144 {
+		t.Errorf("Receiver is %d bytes, want ≤ 1144", n)
 	}
 }

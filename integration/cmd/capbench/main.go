@@ -183,6 +183,8 @@ type figures struct {
 	sessionsLive       float64       // proxy_sessions_created_total minus expired and evicted
 	rssStart, rssIdle  int64         // bytes: after ready; with every session open, before load
 	rssLoad, hwm       int64         // after the timed phase; peak
+	heapStart          int64         // the proxy's live heap after ready (bytes; -1: not reported)
+	heapIdle           int64         // and with every session open, before load
 	sent, sinkGot      uint64        // during the timed phase
 	forwarded          float64       // proxy_forwarded_total delta
 	dropped            float64       // proxy_dropped_total (all reasons) delta
@@ -385,6 +387,7 @@ session_rate = 1000000
 	}
 	f.readyLog = p.readyLog()
 	f.rssStart, _ = hostinfo.RSS(p.cmd.Process.Pid)
+	f.heapStart = p.liveHeap()
 
 	fmt.Printf("opening %d sessions ...\n", opt.sessions)
 	t := time.Now()
@@ -411,6 +414,7 @@ session_rate = 1000000
 	runtime.GC()
 	time.Sleep(1200 * time.Millisecond) // let the proxy's janitor and GC settle
 	f.rssIdle, _ = hostinfo.RSS(p.cmd.Process.Pid)
+	f.heapIdle = p.liveHeap() // after the RSS: its collection does not flatter it
 
 	fmt.Printf("timed phase: up to %v, %d datagrams ...\n", opt.duration, opt.packets)
 	m0, err := scrape(metricsAddr)
@@ -505,10 +509,30 @@ func table(opt *options, f *figures) [][3]string {
 		{"RSS with sessions open, idle", mb(f.rssIdle), fmt.Sprintf("≤ 20 MB: %s", mark(f.rssIdle <= targetRSS))},
 		{"RSS after the timed phase", mb(f.rssLoad), fmt.Sprintf("≤ 20 MB: %s", mark(f.rssLoad <= targetRSS))},
 		{"peak RSS (VmHWM)", mb(f.hwm), fmt.Sprintf("≤ 20 MB: %s", mark(f.hwm <= targetRSS))},
+		{"RSS per session (idle minus after ready)", perSession(f.rssIdle-f.rssStart, opt.sessions), ""},
+		{"live heap per session (Go heap after a collection, idle minus after ready)", heapPerSession(f, opt.sessions), ""},
 		{"exec → first authenticated ack", fmt.Sprintf("%.1f ms", float64(f.readyAck)/1e6), fmt.Sprintf("≤ 50 ms: %s", mark(f.readyAck <= targetReady))},
 		{"exec → \"proxy serving\" logged", fmt.Sprintf("%.1f ms", float64(f.readyLog)/1e6), ""},
 		{"opening every session", f.setup.Round(time.Millisecond).String(), ""},
 	}
+}
+
+// perSession is b bytes over n sessions, in bytes or KB.
+func perSession(b int64, n int) string {
+	per := float64(b) / float64(max(n, 1))
+	if per < 1024 {
+		return fmt.Sprintf("%.0f B", per)
+	}
+	return fmt.Sprintf("%.1f KB", per/1024)
+}
+
+// heapPerSession is the growth of the proxy's live heap per session, or
+// "not reported".
+func heapPerSession(f *figures, n int) string {
+	if f.heapStart < 0 || f.heapIdle < 0 {
+		return "not reported"
+	}
+	return perSession(f.heapIdle-f.heapStart, n)
 }
 
 func writeMarkdown(opt *options, rows [][3]string, env string) error {
@@ -867,6 +891,26 @@ type proxyProc struct {
 	tail    []string
 	err     error
 	readyAt time.Time
+	heaps   int   // memory reports read (SIGUSR1: cli.LogMemory)
+	heap    int64 // the last one's heap_alloc_bytes
+}
+
+// liveHeap asks the proxy for a memory report (SIGUSR1: it collects garbage
+// first) and returns its live heap in bytes; -1 when none comes within 5 s.
+func (p *proxyProc) liveHeap() int64 {
+	p.mu.Lock()
+	n := p.heaps
+	p.mu.Unlock()
+	p.cmd.Process.Signal(syscall.SIGUSR1)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		p.mu.Lock()
+		got, h := p.heaps, p.heap
+		p.mu.Unlock()
+		if got > n {
+			return h
+		}
+	}
+	return -1
 }
 
 // cpuList is the CPUs the proxy is pinned to: workers of them from cpu on.
@@ -905,6 +949,12 @@ func startProxy(argv []string, cpu, workers int, env []string) (*proxyProc, erro
 			p.mu.Lock()
 			if p.readyAt.IsZero() && strings.Contains(line, `msg="proxy serving"`) {
 				p.readyAt = time.Now()
+			}
+			if _, v, ok := strings.Cut(line, " heap_alloc_bytes="); ok {
+				v, _, _ = strings.Cut(v, " ")
+				if h, err := strconv.ParseInt(v, 10, 64); err == nil {
+					p.heaps, p.heap = p.heaps+1, h
+				}
 			}
 			if !strings.Contains(line, `msg="session opened"`) {
 				p.tail = append(p.tail, line)

@@ -8,6 +8,7 @@ import (
 	"runtime/pprof"
 	"syscall"
 
+	"github.com/raicnet/raic/pkg/cli"
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/proxy"
 )
@@ -42,6 +43,7 @@ func runProfiledProxy(cfgPath, profile string) error {
 	signal.Notify(usr1, syscall.SIGUSR1)
 	go func() {
 		for range usr1 {
+			cli.LogMemory(log) // as raic-proxy does on SIGUSR1
 			runtime.GC()
 			if h, err := os.Create(profile + ".heap"); err == nil {
 				pprof.WriteHeapProfile(h)

@@ -117,7 +117,7 @@ func runScale(ctx context.Context, opt *options) error {
 		"a core with the proxy. 100-byte game packets, sealed in advance, round-robin over the sessions, from 1 (one worker) " +
 		"or 8 (otherwise) source ports, so the kernel's reuseport hash spreads them. \"Per proxy core\" is the forwarded rate " +
 		"divided by the proxy process's own CPU time (softirq work of loopback delivery not included); \"at 100% of CPU 0\" " +
-		"divides by CPU 0's busy time from any cause. The largest row (100,000 sessions where the open-file limit allows) is about memory: its timed phase is short. " +
+		"divides by CPU 0's busy time from any cause. \"RSS per session\" is the growth of the proxy's RSS from ready to every session open, over the sessions (at 1,000 sessions it also holds what the first traffic makes the runtime take once); \"heap per session\" is the growth of the proxy's live Go heap (its memory report on SIGUSR1, after a collection) from ready to every session open, over the sessions; RSS also holds the runtime's and the allocator's share. The largest row (100,000 sessions where the open-file limit allows) is about memory: its timed phase is short. " +
 		"The shared-upstream rows give the sink the SPP header (upstream = \"shared\"): every session leaves on one socket per worker, " +
 		"each read batch's forwards in one sendmmsg, so no descriptor per session bounds them; the sink checks each header " +
 		"(datagrams without a valid one are in the dropped column).\n\n")
@@ -146,7 +146,7 @@ func scaleTable(runs []*scaleRun) [][]string {
 		return "MISSED"
 	}
 	mb := func(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
-	rows := [][]string{{"run", "forwarded", "proxy CPU", "per proxy core", "at 100% of CPU 0", "dropped", "noise (others)", "RSS idle", "peak RSS", "targets"}}
+	rows := [][]string{{"run", "forwarded", "proxy CPU", "per proxy core", "at 100% of CPU 0", "dropped", "noise (others)", "RSS idle", "peak RSS", "RSS per session", "heap per session", "targets"}}
 	var perCore1 float64
 	base := runs[0] // the 1-worker row a 2-worker row compares with: the first of its upstream mode
 	for i, r := range runs {
@@ -168,7 +168,7 @@ func scaleTable(runs []*scaleRun) [][]string {
 			// Extrapolated from the cost per session above the empty proxy.
 			per := float64(f.rssIdle-f.rssStart) / float64(r.sessions)
 			at := float64(f.rssStart) + per*bigSessions
-			verdict = append(verdict, fmt.Sprintf("%.1f KB per session, so %.0f MB at 100,000 (the open-file limit, %d, allows no more here): RSS ≤ 200 MB at 100,000: %s",
+			verdict = append(verdict, fmt.Sprintf("%.1f KB of RSS per session, so %.0f MB at 100,000 (the open-file limit, %d, allows no more here): RSS ≤ 200 MB at 100,000: %s",
 				per/1024, at/(1<<20), fdLimit, mark(at <= targetRSS100k)))
 		} else {
 			if r.shared && r.sessions >= 10000 {
@@ -192,12 +192,14 @@ func scaleTable(runs []*scaleRun) [][]string {
 			fmt.Sprintf("%.0f%% of a core", f.others),
 			mb(f.rssIdle),
 			mb(f.hwm),
+			perSession(f.rssIdle-f.rssStart, r.sessions),
+			heapPerSession(f, r.sessions),
 			strings.Join(verdict, "; "),
 		})
 	}
 	if f := runs[0].f; f.floorPPS.sent > 0 {
-		rows = append(rows, []string{"reference: bare write(2) loop, one socket per session", fmt.Sprintf("%.0f packets/s", f.floorPPS.sent), "", "", "", "", "", "", "", "one send system call per packet"})
-		rows = append(rows, []string{"reference: bare sendmmsg loop, batches of 64", fmt.Sprintf("%.0f packets/s", f.floorBatchPPS.sent), "", "", "", "", "", "", "", "batched sends"})
+		rows = append(rows, []string{"reference: bare write(2) loop, one socket per session", fmt.Sprintf("%.0f packets/s", f.floorPPS.sent), "", "", "", "", "", "", "", "", "", "one send system call per packet"})
+		rows = append(rows, []string{"reference: bare sendmmsg loop, batches of 64", fmt.Sprintf("%.0f packets/s", f.floorBatchPPS.sent), "", "", "", "", "", "", "", "", "", "batched sends"})
 	}
 	return rows
 }
