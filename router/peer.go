@@ -17,6 +17,7 @@ import (
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
 )
 
 // Peer mode: this router and another carry UDP flows (a VoIP call) over
@@ -67,9 +68,15 @@ type PeerConfig struct {
 	RendezvousKey string              `toml:"rendezvous_key"`
 	Port          int                 `toml:"port"`
 	Services      []PeerServiceConfig `toml:"service"`
+	// Scheme is how packets go to the peer, with the syntax of the
+	// top-level scheme: "copy" (the default: one copy on every path),
+	// "xor:2", "rs:2+2", "time:2" (coded over the paths; see package peer).
+	Scheme string `toml:"scheme"`
 
 	addrs []netip.AddrPort
 	rv    netip.AddrPort
+
+	scheme raic.Params
 }
 
 // PeerServiceConfig is one [[peer.service]]: what the peer's vports may reach.
@@ -183,6 +190,15 @@ func (c *Config) checkPeers(meta *config.Meta) error {
 			meta.Report(key("port"), "port %d is already another peer's", p.Port)
 		}
 		ports[p.Port] = true
+		if sp, auto, err := parseScheme(p.Scheme); p.Scheme == "" {
+			p.scheme = raic.Params{}
+		} else if err != nil {
+			meta.Report(key("scheme"), "%v", err)
+		} else if auto {
+			meta.Report(key("scheme"), "\"auto\" needs a proxy's quality reports; a peer takes a fixed scheme (copy, xor:K, rs:K+M, time:D)")
+		} else {
+			p.scheme = sp
+		}
 		names := map[uint16]string{}
 		for j, s := range p.Services {
 			skey := func(k string) string { return fmt.Sprintf("peer.%d.service.%d.%s", i, j, k) }
@@ -401,6 +417,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 		Paths: peer.Config{Uplinks: len(conns), Health: uplink.HealthConfig{
 			PingInterval: r.cfg.PingInterval.Duration, DownAfter: r.cfg.DownAfter.Duration}},
 		Static:  pc.addrs,
+		Scheme:  pc.scheme,
 		Deliver: mux.Deliver,
 		Observe: pr.observe,
 		Log:     r.log.With("peer", pc.ID),
@@ -508,6 +525,17 @@ type PeerStatus struct {
 	Delivered uint64           `json:"packets_delivered"`
 	Dups      uint64           `json:"duplicates_dropped"`
 	Paths     []PeerPathStatus `json:"paths"`
+
+	// Scheme: "copies" (one on every path) or the coded scheme, e.g.
+	// "RAIC-6 2+2". WireBytes is what the data datagrams to the peer
+	// weighed on the direct paths, PayloadBytes what they carried; Rebuilt
+	// and Lost count the peer's coded packets rebuilt with parity and given
+	// up.
+	Scheme       string `json:"scheme"`
+	WireBytes    uint64 `json:"wire_bytes"`
+	PayloadBytes uint64 `json:"payload_bytes"`
+	Rebuilt      uint64 `json:"packets_rebuilt"`
+	Lost         uint64 `json:"packets_lost"`
 }
 
 // PeerPathStatus is one path (local uplink, remote address) to a peer.
@@ -528,6 +556,7 @@ func (r *Router) peerStatus(now int64) []PeerStatus {
 	for _, pr := range r.peers {
 		c := pr.link.Counters()
 		ps := PeerStatus{ID: pr.id, Relay: pr.link.RelayActive(now), Sent: c.Sent, Delivered: c.Delivered, Dups: c.Dups}
+		ps.Scheme, ps.WireBytes, ps.PayloadBytes, ps.Rebuilt, ps.Lost = pr.link.SchemeName(), c.Bytes, c.PayloadBytes, c.Rebuilt, c.Lost
 		for _, s := range pr.link.Paths().Stats(now) {
 			name := ""
 			if s.Path.Local < len(pr.uplinks) {
