@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -127,11 +128,19 @@ func TestDashboardPeersInChromium(t *testing.T) {
 	if n := strings.Count(dom, `class="peer-path" data-path=`); n != 4 || strings.Count(dom, `data-up="1"`) != 4 {
 		t.Errorf("the page shows %d of 4 paths up", strings.Count(dom, `data-up="1"`))
 	}
-	if !strings.Contains(dom, "SRTT ms") || !strings.Contains(dom, "no game session") {
-		t.Errorf("the page lacks the path columns or the empty sessions line")
+	if !strings.Contains(dom, "SRTT ms") || !strings.Contains(dom, "no game session") || !strings.Contains(dom, "no uplink to a proxy") {
+		t.Errorf("the page lacks the path columns or the empty sessions and uplinks lines")
 	}
 	if t.Failed() {
 		i := strings.Index(dom, `id="peers"`)
 		t.Logf("peers section: %s", dom[max(i, 0):min(len(dom), max(i, 0)+3000)])
+	}
+	// $RAIC_PEER_SCREENSHOT, when set, gets a screenshot of the page.
+	if dst := os.Getenv("RAIC_PEER_SCREENSHOT"); dst != "" {
+		args := chromiumArgs(t.TempDir(), "--virtual-time-budget=3000", "--window-size=1100,900", "--hide-scrollbars", "--screenshot="+dst)
+		if err := exec.CommandContext(ctx, chrome, append(args, "http://"+addr+"/")...).Run(); err != nil {
+			t.Fatalf("screenshot: %v", err)
+		}
+		t.Logf("screenshot saved to %s", dst)
 	}
 }
