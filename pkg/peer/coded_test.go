@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
+	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/rendezvous"
 	"github.com/raicnet/raic/pkg/wire"
 	"github.com/raicnet/raic/raic"
 )
@@ -328,5 +331,40 @@ func TestCodedLinkSendReceiveAllocs(t *testing.T) {
 		if delivered-before < 200 {
 			t.Errorf("%s: %d packets delivered of %d", name, delivered-before, 201)
 		}
+	}
+}
+
+// TestCodedLinkThroughTheRelay: with every direct datagram dropped, the
+// rendezvous relays an rs 2+2 session: each shard goes through it once,
+// from the local uplinks in turn, and every packet is rebuilt once.
+func TestCodedLinkThroughTheRelay(t *testing.T) {
+	rs, _ := raic.ParseParams("rs:2+2")
+	pairKey, ka, kb := mustKey(t), mustKey(t), mustKey(t)
+	srv := startRendezvous(t, map[string]wire.Key{"alice": ka, "bob": kb})
+	rvAddr := srv.Addr()
+	direct := func(_ int, to netip.AddrPort) bool { return to != rvAddr }
+	mk := func(id, peer string, k wire.Key) *testPeer {
+		c, err := rendezvous.NewClient(id, k, peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return startPeer(t, LinkConfig{LocalID: id, PeerID: peer, Key: pairKey, Rendezvous: c, Scheme: rs,
+			RendezvousAddr: rvAddr, RegisterInterval: 100 * time.Millisecond, PunchTimeout: 500 * time.Millisecond}, 2, direct)
+	}
+	a, b := mk("alice", "bob", ka), mk("bob", "alice", kb)
+	waitFor(t, "the relay", 6*time.Second, func() bool {
+		return a.link.RelayActive(mono.Now()) && b.link.RelayActive(mono.Now())
+	})
+	ra0 := a.link.Counters().RelaySent
+	a.sendSeq(t, 0, 100, time.Millisecond)
+	b.sendSeq(t, 0, 100, time.Millisecond)
+	waitFor(t, "100 packets each way", 3*time.Second, func() bool { return a.count() == 100 && b.count() == 100 })
+	for s := uint32(0); s < 100; s++ {
+		if a.received(s) != 1 || b.received(s) != 1 {
+			t.Fatalf("packet %d delivered %d and %d times", s, a.received(s), b.received(s))
+		}
+	}
+	if n := a.link.Counters().RelaySent - ra0; n != 400 {
+		t.Errorf("alice relayed %d datagrams for 100 packets, want 400 (4 shards each, once)", n)
 	}
 }
