@@ -55,7 +55,7 @@ import (
 // uplinks' uplink.Set: a Set is one fixed far-end address per uplink with one
 // Health each, while a peer has N×M paths whose remote addresses are learned
 // and rebind (package peer keeps their health), and the peer sockets also
-// carry the rendezvous's messages. Only RAIC-1 copies are sent; the
+// carry the rendezvous's messages. Packets go as copies or coded (scheme); the
 // transparent capture of the LAN's VoIP flows towards the peer's LAN is not
 // wired yet.
 

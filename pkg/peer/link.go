@@ -123,7 +123,10 @@ type LinkConfig struct {
 	// long after an introduction means punching failed; the link asks for
 	// the relay and sends through it while the server agrees.
 	PunchTimeout time.Duration
-	// Deliver receives each packet's payload once; it must not keep it.
+	// Deliver receives each packet's payload once; it must not keep it. A
+	// packet rebuilt from shards is delivered with the link's receive lock
+	// held (the decoder's buffer is valid until its next shard), so Deliver
+	// must not call the link's Receive.
 	Deliver func(payload []byte)
 	// Observe, when set, sees every authenticated copy that arrives directly
 	// (duplicates too: it costs opening them), for per-path measurements.
