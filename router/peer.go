@@ -244,6 +244,9 @@ type peerRun struct {
 
 	paths, pathsUp                           *metrics.Gauge
 	sent, delivered, dups, relaySent, relayR *metrics.Gauge
+	// The scheme's cost and work: wire and payload bytes sent, the peer's
+	// coded packets rebuilt with parity and given up.
+	wireBytes, payloadBytes, rebuilt, lost *metrics.Gauge
 
 	// Every authenticated data copy counted per path (duplicates too), so
 	// each path's loss shows beside the session's: 1 - copies / the peer's
@@ -447,6 +450,10 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 	pr.dups = g("router_peer_duplicates_dropped", "Copies from the peer dropped as duplicates.")
 	pr.relaySent = g("router_peer_relay_sent", "Datagrams sent to the peer through the rendezvous relay.")
 	pr.relayR = g("router_peer_relay_received", "Datagrams from the peer received through the relay.")
+	pr.wireBytes = g("router_peer_wire_bytes_sent", "Bytes of the data datagrams sent to the peer on direct paths (copies or shards, headers included).")
+	pr.payloadBytes = g("router_peer_payload_bytes_sent", "Payload bytes sent to the peer (each packet once).")
+	pr.rebuilt = g("router_peer_packets_rebuilt", "Coded packets from the peer rebuilt with parity (a shard lost or later than parity).")
+	pr.lost = g("router_peer_packets_lost", "Coded packets from the peer given up with too few shards.")
 	return pr, nil
 }
 
@@ -488,6 +495,10 @@ func (r *Router) peerTicker(ctx context.Context, pr *peerRun) {
 		pr.dups.Set(int64(c.Dups))
 		pr.relaySent.Set(int64(c.RelaySent))
 		pr.relayR.Set(int64(c.RelayRecv))
+		pr.wireBytes.Set(int64(c.Bytes))
+		pr.payloadBytes.Set(int64(c.PayloadBytes))
+		pr.rebuilt.Set(int64(c.Rebuilt))
+		pr.lost.Set(int64(c.Lost))
 	}
 }
 

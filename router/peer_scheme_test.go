@@ -155,6 +155,17 @@ func TestPeerOnlyRoutersCodedScheme(t *testing.T) {
 	if sa.WireBytes == 0 || sa.PayloadBytes == 0 {
 		t.Errorf("alice's bytes not counted: %+v", sa)
 	}
+	// The ticker exports them every 500 ms.
+	deadline = time.Now().Add(2 * time.Second)
+	for routers[0].Metrics().Snapshot()[`router_peer_payload_bytes_sent{peer="bob"}`] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no router_peer_payload_bytes_sent: %v", routers[0].Metrics().Snapshot())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if m := routers[0].Metrics().Snapshot(); m[`router_peer_wire_bytes_sent{peer="bob"}`] == 0 {
+		t.Errorf("no router_peer_wire_bytes_sent: %v", m)
+	}
 	t.Logf("bytes on the wire per payload byte: rs 2+2 %.2f, xor 2+1 %.2f",
 		float64(sa.WireBytes)/float64(sa.PayloadBytes), float64(sb.WireBytes)/float64(sb.PayloadBytes))
 }
