@@ -102,6 +102,11 @@ func peerWireCost(t *testing.T, rs [2]*peerRouterProcess, scheme string) string 
 		fmt.Fprintf(&b, "%c→%c wire cost (%s): %.2f bytes on the wire per payload byte (%d of %d), packets from %c rebuilt %d, lost %d\n",
 			'A'+s, 'B'-s, ps.Scheme, float64(ps.WireBytes)/float64(ps.PayloadBytes), ps.WireBytes, ps.PayloadBytes,
 			'B'-s, ps.Rebuilt, ps.Lost)
+		// Copies over the 4 paths weigh 4 bytes per payload byte before
+		// any header; a coded scheme must cost less than that, headers in.
+		if cost := float64(ps.WireBytes) / float64(ps.PayloadBytes); scheme != "" && cost >= 4 {
+			t.Errorf("%s's %s costs %.2f bytes on the wire per payload byte: not below copies' 4 payload bytes", peerIDs[s], ps.Scheme, cost)
+		}
 		if scheme != "" && ps.Rebuilt == 0 {
 			t.Errorf("%s rebuilt no packet from shards: the coded scheme did not carry the outages", peerIDs[s])
 		}
