@@ -12,10 +12,18 @@ import (
 // shards, each shard is sealed once under the packet's ID (the shard index
 // in the descriptor keeps every nonce distinct), and the shards are spread
 // over the paths that are up, never two on one path while a path has none
-// (raic.Place), the first path turning with the packet ID so that every
-// path carries its share. A path that dies therefore costs each packet at
-// most ceil(shards/paths) shards: one with rs 2+2 or xor 2+1 over 4 paths,
-// which the scheme rebuilds.
+// (raic.Place), fastest paths (by keepalive SRTT) first: a scheme with
+// fewer shards than paths leaves the slowest idle, and one with more gives
+// its extra shards to the fastest. A path that dies therefore costs each
+// packet at most ceil(shards/paths) shards: one with rs 2+2 or xor 2+1 over
+// 4 paths, which the scheme rebuilds.
+//
+// Why fastest first rather than turning over every path: a coded packet is
+// whole when enough of its shards have arrived, so its delay is that of the
+// slowest path it needs. Shards that took different paths for each packet
+// would give each packet another delay: jitter, and packets overtaking each
+// other (a SIP 180 Ringing behind its 200 OK). Taking the same fastest paths
+// for every packet keeps the delay steady.
 //
 // The receiver needs no setting: every data datagram carries its scheme and
 // descriptor, and a coded shard goes to the session's raic.Decoder, which
@@ -41,6 +49,7 @@ type coder struct {
 	bufs   [][]byte // one sealed datagram per shard, reused
 	states []raic.UplinkState
 	place  []int
+	rtts   [maxSorted]int64 // fastest's sort keys
 }
 
 func newCoder(p raic.Params) (*coder, error) {
@@ -56,6 +65,45 @@ func newCoder(p raic.Params) (*coder, error) {
 
 // maxPlace is the number of paths raic.Place spreads over.
 const maxPlace = 64
+
+// maxSorted is the most paths fastest sorts (a table of DefaultMaxRemote
+// addresses over MaxUplinks uplinks); any further paths keep table order.
+const maxSorted = DefaultMaxRemote * MaxUplinks
+
+// fastest appends to dst the paths Targets gives, those with the lowest
+// keepalive SRTT first (a path not yet measured last, in table order). It
+// takes no lock and allocates nothing when dst has room; keys is scratch.
+func (p *Paths) fastest(now int64, dst []Path, keys *[maxSorted]int64) []Path {
+	n0 := len(dst)
+	k := 0
+	for _, ps := range *p.snap.Load() {
+		if !ps.health.Up(now) {
+			continue
+		}
+		srtt := int64(ps.health.Stats(now).SRTT)
+		if srtt <= 0 {
+			srtt = 1 << 62
+		}
+		dst = append(dst, ps.Path)
+		if k < len(keys) {
+			keys[k] = srtt
+		}
+		k++
+	}
+	if len(dst) == n0 {
+		// None up: every path, as Targets does.
+		return p.Targets(now, dst)
+	}
+	// Insertion sort (stable): a handful of paths.
+	out, m := dst[n0:], min(k, len(keys))
+	for i := 1; i < m; i++ {
+		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return dst
+}
 
 // isCopyScheme reports whether p asks for plain copies (the zero Params too).
 func isCopyScheme(p raic.Params) bool { return p.Scheme == 0 || p.Scheme == raic.SchemeCopy }
@@ -77,17 +125,15 @@ func (l *Link) sendCoded(payload []byte, now int64) error {
 	}
 	l.c.sent.Add(1)
 	l.c.payloadBytes.Add(uint64(len(payload)))
-	l.targets = l.paths.Targets(now, l.targets[:0])
+	l.targets = l.paths.fastest(now, l.targets[:0], &c.rtts)
 	n := min(len(l.targets), maxPlace)
 	c.states = c.states[:0]
 	for range n {
 		c.states = append(c.states, raic.UplinkState{Up: true, Weight: 1})
 	}
+	// Equal weights: Place hands out shards in path order, so the first
+	// paths (the fastest) get a shard first, and the extra ones.
 	c.place = raic.Place(len(shards), c.states, c.place[:0])
-	rot := 0
-	if n > 0 {
-		rot = int(pid % uint64(n))
-	}
 	relay := l.RelayActive(now)
 	up := l.paths.Uplinks()
 	for i := range shards {
@@ -98,7 +144,7 @@ func (l *Link) sendCoded(payload []byte, now int64) error {
 			return err
 		}
 		if n > 0 {
-			t := l.targets[(c.place[i]+rot)%n]
+			t := l.targets[c.place[i]]
 			if l.out.SendTo(t.Local, dg, t.Remote) == nil {
 				l.c.copies.Add(1)
 				l.c.bytes.Add(uint64(len(dg)))
