@@ -254,6 +254,13 @@ func peerRoutersVoIPCall(t *testing.T, scheme string) {
 	// on the paths, each its share of them; a path's loss is then what it
 	// fell short of its share (a path that is down hands its share over).
 	share := schemeShare(t, scheme, 4)
+	// Four copies survive any three lost; a coded scheme fewer (rs 2+2:
+	// any two of four shards), so it may lose a few packets more, mostly
+	// in the 150 ms before a dead uplink's paths are found down.
+	maxLoss := 0.5
+	if scheme != "" {
+		maxLoss = 1
+	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "%-26s %9s %8s\n", "path (every data packet)", "packets", "loss %")
 	for _, d := range []struct {
@@ -283,8 +290,8 @@ func peerRoutersVoIPCall(t *testing.T, scheme string) {
 		if pr.dups != 0 {
 			t.Errorf("%s: %d duplicates delivered to the LAN", d.name, pr.dups)
 		}
-		if pr.loss > 0.5 || pr.loss >= worst {
-			t.Errorf("%s: the probe stream lost %.2f%%, want ≤ 0.5%% and below the worst path's %.2f%%", d.name, pr.loss, worst)
+		if pr.loss > maxLoss || pr.loss >= worst {
+			t.Errorf("%s: the probe stream lost %.2f%%, want ≤ %v%% and below the worst path's %.2f%%", d.name, pr.loss, maxLoss, worst)
 		}
 		if got > sent {
 			t.Errorf("%s: %v packets delivered of %v sent: duplicates got through", d.name, got, sent)
@@ -292,8 +299,8 @@ func peerRoutersVoIPCall(t *testing.T, scheme string) {
 		if worst < 5 {
 			t.Errorf("%s: the worst single path lost only %.2f%%: the impairments did not reach the call", d.name, worst)
 		}
-		if loss > 0.5 || loss >= worst {
-			t.Errorf("%s: the session lost %.2f%%, want ≤ 0.5%% and below the worst path's %.2f%%", d.name, loss, worst)
+		if loss > maxLoss || loss >= worst {
+			t.Errorf("%s: the session lost %.2f%%, want ≤ %v%% and below the worst path's %.2f%%", d.name, loss, maxLoss, worst)
 		}
 	}
 	// RTP as the routers count it: what A's vport took from the caller,
