@@ -17,6 +17,7 @@ import (
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/uplink"
 	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
 )
 
 // Peer mode: this router and another carry UDP flows (a VoIP call) over
@@ -55,7 +56,7 @@ import (
 // uplinks' uplink.Set: a Set is one fixed far-end address per uplink with one
 // Health each, while a peer has N×M paths whose remote addresses are learned
 // and rebind (package peer keeps their health), and the peer sockets also
-// carry the rendezvous's messages. Only RAIC-1 copies are sent. In
+// carry the rendezvous's messages. Packets go as copies or coded (scheme). In
 // transparent mode, lan = [prefixes] names the peer's LAN, whose UDP flows
 // go over the session with their original addresses (peer_lan.go).
 
@@ -69,10 +70,16 @@ type PeerConfig struct {
 	Port          int                 `toml:"port"`
 	Services      []PeerServiceConfig `toml:"service"`
 	LAN           []string            `toml:"lan"` // the peer's LAN prefixes (peer_lan.go)
+	// Scheme is how packets go to the peer, with the syntax of the
+	// top-level scheme: "copy" (the default: one copy on every path),
+	// "xor:2", "rs:2+2", "time:2" (coded over the paths; see package peer).
+	Scheme string `toml:"scheme"`
 
 	addrs []netip.AddrPort
 	rv    netip.AddrPort
 	lan   []netip.Prefix
+
+	scheme raic.Params
 }
 
 // PeerServiceConfig is one [[peer.service]]: what the peer's vports may reach.
@@ -193,6 +200,15 @@ func (c *Config) checkPeers(meta *config.Meta) error {
 			meta.Report(key("port"), "port %d is already another peer's", p.Port)
 		}
 		ports[p.Port] = true
+		if sp, auto, err := parseScheme(p.Scheme); p.Scheme == "" {
+			p.scheme = raic.Params{}
+		} else if err != nil {
+			meta.Report(key("scheme"), "%v", err)
+		} else if auto {
+			meta.Report(key("scheme"), "\"auto\" needs a proxy's quality reports; a peer takes a fixed scheme (copy, xor:K, rs:K+M, time:D)")
+		} else {
+			p.scheme = sp
+		}
 		names := map[uint16]string{}
 		for j, s := range p.Services {
 			skey := func(k string) string { return fmt.Sprintf("peer.%d.service.%d.%s", i, j, k) }
@@ -239,6 +255,9 @@ type peerRun struct {
 
 	paths, pathsUp                           *metrics.Gauge
 	sent, delivered, dups, relaySent, relayR *metrics.Gauge
+	// The scheme's cost and work: wire and payload bytes sent, the peer's
+	// coded packets rebuilt with parity and given up.
+	wireBytes, payloadBytes, rebuilt, lost *metrics.Gauge
 
 	// Every authenticated data copy counted per path (duplicates too), so
 	// each path's loss shows beside the session's: 1 - copies / the peer's
@@ -413,6 +432,7 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 		Paths: peer.Config{Uplinks: len(conns), Health: uplink.HealthConfig{
 			PingInterval: r.cfg.PingInterval.Duration, DownAfter: r.cfg.DownAfter.Duration}},
 		Static:  pc.addrs,
+		Scheme:  pc.scheme,
 		Deliver: pr.deliver, // vport and LAN frames (peer_lan.go)
 		Observe: pr.observe,
 		Log:     r.log.With("peer", pc.ID),
@@ -443,6 +463,10 @@ func (r *Router) newPeerRun(pc PeerConfig, now int64) (*peerRun, error) {
 	pr.dups = g("router_peer_duplicates_dropped", "Copies from the peer dropped as duplicates.")
 	pr.relaySent = g("router_peer_relay_sent", "Datagrams sent to the peer through the rendezvous relay.")
 	pr.relayR = g("router_peer_relay_received", "Datagrams from the peer received through the relay.")
+	pr.wireBytes = g("router_peer_wire_bytes_sent", "Bytes of the data datagrams sent to the peer on direct paths (copies or shards, headers included).")
+	pr.payloadBytes = g("router_peer_payload_bytes_sent", "Payload bytes sent to the peer (each packet once).")
+	pr.rebuilt = g("router_peer_packets_rebuilt", "Coded packets from the peer rebuilt with parity (a shard lost or later than parity).")
+	pr.lost = g("router_peer_packets_lost", "Coded packets from the peer given up with too few shards.")
 	return pr, nil
 }
 
@@ -487,6 +511,10 @@ func (r *Router) peerTicker(ctx context.Context, pr *peerRun) {
 		pr.dups.Set(int64(c.Dups))
 		pr.relaySent.Set(int64(c.RelaySent))
 		pr.relayR.Set(int64(c.RelayRecv))
+		pr.wireBytes.Set(int64(c.Bytes))
+		pr.payloadBytes.Set(int64(c.PayloadBytes))
+		pr.rebuilt.Set(int64(c.Rebuilt))
+		pr.lost.Set(int64(c.Lost))
 	}
 }
 
@@ -524,6 +552,17 @@ type PeerStatus struct {
 	Delivered uint64           `json:"packets_delivered"`
 	Dups      uint64           `json:"duplicates_dropped"`
 	Paths     []PeerPathStatus `json:"paths"`
+
+	// Scheme: "copies" (one on every path) or the coded scheme, e.g.
+	// "RAIC-6 2+2". WireBytes is what the data datagrams to the peer
+	// weighed on the direct paths, PayloadBytes what they carried; Rebuilt
+	// and Lost count the peer's coded packets rebuilt with parity and given
+	// up.
+	Scheme       string `json:"scheme"`
+	WireBytes    uint64 `json:"wire_bytes"`
+	PayloadBytes uint64 `json:"payload_bytes"`
+	Rebuilt      uint64 `json:"packets_rebuilt"`
+	Lost         uint64 `json:"packets_lost"`
 }
 
 // PeerPathStatus is one path (local uplink, remote address) to a peer.
@@ -544,6 +583,7 @@ func (r *Router) peerStatus(now int64) []PeerStatus {
 	for _, pr := range r.peers {
 		c := pr.link.Counters()
 		ps := PeerStatus{ID: pr.id, Relay: pr.link.RelayActive(now), Sent: c.Sent, Delivered: c.Delivered, Dups: c.Dups}
+		ps.Scheme, ps.WireBytes, ps.PayloadBytes, ps.Rebuilt, ps.Lost = pr.link.SchemeName(), c.Bytes, c.PayloadBytes, c.Rebuilt, c.Lost
 		for _, s := range pr.link.Paths().Stats(now) {
 			name := ""
 			if s.Path.Local < len(pr.uplinks) {

@@ -2,7 +2,8 @@
 // binary, with its script and styles inline and nothing fetched from
 // elsewhere. The page polls the router's /status JSON twice a second and
 // draws each uplink's latency and loss over the last minutes, the game
-// sessions and the suppression level.
+// sessions, the suppression level and the peer sessions (each peer's
+// scheme, relay state and paths).
 package dashboard
 
 import (

@@ -13,13 +13,16 @@ import (
 
 	"github.com/raicnet/raic/pkg/rendezvous"
 	"github.com/raicnet/raic/pkg/wire"
+	"github.com/raicnet/raic/raic"
 	"github.com/raicnet/raic/raic/replay"
 )
 
 // A Link is one peer session: it seals each packet once and sends the same
-// bytes (RAIC-1 copies) over every path that is up, opens what the peer sends,
-// keeps the first copy of each packet (the replay window of pkg/replay, which
-// moves only after a datagram authenticated), answers and sends keepalives
+// bytes (RAIC-1 copies) over every path that is up, or codes it into shards
+// spread over the paths (LinkConfig.Scheme; see coded.go), opens what the
+// peer sends, keeps the first copy of each packet or rebuilds it from its
+// shards (the replay window of pkg/replay, which moves only after a datagram
+// authenticated, delivers each packet once), answers and sends keepalives
 // per path, and, given a rendezvous client, registers, learns the peer's
 // addresses from introductions, and falls back to the relay when punching
 // failed.
@@ -48,10 +51,12 @@ type Link struct {
 	relBuf  []byte
 	scratch []byte
 	targets []Path
+	coder   *coder // nil: copies
 
 	// Receive side: the peer's current send session.
-	rmu  sync.Mutex
-	recv *recvSession
+	rmu     sync.Mutex
+	recv    *recvSession
+	decPrev raic.DecoderStats // the decoders of sessions replaced
 
 	// Rendezvous state.
 	rv           *rendezvous.Client
@@ -68,24 +73,33 @@ type recvSession struct {
 	started int64 // the hello's UnixMilli
 	open    cipher.AEAD
 	win     replay.Window
+	dec     *raic.Decoder // coded shards; made at the first
 }
 
 type linkCounters struct {
 	sent, copies, delivered, dups, unauth, malformed, noSession atomic.Uint64
 	relaySent, relayRecv                                        atomic.Uint64
+	bytes, payloadBytes                                         atomic.Uint64
 }
 
 // LinkCounters is a snapshot of a Link's counters.
 type LinkCounters struct {
 	Sent      uint64 // packets sent
-	Copies    uint64 // datagrams sent for them (direct paths)
-	Delivered uint64 // packets delivered (first copies)
-	Dups      uint64 // copies dropped as duplicates (or replays)
+	Copies    uint64 // datagrams sent for them (direct paths): copies or shards
+	Delivered uint64 // packets delivered (first copies, or rebuilt from shards)
+	Dups      uint64 // copies or shards dropped as duplicates (or replays, or surplus)
 	Unauth    uint64 // datagrams that did not authenticate
 	Malformed uint64
 	NoSession uint64 // datagrams of a session whose hello never arrived
 	RelaySent uint64 // datagrams sent through the rendezvous relay
 	RelayRecv uint64 // datagrams received through it
+	// Bytes is what the data datagrams on direct paths weighed (headers,
+	// hellos and tags included), PayloadBytes what Send was given: their
+	// ratio is the scheme's cost on the wire.
+	Bytes, PayloadBytes uint64
+	// Rebuilt: packets the decoder completed with parity (a shard lost or
+	// late); Lost: coded packets given up with too few shards.
+	Rebuilt, Lost uint64
 }
 
 // LinkConfig configures a Link.
@@ -93,6 +107,11 @@ type LinkConfig struct {
 	LocalID, PeerID string   // 1 to 32 bytes each
 	Key             wire.Key // the pair's shared key
 	Paths           Config   // Uplinks is required
+	// Scheme is how packets are sent: the zero value or RAIC-1 sends one
+	// copy on every path that is up (the copy count is not used); RAIC-5,
+	// RS k+m and RAICT code each packet into shards spread over the paths
+	// (see coded.go). The receiver follows each datagram's own scheme.
+	Scheme raic.Params
 	// Static are the peer's addresses from the config.
 	Static []netip.AddrPort
 	// Rendezvous, when set, is used to find the peer (at RendezvousAddr).
@@ -104,10 +123,14 @@ type LinkConfig struct {
 	// long after an introduction means punching failed; the link asks for
 	// the relay and sends through it while the server agrees.
 	PunchTimeout time.Duration
-	// Deliver receives each packet's payload once; it must not keep it.
+	// Deliver receives each packet's payload once; it must not keep it. A
+	// packet rebuilt from shards is delivered with the link's receive lock
+	// held (the decoder's buffer is valid until its next shard), so Deliver
+	// must not call the link's Receive.
 	Deliver func(payload []byte)
 	// Observe, when set, sees every authenticated copy that arrives directly
 	// (duplicates too: it costs opening them), for per-path measurements.
+	// Under a coded scheme, body is one shard.
 	Observe func(local int, from netip.AddrPort, t wire.Type, body []byte, now int64)
 	Log     *slog.Logger
 }
@@ -147,6 +170,11 @@ func NewLink(cfg LinkConfig, out Sender, now int64) (*Link, error) {
 		scratch: make([]byte, rendezvous.MaxMessage),
 		targets: make([]Path, 0, paths.cfg.MaxRemote*paths.cfg.Uplinks),
 	}
+	if !isCopyScheme(cfg.Scheme) {
+		if l.coder, err = newCoder(cfg.Scheme); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.hello.SetClientID(cfg.LocalID); err != nil {
 		return nil, err
 	}
@@ -173,19 +201,44 @@ func (l *Link) Paths() *Paths { return l.paths }
 // RelayActive reports whether datagrams also go through the relay.
 func (l *Link) RelayActive(now int64) bool { return l.relayOn.Load() && l.punchFailed(now) }
 
+// Scheme returns the scheme the link sends with; copies (one on every path)
+// are RAIC-1 with K=1, M=0.
+func (l *Link) Scheme() raic.Params {
+	if l.coder == nil {
+		return raic.Params{Scheme: raic.SchemeCopy, K: 1}
+	}
+	return l.coder.params
+}
+
+// SchemeName names the scheme for reports: "copies" or, e.g., "RAIC-6 2+2".
+func (l *Link) SchemeName() string {
+	if l.coder == nil {
+		return "copies"
+	}
+	return l.coder.params.String()
+}
+
 // Counters returns the link's counters.
 func (l *Link) Counters() LinkCounters {
 	c := &l.c
+	l.rmu.Lock()
+	ds := l.decoderStats()
+	l.rmu.Unlock()
 	return LinkCounters{
 		Sent: c.sent.Load(), Copies: c.copies.Load(), Delivered: c.delivered.Load(), Dups: c.dups.Load(),
 		Unauth: c.unauth.Load(), Malformed: c.malformed.Load(), NoSession: c.noSession.Load(),
 		RelaySent: c.relaySent.Load(), RelayRecv: c.relayRecv.Load(),
+		Bytes: c.bytes.Load(), PayloadBytes: c.payloadBytes.Load(),
+		Rebuilt: ds.Recovered, Lost: ds.Lost,
 	}
 }
 
 // sealNext seals one datagram of type t with body into l.sendBuf; sendMu is held.
 func (l *Link) sealNext(t wire.Type, body []byte, withHello bool) ([]byte, error) {
 	h := wire.Header{Type: t, Session: l.sid, Packet: l.pid.Add(1), Desc: wire.Desc{Count: 1, K: 1}}
+	if t == wire.TypeData {
+		h.Scheme = uint8(raic.SchemeCopy)
+	}
 	var hello *wire.Hello
 	if withHello {
 		hello = &l.hello
@@ -194,19 +247,25 @@ func (l *Link) sealNext(t wire.Type, body []byte, withHello bool) ([]byte, error
 }
 
 // Send sends one packet to the peer: sealed once, the same bytes on every
-// path that is up, and through the relay while punching has failed.
+// path that is up, and through the relay while punching has failed; or,
+// under a coded scheme, coded into shards spread over the paths.
 func (l *Link) Send(payload []byte, now int64) error {
 	l.sendMu.Lock()
 	defer l.sendMu.Unlock()
+	if l.coder != nil {
+		return l.sendCoded(payload, now)
+	}
 	dg, err := l.sealNext(wire.TypeData, payload, !l.helloDone.Load())
 	if err != nil {
 		return err
 	}
 	l.c.sent.Add(1)
+	l.c.payloadBytes.Add(uint64(len(payload)))
 	l.targets = l.paths.Targets(now, l.targets[:0])
 	for _, t := range l.targets {
 		if l.out.SendTo(t.Local, dg, t.Remote) == nil {
 			l.c.copies.Add(1)
+			l.c.bytes.Add(uint64(len(dg)))
 		}
 	}
 	if l.RelayActive(now) {
@@ -241,6 +300,11 @@ func (l *Link) punchFailed(now int64) bool {
 // every 10 to 50 ms.
 func (l *Link) Tick(now int64) {
 	l.paths.Expire(now)
+	l.rmu.Lock()
+	if l.recv != nil && l.recv.dec != nil {
+		l.recv.dec.Expire(now)
+	}
+	l.rmu.Unlock()
 	var pb [wire.PingLen]byte
 	l.sendMu.Lock()
 	l.paths.PingsDue(now, func(pa Path, seq uint32) {
@@ -349,8 +413,30 @@ func (l *Link) receivePeer(local int, from netip.AddrPort, b []byte, now int64, 
 		return
 	}
 	if fresh {
+		if l.recv != nil && l.recv.dec != nil {
+			addDecoderStats(&l.decPrev, l.recv.dec.Stats())
+		}
 		l.recv = rs // only an authenticated hello replaces the session
 		l.cfg.Log.Info("peer session", "peer", l.cfg.PeerID, "session", h.Session)
+	}
+	if h.Type == wire.TypeData && !isWholeCopy(&h) {
+		// A coded shard: its packet's ID enters the window when the
+		// decoder releases it (coded.go).
+		useful := !rs.win.Seen(h.Packet)
+		if useful {
+			useful = l.receiveShard(rs, &h, body, now)
+		} else {
+			l.c.dups.Add(1)
+		}
+		l.rmu.Unlock()
+		if l.cfg.Observe != nil && !relayed {
+			l.cfg.Observe(local, from, h.Type, body, now)
+		}
+		if useful && !relayed {
+			l.lastDirect.Store(now)
+			l.paths.Heard(local, from, -1, now)
+		}
+		return
 	}
 	isNew := rs.win.Mark(h.Packet)
 	l.rmu.Unlock()
