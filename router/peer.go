@@ -345,6 +345,14 @@ func (pr *peerRun) onVPortInput(id uint16, fromService bool, _ []byte) {
 	}
 }
 
+// peerRuns returns the peers started so far: /status and the metrics may ask
+// while startPeers is still appending (a peer waits for its sockets).
+func (r *Router) peerRuns() []*peerRun {
+	r.peersMu.Lock()
+	defer r.peersMu.Unlock()
+	return r.peers
+}
+
 // startPeers opens every peer's sockets and starts its link; Close stops them.
 func (r *Router) startPeers(ctx context.Context) error {
 	now := mono.Now()
@@ -353,7 +361,9 @@ func (r *Router) startPeers(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("peer %s: %w", pc.ID, err)
 		}
+		r.peersMu.Lock()
 		r.peers = append(r.peers, pr)
+		r.peersMu.Unlock()
 		r.log.Info("peer ready", "peer", pc.ID, "port", pc.Port, "addresses", len(pc.addrs), "rendezvous", pc.Rendezvous)
 		pr.mux.Attach(pr.link)
 		pr.socks.Serve(pr.link)
@@ -520,7 +530,7 @@ func (r *Router) peerTicker(ctx context.Context, pr *peerRun) {
 
 // closePeers closes every peer's sockets (their read loops end).
 func (r *Router) closePeers() {
-	for _, pr := range r.peers {
+	for _, pr := range r.peerRuns() {
 		close(pr.stop)
 		pr.socks.Close()
 		pr.mux.Close()
@@ -538,7 +548,7 @@ type PeerStats struct {
 func (r *Router) Peers() []PeerStats {
 	now := mono.Now()
 	var out []PeerStats
-	for _, pr := range r.peers {
+	for _, pr := range r.peerRuns() {
 		out = append(out, PeerStats{ID: pr.id, Paths: pr.link.Paths().Stats(now), Counters: pr.link.Counters()})
 	}
 	return out
@@ -580,7 +590,7 @@ type PeerPathStatus struct {
 
 func (r *Router) peerStatus(now int64) []PeerStatus {
 	var out []PeerStatus
-	for _, pr := range r.peers {
+	for _, pr := range r.peerRuns() {
 		c := pr.link.Counters()
 		ps := PeerStatus{ID: pr.id, Relay: pr.link.RelayActive(now), Sent: c.Sent, Delivered: c.Delivered, Dups: c.Dups}
 		ps.Scheme, ps.WireBytes, ps.PayloadBytes, ps.Rebuilt, ps.Lost = pr.link.SchemeName(), c.Bytes, c.PayloadBytes, c.Rebuilt, c.Lost
@@ -602,7 +612,7 @@ func (r *Router) peerStatus(now int64) []PeerStatus {
 
 // PeerVPortAddr returns the bound address of the vport to service of peer.
 func (r *Router) PeerVPortAddr(peerID, service string) (netip.AddrPort, bool) {
-	for _, pr := range r.peers {
+	for _, pr := range r.peerRuns() {
 		if pr.id == peerID {
 			return pr.mux.ListenAddr(serviceID(service))
 		}

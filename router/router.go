@@ -66,7 +66,8 @@ type Router struct {
 	httpSrv *http.Server
 	sup     *suppression // [suppress] at run time (suppression.go); nil when off
 	tcp     *tcpSide     // [tcp] at run time (tcp.go); nil when off
-	peers   []*peerRun   // [[peer]] at run time (peer.go)
+	peers   []*peerRun   // [[peer]] at run time (peer.go), appended under peersMu
+	peersMu sync.Mutex
 	// The peers' LAN flows in transparent mode (peer_lan.go): lanPeers per
 	// [[peer]], lan once transparent mode is set up.
 	lanPeers []*lanPeer
