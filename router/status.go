@@ -110,7 +110,7 @@ func (r *Router) Status() Status {
 		}
 		ss := SessionStatus{
 			ID: strconv.FormatUint(rs.id, 16), Client: rs.client.String(), Server: rs.target.String(),
-			App: rs.app, Rule: rule, Scheme: cur.send.Params().String(), Proxy: cur.px.name,
+			App: rs.app, Rule: rule, Proxy: cur.px.name,
 		}
 		if why := rs.chosen.Load(); why != nil {
 			ss.ProxyReason = *why
@@ -120,8 +120,12 @@ func (r *Router) Status() Status {
 				ss.Preferred = append(ss.Preferred, px.name)
 			}
 		}
+		// An auto session's sender changes scheme under its own lock, so
+		// its scheme is read through autoStatus; any other's never changes.
 		if scheme, why, changes, ok := rs.autoStatus(); ok {
 			ss.Scheme, ss.SchemeWhy, ss.SchemeChanges = scheme, why, changes
+		} else {
+			ss.Scheme = cur.send.Params().String()
 		}
 		if rs.expected > 0 {
 			ss.ExpectedPPS = 1e9 / float64(rs.expected)
