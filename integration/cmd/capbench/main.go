@@ -42,6 +42,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +91,7 @@ type options struct {
 	load        bool   // run the load test (load.go) instead
 	sharedBig   int    // -scale: sessions of the largest shared-upstream row
 	shared      bool   // the sink is an SPP server on the proxy's shared upstream ([[server]] upstream = "shared")
+	repeat      int    // timed phases per measurement (the median is reported, with the spread)
 	loadOpt     loadOptions
 }
 
@@ -146,6 +148,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.sources, "sources", 1, "generator sockets the datagrams leave from, round-robin per batch (the kernel spreads them over the workers by source port)")
 	fs.BoolVar(&o.scale, "scale", false, "the scale table: workers 1 and 2 at 1,000 sessions, RSS at 1,000 and 100,000 sessions (docs/bench-scale.md)")
 	fs.BoolVar(&o.shared, "shared-upstream", false, "the game server speaks SPP and the proxy sends every session to it from its shared upstream sockets (upstream = \"shared\")")
+	fs.IntVar(&o.repeat, "repeat", 3, "timed phases per measurement, each with fresh datagrams on the same proxy and sessions; the median (by rate per proxy core) is reported with the spread (-quick: 1)")
 	fs.IntVar(&o.sharedBig, "shared-sessions", bigSessions, "-scale: sessions of the largest shared-upstream row (fewer if memory is short)")
 	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
 	addLoadFlags(fs, &o.loadOpt)
@@ -160,9 +163,15 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.quick {
 		o.packets, o.duration, o.floor = 400000, 2*time.Second, time.Second
+		if !flagSet(fs, "repeat") {
+			o.repeat = 1
+		}
 		if !flagSet(fs, "out") {
 			o.out = "" // a smoke run does not replace the published table
 		}
+	}
+	if o.repeat < 1 {
+		return nil, errors.New("need repeat ≥ 1")
 	}
 	if o.workers < 1 || o.sources < 1 {
 		return nil, errors.New("need workers ≥ 1 and sources ≥ 1")
@@ -198,6 +207,8 @@ type figures struct {
 	datagramLen        int
 	floorPPS           floorResult // bare write(2) loop on the proxy's CPU, for reference
 	floorBatchPPS      floorResult // bare sendmmsg loop on the proxy's CPU, for reference
+	phases             []phase     // every timed phase; the fields above are the median's
+	median             int         // index of the median phase (by rate per proxy core)
 }
 
 func run(ctx context.Context, opt *options) error {
@@ -404,59 +415,14 @@ session_rate = 1000000
 	}
 	f.sessionsLive = m["proxy_sessions_created_total"] - m["proxy_sessions_expired_total"] - m["proxy_sessions_evicted_total"]
 
-	fmt.Printf("sealing %d datagrams in advance ...\n", opt.packets)
-	t = time.Now()
-	if err := gen.preseal(); err != nil {
-		return nil, err
-	}
-	f.presealTime = time.Since(t)
-	f.datagramLen = gen.dgLen
-	runtime.GC()
-	time.Sleep(1200 * time.Millisecond) // let the proxy's janitor and GC settle
-	f.rssIdle, _ = hostinfo.RSS(p.cmd.Process.Pid)
-	f.heapIdle = p.liveHeap() // after the RSS: its collection does not flatter it
-
-	fmt.Printf("timed phase: up to %v, %d datagrams ...\n", opt.duration, opt.packets)
-	m0, err := scrape(metricsAddr)
-	if err != nil {
-		return nil, err
-	}
-	rb0 := hostinfo.RcvbufErrors()
-	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
-	s0, bad0 := sink.count.Load(), sink.bad.Load()
-	bg := hostinfo.StartBackground(os.Getpid(), p.cmd.Process.Pid)
-	cpuName := fmt.Sprintf("cpu%d", opt.proxyCPU)
-	core0 := hostinfo.StatBusy(cpuName, false)
-	t0 := time.Now()
-	f.sent = gen.blast(ctx, sink, opt.duration)
-	// The datagrams still in flight are part of the measurement: wait for the sink
-	// to stop moving (at most 200 ms).
-	for last, i := sink.count.Load(), 0; i < 20; i++ {
-		time.Sleep(10 * time.Millisecond)
-		c := sink.count.Load()
-		if c == last {
-			break
+	for rep := 0; rep < opt.repeat; rep++ {
+		ph, err := timedPhase(ctx, opt, gen, sink, p, metricsAddr, &f, rep)
+		if err != nil {
+			return nil, err
 		}
-		last = c
+		f.phases = append(f.phases, ph)
 	}
-	f.elapsed = time.Since(t0)
-	f.sinkGot = sink.count.Load() - s0
-	f.sppBad = sink.bad.Load() - bad0
-	f.proxyCPU = 100 * (hostinfo.CPUTime(p.cmd.Process.Pid) - pc0) / f.elapsed.Seconds()
-	f.genCPU = 100 * (hostinfo.CPUTime(os.Getpid()) - gc0) / f.elapsed.Seconds()
-	f.rcvbufErrors = hostinfo.RcvbufErrors() - rb0
-	f.others = bg.Stop(f.elapsed.Seconds())
-	f.coreBusy = 100 * (hostinfo.StatBusy(cpuName, false) - core0) / f.elapsed.Seconds()
-	m1, err := scrape(metricsAddr)
-	if err != nil {
-		return nil, err
-	}
-	f.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
-	for k, v := range m1 {
-		if strings.HasPrefix(k, "proxy_dropped_total") {
-			f.dropped += v - m0[k]
-		}
-	}
+	f.pick()
 	f.rssLoad, f.hwm = hostinfo.RSS(p.cmd.Process.Pid)
 	if opt.profile != "" {
 		p.cmd.Process.Signal(syscall.SIGUSR1) // heap profile with every session live
@@ -476,6 +442,139 @@ session_rate = 1000000
 		}
 	}
 	return &f, nil
+}
+
+// phase is what one timed phase measured.
+type phase struct {
+	sent, sinkGot    uint64 // datagrams sent by the generator, counted at the sink
+	forwarded        float64
+	dropped          float64
+	sppBad           uint64
+	rcvbufErrors     uint64
+	elapsed          time.Duration
+	proxyCPU, genCPU float64 // percent of one core
+	others           float64 // CPU of every other process on the host, percent of one core
+	coreBusy         float64 // the proxy's CPU busy for any cause, steal included, percent
+	steal            float64 // of the proxy's CPU(s): time the hypervisor gave to others, percent of one core
+	genSteal         float64 // the same on the generator's CPU
+	fullWaits        float64 // share of the generator's batches that waited for a full window: ~1 means the proxy, not the generator, set the pace
+}
+
+// fwd is the forwarded rate (proxy_forwarded_total), perCore the same over the
+// proxy process's own CPU time.
+func (ph *phase) fwd() float64     { return ph.forwarded / ph.elapsed.Seconds() }
+func (ph *phase) perCore() float64 { return ph.fwd() / max(ph.proxyCPU/100, 0.01) }
+
+// pick sets the figures of the timed phase to those of the median phase by
+// rate per proxy core, and the spread to the other phases' range.
+func (f *figures) pick() {
+	if len(f.phases) == 0 {
+		return
+	}
+	idx := make([]int, len(f.phases))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(a, b int) bool { return f.phases[idx[a]].perCore() < f.phases[idx[b]].perCore() })
+	f.median = idx[len(idx)/2]
+	ph := f.phases[f.median]
+	f.sent, f.sinkGot, f.forwarded, f.dropped, f.sppBad, f.rcvbufErrors = ph.sent, ph.sinkGot, ph.forwarded, ph.dropped, ph.sppBad, ph.rcvbufErrors
+	f.elapsed, f.proxyCPU, f.genCPU, f.others, f.coreBusy = ph.elapsed, ph.proxyCPU, ph.genCPU, ph.others, ph.coreBusy
+}
+
+// spread is "min–max (±x% of the median)" of v over the phases.
+func (f *figures) spread(v func(*phase) float64) string {
+	if len(f.phases) < 2 {
+		return "one phase"
+	}
+	lo, hi := v(&f.phases[0]), v(&f.phases[0])
+	for i := range f.phases {
+		lo, hi = min(lo, v(&f.phases[i])), max(hi, v(&f.phases[i]))
+	}
+	med := v(&f.phases[f.median])
+	return fmt.Sprintf("%.0f–%.0f (±%.0f%%)", lo, hi, 50*(hi-lo)/max(med, 1))
+}
+
+// timedPhase seals opt.packets fresh datagrams and sends them through the
+// proxy, measuring the rate and every CPU it took.
+func timedPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p *proxyProc, metricsAddr netip.AddrPort, f *figures, rep int) (phase, error) {
+	var ph phase
+	fmt.Printf("sealing %d datagrams in advance ...\n", opt.packets)
+	t := time.Now()
+	if err := gen.preseal(); err != nil {
+		return ph, err
+	}
+	if rep == 0 {
+		f.presealTime = time.Since(t)
+		f.datagramLen = gen.dgLen
+		runtime.GC()
+		time.Sleep(1200 * time.Millisecond) // let the proxy's janitor and GC settle
+		f.rssIdle, _ = hostinfo.RSS(p.cmd.Process.Pid)
+		f.heapIdle = p.liveHeap() // after the RSS: its collection does not flatter it
+	} else {
+		runtime.GC()
+		time.Sleep(300 * time.Millisecond)
+	}
+	fmt.Printf("timed phase %d of %d: up to %v, %d datagrams ...\n", rep+1, opt.repeat, opt.duration, opt.packets)
+	m0, err := scrape(metricsAddr)
+	if err != nil {
+		return ph, err
+	}
+	rb0 := hostinfo.RcvbufErrors()
+	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
+	s0, bad0 := sink.count.Load(), sink.bad.Load()
+	bg := hostinfo.StartBackground(os.Getpid(), p.cmd.Process.Pid)
+	cpuName := fmt.Sprintf("cpu%d", opt.proxyCPU)
+	genName := fmt.Sprintf("cpu%d", opt.genCPU)
+	core0 := hostinfo.StatBusy(cpuName, false)
+	steal0, gsteal0 := proxySteal(opt), hostinfo.StatSteal(genName)
+	t0 := time.Now()
+	var full int
+	ph.sent, full = gen.blast(ctx, sink, opt.duration)
+	// The datagrams still in flight are part of the measurement: wait for the sink
+	// to stop moving (at most 200 ms).
+	for last, i := sink.count.Load(), 0; i < 20; i++ {
+		time.Sleep(10 * time.Millisecond)
+		c := sink.count.Load()
+		if c == last {
+			break
+		}
+		last = c
+	}
+	ph.elapsed = time.Since(t0)
+	sec := ph.elapsed.Seconds()
+	ph.sinkGot = sink.count.Load() - s0
+	ph.sppBad = sink.bad.Load() - bad0
+	ph.proxyCPU = 100 * (hostinfo.CPUTime(p.cmd.Process.Pid) - pc0) / sec
+	ph.genCPU = 100 * (hostinfo.CPUTime(os.Getpid()) - gc0) / sec
+	ph.rcvbufErrors = hostinfo.RcvbufErrors() - rb0
+	ph.others = bg.Stop(sec)
+	ph.coreBusy = 100 * (hostinfo.StatBusy(cpuName, false) - core0) / sec
+	ph.steal = 100 * (proxySteal(opt) - steal0) / sec
+	ph.genSteal = 100 * (hostinfo.StatSteal(genName) - gsteal0) / sec
+	ph.fullWaits = float64(full) / max(float64(ph.sent)/udp.MaxBatch, 1)
+	m1, err := scrape(metricsAddr)
+	if err != nil {
+		return ph, err
+	}
+	ph.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
+	for k, v := range m1 {
+		if strings.HasPrefix(k, "proxy_dropped_total") {
+			ph.dropped += v - m0[k]
+		}
+	}
+	fmt.Printf("  %.0f packets/s forwarded, %.0f per proxy core (proxy %.0f%%, its CPU's steal %.1f%%; generator+sink %.0f%%, steal %.1f%%; others %.0f%%; %.0f%% of the generator's batches waited on a full window)\n",
+		ph.fwd(), ph.perCore(), ph.proxyCPU, ph.steal, ph.genCPU, ph.genSteal, ph.others, 100*ph.fullWaits)
+	return ph, nil
+}
+
+// proxySteal is the steal time (seconds) of the proxy's CPUs.
+func proxySteal(opt *options) float64 {
+	var s float64
+	for c := opt.proxyCPU; c < opt.proxyCPU+max(opt.workers, 1); c++ {
+		s += hostinfo.StatSteal(fmt.Sprintf("cpu%d", c))
+	}
+	return s
 }
 
 // table returns the result rows: figure, value, target and verdict.
@@ -501,6 +600,10 @@ func table(opt *options, f *figures) [][3]string {
 		{"generator + sink CPU", fmt.Sprintf("%.0f%% of CPU %d", f.genCPU, opt.genCPU), ""},
 		{"capacity at 100% of the proxy's core (forwarded ÷ core busy)", fmt.Sprintf("%.0f packets/s", fwdPPS/max(f.coreBusy/100, 0.01)), fmt.Sprintf("≥ %d: %s", targetPPS, mark(fwdPPS/max(f.coreBusy/100, 0.01) >= targetPPS))},
 		{"other processes on the host (noise)", fmt.Sprintf("%.0f%% of one core", f.others), ""},
+		{"timed phases (median reported)", phaseList(f), "per proxy core, each phase"},
+		{"spread of the rate per proxy core over the phases", f.spread((*phase).perCore), ""},
+		{"steal (hypervisor) on the proxy's / generator's CPU", fmt.Sprintf("%.1f%% / %.1f%% of a core", f.phases[f.median].steal, f.phases[f.median].genSteal), ""},
+		{"generator batches that waited on a full window", fmt.Sprintf("%.0f%%", 100*f.phases[f.median].fullWaits), "near 100%: the proxy, not the generator, set the pace"},
 		{"proxy's core time per forwarded packet", fmt.Sprintf("%.2f µs (%.2f µs in the proxy process)", f.coreBusy/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1), f.proxyCPU/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1)), ""},
 		{"reference: bare write(2) loop, 1 socket per session", floorRef(f.floorPPS), "ceiling for one send system call per packet on this host"},
 		{"reference: bare sendmmsg loop, batches of 64", floorRef(f.floorBatchPPS), "ceiling for batched sends on this host"},
@@ -515,6 +618,19 @@ func table(opt *options, f *figures) [][3]string {
 		{"exec → \"proxy serving\" logged", fmt.Sprintf("%.1f ms", float64(f.readyLog)/1e6), ""},
 		{"opening every session", f.setup.Round(time.Millisecond).String(), ""},
 	}
+}
+
+// phaseList is every phase's rate per proxy core, the median marked.
+func phaseList(f *figures) string {
+	var l []string
+	for i := range f.phases {
+		v := fmt.Sprintf("%.0f", f.phases[i].perCore())
+		if i == f.median && len(f.phases) > 1 {
+			v += " (median)"
+		}
+		l = append(l, v)
+	}
+	return strings.Join(l, ", ") + " packets/s"
 }
 
 // perSession is b bytes over n sessions, in bytes or KB.
@@ -832,7 +948,9 @@ func (g *generator) preseal() error {
 	}
 	g.dgLen = len(dgs[0])
 	g.n = g.opt.packets
-	g.buf = make([]byte, g.n*g.dgLen)
+	if len(g.buf) != g.n*g.dgLen {
+		g.buf = make([]byte, g.n*g.dgLen) // a later phase reuses it
+	}
 	for k := 0; k < g.n; k++ {
 		s := g.sess[k%len(g.sess)]
 		_, dgs, err := s.send.Seal(g.pkt, now)
@@ -850,18 +968,21 @@ func (g *generator) preseal() error {
 // blast sends the pre-sealed datagrams in sendmmsg batches, keeping at most
 // opt.window in flight, until they run out or d passes. It returns how many
 // were sent.
-func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) uint64 {
+func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64, int) {
 	msgs := make([]udp.Message, udp.MaxBatch)
 	base := s.count.Load()
 	end := time.Now().Add(d)
 	var sent uint64
-	k := 0
+	k, full := 0, 0
 	for batches := 0; k < g.n; batches++ {
 		if batches%64 == 0 && (time.Now().After(end) || ctx.Err() != nil) {
 			break
 		}
 		// Wait while the window is full; a lost datagram would keep it full,
 		// so the wait is bounded.
+		if sent-(s.count.Load()-base) > uint64(g.opt.window) {
+			full++
+		}
 		for spins := 0; sent-(s.count.Load()-base) > uint64(g.opt.window) && spins < 2000; spins++ {
 			time.Sleep(20 * time.Microsecond)
 		}
@@ -878,7 +999,7 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) uint64 
 		k += n
 		sent += uint64(n)
 	}
-	return sent
+	return sent, full
 }
 
 // proxyProc is the proxy process.
