@@ -120,3 +120,40 @@ func floorBatchRate(s *sink, cpu, size int, d time.Duration) (floorResult, error
 	time.Sleep(50 * time.Millisecond)
 	return floorResult{sent: float64(sent) / elapsed.Seconds(), got: float64(s.count.Load()-base) / elapsed.Seconds()}, nil
 }
+
+// loopSpeed runs a fixed integer loop on one thread pinned to cpu for about
+// d and returns its speed in million iterations per second. The same loop
+// on the same CPU moves only with what the process cannot see: the CPU's
+// clock, its sibling hyperthread's or the host's other guests' load (steal
+// shows only time taken whole). Measured right after each timed phase, it
+// tells whether a slower phase ran on a slower CPU.
+func loopSpeed(cpu int, d time.Duration) float64 {
+	out := make(chan float64, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var set, old unix.CPUSet
+		unix.SchedGetaffinity(0, &old)
+		set.Set(cpu)
+		if unix.SchedSetaffinity(0, &set) != nil {
+			out <- 0
+			return
+		}
+		defer unix.SchedSetaffinity(0, &old)
+		x, n := uint64(1), 0
+		start := time.Now()
+		for time.Since(start) < d {
+			for i := 0; i < 100000; i++ {
+				x = x*6364136223846793005 + 1442695040888963407
+				x ^= x >> 29
+			}
+			n += 100000
+		}
+		sinkLoop = x
+		out <- float64(n) / time.Since(start).Seconds() / 1e6
+	}()
+	return <-out
+}
+
+// sinkLoop keeps loopSpeed's result alive.
+var sinkLoop uint64

@@ -91,7 +91,8 @@ type options struct {
 	load        bool   // run the load test (load.go) instead
 	sharedBig   int    // -scale: sessions of the largest shared-upstream row
 	shared      bool   // the sink is an SPP server on the proxy's shared upstream ([[server]] upstream = "shared")
-	repeat      int    // timed phases per measurement (the median is reported, with the spread)
+	repeat      int    // timed phases per proxy process (the median is reported, with the spread)
+	runs        int    // proxy processes per measurement, each with repeat phases
 	loadOpt     loadOptions
 }
 
@@ -149,6 +150,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.scale, "scale", false, "the scale table: workers 1 and 2 at 1,000 sessions, RSS at 1,000 and 100,000 sessions (docs/bench-scale.md)")
 	fs.BoolVar(&o.shared, "shared-upstream", false, "the game server speaks SPP and the proxy sends every session to it from its shared upstream sockets (upstream = \"shared\")")
 	fs.IntVar(&o.repeat, "repeat", 3, "timed phases per measurement, each with fresh datagrams on the same proxy and sessions; the median (by rate per proxy core) is reported with the spread (-quick: 1)")
+	fs.IntVar(&o.runs, "runs", 1, "proxy processes per measurement, each started anew with its sessions and -repeat timed phases; the median is over every phase (-scale: 3 for its timed rows)")
 	fs.IntVar(&o.sharedBig, "shared-sessions", bigSessions, "-scale: sessions of the largest shared-upstream row (fewer if memory is short)")
 	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
 	addLoadFlags(fs, &o.loadOpt)
@@ -170,8 +172,14 @@ func parseFlags(args []string) (*options, error) {
 			o.out = "" // a smoke run does not replace the published table
 		}
 	}
-	if o.repeat < 1 {
-		return nil, errors.New("need repeat ≥ 1")
+	if o.scale && !flagSet(fs, "runs") {
+		o.runs = 3
+		if !flagSet(fs, "repeat") {
+			o.repeat = 2
+		}
+	}
+	if o.repeat < 1 || o.runs < 1 {
+		return nil, errors.New("need repeat ≥ 1 and runs ≥ 1")
 	}
 	if o.workers < 1 || o.sources < 1 {
 		return nil, errors.New("need workers ≥ 1 and sources ≥ 1")
@@ -320,9 +328,40 @@ func proxyArgv(ctx context.Context, opt *options, tmp string) ([]string, error) 
 	return []string{bin, "-config"}, nil
 }
 
-// measure runs the proxy, opens the sessions, runs the timed phase and the
-// reference loops, and returns what it measured.
+// measure is measureOnce opt.runs times, each with a proxy process of its
+// own: the rate moves more between processes than between the phases of one
+// (docs/bench-scale.md), so the median is taken over the phases of every
+// run. The other figures (memory, ready, references) are the first run's.
 func measure(ctx context.Context, opt *options) (*figures, error) {
+	var f *figures
+	for run := 0; run < opt.runs; run++ {
+		if opt.runs > 1 {
+			fmt.Printf("-- proxy process %d of %d\n", run+1, opt.runs)
+		}
+		o := *opt
+		if run > 0 {
+			o.floor, o.profile = 0, ""
+		}
+		g, err := measureOnce(ctx, &o)
+		if err != nil {
+			return nil, err
+		}
+		for i := range g.phases {
+			g.phases[i].run = run
+		}
+		if f == nil {
+			f = g
+			continue
+		}
+		f.phases = append(f.phases, g.phases...)
+	}
+	f.pick()
+	return f, nil
+}
+
+// measureOnce runs the proxy, opens the sessions, runs the timed phases and
+// the reference loops, and returns what it measured.
+func measureOnce(ctx context.Context, opt *options) (*figures, error) {
 	tmp, err := os.MkdirTemp("", "capbench-")
 	if err != nil {
 		return nil, err
@@ -457,6 +496,8 @@ type phase struct {
 	coreBusy         float64 // the proxy's CPU busy for any cause, steal included, percent
 	steal            float64 // of the proxy's CPU(s): time the hypervisor gave to others, percent of one core
 	genSteal         float64 // the same on the generator's CPU
+	loopSpeed        float64 // a fixed loop on the proxy's CPU right after the phase, million iterations/s (loopSpeed)
+	run              int     // which proxy process (measure)
 	fullWaits        float64 // share of the generator's batches that waited for a full window: ~1 means the proxy, not the generator, set the pace
 }
 
@@ -557,14 +598,15 @@ func timedPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p
 	if err != nil {
 		return ph, err
 	}
+	ph.loopSpeed = loopSpeed(opt.proxyCPU, 200*time.Millisecond)
 	ph.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
 	for k, v := range m1 {
 		if strings.HasPrefix(k, "proxy_dropped_total") {
 			ph.dropped += v - m0[k]
 		}
 	}
-	fmt.Printf("  %.0f packets/s forwarded, %.0f per proxy core (proxy %.0f%%, its CPU's steal %.1f%%; generator+sink %.0f%%, steal %.1f%%; others %.0f%%; %.0f%% of the generator's batches waited on a full window)\n",
-		ph.fwd(), ph.perCore(), ph.proxyCPU, ph.steal, ph.genCPU, ph.genSteal, ph.others, 100*ph.fullWaits)
+	fmt.Printf("  %.0f packets/s forwarded, %.0f per proxy core (proxy %.0f%%, its CPU's steal %.1f%%; generator+sink %.0f%%, steal %.1f%%; others %.0f%%; %.0f%% of the generator's batches waited on a full window; CPU %d's loop speed after it %.0f M/s)\n",
+		ph.fwd(), ph.perCore(), ph.proxyCPU, ph.steal, ph.genCPU, ph.genSteal, ph.others, 100*ph.fullWaits, opt.proxyCPU, ph.loopSpeed)
 	return ph, nil
 }
 
@@ -600,9 +642,10 @@ func table(opt *options, f *figures) [][3]string {
 		{"generator + sink CPU", fmt.Sprintf("%.0f%% of CPU %d", f.genCPU, opt.genCPU), ""},
 		{"capacity at 100% of the proxy's core (forwarded ÷ core busy)", fmt.Sprintf("%.0f packets/s", fwdPPS/max(f.coreBusy/100, 0.01)), fmt.Sprintf("≥ %d: %s", targetPPS, mark(fwdPPS/max(f.coreBusy/100, 0.01) >= targetPPS))},
 		{"other processes on the host (noise)", fmt.Sprintf("%.0f%% of one core", f.others), ""},
-		{"timed phases (median reported)", phaseList(f), "per proxy core, each phase"},
+		{"timed phases (median reported)", phaseList(f), "per proxy core, each phase; | starts a new proxy process"},
 		{"spread of the rate per proxy core over the phases", f.spread((*phase).perCore), ""},
 		{"steal (hypervisor) on the proxy's / generator's CPU", fmt.Sprintf("%.1f%% / %.1f%% of a core", f.phases[f.median].steal, f.phases[f.median].genSteal), ""},
+		{"the proxy's CPU, speed of a fixed loop after each phase", loopList(f), "it moves with what no process sees (clock, sibling hyperthread, other guests)"},
 		{"generator batches that waited on a full window", fmt.Sprintf("%.0f%%", 100*f.phases[f.median].fullWaits), "near 100%: the proxy, not the generator, set the pace"},
 		{"proxy's core time per forwarded packet", fmt.Sprintf("%.2f µs (%.2f µs in the proxy process)", f.coreBusy/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1), f.proxyCPU/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1)), ""},
 		{"reference: bare write(2) loop, 1 socket per session", floorRef(f.floorPPS), "ceiling for one send system call per packet on this host"},
@@ -625,12 +668,24 @@ func phaseList(f *figures) string {
 	var l []string
 	for i := range f.phases {
 		v := fmt.Sprintf("%.0f", f.phases[i].perCore())
+		if i > 0 && f.phases[i].run != f.phases[i-1].run {
+			v = "| " + v // a new proxy process
+		}
 		if i == f.median && len(f.phases) > 1 {
 			v += " (median)"
 		}
 		l = append(l, v)
 	}
 	return strings.Join(l, ", ") + " packets/s"
+}
+
+// loopList is every phase's loopSpeed.
+func loopList(f *figures) string {
+	var l []string
+	for i := range f.phases {
+		l = append(l, fmt.Sprintf("%.0f", f.phases[i].loopSpeed))
+	}
+	return strings.Join(l, ", ") + " M iterations/s"
 }
 
 // perSession is b bytes over n sessions, in bytes or KB.
@@ -682,8 +737,9 @@ func writeMarkdown(opt *options, rows [][3]string, env string) error {
 		"authenticated answer (the ack of a hello) at the client.\n")
 	fmt.Fprintf(&b, "\nMachine: %s. This is a shared development machine with other builds and tests "+
 		"running at the same time: the forwarded rate moves from run to run with the other processes' load (see the "+
-		"noise row and the reference loops, measured on the same core right after), while the proxy process's own "+
-		"time per packet moves much less.\n", env)
+		"noise row and the reference loops, measured on the same core right after), and between proxy processes "+
+		"more than between the timed phases of one: the figures are the median of %d timed phases over %d proxy "+
+		"process(es), with their spread.\n", env, opt.repeat*opt.runs, opt.runs)
 	if err := os.MkdirAll(filepath.Dir(opt.out), 0o755); err != nil {
 		return err
 	}
@@ -983,8 +1039,23 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64
 		if sent-(s.count.Load()-base) > uint64(g.opt.window) {
 			full++
 		}
-		for spins := 0; sent-(s.count.Load()-base) > uint64(g.opt.window) && spins < 2000; spins++ {
-			time.Sleep(20 * time.Microsecond)
+		// Yield rather than sleep while the proxy has a CPU of its own: a
+		// sleep this short takes the runtime's timer path and can last long
+		// enough for the proxy to run dry (its batches shrink, each packet
+		// costs more). The sink runs when this yields. When a worker shares
+		// this CPU, sleep, so as not to take its time.
+		var wait time.Time
+		for sent-(s.count.Load()-base) > uint64(g.opt.window) {
+			if wait.IsZero() {
+				wait = time.Now().Add(40 * time.Millisecond)
+			} else if time.Now().After(wait) {
+				break
+			}
+			if g.sharesCPU() {
+				time.Sleep(20 * time.Microsecond)
+			} else {
+				runtime.Gosched()
+			}
 		}
 		nb := min(udp.MaxBatch, g.n-k)
 		for i := 0; i < nb; i++ {
@@ -1000,6 +1071,11 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64
 		sent += uint64(n)
 	}
 	return sent, full
+}
+
+// sharesCPU reports whether a proxy worker is pinned to the generator's CPU.
+func (g *generator) sharesCPU() bool {
+	return g.opt.genCPU >= g.opt.proxyCPU && g.opt.genCPU < g.opt.proxyCPU+max(g.opt.workers, 1)
 }
 
 // proxyProc is the proxy process.

@@ -84,7 +84,7 @@ func runScale(ctx context.Context, opt *options) error {
 			o.floor = 0 // the reference loops are the host's, measured once
 		}
 		if !r.timed {
-			o.packets, o.duration, o.repeat = 2*r.sessions, 2*time.Second, 1
+			o.packets, o.duration, o.repeat, o.runs = 2*r.sessions, 2*time.Second, 1, 1
 		}
 		fmt.Printf("\n== %s ==\n", r.name)
 		if r.f, err = measure(ctx, &o); err != nil {
@@ -118,6 +118,9 @@ func runScale(ctx context.Context, opt *options) error {
 		"or 8 (otherwise) source ports, so the kernel's reuseport hash spreads them. \"Per proxy core\" is the forwarded rate " +
 		"divided by the proxy process's own CPU time (softirq work of loopback delivery not included); \"at 100% of CPU 0\" " +
 		"divides by CPU 0's busy time from any cause. \"RSS per session\" is the growth of the proxy's RSS from ready to every session open, over the sessions (at 1,000 sessions it also holds what the first traffic makes the runtime take once); \"heap per session\" is the growth of the proxy's live Go heap (its memory report on SIGUSR1, after a collection) from ready to every session open, over the sessions; RSS also holds the runtime's and the allocator's share. The largest row (100,000 sessions where the open-file limit allows) is about memory: its timed phase is short. " +
+		fmt.Sprintf("Each timed row is %d proxy processes, each started anew with its sessions, of %d timed phases each (fresh datagrams every phase): "+
+			"its figures are the median phase's by rate per proxy core, \"spread\" the range over all its phases (± half of it, of the median), "+
+			"\"steal\" the time the hypervisor took from the proxy's CPU(s) in that phase. ", opt.runs, opt.repeat) +
 		"The shared-upstream rows give the sink the SPP header (upstream = \"shared\"): every session leaves on one socket per worker, " +
 		"each read batch's forwards in one sendmmsg, so no descriptor per session bounds them; the sink checks each header " +
 		"(datagrams without a valid one are in the dropped column).\n\n")
