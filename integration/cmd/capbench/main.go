@@ -497,6 +497,7 @@ type phase struct {
 	steal            float64 // of the proxy's CPU(s): time the hypervisor gave to others, percent of one core
 	genSteal         float64 // the same on the generator's CPU
 	loopSpeed        float64 // a fixed loop on the proxy's CPU right after the phase, million iterations/s (loopSpeed)
+	memLatency       float64 // ns per step of a random walk through 4 MB on the proxy's CPU right after the phase (memLatency)
 	run              int     // which proxy process (measure)
 	fullWaits        float64 // share of the generator's batches that waited for a full window: ~1 means the proxy, not the generator, set the pace
 }
@@ -540,6 +541,11 @@ func (f *figures) spread(v func(*phase) float64) string {
 // proxy, measuring the rate and every CPU it took.
 func timedPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p *proxyProc, metricsAddr netip.AddrPort, f *figures, rep int) (phase, error) {
 	var ph phase
+	// Every thread back on the generator's CPU: one that ran a reference
+	// loop on the proxy's CPU may have started threads there.
+	if err := hostinfo.PinSelf(opt.genCPU); err != nil {
+		return ph, err
+	}
 	fmt.Printf("sealing %d datagrams in advance ...\n", opt.packets)
 	t := time.Now()
 	if err := gen.preseal(); err != nil {
@@ -599,14 +605,15 @@ func timedPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p
 		return ph, err
 	}
 	ph.loopSpeed = loopSpeed(opt.proxyCPU, 200*time.Millisecond)
+	ph.memLatency = memLatency(opt.proxyCPU, 200*time.Millisecond)
 	ph.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
 	for k, v := range m1 {
 		if strings.HasPrefix(k, "proxy_dropped_total") {
 			ph.dropped += v - m0[k]
 		}
 	}
-	fmt.Printf("  %.0f packets/s forwarded, %.0f per proxy core (proxy %.0f%%, its CPU's steal %.1f%%; generator+sink %.0f%%, steal %.1f%%; others %.0f%%; %.0f%% of the generator's batches waited on a full window; CPU %d's loop speed after it %.0f M/s)\n",
-		ph.fwd(), ph.perCore(), ph.proxyCPU, ph.steal, ph.genCPU, ph.genSteal, ph.others, 100*ph.fullWaits, opt.proxyCPU, ph.loopSpeed)
+	fmt.Printf("  %.0f packets/s forwarded, %.0f per proxy core (proxy %.0f%%, its CPU's steal %.1f%%; generator+sink %.0f%%, steal %.1f%%; others %.0f%%; %.0f%% of the generator's batches waited on a full window; CPU %d's loop speed after it %.0f M/s, memory walk %.1f ns a step)\n",
+		ph.fwd(), ph.perCore(), ph.proxyCPU, ph.steal, ph.genCPU, ph.genSteal, ph.others, 100*ph.fullWaits, opt.proxyCPU, ph.loopSpeed, ph.memLatency)
 	return ph, nil
 }
 
@@ -646,6 +653,7 @@ func table(opt *options, f *figures) [][3]string {
 		{"spread of the rate per proxy core over the phases", f.spread((*phase).perCore), ""},
 		{"steal (hypervisor) on the proxy's / generator's CPU", fmt.Sprintf("%.1f%% / %.1f%% of a core", f.phases[f.median].steal, f.phases[f.median].genSteal), ""},
 		{"the proxy's CPU, speed of a fixed loop after each phase", loopList(f), "it moves with what no process sees (clock, sibling hyperthread, other guests)"},
+		{"the proxy's CPU, a random walk through 4 MB after each phase", memList(f), "it moves with the shared cache's and memory's other users, other guests of the host included"},
 		{"generator batches that waited on a full window", fmt.Sprintf("%.0f%%", 100*f.phases[f.median].fullWaits), "near 100%: the proxy, not the generator, set the pace"},
 		{"proxy's core time per forwarded packet", fmt.Sprintf("%.2f µs (%.2f µs in the proxy process)", f.coreBusy/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1), f.proxyCPU/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1)), ""},
 		{"reference: bare write(2) loop, 1 socket per session", floorRef(f.floorPPS), "ceiling for one send system call per packet on this host"},
@@ -686,6 +694,15 @@ func loopList(f *figures) string {
 		l = append(l, fmt.Sprintf("%.0f", f.phases[i].loopSpeed))
 	}
 	return strings.Join(l, ", ") + " M iterations/s"
+}
+
+// memList is every phase's memLatency.
+func memList(f *figures) string {
+	var l []string
+	for i := range f.phases {
+		l = append(l, fmt.Sprintf("%.1f", f.phases[i].memLatency))
+	}
+	return strings.Join(l, ", ") + " ns a step"
 }
 
 // perSession is b bytes over n sessions, in bytes or KB.
