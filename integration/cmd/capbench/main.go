@@ -362,6 +362,11 @@ func measure(ctx context.Context, opt *options) (*figures, error) {
 // measureOnce runs the proxy, opens the sessions, runs the timed phases and
 // the reference loops, and returns what it measured.
 func measureOnce(ctx context.Context, opt *options) (*figures, error) {
+	// Every thread on the generator's CPU (a reference loop of an earlier
+	// measurement may have left some on the proxy's).
+	if err := hostinfo.PinSelf(opt.genCPU); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp("", "capbench-")
 	if err != nil {
 		return nil, err
