@@ -18,6 +18,12 @@
 //	go run ./integration/cmd/capbench -scale            # workers 1 and 2, RSS at 1,000 and 100,000 sessions (make bench)
 //	go run ./integration/cmd/capbench -load             # 10,000 routers in rate steps (make loadtest)
 //
+// Each measurement runs -runs proxy processes (3 with -scale) of -repeat timed
+// phases each (3, or 2 with -scale) and reports the median phase by rate per
+// proxy core with the spread, and per phase what could move the rate: steal
+// time, other processes, a fixed loop's speed and a memory walk on the
+// proxy's CPU, and whether the generator kept the proxy's queue full.
+//
 // With -profile, the proxy runs from this binary (the same proxy package, with
 // pprof CPU profiling around it) instead of raic-proxy, and the top of the
 // profile is printed at the end.
@@ -149,7 +155,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.sources, "sources", 1, "generator sockets the datagrams leave from, round-robin per batch (the kernel spreads them over the workers by source port)")
 	fs.BoolVar(&o.scale, "scale", false, "the scale table: workers 1 and 2 at 1,000 sessions, RSS at 1,000 and 100,000 sessions (docs/bench-scale.md)")
 	fs.BoolVar(&o.shared, "shared-upstream", false, "the game server speaks SPP and the proxy sends every session to it from its shared upstream sockets (upstream = \"shared\")")
-	fs.IntVar(&o.repeat, "repeat", 3, "timed phases per measurement, each with fresh datagrams on the same proxy and sessions; the median (by rate per proxy core) is reported with the spread (-quick: 1)")
+	fs.IntVar(&o.repeat, "repeat", 3, "timed phases per measurement, each with fresh datagrams on the same proxy and sessions; the median (by rate per proxy core) is reported with the spread (-quick: 1; -scale: 2, with -runs 3)")
 	fs.IntVar(&o.runs, "runs", 1, "proxy processes per measurement, each started anew with its sessions and -repeat timed phases; the median is over every phase (-scale: 3 for its timed rows)")
 	fs.IntVar(&o.sharedBig, "shared-sessions", bigSessions, "-scale: sessions of the largest shared-upstream row (fewer if memory is short)")
 	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
