@@ -138,6 +138,8 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Forwarded per packet by every read loop: a shard each (fwd).
+	s.m.forwarded = s.reg.ShardedCounter("proxy_forwarded_total", "", s.in.Workers())
 	for i := 0; i < s.in.Workers(); i++ {
 		p, err := newUpstreamPoller(s)
 		if err != nil {
@@ -423,12 +425,21 @@ func (ps *proxySession) Deliver(pid uint64, pkt []byte, now int64) {
 		ps.DeliverVia(nil, pid, pkt, now)
 		return
 	}
-	ps.deliver(pkt, now)
+	ps.deliver(nil, pkt, now)
+}
+
+// fwd is the forwarded counter's shard of the read loop r (the counter's own
+// outside one).
+func (s *Server) fwd(r *ingress.Reader) *metrics.Counter {
+	if r == nil {
+		return s.m.forwarded
+	}
+	return s.m.forwarded.Shard(r.Worker() + 1)
 }
 
 // deliver forwards on the session's own socket (serverPort: a bare
 // non-blocking socket, written without the netpoller).
-func (ps *proxySession) deliver(pkt []byte, now int64) {
+func (ps *proxySession) deliver(r *ingress.Reader, pkt []byte, now int64) {
 	s := ps.srv
 	sp := ps.port.Load()
 	if sp == nil {
@@ -451,7 +462,7 @@ func (ps *proxySession) deliver(pkt []byte, now int64) {
 		s.m.upstreamErrors.Inc()
 		return
 	}
-	s.m.forwarded.Inc()
+	s.fwd(r).Inc()
 }
 
 // reply codes one server packet and sends it over every live path of the

@@ -229,7 +229,7 @@ func (ps *proxySession) putShared(b []byte, pkt []byte) int {
 func (ps *proxySession) DeliverVia(r *ingress.Reader, pid uint64, pkt []byte, now int64) {
 	ss := ps.shared
 	if ss == nil {
-		ps.deliver(pkt, now)
+		ps.deliver(r, pkt, now)
 		return
 	}
 	s := ps.srv

@@ -253,6 +253,11 @@ func New[S Session](cfg Config, sessions *session.Table[uint64, S], prog Program
 	in := &Ingress[S]{cfg: cfg, conn: conns[0], conns: conns, pktinfo: conns[0].LocalAddr().Addr().IsUnspecified(),
 		sessions: sessions, prog: prog, m: newCounters(cfg.Registry, cfg.Prefix, cfg.Tokens),
 		run: run, refused: logging.NewLimiter(5, 20)}
+	// Counted per datagram by every read loop: a shard each (Handle), so the
+	// workers share no cache line for them; what is not a read loop's counts
+	// in the counter itself.
+	in.m.received = cfg.Registry.ShardedCounter(cfg.Prefix+"_received_total", "", len(conns))
+	in.m.duplicate = cfg.Registry.ShardedCounter(cfg.Prefix+`_dropped_total{reason="duplicate"}`, "", len(conns))
 	for i := range conns {
 		in.perWorker = append(in.perWorker, cfg.Registry.Counter(fmt.Sprintf(`%s_worker_received_total{worker="%d"}`, cfg.Prefix, i),
 			"Datagrams read by each worker socket."))
@@ -465,7 +470,7 @@ func (in *Ingress[S]) readLoop(worker int) {
 
 // Handle processes one datagram from a router.
 func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int64) {
-	in.m.received.Inc()
+	in.m.received.Shard(r.worker).Inc()
 	off, err := wire.Parse(dg, &r.Hdr, &r.Hello)
 	if err != nil {
 		in.m.malformed.Inc()
@@ -478,9 +483,13 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 	}
 	var s S
 	var ok bool
+	var ent session.Entry[uint64, S] // zero: nothing to touch later (a session just opened)
 	if in.cfg.AuthenticatedKeepAlive {
-		// Peek, not Get: only an authenticated datagram may keep a session alive.
-		s, ok = in.sessions.Peek(h.Session)
+		// Peek, not Get: only an authenticated datagram may keep a session
+		// alive, touched below through its entry (no second lookup).
+		if ent, ok = in.sessions.PeekEntry(h.Session); ok {
+			s = ent.Value()
+		}
 	} else {
 		s, ok = in.sessions.Get(h.Session, now)
 	}
@@ -514,7 +523,7 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 	body, err := p.Recv.Receive(dg, h, off, now, &r.sink)
 	switch {
 	case errors.Is(err, tunnel.ErrDuplicate):
-		in.m.duplicate.Inc()
+		in.m.duplicate.Shard(r.worker).Inc()
 		in.noteQuality(r, p, from, now)
 		// A router's copies on its slower uplinks arrive as duplicates: they keep
 		// a path already known fresh, never add one.
@@ -551,7 +560,7 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 		// Game traffic (and a control session's keepalive pings) keeps the
 		// session alive; keepalives of an idle game session do not, so it
 		// ends after session_idle as the router's does.
-		in.sessions.Get(h.Session, now)
+		ent.Touch(now)
 	}
 	switch h.Type {
 	case wire.TypeData:

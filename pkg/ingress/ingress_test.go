@@ -23,10 +23,15 @@ import (
 type testSession struct {
 	Peer
 	delivered [][]byte
+	count     *int // set: Deliver only counts here (the benchmarks' sink)
 }
 
 func (ts *testSession) RouterSide() *Peer { return &ts.Peer }
 func (ts *testSession) Deliver(_ uint64, pkt []byte, _ int64) {
+	if ts.count != nil {
+		*ts.count++
+		return
+	}
 	ts.delivered = append(ts.delivered, append([]byte(nil), pkt...))
 }
 
@@ -71,8 +76,11 @@ type bed struct {
 
 func newBed(t *testing.T) *bed { return newBedWith(t, func(*Config) {}) }
 
+// maxEntries is the session table's size of the next newBedWith (at least 16).
+var maxEntries int
+
 // newBedWith is newBed with the config changed by edit first.
-func newBedWith(t *testing.T, edit func(*Config)) *bed {
+func newBedWith(t testing.TB, edit func(*Config)) *bed {
 	t.Helper()
 	key, _ := wire.GenerateKey()
 	router, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -80,7 +88,7 @@ func newBedWith(t *testing.T, edit func(*Config)) *bed {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { router.Close() })
-	prog := &testProgram{table: session.NewTable(session.Config[uint64, *testSession]{MaxEntries: 16, IdleTimeout: time.Minute, Hash: func(id uint64) uint64 { return id }})}
+	prog := &testProgram{table: session.NewTable(session.Config[uint64, *testSession]{MaxEntries: max(16, maxEntries), IdleTimeout: time.Minute, Hash: func(id uint64) uint64 { return id }})}
 	reg := metrics.NewRegistry()
 	cfg := Config{
 		Listen:  "127.0.0.1:0",
@@ -120,12 +128,12 @@ func (b *bed) answer(t *testing.T) wire.Type {
 }
 
 // routerSender is a router's side of a new session of client id with key.
-func routerSender(t *testing.T, key wire.Key, id string) *tunnel.Sender {
+func routerSender(t testing.TB, key wire.Key, id string) *tunnel.Sender {
 	return tokenSender(t, key, id, nil)
 }
 
 // tokenSender is routerSender for a router whose hellos carry tok (none: nil).
-func tokenSender(t *testing.T, key wire.Key, id string, tok []byte) *tunnel.Sender {
+func tokenSender(t testing.TB, key wire.Key, id string, tok []byte) *tunnel.Sender {
 	t.Helper()
 	salt, _ := wire.NewSalt()
 	sid := uint64(mono.Now()) | 1
@@ -139,7 +147,7 @@ func tokenSender(t *testing.T, key wire.Key, id string, tok []byte) *tunnel.Send
 	return snd
 }
 
-func sealData(t *testing.T, snd *tunnel.Sender, pkt []byte) []byte {
+func sealData(t testing.TB, snd *tunnel.Sender, pkt []byte) []byte {
 	t.Helper()
 	_, dgs, err := snd.Seal(pkt, mono.Now())
 	if err != nil {

@@ -27,9 +27,25 @@ import (
 const cacheLine = 128
 
 // Counter is a monotonically increasing count. The zero value is ready to use.
+//
+// A counter that several goroutines bump per packet can be split in shards
+// (Registry.ShardedCounter): each writer adds to its own, on its own cache
+// line, and Load sums them, so the writers never share a line.
 type Counter struct {
-	v atomic.Uint64
-	_ [cacheLine - 8]byte
+	v      atomic.Uint64
+	shards []Counter // further shards of this counter (Shard); Load sums them
+	_      [cacheLine - 32]byte
+}
+
+// Shard returns shard i of the counter: the counter itself for i ≤ 0 or a
+// counter without shards, otherwise its own shard (i taken modulo the
+// shards). What is added to a shard counts in the counter's Load; a shard's
+// own Load is its part only.
+func (c *Counter) Shard(i int) *Counter {
+	if i <= 0 || len(c.shards) == 0 {
+		return c
+	}
+	return &c.shards[(i-1)%len(c.shards)]
 }
 
 // Add adds n to the counter.
@@ -38,8 +54,14 @@ func (c *Counter) Add(n uint64) { c.v.Add(n) }
 // Inc adds one to the counter.
 func (c *Counter) Inc() { c.v.Add(1) }
 
-// Load returns the current count.
-func (c *Counter) Load() uint64 { return c.v.Load() }
+// Load returns the current count, every shard's included.
+func (c *Counter) Load() uint64 {
+	n := c.v.Load()
+	for i := range c.shards {
+		n += c.shards[i].v.Load()
+	}
+	return n
+}
 
 // Gauge is a value that goes up and down. The zero value is ready to use.
 type Gauge struct {
@@ -146,6 +168,20 @@ func (r *Registry) Counter(name, help string) *Counter {
 		return new(Counter)
 	}
 	return s.counter
+}
+
+// ShardedCounter is Counter with n shards besides the counter itself
+// (Counter.Shard 1 to n), for a count that n goroutines (a program's
+// workers) bump per packet: each adds to its shard, and the exposed value is
+// the sum. A counter registered before gets its shards now, if it had none.
+func (r *Registry) ShardedCounter(name, help string, n int) *Counter {
+	c := r.Counter(name, help)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(c.shards) == 0 && n > 0 {
+		c.shards = make([]Counter, n)
+	}
+	return c
 }
 
 // Gauge returns the gauge registered under name; see Counter for the rules.

@@ -188,3 +188,29 @@ func BenchmarkCounterIncParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestShardedCounterSums(t *testing.T) {
+	r := NewRegistry()
+	c := r.ShardedCounter("x_total", "x", 2)
+	c.Inc()
+	c.Shard(1).Add(2)
+	c.Shard(2).Add(3)
+	c.Shard(3).Inc() // modulo the shards: shard 1
+	c.Shard(0).Inc() // the counter itself
+	if got := c.Load(); got != 8 {
+		t.Fatalf("Load = %d, want 8", got)
+	}
+	if got := c.Shard(1).Load(); got != 3 {
+		t.Fatalf("shard 1 = %d, want 3", got)
+	}
+	if got := r.Snapshot()["x_total"]; got != 8 {
+		t.Fatalf("exposed %v, want 8", got)
+	}
+	var plain Counter
+	if plain.Shard(1) != &plain {
+		t.Fatal("a counter without shards is its own shard")
+	}
+	if unsafe.Sizeof(plain) != cacheLine {
+		t.Fatalf("Counter is %d bytes, want one padded line of %d", unsafe.Sizeof(plain), cacheLine)
+	}
+}

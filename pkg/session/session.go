@@ -194,6 +194,38 @@ func (t *Table[K, V]) Peek(k K) (V, bool) {
 	return v, ok
 }
 
+// Entry is what PeekEntry found: its value, and a way to touch it later
+// without a second lookup. The zero Entry has the zero value and touches
+// nothing. Touching an entry removed since is harmless.
+type Entry[K comparable, V any] struct{ e *entry[K, V] }
+
+// Value is the entry's value.
+func (en Entry[K, V]) Value() V {
+	if en.e == nil {
+		var zero V
+		return zero
+	}
+	return en.e.val
+}
+
+// Touch moves the entry's last use forward to now, as Get does.
+func (en Entry[K, V]) Touch(now int64) {
+	if en.e != nil {
+		en.e.touch(now)
+	}
+}
+
+// PeekEntry is Peek that also returns the entry, for a caller that decides
+// after the lookup whether the use counts (Entry.Touch): one lookup, one
+// read lock, instead of a Peek and a Get.
+func (t *Table[K, V]) PeekEntry(k K) (Entry[K, V], bool) {
+	s := t.shardFor(k)
+	s.mu.RLock()
+	e, ok := s.m[k]
+	s.mu.RUnlock()
+	return Entry[K, V]{e}, ok
+}
+
 // GetOrCreate returns the value for k, touching it, or creates it with create,
 // inserts it with last use now, and reports created. create runs with k's shard
 // locked, so it runs at most once per key even when many packets of a new flow

@@ -388,3 +388,32 @@ func benchmarkGet(b *testing.B, entries int) {
 
 func BenchmarkGet1k(b *testing.B)   { benchmarkGet(b, 1000) }
 func BenchmarkGet100k(b *testing.B) { benchmarkGet(b, 100000) }
+
+// PeekEntry finds without touching; its Entry touches later as Get would, and
+// the zero Entry touches nothing.
+func TestPeekEntryTouchesOnlyWhenAsked(t *testing.T) {
+	tb := NewTable(Config[uint64, string]{MaxEntries: 10, IdleTimeout: 100, Hash: hashU64})
+	tb.GetOrCreate(1, 0, func() (string, error) { return "a", nil })
+	tb.GetOrCreate(2, 0, func() (string, error) { return "b", nil })
+	e1, ok := tb.PeekEntry(1)
+	if !ok || e1.Value() != "a" {
+		t.Fatalf("PeekEntry(1) = %q, %v", e1.Value(), ok)
+	}
+	e2, _ := tb.PeekEntry(2)
+	e1.Touch(150)
+	if _, ok := tb.PeekEntry(3); ok {
+		t.Fatal("found a key never inserted")
+	}
+	var zero Entry[uint64, string]
+	zero.Touch(150)
+	if zero.Value() != "" {
+		t.Fatal("the zero Entry has a value")
+	}
+	if n := tb.Sweep(200); n != 1 {
+		t.Fatalf("swept %d, want 1 (the entry not touched)", n)
+	}
+	if _, ok := tb.Peek(1); !ok {
+		t.Fatal("the touched entry was swept")
+	}
+	e2.Touch(300) // removed since: harmless
+}

@@ -120,3 +120,94 @@ func floorBatchRate(s *sink, cpu, size int, d time.Duration) (floorResult, error
 	time.Sleep(50 * time.Millisecond)
 	return floorResult{sent: float64(sent) / elapsed.Seconds(), got: float64(s.count.Load()-base) / elapsed.Seconds()}, nil
 }
+
+// loopSpeed runs a fixed integer loop on one thread pinned to cpu for about
+// d and returns its speed in million iterations per second. The same loop
+// on the same CPU moves only with what the process cannot see: the CPU's
+// clock, its sibling hyperthread's or the host's other guests' load (steal
+// shows only time taken whole). Measured right after each timed phase, it
+// tells whether a slower phase ran on a slower CPU.
+func loopSpeed(cpu int, d time.Duration) float64 {
+	out := make(chan float64, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var set, old unix.CPUSet
+		unix.SchedGetaffinity(0, &old)
+		set.Set(cpu)
+		if unix.SchedSetaffinity(0, &set) != nil {
+			out <- 0
+			return
+		}
+		defer unix.SchedSetaffinity(0, &old)
+		x, n := uint64(1), 0
+		start := time.Now()
+		for time.Since(start) < d {
+			for i := 0; i < 100000; i++ {
+				x = x*6364136223846793005 + 1442695040888963407
+				x ^= x >> 29
+			}
+			n += 100000
+		}
+		sinkLoop = x
+		out <- float64(n) / time.Since(start).Seconds() / 1e6
+	}()
+	return <-out
+}
+
+// sinkLoop keeps loopSpeed's result alive.
+var sinkLoop uint64
+
+// chase is a random cycle over 4 MB of indexes (memLatency), made once.
+var chase []uint32
+
+// memLatency follows a random cycle through a 4 MB table (larger than a
+// core's L2, within a shared L3) on one thread pinned to cpu for about d and
+// returns nanoseconds per step: it moves with the cache and memory traffic
+// of whatever shares them, other guests of the host included, which the
+// integer loop of loopSpeed does not feel.
+func memLatency(cpu int, d time.Duration) float64 {
+	if chase == nil {
+		const n = 1 << 20
+		perm := make([]uint32, n)
+		for i := range perm {
+			perm[i] = uint32(i)
+		}
+		x := uint64(88172645463325252)
+		for i := n - 1; i > 0; i-- { // Fisher-Yates, xorshift
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			j := int(x % uint64(i+1))
+			perm[i], perm[j] = perm[j], perm[i]
+		}
+		chase = make([]uint32, n)
+		for i := range perm {
+			chase[perm[i]] = perm[(i+1)%n]
+		}
+	}
+	out := make(chan float64, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var set, old unix.CPUSet
+		unix.SchedGetaffinity(0, &old)
+		set.Set(cpu)
+		if unix.SchedSetaffinity(0, &set) != nil {
+			out <- 0
+			return
+		}
+		defer unix.SchedSetaffinity(0, &old)
+		p, n := uint32(0), 0
+		start := time.Now()
+		for time.Since(start) < d {
+			for i := 0; i < 100000; i++ {
+				p = chase[p]
+			}
+			n += 100000
+		}
+		sinkLoop += uint64(p)
+		out <- float64(time.Since(start).Nanoseconds()) / float64(n)
+	}()
+	return <-out
+}

@@ -18,6 +18,12 @@
 //	go run ./integration/cmd/capbench -scale            # workers 1 and 2, RSS at 1,000 and 100,000 sessions (make bench)
 //	go run ./integration/cmd/capbench -load             # 10,000 routers in rate steps (make loadtest)
 //
+// Each measurement runs -runs proxy processes (3 with -scale) of -repeat timed
+// phases each (3, or 2 with -scale) and reports the median phase by rate per
+// proxy core with the spread, and per phase what could move the rate: steal
+// time, other processes, a fixed loop's speed and a memory walk on the
+// proxy's CPU, and whether the generator kept the proxy's queue full.
+//
 // With -profile, the proxy runs from this binary (the same proxy package, with
 // pprof CPU profiling around it) instead of raic-proxy, and the top of the
 // profile is printed at the end.
@@ -42,6 +48,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +97,8 @@ type options struct {
 	load        bool   // run the load test (load.go) instead
 	sharedBig   int    // -scale: sessions of the largest shared-upstream row
 	shared      bool   // the sink is an SPP server on the proxy's shared upstream ([[server]] upstream = "shared")
+	repeat      int    // timed phases per proxy process (the median is reported, with the spread)
+	runs        int    // proxy processes per measurement, each with repeat phases
 	loadOpt     loadOptions
 }
 
@@ -146,6 +155,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.sources, "sources", 1, "generator sockets the datagrams leave from, round-robin per batch (the kernel spreads them over the workers by source port)")
 	fs.BoolVar(&o.scale, "scale", false, "the scale table: workers 1 and 2 at 1,000 sessions, RSS at 1,000 and 100,000 sessions (docs/bench-scale.md)")
 	fs.BoolVar(&o.shared, "shared-upstream", false, "the game server speaks SPP and the proxy sends every session to it from its shared upstream sockets (upstream = \"shared\")")
+	fs.IntVar(&o.repeat, "repeat", 3, "timed phases per measurement, each with fresh datagrams on the same proxy and sessions; the median (by rate per proxy core) is reported with the spread (-quick: 1; -scale: 2, with -runs 3)")
+	fs.IntVar(&o.runs, "runs", 1, "proxy processes per measurement, each started anew with its sessions and -repeat timed phases; the median is over every phase (-scale: 3 for its timed rows)")
 	fs.IntVar(&o.sharedBig, "shared-sessions", bigSessions, "-scale: sessions of the largest shared-upstream row (fewer if memory is short)")
 	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
 	addLoadFlags(fs, &o.loadOpt)
@@ -160,9 +171,21 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.quick {
 		o.packets, o.duration, o.floor = 400000, 2*time.Second, time.Second
+		if !flagSet(fs, "repeat") {
+			o.repeat = 1
+		}
 		if !flagSet(fs, "out") {
 			o.out = "" // a smoke run does not replace the published table
 		}
+	}
+	if o.scale && !flagSet(fs, "runs") {
+		o.runs = 3
+		if !flagSet(fs, "repeat") {
+			o.repeat = 2
+		}
+	}
+	if o.repeat < 1 || o.runs < 1 {
+		return nil, errors.New("need repeat ≥ 1 and runs ≥ 1")
 	}
 	if o.workers < 1 || o.sources < 1 {
 		return nil, errors.New("need workers ≥ 1 and sources ≥ 1")
@@ -198,6 +221,8 @@ type figures struct {
 	datagramLen        int
 	floorPPS           floorResult // bare write(2) loop on the proxy's CPU, for reference
 	floorBatchPPS      floorResult // bare sendmmsg loop on the proxy's CPU, for reference
+	phases             []phase     // every timed phase; the fields above are the median's
+	median             int         // index of the median phase (by rate per proxy core)
 }
 
 func run(ctx context.Context, opt *options) error {
@@ -309,9 +334,45 @@ func proxyArgv(ctx context.Context, opt *options, tmp string) ([]string, error) 
 	return []string{bin, "-config"}, nil
 }
 
-// measure runs the proxy, opens the sessions, runs the timed phase and the
-// reference loops, and returns what it measured.
+// measure is measureOnce opt.runs times, each with a proxy process of its
+// own: the rate moves more between processes than between the phases of one
+// (docs/bench-scale.md), so the median is taken over the phases of every
+// run. The other figures (memory, ready, references) are the first run's.
 func measure(ctx context.Context, opt *options) (*figures, error) {
+	var f *figures
+	for run := 0; run < opt.runs; run++ {
+		if opt.runs > 1 {
+			fmt.Printf("-- proxy process %d of %d\n", run+1, opt.runs)
+		}
+		o := *opt
+		if run > 0 {
+			o.floor, o.profile = 0, ""
+		}
+		g, err := measureOnce(ctx, &o)
+		if err != nil {
+			return nil, err
+		}
+		for i := range g.phases {
+			g.phases[i].run = run
+		}
+		if f == nil {
+			f = g
+			continue
+		}
+		f.phases = append(f.phases, g.phases...)
+	}
+	f.pick()
+	return f, nil
+}
+
+// measureOnce runs the proxy, opens the sessions, runs the timed phases and
+// the reference loops, and returns what it measured.
+func measureOnce(ctx context.Context, opt *options) (*figures, error) {
+	// Every thread on the generator's CPU (a reference loop of an earlier
+	// measurement may have left some on the proxy's).
+	if err := hostinfo.PinSelf(opt.genCPU); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp("", "capbench-")
 	if err != nil {
 		return nil, err
@@ -404,59 +465,14 @@ session_rate = 1000000
 	}
 	f.sessionsLive = m["proxy_sessions_created_total"] - m["proxy_sessions_expired_total"] - m["proxy_sessions_evicted_total"]
 
-	fmt.Printf("sealing %d datagrams in advance ...\n", opt.packets)
-	t = time.Now()
-	if err := gen.preseal(); err != nil {
-		return nil, err
-	}
-	f.presealTime = time.Since(t)
-	f.datagramLen = gen.dgLen
-	runtime.GC()
-	time.Sleep(1200 * time.Millisecond) // let the proxy's janitor and GC settle
-	f.rssIdle, _ = hostinfo.RSS(p.cmd.Process.Pid)
-	f.heapIdle = p.liveHeap() // after the RSS: its collection does not flatter it
-
-	fmt.Printf("timed phase: up to %v, %d datagrams ...\n", opt.duration, opt.packets)
-	m0, err := scrape(metricsAddr)
-	if err != nil {
-		return nil, err
-	}
-	rb0 := hostinfo.RcvbufErrors()
-	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
-	s0, bad0 := sink.count.Load(), sink.bad.Load()
-	bg := hostinfo.StartBackground(os.Getpid(), p.cmd.Process.Pid)
-	cpuName := fmt.Sprintf("cpu%d", opt.proxyCPU)
-	core0 := hostinfo.StatBusy(cpuName, false)
-	t0 := time.Now()
-	f.sent = gen.blast(ctx, sink, opt.duration)
-	// The datagrams still in flight are part of the measurement: wait for the sink
-	// to stop moving (at most 200 ms).
-	for last, i := sink.count.Load(), 0; i < 20; i++ {
-		time.Sleep(10 * time.Millisecond)
-		c := sink.count.Load()
-		if c == last {
-			break
+	for rep := 0; rep < opt.repeat; rep++ {
+		ph, err := timedPhase(ctx, opt, gen, sink, p, metricsAddr, &f, rep)
+		if err != nil {
+			return nil, err
 		}
-		last = c
+		f.phases = append(f.phases, ph)
 	}
-	f.elapsed = time.Since(t0)
-	f.sinkGot = sink.count.Load() - s0
-	f.sppBad = sink.bad.Load() - bad0
-	f.proxyCPU = 100 * (hostinfo.CPUTime(p.cmd.Process.Pid) - pc0) / f.elapsed.Seconds()
-	f.genCPU = 100 * (hostinfo.CPUTime(os.Getpid()) - gc0) / f.elapsed.Seconds()
-	f.rcvbufErrors = hostinfo.RcvbufErrors() - rb0
-	f.others = bg.Stop(f.elapsed.Seconds())
-	f.coreBusy = 100 * (hostinfo.StatBusy(cpuName, false) - core0) / f.elapsed.Seconds()
-	m1, err := scrape(metricsAddr)
-	if err != nil {
-		return nil, err
-	}
-	f.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
-	for k, v := range m1 {
-		if strings.HasPrefix(k, "proxy_dropped_total") {
-			f.dropped += v - m0[k]
-		}
-	}
+	f.pick()
 	f.rssLoad, f.hwm = hostinfo.RSS(p.cmd.Process.Pid)
 	if opt.profile != "" {
 		p.cmd.Process.Signal(syscall.SIGUSR1) // heap profile with every session live
@@ -476,6 +492,149 @@ session_rate = 1000000
 		}
 	}
 	return &f, nil
+}
+
+// phase is what one timed phase measured.
+type phase struct {
+	sent, sinkGot    uint64 // datagrams sent by the generator, counted at the sink
+	forwarded        float64
+	dropped          float64
+	sppBad           uint64
+	rcvbufErrors     uint64
+	elapsed          time.Duration
+	proxyCPU, genCPU float64 // percent of one core
+	others           float64 // CPU of every other process on the host, percent of one core
+	coreBusy         float64 // the proxy's CPU busy for any cause, steal included, percent
+	steal            float64 // of the proxy's CPU(s): time the hypervisor gave to others, percent of one core
+	genSteal         float64 // the same on the generator's CPU
+	loopSpeed        float64 // a fixed loop on the proxy's CPU right after the phase, million iterations/s (loopSpeed)
+	memLatency       float64 // ns per step of a random walk through 4 MB on the proxy's CPU right after the phase (memLatency)
+	run              int     // which proxy process (measure)
+	fullWaits        float64 // share of the generator's batches that waited for a full window: ~1 means the proxy, not the generator, set the pace
+}
+
+// fwd is the forwarded rate (proxy_forwarded_total), perCore the same over the
+// proxy process's own CPU time.
+func (ph *phase) fwd() float64     { return ph.forwarded / ph.elapsed.Seconds() }
+func (ph *phase) perCore() float64 { return ph.fwd() / max(ph.proxyCPU/100, 0.01) }
+
+// pick sets the figures of the timed phase to those of the median phase by
+// rate per proxy core, and the spread to the other phases' range.
+func (f *figures) pick() {
+	if len(f.phases) == 0 {
+		return
+	}
+	idx := make([]int, len(f.phases))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(a, b int) bool { return f.phases[idx[a]].perCore() < f.phases[idx[b]].perCore() })
+	f.median = idx[len(idx)/2]
+	ph := f.phases[f.median]
+	f.sent, f.sinkGot, f.forwarded, f.dropped, f.sppBad, f.rcvbufErrors = ph.sent, ph.sinkGot, ph.forwarded, ph.dropped, ph.sppBad, ph.rcvbufErrors
+	f.elapsed, f.proxyCPU, f.genCPU, f.others, f.coreBusy = ph.elapsed, ph.proxyCPU, ph.genCPU, ph.others, ph.coreBusy
+}
+
+// spread is "min–max (±x% of the median)" of v over the phases.
+func (f *figures) spread(v func(*phase) float64) string {
+	if len(f.phases) < 2 {
+		return "one phase"
+	}
+	lo, hi := v(&f.phases[0]), v(&f.phases[0])
+	for i := range f.phases {
+		lo, hi = min(lo, v(&f.phases[i])), max(hi, v(&f.phases[i]))
+	}
+	med := v(&f.phases[f.median])
+	return fmt.Sprintf("%.0f–%.0f (±%.0f%%)", lo, hi, 50*(hi-lo)/max(med, 1))
+}
+
+// timedPhase seals opt.packets fresh datagrams and sends them through the
+// proxy, measuring the rate and every CPU it took.
+func timedPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p *proxyProc, metricsAddr netip.AddrPort, f *figures, rep int) (phase, error) {
+	var ph phase
+	// Every thread back on the generator's CPU: one that ran a reference
+	// loop on the proxy's CPU may have started threads there.
+	if err := hostinfo.PinSelf(opt.genCPU); err != nil {
+		return ph, err
+	}
+	fmt.Printf("sealing %d datagrams in advance ...\n", opt.packets)
+	t := time.Now()
+	if err := gen.preseal(); err != nil {
+		return ph, err
+	}
+	if rep == 0 {
+		f.presealTime = time.Since(t)
+		f.datagramLen = gen.dgLen
+		runtime.GC()
+		time.Sleep(1200 * time.Millisecond) // let the proxy's janitor and GC settle
+		f.rssIdle, _ = hostinfo.RSS(p.cmd.Process.Pid)
+		f.heapIdle = p.liveHeap() // after the RSS: its collection does not flatter it
+	} else {
+		runtime.GC()
+		time.Sleep(300 * time.Millisecond)
+	}
+	fmt.Printf("timed phase %d of %d: up to %v, %d datagrams ...\n", rep+1, opt.repeat, opt.duration, opt.packets)
+	m0, err := scrape(metricsAddr)
+	if err != nil {
+		return ph, err
+	}
+	rb0 := hostinfo.RcvbufErrors()
+	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
+	s0, bad0 := sink.count.Load(), sink.bad.Load()
+	bg := hostinfo.StartBackground(os.Getpid(), p.cmd.Process.Pid)
+	cpuName := fmt.Sprintf("cpu%d", opt.proxyCPU)
+	genName := fmt.Sprintf("cpu%d", opt.genCPU)
+	core0 := hostinfo.StatBusy(cpuName, false)
+	steal0, gsteal0 := proxySteal(opt), hostinfo.StatSteal(genName)
+	t0 := time.Now()
+	var full int
+	ph.sent, full = gen.blast(ctx, sink, opt.duration)
+	// The datagrams still in flight are part of the measurement: wait for the sink
+	// to stop moving (at most 200 ms).
+	for last, i := sink.count.Load(), 0; i < 20; i++ {
+		time.Sleep(10 * time.Millisecond)
+		c := sink.count.Load()
+		if c == last {
+			break
+		}
+		last = c
+	}
+	ph.elapsed = time.Since(t0)
+	sec := ph.elapsed.Seconds()
+	ph.sinkGot = sink.count.Load() - s0
+	ph.sppBad = sink.bad.Load() - bad0
+	ph.proxyCPU = 100 * (hostinfo.CPUTime(p.cmd.Process.Pid) - pc0) / sec
+	ph.genCPU = 100 * (hostinfo.CPUTime(os.Getpid()) - gc0) / sec
+	ph.rcvbufErrors = hostinfo.RcvbufErrors() - rb0
+	ph.others = bg.Stop(sec)
+	ph.coreBusy = 100 * (hostinfo.StatBusy(cpuName, false) - core0) / sec
+	ph.steal = 100 * (proxySteal(opt) - steal0) / sec
+	ph.genSteal = 100 * (hostinfo.StatSteal(genName) - gsteal0) / sec
+	ph.fullWaits = float64(full) / max(float64(ph.sent)/udp.MaxBatch, 1)
+	m1, err := scrape(metricsAddr)
+	if err != nil {
+		return ph, err
+	}
+	ph.loopSpeed = loopSpeed(opt.proxyCPU, 200*time.Millisecond)
+	ph.memLatency = memLatency(opt.proxyCPU, 200*time.Millisecond)
+	ph.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
+	for k, v := range m1 {
+		if strings.HasPrefix(k, "proxy_dropped_total") {
+			ph.dropped += v - m0[k]
+		}
+	}
+	fmt.Printf("  %.0f packets/s forwarded, %.0f per proxy core (proxy %.0f%%, its CPU's steal %.1f%%; generator+sink %.0f%%, steal %.1f%%; others %.0f%%; %.0f%% of the generator's batches waited on a full window; CPU %d's loop speed after it %.0f M/s, memory walk %.1f ns a step)\n",
+		ph.fwd(), ph.perCore(), ph.proxyCPU, ph.steal, ph.genCPU, ph.genSteal, ph.others, 100*ph.fullWaits, opt.proxyCPU, ph.loopSpeed, ph.memLatency)
+	return ph, nil
+}
+
+// proxySteal is the steal time (seconds) of the proxy's CPUs.
+func proxySteal(opt *options) float64 {
+	var s float64
+	for c := opt.proxyCPU; c < opt.proxyCPU+max(opt.workers, 1); c++ {
+		s += hostinfo.StatSteal(fmt.Sprintf("cpu%d", c))
+	}
+	return s
 }
 
 // table returns the result rows: figure, value, target and verdict.
@@ -501,6 +660,12 @@ func table(opt *options, f *figures) [][3]string {
 		{"generator + sink CPU", fmt.Sprintf("%.0f%% of CPU %d", f.genCPU, opt.genCPU), ""},
 		{"capacity at 100% of the proxy's core (forwarded ÷ core busy)", fmt.Sprintf("%.0f packets/s", fwdPPS/max(f.coreBusy/100, 0.01)), fmt.Sprintf("≥ %d: %s", targetPPS, mark(fwdPPS/max(f.coreBusy/100, 0.01) >= targetPPS))},
 		{"other processes on the host (noise)", fmt.Sprintf("%.0f%% of one core", f.others), ""},
+		{"timed phases (median reported)", phaseList(f), "per proxy core, each phase; | starts a new proxy process"},
+		{"spread of the rate per proxy core over the phases", f.spread((*phase).perCore), ""},
+		{"steal (hypervisor) on the proxy's / generator's CPU", fmt.Sprintf("%.1f%% / %.1f%% of a core", f.phases[f.median].steal, f.phases[f.median].genSteal), ""},
+		{"the proxy's CPU, speed of a fixed loop after each phase", loopList(f), "it moves with what no process sees (clock, sibling hyperthread, other guests)"},
+		{"the proxy's CPU, a random walk through 4 MB after each phase", memList(f), "it moves with the shared cache's and memory's other users, other guests of the host included"},
+		{"generator batches that waited on a full window", fmt.Sprintf("%.0f%%", 100*f.phases[f.median].fullWaits), "near 100%: the proxy, not the generator, set the pace"},
 		{"proxy's core time per forwarded packet", fmt.Sprintf("%.2f µs (%.2f µs in the proxy process)", f.coreBusy/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1), f.proxyCPU/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1)), ""},
 		{"reference: bare write(2) loop, 1 socket per session", floorRef(f.floorPPS), "ceiling for one send system call per packet on this host"},
 		{"reference: bare sendmmsg loop, batches of 64", floorRef(f.floorBatchPPS), "ceiling for batched sends on this host"},
@@ -515,6 +680,40 @@ func table(opt *options, f *figures) [][3]string {
 		{"exec → \"proxy serving\" logged", fmt.Sprintf("%.1f ms", float64(f.readyLog)/1e6), ""},
 		{"opening every session", f.setup.Round(time.Millisecond).String(), ""},
 	}
+}
+
+// phaseList is every phase's rate per proxy core, the median marked.
+func phaseList(f *figures) string {
+	var l []string
+	for i := range f.phases {
+		v := fmt.Sprintf("%.0f", f.phases[i].perCore())
+		if i > 0 && f.phases[i].run != f.phases[i-1].run {
+			v = "| " + v // a new proxy process
+		}
+		if i == f.median && len(f.phases) > 1 {
+			v += " (median)"
+		}
+		l = append(l, v)
+	}
+	return strings.Join(l, ", ") + " packets/s"
+}
+
+// loopList is every phase's loopSpeed.
+func loopList(f *figures) string {
+	var l []string
+	for i := range f.phases {
+		l = append(l, fmt.Sprintf("%.0f", f.phases[i].loopSpeed))
+	}
+	return strings.Join(l, ", ") + " M iterations/s"
+}
+
+// memList is every phase's memLatency.
+func memList(f *figures) string {
+	var l []string
+	for i := range f.phases {
+		l = append(l, fmt.Sprintf("%.1f", f.phases[i].memLatency))
+	}
+	return strings.Join(l, ", ") + " ns a step"
 }
 
 // perSession is b bytes over n sessions, in bytes or KB.
@@ -566,8 +765,9 @@ func writeMarkdown(opt *options, rows [][3]string, env string) error {
 		"authenticated answer (the ack of a hello) at the client.\n")
 	fmt.Fprintf(&b, "\nMachine: %s. This is a shared development machine with other builds and tests "+
 		"running at the same time: the forwarded rate moves from run to run with the other processes' load (see the "+
-		"noise row and the reference loops, measured on the same core right after), while the proxy process's own "+
-		"time per packet moves much less.\n", env)
+		"noise row and the reference loops, measured on the same core right after), and between proxy processes "+
+		"more than between the timed phases of one: the figures are the median of %d timed phases over %d proxy "+
+		"process(es), with their spread.\n", env, opt.repeat*opt.runs, opt.runs)
 	if err := os.MkdirAll(filepath.Dir(opt.out), 0o755); err != nil {
 		return err
 	}
@@ -832,7 +1032,9 @@ func (g *generator) preseal() error {
 	}
 	g.dgLen = len(dgs[0])
 	g.n = g.opt.packets
-	g.buf = make([]byte, g.n*g.dgLen)
+	if len(g.buf) != g.n*g.dgLen {
+		g.buf = make([]byte, g.n*g.dgLen) // a later phase reuses it
+	}
 	for k := 0; k < g.n; k++ {
 		s := g.sess[k%len(g.sess)]
 		_, dgs, err := s.send.Seal(g.pkt, now)
@@ -850,20 +1052,38 @@ func (g *generator) preseal() error {
 // blast sends the pre-sealed datagrams in sendmmsg batches, keeping at most
 // opt.window in flight, until they run out or d passes. It returns how many
 // were sent.
-func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) uint64 {
+func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64, int) {
 	msgs := make([]udp.Message, udp.MaxBatch)
 	base := s.count.Load()
 	end := time.Now().Add(d)
 	var sent uint64
-	k := 0
+	k, full := 0, 0
 	for batches := 0; k < g.n; batches++ {
 		if batches%64 == 0 && (time.Now().After(end) || ctx.Err() != nil) {
 			break
 		}
 		// Wait while the window is full; a lost datagram would keep it full,
 		// so the wait is bounded.
-		for spins := 0; sent-(s.count.Load()-base) > uint64(g.opt.window) && spins < 2000; spins++ {
-			time.Sleep(20 * time.Microsecond)
+		if sent-(s.count.Load()-base) > uint64(g.opt.window) {
+			full++
+		}
+		// Yield rather than sleep while the proxy has a CPU of its own: a
+		// sleep this short takes the runtime's timer path and can last long
+		// enough for the proxy to run dry (its batches shrink, each packet
+		// costs more). The sink runs when this yields. When a worker shares
+		// this CPU, sleep, so as not to take its time.
+		var wait time.Time
+		for sent-(s.count.Load()-base) > uint64(g.opt.window) {
+			if wait.IsZero() {
+				wait = time.Now().Add(40 * time.Millisecond)
+			} else if time.Now().After(wait) {
+				break
+			}
+			if g.sharesCPU() {
+				time.Sleep(20 * time.Microsecond)
+			} else {
+				runtime.Gosched()
+			}
 		}
 		nb := min(udp.MaxBatch, g.n-k)
 		for i := 0; i < nb; i++ {
@@ -878,7 +1098,12 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) uint64 
 		k += n
 		sent += uint64(n)
 	}
-	return sent
+	return sent, full
+}
+
+// sharesCPU reports whether a proxy worker is pinned to the generator's CPU.
+func (g *generator) sharesCPU() bool {
+	return g.opt.genCPU >= g.opt.proxyCPU && g.opt.genCPU < g.opt.proxyCPU+max(g.opt.workers, 1)
 }
 
 // proxyProc is the proxy process.

@@ -84,7 +84,7 @@ func runScale(ctx context.Context, opt *options) error {
 			o.floor = 0 // the reference loops are the host's, measured once
 		}
 		if !r.timed {
-			o.packets, o.duration = 2*r.sessions, 2*time.Second
+			o.packets, o.duration, o.repeat, o.runs = 2*r.sessions, 2*time.Second, 1, 1
 		}
 		fmt.Printf("\n== %s ==\n", r.name)
 		if r.f, err = measure(ctx, &o); err != nil {
@@ -118,6 +118,9 @@ func runScale(ctx context.Context, opt *options) error {
 		"or 8 (otherwise) source ports, so the kernel's reuseport hash spreads them. \"Per proxy core\" is the forwarded rate " +
 		"divided by the proxy process's own CPU time (softirq work of loopback delivery not included); \"at 100% of CPU 0\" " +
 		"divides by CPU 0's busy time from any cause. \"RSS per session\" is the growth of the proxy's RSS from ready to every session open, over the sessions (at 1,000 sessions it also holds what the first traffic makes the runtime take once); \"heap per session\" is the growth of the proxy's live Go heap (its memory report on SIGUSR1, after a collection) from ready to every session open, over the sessions; RSS also holds the runtime's and the allocator's share. The largest row (100,000 sessions where the open-file limit allows) is about memory: its timed phase is short. " +
+		fmt.Sprintf("Each timed row is %d proxy processes, each started anew with its sessions, of %d timed phases each (fresh datagrams every phase): "+
+			"its figures are the median phase's by rate per proxy core, \"spread\" the range over all its phases (± half of it, of the median), "+
+			"\"steal\" the time the hypervisor took from the proxy's CPU(s) in that phase. ", opt.runs, opt.repeat) +
 		"The shared-upstream rows give the sink the SPP header (upstream = \"shared\"): every session leaves on one socket per worker, " +
 		"each read batch's forwards in one sendmmsg, so no descriptor per session bounds them; the sink checks each header " +
 		"(datagrams without a valid one are in the dropped column).\n\n")
@@ -146,7 +149,7 @@ func scaleTable(runs []*scaleRun) [][]string {
 		return "MISSED"
 	}
 	mb := func(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
-	rows := [][]string{{"run", "forwarded", "proxy CPU", "per proxy core", "at 100% of CPU 0", "dropped", "noise (others)", "RSS idle", "peak RSS", "RSS per session", "heap per session", "targets"}}
+	rows := [][]string{{"run", "forwarded", "proxy CPU", "per proxy core", "at 100% of CPU 0", "spread per proxy core (phases)", "steal", "dropped", "noise (others)", "RSS idle", "peak RSS", "RSS per session", "heap per session", "targets"}}
 	var perCore1 float64
 	base := runs[0] // the 1-worker row a 2-worker row compares with: the first of its upstream mode
 	for i, r := range runs {
@@ -180,7 +183,9 @@ func scaleTable(runs []*scaleRun) [][]string {
 			verdict = append(verdict, fmt.Sprintf("≥ %d/s per core: %s", targetPPS, mark(perCore >= targetPPS)))
 		}
 		if r.timed && r.workers > 1 && perCore1 > 0 {
-			verdict = append(verdict, fmt.Sprintf("%.2f× the 1-worker rate", fwd/(base.f.forwarded/base.f.elapsed.Seconds())))
+			bf := base.f.forwarded / base.f.elapsed.Seconds()
+			verdict = append(verdict, fmt.Sprintf("%.2f× the 1-worker rate; %.2f× its rate per proxy core (forwarded per proxy CPU-second)",
+				fwd/bf, perCore/(bf/max(base.f.proxyCPU/100, 0.01))))
 		}
 		rows = append(rows, []string{
 			r.name,
@@ -188,6 +193,8 @@ func scaleTable(runs []*scaleRun) [][]string {
 			fmt.Sprintf("%.0f%%", f.proxyCPU),
 			fmt.Sprintf("%.0f packets/s", perCore),
 			fmt.Sprintf("%.0f packets/s", fwd/max(f.coreBusy/100, 0.01)),
+			spreadOf(r),
+			fmt.Sprintf("%.1f%%", f.phases[f.median].steal),
 			fmt.Sprintf("%.0f", f.dropped+float64(f.rcvbufErrors)+float64(f.sppBad)),
 			fmt.Sprintf("%.0f%% of a core", f.others),
 			mb(f.rssIdle),
@@ -198,10 +205,18 @@ func scaleTable(runs []*scaleRun) [][]string {
 		})
 	}
 	if f := runs[0].f; f.floorPPS.sent > 0 {
-		rows = append(rows, []string{"reference: bare write(2) loop, one socket per session", fmt.Sprintf("%.0f packets/s", f.floorPPS.sent), "", "", "", "", "", "", "", "", "", "one send system call per packet"})
-		rows = append(rows, []string{"reference: bare sendmmsg loop, batches of 64", fmt.Sprintf("%.0f packets/s", f.floorBatchPPS.sent), "", "", "", "", "", "", "", "", "", "batched sends"})
+		rows = append(rows, []string{"reference: bare write(2) loop, one socket per session", fmt.Sprintf("%.0f packets/s", f.floorPPS.sent), "", "", "", "", "", "", "", "", "", "", "", "one send system call per packet"})
+		rows = append(rows, []string{"reference: bare sendmmsg loop, batches of 64", fmt.Sprintf("%.0f packets/s", f.floorBatchPPS.sent), "", "", "", "", "", "", "", "", "", "", "", "batched sends"})
 	}
 	return rows
+}
+
+// spreadOf is a timed row's range of rates per proxy core over its phases.
+func spreadOf(r *scaleRun) string {
+	if !r.timed {
+		return "short phase"
+	}
+	return r.f.spread((*phase).perCore)
 }
 
 // memAvailable is the host's MemAvailable in bytes (0 if unknown).

@@ -175,6 +175,23 @@ func StatBusy(name string, noIRQ bool) float64 {
 	return busy / clockTicks
 }
 
+// StatSteal returns the seconds that the hypervisor ran something else
+// while line name of /proc/stat ("cpu", "cpu0", ...) wanted to run (its
+// steal column): time a virtual CPU lost that no process on it can see.
+func StatSteal(name string) float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if g := strings.Fields(line); len(g) > 8 && g[0] == name {
+			n, _ := strconv.ParseFloat(g[8], 64)
+			return n / clockTicks
+		}
+	}
+	return 0
+}
+
 // Background measures the CPU that processes other than pids used, as a
 // percentage of one core, between start and stop.
 type Background struct {
