@@ -272,7 +272,7 @@ func TestDuplicatesAndReplay(t *testing.T) {
 			t.Fatal("second copy released")
 		}
 	}
-	// Copies are remembered over a replay window (8,128 packets), far more than
+	// Copies are remembered over a replay window (replay.Size: 4,096 packets), far more than
 	// the ring of groups: a replay within it is a duplicate, beyond it late.
 	for pid := uint64(6); pid < 40; pid++ {
 		sh, _ := enc.Encode(pid, []byte("x"))

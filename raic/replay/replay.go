@@ -16,8 +16,7 @@ package replay
 const (
 	blockBitLog = 6                // a block is a uint64: 1<<6 bits
 	blockBits   = 1 << blockBitLog // bits per block
-	ringBlocks  = 1 << 7           // blocks in the ring; a power of two so the index is a mask
-	blockMask   = ringBlocks - 1
+	ringBlocks  = 4096/blockBits + 1 // blocks in the ring: 4,096 packets of history plus the current block
 	bitMask     = blockBits - 1
 )
 
@@ -57,7 +56,7 @@ func (w *Window) Seen(pid uint64) bool {
 	if w.last-pid > Size {
 		return true
 	}
-	return w.ring[(pid>>blockBitLog)&blockMask]&(1<<(pid&bitMask)) != 0
+	return w.ring[(pid>>blockBitLog)%ringBlocks]&(1<<(pid&bitMask)) != 0
 }
 
 // Mark records pid as received. Call it only after the datagram authenticated:
@@ -76,13 +75,13 @@ func (w *Window) Mark(pid uint64) bool {
 			diff = ringBlocks // a jump past the whole ring clears each block once
 		}
 		for i := current + 1; i <= current+diff; i++ {
-			w.ring[i&blockMask] = 0
+			w.ring[i%ringBlocks] = 0
 		}
 		w.last = pid
 	} else if w.last-pid > Size {
 		return false
 	}
-	blockIndex &= blockMask
+	blockIndex %= ringBlocks
 	bit := uint64(1) << (pid & bitMask)
 	old := w.ring[blockIndex]
 	w.ring[blockIndex] = old | bit

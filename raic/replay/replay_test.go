@@ -145,11 +145,11 @@ func TestSeenDoesNotMark(t *testing.T) {
 
 func TestReorderedWithinWindowAndDuplicates(t *testing.T) {
 	var w Window
-	const top = 5000
+	const top = Size + 1 // every ID below top is inside the window; 2003 is coprime to top-1
 	if !w.Mark(top) {
 		t.Fatal("first Mark failed")
 	}
-	// Fill everything below top in a scrambled order (stride coprime to top).
+	// Fill everything below top in a scrambled order (a stride coprime to top-1).
 	for i := uint64(0); i < top-1; i++ {
 		pid := 1 + (i*2003)%(top-1)
 		if !w.Mark(pid) {
