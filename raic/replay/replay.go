@@ -14,8 +14,8 @@
 package replay
 
 const (
-	blockBitLog = 6                // a block is a uint64: 1<<6 bits
-	blockBits   = 1 << blockBitLog // bits per block
+	blockBitLog = 6                  // a block is a uint64: 1<<6 bits
+	blockBits   = 1 << blockBitLog   // bits per block
 	ringBlocks  = 4096/blockBits + 1 // blocks in the ring: 4,096 packets of history plus the current block
 	bitMask     = blockBits - 1
 )
