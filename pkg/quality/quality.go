@@ -35,8 +35,8 @@ import (
 )
 
 // Window is how many packet IDs are tracked (64: a second at 60 packets/s,
-// and each session keeps 1 KB for it): a datagram that arrives more than
-// this many packets after the newest one is counted late (and it was counted
+// and each session keeps 512 bytes for it, plus 128 bytes a path): a datagram
+// that arrives more than this many packets after the newest one is counted late (and it was counted
 // lost when its packet left the window).
 const Window = 64
 
@@ -58,14 +58,15 @@ const (
 	MaxInterval     = 10 * time.Second
 )
 
-// slot is one packet of the window: 16 bytes, so the ring is 1 KB. It holds
-// no packet ID: a filled slot (Tracker.filled) always holds the one ID of the
-// window that maps to it, since advance empties a slot as its ID leaves.
+// slot is one packet of the window: 8 bytes, so the ring is 512 bytes. It
+// holds no packet ID: a filled slot (Tracker.filled) always holds the one ID of
+// the window that maps to it, since advance empties a slot as its ID leaves.
+// The bits each path delivered of it are in that path's got (path.got[i] for
+// ring[i]), so a session of one uplink keeps 128 bytes of them, not 512.
 type slot struct {
-	first uint32           // when its first datagram arrived, on any path: µs of the clock, modulo 2^32 (71 minutes)
-	all   uint16           // the bits an unfragmented coded packet has
-	shape uint16           // the scheme's shape when it arrived (Tracker.shape)
-	got   [MaxPaths]uint16 // per path: the bits that arrived on it
+	first uint32 // when its first datagram arrived, on any path: µs of the clock, modulo 2^32 (71 minutes)
+	all   uint16 // the bits an unfragmented coded packet has
+	shape uint16 // the scheme's shape when it arrived (Tracker.shape)
 }
 
 type path[K comparable] struct {
@@ -75,6 +76,7 @@ type path[K comparable] struct {
 	received, lost, late uint32
 	lagSum, lagMax       int64
 	lagN                 uint32
+	got                  [Window]uint16 // per slot of the ring: the bits that arrived on this path
 }
 
 // Tracker keeps the figures of one session's paths, each path known by a key:
@@ -156,7 +158,7 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 		s.all |= uint16(1<<min(int(d.Count), 16) - 1)
 	}
 	b := shardBit(d)
-	if s.got[p] == 0 {
+	if ps.got[i] == 0 {
 		lag := since
 		ps.lagSum += lag
 		ps.lagN++
@@ -165,7 +167,7 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	if since > int64(LateAfter) {
 		ps.late++
 	}
-	s.got[p] |= b
+	ps.got[i] |= b
 	ps.carried |= b
 }
 
@@ -187,10 +189,7 @@ func (t *Tracker[K]) path(k K, now int64) int {
 		t.paths = append(t.paths, path[K]{key: k, last: now})
 		return len(t.paths) - 1
 	}
-	t.paths[oldest] = path[K]{key: k, last: now}
-	for i := range t.ring {
-		t.ring[i].got[oldest] = 0
-	}
+	t.paths[oldest] = path[K]{key: k, last: now} // its got is empty too
 	return oldest
 }
 
@@ -201,25 +200,29 @@ func (t *Tracker[K]) advance(pid uint64) {
 	for id := pid - steps + 1; id <= pid; id++ {
 		i := id % Window
 		if t.filled&(1<<i) != 0 {
-			t.settle(&t.ring[i])
+			t.settle(i)
 		}
 		t.ring[i] = slot{}
+		for j := range t.paths {
+			t.paths[j].got[i] = 0
+		}
 		t.filled &^= 1 << i
 	}
 	t.highest = pid
 }
 
-func (t *Tracker[K]) settle(s *slot) {
+func (t *Tracker[K]) settle(i uint64) {
+	s := &t.ring[i]
 	if s.shape != t.shape {
 		return // sent before a change of scheme: the paths' carried bits are the new scheme's
 	}
 	had := s.all
-	for i := range s.got {
-		had |= s.got[i]
+	for j := range t.paths {
+		had |= t.paths[j].got[i]
 	}
-	for i := range t.paths {
-		p := &t.paths[i]
-		if miss := had & (p.carried | p.carriedPrev) &^ s.got[i]; miss != 0 {
+	for j := range t.paths {
+		p := &t.paths[j]
+		if miss := had & (p.carried | p.carriedPrev) &^ p.got[i]; miss != 0 {
 			p.lost += uint32(bits.OnesCount16(miss))
 		}
 	}
