@@ -14,14 +14,15 @@ import (
 )
 
 // heapPerSessionBound is what one open RAIC-1 session of one uplink may cost
-// in Go heap, all included, with a margin over the 3.2 KB measured: the
-// session with its router side (keys, the 1 KB quality window: a 1,408-byte
-// block), the receiver (its 1 KB anti-replay window: 1,152), the sender and
-// its encoder, one reply path and one quality path, the table's entry and the
-// upstream socket (a bare descriptor). No decoder, no datagram buffer: those
-// come with coded schemes and replies, and replies are sealed into their
-// poller's buffers.
-const heapPerSessionBound = 3840
+// in Go heap, all included, with a margin over the 2.3 KB measured: the
+// session with its router side (keys, the quality window: a 512-byte ring in
+// an 864-byte struct, an 896-byte block, and 128 bytes of it in its one path),
+// the receiver (its 4,096-packet anti-replay window, 528 bytes: a 640-byte
+// block), the sender and its encoder, one reply path and one quality path, the
+// table's entry and the upstream socket (a bare descriptor). No decoder, no
+// datagram buffer: those come with coded schemes and replies, and replies are
+// sealed into their poller's buffers.
+const heapPerSessionBound = 2816
 
 // TestSessionHeapIsBounded opens sessions through the real path (datagrams on
 // loopback, the read loop, admission, the session table, an upstream socket
