@@ -40,6 +40,11 @@ type Config struct {
 	// ReportInterval is how often each session's router gets a quality report
 	// (received, lost, late, lag) on each of its paths; "0s" turns them off.
 	ReportInterval config.Duration `toml:"report_interval"`
+	// MemoryLimitMB, when not 0, is the Go runtime's soft memory limit in MiB
+	// (runtime/debug.SetMemoryLimit): near it the collector runs sooner, so
+	// the heap's headroom over what the sessions hold shrinks. 0 (the
+	// default) leaves the runtime's own setting (GOMEMLIMIT, else none).
+	MemoryLimitMB int `toml:"memory_limit_mb"`
 	// Studio operation: connect tokens, client-address headers, health, drain
 	// (see studio.go).
 	StudioConfig
@@ -86,6 +91,7 @@ func (c *Config) check(meta *config.Meta) {
 		meta.AddrPort("tcp_listen", c.TCPListen)
 	}
 	meta.Int("workers", c.Workers, 0, maxWorkers)
+	meta.Int("memory_limit_mb", c.MemoryLimitMB, 0, 1<<20)
 	meta.Duration("keep_server_port", c.KeepServerPort.Duration, 0, 10*time.Minute)
 	if c.ReportInterval.Duration != 0 {
 		meta.Duration("report_interval", c.ReportInterval.Duration, quality.MinInterval, quality.MaxInterval)

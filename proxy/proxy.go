@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,6 +117,9 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	roster, err := newRoster(cfg, nil)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.MemoryLimitMB > 0 {
+		debug.SetMemoryLimit(int64(cfg.MemoryLimitMB) << 20) // the process's: one proxy a process
 	}
 	if s.sessions, err = ingress.NewSessions(cfg.MaxSessions, cfg.SessionIdle.Duration, s.onRemove); err != nil {
 		return nil, err
