@@ -35,6 +35,7 @@ func TestConfigBounds(t *testing.T) {
 		{`metrics = "[::1]"`, "p.toml:1: metrics: not a host:port"},
 		{`metrics = "127.0.0.1:99999"`, `p.toml:1: metrics: bad port "99999"`},
 		{`log_level = "loud"`, "p.toml:1: log_level:"},
+		{`memory_limit_mb = -1`, "p.toml:1: memory_limit_mb: -1 is not within 0 to 1048576"},
 	} {
 		_, err := ParseConfig("p.toml", tc.extra+"\n"+proxyClient())
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
