@@ -299,8 +299,8 @@ type ReceiverStats struct {
 	Delivered, Duplicates, AuthFailed, DecodeDropped uint64
 }
 
-// Receiver opens what one end receives in one session. It is kept to 1,144
-// bytes, so with the allocator's 8-byte header it takes a 1,152-byte block:
+// Receiver opens what one end receives in one session. It is kept to 632
+// bytes, so with the allocator's 8-byte header it takes a 640-byte block:
 // a proxy holds one per session. Safe for concurrent use:
 // datagrams of one session may arrive on several uplink goroutines at once; a
 // per-session lock (never a global one) orders them.

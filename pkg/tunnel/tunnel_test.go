@@ -271,10 +271,10 @@ func TestCopiesTellsFragmentsFromShards(t *testing.T) {
 	}
 }
 
-// TestReceiverFitsItsBlock: a proxy holds a Receiver per session; past 1,144
-// bytes (1,152 less the allocator's header) each would take a 1,280-byte block.
+// TestReceiverFitsItsBlock: a proxy holds a Receiver per session; past 632
+// bytes (640 less the allocator's header) each would take a 704-byte block.
 func TestReceiverFitsItsBlock(t *testing.T) {
-	if n := unsafe.Sizeof(Receiver{}); n > 1144 {
-		t.Errorf("Receiver is %d bytes, want ≤ 1144", n)
+	if n := unsafe.Sizeof(Receiver{}); n > 632 {
+		t.Errorf("Receiver is %d bytes, want ≤ 632", n)
 	}
 }
