@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/raicnet/raic/integration/netns"
 	"github.com/raicnet/raic/raic"
@@ -57,21 +54,7 @@ func schemeShare(t *testing.T, scheme string, paths int) float64 {
 // nsStatus reads a router's GET /status from inside host's namespace.
 func nsStatus(t *testing.T, host *netns.Host, addr string) router.Status {
 	t.Helper()
-	var body []byte
-	err := host.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(c, "GET /status HTTP/1.0\r\nHost: m\r\n\r\n")
-		body, err = io.ReadAll(c)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("status at %s: %v", addr, err)
-	}
+	body := nsGet(t, host, addr, "status")
 	var st router.Status
 	if _, js, ok := bytes.Cut(body, []byte("\r\n\r\n")); !ok || json.Unmarshal(js, &st) != nil {
 		t.Fatalf("status at %s: not JSON:\n%s", addr, body)

@@ -1,15 +1,11 @@
 package integration
 
 import (
-	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -18,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/integration/netns"
 	"github.com/raicnet/raic/pkg/mono"
 )
@@ -166,33 +161,12 @@ func seenFrom(t *testing.T, h *netns.Host, from netip.Addr, ports ...int) func()
 // counter on it), and so do the probe streams between the LAN hosts; the
 // RTP loss the routers count is reported beside each single path's.
 func TestPeerSitesVoIPCall(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	sipp, err := exec.LookPath("sipp")
-	if err != nil {
-		t.Skip("sipp is missing (apt-get install sip-tester): the call needs it")
-	}
+	sipp := needSipp(t)
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skip("no /dev/net/tun: transparent mode needs a TUN device")
 	}
 	bin := buildCommand(t, "router/cmd/raic-router")
-	lossy := func(delay time.Duration, start, end time.Duration, seed uint64) linkem.Config {
-		return linkem.Config{Delay: linkem.Duration(delay), Jitter: linkem.Duration(2 * time.Millisecond), Loss: 0.05,
-			Outages: []linkem.Outage{{Start: linkem.Duration(start), End: linkem.Duration(end)}}, Seed: seed}
-	}
-	good := func(delay time.Duration, seed uint64) linkem.Config {
-		return linkem.Config{Delay: linkem.Duration(delay), Jitter: linkem.Duration(2 * time.Millisecond), Loss: 0.01, Seed: seed}
-	}
-	p := netns.NewPeersForTest(t, netns.PeersOptions{
-		NAT: [2]netns.NAT{netns.NATPortRestricted, netns.NATPortRestricted},
-		Links: [2][]netns.LinkPair{
-			{{Up: good(8*time.Millisecond, 1), Down: good(8*time.Millisecond, 2)},
-				{Up: lossy(12*time.Millisecond, 11*time.Second, 13*time.Second, 3), Down: lossy(12*time.Millisecond, 11*time.Second, 13*time.Second, 4)}},
-			{{Up: good(10*time.Millisecond, 5), Down: good(10*time.Millisecond, 6)},
-				{Up: lossy(15*time.Millisecond, 16*time.Second, 18*time.Second, 7), Down: lossy(15*time.Millisecond, 16*time.Second, 18*time.Second, 8)}},
-		},
-	})
+	p := netns.NewPeersForTest(t, callLinks(routerCallOutages[0], routerCallOutages[1]))
 	keys := newPeerKeys(t)
 	rv := startRendezvousProcess(t, p, keys)
 	callerA, calleeB := netns.PeerLANAddr(0), netns.PeerLANAddr(1)
@@ -207,61 +181,27 @@ func TestPeerSitesVoIPCall(t *testing.T) {
 	seenAtB := seenFrom(t, p.LAN[1], callerA, sipPort, siteCalleeRTP, siteProbePort)
 	seenAtA := seenFrom(t, p.LAN[0], calleeB, sipPort, siteCallerRTP, siteProbePort)
 	probes := [2]*siteProbes{startSiteProbeReceiver(t, p, 0), startSiteProbeReceiver(t, p, 1)}
-	linkStart := p.Emu[0][1].AToB().Start()
-	if since := time.Duration(mono.Now() - linkStart); since > 10*time.Second {
-		t.Fatalf("punching took until %v after the links started: the outages (from 11 s) would miss the call", since)
-	} else {
-		t.Logf("call starts %.1f s after the links started; outages at 11-13 s (A uplink 1) and 16-18 s (B uplink 1)", since.Seconds())
-	}
+	checkCallInTime(t, p)
 
-	dir := t.TempDir()
-	writeCallWAV(t, filepath.Join(dir, "call.wav"), callSeconds)
-	for _, f := range []string{"uac.xml", "uas.xml"} {
-		src, err := os.ReadFile(filepath.Join("testdata", "sipp", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, f), src, 0o644)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	var uasOut, uacOut bytes.Buffer
 	// The callee offers its own address in its SDP: nothing on the way
 	// rewrites addresses.
-	uas := p.LAN[1].CommandContext(ctx, sipp, "-sf", "uas.xml", "-i", calleeB.String(), "-p", fmt.Sprint(sipPort),
-		"-mp", fmt.Sprint(siteCalleeRTP), "-rtp_echo", "-key", "rtp_addr", calleeB.String(), "-key", "rtp_port", fmt.Sprint(siteCalleeRTP),
-		"-m", "1", "-nostdin", "-trace_err")
-	uas.Dir, uas.Stdout, uas.Stderr = dir, &uasOut, &uasOut
-	if err := uas.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	uac := p.LAN[0].CommandContext(ctx, sipp, fmt.Sprintf("%s:%d", calleeB, sipPort), "-sf", "uac.xml",
-		"-i", callerA.String(), "-p", fmt.Sprint(sipPort), "-mp", fmt.Sprint(siteCallerRTP), "-s", "callee",
-		"-d", fmt.Sprint(callSeconds*1000+500), "-m", "1", "-nostdin", "-trace_err")
-	uac.Dir, uac.Stdout, uac.Stderr = dir, &uacOut, &uacOut
-	if err := uac.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	for sd := 0; sd < 2; sd++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); sendSiteProbes(t, p, sd, voicePPS*callSeconds, time.Second/voicePPS) }()
-	}
-	uacErr := uac.Wait()
-	uasErr := uas.Wait()
-	wg.Wait()
+	call := runSippCall(t, p, sipp,
+		[]string{"-sf", "uas.xml", "-i", calleeB.String(), "-p", fmt.Sprint(sipPort),
+			"-mp", fmt.Sprint(siteCalleeRTP), "-rtp_echo", "-key", "rtp_addr", calleeB.String(), "-key", "rtp_port", fmt.Sprint(siteCalleeRTP),
+			"-m", "1", "-nostdin", "-trace_err"},
+		[]string{fmt.Sprintf("%s:%d", calleeB, sipPort), "-sf", "uac.xml",
+			"-i", callerA.String(), "-p", fmt.Sprint(sipPort), "-mp", fmt.Sprint(siteCallerRTP), "-s", "callee",
+			"-d", fmt.Sprint(callSeconds*1000 + 500), "-m", "1", "-nostdin", "-trace_err"},
+		func() {
+			var wg sync.WaitGroup
+			for sd := 0; sd < 2; sd++ {
+				wg.Add(1)
+				go func() { defer wg.Done(); sendSiteProbes(t, p, sd, voicePPS*callSeconds, time.Second/voicePPS) }()
+			}
+			wg.Wait()
+		})
 	time.Sleep(500 * time.Millisecond)
-	if uacErr != nil || uasErr != nil {
-		errs, _ := filepath.Glob(filepath.Join(dir, "*_errors.log"))
-		var el strings.Builder
-		for _, f := range errs {
-			b, _ := os.ReadFile(f)
-			fmt.Fprintf(&el, "%s:\n%s\n", filepath.Base(f), tail(string(b), 30))
-		}
-		t.Fatalf("the call failed: caller %v, callee %v\ncaller:\n%s\ncallee:\n%s\nsipp error logs:\n%s", uacErr, uasErr,
-			tail(uacOut.String(), 30), tail(uasOut.String(), 30), el.String())
-	}
+	failSippCall(t, call)
 
 	// The far hosts saw the near hosts' own addresses.
 	atB, atA := seenAtB(), seenAtA()
@@ -275,28 +215,15 @@ func TestPeerSitesVoIPCall(t *testing.T) {
 	}
 
 	m := [2]map[string]float64{rs[0].metrics(t), rs[1].metrics(t)}
-	sentBy := [2]float64{m[0][`router_peer_packets_sent{peer="bob"}`], m[1][`router_peer_packets_sent{peer="alice"}`]}
-	deliveredAt := [2]float64{m[0][`router_peer_packets_delivered{peer="bob"}`], m[1][`router_peer_packets_delivered{peer="alice"}`]}
+	sentBy, deliveredAt := peerSentDelivered(m)
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "%-26s %9s %8s\n", "path (every data packet)", "packets", "loss %")
-	for _, d := range []struct {
-		name             string
-		sender, receiver int
-	}{{"A→B", 0, 1}, {"B→A", 1, 0}} {
+	for _, d := range callDirections {
 		sent := sentBy[d.sender]
 		if sent == 0 {
 			t.Fatalf("%s: no packets sent; metrics %v", d.name, m[d.sender])
 		}
-		copies := pathCopies(m[d.receiver], d.sender)
-		worst := 0.0
-		for i := 0; i < 2; i++ {
-			for j := 0; j < 2; j++ {
-				loss := 100 * (1 - copies[pathKey{i, j}]/sent)
-				worst = max(worst, loss)
-				fmt.Fprintf(&sb, "%-26s %9.0f %8.2f\n", fmt.Sprintf("%s path %c%d→%c%d", d.name, 'A'+d.sender, i, 'A'+d.receiver, j),
-					copies[pathKey{i, j}], loss)
-			}
-		}
+		worst := writePathLoss(&sb, m, d.name, d.sender, d.receiver, sent, 1)
 		got := deliveredAt[d.receiver]
 		loss := 100 * (1 - got/sent)
 		fmt.Fprintf(&sb, "%-26s %9.0f %8.2f\n", d.name+" peer session 2×2", got, loss)

@@ -101,9 +101,9 @@ func (r *rvProcess) metrics(t *testing.T) map[string]float64 {
 	return nsMetrics(t, r.host, fmt.Sprintf("%s:%d", netns.RendezvousAddr, rvMetricsPort))
 }
 
-// nsMetrics reads a program's metrics endpoint at addr from inside host's
-// namespace: series name (with its labels) to value.
-func nsMetrics(t *testing.T, host *netns.Host, addr string) map[string]float64 {
+// nsGet is the response (headers and body) to GET /path from addr, asked
+// from inside host's namespace.
+func nsGet(t *testing.T, host *netns.Host, addr, path string) []byte {
 	t.Helper()
 	var body []byte
 	err := host.Do(func() error {
@@ -113,13 +113,21 @@ func nsMetrics(t *testing.T, host *netns.Host, addr string) map[string]float64 {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: m\r\n\r\n")
+		fmt.Fprintf(c, "GET /%s HTTP/1.0\r\nHost: m\r\n\r\n", path)
 		body, err = io.ReadAll(c)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("metrics at %s: %v", addr, err)
+		t.Fatalf("%s at %s: %v", path, addr, err)
 	}
+	return body
+}
+
+// nsMetrics reads a program's metrics endpoint at addr from inside host's
+// namespace: series name (with its labels) to value.
+func nsMetrics(t *testing.T, host *netns.Host, addr string) map[string]float64 {
+	t.Helper()
+	body := nsGet(t, host, addr, "metrics")
 	m := map[string]float64{}
 	sc := bufio.NewScanner(bytes.NewReader(body))
 	for sc.Scan() {

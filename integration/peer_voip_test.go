@@ -2,21 +2,17 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/raicnet/raic/integration/linkem"
 	"github.com/raicnet/raic/integration/netns"
 	"github.com/raicnet/raic/pkg/peer"
 	"github.com/raicnet/raic/pkg/wire"
@@ -138,29 +134,8 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(
 // 2 s. The call completes; its RTP loss and a 50 pps measurement stream
 // each way are reported beside every single path's.
 func TestPeerVoIPCall(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	sipp, err := exec.LookPath("sipp")
-	if err != nil {
-		t.Skip("sipp is missing (apt-get install sip-tester): the call needs it")
-	}
-	lossy := func(delay time.Duration, start, end time.Duration, seed uint64) linkem.Config {
-		return linkem.Config{Delay: linkem.Duration(delay), Jitter: linkem.Duration(2 * time.Millisecond), Loss: 0.05,
-			Outages: []linkem.Outage{{Start: linkem.Duration(start), End: linkem.Duration(end)}}, Seed: seed}
-	}
-	good := func(delay time.Duration, seed uint64) linkem.Config {
-		return linkem.Config{Delay: linkem.Duration(delay), Jitter: linkem.Duration(2 * time.Millisecond), Loss: 0.01, Seed: seed}
-	}
-	p := netns.NewPeersForTest(t, netns.PeersOptions{
-		NAT: [2]netns.NAT{netns.NATPortRestricted, netns.NATPortRestricted},
-		Links: [2][]netns.LinkPair{
-			{{Up: good(8*time.Millisecond, 1), Down: good(8*time.Millisecond, 2)},
-				{Up: lossy(12*time.Millisecond, 8*time.Second, 10*time.Second, 3), Down: lossy(12*time.Millisecond, 8*time.Second, 10*time.Second, 4)}},
-			{{Up: good(10*time.Millisecond, 5), Down: good(10*time.Millisecond, 6)},
-				{Up: lossy(15*time.Millisecond, 13*time.Second, 15*time.Second, 7), Down: lossy(15*time.Millisecond, 13*time.Second, 15*time.Second, 8)}},
-		},
-	})
+	sipp := needSipp(t)
+	p := netns.NewPeersForTest(t, callLinks([2]time.Duration{8 * time.Second, 10 * time.Second}, [2]time.Duration{13 * time.Second, 15 * time.Second}))
 	keys := newPeerKeys(t)
 	rv := startRendezvousProcess(t, p, keys)
 
@@ -222,47 +197,26 @@ func TestPeerVoIPCall(t *testing.T) {
 	}
 
 	// The call.
-	dir := t.TempDir()
-	writeCallWAV(t, filepath.Join(dir, "call.wav"), callSeconds)
-	for _, f := range []string{"uac.xml", "uas.xml"} {
-		src, err := os.ReadFile(filepath.Join("testdata", "sipp", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, f), src, 0o644)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	var uasOut, uacOut bytes.Buffer
-	uas := p.LAN[1].CommandContext(ctx, sipp, "-sf", "uas.xml", "-i", calleeB.String(), "-p", fmt.Sprint(sipPort),
-		"-mp", fmt.Sprint(rtpPort), "-rtp_echo", "-key", "rtp_addr", gwA.String(), "-key", "rtp_port", fmt.Sprint(rtpPort),
-		"-m", "1", "-nostdin", "-trace_err")
-	uas.Dir, uas.Stdout, uas.Stderr = dir, &uasOut, &uasOut
-	if err := uas.Start(); err != nil {
-		t.Fatal(err)
-	}
+	call := runSippCall(t, p, sipp,
+		[]string{"-sf", "uas.xml", "-i", calleeB.String(), "-p", fmt.Sprint(sipPort),
+			"-mp", fmt.Sprint(rtpPort), "-rtp_echo", "-key", "rtp_addr", gwA.String(), "-key", "rtp_port", fmt.Sprint(rtpPort),
+			"-m", "1", "-nostdin", "-trace_err"},
+		[]string{fmt.Sprintf("%s:%d", gwA, sipPort), "-sf", "uac.xml",
+			"-i", netns.PeerLANAddr(0).String(), "-p", "5062", "-mp", "6100", "-s", "callee",
+			"-d", fmt.Sprint(callSeconds*1000 + 500), "-m", "1", "-nostdin", "-trace_err", "-trace_stat", "-fd", "1"},
+		func() {
+			// The measurement stream, both ways, during the call.
+			var wg sync.WaitGroup
+			for _, np := range []*nsPeer{a, b} {
+				wg.Add(1)
+				go func() { defer wg.Done(); np.sendVoice(t, voicePPS*voiceSeconds, time.Second/voicePPS) }()
+			}
+			wg.Wait()
+		})
 	time.Sleep(300 * time.Millisecond)
-	uac := p.LAN[0].CommandContext(ctx, sipp, fmt.Sprintf("%s:%d", gwA, sipPort), "-sf", "uac.xml",
-		"-i", netns.PeerLANAddr(0).String(), "-p", "5062", "-mp", "6100", "-s", "callee",
-		"-d", fmt.Sprint(callSeconds*1000+500), "-m", "1", "-nostdin", "-trace_err", "-trace_stat", "-fd", "1")
-	uac.Dir, uac.Stdout, uac.Stderr = dir, &uacOut, &uacOut
-	if err := uac.Start(); err != nil {
-		t.Fatal(err)
-	}
-
-	// The measurement stream, both ways, during the call.
-	var wg sync.WaitGroup
-	for _, np := range []*nsPeer{a, b} {
-		wg.Add(1)
-		go func() { defer wg.Done(); np.sendVoice(t, voicePPS*voiceSeconds, time.Second/voicePPS) }()
-	}
-	uacErr := uac.Wait()
-	uasErr := uas.Wait()
-	wg.Wait()
-	time.Sleep(300 * time.Millisecond)
-	if uacErr != nil || uasErr != nil {
-		t.Fatalf("the call failed: caller %v, callee %v\ncaller:\n%s\ncallee:\n%s\nA:\n%sB:\n%s", uacErr, uasErr,
-			tail(uacOut.String(), 30), tail(uasOut.String(), 30), peerPathReport(a.link), peerPathReport(b.link))
+	if call.failed() {
+		t.Fatalf("the call failed: caller %v, callee %v\ncaller:\n%s\ncallee:\n%s\nA:\n%sB:\n%s", call.uacErr, call.uasErr,
+			tail(call.uacOut.String(), 30), tail(call.uasOut.String(), 30), peerPathReport(a.link), peerPathReport(b.link))
 	}
 
 	// Report.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -127,11 +126,7 @@ var (
 // LAN; so are malformed and unknown frames, fragments and packets from
 // outside A's own LAN.
 func TestPeerLANSiteToSite(t *testing.T) {
-	if c, err := net.ListenPacket("udp4", "127.0.0.2:0"); err != nil {
-		t.Skipf("no 127.0.0.2 on this machine: %v", err)
-	} else {
-		c.Close()
-	}
+	needLoopback2(t)
 	key, _ := wire.GenerateKey()
 	const pa, pb = 4641, 4642
 	ctx, cancel := context.WithCancel(context.Background())
@@ -285,18 +280,26 @@ func TestPeerLANSiteToSite(t *testing.T) {
 	}
 }
 
+// newSiteSink is alice's site router (ports pa, pb) whose TUN device only
+// counts what it is written, running until the test ends, and a captured
+// packet from A's LAN to B's with a 160-byte payload.
+func newSiteSink(tb testing.TB, pa, pb int) (*Router, *fakeTUN, []byte) {
+	tb.Helper()
+	key, _ := wire.GenerateKey()
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(cancel)
+	r, tun := newSiteRouter(tb, ctx, siteConfig("alice", "bob", pa, pb, key, "198.18.170.0/24", "198.18.171.0/24"))
+	tun.keep = false
+	b := make([]byte, 2048)
+	n, _ := nat.Build(b, siteA, siteB, 1, make([]byte, 160))
+	return r, tun, b[:n]
+}
+
 // TestPeerLANPathsDoNotAllocate: a captured packet to the peer's LAN is
 // parsed, framed, sealed and sent, and a frame from the peer is checked,
 // rebuilt and written to the TUN device, without allocating.
 func TestPeerLANPathsDoNotAllocate(t *testing.T) {
-	key, _ := wire.GenerateKey()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r, tun := newSiteRouter(t, ctx, siteConfig("alice", "bob", 4651, 4652, key, "198.18.170.0/24", "198.18.171.0/24"))
-	tun.keep = false
-	b := make([]byte, 2048)
-	n, _ := nat.Build(b, siteA, siteB, 1, make([]byte, 160))
-	pkt := b[:n]
+	r, tun, pkt := newSiteSink(t, 4651, 4652)
 	for i := 0; i < 100; i++ {
 		r.tp.fromLAN(pkt, mono.Now())
 	}
@@ -372,14 +375,7 @@ func TestPeerLANOwnFromInterface(t *testing.T) {
 // on 2 uplinks to 2 static addresses: 4 copies) and a frame from the peer
 // (check, flow lookup, rebuild, TUN write to a counting sink).
 func BenchmarkPeerLAN(b *testing.B) {
-	key, _ := wire.GenerateKey()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r, tun := newSiteRouter(b, ctx, siteConfig("alice", "bob", 4671, 4672, key, "198.18.170.0/24", "198.18.171.0/24"))
-	tun.keep = false
-	buf := make([]byte, 2048)
-	n, _ := nat.Build(buf, siteA, siteB, 1, make([]byte, 160))
-	pkt := buf[:n]
+	r, _, pkt := newSiteSink(b, 4671, 4672)
 	fb := make([]byte, 2048)
 	fn, _ := peer.PutLANFrame(fb, &peer.LANFrame{Src: siteB, Dst: siteA, Payload: make([]byte, 160)})
 	b.Run("fromLAN(parse+lookup+frame+seal+send)", func(b *testing.B) {

@@ -1,10 +1,7 @@
 package router
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -55,59 +52,9 @@ func TestPeerSchemeConfig(t *testing.T) {
 // service and comes back whole, each packet once, and /status names the
 // schemes and the bytes they cost.
 func TestPeerOnlyRoutersCodedScheme(t *testing.T) {
-	if c, err := net.ListenPacket("udp4", "127.0.0.2:0"); err != nil {
-		t.Skipf("no 127.0.0.2 on this machine: %v", err)
-	} else {
-		c.Close()
-	}
-	echo, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		b := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(b)
-			if err != nil {
-				return
-			}
-			echo.WriteToUDPAddrPort(b[:n], from)
-		}
-	}()
-	key, _ := wire.GenerateKey()
+	needLoopback2(t)
 	const pa, pb = 4641, 4642
-	ca, err := ParseConfig("a.toml", peerOnlyConfig("alice", "bob", pa, pb, key,
-		"scheme = \"rs:2+2\"\n\n[[vport]]\npeer = \"bob\"\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb, err := ParseConfig("b.toml", peerOnlyConfig("bob", "alice", pb, pa, key,
-		fmt.Sprintf("scheme = \"xor:2\"\n\n[[peer.service]]\nname = \"echo\"\ntarget = %q\n", echo.LocalAddr().String())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var routers [2]*Router
-	done := make(chan error, 2)
-	for i, c := range []*Config{ca, cb} {
-		r, err := New(c, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		routers[i] = r
-		go func() { done <- r.Run(ctx) }()
-	}
-	defer func() {
-		cancel()
-		for range routers {
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		}
-	}()
+	routers := startEchoPeerPair(t, pa, pb, "scheme = \"rs:2+2\"\n", "scheme = \"xor:2\"\n")
 	var vport netip.AddrPort
 	deadline := time.Now().Add(5 * time.Second)
 	for {
