@@ -82,7 +82,7 @@ test: fmt-check vet check-generated check-examples fuzz-short
 FUZZ_TARGETS = ./pkg/wire:FuzzParseOpen ./pkg/wire:FuzzParseQuality ./pkg/token:FuzzOpen ./pkg/proxyproto:FuzzParse ./raic/replay:FuzzWindow ./pkg/config:FuzzDecode \
 	./pkg/nat:FuzzParse ./raic:FuzzDecoder ./raic:FuzzRoundTrip ./detect:FuzzImportASN \
 	./suppress:FuzzParseConfig ./integration/linkem:FuzzParseConfig ./integration/gamegen:FuzzParseHeader \
-	./pkg/rendezvous:FuzzServerHandle
+	./pkg/rendezvous:FuzzServerHandle ./pkg/peer:FuzzCodedLinkReceive ./pkg/peer:FuzzParseLANFrame
 FUZZTIME ?= 2m
 
 fuzz-short:
