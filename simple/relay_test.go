@@ -422,7 +422,15 @@ func TestIdleMappingsExpire(t *testing.T) {
 		}
 	}
 	waitFor(t, "expiry", func() bool { return r.Mappings() == 0 && counter(r, "simple_mappings_expired_total") == 1 })
-	if !containsLine(logs.String(), `msg="mapping expired"`, "source="+c.LocalAddr().String(), "up=5 down=5") {
+	// The counter moves before the log line is written: wait for the line too.
+	expiryLogged := func() bool {
+		return containsLine(logs.String(), `msg="mapping expired"`, "source="+c.LocalAddr().String(), "up=5 down=5")
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for !expiryLogged() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !expiryLogged() {
 		t.Fatalf("no expiry log line in:\n%s", logs)
 	}
 	if g := counter(r, "simple_mappings"); g != 0 {
