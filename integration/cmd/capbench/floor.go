@@ -128,6 +128,24 @@ func floorBatchRate(s *sink, cpu, size int, d time.Duration) (floorResult, error
 // shows only time taken whole). Measured right after each timed phase, it
 // tells whether a slower phase ran on a slower CPU.
 func loopSpeed(cpu int, d time.Duration) float64 {
+	return onCPU(cpu, func() float64 {
+		x, n := uint64(1), 0
+		start := time.Now()
+		for time.Since(start) < d {
+			for i := 0; i < 100000; i++ {
+				x = x*6364136223846793005 + 1442695040888963407
+				x ^= x >> 29
+			}
+			n += 100000
+		}
+		sinkLoop = x
+		return float64(n) / time.Since(start).Seconds() / 1e6
+	})
+}
+
+// onCPU runs f on a thread of its own pinned to cpu and returns its result,
+// or 0 when the thread cannot be pinned there.
+func onCPU(cpu int, f func() float64) float64 {
 	out := make(chan float64, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -140,17 +158,7 @@ func loopSpeed(cpu int, d time.Duration) float64 {
 			return
 		}
 		defer unix.SchedSetaffinity(0, &old)
-		x, n := uint64(1), 0
-		start := time.Now()
-		for time.Since(start) < d {
-			for i := 0; i < 100000; i++ {
-				x = x*6364136223846793005 + 1442695040888963407
-				x ^= x >> 29
-			}
-			n += 100000
-		}
-		sinkLoop = x
-		out <- float64(n) / time.Since(start).Seconds() / 1e6
+		out <- f()
 	}()
 	return <-out
 }
@@ -186,18 +194,7 @@ func memLatency(cpu int, d time.Duration) float64 {
 			chase[perm[i]] = perm[(i+1)%n]
 		}
 	}
-	out := make(chan float64, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		var set, old unix.CPUSet
-		unix.SchedGetaffinity(0, &old)
-		set.Set(cpu)
-		if unix.SchedSetaffinity(0, &set) != nil {
-			out <- 0
-			return
-		}
-		defer unix.SchedSetaffinity(0, &old)
+	return onCPU(cpu, func() float64 {
 		p, n := uint32(0), 0
 		start := time.Now()
 		for time.Since(start) < d {
@@ -207,7 +204,6 @@ func memLatency(cpu int, d time.Duration) float64 {
 			n += 100000
 		}
 		sinkLoop += uint64(p)
-		out <- float64(time.Since(start).Nanoseconds()) / float64(n)
-	}()
-	return <-out
+		return float64(time.Since(start).Nanoseconds()) / float64(n)
+	})
 }
