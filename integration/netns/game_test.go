@@ -94,7 +94,14 @@ func median(v []int64) time.Duration {
 	return time.Duration(s[len(s)/2])
 }
 
-func within(d, want, tol time.Duration) bool { return d >= want-tol && d <= want+tol }
+// tookDelay says whether a measured median d shows a configured delay want
+// that crossed hops emulated links. The emulator never sends early, so the
+// floor is tight (1 ms for clock granularity); it may send late when the host
+// is busy (CI runs several test packages at once on two cores), so each hop
+// may add up to 3 ms. That still tells 5, 10 and 20 ms links apart.
+func tookDelay(d, want time.Duration, hops int) bool {
+	return d >= want-time.Millisecond && d <= want+time.Duration(hops)*3*time.Millisecond
+}
 
 func TestGameTopology(t *testing.T) {
 	ups := []LinkPair{
@@ -131,11 +138,11 @@ func TestGameTopology(t *testing.T) {
 		ow, rtt := median(ows), median(rtts)
 		wantOW, wantRTT := lp.Up.Delay.D(), lp.Up.Delay.D()+lp.Down.Delay.D()
 		t.Logf("uplink %d via %s: one-way p50 %v (configured %v), rtt p50 %v (configured %v)", i, g.ISPs[i].Name, ow, wantOW, rtt, wantRTT)
-		if !within(ow, wantOW, time.Millisecond) {
-			t.Errorf("uplink %d: one-way p50 %v, want %v ±1ms", i, ow, wantOW)
+		if !tookDelay(ow, wantOW, 1) {
+			t.Errorf("uplink %d: one-way p50 %v, want %v (-1ms, +3ms)", i, ow, wantOW)
 		}
-		if !within(rtt, wantRTT, time.Millisecond) {
-			t.Errorf("uplink %d: rtt p50 %v, want %v ±1ms", i, rtt, wantRTT)
+		if !tookDelay(rtt, wantRTT, 2) {
+			t.Errorf("uplink %d: rtt p50 %v, want %v (-1ms, +6ms)", i, rtt, wantRTT)
 		}
 		if d := g.Emu[i].AToB().Stats().In - before; d != n {
 			t.Errorf("uplink %d: its ISP's emulator saw %d packets, want %d", i, d, n)
@@ -240,12 +247,14 @@ func TestGameInternetLink(t *testing.T) {
 	lanc := listen(t, g.LAN, netip.AddrPortFrom(LANAddr, 0))
 	// The first packets on new paths wait for neighbour resolution.
 	ping(t, lanc, netip.AddrPortFrom(InternetAddr, 7001), 5, time.Millisecond)
-	rt := ping(t, lanc, netip.AddrPortFrom(InternetAddr, 7001), 20, time.Millisecond)
-	if len(rt) != 20 {
-		t.Fatalf("LAN to internet: %d of 20 replies", len(rt))
+	rt := ping(t, lanc, netip.AddrPortFrom(InternetAddr, 7001), 50, time.Millisecond)
+	if len(rt) != 50 {
+		t.Fatalf("LAN to internet: %d of 50 replies", len(rt))
 	}
-	if m := median(rt); !within(m, 2*oneWay, 2*time.Millisecond) {
-		t.Errorf("LAN to internet: rtt p50 %v, want %v ±2ms", m, 2*oneWay)
+	m := median(rt)
+	t.Logf("LAN to internet: rtt p50 %v (configured %v)", m, 2*oneWay)
+	if !tookDelay(m, 2*oneWay, 2) {
+		t.Errorf("LAN to internet: rtt p50 %v, want %v (-1ms, +6ms)", m, 2*oneWay)
 	}
 	if in := g.FarEmu.AToB().Stats().In; in < 20 {
 		t.Errorf("internet link emulator saw %d packets towards the internet host, want ≥ 20", in)
