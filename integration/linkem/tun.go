@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/raicnet/raic/pkg/mono"
+	"github.com/raicnet/raic/pkg/netcfg"
 )
 
 // rulePriority places the emulator's policy rules ahead of the main table (32766)
@@ -221,38 +220,5 @@ func (d *tunDir) read() {
 	}
 }
 
-// inNS runs fn on an OS thread that has joined namespace ns. If the thread cannot
-// return to its original namespace it is left locked, so the runtime retires it
-// instead of running other goroutines in the wrong namespace.
-func inNS(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vnetns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := vnetns.GetFromName(ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("namespace %s: %w", ns, err)
-			return
-		}
-		defer target.Close()
-		if err := vnetns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer func() {
-			if vnetns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-		}()
-		errc <- fn()
-	}()
-	return <-errc
-}
+// inNS runs fn on an OS thread that has joined namespace ns.
+func inNS(ns string, fn func() error) error { return netcfg.InNamespaceNamed(ns, fn) }

@@ -21,13 +21,12 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 
-	vnetns "github.com/vishvananda/netns"
+	"github.com/raicnet/raic/pkg/netcfg"
 )
 
 // Testbed is the address block every host address must come from.
@@ -334,45 +333,7 @@ func (h *Host) Do(fn func() error) error {
 }
 
 // Do runs fn inside the named namespace (see Host.Do).
-func Do(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vnetns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := vnetns.GetFromName(ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns: %s: %w", ns, err)
-			return
-		}
-		defer target.Close()
-		if err := vnetns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		// A thread that cannot go back stays locked, so the runtime retires it when
-		// this goroutine ends instead of reusing it in the wrong namespace.
-		defer func() {
-			if vnetns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-		}()
-		defer func() {
-			if r := recover(); r != nil {
-				errc <- fmt.Errorf("netns: panic in %s: %v", ns, r)
-			}
-		}()
-		errc <- fn()
-	}()
-	return <-errc
-}
+func Do(ns string, fn func() error) error { return netcfg.InNamespaceNamed(ns, fn) }
 
 // Command returns a command that runs inside the host's namespace through
 // "ip netns exec". Close kills whatever still runs in the namespace.

@@ -54,7 +54,26 @@ func (n *Net) Close() {
 
 // Do runs fn on a thread that has joined the namespace, for what netlink does
 // not cover (sysctls under /proc/sys/net, child processes, tc detach).
-func (n *Net) Do(fn func() error) error {
+func (n *Net) Do(fn func() error) error { return InNamespace(n.ns, fn) }
+
+// InNamespaceNamed runs fn on a thread that has joined the namespace named ns
+// (as "ip netns add" names it, under /run/netns). See InNamespace.
+func InNamespaceNamed(ns string, fn func() error) error {
+	target, err := vnetns.GetFromName(ns)
+	if err != nil {
+		return fmt.Errorf("namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	return InNamespace(target, fn)
+}
+
+// InNamespace runs fn on an OS thread that has joined namespace target and
+// returns what fn returns; a panic in fn is returned as an error. Sockets fn
+// opens stay in target after it returns; goroutines fn starts run in the
+// caller's namespace. A thread that cannot go back to its own namespace stays
+// locked, so the runtime retires it when fn's goroutine ends instead of
+// running other goroutines in the wrong namespace.
+func InNamespace(target vnetns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -65,16 +84,19 @@ func (n *Net) Do(fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := vnetns.Set(n.ns); err != nil {
+		if err := vnetns.Set(target); err != nil {
 			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
-		// A thread that cannot go back stays locked, so the runtime retires it
-		// rather than reuse it in the wrong namespace.
 		defer func() {
 			if vnetns.Set(orig) == nil {
 				runtime.UnlockOSThread()
+			}
+		}()
+		defer func() {
+			if r := recover(); r != nil {
+				errc <- fmt.Errorf("panic in namespace: %v", r)
 			}
 		}()
 		errc <- fn()

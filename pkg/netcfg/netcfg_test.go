@@ -1,4 +1,4 @@
-package netcfg
+package netcfg_test
 
 import (
 	"net/netip"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/raicnet/raic/integration/netns"
+	"github.com/raicnet/raic/pkg/netcfg"
 )
 
 // TestRulesAndRoutes installs, lists and removes rules and routes in a
@@ -19,8 +20,8 @@ func TestRulesAndRoutes(t *testing.T) {
 	if err := n.Link(h, "a0", netip.MustParsePrefix("198.18.200.1/24"), h, "b0", netip.Prefix{}); err != nil {
 		t.Fatal(err)
 	}
-	var nc *Net
-	if err := h.Do(func() (err error) { nc, err = Open(); return err }); err != nil {
+	var nc *netcfg.Net
+	if err := h.Do(func() (err error) { nc, err = netcfg.Open(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
@@ -28,7 +29,7 @@ func TestRulesAndRoutes(t *testing.T) {
 	if err := nc.SetDefaultRoute(777, "a0"); err != nil {
 		t.Fatal(err)
 	}
-	rules := []Rule{
+	rules := []netcfg.Rule{
 		{Priority: 900, Table: 777, Iif: "a0", Mark: 0x10, Mask: 0xff},
 		{Priority: 901, Table: 777, Iif: "a0", Proto: 17, DportLo: 50000, DportHi: 65535},
 		{Priority: 902, Table: 254, Iif: "a0", Proto: 17, Src: netip.MustParsePrefix("198.18.1.2/32"), SportLo: 4000,
