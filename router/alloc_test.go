@@ -14,14 +14,26 @@ import (
 // sink is a loopback socket that reads and discards, so sends to it succeed.
 var sink = testkit.Sink
 
-// TestPacketPathDoesNotAllocate drives the router's per-packet functions
-// directly: a game packet coded, sealed and sent on two uplinks, and a datagram
-// from the proxy authenticated, deduplicated and written back to the game. In
-// steady state neither allocates.
-func TestPacketPathDoesNotAllocate(t *testing.T) {
-	key := wire.Key{7}
-	proxyAddr, server, game := sink(t), sink(t), sink(t)
-	cfg, err := ParseConfig("router.toml", fmt.Sprintf(`
+// newQuietRouter builds a router from config text, not started and with no
+// log, and closes its sockets when the test ends.
+func newQuietRouter(t testing.TB, text string) *Router {
+	t.Helper()
+	cfg, err := ParseConfig("router.toml", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.closeSockets)
+	return r
+}
+
+// twoUplinkConfig is a router's config with key, one proxy, two uplinks on
+// 127.0.0.1 and one forward to server; extra is appended to the forward.
+func twoUplinkConfig(key wire.Key, proxy, server any, extra string) string {
+	return fmt.Sprintf(`
 client_id = "gamer"
 key = "%s"
 proxy = "%s"
@@ -32,15 +44,17 @@ source = "127.0.0.1"
 [[forward]]
 listen = "127.0.0.1:0"
 server = "%s"
-`, key, proxyAddr, server))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.closeSockets()
+%s`, key, proxy, server, extra)
+}
+
+// TestPacketPathDoesNotAllocate drives the router's per-packet functions
+// directly: a game packet coded, sealed and sent on two uplinks, and a datagram
+// from the proxy authenticated, deduplicated and written back to the game. In
+// steady state neither allocates.
+func TestPacketPathDoesNotAllocate(t *testing.T) {
+	key := wire.Key{7}
+	proxyAddr, server, game := sink(t), sink(t), sink(t)
+	r := newQuietRouter(t, twoUplinkConfig(key, proxyAddr, server, ""))
 	f := r.forwards[0]
 	pkt := make([]byte, 100)
 
@@ -89,27 +103,7 @@ server = "%s"
 func TestCodedSendPathDoesNotAllocate(t *testing.T) {
 	key := wire.Key{7}
 	proxyAddr, server, game := sink(t), sink(t), sink(t)
-	cfg, err := ParseConfig("router.toml", fmt.Sprintf(`
-client_id = "gamer"
-key = "%s"
-proxy = "%s"
-[[uplink]]
-source = "127.0.0.1"
-[[uplink]]
-source = "127.0.0.1"
-[[forward]]
-listen = "127.0.0.1:0"
-server = "%s"
-scheme = "rs:2+2"
-`, key, proxyAddr, server))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.closeSockets()
+	r := newQuietRouter(t, twoUplinkConfig(key, proxyAddr, server, `scheme = "rs:2+2"`))
 	f := r.forwards[0]
 	pkt := make([]byte, 100)
 	now := mono.Now()

@@ -360,7 +360,7 @@ server = "%s"
 func TestMovedSessionDoesNotAllocate(t *testing.T) {
 	key := wire.Key{5}
 	p0, p1, game := sink(t), sink(t), sink(t)
-	cfg, err := ParseConfig("router.toml", fmt.Sprintf(`
+	r := newQuietRouter(t, fmt.Sprintf(`
 client_id = "gamer"
 key = "%s"
 [[uplink]]
@@ -375,14 +375,6 @@ address = "%s"
 listen = "127.0.0.1:0"
 server = "198.18.41.2:27015"
 `, key, p0, p1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.closeSockets()
 	f := r.forwards[0]
 	pkt := make([]byte, 100)
 	r.fromGame(f, pkt, game, mono.Now())

@@ -81,15 +81,15 @@ func (f *fakeTUN) take() [][]byte {
 	return p
 }
 
-// newSiteRouter builds a site router with transparent mode's userspace side
-// only (no kernel setup) and a fake TUN device, and starts its peer.
-func newSiteRouter(t testing.TB, ctx context.Context, text string) (*Router, *fakeTUN) {
+// newLANSide builds a router of config text with transparent mode's
+// userspace side only: New sets up no kernel state, and the LAN is not set up.
+func newLANSide(t testing.TB, text string) (*Router, *transparent) {
 	t.Helper()
 	cfg, err := ParseConfig("r.toml", text)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Transparent.Enabled = false // New sets up no kernel state
+	cfg.Transparent.Enabled = false
 	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +99,14 @@ func newSiteRouter(t testing.TB, ctx context.Context, text string) (*Router, *fa
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r, tp
+}
+
+// newSiteRouter builds a site router with transparent mode's userspace side
+// only (no kernel setup) and a fake TUN device, and starts its peer.
+func newSiteRouter(t testing.TB, ctx context.Context, text string) (*Router, *fakeTUN) {
+	t.Helper()
+	r, tp := newLANSide(t, text)
 	tun := &fakeTUN{keep: true}
 	tp.tun = &water.Interface{ReadWriteCloser: tun}
 	r.tp = tp
@@ -335,20 +343,7 @@ func TestPeerLANOwnFromInterface(t *testing.T) {
 	text := strings.Replace(siteConfig("alice", "bob", 4661, 4662, key, "198.18.170.0/24", "198.18.171.0/24"),
 		"lan = \"lan0\"\nlan_prefixes = [\"198.18.170.0/24\"]", "lan = \"lo\"", 1)
 	build := func(text string) (*Router, *transparent, error) {
-		cfg, err := ParseConfig("r.toml", text)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Transparent.Enabled = false
-		r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Transparent.Enabled = true
-		tp, err := newTransparent(r)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r, tp := newLANSide(t, text)
 		return r, tp, r.setupLAN(tp)
 	}
 	r, _, err := build(text)

@@ -2,8 +2,6 @@ package router
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
@@ -61,29 +59,8 @@ func newTestTransparent(t testing.TB) (*Router, *transparent) {
 	t.Helper()
 	key := wire.Key{7}
 	proxyAddr, server := sink(t), sink(t)
-	cfg, err := ParseConfig("router.toml", fmt.Sprintf(`
-client_id = "gamer"
-key = "%s"
-proxy = "%s"
-[[uplink]]
-source = "127.0.0.1"
-[[uplink]]
-source = "127.0.0.1"
-[[forward]]
-listen = "127.0.0.1:0"
-server = "%s"
-[transparent]
-lan = "lan0"
-`, key, proxyAddr, server))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.closeSockets)
-	cfg.Transparent.Enabled = true // after New: no kernel setup
+	r := newQuietRouter(t, twoUplinkConfig(key, proxyAddr, server, "[transparent]\nlan = \"lan0\"\n"))
+	r.cfg.Transparent.Enabled = true // after New: no kernel setup
 	tp, err := newTransparent(r)
 	if err != nil {
 		t.Fatal(err)
