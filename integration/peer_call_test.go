@@ -138,18 +138,56 @@ func failSippCall(t *testing.T, c *sippCall) {
 	}
 }
 
-// callDirections are the two directions of a call between the sides.
-var callDirections = []struct {
+// callDirection is one direction of a call between the sides.
+type callDirection struct {
 	name             string
 	sender, receiver int
-}{{"A→B", 0, 1}, {"B→A", 1, 0}}
+}
 
-// peerSentDelivered reads, from both routers' metrics, the data packets
-// each side sent to the other and those delivered from the other.
-func peerSentDelivered(m [2]map[string]float64) (sentBy, deliveredAt [2]float64) {
-	sentBy = [2]float64{m[0][`router_peer_packets_sent{peer="bob"}`], m[1][`router_peer_packets_sent{peer="alice"}`]}
-	deliveredAt = [2]float64{m[0][`router_peer_packets_delivered{peer="bob"}`], m[1][`router_peer_packets_delivered{peer="alice"}`]}
-	return sentBy, deliveredAt
+// callDirections are the two directions of a call between the sides.
+var callDirections = []callDirection{{"A→B", 0, 1}, {"B→A", 1, 0}}
+
+// checkSessionLoss writes direction d's rows to sb (each path's loss, from
+// the copies the receiver counted against the packets sent × share, and the
+// peer session's) and fails the test when the impairments did not reach a
+// path (the worst lost under 5%), when the session lost more than maxLoss%
+// or no less than the worst path, or delivered more than was sent. It
+// returns the worst path's loss.
+func checkSessionLoss(t *testing.T, sb *strings.Builder, m [2]map[string]float64, d callDirection, share, maxLoss float64) float64 {
+	t.Helper()
+	sent := m[d.sender][fmt.Sprintf(`router_peer_packets_sent{peer=%q}`, peerIDs[d.receiver])]
+	got := m[d.receiver][fmt.Sprintf(`router_peer_packets_delivered{peer=%q}`, peerIDs[d.sender])]
+	if sent == 0 {
+		t.Fatalf("%s: no packets sent; metrics %v", d.name, m[d.sender])
+	}
+	worst := writePathLoss(sb, m, d.name, d.sender, d.receiver, sent, share)
+	loss := 100 * (1 - got/sent)
+	fmt.Fprintf(sb, "%-26s %9.0f %8.2f\n", d.name+" peer session 2×2", got, loss)
+	if got > sent {
+		t.Errorf("%s: %v packets delivered of %v sent: duplicates got through", d.name, got, sent)
+	}
+	if worst < 5 {
+		t.Errorf("%s: the worst single path lost only %.2f%%: the impairments did not reach the call", d.name, worst)
+	}
+	if loss > maxLoss || loss >= worst {
+		t.Errorf("%s: the session lost %.2f%%, want ≤ %v%% and below the worst path's %.2f%%", d.name, loss, maxLoss, worst)
+	}
+	return worst
+}
+
+// checkRTPLoss fails the test when more RTP left a side than came into it
+// (duplicates got through) or the call lost more than 1% one way or 2% round
+// trip, and returns both losses in percent.
+func checkRTPLoss(t *testing.T, fromCaller, atCallee, echoed, backAtCaller float64) (up, rt float64) {
+	t.Helper()
+	up, rt = 100*(1-atCallee/fromCaller), 100*(1-backAtCaller/fromCaller)
+	if atCallee > fromCaller || backAtCaller > echoed {
+		t.Errorf("more RTP packets out than in (%v of %v, %v of %v): duplicates got through", atCallee, fromCaller, backAtCaller, echoed)
+	}
+	if up > 1 || rt > 2 {
+		t.Errorf("RTP loss %.2f%% one way, %.2f%% round trip: want ≤ 1%% and ≤ 2%%", up, rt)
+	}
+	return up, rt
 }
 
 // writePathLoss writes to sb one row per path of direction name (the
