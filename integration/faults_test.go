@@ -368,27 +368,44 @@ func (a *attacker) send(dg []byte, to netip.AddrPort) {
 
 type faultRow struct{ name, measured, bound string }
 
+// faultTable is the rows of the fault suite's table (| fault / attack |
+// measured | must |) that one test measured.
+type faultTable struct{ rows []faultRow }
+
+// row adds a row: what was done, what it must keep to, what was measured.
+func (ft *faultTable) row(name, bound, format string, args ...any) {
+	ft.rows = append(ft.rows, faultRow{name, fmt.Sprintf(format, args...), bound})
+}
+
+// log prints the table. With RAIC_FAULTS_TABLE set (make faults), the table
+// is written to that file, or, with under, its rows are appended to the
+// table TestFaults (first in this file) wrote there.
+func (ft *faultTable) log(t *testing.T, under bool) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| fault / attack | measured | must |\n| --- | --- | --- |\n")
+	for _, r := range ft.rows {
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", r.name, r.measured, r.bound)
+	}
+	t.Log(b.String())
+	p := os.Getenv("RAIC_FAULTS_TABLE")
+	switch {
+	case p == "":
+	case under:
+		appendRows(t, p, ft.rows)
+	default:
+		os.WriteFile(p, []byte(b.String()), 0o644)
+	}
+}
+
 // TestFaults runs the fault and attack suite and prints its table. Set
 // RAIC_FAULTS_LONG=1 (make faults) for the replay after 10 s.
 func TestFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault suite takes about 20 s; not in -short")
 	}
-	var rows []faultRow
-	row := func(name, bound, format string, args ...any) {
-		rows = append(rows, faultRow{name, fmt.Sprintf(format, args...), bound})
-	}
-	defer func() {
-		var b strings.Builder
-		fmt.Fprintf(&b, "\n| fault / attack | measured | must |\n| --- | --- | --- |\n")
-		for _, r := range rows {
-			fmt.Fprintf(&b, "| %s | %s | %s |\n", r.name, r.measured, r.bound)
-		}
-		t.Log(b.String())
-		if p := os.Getenv("RAIC_FAULTS_TABLE"); p != "" {
-			os.WriteFile(p, []byte(b.String()), 0o644)
-		}
-	}()
+	var table faultTable
+	row := table.row
+	defer table.log(t, false)
 
 	srv := newSeqServer(t)
 	fp := startFaultProxy(t, "127.0.0.1:0", srv.addr().String(), "max_sessions = 1000")
@@ -919,13 +936,10 @@ func TestFaultsRouterRestartServerPort(t *testing.T) {
 	b0, a0, fp0 := restart("0", time.Second)
 	fp0.stop()
 
-	rows := []faultRow{{"router killed, back 1 s / 4 s later (proxy session open / ended after session_idle 2 s): the server's view of the player",
-		fmt.Sprintf("same source port both times (%v, then %v; %.0f and %.0f sessions took their flow's port); with keep_server_port 0 it moves %v → %v", a1, a2, replaced, reused, b0, a0),
-		"same port"}}
-	t.Logf("\n| fault / attack | measured | must |\n| --- | --- | --- |\n| %s | %s | %s |\n", rows[0].name, rows[0].measured, rows[0].bound)
-	if p := os.Getenv("RAIC_FAULTS_TABLE"); p != "" {
-		appendRows(t, p, rows) // after TestFaults, which writes the file
-	}
+	var table faultTable
+	table.row("router killed, back 1 s / 4 s later (proxy session open / ended after session_idle 2 s): the server's view of the player", "same port",
+		"same source port both times (%v, then %v; %.0f and %.0f sessions took their flow's port); with keep_server_port 0 it moves %v → %v", a1, a2, replaced, reused, b0, a0)
+	table.log(t, true)
 	if a1 != b1 || replaced < 1 {
 		t.Errorf("router back while the proxy's session was open: server saw %v, then %v (ports reused %.0f)", b1, a1, replaced)
 	}
@@ -1079,23 +1093,9 @@ func TestFaultsIntermediate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes about 8 s; not in -short")
 	}
-	var rows []faultRow
-	row := func(name, bound, format string, args ...any) {
-		rows = append(rows, faultRow{name, fmt.Sprintf(format, args...), bound})
-	}
-	defer func() {
-		var b strings.Builder
-		fmt.Fprintf(&b, "\n| fault / attack | measured | must |\n| --- | --- | --- |\n")
-		for _, r := range rows {
-			fmt.Fprintf(&b, "| %s | %s | %s |\n", r.name, r.measured, r.bound)
-		}
-		t.Log(b.String())
-		if p := os.Getenv("RAIC_FAULTS_TABLE"); p != "" {
-			// After TestFaults (earlier in this file), which writes the
-			// file: its rows go under the main table's.
-			appendRows(t, p, rows)
-		}
-	}()
+	var table faultTable
+	row := table.row
+	defer table.log(t, true)
 
 	srv := newSeqServer(t)
 	fp := startFaultProxy(t, "127.0.0.1:0", srv.addr().String(),
