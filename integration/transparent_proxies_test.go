@@ -24,7 +24,9 @@ import (
 const tpPrefPort = 28500 // in no shipped table: the test's own app entry
 
 // startTPProxy runs a proxy process listening on port in the proxy host and
-// returns it; it is killed when t ends.
+// returns it; it is killed when t ends. The proxy opens a socket towards the
+// server per session, from whichever thread its goroutine runs on: only a
+// process of its own in the proxy's namespace puts all of them there.
 func startTPProxy(t *testing.T, g *netns.Game, port int) *exec.Cmd {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), fmt.Sprintf("proxy-%d.toml", port))

@@ -7,11 +7,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -77,28 +74,7 @@ func startTransparentBedKeys(t *testing.T, o netns.GameOptions, before func(*net
 	// The proxy opens a socket towards the server per session, from whichever
 	// thread its goroutine runs on: only a process of its own in the proxy's
 	// namespace puts all of them there.
-	path := filepath.Join(t.TempDir(), "proxy.toml")
-	ptext := fmt.Sprintf("listen = \"%s:%d\"\n[[client]]\nid = \"gamer\"\nkey = \"%s\"\nallow = [\"198.18.41.0/24\"]\nrate_pps = 100000\n",
-		netns.ProxyAddr, tpProxyPort, testKey)
-	if err := os.WriteFile(path, []byte(ptext), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := g.Proxy.Command(exe, "-test.run=^$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "RAIC_TRANSPARENT_PROXY="+path)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
-		o, _ := g.Proxy.Command("ss", "-Hlun", "sport", "=", fmt.Sprint(tpProxyPort)).Output()
-		return strings.Contains(string(o), fmt.Sprint(tpProxyPort))
-	})
+	startTPProxy(t, g, tpProxyPort)
 
 	text := fmt.Sprintf(`
 client_id = "gamer"
