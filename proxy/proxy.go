@@ -69,6 +69,7 @@ type Server struct {
 	loops   sync.WaitGroup    // the read loops, the pollers and the janitor
 	pollers []*upstreamPoller // read the servers' replies, one per worker (upstream.go)
 	shared  *sharedUpstream   // the shared upstream sockets, nil when no [[server]] asks for them (shared_upstream.go)
+	batches []*forwardBatch   // a read loop's forwards on the sessions' own sockets, one io_uring send a read batch (forward_batch.go); nil without io_uring
 
 	httpSrvs  []*http.Server // metrics and health (studio.go)
 	httpLns   []net.Listener
@@ -129,13 +130,9 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		HelloMaxAge: cfg.HelloMaxAge.Duration, AuthenticatedKeepAlive: true,
 		SendVia: func(dg []byte, to netip.AddrPort) bool { return s.tcp.send(dg, to) }, // a TLS/TCP fallback path (tcp.go)
 		Prefix:  "proxy", Registry: s.reg, Log: log,
-		OnBatch: func(start int64) { s.load.observeBatch(start, mono.Now()) },
-		AfterBatch: func(r *ingress.Reader) {
-			if s.shared != nil {
-				s.shared.flushWorker(r.Worker()) // the batch's forwards on the shared sockets
-			}
-		},
-		Workers: cfg.workers(),
+		OnBatch:    func(start int64) { s.load.observeBatch(start, mono.Now()) },
+		AfterBatch: func(r *ingress.Reader) { s.endBatch(r.Worker()) }, // the batch's forwards (forward_batch.go)
+		Workers:    cfg.workers(),
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: reportInterval(cfg.ReportInterval.Duration),
 	}, s.sessions, (*program)(s))
@@ -144,27 +141,9 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	// Forwarded per packet by every read loop: a shard each (fwd).
 	s.m.forwarded = s.reg.ShardedCounter("proxy_forwarded_total", "", s.in.Workers())
-	for i := 0; i < s.in.Workers(); i++ {
-		p, err := newUpstreamPoller(s)
-		if err != nil {
-			s.in.Close()
-			for _, p := range s.pollers {
-				p.close()
-			}
-			return nil, err
-		}
-		s.pollers = append(s.pollers, p)
-	}
-	if cfg.anyShared() {
-		if s.shared, err = newSharedUpstream(s, s.in.Workers(), cfg.MaxSessions); err != nil {
-			s.in.Close()
-			for _, p := range s.pollers {
-				p.close()
-			}
-			return nil, err
-		}
-	}
-	if err := s.listenHTTP(); err != nil {
+	s.newForwardBatches()
+	// undo releases what New made so far when a later step fails.
+	undo := func() {
 		s.in.Close()
 		for _, p := range s.pollers {
 			p.close()
@@ -172,6 +151,25 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		if s.shared != nil {
 			s.shared.close()
 		}
+		s.closeForwardBatches()
+	}
+	for i := 0; i < s.in.Workers(); i++ {
+		p, err := newUpstreamPoller(s)
+		if err != nil {
+			undo()
+			return nil, err
+		}
+		s.pollers = append(s.pollers, p)
+	}
+	if cfg.anyShared() {
+		if s.shared, err = newSharedUpstream(s, s.in.Workers(), cfg.MaxSessions); err != nil {
+			s.shared = nil
+			undo()
+			return nil, err
+		}
+	}
+	if err := s.listenHTTP(); err != nil {
+		undo()
 		return nil, err
 	}
 	s.probes = newProber(cfg, log, s.reg)
@@ -248,6 +246,7 @@ func (s *Server) Close() {
 	// replies), so no session is created or answered behind our back, then
 	// end the sessions.
 	s.loops.Wait()
+	s.closeForwardBatches() // the read loops are done with them
 	var ids []uint64
 	s.sessions.Range(func(id uint64, _ *proxySession) bool { ids = append(ids, id); return true })
 	for _, id := range ids {
@@ -432,6 +431,15 @@ func (ps *proxySession) Deliver(pid uint64, pkt []byte, now int64) {
 	ps.deliver(nil, pkt, now)
 }
 
+// workerOf is the read loop of r, -1 for none (nil: a packet not from a
+// read loop).
+func workerOf(r *ingress.Reader) int {
+	if r == nil {
+		return -1
+	}
+	return r.Worker()
+}
+
 // fwd is the forwarded counter's shard of the read loop r (the counter's own
 // outside one).
 func (s *Server) fwd(r *ingress.Reader) *metrics.Counter {
@@ -451,6 +459,10 @@ func (ps *proxySession) deliver(r *ingress.Reader, pkt []byte, now int64) {
 	}
 	if !ps.Client.Take(now) {
 		s.m.rateLimited.Inc()
+		return
+	}
+	if b := s.batchOf(workerOf(r)); b != nil && len(pkt) <= raic.MaxPacket {
+		b.queue(s, ps, sp, pkt) // sent at the read batch's end
 		return
 	}
 	var err error
