@@ -107,6 +107,8 @@ bench:
 	@mkdir -p docs
 	$(GO) test -run '^$$' -bench . -benchtime 300ms -benchmem \
 		./pkg/... ./raic/... ./detect/... ./suppress/... ./simple/... ./bpf/... | tee docs/bench-micro.txt
+	# the proxy's per-packet path on 1 and 2 read loops at once: how it scales over cores
+	$(GO) test -run '^$$' -bench HandleDeliverParallel -benchtime 300ms -cpu 1,2 ./pkg/ingress | tee -a docs/bench-micro.txt
 	$(GO) run ./integration/cmd/rttbench
 	$(GO) run ./integration/cmd/capbench -scale
 	@if [ "$$(id -u)" = 0 ]; then \
