@@ -45,6 +45,11 @@ type Config struct {
 	// the heap's headroom over what the sessions hold shrinks. 0 (the
 	// default) leaves the runtime's own setting (GOMEMLIMIT, else none).
 	MemoryLimitMB int `toml:"memory_limit_mb"`
+	// IOURing (true, the default) sends a read batch's forwards on the
+	// sessions' own sockets in one io_uring submission where the kernel
+	// allows it (see forward_batch.go); false keeps a write per packet, for
+	// hosts whose policy bars io_uring.
+	IOURing bool `toml:"io_uring"`
 	// Studio operation: connect tokens, client-address headers, health, drain
 	// (see studio.go).
 	StudioConfig
@@ -72,6 +77,7 @@ func DefaultConfig() Config {
 		ProbeMaxTargets: DefaultProbeMaxTargets,
 		StudioConfig:    StudioConfig{Config: fleet.Defaults()},
 		Workers:         1,
+		IOURing:         true,
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: config.Duration{Duration: quality.DefaultInterval},
 	}

@@ -49,8 +49,12 @@ func newForwardBatch(ring *udp.SendRing, fwd *metrics.Counter) *forwardBatch {
 }
 
 // newForwardBatches makes a batch per read loop, or none where the kernel
-// gives no io_uring send (then every forward is its own write, as before).
+// gives no io_uring send or io_uring = false (then every forward is its own
+// write).
 func (s *Server) newForwardBatches() {
+	if !s.cfg.IOURing {
+		return
+	}
 	for w := 0; w < s.in.Workers(); w++ {
 		ring, err := udp.NewSendRing(udp.MaxBatch)
 		if err != nil {

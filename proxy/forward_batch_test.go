@@ -64,7 +64,16 @@ func (o *orderSink) waitFor(t *testing.T, n int) []uint32 {
 // loop. It skips where the kernel gives no io_uring (forwards are then
 // written one by one, as TestReadLoopForwardDoesNotAllocate covers).
 func newBatchingProxy(t *testing.T, server *orderSink) *Server {
-	cfg, err := ParseConfig("proxy.toml", `
+	s := newOneWorkerProxy(t, server, "")
+	if s.batchOf(0) == nil {
+		t.Skip("no io_uring send on this kernel: the proxy forwards with a write per packet")
+	}
+	return s
+}
+
+// newOneWorkerProxy is a one-worker proxy, not running, with extra config.
+func newOneWorkerProxy(t *testing.T, server *orderSink, extra string) *Server {
+	cfg, err := ParseConfig("proxy.toml", extra+`
 listen = "127.0.0.1:0"
 workers = 1
 [[client]]
@@ -82,10 +91,22 @@ burst = 100000000
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	if s.batchOf(0) == nil {
-		t.Skip("no io_uring send on this kernel: the proxy forwards with a write per packet")
-	}
 	return s
+}
+
+// TestIOURingOffForwardsAtOnce: io_uring = false keeps a write per packet,
+// the forward leaving before its read batch ends.
+func TestIOURingOffForwardsAtOnce(t *testing.T) {
+	server := newOrderSink(t)
+	s := newOneWorkerProxy(t, server, "io_uring = false")
+	if s.batchOf(0) != nil {
+		t.Fatal("io_uring = false, yet the read loop batches its forwards")
+	}
+	fr := newFakeRouter(t, goodKey, testkit.AddrOf(server.conn))
+	s.in.Handle(ingress.NewWorkerReader(0), fr.seal(t, seqPacket(7)), testkit.NewCountingSink(t).Addr(), mono.Now())
+	if got := server.waitFor(t, 1); got[0] != 7 {
+		t.Fatalf("arrived %v", got)
+	}
 }
 
 func seqPacket(i int) []byte {
