@@ -16,8 +16,18 @@ import (
 // round-robin over n sockets (one per session, as the proxy has), from one
 // thread pinned to cpu, for d. It returns the packets per second the sink
 // received. It is the ceiling for any proxy that makes one send system call per
-// forwarded packet on this host.
-func floorRate(s *sink, n, cpu, size int, d time.Duration) (floorResult, error) {
+// forwarded packet on this host. With ring, the same sends go in io_uring
+// submissions of udp.MaxBatch (as the proxy's forward batches do); an error
+// when the kernel has none.
+func floorRate(s *sink, n, cpu, size int, d time.Duration, ring bool) (floorResult, error) {
+	var r *udp.SendRing
+	if ring {
+		var err error
+		if r, err = udp.NewSendRing(udp.MaxBatch); err != nil {
+			return floorResult{}, err
+		}
+		defer r.Close()
+	}
 	fds := make([]int, 0, n)
 	conns := make([]*net.UDPConn, 0, n)
 	defer func() {
@@ -38,6 +48,11 @@ func floorRate(s *sink, n, cpu, size int, d time.Duration) (floorResult, error) 
 		rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) })
 	}
 	pkt := make([]byte, size)
+	// The ring's batches: udp.MaxBatch sockets in turn, the same packet.
+	batchFDs, bufs, res := make([]int32, udp.MaxBatch), make([][]byte, udp.MaxBatch), make([]int32, udp.MaxBatch)
+	for i := range bufs {
+		bufs[i] = pkt
+	}
 	done := make(chan error, 1)
 	base := s.count.Load()
 	var elapsed time.Duration
@@ -57,8 +72,26 @@ func floorRate(s *sink, n, cpu, size int, d time.Duration) (floorResult, error) 
 			if i&1023 == 0 && time.Now().After(end) {
 				break
 			}
-			if _, err := syscall.Write(fds[i%len(fds)], pkt); err == nil {
-				sent++
+			if r == nil {
+				if _, err := syscall.Write(fds[i%len(fds)], pkt); err == nil {
+					sent++
+				}
+				continue
+			}
+			if i%udp.MaxBatch != udp.MaxBatch-1 {
+				continue // one Send every udp.MaxBatch turns of i
+			}
+			for j := range batchFDs {
+				batchFDs[j] = int32(fds[(i-j)%len(fds)])
+			}
+			if err := r.Send(batchFDs, bufs, res); err != nil {
+				done <- err
+				return
+			}
+			for _, v := range res {
+				if v >= 0 {
+					sent++
+				}
 			}
 		}
 		elapsed = time.Since(start)

@@ -221,6 +221,7 @@ type figures struct {
 	datagramLen        int
 	floorPPS           floorResult // bare write(2) loop on the proxy's CPU, for reference
 	floorBatchPPS      floorResult // bare sendmmsg loop on the proxy's CPU, for reference
+	floorRingPPS       floorResult // bare io_uring send loop (a socket per session) on the proxy's CPU, for reference
 	phases             []phase     // every timed phase; the fields above are the median's
 	median             int         // index of the median phase (by rate per proxy core)
 }
@@ -484,8 +485,11 @@ session_rate = 1000000
 	p.stop()
 	if opt.floor > 0 {
 		fmt.Printf("reference: bare write(2) loop on CPU %d for %v ...\n", opt.proxyCPU, opt.floor)
-		if f.floorPPS, err = floorRate(sink, opt.sessions, opt.proxyCPU, opt.size, opt.floor); err != nil {
+		if f.floorPPS, err = floorRate(sink, opt.sessions, opt.proxyCPU, opt.size, opt.floor, false); err != nil {
 			return nil, err
+		}
+		if f.floorRingPPS, err = floorRate(sink, opt.sessions, opt.proxyCPU, opt.size, opt.floor, true); err != nil {
+			fmt.Printf("reference: no io_uring loop: %v\n", err)
 		}
 		if f.floorBatchPPS, err = floorBatchRate(sink, opt.proxyCPU, opt.size, opt.floor); err != nil {
 			return nil, err
@@ -669,6 +673,7 @@ func table(opt *options, f *figures) [][3]string {
 		{"proxy's core time per forwarded packet", fmt.Sprintf("%.2f µs (%.2f µs in the proxy process)", f.coreBusy/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1), f.proxyCPU/100*f.elapsed.Seconds()*1e6/max(f.forwarded, 1)), ""},
 		{"reference: bare write(2) loop, 1 socket per session", floorRef(f.floorPPS), "ceiling for one send system call per packet on this host"},
 		{"reference: bare sendmmsg loop, batches of 64", floorRef(f.floorBatchPPS), "ceiling for batched sends on this host"},
+		{"reference: bare io_uring send loop, batches of 64, 1 socket per session", floorRef(f.floorRingPPS), "ceiling for the proxy's batched forwards (one submission a read batch) on this host"},
 		{"live sessions", fmt.Sprintf("%.0f", f.sessionsLive), fmt.Sprintf("%d", opt.sessions)},
 		{"RSS after ready, no session", mb(f.rssStart), ""},
 		{"RSS with sessions open, idle", mb(f.rssIdle), fmt.Sprintf("≤ 20 MB: %s", mark(f.rssIdle <= targetRSS))},
