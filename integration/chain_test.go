@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/cipher"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -472,7 +474,7 @@ type chainTap struct {
 
 	mu       sync.Mutex
 	sessions map[uint64][16]byte // game sessions seen (hello with a target)
-	epochs   map[uint64]uint64   // the epoch of each session's latest hello
+	epochs   map[uint64][]uint64 // the epochs of each session's hellos, the latest last
 	checked  int
 	wrong    int
 	firstBad string
@@ -482,7 +484,7 @@ type chainTap struct {
 
 func newChainTap(t *testing.T, h *netns.Host, port uint16, key wire.Key) *chainTap {
 	t.Helper()
-	ct := &chainTap{key: key, port: port, stop: make(chan struct{}), done: make(chan struct{}), sessions: map[uint64][16]byte{}, epochs: map[uint64]uint64{}}
+	ct := &chainTap{key: key, port: port, stop: make(chan struct{}), done: make(chan struct{}), sessions: map[uint64][16]byte{}, epochs: map[uint64][]uint64{}}
 	chainInNS(t, h, func() (err error) {
 		// The protocol goes in network byte order.
 		proto := int(binary.NativeEndian.Uint16([]byte{unix.ETH_P_IP >> 8, unix.ETH_P_IP & 0xff}))
@@ -550,17 +552,16 @@ func (ct *chainTap) watch(dg []byte) {
 		salt = hl.Salt
 		ct.sessions[h.Session] = salt
 	}
-	if h.Flags&wire.FlagHello != 0 {
-		ct.epochs[h.Session] = hl.Epoch // the router re-keys when it learns one
+	if h.Flags&wire.FlagHello != 0 && !slices.Contains(ct.epochs[h.Session], hl.Epoch) {
+		// The router re-keys when it learns the proxy's epoch; its copies on
+		// the two paths may cross that moment in either order, so a datagram
+		// is opened with any epoch the session's hellos have named.
+		ct.epochs[h.Session] = append(ct.epochs[h.Session], hl.Epoch)
 	}
 	if h.Type != wire.TypeData {
 		return
 	}
-	_, c2s, err := wire.DeriveKeysEpoch(&ct.key, &salt, h.Session, ct.epochs[h.Session], wire.RoleServer)
-	if err != nil {
-		return
-	}
-	body, err := wire.Open(c2s, dg, off)
+	body, err := ct.open(dg, off, h.Session, salt)
 	if err != nil || len(body) != checkPktLen || body[0] != 'C' {
 		ct.wrong++
 		if ct.firstBad == "" {
@@ -576,6 +577,27 @@ func (ct *chainTap) watch(dg []byte) {
 			ct.firstBad = fmt.Sprintf("session %x: %s", h.Session, bad)
 		}
 	}
+}
+
+// open opens a data datagram of session id with the keys of the newest epoch
+// its hellos named that opens it (epoch 0 before any hello named one).
+func (ct *chainTap) open(dg []byte, off int, id uint64, salt [16]byte) ([]byte, error) {
+	epochs := ct.epochs[id]
+	if len(epochs) == 0 {
+		epochs = []uint64{0}
+	}
+	var err error
+	for i := len(epochs) - 1; i >= 0; i-- {
+		var c2s cipher.AEAD
+		if _, c2s, err = wire.DeriveKeysEpoch(&ct.key, &salt, id, epochs[i], wire.RoleServer); err != nil {
+			return nil, err
+		}
+		var body []byte
+		if body, err = wire.Open(c2s, dg, off); err == nil {
+			return body, nil
+		}
+	}
+	return nil, err
 }
 
 // checkID records that game packet seq arrived as pid and returns what is wrong

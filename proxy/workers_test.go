@@ -76,6 +76,9 @@ allow = ["%s"]
 	if w0 == 0 || w1 == 0 || w0+w1 != 24 {
 		t.Fatalf("workers read %v and %v datagrams, want 24 spread over both", w0, w1)
 	}
+	// Counted once the send is done, which may be just after the server has
+	// the datagram.
+	waitUntil(t, func() bool { return counter(p, "proxy_forwarded_total") >= 24 })
 	if got := counter(p, "proxy_forwarded_total"); got != 24 {
 		t.Fatalf("forwarded %v, want 24", got)
 	}
