@@ -26,19 +26,51 @@ import (
 // the sessions it carries: its datagrams enter handle with a synthetic source
 // address (fallbackPrefix), and sendTo writes what goes to that address back
 // over the connection.
+//
+// Fallback connections are bounded: a peer must finish the TLS handshake and
+// prove its key within tcpmux.AuthTimeout; at most maxConns are open or
+// authenticating at once (further ones are closed at accept and counted); and
+// one client (a [[client]] ID, or a token's client ID) holds at most
+// perClient, its oldest closed and counted when it opens one more. A router
+// keeps one warm connection and redials when it ends, so a few are all an
+// honest one ever has.
 type tcpSide struct {
 	s      *Server
 	ql     *tcpmux.Listener
 	fl     *tcpmux.FrameListener
 	split  *tcpsplit.Server
 	nextID atomic.Uint64
-	mu     sync.RWMutex
-	conns  map[netip.AddrPort]*tcpmux.FrameConn
 
-	refused, fbConns *metrics.Counter
-	fbIn, fbOut      *metrics.Counter
-	fbActive         *metrics.Gauge
+	mu        sync.RWMutex
+	conns     map[netip.AddrPort]*fbConn
+	byClient  map[fbClient][]*fbConn // oldest first
+	pending   int                    // accepted, not yet authenticated
+	maxConns  int
+	perClient int
+
+	refused, fbConns  *metrics.Counter
+	fbIn, fbOut       *metrics.Counter
+	fbEvicted, fbFull *metrics.Counter
+	fbActive          *metrics.Gauge
 }
+
+// fbConn is one authenticated fallback connection.
+type fbConn struct {
+	fc     *tcpmux.FrameConn
+	addr   netip.AddrPort // its synthetic address
+	client fbClient
+}
+
+// fbClient is whose a fallback connection is: a token's client ID is the
+// minter's name, so it is kept apart from the [[client]] IDs.
+type fbClient struct {
+	id    string
+	token bool
+}
+
+// PerClientFallbacks is how many TLS/TCP fallback connections one client may
+// hold open; its oldest is closed when it opens one more.
+const PerClientFallbacks = 8
 
 // fallbackPrefix holds the synthetic addresses of fallback connections. They
 // never reach a socket.
@@ -56,12 +88,17 @@ func (s *Server) startTCP(ctx context.Context) error {
 	if s.cfg.TCPListen == "" {
 		return nil
 	}
-	t := &tcpSide{s: s, conns: map[netip.AddrPort]*tcpmux.FrameConn{},
-		refused:  s.reg.Counter("raic_proxy_tcp_auth_refused_total", "aggregated or fallback connections that failed authentication"),
-		fbConns:  s.reg.Counter("raic_proxy_udp_fallback_connections_total", "TLS/TCP fallback connections accepted"),
-		fbIn:     s.reg.Counter("raic_proxy_udp_fallback_in_total", "datagrams received over TLS/TCP fallback connections"),
-		fbOut:    s.reg.Counter("raic_proxy_udp_fallback_out_total", "datagrams sent over TLS/TCP fallback connections"),
-		fbActive: s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
+	t := &tcpSide{s: s, conns: map[netip.AddrPort]*fbConn{}, byClient: map[fbClient][]*fbConn{},
+		// As many connections as sessions: each carries at least one.
+		maxConns:  s.cfg.MaxSessions,
+		perClient: PerClientFallbacks,
+		refused:   s.reg.Counter("raic_proxy_tcp_auth_refused_total", "aggregated or fallback connections that failed authentication"),
+		fbConns:   s.reg.Counter("raic_proxy_udp_fallback_connections_total", "TLS/TCP fallback connections accepted"),
+		fbIn:      s.reg.Counter("raic_proxy_udp_fallback_in_total", "datagrams received over TLS/TCP fallback connections"),
+		fbOut:     s.reg.Counter("raic_proxy_udp_fallback_out_total", "datagrams sent over TLS/TCP fallback connections"),
+		fbEvicted: s.reg.Counter("raic_proxy_udp_fallback_evicted_total", "TLS/TCP fallback connections closed because their client opened more than its limit (the oldest goes)"),
+		fbFull:    s.reg.Counter("raic_proxy_udp_fallback_refused_total", "TLS/TCP fallback connections closed at accept because max_sessions were open or authenticating"),
+		fbActive:  s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
 	}
 	keys := func(id string) (wire.Key, bool) {
 		c, ok := s.in.Client(id) // pre-shared-key clients only, as the roster has them now
@@ -124,6 +161,11 @@ func (s *Server) startTCP(ctx context.Context) error {
 			if err != nil {
 				return
 			}
+			if !t.reserve() {
+				nc.Close()
+				t.fbFull.Inc()
+				continue
+			}
 			go t.serveFallback(nc)
 		}
 	}()
@@ -132,34 +174,88 @@ func (s *Server) startTCP(ctx context.Context) error {
 		t.ql.Close()
 		t.fl.Close()
 		t.mu.Lock()
-		for _, fc := range t.conns {
-			fc.Close()
+		for _, c := range t.conns {
+			c.fc.Close()
 		}
 		t.mu.Unlock()
 	}()
 	return nil
 }
 
+// reserve takes a place for a new connection among maxConns (open and
+// authenticating together); false when there is none.
+func (t *tcpSide) reserve() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.conns)+t.pending >= t.maxConns {
+		return false
+	}
+	t.pending++
+	return true
+}
+
+// add files an authenticated connection in the place reserve took, and
+// returns its client's oldest when the client now holds more than perClient.
+func (t *tcpSide) add(c *fbConn) (evicted *fbConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pending--
+	t.conns[c.addr] = c
+	list := append(t.byClient[c.client], c)
+	if len(list) > t.perClient {
+		evicted = list[0]
+		list = list[1:]
+		delete(t.conns, evicted.addr)
+	}
+	t.byClient[c.client] = list
+	return evicted
+}
+
+// remove forgets c (once: an evicted connection is already forgotten).
+func (t *tcpSide) remove(c *fbConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.conns[c.addr] == c {
+		delete(t.conns, c.addr)
+	}
+	list := t.byClient[c.client]
+	for i, o := range list {
+		if o == c {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(t.byClient, c.client)
+	} else {
+		t.byClient[c.client] = list
+	}
+}
+
 func (t *tcpSide) serveFallback(nc net.Conn) {
-	fc, err := t.fl.Authenticate(nc)
+	fc, err := t.fl.Authenticate(nc) // within tcpmux.AuthTimeout
 	if err != nil {
+		t.mu.Lock()
+		t.pending--
+		t.mu.Unlock()
 		t.refused.Inc()
 		return
 	}
 	var b [16]byte
 	copy(b[:8], fallbackPrefix[:])
 	binary.BigEndian.PutUint64(b[8:], t.nextID.Add(1))
-	addr := netip.AddrPortFrom(netip.AddrFrom16(b), 443)
-	t.mu.Lock()
-	t.conns[addr] = fc
-	t.mu.Unlock()
+	c := &fbConn{fc: fc, addr: netip.AddrPortFrom(netip.AddrFrom16(b), 443),
+		client: fbClient{id: fc.ClientID, token: fc.Token != nil}}
+	if old := t.add(c); old != nil {
+		t.fbEvicted.Inc()
+		t.s.log.Info("udp fallback connection evicted: its client opened more", "client", old.client.id, "max", t.perClient)
+		go old.fc.Close() // its reader ends and cleans up; a close notify may wait on a full socket
+	}
 	t.fbConns.Inc()
 	t.fbActive.Add(1)
 	t.s.log.Info("udp fallback connection open", "client", fc.ClientID, "from", fc.RemoteAddr().String())
 	defer func() {
-		t.mu.Lock()
-		delete(t.conns, addr)
-		t.mu.Unlock()
+		t.remove(c)
 		t.fbActive.Add(-1)
 		fc.Close()
 		t.s.log.Info("udp fallback connection closed", "client", fc.ClientID)
@@ -171,7 +267,7 @@ func (t *tcpSide) serveFallback(nc net.Conn) {
 			return
 		}
 		t.fbIn.Inc()
-		t.s.in.Handle(r, dg, addr, mono.Now())
+		t.s.in.Handle(r, dg, c.addr, mono.Now())
 	}
 }
 
@@ -181,9 +277,9 @@ func (t *tcpSide) send(dg []byte, to netip.AddrPort) bool {
 		return false
 	}
 	t.mu.RLock()
-	fc := t.conns[to]
+	c := t.conns[to]
 	t.mu.RUnlock()
-	if fc != nil && fc.Send(dg) == nil {
+	if c != nil && c.fc.Send(dg) == nil {
 		t.fbOut.Inc()
 	}
 	return true

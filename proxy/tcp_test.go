@@ -2,15 +2,18 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/tcpmux"
+	"github.com/raicnet/raic/pkg/token"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -158,4 +161,137 @@ func TestFallbackByToken(t *testing.T) {
 		t.Fatal("a token without its client key was admitted")
 	}
 	testkit.WaitFor(t, 2*time.Second, "refusals counted", func() bool { return counter(p, "raic_proxy_tcp_auth_refused_total") >= 3 })
+}
+
+// closedSoon reports whether the proxy ends fc within d (its reader sees an
+// error); an open connection's reader goes on waiting.
+func closedSoon(fc *tcpmux.FrameConn, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		for {
+			if _, err := fc.Receive(); err != nil {
+				close(done)
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// One client holds at most PerClientFallbacks fallback connections: one more
+// closes its oldest, counted, and leaves the others open. A router admitted
+// by a token that names the same client ID is another client.
+func TestFallbackPerClientEvictsOldest(t *testing.T) {
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
+	p := pskProxy(t, "198.18.41.0/24", fmt.Sprintf("tcp_listen = \"%s\"\ntoken_key = \"%s\"", tcpAddr, tokenKey))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var d net.Dialer
+	now := time.Now()
+	tok, c, err := token.Mint(&tokenKey, token.Claims{ClientID: "gamer", Servers: []string{"198.18.41.2:27015"}, NotBefore: now.Add(-time.Second), Expires: now.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var byToken *tcpmux.FrameConn
+	testkit.WaitFor(t, 5*time.Second, "tcp_listen", func() bool {
+		byToken, err = tcpmux.DialFramesToken(ctx, &d, tcpAddr, tok, c.ClientKey)
+		return err == nil
+	})
+	defer byToken.Close()
+	testkit.WaitFor(t, 2*time.Second, "the token's connection filed", func() bool { return counter(p, "raic_proxy_udp_fallback_active") == 1 })
+	var conns []*tcpmux.FrameConn
+	for i := 0; i <= PerClientFallbacks; i++ {
+		fc, err := tcpmux.DialFrames(ctx, &d, tcpAddr, "gamer", goodKey)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer fc.Close()
+		conns = append(conns, fc)
+		// Filed in the order they opened.
+		want := float64(min(i+1, PerClientFallbacks) + 1)
+		testkit.WaitFor(t, 2*time.Second, fmt.Sprintf("connection %d filed", i), func() bool { return counter(p, "raic_proxy_udp_fallback_active") == want })
+	}
+	if !closedSoon(conns[0], 2*time.Second) {
+		t.Fatal("the oldest connection is still open")
+	}
+	if n := counter(p, "raic_proxy_udp_fallback_evicted_total"); n != 1 {
+		t.Errorf("evicted %v, want 1", n)
+	}
+	for i, fc := range append(conns[1:], byToken) {
+		if closedSoon(fc, 50*time.Millisecond) {
+			t.Errorf("connection %d was closed too", i+1)
+		}
+	}
+	if n := counter(p, "raic_proxy_udp_fallback_active"); n != PerClientFallbacks+1 {
+		t.Errorf("%v open, want %d", n, PerClientFallbacks+1)
+	}
+}
+
+// A connection that never starts its TLS handshake is closed after
+// tcpmux.AuthTimeout and counted as refused. Open and authenticating
+// connections together are at most max_sessions: one more is closed at
+// accept and counted, and a place freed by a dropped connection serves the
+// next router.
+func TestFallbackHandshakeTimeoutAndTotalLimit(t *testing.T) {
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
+	p := pskProxy(t, "198.18.41.0/24", fmt.Sprintf("tcp_listen = \"%s\"\nmax_sessions = 2", tcpAddr))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var d net.Dialer
+	var silent []net.Conn
+	testkit.WaitFor(t, 5*time.Second, "tcp_listen", func() bool {
+		c, err := net.Dial("tcp", tcpAddr)
+		if err == nil {
+			silent = append(silent, c)
+		}
+		return err == nil
+	})
+	c, err := net.Dial("tcp", tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent = append(silent, c)
+	start := time.Now()
+	for _, c := range silent {
+		defer c.Close()
+	}
+	// Two silent peers hold both places: a router is turned away at once.
+	if fc, err := tcpmux.DialFrames(ctx, &d, tcpAddr, "gamer", goodKey); err == nil {
+		fc.Close()
+		t.Fatal("a third connection was admitted beside two authenticating ones")
+	}
+	testkit.WaitFor(t, time.Second, "the refusal counted", func() bool { return counter(p, "raic_proxy_udp_fallback_refused_total") == 1 })
+	// The silent ones are closed after the auth timeout.
+	for i, c := range silent {
+		c.SetReadDeadline(time.Now().Add(tcpmux.AuthTimeout + 2*time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("silent connection %d: %v, want it closed by the proxy", i, err)
+		}
+	}
+	if held := time.Since(start); held < tcpmux.AuthTimeout-time.Second {
+		t.Errorf("silent connections dropped after %v, before the auth timeout %v", held, tcpmux.AuthTimeout)
+	}
+	testkit.WaitFor(t, time.Second, "the silent ones counted", func() bool { return counter(p, "raic_proxy_tcp_auth_refused_total") == 2 })
+	// Their places serve routers now; a third router is refused again.
+	for i := 0; i < 2; i++ {
+		fc, err := tcpmux.DialFrames(ctx, &d, tcpAddr, "gamer", goodKey)
+		if err != nil {
+			t.Fatalf("router %d after the timeouts: %v", i, err)
+		}
+		defer fc.Close()
+	}
+	testkit.WaitFor(t, time.Second, "both filed", func() bool { return counter(p, "raic_proxy_udp_fallback_active") == 2 })
+	if fc, err := tcpmux.DialFrames(ctx, &d, tcpAddr, "gamer", goodKey); err == nil {
+		fc.Close()
+		t.Fatal("a third connection was admitted beside two open ones")
+	}
+	testkit.WaitFor(t, time.Second, "the second refusal counted", func() bool { return counter(p, "raic_proxy_udp_fallback_refused_total") == 2 })
+	if n := counter(p, "raic_proxy_udp_fallback_evicted_total"); n != 0 {
+		t.Errorf("evicted %v: the total limit refuses, it does not evict", n)
+	}
 }

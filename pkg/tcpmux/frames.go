@@ -24,8 +24,11 @@ const MaxFrame = 1 << 14
 type FrameConn struct {
 	c        *tls.Conn
 	ClientID string
-	wmu      sync.Mutex
-	rbuf     [MaxFrame]byte
+	// Token is the connect token the router authenticated with on the
+	// proxy's side; nil for a pre-shared key (and on the router's side).
+	Token []byte
+	wmu   sync.Mutex
+	rbuf  [MaxFrame]byte
 }
 
 // DialFrames connects with d to addr over TLS and authenticates with the key.
@@ -46,7 +49,7 @@ func dialFrames(ctx context.Context, d *net.Dialer, addr string, clientID string
 		return nil, err
 	}
 	tc := nc.(*tls.Conn)
-	tc.SetDeadline(time.Now().Add(authTimeout))
+	tc.SetDeadline(time.Now().Add(AuthTimeout))
 	if err := clientAuth(tc, tc.ConnectionState(), clientID, tok, key); err != nil {
 		tc.Close()
 		return nil, err
@@ -110,6 +113,10 @@ type FrameListener struct {
 	// Tokens, if set before the first Accept, admits routers by a connect
 	// token too; nil refuses them.
 	Tokens TokenLookup
+	// AuthTimeout, if set before the first Accept, bounds the TLS handshake
+	// and the key proofs of a connection (0: the package's AuthTimeout); a
+	// peer that has not proved its key by then is closed.
+	AuthTimeout time.Duration
 }
 
 // ListenFrames serves the TLS fallback on ln.
@@ -125,22 +132,27 @@ func ListenFrames(ln net.Listener, keys KeyLookup) (*FrameListener, error) {
 // own goroutine, so a slow peer does not hold up the others.
 func (l *FrameListener) Accept() (net.Conn, error) { return l.ln.Accept() }
 
-// Authenticate runs the TLS handshake and the key proofs on nc.
+// Authenticate runs the TLS handshake and the key proofs on nc, within
+// AuthTimeout.
 func (l *FrameListener) Authenticate(nc net.Conn) (*FrameConn, error) {
 	tc := tls.Server(nc, l.tc)
-	tc.SetDeadline(time.Now().Add(authTimeout))
+	d := l.AuthTimeout
+	if d <= 0 {
+		d = AuthTimeout
+	}
+	tc.SetDeadline(time.Now().Add(d))
 	if err := tc.Handshake(); err != nil {
 		tc.Close()
 		return nil, err
 	}
-	id, err := serverAuth(tc, tc.ConnectionState(), l.keys, l.Tokens)
+	id, tok, err := serverAuth(tc, tc.ConnectionState(), l.keys, l.Tokens)
 	if err != nil {
 		tc.Close()
 		return nil, err
 	}
 	tc.SetDeadline(time.Time{})
 	noDelay(tc)
-	return &FrameConn{c: tc, ClientID: id}, nil
+	return &FrameConn{c: tc, ClientID: id, Token: tok}, nil
 }
 
 // Close stops accepting.

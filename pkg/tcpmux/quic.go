@@ -28,7 +28,7 @@ const (
 // QUICConfig is the QUIC configuration both sides use.
 func QUICConfig() *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout:           authTimeout,
+		HandshakeIdleTimeout:           AuthTimeout,
 		MaxIdleTimeout:                 IdleTimeout,
 		KeepAlivePeriod:                KeepAlive,
 		InitialStreamReceiveWindow:     512 << 10,
@@ -113,15 +113,16 @@ func (l *Listener) Accept(ctx context.Context, onRefused func(error)) (*Conn, er
 			return nil, err
 		}
 		id, err := func() (string, error) {
-			actx, cancel := context.WithTimeout(ctx, authTimeout)
+			actx, cancel := context.WithTimeout(ctx, AuthTimeout)
 			defer cancel()
 			s, err := qc.AcceptStream(actx)
 			if err != nil {
 				return "", err
 			}
-			s.SetDeadline(time.Now().Add(authTimeout))
+			s.SetDeadline(time.Now().Add(AuthTimeout))
 			defer s.Close()
-			return serverAuth(s, qc.ConnectionState().TLS, l.keys, nil) // no tokens: a flow's allowlist is its [[client]]'s
+			id, _, err := serverAuth(s, qc.ConnectionState().TLS, l.keys, nil) // no tokens: a flow's allowlist is its [[client]]'s
+			return id, err
 		}()
 		if err != nil {
 			qc.CloseWithError(1, "")

@@ -2,8 +2,10 @@ package tcpmux
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -170,7 +172,7 @@ func TestFramesByToken(t *testing.T) {
 	}
 	defer fc.Close()
 	srv := <-accepted
-	if srv.fc == nil || srv.fc.ClientID != "player" {
+	if srv.fc == nil || srv.fc.ClientID != "player" || string(srv.fc.Token) != "good" {
 		t.Fatalf("proxy side %+v", srv)
 	}
 	if err := fc.Send([]byte("by token")); err != nil {
@@ -187,5 +189,81 @@ func TestFramesByToken(t *testing.T) {
 	}
 	if r := <-accepted; r.fc != nil || !errors.Is(r.err, ErrAuth) {
 		t.Errorf("no lookup: proxy side %v, %v", r.fc, r.err)
+	}
+}
+
+// A peer that does not prove its key within AuthTimeout is closed: one that
+// sends nothing at all (the TLS handshake never starts) and one that
+// completes the handshake but never sends its proof. A router that proves
+// its key in time is admitted.
+func TestFramesAuthTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := ListenFrames(ln, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	fl.AuthTimeout = 300 * time.Millisecond
+	type result struct {
+		fc  *FrameConn
+		err error
+		d   time.Duration
+	}
+	accepted := make(chan result, 4)
+	go func() {
+		for {
+			nc, err := fl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				start := time.Now()
+				fc, err := fl.Authenticate(nc)
+				accepted <- result{fc, err, time.Since(start)}
+			}()
+		}
+	}()
+	silent, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	half, err := tls.Dial("tcp", ln.Addr().String(), ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	for _, name := range []string{"silent", "no proof"} {
+		select {
+		case r := <-accepted:
+			var ne net.Error
+			if r.fc != nil || !errors.As(r.err, &ne) || !ne.Timeout() {
+				t.Errorf("%s: accepted %v, err %v; want a timeout", name, r.fc, r.err)
+			}
+			if r.d < 250*time.Millisecond || r.d > 2*time.Second {
+				t.Errorf("%s: dropped after %v, want about 300ms", name, r.d)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("%s: still held after 3s", name)
+		}
+	}
+	// Closed by the listener: the peer reads the end.
+	silent.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("silent peer: read %v, want the connection closed", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var d net.Dialer
+	fc, err := DialFrames(ctx, &d, ln.Addr().String(), "gamer", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	if r := <-accepted; r.fc == nil || r.fc.ClientID != "gamer" || r.fc.Token != nil {
+		t.Fatalf("a prompt router: %+v", r)
 	}
 }
