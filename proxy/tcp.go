@@ -122,23 +122,32 @@ func (s *Server) startTCP(ctx context.Context) error {
 	}
 	t.fl, _ = tcpmux.ListenFrames(ln, keys)
 	// A router admitted by a connect token presents it in place of a client
-	// ID: opened against the token key as the roster has it now, refusals
-	// counted by reason in proxy_dropped_total as a token hello's. Its
-	// sessions are then admitted hello by hello, as over UDP.
-	t.fl.Tokens = func(tok []byte) (string, wire.Key, error) {
-		id, key, why := s.in.OpenToken(tok, time.Now())
+	// ID, on either transport: opened against the token key as the roster
+	// has it now, refusals counted by reason in proxy_dropped_total as a
+	// token hello's. Its sessions are then admitted hello by hello, as over
+	// UDP, and its TCP flows by the token's servers.
+	tokens := func(tok []byte) (string, wire.Key, error) {
+		id, key, _, why := s.in.OpenToken(tok, time.Now())
 		if why != clients.Admitted {
 			return "", key, fmt.Errorf("%w: connect token refused: %s", tcpmux.ErrAuth, why)
 		}
 		return id, key, nil
 	}
+	t.fl.Tokens, t.ql.Tokens = tokens, tokens
 	t.split = &tcpsplit.Server{
-		Allowed: func(id string) (allow.List, bool) {
-			c, ok := s.in.Client(id) // pre-shared-key clients only, as the roster has them now
+		Allowed: func(c *tcpmux.Conn) (allow.List, bool) {
+			if c.Token != nil {
+				// Opened again for each flow: a token that expired since
+				// the connection opened, or whose key was rotated away
+				// (SIGHUP), opens no new flow (counted by reason).
+				_, _, servers, why := s.in.OpenToken(c.Token, time.Now())
+				return servers, why == clients.Admitted
+			}
+			cl, ok := s.in.Client(c.ClientID) // as the roster has it now
 			if !ok {
 				return nil, false
 			}
-			return c.Allow, true
+			return cl.Allow, true
 		},
 		Stats: tcpsplit.NewStats(s.reg, "raic_proxy_tcp"),
 		Log:   s.log,

@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/raicnet/raic/integration/testkit"
+	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/tcpmux"
+	"github.com/raicnet/raic/pkg/tcpsplit"
 	"github.com/raicnet/raic/pkg/token"
 	"github.com/raicnet/raic/pkg/wire"
 )
@@ -294,4 +298,157 @@ func TestFallbackHandshakeTimeoutAndTotalLimit(t *testing.T) {
 	if n := counter(p, "raic_proxy_udp_fallback_evicted_total"); n != 0 {
 		t.Errorf("evicted %v: the total limit refuses, it does not evict", n)
 	}
+}
+
+// tcpEcho echoes every connection's bytes back; accepted counts them.
+func tcpEcho(t *testing.T) (netip.AddrPort, *atomic.Int64) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort(), &accepted
+}
+
+type liveConns []*tcpmux.Conn
+
+func (l liveConns) Live() []*tcpmux.Conn { return l }
+
+// splitFlow carries one flow to target over c as a router does, and returns
+// the LAN end: what it reads back is the server's answer ("" when the flow
+// was refused and closed).
+func splitFlow(t *testing.T, c *tcpmux.Conn, target netip.AddrPort, msg string) string {
+	t.Helper()
+	lan, router := net.Pipe()
+	go tcpsplit.Carry(router, target, tcpsplit.Rule{}, liveConns{c}, tcpsplit.NewStats(metrics.NewRegistry(), "r"), quietLog())
+	defer lan.Close()
+	lan.SetDeadline(time.Now().Add(5 * time.Second))
+	got := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(lan)
+		got <- string(b)
+	}()
+	if _, err := lan.Write([]byte(msg)); err != nil {
+		return "" // refused: the router closed the LAN end
+	}
+	select {
+	case s := <-got:
+		return s
+	case <-time.After(500 * time.Millisecond):
+	}
+	lan.Close()
+	return <-got
+}
+
+// A router admitted by a connect token carries TCP flows over the QUIC
+// connection (split TCP): a flow to one of the token's servers reaches it
+// and is answered; one to another server is refused (counted) even where a
+// [[client]] of the same name may go; once the token expires, an open
+// connection opens no new flow. Expired and forged tokens, and a token
+// without its client key, get no connection; each refusal is counted.
+func TestSplitTCPByToken(t *testing.T) {
+	server, served := tcpEcho(t)
+	other, otherServed := tcpEcho(t)
+	port := freeTCPPort(t)
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	p := startConfigProxy(t, fmt.Sprintf("listen = \"127.0.0.1:0\"\ntcp_listen = \"%s\"\ntoken_key = \"%s\"\n[[client]]\nid = \"player\"\nkey = \"%s\"\nallow = [\"%s\"]\n",
+		tcpAddr, tokenKey, goodKey, other))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	proxyAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	dial := func(tok []byte, key wire.Key) (*tcpmux.Conn, error) {
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		c, err := tcpmux.DialToken(dctx, pc, proxyAddr, tok, key)
+		if err != nil {
+			pc.Close()
+			return nil, err
+		}
+		t.Cleanup(func() { c.Close() })
+		return c, nil
+	}
+	tok, ck := mintFor(t, tokenKey, server.String(), -time.Second, time.Minute, 1) // client ID "player"
+	var c *tcpmux.Conn
+	testkit.WaitFor(t, 5*time.Second, "tcp_listen", func() bool {
+		var err error
+		c, err = dial(tok, ck)
+		return err == nil
+	})
+	if got := splitFlow(t, c, server, "by token"); got != "by token" {
+		t.Fatalf("a flow to the token's server: got %q", got)
+	}
+	// Flows are not sessions: the token's one session does not limit them.
+	if got := splitFlow(t, c, server, "again"); got != "again" {
+		t.Fatalf("a second flow to the token's server: got %q", got)
+	}
+	if got := splitFlow(t, c, other, "elsewhere"); got != "" {
+		t.Fatalf("a flow outside the token's servers got %q back", got)
+	}
+	if n := counter(p, "raic_proxy_tcp_flows_refused_total"); n != 1 {
+		t.Errorf("flows refused %v, want 1", n)
+	}
+	if served.Load() != 2 || otherServed.Load() != 0 {
+		t.Errorf("servers accepted %d and %d connections, want 2 and 0", served.Load(), otherServed.Load())
+	}
+
+	// A token that expires while its connection is open.
+	now := time.Now()
+	short, sc, err := token.Mint(&tokenKey, token.Claims{ClientID: "brief", Servers: []string{server.String()},
+		NotBefore: now.Add(-time.Second), Expires: now.Truncate(time.Second).Add(2 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := dial(short, sc.ClientKey)
+	if err != nil {
+		t.Fatalf("a valid short token: %v", err)
+	}
+	if got := splitFlow(t, bc, server, "in time"); got != "in time" {
+		t.Fatalf("a flow before expiry: got %q", got)
+	}
+	time.Sleep(time.Until(now.Truncate(time.Second).Add(2 * time.Second)))
+	if got := splitFlow(t, bc, server, "too late"); got != "" {
+		t.Fatalf("a flow after the token expired got %q back", got)
+	}
+	if n := counter(p, `proxy_dropped_total{reason="token_expired"}`); n != 1 {
+		t.Errorf("token_expired %v, want 1", n)
+	}
+	if served.Load() != 3 {
+		t.Errorf("the server accepted %d connections, want 3", served.Load())
+	}
+
+	expired, eck := mintFor(t, tokenKey, server.String(), -time.Hour, -time.Minute, 1)
+	forged, fck := mintFor(t, wire.Key{1}, server.String(), -time.Second, time.Minute, 1)
+	for _, tc := range []struct {
+		name, reason string
+		tok          []byte
+		key          wire.Key
+	}{
+		{"expired", `proxy_dropped_total{reason="token_expired"}`, expired, eck},
+		{"another key", `proxy_dropped_total{reason="token_forged"}`, forged, fck},
+		{"without its client key", "", tok, wire.Key{3}},
+	} {
+		before := counter(p, tc.reason)
+		if _, err := dial(tc.tok, tc.key); err == nil {
+			t.Fatalf("%s: a QUIC connection was admitted", tc.name)
+		}
+		if tc.reason != "" {
+			testkit.WaitFor(t, 2*time.Second, tc.name+" counted", func() bool { return counter(p, tc.reason) == before+1 })
+		}
+	}
+	testkit.WaitFor(t, 2*time.Second, "refusals counted", func() bool { return counter(p, "raic_proxy_tcp_auth_refused_total") == 3 })
 }

@@ -46,7 +46,10 @@ type Conn struct {
 	*quic.Conn
 	// ClientID is the authenticated router.
 	ClientID string
-	tr       *quic.Transport // owned by a dialled connection, nil on the proxy
+	// Token is the connect token the router authenticated with, on the
+	// proxy's side; nil for a pre-shared key (and on the router's side).
+	Token []byte
+	tr    *quic.Transport // owned by a dialled connection, nil on the proxy
 }
 
 // Close ends the connection (and, on the router, its socket).
@@ -61,6 +64,16 @@ func (c *Conn) Close() error {
 // Dial opens a QUIC connection to the proxy at addr from pc (a socket bound to
 // one uplink; Close closes it) and authenticates it with the client key.
 func Dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID string, key wire.Key) (*Conn, error) {
+	return dial(ctx, pc, addr, clientID, nil, key)
+}
+
+// DialToken is Dial for a router admitted by a connect token: it presents
+// tok and proves key, the client key sealed in it, as DialFramesToken does.
+func DialToken(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, tok []byte, key wire.Key) (*Conn, error) {
+	return dial(ctx, pc, addr, "token", tok, key)
+}
+
+func dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID string, tok []byte, key wire.Key) (*Conn, error) {
 	tr := &quic.Transport{Conn: pc}
 	qc, err := tr.Dial(ctx, addr, ClientTLS(), QUICConfig())
 	if err != nil {
@@ -73,7 +86,7 @@ func Dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID st
 		if dl, ok := ctx.Deadline(); ok {
 			s.SetDeadline(dl)
 		}
-		err = clientAuth(s, qc.ConnectionState().TLS, clientID, nil, key)
+		err = clientAuth(s, qc.ConnectionState().TLS, clientID, tok, key) // tok, when set, in place of the ID
 		s.SetDeadline(time.Time{})
 		s.Close()
 	}
@@ -88,6 +101,9 @@ func Dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID st
 type Listener struct {
 	ln   *quic.Listener
 	keys KeyLookup
+	// Tokens, if set before the first Accept, admits routers by a connect
+	// token too (see FrameListener.Tokens); nil refuses them.
+	Tokens TokenLookup
 }
 
 // Listen serves QUIC on pc; keys finds the clients' keys.
@@ -112,17 +128,16 @@ func (l *Listener) Accept(ctx context.Context, onRefused func(error)) (*Conn, er
 		if err != nil {
 			return nil, err
 		}
-		id, err := func() (string, error) {
+		id, tok, err := func() (string, []byte, error) {
 			actx, cancel := context.WithTimeout(ctx, AuthTimeout)
 			defer cancel()
 			s, err := qc.AcceptStream(actx)
 			if err != nil {
-				return "", err
+				return "", nil, err
 			}
 			s.SetDeadline(time.Now().Add(AuthTimeout))
 			defer s.Close()
-			id, _, err := serverAuth(s, qc.ConnectionState().TLS, l.keys, nil) // no tokens: a flow's allowlist is its [[client]]'s
-			return id, err
+			return serverAuth(s, qc.ConnectionState().TLS, l.keys, l.Tokens)
 		}()
 		if err != nil {
 			qc.CloseWithError(1, "")
@@ -131,7 +146,7 @@ func (l *Listener) Accept(ctx context.Context, onRefused func(error)) (*Conn, er
 			}
 			continue
 		}
-		return &Conn{Conn: qc, ClientID: id}, nil
+		return &Conn{Conn: qc, ClientID: id, Token: tok}, nil
 	}
 }
 

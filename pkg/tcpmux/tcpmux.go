@@ -21,12 +21,15 @@
 // does not hold it.
 //
 // A router admitted by a connect token (package token) has no pre-shared key
-// at the proxy: on the TLS fallback it sends its token in place of the client
+// at the proxy: on either transport it sends its token in place of the client
 // ID (marker byte 0xff, the token's length, the token) and proves the client
 // key sealed inside it; the proxy opens the token (TokenLookup: forged,
 // expired and not yet valid tokens are refused there) and checks the proof
-// with that key. The datagrams the connection then carries are admitted one
-// session at a time as over UDP, by the token in their hellos.
+// with that key, and the accepted connection keeps the token (Conn.Token,
+// FrameConn.Token). The datagrams a fallback connection then carries are
+// admitted one session at a time as over UDP, by the token in their hellos;
+// the TCP flows of a QUIC connection, one at a time by the token's servers
+// (package tcpsplit).
 package tcpmux
 
 import (

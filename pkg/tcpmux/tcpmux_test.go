@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"testing"
@@ -265,5 +266,115 @@ func TestFramesAuthTimeout(t *testing.T) {
 	defer fc.Close()
 	if r := <-accepted; r.fc == nil || r.fc.ClientID != "gamer" || r.fc.Token != nil {
 		t.Fatalf("a prompt router: %+v", r)
+	}
+}
+
+// The QUIC listener admits a connect token as the frame listener does: the
+// lookup's refusal and a wrong client key are refused (onRefused is told),
+// a good token gives a connection that keeps the token; without a lookup a
+// token is refused.
+func TestQUICByToken(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ql, err := Listen(pc, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ql.Close()
+	errExpired := errors.New("expired")
+	tokKey := wire.Key{4, 4}
+	ql.Tokens = func(tok []byte) (string, wire.Key, error) {
+		switch string(tok) {
+		case "good":
+			return "player", tokKey, nil
+		case "old":
+			return "", wire.Key{}, errExpired
+		}
+		return "", wire.Key{}, ErrAuth
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	refused := make(chan error, 8)
+	accepted := make(chan *Conn, 1)
+	go func() {
+		for {
+			c, err := ql.Accept(ctx, func(err error) { refused <- err })
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dial := func(tok string, k wire.Key) (*Conn, error) {
+		cp, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := DialToken(ctx, cp, pc.LocalAddr().(*net.UDPAddr), []byte(tok), k)
+		if err != nil {
+			cp.Close()
+		}
+		return c, err
+	}
+	for _, c := range []struct {
+		tok  string
+		k    wire.Key
+		want error
+	}{{"old", tokKey, errExpired}, {"forged", tokKey, ErrAuth}, {"good", key, ErrAuth}} {
+		if _, err := dial(c.tok, c.k); err == nil {
+			t.Errorf("%s: the router was admitted", c.tok)
+		}
+		select {
+		case err := <-refused:
+			if !errors.Is(err, c.want) {
+				t.Errorf("%s: refused with %v, want %v", c.tok, err, c.want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: never refused", c.tok)
+		}
+	}
+	rc, err := dial("good", tokKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	srv := <-accepted
+	if srv.ClientID != "player" || string(srv.Token) != "good" {
+		t.Fatalf("proxy side: client %q, token %q", srv.ClientID, srv.Token)
+	}
+	// The connection carries streams as one by a key does.
+	s, err := rc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte("flow"))
+	ss, err := srv.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(ss, b); err != nil || string(b) != "flow" {
+		t.Fatalf("stream read %q, %v", b, err)
+	}
+
+	// A listener without a lookup takes the marker for an unknown client.
+	pc2, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := Listen(pc2, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	go plain.Accept(ctx, func(err error) { refused <- err })
+	cp, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	if _, err := DialToken(ctx, cp, pc2.LocalAddr().(*net.UDPAddr), []byte("good"), tokKey); err == nil {
+		t.Error("no lookup: the router was admitted")
+	}
+	if err := <-refused; !errors.Is(err, ErrAuth) {
+		t.Errorf("no lookup: refused with %v", err)
 	}
 }
