@@ -137,7 +137,7 @@ func TestStudioTokenFallback(t *testing.T) {
 	keyFile, key := b.tokenKeyFile(t, dir)
 	server, served := testkit.EchoServer(t)
 	other, otherServed := testkit.EchoServer(t)
-	tcpListen, metrics := freeTCPAddr(t), freeTCPAddr(t)
+	tcpListen, metrics := freeTCPListen(t), freeTCPAddr(t)
 	startConfig(t, b.proxy, dir, "proxy.toml", fmt.Sprintf(`listen = "127.0.0.1:%d"
 tcp_listen = "%s"
 metrics = "%s"
@@ -246,6 +246,20 @@ fallback = true
 	}
 }
 
+// freeTCPListen is a loopback address free for TCP and UDP both, for a
+// proxy's tcp_listen (QUIC and TLS on the one port).
+func freeTCPListen(t *testing.T) string {
+	for i := 0; i < 50; i++ {
+		a := freeTCPAddr(t)
+		if pc, err := net.ListenPacket("udp4", a); err == nil {
+			pc.Close()
+			return a
+		}
+	}
+	t.Fatal("no loopback port free for both TCP and UDP")
+	return ""
+}
+
 // loopbackTCPEcho echoes every TCP connection's bytes back; the counter
 // counts the connections.
 func loopbackTCPEcho(t *testing.T) (netip.AddrPort, *atomic.Int64) {
@@ -297,7 +311,7 @@ func TestTCPSplitByToken(t *testing.T) {
 	keyFile, key := b.tokenKeyFile(t, dir)
 	server, served := loopbackTCPEcho(t)
 	other, otherServed := loopbackTCPEcho(t)
-	tcpListen, metrics := freeTCPAddr(t), freeTCPAddr(t)
+	tcpListen, metrics := freeTCPListen(t), freeTCPAddr(t)
 	startConfig(t, b.proxy, dir, "proxy.toml", fmt.Sprintf(`listen = "127.0.0.1:%d"
 tcp_listen = "%s"
 metrics = "%s"

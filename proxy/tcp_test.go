@@ -48,14 +48,25 @@ func TestFallbackAddressesAreSynthetic(t *testing.T) {
 	}
 }
 
-// freeTCPPort is a loopback port free at the time of asking.
+// freeTCPPort is a loopback port free at the time of asking, for TCP and
+// for UDP both: tcp_listen takes the port on both (QUIC and TLS), and a port
+// free for TCP alone may be some other socket's UDP port.
 func freeTCPPort(t testing.TB) int {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < 50; i++ {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		pc, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+		ln.Close()
+		if err == nil {
+			pc.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no loopback port free for both TCP and UDP")
+	return 0
 }
 
 // A router admitted by a connect token reaches the proxy over the TLS/TCP

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -376,5 +378,82 @@ func TestQUICByToken(t *testing.T) {
 	}
 	if err := <-refused; !errors.Is(err, ErrAuth) {
 		t.Errorf("no lookup: refused with %v", err)
+	}
+}
+
+// Connections authenticate in parallel: a peer that completes the QUIC
+// handshake but never proves its key does not hold up a router that does,
+// and is refused after AuthTimeout. Beyond MaxPending authenticating at
+// once, a connection is refused at once (ErrBusy).
+func TestQUICSilentPeerHoldsUpNobody(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ql, err := Listen(pc, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ql.Close()
+	ql.MaxPending = 2
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	refused := make(chan error, 8)
+	accepted := make(chan *Conn, 4)
+	go func() {
+		for {
+			c, err := ql.Accept(ctx, func(err error) { refused <- err })
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	addr := pc.LocalAddr().(*net.UDPAddr)
+	silent := func() *quic.Conn {
+		qc, err := quic.DialAddr(ctx, addr.String(), ClientTLS(), QUICConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { qc.CloseWithError(0, "") })
+		return qc
+	}
+	start := time.Now()
+	silent()
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
+	cp, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	rc, err := Dial(dctx, cp, addr, "gamer", key)
+	if err != nil {
+		t.Fatalf("a router behind a silent peer: %v", err)
+	}
+	defer rc.Close()
+	if c := <-accepted; c.ClientID != "gamer" {
+		t.Fatalf("accepted %q", c.ClientID)
+	}
+	if d := time.Since(start); d > AuthTimeout/2 {
+		t.Errorf("the router waited %v behind the silent peer", d)
+	}
+	// Two silent peers fill MaxPending: a third connection is refused now.
+	silent()
+	silent()
+	select {
+	case err := <-refused:
+		if !errors.Is(err, ErrBusy) {
+			t.Errorf("refused with %v, want ErrBusy", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no refusal beyond MaxPending")
+	}
+	// The silent ones time out.
+	for i := 0; i < 2; i++ {
+		select {
+		case err := <-refused:
+			if errors.Is(err, ErrBusy) || time.Since(start) < AuthTimeout-time.Second {
+				t.Errorf("silent peer %d: refused with %v after %v", i, err, time.Since(start))
+			}
+		case <-time.After(AuthTimeout + 3*time.Second):
+			t.Fatalf("silent peer %d was never refused", i)
+		}
 	}
 }

@@ -243,7 +243,7 @@ func (s *Server) serveStream(c *tcpmux.Conn, st *quic.Stream) {
 	}
 	if list, ok := s.Allowed(c); !ok || !list.Allows(target) {
 		s.Stats.Refused.Inc()
-		s.Log.Warn("tcp target refused: not in the client's allowlist", "client", client, "target", target.String())
+		s.Log.Warn("tcp target refused: not in the client's allowlist (or its token's servers, while valid)", "client", client, "token", c.Token != nil, "target", target.String())
 		refuse(statusForbidden)
 		return
 	}
