@@ -27,13 +27,14 @@ import (
 // address (fallbackPrefix), and sendTo writes what goes to that address back
 // over the connection.
 //
-// Fallback connections are bounded: a peer must finish the TLS handshake and
-// prove its key within tcpmux.AuthTimeout; at most maxConns are open or
-// authenticating at once (further ones are closed at accept and counted); and
-// one client (a [[client]] ID, or a token's client ID) holds at most
-// perClient, its oldest closed and counted when it opens one more. A router
-// keeps one warm connection and redials when it ends, so a few are all an
-// honest one ever has.
+// Both kinds of connection are bounded (connTable): a peer must finish the
+// handshake and prove its key within tcpmux.AuthTimeout; at most max_sessions
+// of a kind are open (fallback: or authenticating) at once, further ones
+// closed and counted; and one client (a [[client]] ID, or a token's client
+// ID) holds at most PerClientConns of a kind, its oldest closed and counted
+// when it opens one more. A router keeps one QUIC connection per uplink and
+// one warm fallback connection, and redials when one ends, so a few are all
+// an honest one ever has.
 type tcpSide struct {
 	s      *Server
 	ql     *tcpmux.Listener
@@ -41,36 +42,31 @@ type tcpSide struct {
 	split  *tcpsplit.Server
 	nextID atomic.Uint64
 
-	mu        sync.RWMutex
-	conns     map[netip.AddrPort]*fbConn
-	byClient  map[fbClient][]*fbConn // oldest first
-	pending   int                    // accepted, not yet authenticated
-	maxConns  int
-	perClient int
+	quic *connTable[*tcpmux.Conn]
+	fb   *connTable[*fbConn]
+	mu   sync.RWMutex
+	// conns finds a fallback connection by its synthetic address.
+	conns map[netip.AddrPort]*fbConn
 
 	refused, fbConns  *metrics.Counter
 	fbIn, fbOut       *metrics.Counter
 	fbEvicted, fbFull *metrics.Counter
 	fbActive          *metrics.Gauge
+	qEvicted, qFull   *metrics.Counter
+	qActive           *metrics.Gauge
 }
 
 // fbConn is one authenticated fallback connection.
 type fbConn struct {
 	fc     *tcpmux.FrameConn
 	addr   netip.AddrPort // its synthetic address
-	client fbClient
+	client connClient
 }
 
-// fbClient is whose a fallback connection is: a token's client ID is the
-// minter's name, so it is kept apart from the [[client]] IDs.
-type fbClient struct {
-	id    string
-	token bool
-}
-
-// PerClientFallbacks is how many TLS/TCP fallback connections one client may
-// hold open; its oldest is closed when it opens one more.
-const PerClientFallbacks = 8
+// PerClientConns is how many connections of each kind (QUIC, TLS/TCP
+// fallback) one client may hold open; its oldest is closed when it opens one
+// more.
+const PerClientConns = 8
 
 // fallbackPrefix holds the synthetic addresses of fallback connections. They
 // never reach a socket.
@@ -88,10 +84,11 @@ func (s *Server) startTCP(ctx context.Context) error {
 	if s.cfg.TCPListen == "" {
 		return nil
 	}
-	t := &tcpSide{s: s, conns: map[netip.AddrPort]*fbConn{}, byClient: map[fbClient][]*fbConn{},
-		// As many connections as sessions: each carries at least one.
-		maxConns:  s.cfg.MaxSessions,
-		perClient: PerClientFallbacks,
+	t := &tcpSide{s: s, conns: map[netip.AddrPort]*fbConn{},
+		// As many connections of a kind as sessions: a fallback
+		// connection carries at least one, a QUIC one a flow or more.
+		quic:      newConnTable[*tcpmux.Conn](s.cfg.MaxSessions, PerClientConns),
+		fb:        newConnTable[*fbConn](s.cfg.MaxSessions, PerClientConns),
 		refused:   s.reg.Counter("raic_proxy_tcp_auth_refused_total", "aggregated or fallback connections that failed authentication"),
 		fbConns:   s.reg.Counter("raic_proxy_udp_fallback_connections_total", "TLS/TCP fallback connections accepted"),
 		fbIn:      s.reg.Counter("raic_proxy_udp_fallback_in_total", "datagrams received over TLS/TCP fallback connections"),
@@ -99,6 +96,9 @@ func (s *Server) startTCP(ctx context.Context) error {
 		fbEvicted: s.reg.Counter("raic_proxy_udp_fallback_evicted_total", "TLS/TCP fallback connections closed because their client opened more than its limit (the oldest goes)"),
 		fbFull:    s.reg.Counter("raic_proxy_udp_fallback_refused_total", "TLS/TCP fallback connections closed at accept because max_sessions were open or authenticating"),
 		fbActive:  s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
+		qEvicted:  s.reg.Counter("raic_proxy_tcp_conns_evicted_total", "aggregated QUIC connections closed because their client opened more than its limit (the oldest goes)"),
+		qFull:     s.reg.Counter("raic_proxy_tcp_conns_refused_total", "aggregated QUIC connections closed after authenticating because max_sessions were open"),
+		qActive:   s.reg.Gauge("raic_proxy_tcp_conns_active", "aggregated QUIC connections open"),
 	}
 	keys := func(id string) (wire.Key, bool) {
 		c, ok := s.in.Client(id) // pre-shared-key clients only, as the roster has them now
@@ -160,8 +160,7 @@ func (s *Server) startTCP(ctx context.Context) error {
 			if err != nil {
 				return
 			}
-			s.log.Info("tcp connection open", "client", c.ClientID, "from", c.RemoteAddr().String())
-			go t.split.ServeConn(ctx, c)
+			go t.serveQUIC(ctx, c)
 		}
 	}()
 	go func() {
@@ -170,7 +169,7 @@ func (s *Server) startTCP(ctx context.Context) error {
 			if err != nil {
 				return
 			}
-			if !t.reserve() {
+			if !t.fb.reserve() {
 				nc.Close()
 				t.fbFull.Inc()
 				continue
@@ -191,62 +190,32 @@ func (s *Server) startTCP(ctx context.Context) error {
 	return nil
 }
 
-// reserve takes a place for a new connection among maxConns (open and
-// authenticating together); false when there is none.
-func (t *tcpSide) reserve() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.conns)+t.pending >= t.maxConns {
-		return false
+// serveQUIC carries c's flows until it ends, within the bounds of t.quic.
+func (t *tcpSide) serveQUIC(ctx context.Context, c *tcpmux.Conn) {
+	cl := connClient{id: c.ClientID, token: c.Token != nil}
+	old, evicted, ok := t.quic.add(cl, c, false)
+	if !ok {
+		t.qFull.Inc()
+		c.CloseWithError(2, "full")
+		return
 	}
-	t.pending++
-	return true
-}
-
-// add files an authenticated connection in the place reserve took, and
-// returns its client's oldest when the client now holds more than perClient.
-func (t *tcpSide) add(c *fbConn) (evicted *fbConn) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.pending--
-	t.conns[c.addr] = c
-	list := append(t.byClient[c.client], c)
-	if len(list) > t.perClient {
-		evicted = list[0]
-		list = list[1:]
-		delete(t.conns, evicted.addr)
+	if evicted {
+		t.qEvicted.Inc()
+		t.s.log.Info("tcp connection evicted: its client opened more", "client", cl.id, "max", PerClientConns)
+		old.CloseWithError(3, "evicted") // its ServeConn ends and cleans up
 	}
-	t.byClient[c.client] = list
-	return evicted
-}
-
-// remove forgets c (once: an evicted connection is already forgotten).
-func (t *tcpSide) remove(c *fbConn) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.conns[c.addr] == c {
-		delete(t.conns, c.addr)
-	}
-	list := t.byClient[c.client]
-	for i, o := range list {
-		if o == c {
-			list = append(list[:i:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(t.byClient, c.client)
-	} else {
-		t.byClient[c.client] = list
-	}
+	t.qActive.Add(1)
+	t.s.log.Info("tcp connection open", "client", c.ClientID, "from", c.RemoteAddr().String())
+	t.split.ServeConn(ctx, c)
+	t.quic.remove(cl, c)
+	t.qActive.Add(-1)
+	c.CloseWithError(0, "")
 }
 
 func (t *tcpSide) serveFallback(nc net.Conn) {
 	fc, err := t.fl.Authenticate(nc) // within tcpmux.AuthTimeout
 	if err != nil {
-		t.mu.Lock()
-		t.pending--
-		t.mu.Unlock()
+		t.fb.release()
 		t.refused.Inc()
 		return
 	}
@@ -254,17 +223,29 @@ func (t *tcpSide) serveFallback(nc net.Conn) {
 	copy(b[:8], fallbackPrefix[:])
 	binary.BigEndian.PutUint64(b[8:], t.nextID.Add(1))
 	c := &fbConn{fc: fc, addr: netip.AddrPortFrom(netip.AddrFrom16(b), 443),
-		client: fbClient{id: fc.ClientID, token: fc.Token != nil}}
-	if old := t.add(c); old != nil {
+		client: connClient{id: fc.ClientID, token: fc.Token != nil}}
+	old, evicted, _ := t.fb.add(c.client, c, true)
+	t.mu.Lock()
+	t.conns[c.addr] = c
+	if evicted {
+		delete(t.conns, old.addr)
+	}
+	t.mu.Unlock()
+	if evicted {
 		t.fbEvicted.Inc()
-		t.s.log.Info("udp fallback connection evicted: its client opened more", "client", old.client.id, "max", t.perClient)
+		t.s.log.Info("udp fallback connection evicted: its client opened more", "client", old.client.id, "max", PerClientConns)
 		go old.fc.Close() // its reader ends and cleans up; a close notify may wait on a full socket
 	}
 	t.fbConns.Inc()
 	t.fbActive.Add(1)
 	t.s.log.Info("udp fallback connection open", "client", fc.ClientID, "from", fc.RemoteAddr().String())
 	defer func() {
-		t.remove(c)
+		t.fb.remove(c.client, c)
+		t.mu.Lock()
+		if t.conns[c.addr] == c {
+			delete(t.conns, c.addr)
+		}
+		t.mu.Unlock()
 		t.fbActive.Add(-1)
 		fc.Close()
 		t.s.log.Info("udp fallback connection closed", "client", fc.ClientID)

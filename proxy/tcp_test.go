@@ -198,7 +198,7 @@ func closedSoon(fc *tcpmux.FrameConn, d time.Duration) bool {
 	}
 }
 
-// One client holds at most PerClientFallbacks fallback connections: one more
+// One client holds at most PerClientConns fallback connections: one more
 // closes its oldest, counted, and leaves the others open. A router admitted
 // by a token that names the same client ID is another client.
 func TestFallbackPerClientEvictsOldest(t *testing.T) {
@@ -220,7 +220,7 @@ func TestFallbackPerClientEvictsOldest(t *testing.T) {
 	defer byToken.Close()
 	testkit.WaitFor(t, 2*time.Second, "the token's connection filed", func() bool { return counter(p, "raic_proxy_udp_fallback_active") == 1 })
 	var conns []*tcpmux.FrameConn
-	for i := 0; i <= PerClientFallbacks; i++ {
+	for i := 0; i <= PerClientConns; i++ {
 		fc, err := tcpmux.DialFrames(ctx, &d, tcpAddr, "gamer", goodKey)
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
@@ -228,7 +228,7 @@ func TestFallbackPerClientEvictsOldest(t *testing.T) {
 		defer fc.Close()
 		conns = append(conns, fc)
 		// Filed in the order they opened.
-		want := float64(min(i+1, PerClientFallbacks) + 1)
+		want := float64(min(i+1, PerClientConns) + 1)
 		testkit.WaitFor(t, 2*time.Second, fmt.Sprintf("connection %d filed", i), func() bool { return counter(p, "raic_proxy_udp_fallback_active") == want })
 	}
 	if !closedSoon(conns[0], 2*time.Second) {
@@ -242,8 +242,8 @@ func TestFallbackPerClientEvictsOldest(t *testing.T) {
 			t.Errorf("connection %d was closed too", i+1)
 		}
 	}
-	if n := counter(p, "raic_proxy_udp_fallback_active"); n != PerClientFallbacks+1 {
-		t.Errorf("%v open, want %d", n, PerClientFallbacks+1)
+	if n := counter(p, "raic_proxy_udp_fallback_active"); n != PerClientConns+1 {
+		t.Errorf("%v open, want %d", n, PerClientConns+1)
 	}
 }
 
@@ -462,4 +462,90 @@ func TestSplitTCPByToken(t *testing.T) {
 		}
 	}
 	testkit.WaitFor(t, 2*time.Second, "refusals counted", func() bool { return counter(p, "raic_proxy_tcp_auth_refused_total") == 3 })
+}
+
+// Aggregated QUIC connections are bounded as the fallback's are: one
+// client's ninth closes its oldest (counted), the others and another
+// client's stay open; beyond max_sessions open, one more is closed and
+// counted.
+func TestQUICConnLimits(t *testing.T) {
+	dial := func(t *testing.T, port int, tok []byte, key wire.Key) *tcpmux.Conn {
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		addr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+		var c *tcpmux.Conn
+		if tok != nil {
+			c, err = tcpmux.DialToken(ctx, pc, addr, tok, key)
+		} else {
+			c, err = tcpmux.Dial(ctx, pc, addr, "gamer", key)
+		}
+		if err != nil {
+			pc.Close()
+			return nil
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	closed := func(c *tcpmux.Conn, d time.Duration) bool {
+		select {
+		case <-c.Context().Done():
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	t.Run("per client", func(t *testing.T) {
+		port := freeTCPPort(t)
+		p := pskProxy(t, "198.18.41.0/24", fmt.Sprintf("tcp_listen = \"127.0.0.1:%d\"\ntoken_key = \"%s\"", port, tokenKey))
+		tok, ck := mintFor(t, tokenKey, "198.18.41.2:80", -time.Second, time.Minute, 1)
+		var byToken *tcpmux.Conn
+		testkit.WaitFor(t, 5*time.Second, "tcp_listen", func() bool { byToken = dial(t, port, tok, ck); return byToken != nil })
+		testkit.WaitFor(t, 2*time.Second, "the token's connection filed", func() bool { return counter(p, "raic_proxy_tcp_conns_active") == 1 })
+		var conns []*tcpmux.Conn
+		for i := 0; i <= PerClientConns; i++ {
+			c := dial(t, port, nil, goodKey)
+			if c == nil {
+				t.Fatalf("connection %d refused", i)
+			}
+			conns = append(conns, c)
+			want := float64(min(i+1, PerClientConns) + 1)
+			testkit.WaitFor(t, 2*time.Second, fmt.Sprintf("connection %d filed", i), func() bool { return counter(p, "raic_proxy_tcp_conns_active") == want })
+		}
+		if !closed(conns[0], 2*time.Second) {
+			t.Fatal("the oldest connection is still open")
+		}
+		if n := counter(p, "raic_proxy_tcp_conns_evicted_total"); n != 1 {
+			t.Errorf("evicted %v, want 1", n)
+		}
+		for i, c := range append(conns[1:], byToken) {
+			if closed(c, 20*time.Millisecond) {
+				t.Errorf("connection %d was closed too", i+1)
+			}
+		}
+	})
+	t.Run("total", func(t *testing.T) {
+		port := freeTCPPort(t)
+		p := pskProxy(t, "198.18.41.0/24", fmt.Sprintf("tcp_listen = \"127.0.0.1:%d\"\nmax_sessions = 2", port))
+		var first *tcpmux.Conn
+		testkit.WaitFor(t, 5*time.Second, "tcp_listen", func() bool { first = dial(t, port, nil, goodKey); return first != nil })
+		second := dial(t, port, nil, goodKey)
+		testkit.WaitFor(t, 2*time.Second, "both filed", func() bool { return counter(p, "raic_proxy_tcp_conns_active") == 2 })
+		if third := dial(t, port, nil, goodKey); third != nil && !closed(third, 2*time.Second) {
+			t.Fatal("a third connection stays open beside two")
+		}
+		testkit.WaitFor(t, time.Second, "the refusal counted", func() bool { return counter(p, "raic_proxy_tcp_conns_refused_total") == 1 })
+		if closed(first, 20*time.Millisecond) || closed(second, 20*time.Millisecond) {
+			t.Error("an open connection was closed for the refused one")
+		}
+		// A place freed serves the next router.
+		first.Close()
+		testkit.WaitFor(t, 2*time.Second, "the place freed", func() bool { return counter(p, "raic_proxy_tcp_conns_active") == 1 })
+		if c := dial(t, port, nil, goodKey); c == nil || closed(c, 200*time.Millisecond) {
+			t.Fatal("no place after one connection ended")
+		}
+	})
 }
