@@ -51,6 +51,7 @@ type tcpSide struct {
 	refused, fbConns  *metrics.Counter
 	fbIn, fbOut       *metrics.Counter
 	fbEvicted, fbFull *metrics.Counter
+	fbSendFailed      *metrics.Counter
 	fbActive          *metrics.Gauge
 	qEvicted, qFull   *metrics.Counter
 	qActive           *metrics.Gauge
@@ -96,9 +97,11 @@ func (s *Server) startTCP(ctx context.Context) error {
 		fbEvicted: s.reg.Counter("raic_proxy_udp_fallback_evicted_total", "TLS/TCP fallback connections closed because their client opened more than its limit (the oldest goes)"),
 		fbFull:    s.reg.Counter("raic_proxy_udp_fallback_refused_total", "TLS/TCP fallback connections closed at accept because max_sessions were open or authenticating"),
 		fbActive:  s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
-		qEvicted:  s.reg.Counter("raic_proxy_tcp_conns_evicted_total", "aggregated QUIC connections closed because their client opened more than its limit (the oldest goes)"),
-		qFull:     s.reg.Counter("raic_proxy_tcp_conns_refused_total", "aggregated QUIC connections closed after authenticating because max_sessions were open"),
-		qActive:   s.reg.Gauge("raic_proxy_tcp_conns_active", "aggregated QUIC connections open"),
+		fbSendFailed: s.reg.Counter("raic_proxy_udp_fallback_send_failed_total",
+			"datagrams not sent over a TLS/TCP fallback connection: its router stopped reading for 1s (or it broke), and it was closed"),
+		qEvicted: s.reg.Counter("raic_proxy_tcp_conns_evicted_total", "aggregated QUIC connections closed because their client opened more than its limit (the oldest goes)"),
+		qFull:    s.reg.Counter("raic_proxy_tcp_conns_refused_total", "aggregated QUIC connections closed after authenticating because max_sessions were open"),
+		qActive:  s.reg.Gauge("raic_proxy_tcp_conns_active", "aggregated QUIC connections open"),
 	}
 	keys := func(id string) (wire.Key, bool) {
 		c, ok := s.in.Client(id) // pre-shared-key clients only, as the roster has them now
@@ -224,6 +227,7 @@ func (t *tcpSide) serveFallback(nc net.Conn) {
 	binary.BigEndian.PutUint64(b[8:], t.nextID.Add(1))
 	c := &fbConn{fc: fc, addr: netip.AddrPortFrom(netip.AddrFrom16(b), 443),
 		client: connClient{id: fc.ClientID, token: fc.Token != nil}}
+	fc.SendTimeout = fallbackSendTimeout
 	old, evicted, _ := t.fb.add(c.client, c, true)
 	t.mu.Lock()
 	t.conns[c.addr] = c
@@ -269,8 +273,20 @@ func (t *tcpSide) send(dg []byte, to netip.AddrPort) bool {
 	t.mu.RLock()
 	c := t.conns[to]
 	t.mu.RUnlock()
-	if c != nil && c.fc.Send(dg) == nil {
-		t.fbOut.Inc()
+	if c == nil {
+		return true
 	}
+	if err := c.fc.Send(dg); err != nil {
+		// A peer that stopped reading: the reply paths of its sessions
+		// (and a shared upstream's) wait for it no longer.
+		t.fbSendFailed.Inc()
+		go c.fc.Close() // its reader ends and cleans up
+		return true
+	}
+	t.fbOut.Inc()
 	return true
 }
+
+// fallbackSendTimeout bounds a write to a fallback connection: past it the
+// router is not reading, and its connection is closed.
+const fallbackSendTimeout = time.Second

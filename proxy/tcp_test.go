@@ -15,6 +15,7 @@ import (
 
 	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/metrics"
+	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tcpmux"
 	"github.com/raicnet/raic/pkg/tcpsplit"
 	"github.com/raicnet/raic/pkg/token"
@@ -548,4 +549,68 @@ func TestQUICConnLimits(t *testing.T) {
 			t.Fatal("no place after one connection ended")
 		}
 	})
+}
+
+// A router that stops reading its fallback connection does not hold the
+// proxy's replies: once a write to it has waited fallbackSendTimeout, the
+// connection is closed and the failure counted.
+func TestFallbackStalledRouterIsClosed(t *testing.T) {
+	server := newPeer(t)
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
+	p := pskProxy(t, server.addr().String(), fmt.Sprintf("tcp_listen = \"%s\"\nreport_interval = \"0s\"", tcpAddr))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var d net.Dialer
+	var fc *tcpmux.FrameConn
+	testkit.WaitFor(t, 5*time.Second, "tcp_listen", func() bool {
+		var err error
+		fc, err = tcpmux.DialFrames(ctx, &d, tcpAddr, "gamer", goodKey)
+		return err == nil
+	})
+	defer fc.Close()
+	r := newFakeRouter(t, goodKey, server.addr())
+	if err := fc.Send(r.seal(t, []byte("open"))); err != nil {
+		t.Fatal(err)
+	}
+	_, upstream := server.expectFrom(t, "the session's first packet")
+	// The proxy checks the new path before it sends replies there: answer
+	// its challenge, as a router does.
+	for answered := false; !answered; {
+		dg, err := fc.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h wire.Header
+		off, err := wire.Parse(dg, &h, nil)
+		if err != nil || h.Type != wire.TypePathChallenge {
+			continue
+		}
+		tok, err := r.recv.Receive(dg, &h, off, mono.Now(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := r.send.SealPath(make([]byte, 2048), wire.TypePathResponse, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.Send(resp); err != nil {
+			t.Fatal(err)
+		}
+		answered = true
+	}
+	// The server answers far more than the connection's buffers hold; the
+	// router reads none of it.
+	reply := make([]byte, 1200)
+	start := time.Now()
+	for time.Since(start) < 5*time.Second && counter(p, "raic_proxy_udp_fallback_send_failed_total") == 0 {
+		for i := 0; i < 200; i++ {
+			server.conn.WriteToUDPAddrPort(reply, upstream)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := counter(p, "raic_proxy_udp_fallback_send_failed_total"); n == 0 {
+		t.Fatalf("no send failed in 5s; %v datagrams went out", counter(p, "raic_proxy_udp_fallback_out_total"))
+	}
+	testkit.WaitFor(t, 2*time.Second, "the stalled connection closed", func() bool { return counter(p, "raic_proxy_udp_fallback_active") == 0 })
+	t.Logf("%v datagrams went out before a write waited %v", counter(p, "raic_proxy_udp_fallback_out_total"), fallbackSendTimeout)
 }

@@ -27,8 +27,12 @@ type FrameConn struct {
 	// Token is the connect token the router authenticated with on the
 	// proxy's side; nil for a pre-shared key (and on the router's side).
 	Token []byte
-	wmu   sync.Mutex
-	rbuf  [MaxFrame]byte
+	// SendTimeout, if set before the first Send, bounds each Send: a peer
+	// that stops reading fails it (with a timeout, for good: the TLS
+	// stream is broken then) instead of holding the sender.
+	SendTimeout time.Duration
+	wmu         sync.Mutex
+	rbuf        [MaxFrame]byte
 }
 
 // DialFrames connects with d to addr over TLS and authenticates with the key.
@@ -68,7 +72,8 @@ func noDelay(tc *tls.Conn) {
 	}
 }
 
-// Send writes one datagram. Safe for concurrent use.
+// Send writes one datagram, within SendTimeout if set. Safe for concurrent
+// use.
 func (f *FrameConn) Send(dg []byte) error {
 	if len(dg) > MaxFrame {
 		return fmt.Errorf("tcpmux: datagram of %d bytes exceeds %d", len(dg), MaxFrame)
@@ -78,6 +83,9 @@ func (f *FrameConn) Send(dg []byte) error {
 	n := copy(b[2:], dg)
 	f.wmu.Lock()
 	defer f.wmu.Unlock()
+	if f.SendTimeout > 0 {
+		f.c.SetWriteDeadline(time.Now().Add(f.SendTimeout))
+	}
 	_, err := f.c.Write(b[:2+n])
 	return err
 }

@@ -457,3 +457,61 @@ func TestQUICSilentPeerHoldsUpNobody(t *testing.T) {
 		}
 	}
 }
+
+// With SendTimeout, a peer that stops reading fails the Send that would wait
+// for it, after about SendTimeout, instead of holding the sender.
+func TestFramesSendTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := ListenFrames(ln, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	accepted := make(chan *FrameConn, 1)
+	go func() {
+		nc, err := fl.Accept()
+		if err != nil {
+			return
+		}
+		fc, _ := fl.Authenticate(nc)
+		accepted <- fc
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var d net.Dialer
+	router, err := DialFrames(ctx, &d, ln.Addr().String(), "gamer", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer router.Close() // and never reads
+	srv := <-accepted
+	if srv == nil {
+		t.Fatal("not accepted")
+	}
+	defer srv.Close()
+	srv.SendTimeout = 200 * time.Millisecond
+	dg := make([]byte, MaxFrame)
+	deadline := time.Now().Add(10 * time.Second)
+	for sent := 0; ; sent++ {
+		start := time.Now()
+		err := srv.Send(dg)
+		took := time.Since(start)
+		if err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("after %d datagrams: %v, want a timeout", sent, err)
+			}
+			if took > 2*time.Second {
+				t.Errorf("the failing Send took %v, want about 200ms", took)
+			}
+			t.Logf("%d datagrams of %d bytes filled the buffers; the next failed after %v", sent, MaxFrame, took.Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d datagrams sent to a peer that reads nothing", sent)
+		}
+	}
+}
