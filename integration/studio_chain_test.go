@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -136,7 +137,7 @@ func TestStudioTokenFallback(t *testing.T) {
 	keyFile, key := b.tokenKeyFile(t, dir)
 	server, served := testkit.EchoServer(t)
 	other, otherServed := testkit.EchoServer(t)
-	tcpListen, metrics := freeTCPAddr(t), freeTCPAddr(t)
+	tcpListen, metrics := freeTCPListen(t), freeTCPAddr(t)
 	startConfig(t, b.proxy, dir, "proxy.toml", fmt.Sprintf(`listen = "127.0.0.1:%d"
 tcp_listen = "%s"
 metrics = "%s"
@@ -242,6 +243,163 @@ fallback = true
 	// The admitted session kept going throughout.
 	if got := gameEcho(t, game, "still", 3*time.Second); got != "still" {
 		t.Fatalf("the token session after the refusals: got %q", got)
+	}
+}
+
+// freeTCPListen is a loopback address free for TCP and UDP both, for a
+// proxy's tcp_listen (QUIC and TLS on the one port).
+func freeTCPListen(t *testing.T) string {
+	for i := 0; i < 50; i++ {
+		a := freeTCPAddr(t)
+		if pc, err := net.ListenPacket("udp4", a); err == nil {
+			pc.Close()
+			return a
+		}
+	}
+	t.Fatal("no loopback port free for both TCP and UDP")
+	return ""
+}
+
+// loopbackTCPEcho echoes every TCP connection's bytes back; the counter
+// counts the connections.
+func loopbackTCPEcho(t *testing.T) (netip.AddrPort, *atomic.Int64) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort(), &n
+}
+
+// tcpEchoVia sends msg over a TCP connection to addr, half-closes it and
+// returns what came back before the end.
+func tcpEchoVia(t *testing.T, addr netip.AddrPort, msg string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr.String(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte(msg))
+	c.(*net.TCPConn).CloseWrite()
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+// TestTCPSplitByToken runs raic-proxy (token_key_file, tcp_listen, no
+// [[client]]) and raic-router with a connect token and two [[tcp.forward]]s:
+// the router opens its aggregated QUIC connection by its token, the forward
+// to the token's server carries a TCP flow through the proxy (split TCP) and
+// the one to another server is refused and counted, reaching nothing. QUIC
+// connections with an expired or forged token, or without the token's
+// client key, are refused and counted.
+func TestTCPSplitByToken(t *testing.T) {
+	b := buildStudio(t)
+	dir := t.TempDir()
+	keyFile, key := b.tokenKeyFile(t, dir)
+	server, served := loopbackTCPEcho(t)
+	other, otherServed := loopbackTCPEcho(t)
+	tcpListen, metrics := freeTCPListen(t), freeTCPAddr(t)
+	startConfig(t, b.proxy, dir, "proxy.toml", fmt.Sprintf(`listen = "127.0.0.1:%d"
+tcp_listen = "%s"
+metrics = "%s"
+token_key_file = "%s"
+`, freeUDPPort(t), tcpListen, metrics, keyFile))
+	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return metricValue(metrics, "proxy_received_total") >= 0 })
+
+	allowed, outside := netip.MustParseAddrPort(freeTCPAddr(t)), netip.MustParseAddrPort(freeTCPAddr(t))
+	rm := freeTCPAddr(t)
+	startConfig(t, b.router, dir, "router.toml", fmt.Sprintf(`%s
+proxy = "127.0.0.1:%d"
+metrics = "%s"
+[[uplink]]
+name = "isp"
+source = "127.0.0.1"
+[tcp]
+proxy = "%s"
+[[tcp.forward]]
+listen = "%s"
+server = "%s"
+[[tcp.forward]]
+listen = "%s"
+server = "%s"
+`, b.mint(t, keyFile, "-server", server.String()), freeUDPPort(t), rm, tcpListen, allowed, server, outside, other))
+	waitFor(t, 10*time.Second, "the router's QUIC connection by its token", func() bool {
+		return metricValue(rm, `raic_router_tcp_conn_up{uplink="isp"}`) == 1
+	})
+	msg := strings.Repeat("split by token ", 100)
+	if got := tcpEchoVia(t, allowed, msg); got != msg {
+		t.Fatalf("the flow to the token's server: %d bytes back, want %d", len(got), len(msg))
+	}
+	if got := tcpEchoVia(t, outside, "elsewhere"); got != "" {
+		t.Fatalf("the flow outside the token's servers got %q back", got)
+	}
+	if n := metricValue(metrics, "raic_proxy_tcp_flows_total"); n != 1 {
+		t.Errorf("the proxy carried %v flows, want 1", n)
+	}
+	if n := metricValue(metrics, "raic_proxy_tcp_flows_refused_total"); n != 1 {
+		t.Errorf("the proxy refused %v flows, want 1", n)
+	}
+	if served.Load() != 1 || otherServed.Load() != 0 {
+		t.Errorf("the servers accepted %d and %d connections, want 1 and 0", served.Load(), otherServed.Load())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now := time.Now()
+	expired, ec, err := token.Mint(&key, token.Claims{ClientID: "late", Servers: []string{server.String()}, NotBefore: now.Add(-time.Hour), Expires: now.Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedKey := wire.Key{1}
+	forged, fc, _ := token.Mint(&forgedKey, token.Claims{ClientID: "forger", Servers: []string{server.String()}, NotBefore: now, Expires: now.Add(time.Minute)})
+	good, _, _ := token.Mint(&key, token.Claims{ClientID: "thief", Servers: []string{server.String()}, NotBefore: now, Expires: now.Add(time.Minute)})
+	proxyUDP := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tcpListen))
+	for _, c := range []struct {
+		name, reason string
+		tok          []byte
+		key          wire.Key
+	}{
+		{"expired", "token_expired", expired, ec.ClientKey},
+		{"forged", "token_forged", forged, fc.ClientKey},
+		{"without its client key", "", good, wire.Key{2}},
+	} {
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+		conn, err := tcpmux.DialToken(dctx, pc, proxyUDP, c.tok, c.key)
+		dcancel()
+		if err == nil {
+			conn.Close()
+			t.Fatalf("%s: the QUIC connection was admitted", c.name)
+		}
+		pc.Close()
+		if c.reason != "" {
+			waitFor(t, 2*time.Second, c.name+": counted", func() bool {
+				return metricValue(metrics, `proxy_dropped_total{reason="`+c.reason+`"}`) >= 1
+			})
+		}
+	}
+	waitFor(t, 2*time.Second, "the refusals counted", func() bool {
+		return metricValue(metrics, "raic_proxy_tcp_auth_refused_total") >= 3
+	})
+	// The router's flows keep going.
+	if got := tcpEchoVia(t, allowed, "still"); got != "still" {
+		t.Fatalf("a flow after the refusals: got %q", got)
 	}
 }
 

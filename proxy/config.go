@@ -31,7 +31,9 @@ type Config struct {
 	ProbeMaxTargets int             `toml:"probe_max_targets"`
 	// TCPListen, when set, serves routers' aggregated connections on this
 	// address:port: QUIC on UDP for their TCP flows, TLS on TCP for the
-	// datagrams of routers whose network blocks UDP (see tcp.go).
+	// datagrams of routers whose network blocks UDP (see tcp.go). Each kind
+	// of connection is bounded by max_sessions in all and PerClientConns per
+	// client; each has tcpmux.AuthTimeout to authenticate.
 	TCPListen string `toml:"tcp_listen"`
 	// Workers is how many sockets share the listen address (SO_REUSEPORT),
 	// each with its own read loop: 1 (the default) is one, 0 one per CPU

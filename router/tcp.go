@@ -244,14 +244,8 @@ func (r *Router) startTCP(ctx context.Context) error {
 		r.closeTCP()
 		return err
 	}
-	if r.cfg.token == nil {
-		for _, m := range t.muxes {
-			go t.keepConn(ctx, m)
-		}
-	} else if len(r.cfg.TCP.Forwards) > 0 || r.cfg.TCP.Split.enabled() {
-		// The proxy admits a connect token on the TLS fallback only: a
-		// split flow's allowlist is a [[client]]'s.
-		r.log.Warn("tcp: split flows need a client_id and key at the proxy; with a connect token only the UDP fallback is carried")
+	for _, m := range t.muxes {
+		go t.keepConn(ctx, m)
 	}
 	for i, ln := range t.lns {
 		f := r.cfg.TCP.Forwards[i]
@@ -386,7 +380,13 @@ func (t *tcpSide) keepConn(ctx context.Context, m *uplinkMux) {
 		if err == nil {
 			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			var c *tcpmux.Conn
-			c, err = tcpmux.Dial(dctx, pc, net.UDPAddrFromAddrPort(t.proxy), t.r.cfg.ClientID, t.key)
+			if tok := t.r.cfg.token; tok != nil {
+				// Admitted by the connect token, as the hellos are: the
+				// proxy allows the flows the token's servers allow.
+				c, err = tcpmux.DialToken(dctx, pc, net.UDPAddrFromAddrPort(t.proxy), tok, t.key)
+			} else {
+				c, err = tcpmux.Dial(dctx, pc, net.UDPAddrFromAddrPort(t.proxy), t.r.cfg.ClientID, t.key)
+			}
 			cancel()
 			if err == nil {
 				t.r.log.Info("tcp connection open", "uplink", m.u.Name, "proxy", t.proxy.String())

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/raicnet/raic/pkg/allow"
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
@@ -695,20 +696,21 @@ func (in *Ingress[S]) tokenRefused(why clients.Refusal) {
 }
 
 // OpenToken opens a connect token a router presents outside a hello (the
-// proxy's TLS fallback connection) against the roster as it is now, and
-// returns the client ID and client key sealed in it. A refused token
-// (forged, expired, not yet valid, malformed, or any token without a token
-// key) is counted as a token hello's refusal is; the sessions the router
-// then opens are admitted one by one by their hellos, with every check of
-// Admit (servers, session limit, replays).
-func (in *Ingress[S]) OpenToken(tok []byte, now time.Time) (clientID string, key wire.Key, why clients.Refusal) {
+// proxy's TLS/TCP and QUIC connections) against the roster as it is now, and
+// returns the client ID, client key and servers sealed in it. A refused
+// token (forged, expired, not yet valid, malformed, or any token without a
+// token key) is counted as a token hello's refusal is; the sessions the
+// router then opens are admitted one by one by their hellos, with every
+// check of Admit (servers, session limit, replays), and its TCP flows by the
+// servers.
+func (in *Ingress[S]) OpenToken(tok []byte, now time.Time) (clientID string, key wire.Key, servers allow.List, why clients.Refusal) {
 	var tb [token.MaxLen]byte
 	var t token.Opened
 	if why = clients.OpenToken(in.roster.Load(), tok, tb[:], now, &t); why != clients.Admitted {
 		in.tokenRefused(why)
-		return "", key, why
+		return "", key, nil, why
 	}
-	return string(t.ClientID), t.ClientKey, clients.Admitted
+	return string(t.ClientID), t.ClientKey, t.Allow, clients.Admitted
 }
 
 // challenge sends a path challenge of p's session (see replypath.Set.Heard).

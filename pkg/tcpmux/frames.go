@@ -24,8 +24,15 @@ const MaxFrame = 1 << 14
 type FrameConn struct {
 	c        *tls.Conn
 	ClientID string
-	wmu      sync.Mutex
-	rbuf     [MaxFrame]byte
+	// Token is the connect token the router authenticated with on the
+	// proxy's side; nil for a pre-shared key (and on the router's side).
+	Token []byte
+	// SendTimeout, if set before the first Send, bounds each Send: a peer
+	// that stops reading fails it (with a timeout, for good: the TLS
+	// stream is broken then) instead of holding the sender.
+	SendTimeout time.Duration
+	wmu         sync.Mutex
+	rbuf        [MaxFrame]byte
 }
 
 // DialFrames connects with d to addr over TLS and authenticates with the key.
@@ -46,7 +53,7 @@ func dialFrames(ctx context.Context, d *net.Dialer, addr string, clientID string
 		return nil, err
 	}
 	tc := nc.(*tls.Conn)
-	tc.SetDeadline(time.Now().Add(authTimeout))
+	tc.SetDeadline(time.Now().Add(AuthTimeout))
 	if err := clientAuth(tc, tc.ConnectionState(), clientID, tok, key); err != nil {
 		tc.Close()
 		return nil, err
@@ -65,7 +72,8 @@ func noDelay(tc *tls.Conn) {
 	}
 }
 
-// Send writes one datagram. Safe for concurrent use.
+// Send writes one datagram, within SendTimeout if set. Safe for concurrent
+// use.
 func (f *FrameConn) Send(dg []byte) error {
 	if len(dg) > MaxFrame {
 		return fmt.Errorf("tcpmux: datagram of %d bytes exceeds %d", len(dg), MaxFrame)
@@ -75,6 +83,9 @@ func (f *FrameConn) Send(dg []byte) error {
 	n := copy(b[2:], dg)
 	f.wmu.Lock()
 	defer f.wmu.Unlock()
+	if f.SendTimeout > 0 {
+		f.c.SetWriteDeadline(time.Now().Add(f.SendTimeout))
+	}
 	_, err := f.c.Write(b[:2+n])
 	return err
 }
@@ -110,6 +121,10 @@ type FrameListener struct {
 	// Tokens, if set before the first Accept, admits routers by a connect
 	// token too; nil refuses them.
 	Tokens TokenLookup
+	// AuthTimeout, if set before the first Accept, bounds the TLS handshake
+	// and the key proofs of a connection (0: the package's AuthTimeout); a
+	// peer that has not proved its key by then is closed.
+	AuthTimeout time.Duration
 }
 
 // ListenFrames serves the TLS fallback on ln.
@@ -125,22 +140,27 @@ func ListenFrames(ln net.Listener, keys KeyLookup) (*FrameListener, error) {
 // own goroutine, so a slow peer does not hold up the others.
 func (l *FrameListener) Accept() (net.Conn, error) { return l.ln.Accept() }
 
-// Authenticate runs the TLS handshake and the key proofs on nc.
+// Authenticate runs the TLS handshake and the key proofs on nc, within
+// AuthTimeout.
 func (l *FrameListener) Authenticate(nc net.Conn) (*FrameConn, error) {
 	tc := tls.Server(nc, l.tc)
-	tc.SetDeadline(time.Now().Add(authTimeout))
+	d := l.AuthTimeout
+	if d <= 0 {
+		d = AuthTimeout
+	}
+	tc.SetDeadline(time.Now().Add(d))
 	if err := tc.Handshake(); err != nil {
 		tc.Close()
 		return nil, err
 	}
-	id, err := serverAuth(tc, tc.ConnectionState(), l.keys, l.Tokens)
+	id, tok, err := serverAuth(tc, tc.ConnectionState(), l.keys, l.Tokens)
 	if err != nil {
 		tc.Close()
 		return nil, err
 	}
 	tc.SetDeadline(time.Time{})
 	noDelay(tc)
-	return &FrameConn{c: tc, ClientID: id}, nil
+	return &FrameConn{c: tc, ClientID: id, Token: tok}, nil
 }
 
 // Close stops accepting.

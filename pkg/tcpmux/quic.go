@@ -2,7 +2,9 @@ package tcpmux
 
 import (
 	"context"
+	"errors"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -28,7 +30,7 @@ const (
 // QUICConfig is the QUIC configuration both sides use.
 func QUICConfig() *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout:           authTimeout,
+		HandshakeIdleTimeout:           AuthTimeout,
 		MaxIdleTimeout:                 IdleTimeout,
 		KeepAlivePeriod:                KeepAlive,
 		InitialStreamReceiveWindow:     512 << 10,
@@ -46,7 +48,10 @@ type Conn struct {
 	*quic.Conn
 	// ClientID is the authenticated router.
 	ClientID string
-	tr       *quic.Transport // owned by a dialled connection, nil on the proxy
+	// Token is the connect token the router authenticated with, on the
+	// proxy's side; nil for a pre-shared key (and on the router's side).
+	Token []byte
+	tr    *quic.Transport // owned by a dialled connection, nil on the proxy
 }
 
 // Close ends the connection (and, on the router, its socket).
@@ -61,6 +66,16 @@ func (c *Conn) Close() error {
 // Dial opens a QUIC connection to the proxy at addr from pc (a socket bound to
 // one uplink; Close closes it) and authenticates it with the client key.
 func Dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID string, key wire.Key) (*Conn, error) {
+	return dial(ctx, pc, addr, clientID, nil, key)
+}
+
+// DialToken is Dial for a router admitted by a connect token: it presents
+// tok and proves key, the client key sealed in it, as DialFramesToken does.
+func DialToken(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, tok []byte, key wire.Key) (*Conn, error) {
+	return dial(ctx, pc, addr, "token", tok, key)
+}
+
+func dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID string, tok []byte, key wire.Key) (*Conn, error) {
 	tr := &quic.Transport{Conn: pc}
 	qc, err := tr.Dial(ctx, addr, ClientTLS(), QUICConfig())
 	if err != nil {
@@ -73,7 +88,7 @@ func Dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID st
 		if dl, ok := ctx.Deadline(); ok {
 			s.SetDeadline(dl)
 		}
-		err = clientAuth(s, qc.ConnectionState().TLS, clientID, nil, key)
+		err = clientAuth(s, qc.ConnectionState().TLS, clientID, tok, key) // tok, when set, in place of the ID
 		s.SetDeadline(time.Time{})
 		s.Close()
 	}
@@ -88,7 +103,26 @@ func Dial(ctx context.Context, pc net.PacketConn, addr *net.UDPAddr, clientID st
 type Listener struct {
 	ln   *quic.Listener
 	keys KeyLookup
+	// Tokens, if set before the first Accept, admits routers by a connect
+	// token too (see FrameListener.Tokens); nil refuses them.
+	Tokens TokenLookup
+	// MaxPending, if set before the first Accept, bounds the connections
+	// authenticating at once (0: MaxPendingAuth); one more is refused.
+	MaxPending int
+
+	start  sync.Once
+	authed chan *Conn
+	done   chan struct{} // closed when the accept loop ends, err set
+	err    error
 }
+
+// MaxPendingAuth is how many connections may be authenticating at once by
+// default. Each has AuthTimeout to prove its key, in parallel, so a peer that
+// never does holds up nobody else.
+const MaxPendingAuth = 1024
+
+// ErrBusy refuses a connection while MaxPending others are authenticating.
+var ErrBusy = errors.New("tcpmux: too many connections authenticating")
 
 // Listen serves QUIC on pc; keys finds the clients' keys.
 func Listen(pc net.PacketConn, keys KeyLookup) (*Listener, error) {
@@ -100,38 +134,78 @@ func Listen(pc net.PacketConn, keys KeyLookup) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Listener{ln: ln, keys: keys}, nil
+	return &Listener{ln: ln, keys: keys, authed: make(chan *Conn), done: make(chan struct{})}, nil
 }
 
-// Accept returns the next connection that authenticated. A peer that fails
-// is closed without a word and Accept waits for the next; onRefused, if set,
-// is told.
+// Accept returns the next connection that authenticated. Connections
+// authenticate in parallel, each within AuthTimeout, from the first call on:
+// that call's ctx ends them all and its onRefused, if set, is told of every
+// peer that failed (from any goroutine), which is closed without a word.
 func (l *Listener) Accept(ctx context.Context, onRefused func(error)) (*Conn, error) {
+	l.start.Do(func() { go l.run(ctx, onRefused) })
+	select {
+	case c := <-l.authed:
+		return c, nil
+	case <-l.done:
+		return nil, l.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (l *Listener) run(ctx context.Context, onRefused func(error)) {
+	defer close(l.done)
+	n := l.MaxPending
+	if n <= 0 {
+		n = MaxPendingAuth
+	}
+	slots := make(chan struct{}, n)
+	refuse := func(qc *quic.Conn, err error) {
+		qc.CloseWithError(1, "")
+		if onRefused != nil {
+			onRefused(err)
+		}
+	}
 	for {
 		qc, err := l.ln.Accept(ctx)
 		if err != nil {
-			return nil, err
+			l.err = err
+			return
 		}
-		id, err := func() (string, error) {
-			actx, cancel := context.WithTimeout(ctx, authTimeout)
-			defer cancel()
-			s, err := qc.AcceptStream(actx)
-			if err != nil {
-				return "", err
-			}
-			s.SetDeadline(time.Now().Add(authTimeout))
-			defer s.Close()
-			return serverAuth(s, qc.ConnectionState().TLS, l.keys, nil) // no tokens: a flow's allowlist is its [[client]]'s
-		}()
-		if err != nil {
-			qc.CloseWithError(1, "")
-			if onRefused != nil {
-				onRefused(err)
-			}
+		select {
+		case slots <- struct{}{}:
+		default:
+			refuse(qc, ErrBusy)
 			continue
 		}
-		return &Conn{Conn: qc, ClientID: id}, nil
+		go func() {
+			id, tok, err := l.authenticate(ctx, qc)
+			<-slots
+			if err != nil {
+				refuse(qc, err)
+				return
+			}
+			select {
+			case l.authed <- &Conn{Conn: qc, ClientID: id, Token: tok}:
+			case <-qc.Context().Done(): // closed (the listener too) before anyone took it
+			case <-ctx.Done():
+				qc.CloseWithError(0, "")
+			}
+		}()
 	}
+}
+
+// authenticate runs the key proofs on the first stream of qc.
+func (l *Listener) authenticate(ctx context.Context, qc *quic.Conn) (string, []byte, error) {
+	actx, cancel := context.WithTimeout(ctx, AuthTimeout)
+	defer cancel()
+	s, err := qc.AcceptStream(actx)
+	if err != nil {
+		return "", nil, err
+	}
+	s.SetDeadline(time.Now().Add(AuthTimeout))
+	defer s.Close()
+	return serverAuth(s, qc.ConnectionState().TLS, l.keys, l.Tokens)
 }
 
 // Close stops accepting and closes every accepted connection.

@@ -21,12 +21,15 @@
 // does not hold it.
 //
 // A router admitted by a connect token (package token) has no pre-shared key
-// at the proxy: on the TLS fallback it sends its token in place of the client
+// at the proxy: on either transport it sends its token in place of the client
 // ID (marker byte 0xff, the token's length, the token) and proves the client
 // key sealed inside it; the proxy opens the token (TokenLookup: forged,
 // expired and not yet valid tokens are refused there) and checks the proof
-// with that key. The datagrams the connection then carries are admitted one
-// session at a time as over UDP, by the token in their hellos.
+// with that key, and the accepted connection keeps the token (Conn.Token,
+// FrameConn.Token). The datagrams a fallback connection then carries are
+// admitted one session at a time as over UDP, by the token in their hellos;
+// the TCP flows of a QUIC connection, one at a time by the token's servers
+// (package tcpsplit).
 package tcpmux
 
 import (
@@ -52,9 +55,9 @@ const ALPN = "raic-tcp/1"
 const (
 	exporterLabel = "EXPORTER-raic-tcpmux"
 	proofLen      = sha256.Size
-	// authTimeout bounds how long an unauthenticated peer may hold a
-	// connection open.
-	authTimeout = 5 * time.Second
+	// AuthTimeout bounds how long an unauthenticated peer may hold a
+	// connection open: the TLS handshake and the key proofs together.
+	AuthTimeout = 5 * time.Second
 )
 
 // ErrAuth is returned when a peer does not prove it holds the client key.
@@ -153,55 +156,56 @@ func clientAuth(rw io.ReadWriter, cs tls.ConnectionState, clientID string, tok [
 
 // serverAuth reads a router's proof from rw, checks it against the client's
 // key (from keys, or from the connect token it sent when tokens is set) and
-// answers with the proxy's proof. It returns the client ID. A refused peer
-// gets no answer.
-func serverAuth(rw io.ReadWriter, cs tls.ConnectionState, keys KeyLookup, tokens TokenLookup) (string, error) {
+// answers with the proxy's proof. It returns the client ID and, for a router
+// admitted by a connect token, the token (nil for a pre-shared key). A
+// refused peer gets no answer.
+func serverAuth(rw io.ReadWriter, cs tls.ConnectionState, keys KeyLookup, tokens TokenLookup) (id string, tok []byte, err error) {
 	ekm, err := exporter(cs)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	var n [1]byte
 	if _, err := io.ReadFull(rw, n[:]); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	var id string
 	var key wire.Key
 	var got []byte
 	switch {
 	case n[0] == tokenMarker && tokens != nil:
 		if _, err := io.ReadFull(rw, n[:]); err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if n[0] == 0 || int(n[0]) > wire.MaxToken {
-			return "", ErrAuth
+			return "", nil, ErrAuth
 		}
 		buf := make([]byte, int(n[0])+proofLen)
 		if _, err := io.ReadFull(rw, buf); err != nil {
-			return "", err
+			return "", nil, err
 		}
-		if id, key, err = tokens(buf[:n[0]]); err != nil {
-			return "", err
+		tok = buf[:n[0]:n[0]]
+		if id, key, err = tokens(tok); err != nil {
+			return "", nil, err
 		}
 		got = buf[n[0]:]
 	case n[0] == 0 || int(n[0]) > wire.MaxClientID:
-		return "", ErrAuth
+		return "", nil, ErrAuth
 	default:
 		buf := make([]byte, int(n[0])+proofLen)
 		if _, err := io.ReadFull(rw, buf); err != nil {
-			return "", err
+			return "", nil, err
 		}
 		id = string(buf[:n[0]])
 		var ok bool
 		if key, ok = keys(id); !ok {
-			return "", ErrAuth
+			return "", nil, ErrAuth
 		}
 		got = buf[n[0]:]
 	}
 	if !hmac.Equal(got, proof(key, "client", ekm)) {
-		return "", ErrAuth
+		return "", nil, ErrAuth
 	}
 	if _, err := rw.Write(proof(key, "proxy", ekm)); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return id, nil
+	return id, tok, nil
 }

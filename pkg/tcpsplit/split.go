@@ -173,8 +173,10 @@ func pump(src net.Conn, out *sendGroup, compress bool, stats *Stats, done <-chan
 // Server is the proxy's side: it accepts flows on authenticated connections
 // and opens their TCP connections to allowed servers only.
 type Server struct {
-	// Allowed returns the allowlist of a client.
-	Allowed func(clientID string) (allow.List, bool)
+	// Allowed returns the allowlist of the router on c, asked for each new
+	// flow: a [[client]]'s by c.ClientID, or, when c.Token is set, the
+	// servers of that connect token (if it is still valid).
+	Allowed func(c *tcpmux.Conn) (allow.List, bool)
 	Stats   *Stats
 	Log     *slog.Logger
 	// DialTimeout bounds connecting to a server (default 5 s).
@@ -186,6 +188,7 @@ type Server struct {
 
 type flowKey struct {
 	client string
+	token  bool // a token's client ID is the minter's, apart from [[client]] IDs
 	id     uint64
 }
 
@@ -210,11 +213,12 @@ func (s *Server) ServeConn(ctx context.Context, c *tcpmux.Conn) {
 		if err != nil {
 			return
 		}
-		go s.serveStream(c.ClientID, st)
+		go s.serveStream(c, st)
 	}
 }
 
-func (s *Server) serveStream(client string, st *quic.Stream) {
+func (s *Server) serveStream(c *tcpmux.Conn, st *quic.Stream) {
+	client := c.ClientID
 	st.SetReadDeadline(time.Now().Add(openTimeout))
 	var h [12]byte
 	if _, err := io.ReadFull(st, h[:11]); err != nil || h[0] != headerVersion || (h[10] != 4 && h[10] != 16) {
@@ -237,13 +241,14 @@ func (s *Server) serveStream(client string, st *quic.Stream) {
 		st.Close()
 		st.CancelRead(codeCancel)
 	}
-	if list, ok := s.Allowed(client); !ok || !list.Allows(target) {
+	if list, ok := s.Allowed(c); !ok || !list.Allows(target) {
 		s.Stats.Refused.Inc()
-		s.Log.Warn("tcp target refused: not in the client's allowlist", "client", client, "target", target.String())
+		s.Log.Warn("tcp target refused: not in the client's allowlist (or its token's servers, while valid)", "client", client, "token", c.Token != nil, "target", target.String())
 		refuse(statusForbidden)
 		return
 	}
-	fl, created := s.flow(flowKey{client, id}, flags&flagDup != 0)
+	key := flowKey{client, c.Token != nil, id}
+	fl, created := s.flow(key, flags&flagDup != 0)
 	if fl == nil {
 		s.Stats.Refused.Inc()
 		s.Log.Warn("tcp flow refused: flow table full", "client", client, "max", MaxFlows)
@@ -265,7 +270,7 @@ func (s *Server) serveStream(client string, st *quic.Stream) {
 		}
 		close(fl.ready)
 		if fl.conn == nil {
-			s.end(flowKey{client, id}, fl)
+			s.end(key, fl)
 			refuse(statusDialFail)
 			return
 		}
@@ -275,7 +280,7 @@ func (s *Server) serveStream(client string, st *quic.Stream) {
 			pump(conn, &fl.out, flags&flagCompress != 0, s.Stats, fl.in.done)
 			conn.Close()
 			s.Stats.Active.Add(-1)
-			s.end(flowKey{client, id}, fl)
+			s.end(key, fl)
 		}()
 	} else {
 		<-fl.ready

@@ -41,7 +41,7 @@ func setup(t *testing.T, n int, allowed string, key wire.Key) (fixed, *Stats, er
 	}
 	t.Cleanup(func() { ln.Close() })
 	list, _ := allow.Parse([]string{allowed})
-	srv := &Server{Allowed: func(id string) (allow.List, bool) { return list, id == "gamer" },
+	srv := &Server{Allowed: func(c *tcpmux.Conn) (allow.List, bool) { return list, c.ClientID == "gamer" },
 		Stats: NewStats(metrics.NewRegistry(), "p"), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	go func() {
 		for {
