@@ -38,10 +38,9 @@ type Sender struct {
 	// session may have its keys of before a restart.
 	pathPID atomic.Uint64
 
-	enc    *raic.Encoder
-	params raic.Params
-	own    SealBuffers // Seal's, made on the first Seal (SealWith takes the caller's)
-	copies bool        // the datagrams of the last Seal are copy fragments (see Copies)
+	enc    *raic.Encoder // and its Params, the scheme in use
+	own    *SealBuffers  // Seal's, made on the first Seal (SealWith takes the caller's)
+	copies bool          // the datagrams of the last Seal are copy fragments (see Copies)
 
 	hasHello  bool
 	heard     atomic.Bool  // the far side has answered at least once
@@ -92,12 +91,12 @@ func (s *Sender) SetParams(p raic.Params) error {
 	if err != nil {
 		return err
 	}
-	s.enc, s.params = enc, p
+	s.enc = enc
 	return nil
 }
 
 // Params returns the scheme in use.
-func (s *Sender) Params() raic.Params { return s.params }
+func (s *Sender) Params() raic.Params { return s.enc.Params() }
 
 // Session returns the session ID.
 func (s *Sender) Session() uint64 { return s.session }
@@ -190,7 +189,16 @@ type SealBuffers struct {
 // datagrams stay valid until the next Seal; every copy sent of a shard must be
 // this same buffer (see package wire on nonces).
 func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err error) {
-	return s.SealWith(&s.own, pkt, now)
+	return s.SealWith(s.ownBuffers(), pkt, now)
+}
+
+// ownBuffers returns Seal's buffers, made on first use: a proxy's senders
+// seal into their pollers' (SealWith), so theirs are never made.
+func (s *Sender) ownBuffers() *SealBuffers {
+	if s.own == nil {
+		s.own = new(SealBuffers)
+	}
+	return s.own
 }
 
 // SealWith is Seal into b, whose datagrams stay valid until the next Seal
@@ -206,7 +214,7 @@ func (s *Sender) SealWith(b *SealBuffers, pkt []byte, now int64) (pid uint64, dg
 // The caller must never seal two packets under one ID in a session (the nonce
 // rule); IDs used here also move the sender's counter past them.
 func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
-	return s.sealPID(&s.own, pid, pkt, now)
+	return s.sealPID(s.ownBuffers(), pid, pkt, now)
 }
 
 func (s *Sender) sealPID(b *SealBuffers, pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
