@@ -342,8 +342,8 @@ func (p *program) Overloaded(now int64) bool { return p.load.overloaded(now) }
 
 // proxySession is one router session: its keys, its window and decoder, its
 // upstream socket and the router addresses it was seen from. Its fields are
-// in an order that leaves no padding between them: 344 bytes, a 352-byte
-// block (a proxy holds one per session).
+// in an order that leaves no padding between them: 320 bytes, a block of its
+// own size class (a proxy holds one per session; a byte more takes 352).
 type proxySession struct {
 	ingress.Peer // keys, window, decoder, reply paths, the router's scheme
 	srv          *Server
@@ -380,6 +380,9 @@ type proxySession struct {
 // RouterSide implements ingress.Session.
 func (ps *proxySession) RouterSide() *ingress.Peer { return &ps.Peer }
 
+// DataSink implements ingress.Session: the decoded packets go to Deliver.
+func (ps *proxySession) DataSink() tunnel.Sink { return ps }
+
 func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, from netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
 	salt, target := hello.Salt, hello.Target
 	ps := &proxySession{srv: s, id: id, target: target, origin: from, flow: hello.Flow, flowed: hello.HasFlow() && target.IsValid()}
@@ -387,7 +390,7 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 	// A shared-upstream session needs no socket (shared_upstream.go).
 	shared := s.shared != nil && target.IsValid() && studio.sharedFor(target)
 	ps.header = studio.headerFor(target)
-	ps.Client, ps.Salt, ps.Sink = c, salt, ps
+	ps.Client, ps.Salt = c, salt
 	ps.Recv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
 	ps.Send, err = tunnel.NewSender(send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)
