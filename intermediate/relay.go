@@ -54,6 +54,10 @@ type relay struct {
 // RouterSide implements ingress.Session.
 func (rl *relay) RouterSide() *ingress.Peer { return &rl.Peer }
 
+// DataSink implements ingress.Session: the router's packets go on to the next
+// hop.
+func (rl *relay) DataSink() tunnel.Sink { return (*toNext)(rl) }
+
 // program is the intermediate as package ingress sees it: what a router's new
 // session becomes (a relay), and which of its controls go on to the next hop.
 type program Server
@@ -66,7 +70,7 @@ func (p *program) NewSession(a *clients.Admission, id uint64, hello *wire.Hello,
 	rl := &relay{srv: s, target: hello.Target, inID: id}
 	rl.Client, rl.Salt = a.Client, hello.Salt
 	rl.Recv = tunnel.NewReceiver(a.Recv, raic.DecoderConfig{})
-	rl.Sink, rl.toRouter = (*toNext)(rl), (*toRouter)(rl)
+	rl.toRouter = (*toRouter)(rl)
 	var err error
 	// Towards the router no hello ever rides: the router opened the session.
 	rl.Send, err = tunnel.NewSender(a.Send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)

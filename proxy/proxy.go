@@ -340,7 +340,9 @@ func (p *program) Probe(ps *proxySession, rep *wire.ProbeReply, now int64) {
 func (p *program) Overloaded(now int64) bool { return p.load.overloaded(now) }
 
 // proxySession is one router session: its keys, its window and decoder, its
-// upstream socket and the router addresses it was seen from.
+// upstream socket and the router addresses it was seen from. Its fields are
+// in an order that leaves no padding between them: 320 bytes, a block of its
+// own size class (a proxy holds one per session; a byte more takes 352).
 type proxySession struct {
 	ingress.Peer // keys, window, decoder, reply paths, the router's scheme
 	srv          *Server
@@ -354,27 +356,31 @@ type proxySession struct {
 	// took, ended once this one is in the table.
 	port     atomic.Pointer[serverPort]
 	poller   *upstreamPoller // reads port
-	reused   bool
-	flow     [wire.FlowLen]byte
-	flowed   bool
 	replaces *proxySession
-	closed   atomic.Bool
+
+	// shared is the shared upstream socket the session is sent from (nil:
+	// its own, port), slot (below) its value in the SPP header's proxy-port field
+	// (shared_upstream.go).
+	shared *sharedSocket
 
 	// The player's address for the server (studio.go): the router address
 	// the session began from, written in a header of kind header in front of
-	// each forwarded packet.
+	// each forwarded packet (header is below, with the small fields).
 	origin netip.AddrPort
-	header proxyproto.Kind
 
-	// shared is the shared upstream socket the session is sent from (nil:
-	// its own, port), slot its value in the SPP header's proxy-port field
-	// (shared_upstream.go).
-	shared *sharedSocket
+	closed atomic.Bool
 	slot   uint16
+	header proxyproto.Kind
+	reused bool
+	flow   [wire.FlowLen]byte
+	flowed bool
 }
 
 // RouterSide implements ingress.Session.
 func (ps *proxySession) RouterSide() *ingress.Peer { return &ps.Peer }
+
+// DataSink implements ingress.Session: the decoded packets go to Deliver.
+func (ps *proxySession) DataSink() tunnel.Sink { return ps }
 
 func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, from netip.AddrPort, send, recv cipher.AEAD) (*proxySession, error) {
 	salt, target := hello.Salt, hello.Target
@@ -383,7 +389,7 @@ func (s *Server) newSession(c *clients.Client, id uint64, hello *wire.Hello, fro
 	// A shared-upstream session needs no socket (shared_upstream.go).
 	shared := s.shared != nil && target.IsValid() && studio.sharedFor(target)
 	ps.header = studio.headerFor(target)
-	ps.Client, ps.Salt, ps.Sink = c, salt, ps
+	ps.Client, ps.Salt = c, salt
 	ps.Recv = tunnel.NewReceiver(recv, raic.DecoderConfig{})
 	var err error
 	ps.Send, err = tunnel.NewSender(send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)

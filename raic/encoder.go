@@ -15,14 +15,21 @@ type Shard struct {
 }
 
 // Encoder turns packets into shards for one session and direction. It is not
-// safe for concurrent use: the router owns one per session.
+// safe for concurrent use: the router owns one per session. A copy scheme's
+// is 80 bytes: the state of the coded schemes is made only for them (a
+// proxy holds an encoder per session, most of them RAIC-1).
 type Encoder struct {
 	p      Params
-	rs     reedsolomon.Encoder
-	buf    []byte
 	shards []Shard
-	rsIn   [][]byte
-	hist   *[MaxDepth]histEnt // RAICT only: the last packets, indexed by pid % MaxDepth
+	*coder // nil for SchemeCopy
+}
+
+// coder is what the coded schemes keep between packets.
+type coder struct {
+	rs   reedsolomon.Encoder
+	buf  []byte
+	rsIn [][]byte
+	hist *[MaxDepth]histEnt // RAICT only: the last packets, indexed by pid % MaxDepth
 }
 
 type histEnt struct {
@@ -37,6 +44,9 @@ func NewEncoder(p Params) (*Encoder, error) {
 		return nil, err
 	}
 	e := &Encoder{p: p}
+	if p.Scheme != SchemeCopy {
+		e.coder = new(coder)
+	}
 	if p.Scheme == SchemeTime {
 		e.hist = new([MaxDepth]histEnt)
 	}

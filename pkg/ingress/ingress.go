@@ -50,7 +50,6 @@ type Peer struct {
 	Salt   [16]byte // the hello's salt: a hello with another one is another session
 	Recv   *tunnel.Receiver
 	Send   *tunnel.Sender // seals the answers towards the router
-	Sink   tunnel.Sink    // where the session's decoded packets go
 	Paths  replypath.Set  // the router addresses replies go to
 	Scheme Scheme         // the RAIC scheme of the router's data
 	Epoch  atomic.Uint64  // the restart epoch the session's keys are for (0: none)
@@ -63,23 +62,28 @@ type Peer struct {
 	// IDs would collide with relayed ones).
 	KeepsIDs bool
 
-	lastAck atomic.Int64
+	// lastAck is when the last ack went: ms of the clock, modulo 2^32 (in
+	// 32 bits, next to KeepsIDs: a proxy holds a Peer per session).
+	lastAck atomic.Uint32
 }
 
 // ackDue limits acks to one per 10 ms per session: a router sends hellos until
 // its first answer, and one ack per burst of them is enough.
 func (p *Peer) ackDue(now int64) bool {
-	last := p.lastAck.Load()
-	if now-last < int64(10*time.Millisecond) {
+	last, ms := p.lastAck.Load(), uint32(now/int64(time.Millisecond))
+	if ms-last < 10 {
 		return false
 	}
-	return p.lastAck.CompareAndSwap(last, now)
+	return p.lastAck.CompareAndSwap(last, ms)
 }
 
-// Session is a program's session: a pointer type whose RouterSide is its Peer.
+// Session is a program's session: a pointer type whose RouterSide is its Peer
+// and whose DataSink takes its decoded packets (a method, not a field of
+// Peer: the session itself, or a view of it, costs no bytes to hold).
 type Session interface {
 	comparable
 	RouterSide() *Peer
+	DataSink() tunnel.Sink
 }
 
 // Program is what a proxy or an intermediate does with what ingress delivers.
@@ -515,7 +519,7 @@ func (in *Ingress[S]) Handle(r *Reader, dg []byte, from netip.AddrPort, now int6
 		}
 	}
 	p := s.RouterSide()
-	var next tunnel.Sink = p.Sink
+	next := s.DataSink()
 	if rs, ok := next.(ReaderSink); ok {
 		r.via = viaSink{r: r, next: rs}
 		next = &r.via

@@ -26,7 +26,8 @@ type testSession struct {
 	count     *int // set: Deliver only counts here (the benchmarks' sink)
 }
 
-func (ts *testSession) RouterSide() *Peer { return &ts.Peer }
+func (ts *testSession) RouterSide() *Peer     { return &ts.Peer }
+func (ts *testSession) DataSink() tunnel.Sink { return ts }
 func (ts *testSession) Deliver(_ uint64, pkt []byte, _ int64) {
 	if ts.count != nil {
 		*ts.count++
@@ -45,7 +46,7 @@ type testProgram struct {
 
 func (p *testProgram) NewSession(a *clients.Admission, id uint64, hello *wire.Hello, _ netip.AddrPort) (*testSession, error) {
 	ts := &testSession{}
-	ts.Client, ts.Salt, ts.Sink = a.Client, hello.Salt, ts
+	ts.Client, ts.Salt = a.Client, hello.Salt
 	ts.Recv = tunnel.NewReceiver(a.Recv, raic.DecoderConfig{})
 	var err error
 	ts.Send, err = tunnel.NewSender(a.Send, id, raic.Params{Scheme: raic.SchemeCopy, K: 1}, nil)

@@ -34,10 +34,9 @@ import (
 	"github.com/raicnet/raic/pkg/wire"
 )
 
-// Window is how many packet IDs are tracked (64: a second at 60 packets/s,
-// and each session keeps 512 bytes for it, plus 128 bytes a path): a datagram
-// that arrives more than this many packets after the newest one is counted late (and it was counted
-// lost when its packet left the window).
+// Window is how many packet IDs are tracked (64: a second at 60 packets/s): a
+// datagram that arrives more than this many packets after the newest one is
+// counted late (and it was counted lost when its packet left the window).
 const Window = 64
 
 // MaxPaths bounds the paths tracked per session (a router has up to four
@@ -61,41 +60,96 @@ const (
 // slot is one packet of the window: 8 bytes, so the ring is 512 bytes. It
 // holds no packet ID: a filled slot (Tracker.filled) always holds the one ID of
 // the window that maps to it, since advance empties a slot as its ID leaves.
-// The bits each path delivered of it are in that path's got (path.got[i] for
-// ring[i]), so a session of one uplink keeps 128 bytes of them, not 512.
+// The bits each path delivered of it are in that path's got.
 type slot struct {
 	first uint32 // when its first datagram arrived, on any path: µs of the clock, modulo 2^32 (71 minutes)
 	all   uint16 // the bits an unfragmented coded packet has
 	shape uint16 // the scheme's shape when it arrived (Tracker.shape)
 }
 
+// path is one path's figures and what it delivered of each packet of the
+// window: bit 0 of a slot's bits in one (bit i for ring slot i), the other
+// bits in more, made when the first datagram of another bit arrives (a
+// shard of a code, a second X-fragment). A path of unfragmented copies (most
+// of a proxy's) never makes it: 96 bytes a path, not 208.
 type path[K comparable] struct {
 	key                  K
 	last                 int64
-	carried, carriedPrev uint16
-	received, lost, late uint32
 	lagSum, lagMax       int64
+	received, lost, late uint32
 	lagN                 uint32
-	got                  [Window]uint16 // per slot of the ring: the bits that arrived on this path
+	carried, carriedPrev uint16
+	one                  uint64
+	more                 *[Window]uint16
+}
+
+// got returns the bits that arrived on p of ring slot i.
+func (p *path[K]) got(i uint64) uint16 {
+	g := uint16(p.one >> i & 1)
+	if p.more != nil {
+		g |= p.more[i]
+	}
+	return g
+}
+
+// add records bits b arriving on p for ring slot i.
+func (p *path[K]) add(i uint64, b uint16) {
+	if b&1 != 0 {
+		p.one |= 1 << i
+	}
+	if b&^1 != 0 {
+		if p.more == nil {
+			p.more = new([Window]uint16)
+		}
+		p.more[i] |= b &^ 1
+	}
+}
+
+// drop forgets what arrived on p for ring slot i.
+func (p *path[K]) drop(i uint64) {
+	p.one &^= 1 << i
+	if p.more != nil {
+		p.more[i] = 0
+	}
 }
 
 // Tracker keeps the figures of one session's paths, each path known by a key:
 // the proxy uses the router's address, the router its uplink index. The zero
 // value is ready.
+//
+// The ring is made when something needs it: the second datagram of a packet
+// (another path's copy, a duplicate, another shard or fragment: the time of
+// its first one gives the lag), an unfragmented coded datagram (the bits its
+// packet has) or a change of scheme while packets are in the window (their
+// shape). A session whose packets each arrive once, as unfragmented copies
+// (one uplink, RAIC-1: most of a proxy's), never makes it: its tracker is 72
+// bytes and its path 96, not 576 and 208. The packets already in the window
+// when the ring is made take that moment as their first datagram's time, so
+// their later datagrams count a lag from then (at most one window of packets,
+// once a session); what was received and lost is counted as before.
 type Tracker[K comparable] struct {
 	mu sync.Mutex
 	// paths grows as paths appear, to MaxPaths at most (a session of one
 	// uplink holds one).
 	paths   []path[K]
-	ring    [Window]slot
-	filled  uint64 // bit i: ring[i] holds a packet (so Window ≤ 64, checked below)
+	ring    *[Window]slot // nil until needed (see above)
+	filled  uint64        // bit i: ring slot i holds a packet (so Window ≤ 64, checked below)
 	highest uint64
-	packets uint32
-	shape   uint16       // Count and K of the last data datagram: the scheme's shape
 	last    atomic.Int64 // when the last reports were taken
+	packets uint32
+	shape   uint16 // Count and K of the last data datagram: the scheme's shape
 }
 
 var _ [64 - Window]struct{} // Tracker.filled has a bit per slot
+
+// makeRing makes the ring, the packets in the window taking shape as theirs
+// and now (µs) as their first datagram's time.
+func (t *Tracker[K]) makeRing(shape uint16, nowUs uint32) {
+	t.ring = new([Window]slot)
+	for f := t.filled; f != 0; f &= f - 1 {
+		t.ring[bits.TrailingZeros64(f)] = slot{first: nowUs, shape: shape}
+	}
+}
 
 // Report is the figures of one path over one interval.
 type Report[K comparable] struct {
@@ -123,9 +177,13 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	if t.last.Load() == 0 {
 		t.last.Store(now)
 	}
+	nowUs := uint32(now / 1000)
 	if sh := uint16(d.Count)<<8 | uint16(d.K); sh != t.shape {
 		// The sender changed its scheme: which bits a path carries is to be
 		// learned again, or the old scheme's bits would count as lost.
+		if t.ring == nil && t.filled != 0 {
+			t.makeRing(t.shape, nowUs) // the packets in the window are of the old shape
+		}
 		t.shape = sh
 		for i := range t.paths {
 			t.paths[i].carried, t.paths[i].carriedPrev = 0, 0
@@ -145,20 +203,30 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 		t.advance(pid)
 	}
 	i := pid % Window
-	s := &t.ring[i]
-	nowUs := uint32(now / 1000)
-	if t.filled&(1<<i) == 0 {
-		*s = slot{first: nowUs, shape: t.shape}
+	coded := d.Frag == 0x80 && d.Count > 1 // one fragment only, coded: all its shards are known
+	switch {
+	case t.filled&(1<<i) == 0:
+		if t.ring != nil {
+			t.ring[i] = slot{first: nowUs, shape: t.shape}
+		}
 		t.filled |= 1 << i
 		t.packets++
+		if coded && t.ring == nil {
+			t.makeRing(t.shape, nowUs)
+		}
+	case t.ring == nil:
+		t.makeRing(t.shape, nowUs) // a second datagram of the packet
 	}
-	// ns since its first datagram, to the µs
-	since := int64(nowUs-s.first) * 1000
-	if d.Frag == 0x80 && d.Count > 1 { // one fragment only, coded: all its shards are known
-		s.all |= uint16(1<<min(int(d.Count), 16) - 1)
+	var since int64 // ns since its first datagram, to the µs
+	if t.ring != nil {
+		s := &t.ring[i]
+		since = int64(nowUs-s.first) * 1000
+		if coded {
+			s.all |= uint16(1<<min(int(d.Count), 16) - 1)
+		}
 	}
 	b := shardBit(d)
-	if ps.got[i] == 0 {
+	if ps.got(i) == 0 {
 		lag := since
 		ps.lagSum += lag
 		ps.lagN++
@@ -167,7 +235,7 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	if since > int64(LateAfter) {
 		ps.late++
 	}
-	ps.got[i] |= b
+	ps.add(i, b)
 	ps.carried |= b
 }
 
@@ -189,7 +257,12 @@ func (t *Tracker[K]) path(k K, now int64) int {
 		t.paths = append(t.paths, path[K]{key: k, last: now})
 		return len(t.paths) - 1
 	}
-	t.paths[oldest] = path[K]{key: k, last: now} // its got is empty too
+	// The new path starts with no bits (its more, if any, is kept, emptied).
+	m := t.paths[oldest].more
+	if m != nil {
+		*m = [Window]uint16{}
+	}
+	t.paths[oldest] = path[K]{key: k, last: now, more: m}
 	return oldest
 }
 
@@ -202,9 +275,11 @@ func (t *Tracker[K]) advance(pid uint64) {
 		if t.filled&(1<<i) != 0 {
 			t.settle(i)
 		}
-		t.ring[i] = slot{}
+		if t.ring != nil {
+			t.ring[i] = slot{}
+		}
 		for j := range t.paths {
-			t.paths[j].got[i] = 0
+			t.paths[j].drop(i)
 		}
 		t.filled &^= 1 << i
 	}
@@ -212,17 +287,20 @@ func (t *Tracker[K]) advance(pid uint64) {
 }
 
 func (t *Tracker[K]) settle(i uint64) {
-	s := &t.ring[i]
-	if s.shape != t.shape {
-		return // sent before a change of scheme: the paths' carried bits are the new scheme's
-	}
-	had := s.all
+	var had uint16
+	if t.ring != nil {
+		s := &t.ring[i]
+		if s.shape != t.shape {
+			return // sent before a change of scheme: the paths' carried bits are the new scheme's
+		}
+		had = s.all
+	} // else it is of the current shape, and uncoded (or the ring would be made)
 	for j := range t.paths {
-		had |= t.paths[j].got[i]
+		had |= t.paths[j].got(i)
 	}
 	for j := range t.paths {
 		p := &t.paths[j]
-		if miss := had & (p.carried | p.carriedPrev) &^ p.got[i]; miss != 0 {
+		if miss := had & (p.carried | p.carriedPrev) &^ p.got(i); miss != 0 {
 			p.lost += uint32(bits.OnesCount16(miss))
 		}
 	}

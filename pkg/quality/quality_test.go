@@ -1,6 +1,7 @@
 package quality
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -134,6 +135,122 @@ func TestSchemeChangeIsNotLoss(t *testing.T) {
 					t.Fatalf("packet %d: path %d reports %+v", pid, r.Key, r.Q)
 				}
 			}
+		}
+	}
+}
+
+// trace is a random run of datagrams: what the tracker and refTracker are fed.
+// Paths 0..5 (so some take another's place), packets mostly in order with
+// reordering, gaps and stragglers, descriptors of copies, X-fragments and
+// codes, and now and then another scheme. The first simple datagrams keep to
+// one path of unfragmented copies, each packet once.
+func trace(rng *rand.Rand, n, simple int, note func(k int, pid uint64, d wire.Desc, now int64), take func(now int64)) {
+	now := int64(1)
+	next := uint64(1)
+	scheme := 0
+	for op := 0; op < n; op++ {
+		now += rng.Int64N(20 * ms)
+		if rng.IntN(50) == 0 {
+			take(now)
+		}
+		if op < simple {
+			pid := next
+			next++
+			if rng.IntN(10) == 0 {
+				next += uint64(rng.IntN(80)) // a gap
+			}
+			note(0, pid, wire.Desc{Count: 1, K: 1, Frag: 0x80}, now)
+			continue
+		}
+		if op == simple && simple > 0 {
+			scheme = 1
+		} else if rng.IntN(300) == 0 {
+			scheme = rng.IntN(3)
+		}
+		pid := next
+		switch r := rng.IntN(20); {
+		case r < 12:
+			next++
+		case r < 16: // behind: another path's copy or a reordered one
+			pid = next - min(next-1, uint64(rng.IntN(10)))
+		case r < 18: // a straggler, maybe out of the window
+			pid = next - min(next-1, uint64(rng.IntN(3*Window)))
+		default: // a jump
+			next += uint64(rng.IntN(2 * Window))
+			pid = next
+		}
+		var d wire.Desc
+		switch scheme {
+		case 0: // copies, now and then X-fragmented
+			d = wire.Desc{Count: 1, K: 1, Frag: 0x80}
+			if rng.IntN(4) == 0 {
+				d.Frag = uint8(rng.IntN(3))
+				if rng.IntN(2) == 0 {
+					d.Frag |= 0x80
+				}
+			}
+		case 1: // rs:2+1
+			d = wire.Desc{Index: uint8(rng.IntN(3)), Count: 3, K: 2, Frag: 0x80}
+		case 2: // rs:4+2, fragmented now and then
+			d = wire.Desc{Index: uint8(rng.IntN(6)), Count: 6, K: 4, Frag: 0x80}
+			if rng.IntN(3) == 0 {
+				d.Frag = uint8(rng.IntN(4))
+			}
+		}
+		note(rng.IntN(6), pid, d, now)
+	}
+	take(now + int64(time.Second))
+}
+
+// TestTracesMatchReference holds the tracker, whose arrays are made on first
+// use, to the figures of the one that always had them (refTracker): all of
+// them when its ring is there from the start, and what was received and lost
+// when it is made on the way (the lag of the packets already in the window
+// then is counted from that moment). A session of one path of copies never
+// makes the ring nor its path's more, and its figures are all the same.
+func TestTracesMatchReference(t *testing.T) {
+	for seed := range uint64(300) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		// A third one path of copies, a third that until a change of
+		// scheme (rs:2+1) half-way, a third all sorts.
+		simple := seed%3 == 0
+		simpleOps := []int{3000, 1500, 0}[seed%3]
+		var tr, eager Tracker[int]
+		var ref refTracker[int]
+		eager.ring = new([Window]slot)
+		var out, outE, outR [MaxPaths]Report[int]
+		takes := 0
+		trace(rng, 3000, simpleOps, func(k int, pid uint64, d wire.Desc, now int64) {
+			tr.Note(k, pid, d, now)
+			eager.Note(k, pid, d, now)
+			ref.Note(k, pid, d, now)
+		}, func(now int64) {
+			takes++
+			n := tr.Take(now, time.Second, &out)
+			nE := eager.Take(now, time.Second, &outE)
+			nR := ref.Take(now, time.Second, &outR)
+			if n != nR || nE != nR {
+				t.Fatalf("seed %d, take %d: %d and %d reports, reference %d", seed, takes, n, nE, nR)
+			}
+			for i := range outR[:nR] {
+				if outE[i] != outR[i] {
+					t.Fatalf("seed %d, take %d: %+v, reference %+v", seed, takes, outE[i], outR[i])
+				}
+				a, b := out[i], outR[i]
+				if !simple {
+					a.Q.Late, a.Q.LagMeanUs, a.Q.LagMaxUs = 0, 0, 0
+					b.Q.Late, b.Q.LagMeanUs, b.Q.LagMaxUs = 0, 0, 0
+				}
+				if a != b {
+					t.Fatalf("seed %d, take %d (ring made on use): %+v, reference %+v", seed, takes, a, b)
+				}
+			}
+		})
+		if simple && (tr.ring != nil || tr.paths[0].more != nil) {
+			t.Fatalf("seed %d: one path of copies made the ring (%v) or its path's more (%v)", seed, tr.ring != nil, tr.paths[0].more != nil)
+		}
+		if !simple && (tr.ring == nil || takes < 10) {
+			t.Fatalf("seed %d: %d takes, ring %v: the trace tests too little", seed, takes, tr.ring != nil)
 		}
 	}
 }

@@ -38,10 +38,9 @@ type Sender struct {
 	// session may have its keys of before a restart.
 	pathPID atomic.Uint64
 
-	enc    *raic.Encoder
-	params raic.Params
-	own    SealBuffers // Seal's, made on the first Seal (SealWith takes the caller's)
-	copies bool        // the datagrams of the last Seal are copy fragments (see Copies)
+	enc    *raic.Encoder // and its Params, the scheme in use
+	own    *SealBuffers  // Seal's, made on the first Seal (SealWith takes the caller's)
+	copies bool          // the datagrams of the last Seal are copy fragments (see Copies)
 
 	hasHello  bool
 	heard     atomic.Bool  // the far side has answered at least once
@@ -92,12 +91,12 @@ func (s *Sender) SetParams(p raic.Params) error {
 	if err != nil {
 		return err
 	}
-	s.enc, s.params = enc, p
+	s.enc = enc
 	return nil
 }
 
 // Params returns the scheme in use.
-func (s *Sender) Params() raic.Params { return s.params }
+func (s *Sender) Params() raic.Params { return s.enc.Params() }
 
 // Session returns the session ID.
 func (s *Sender) Session() uint64 { return s.session }
@@ -190,7 +189,16 @@ type SealBuffers struct {
 // datagrams stay valid until the next Seal; every copy sent of a shard must be
 // this same buffer (see package wire on nonces).
 func (s *Sender) Seal(pkt []byte, now int64) (pid uint64, dgs [][]byte, err error) {
-	return s.SealWith(&s.own, pkt, now)
+	return s.SealWith(s.ownBuffers(), pkt, now)
+}
+
+// ownBuffers returns Seal's buffers, made on first use: a proxy's senders
+// seal into their pollers' (SealWith), so theirs are never made.
+func (s *Sender) ownBuffers() *SealBuffers {
+	if s.own == nil {
+		s.own = new(SealBuffers)
+	}
+	return s.own
 }
 
 // SealWith is Seal into b, whose datagrams stay valid until the next Seal
@@ -206,7 +214,7 @@ func (s *Sender) SealWith(b *SealBuffers, pkt []byte, now int64) (pid uint64, dg
 // The caller must never seal two packets under one ID in a session (the nonce
 // rule); IDs used here also move the sender's counter past them.
 func (s *Sender) SealPID(pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
-	return s.sealPID(&s.own, pid, pkt, now)
+	return s.sealPID(s.ownBuffers(), pid, pkt, now)
 }
 
 func (s *Sender) sealPID(b *SealBuffers, pid uint64, pkt []byte, now int64) (dgs [][]byte, err error) {
@@ -299,27 +307,37 @@ type ReceiverStats struct {
 	Delivered, Duplicates, AuthFailed, DecodeDropped uint64
 }
 
-// Receiver opens what one end receives in one session. It is kept to 632
-// bytes, so with the allocator's 8-byte header it takes a 640-byte block:
-// a proxy holds one per session. Safe for concurrent use:
-// datagrams of one session may arrive on several uplink goroutines at once; a
-// per-session lock (never a global one) orders them.
+// Receiver opens what one end receives in one session. It is kept to 568
+// bytes, so with the allocator's 8-byte header it takes a 576-byte block (a
+// proxy holds one per session): the window, the key and what every packet
+// touches; the rest (rest) is made when first needed, which a session of
+// copies that arrive once each, on a new key, never does. Safe for
+// concurrent use: datagrams of one session may arrive on several uplink
+// goroutines at once; a per-session lock (never a global one) orders them.
 type Receiver struct {
-	mu     sync.Mutex
-	aead   cipher.AEAD
-	window replay.Window
-	floor  uint64 // packet IDs below it are refused (SetFloor)
+	mu        sync.Mutex
+	aead      cipher.AEAD
+	window    replay.Window
+	delivered uint64                       // ReceiverStats.Delivered
+	more      atomic.Pointer[receiverRest] // nil until needed; made under mu
+}
+
+// receiverRest is what a receiver keeps besides the window, made on first
+// use (Receiver.rest): by a duplicate or a failed open, the first shard that
+// is not a whole RAIC-1 copy, a decoder configuration, SetFloor or Upgrade.
+type receiverRest struct {
+	floor uint64 // packet IDs below it are refused (SetFloor)
 	// up holds the key before Upgrade (nil before the first one).
 	up        *upgrade
 	upgrading atomic.Bool // up.prev is set: the far side may not have followed yet
 	// dec is made on the first shard that is not a whole RAIC-1 copy: a
 	// copy needs only the window, so a copy-only session (most of a
-	// proxy's) never holds a decoder. copies counts the copies released
-	// without one.
-	dec    *raic.Decoder
-	decCfg *raic.DecoderConfig // nil: the defaults
-	copies uint64
-	stats  ReceiverStats
+	// proxy's) never holds a decoder. copies is how many copies were
+	// released without one (all of them before it was made).
+	dec                    *raic.Decoder
+	decCfg                 raic.DecoderConfig // zero: the defaults
+	copies                 uint64
+	duplicates, authFailed uint64
 }
 
 // upgrade is a receiver's state for Upgrade: prev is the key before it, still
@@ -335,9 +353,28 @@ type upgrade struct {
 func NewReceiver(aead cipher.AEAD, dec raic.DecoderConfig) *Receiver {
 	r := &Receiver{aead: aead}
 	if dec != (raic.DecoderConfig{}) {
-		r.decCfg = &dec
+		r.rest().decCfg = dec
 	}
 	return r
+}
+
+// rest returns the receiver's receiverRest, making it. r.mu is held (or r is
+// not yet shared).
+func (r *Receiver) rest() *receiverRest {
+	m := r.more.Load()
+	if m == nil {
+		m = new(receiverRest)
+		r.more.Store(m)
+	}
+	return m
+}
+
+// open opens dg with the receiver's key, or either key during an Upgrade.
+func (r *Receiver) open(m *receiverRest, dg []byte, bodyOff int) ([]byte, error) {
+	if m != nil && m.up != nil && m.up.prev != nil {
+		return r.openEither(m.up, dg, bodyOff)
+	}
+	return wire.Open(r.aead, dg, bodyOff)
 }
 
 // Receive handles one parsed datagram (h and bodyOff from wire.Parse); dg is
@@ -347,70 +384,60 @@ func NewReceiver(aead cipher.AEAD, dec raic.DecoderConfig) *Receiver {
 func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, sink Sink) (body []byte, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	m := r.more.Load()
 	if h.IsPath() {
 		// Their IDs are another counter's (Sender.SealPath): they neither
 		// check nor move the window. A replayed one does no harm: a response
 		// counts only from the address its challenge went to, with that
 		// challenge's token, and the answer to a challenge goes only to the
 		// far end's own address.
-		if r.up != nil && r.up.prev != nil {
-			body, err = r.openEither(dg, bodyOff)
-		} else {
-			body, err = wire.Open(r.aead, dg, bodyOff)
-		}
+		body, err = r.open(m, dg, bodyOff)
 		if err != nil {
-			r.stats.AuthFailed++
+			r.rest().authFailed++
 		}
 		return body, err
 	}
-	if h.Packet < r.floor || r.window.Seen(h.Packet) {
-		r.stats.Duplicates++
+	if (m != nil && h.Packet < m.floor) || r.window.Seen(h.Packet) {
+		r.rest().duplicates++
 		return nil, ErrDuplicate
 	}
-	if r.up != nil && r.up.prev != nil {
-		body, err = r.openEither(dg, bodyOff)
-	} else {
-		body, err = wire.Open(r.aead, dg, bodyOff)
-	}
+	body, err = r.open(m, dg, bodyOff)
 	if err != nil {
-		r.stats.AuthFailed++
+		r.rest().authFailed++
 		return nil, err
 	}
 	if h.Type != wire.TypeData {
 		// The window moves only now that the datagram authenticated.
 		if !r.window.Mark(h.Packet) {
-			r.stats.Duplicates++
+			r.rest().duplicates++
 			return nil, ErrDuplicate
 		}
 		return body, nil
 	}
 	sh := raic.Shard{Scheme: raic.Scheme(h.Scheme), PID: h.Packet, Desc: raic.Desc(h.Desc), Data: body}
-	if r.dec == nil {
+	if m == nil || m.dec == nil {
 		if raic.WholeCopy(&sh) {
 			// What the decoder's copy path does, with the window (checked
 			// above, under the lock) as its record of released packets.
 			if r.window.Mark(sh.PID) {
-				r.copies++
-				r.stats.Delivered++
+				r.delivered++
 				sink.Deliver(sh.PID, sh.Data, now)
 			} else {
-				r.stats.Duplicates++
+				r.rest().duplicates++
 			}
 			return nil, nil
 		}
-		var cfg raic.DecoderConfig
-		if r.decCfg != nil {
-			cfg = *r.decCfg
-		}
-		r.dec = raic.NewDecoder(cfg)
+		m = r.rest()
+		m.copies = r.delivered // all released so far were copies
+		m.dec = raic.NewDecoder(m.decCfg)
 	}
-	released := r.dec.Add(sh, now)
+	released := m.dec.Add(sh, now)
 	for i := range released {
 		if r.window.Mark(released[i].PID) {
-			r.stats.Delivered++
+			r.delivered++
 			sink.Deliver(released[i].PID, released[i].Data, now)
 		} else {
-			r.stats.Duplicates++
+			m.duplicates++
 		}
 	}
 	return nil, nil
@@ -422,10 +449,12 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 func (r *Receiver) Rekey(aead cipher.AEAD) {
 	r.mu.Lock()
 	r.aead = aead
-	if r.up != nil {
-		r.up.prev = nil
+	if m := r.more.Load(); m != nil {
+		if m.up != nil {
+			m.up.prev = nil
+		}
+		m.upgrading.Store(false)
 	}
-	r.upgrading.Store(false)
 	r.window.Reset()
 	r.mu.Unlock()
 }
@@ -437,11 +466,12 @@ func (r *Receiver) Rekey(aead cipher.AEAD) {
 // flight during the switch are not lost.
 func (r *Receiver) Upgrade(aead cipher.AEAD) {
 	r.mu.Lock()
-	if r.up == nil {
-		r.up = &upgrade{spare: make([]byte, wire.MaxDatagram+1)}
+	m := r.rest()
+	if m.up == nil {
+		m.up = &upgrade{spare: make([]byte, wire.MaxDatagram+1)}
 	}
-	r.up.prev, r.aead = r.aead, aead
-	r.upgrading.Store(true)
+	m.up.prev, r.aead = r.aead, aead
+	m.upgrading.Store(true)
 	r.mu.Unlock()
 }
 
@@ -449,23 +479,26 @@ func (r *Receiver) Upgrade(aead cipher.AEAD) {
 // of the last Upgrade: what arrives still opens with the old one, so it does
 // not show the far side has followed (and the hello that makes it follow must
 // go on riding).
-func (r *Receiver) Upgrading() bool { return r.upgrading.Load() }
+func (r *Receiver) Upgrading() bool {
+	m := r.more.Load()
+	return m != nil && m.upgrading.Load()
+}
 
 // openEither opens dg with the new key or, failing that, the one before
-// Upgrade; the first success with the new key retires the old one.
-func (r *Receiver) openEither(dg []byte, bodyOff int) ([]byte, error) {
-	if len(dg) > len(r.up.spare) {
+// Upgrade (up's); the first success with the new key retires the old one.
+func (r *Receiver) openEither(up *upgrade, dg []byte, bodyOff int) ([]byte, error) {
+	if len(dg) > len(up.spare) {
 		return wire.Open(r.aead, dg, bodyOff)
 	}
-	cp := r.up.spare[:len(dg)]
+	cp := up.spare[:len(dg)]
 	copy(cp, dg)
 	if body, err := wire.Open(r.aead, dg, bodyOff); err == nil {
-		r.up.prev = nil
-		r.upgrading.Store(false)
+		up.prev = nil
+		r.more.Load().upgrading.Store(false)
 		return body, nil
 	}
 	copy(dg, cp)
-	return wire.Open(r.up.prev, dg, bodyOff)
+	return wire.Open(up.prev, dg, bodyOff)
 }
 
 // SetFloor refuses every packet ID below pid from now on. A proxy sets it to
@@ -473,15 +506,15 @@ func (r *Receiver) openEither(dg []byte, bodyOff int) ([]byte, error) {
 // before a restart: whatever was sealed before that, a replay may bring.
 func (r *Receiver) SetFloor(pid uint64) {
 	r.mu.Lock()
-	r.floor = pid
+	r.rest().floor = pid
 	r.mu.Unlock()
 }
 
 // Expire gives up decode groups older than the decoder's limit.
 func (r *Receiver) Expire(now int64) {
 	r.mu.Lock()
-	if r.dec != nil {
-		r.dec.Expire(now)
+	if m := r.more.Load(); m != nil && m.dec != nil {
+		m.dec.Expire(now)
 	}
 	r.mu.Unlock()
 }
@@ -490,11 +523,20 @@ func (r *Receiver) Expire(now int64) {
 func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	st := ReceiverStats{Delivered: r.delivered}
+	m := r.more.Load()
 	// With no decoder, every whole copy that authenticated was released
 	// (the window dropped the rest before).
-	ds := raic.DecoderStats{Shards: r.copies, Released: r.copies}
-	if r.dec != nil {
-		d := r.dec.Stats()
+	copies := r.delivered
+	if m != nil {
+		st.Duplicates, st.AuthFailed = m.duplicates, m.authFailed
+		if m.dec != nil {
+			copies = m.copies
+		}
+	}
+	ds := raic.DecoderStats{Shards: copies, Released: copies}
+	if m != nil && m.dec != nil {
+		d := m.dec.Stats()
 		ds.Shards += d.Shards
 		ds.Released += d.Released
 		ds.Recovered += d.Recovered
@@ -507,7 +549,7 @@ func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 		ds.NoBuffer += d.NoBuffer
 		ds.Grown += d.Grown
 	}
-	return r.stats, ds
+	return st, ds
 }
 
 // Hello returns the hello this sender puts on its datagrams while it is due,

@@ -271,10 +271,58 @@ func TestCopiesTellsFragmentsFromShards(t *testing.T) {
 	}
 }
 
-// TestReceiverFitsItsBlock: a proxy holds a Receiver per session; past 632
-// bytes (640 less the allocator's header) each would take a 704-byte block.
+// TestReceiverFitsItsBlock: a proxy holds a Receiver per session; past 568
+// bytes (576 less the allocator's header) each would take a 640-byte block.
 func TestReceiverFitsItsBlock(t *testing.T) {
-	if n := unsafe.Sizeof(Receiver{}); n > 632 {
-		t.Errorf("Receiver is %d bytes, want ≤ 632", n)
+	if n := unsafe.Sizeof(Receiver{}); n > 568 {
+		t.Errorf("Receiver is %d bytes, want ≤ 568", n)
+	}
+}
+
+// TestCopiesOnceKeepOnlyTheWindow: copies that arrive once each make no
+// receiverRest; the first duplicate makes it, and the counters add up across.
+func TestCopiesOnceKeepOnlyTheWindow(t *testing.T) {
+	s, r := pair(t, raic.Params{Scheme: raic.SchemeCopy, K: 1})
+	var got collect
+	var last []byte
+	for range 100 {
+		_, dgs, err := s.Seal([]byte("pkt"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = append([]byte(nil), dgs[0]...)
+		if _, err := receive(t, r, last, &got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.more.Load() != nil {
+		t.Fatal("100 copies, each once, made the receiver's rest")
+	}
+	if st, ds := r.Stats(); st != (ReceiverStats{Delivered: 100}) || ds.Shards != 100 || ds.Released != 100 {
+		t.Fatalf("stats %+v, decoder %+v; want 100 delivered", st, ds)
+	}
+	if _, err := receive(t, r, last, &got); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("a duplicate: %v", err)
+	}
+	// Then coded packets: the decoder is made, and the copies before it
+	// still count.
+	if err := s.SetParams(raic.Params{Scheme: raic.SchemeXOR, K: 2, M: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, dgs, err := s.Seal([]byte("coded"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dg := range dgs[:2] {
+		if _, err := receive(t, r, dg, &got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, ds := r.Stats()
+	if r.more.Load() == nil || st != (ReceiverStats{Delivered: 101, Duplicates: 1}) || ds.Shards != 102 || ds.Released != 101 {
+		t.Fatalf("stats %+v, decoder %+v; want 101 delivered, 1 duplicate, 102 shards", st, ds)
+	}
+	if len(got.pids) != 101 {
+		t.Fatalf("%d packets delivered, want 101", len(got.pids))
 	}
 }
