@@ -9,12 +9,10 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
-	"io"
 	"net/netip"
 	"strings"
 
 	"golang.org/x/crypto/chacha20poly1305"
-	"golang.org/x/crypto/hkdf"
 )
 
 // KeyLen is the length of a client's pre-shared key.
@@ -91,11 +89,8 @@ func DeriveKeysEpoch(psk *Key, salt *[16]byte, session, epoch uint64, role Role)
 		in = info[:]
 		label = "raic/1 session keys, epoch"
 	}
-	r := hkdf.New(sha256.New, psk[:], in, []byte(label))
 	var km [2 * chacha20poly1305.KeySize]byte
-	if _, err = io.ReadFull(r, km[:]); err != nil {
-		return nil, nil, err
-	}
+	hkdf64(&km, psk[:], in, label)
 	c2s, err := chacha20poly1305.New(km[:chacha20poly1305.KeySize])
 	if err != nil {
 		return nil, nil, err
@@ -197,4 +192,50 @@ func FlowToken(psk *Key, client, server netip.AddrPort) (t [FlowLen]byte) {
 		t[0] = 1 // all zero means none on the wire
 	}
 	return t
+}
+
+// hkdf64 is HKDF-SHA256 (RFC 5869) of secret with salt and info, its first
+// 64 bytes, computed in fixed arrays: hkdf.New's HMAC states were about a
+// kilobyte of garbage for every session a proxy opens, which at a studio's
+// admission rate is what its memory peaks with. salt and secret are at most
+// 64 bytes and info at most 31 (the labels above).
+func hkdf64(out *[64]byte, secret, salt []byte, info string) {
+	var prk, t1, t2 [32]byte
+	hmacSHA256(&prk, salt, secret) // extract
+	var msg [64]byte               // T(i-1) || info || i
+	n := copy(msg[:], info)
+	msg[n] = 1
+	hmacSHA256(&t1, prk[:], msg[:n+1])
+	copy(msg[:32], t1[:])
+	n = 32 + copy(msg[32:], info)
+	msg[n] = 2
+	hmacSHA256(&t2, prk[:], msg[:n+1])
+	copy(out[:32], t1[:])
+	copy(out[32:], t2[:])
+}
+
+// hmacSHA256 is HMAC-SHA256 (RFC 2104) of msg under key, both at most 64
+// bytes, without crypto/hmac's heap state.
+func hmacSHA256(out *[32]byte, key, msg []byte) {
+	if len(key) > 64 || len(msg) > 64 {
+		panic("wire: hmacSHA256 input too long")
+	}
+	var buf [64 + 64]byte
+	for i := 0; i < 64; i++ {
+		var k byte
+		if i < len(key) {
+			k = key[i]
+		}
+		buf[i] = k ^ 0x36
+	}
+	inner := sha256.Sum256(buf[:64+copy(buf[64:], msg)])
+	for i := 0; i < 64; i++ {
+		var k byte
+		if i < len(key) {
+			k = key[i]
+		}
+		buf[i] = k ^ 0x5c
+	}
+	copy(buf[64:], inner[:])
+	*out = sha256.Sum256(buf[:64+32])
 }
