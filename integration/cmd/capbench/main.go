@@ -983,10 +983,18 @@ const helloRound = 2000
 // for those still waiting, until all are acked (at most 5 s, and 1 s more per
 // 2,000 sessions).
 func (g *generator) openAll(ctx context.Context) error {
-	acked := 1 // session 0, by probe
 	limit := 5*time.Second + time.Duration(len(g.sess)/2000)*time.Second
 	deadline := time.Now().Add(limit)
-	for acked < len(g.sess) {
+	for {
+		// The sessions' own flags say which are acked (session 0 by the
+		// probe); the channel only wakes this loop up when one is.
+		acked := g.ackedCount()
+		if acked == len(g.sess) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d sessions acked within %v", acked, len(g.sess), limit)
+		}
 		// At most a few thousand hellos per round, so that the proxy's receive
 		// buffer never overflows with them and a round's acks come back in it.
 		sent := 0
@@ -1002,23 +1010,29 @@ func (g *generator) openAll(ctx context.Context) error {
 			}
 		}
 		t := time.After(50 * time.Millisecond)
-		want := acked + sent
 	wait:
-		for acked < want {
+		for got := 0; got < sent; {
 			select {
 			case <-g.acks:
-				acked++
+				got++
 			case <-t:
 				break wait
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d sessions acked within %v", acked, len(g.sess), limit)
+	}
+}
+
+// ackedCount is how many sessions have been acked.
+func (g *generator) ackedCount() int {
+	n := 0
+	for _, s := range g.sess {
+		if s.acked.Load() {
+			n++
 		}
 	}
-	return nil
+	return n
 }
 
 // preseal seals opt.packets datagrams, round-robin over the sessions, into one
