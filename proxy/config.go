@@ -52,6 +52,11 @@ type Config struct {
 	// allows it (see forward_batch.go); false keeps a write per packet, for
 	// hosts whose policy bars io_uring.
 	IOURing bool `toml:"io_uring"`
+	// UDPSegmentation (true, the default) sends the shared upstream's
+	// queued forwards that go to one server with one size as one segmented
+	// send (UDP GSO, see udp.Conn.EnableSegmentation); false sends each as
+	// its own datagram in the sendmmsg batch.
+	UDPSegmentation bool `toml:"udp_segmentation"`
 	// Studio operation: connect tokens, client-address headers, health, drain
 	// (see studio.go).
 	StudioConfig
@@ -80,6 +85,7 @@ func DefaultConfig() Config {
 		StudioConfig:    StudioConfig{Config: fleet.Defaults()},
 		Workers:         1,
 		IOURing:         true,
+		UDPSegmentation: true,
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: config.Duration{Duration: quality.DefaultInterval},
 	}

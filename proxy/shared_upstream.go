@@ -111,6 +111,7 @@ type sharedUpstream struct {
 
 	unknown, badHeader, fallback *metrics.Counter
 	attached                     *metrics.Gauge
+	segmented                    *metrics.Counter // forwards sent inside segmented sends
 }
 
 // sharedSocket is one socket of the pool and its sessions by slot.
@@ -145,12 +146,16 @@ func newSharedUpstream(s *Server, workers, maxSessions int) (*sharedUpstream, er
 		badHeader: s.reg.Counter(`proxy_dropped_total{reason="shared_reply_bad_header"}`, "Datagrams dropped, by reason."),
 		fallback:  s.reg.Counter("proxy_shared_upstream_fallbacks_total", "Sessions of a shared-upstream server given a socket of their own (no free slot)."),
 		attached:  s.reg.Gauge("proxy_shared_upstream_sessions", "Sessions sent over the shared upstream sockets."),
+		segmented: s.reg.Counter("proxy_shared_upstream_segmented_total", "Forwards the shared upstream sent inside segmented sends (UDP GSO runs to one server)."),
 	}
 	for i := 0; i < n; i++ {
 		c, err := udp.Listen("udp", udp.Options{RecvBuffer: sharedRecvBuffer, SendBuffer: sharedSendBuffer})
 		if err != nil {
 			su.close()
 			return nil, fmt.Errorf("shared upstream socket: %w", err)
+		}
+		if s.cfg.UDPSegmentation && !c.EnableSegmentation(su.segmented) && i == 0 {
+			s.log.Info("UDP segmentation not available: the shared upstream sends a datagram per message")
 		}
 		ss := &sharedSocket{conn: c, index: i, slots: make([]atomic.Pointer[proxySession], sharedSlots),
 			free: make([]uint16, sharedSlots-1), n: sharedSlots - 1, solo: make([]byte, proxyproto.SPPLen+raic.MaxPacket)}

@@ -13,6 +13,7 @@ import (
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxyproto"
+	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -360,5 +361,55 @@ client_addr_header = "spp"
 	server.conn.WriteToUDPAddrPort([]byte("bare"), seen.peer)
 	if got := replies(t, r.sock, 1, r); fmt.Sprint(got[r.send.Session()]) != "[bare]" {
 		t.Fatalf("bare reply came back as %v", got)
+	}
+}
+
+// TestSharedUpstreamSegmentsSameSizedForwards sends bursts of same-sized
+// datagrams (one sendmmsg each, so the proxy reads them in batches): with
+// udp_segmentation on (the default) the shared upstream sends the queued
+// forwards to the server as segmented runs, counted, and the server still
+// gets each datagram whole, with its header, in order; with it off none is
+// segmented.
+func TestSharedUpstreamSegmentsSameSizedForwards(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("udp_segmentation=%v", on), func(t *testing.T) {
+			server := newSPPEcho(t)
+			p := sharedProxy(t, server.addr(), fmt.Sprintf("workers = 1\nudp_segmentation = %v", on))
+			if on && !p.shared.socks[0].conn.Segmentation() {
+				t.Skip("kernel has no UDP_SEGMENT (UDP GSO, Linux 4.18)")
+			}
+			r := newFakeRouter(t, goodKey, server.addr())
+			src, err := udp.Listen("udp4", udp.Options{Local: netip.MustParseAddrPort("127.0.0.1:0")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			const bursts, per = 20, 32
+			msgs := make([]udp.Message, per)
+			for b := 0; b < bursts; b++ {
+				for i := range msgs {
+					dg := r.seal(t, []byte(fmt.Sprintf("burst %02d datagram %02d", b, i)))
+					msgs[i] = udp.Message{Buf: dg, N: len(dg), Addr: p.Addr()}
+				}
+				if n, err := src.WriteBatch(msgs); n != per || err != nil {
+					t.Fatalf("burst %d: WriteBatch = %d, %v", b, n, err)
+				}
+				for i := 0; i < per; i++ {
+					s := server.next(t)
+					if want := fmt.Sprintf("burst %02d datagram %02d", b, i); s.payload != want || s.client != src.LocalAddr() {
+						t.Fatalf("the server got %q from player %v, want %q from %v", s.payload, s.client, want, src.LocalAddr())
+					}
+				}
+			}
+			waitUntil(t, func() bool { return counter(p, "proxy_forwarded_total") == bursts*per })
+			seg := counter(p, "proxy_shared_upstream_segmented_total")
+			if on && seg == 0 {
+				t.Fatalf("none of %d forwards in bursts of %d left segmented", bursts*per, per)
+			}
+			if !on && seg != 0 {
+				t.Fatalf("%v forwards segmented with udp_segmentation = false", seg)
+			}
+			t.Logf("%v of %d forwards segmented", seg, bursts*per)
+		})
 	}
 }

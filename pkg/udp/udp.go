@@ -24,6 +24,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -77,7 +78,8 @@ type ioState struct {
 	hdrs  [MaxBatch]unix.Mmsghdr
 	iovs  [MaxBatch]unix.Iovec
 	names [MaxBatch]unix.RawSockaddrInet6 // large enough for sockaddr_in too
-	ctrls [MaxBatch][ctrlSpace]byte       // per-datagram control messages: TOS, packet info
+	ctrls [MaxBatch][ctrlSpace]byte       // per-header control messages: TOS, packet info, segment size
+	runs  [MaxBatch]uint8                 // write: messages each header carries (more than 1 when segmented)
 	n     int                             // messages handed to the syscall
 	got   int                             // messages the syscall processed
 	errno syscall.Errno                   // error of the last syscall, 0 if none
@@ -97,6 +99,10 @@ type Conn struct {
 	// instead of a freshly allocated closure.
 	recvFn func(fd uintptr) bool
 	sendFn func(fd uintptr) bool
+
+	gso       atomic.Bool   // WriteBatch sends same-sized runs as one segmented send
+	segmented atomic.Uint64 // datagrams sent inside segmented sends
+	segCount  Adder         // the caller's count of them too (EnableSegmentation)
 
 	r ioState
 	w ioState
@@ -338,57 +344,98 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 	s := &c.w
 	sent := 0
 	for sent < len(msgs) {
-		n := min(len(msgs)-sent, MaxBatch)
-		for i := 0; i < n; i++ {
-			m := &msgs[sent+i]
+		// Build up to MaxBatch headers from at most MaxBatch messages (the iovec
+		// array is per message). With segmentation on, a run of messages to the
+		// same destination, of one size (the last may be shorter), shares one
+		// header: one datagram in the kernel's send path, cut into its segments
+		// at the device.
+		gso := c.gso.Load()
+		nh, used := 0, 0
+		for used < MaxBatch && sent+used < len(msgs) {
+			m := &msgs[sent+used]
 			if m.N < 0 || m.N > len(m.Buf) {
-				n = i
-				if i == 0 {
+				if used == 0 {
 					return sent, errShortBuf
 				}
 				break
 			}
-			nl, ok := c.putSockaddr(&s.names[i], m.Addr)
+			nl, ok := c.putSockaddr(&s.names[nh], m.Addr)
 			if !ok {
-				n = i
-				if i == 0 {
+				if used == 0 {
 					return sent, ErrAddress
 				}
 				break
 			}
-			h := &s.hdrs[i]
-			setIov(&s.iovs[i], m.Buf[:m.N])
-			h.Hdr.Iov = &s.iovs[i]
-			h.Hdr.Iovlen = 1
-			h.Hdr.Name = (*byte)(unsafe.Pointer(&s.names[i]))
+			k := 1
+			if gso {
+				k = segmentRun(msgs[sent+used : min(len(msgs), sent+MaxBatch)])
+			}
+			for j := 0; j < k; j++ {
+				mj := &msgs[sent+used+j]
+				setIov(&s.iovs[used+j], mj.Buf[:mj.N])
+			}
+			h := &s.hdrs[nh]
+			h.Hdr.Iov = &s.iovs[used]
+			h.Hdr.SetIovlen(k)
+			h.Hdr.Name = (*byte)(unsafe.Pointer(&s.names[nh]))
 			h.Hdr.Namelen = nl
 			h.Hdr.Control = nil
 			h.Hdr.Controllen = 0
 			cl := 0
 			if m.TOS != 0 {
-				c.putTOS((*[tosCmsgSpace]byte)(s.ctrls[i][:tosCmsgSpace]), m.Addr, m.TOS)
+				c.putTOS((*[tosCmsgSpace]byte)(s.ctrls[nh][:tosCmsgSpace]), m.Addr, m.TOS)
 				cl = tosCmsgSpace
 			}
 			if m.Local.IsValid() {
-				cl += putPktinfo(s.ctrls[i][cl:], m.Addr, m.Local)
+				cl += putPktinfo(s.ctrls[nh][cl:], m.Addr, m.Local)
+			}
+			if k > 1 {
+				cl += putSegment(s.ctrls[nh][cl:], m.N)
 			}
 			if cl > 0 {
-				h.Hdr.Control = &s.ctrls[i][0]
+				h.Hdr.Control = &s.ctrls[nh][0]
 				h.Hdr.SetControllen(cl)
 			}
 			h.Hdr.Flags = 0
 			h.Len = 0
+			s.runs[nh] = uint8(k)
+			nh++
+			used += k
 		}
-		s.n, s.got, s.errno = n, 0, 0
+		s.n, s.got, s.errno = nh, 0, 0
 		err := c.rc.Write(c.sendFn)
-		for i := 0; i < n; i++ {
+		for i := 0; i < used; i++ {
 			s.iovs[i].Base = nil
 		}
-		sent += s.got
+		done := 0
+		for i := 0; i < s.got; i++ {
+			done += int(s.runs[i])
+		}
+		sent += done
+		if done > 0 && gso {
+			seg := 0
+			for i := 0; i < s.got; i++ {
+				if s.runs[i] > 1 {
+					seg += int(s.runs[i])
+				}
+			}
+			if seg > 0 {
+				c.segmented.Add(uint64(seg))
+				if c.segCount != nil {
+					c.segCount.Add(uint64(seg))
+				}
+			}
+		}
 		if err != nil {
 			return sent, err
 		}
 		if s.errno != 0 {
+			if s.got < nh && s.runs[s.got] > 1 && refusesSegments(s.errno) {
+				// The path refused a segmented send: send one datagram per
+				// header from now on and retry the run, as wireguard-go does.
+				c.gso.Store(false)
+				continue
+			}
 			return sent, os.NewSyscallError("sendmmsg", s.errno)
 		}
 		if s.got == 0 {
@@ -400,6 +447,90 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 	}
 	return sent, nil
 }
+
+// refusesSegments tells the errors with which the kernel refuses a segmented
+// send that plain datagrams may pass: EIO (a device without checksum
+// offload), EMSGSIZE (a segment above the path's MTU, which IP would have
+// fragmented) and EINVAL (a run the kernel finds too long).
+func refusesSegments(e syscall.Errno) bool {
+	return e == unix.EIO || e == unix.EMSGSIZE || e == unix.EINVAL
+}
+
+// Limits of one segmented send. maxSegments stays under the kernel's
+// UDP_MAX_SEGMENTS (64 before Linux 6.8). maxSegmentSize keeps a segment and
+// its IPv6 and UDP headers inside the smallest IPv6 MTU (1,280), so no path
+// refuses it for size; game datagrams are smaller. maxRunBytes keeps the whole
+// run inside one IP datagram's 64 KiB.
+const (
+	maxSegments    = 64
+	maxSegmentSize = 1280 - 48
+	maxRunBytes    = 65535 - 48 - 1280
+)
+
+// segmentRun returns how many leading messages of msgs can leave as one
+// segmented send: same destination, source and TOS, each as long as the first
+// except the last, which may be shorter. It is 1 when segmentation does not
+// apply.
+func segmentRun(msgs []Message) int {
+	m := &msgs[0]
+	size := m.N
+	if size <= 0 || size > maxSegmentSize {
+		return 1
+	}
+	total, k := size, 1
+	for k < len(msgs) && k < maxSegments {
+		nx := &msgs[k]
+		if nx.N <= 0 || nx.N > size || nx.N > len(nx.Buf) || total+nx.N > maxRunBytes ||
+			nx.Addr != m.Addr || nx.Local != m.Local || nx.TOS != m.TOS {
+			break
+		}
+		total += nx.N
+		k++
+		if nx.N < size {
+			break // only the last segment may be shorter
+		}
+	}
+	return k
+}
+
+// segmentCmsgSpace is CMSG_SPACE(2): the UDP_SEGMENT message's room.
+const segmentCmsgSpace = unix.SizeofCmsghdr + 8
+
+// putSegment writes the control message that has the kernel cut one send into
+// datagrams of size bytes (UDP_SEGMENT), and returns its room.
+func putSegment(b []byte, size int) int {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&b[unix.SizeofCmsghdr])) = uint16(size)
+	return segmentCmsgSpace
+}
+
+// Adder is a counter (a metrics counter, an atomic.Uint64).
+type Adder interface{ Add(uint64) }
+
+// EnableSegmentation has WriteBatch send runs of same-sized datagrams to one
+// destination as one segmented send (UDP GSO), which costs the kernel's send
+// path once per run instead of once per datagram. It reports whether the
+// kernel supports it; it is then on until a send the path refuses turns it off.
+// Receivers see ordinary datagrams. count, if not nil, is added the datagrams
+// that leave segmented; call it before the Conn's first write.
+func (c *Conn) EnableSegmentation(count Adder) bool {
+	c.segCount = count
+	var ok bool
+	c.rc.Control(func(fd uintptr) {
+		_, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
+		ok = err == nil
+	})
+	c.gso.Store(ok)
+	return ok
+}
+
+// Segmentation reports whether segmented sends are on.
+func (c *Conn) Segmentation() bool { return c.gso.Load() }
+
+// Segmented counts the datagrams sent inside segmented sends.
+func (c *Conn) Segmented() uint64 { return c.segmented.Load() }
 
 var errShortBuf = errors.New("udp: Message.N outside Buf")
 
@@ -443,7 +574,7 @@ func (c *Conn) WriteToFrom(b []byte, to netip.AddrPort, from netip.Addr) error {
 // two packet-info messages; ctrlSpace holds a TOS message and one of them.
 const (
 	pktinfoSpace = unix.SizeofCmsghdr + (unix.SizeofInet6Pktinfo+7)&^7
-	ctrlSpace    = tosCmsgSpace + pktinfoSpace
+	ctrlSpace    = tosCmsgSpace + pktinfoSpace + segmentCmsgSpace
 )
 
 // parsePktinfo returns the destination address a read's control messages

@@ -89,6 +89,7 @@ type options struct {
 	quick       bool
 	floor       time.Duration
 	nice        int
+	proxySet    string // extra top-level keys of the proxy's config, ';'-separated
 	proxyEnv    string
 	internalCfg string // set when this binary runs as the profiled proxy
 	workers     int    // the proxy's workers key, and its GOMAXPROCS
@@ -149,6 +150,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "short smoke run (400,000 datagrams, at most 2 s timed, no -out unless given)")
 	fs.DurationVar(&o.floor, "floor", 2*time.Second, "after the proxy, measure a bare write(2) loop on its CPU for this long, for reference (0: skip)")
 	fs.IntVar(&o.nice, "nice", -20, "nice value for this process and the proxy, so other work on a shared host disturbs the measurement less (0: leave as is)")
+	fs.StringVar(&o.proxySet, "proxy-set", "", "extra top-level keys for the proxy's config, separated by ';' (for example 'udp_segmentation = false')")
 	fs.StringVar(&o.proxyEnv, "proxy-env", "", "extra environment for the proxy, space-separated NAME=VALUE (for example GOGC=50)")
 	fs.StringVar(&o.internalCfg, "internal-run-proxy", "", "run the proxy in this process with this config (used by -profile)")
 	fs.IntVar(&o.workers, "workers", 1, "the proxy's workers (SO_REUSEPORT sockets) and GOMAXPROCS; pinned to CPUs proxy-cpu onwards")
@@ -210,6 +212,7 @@ type figures struct {
 	heapIdle           int64         // and with every session open, before load
 	sent, sinkGot      uint64        // during the timed phase
 	forwarded          float64       // proxy_forwarded_total delta
+	segmented          float64       // proxy_shared_upstream_segmented_total delta
 	dropped            float64       // proxy_dropped_total (all reasons) delta
 	sppBad             uint64        // with -shared-upstream: datagrams at the sink without a valid SPP header
 	rcvbufErrors       uint64        // kernel UDP receive-buffer drops (all sockets) during the phase
@@ -416,6 +419,11 @@ rate_pps = 1000000000
 burst = 10000000
 session_rate = 1000000
 `, proxyAddr, metricsAddr, 2*opt.sessions+16, opt.workers, clientID, key, sink.addr())
+	if opt.proxySet != "" {
+		// Top-level keys: before the first table.
+		i := strings.Index(cfg, "[[client]]")
+		cfg = cfg[:i] + strings.ReplaceAll(opt.proxySet, ";", "\n") + "\n" + cfg[i:]
+	}
 	if opt.shared {
 		cfg += fmt.Sprintf("[[server]]\nmatch = \"%s\"\nclient_addr_header = \"spp\"\nupstream = \"shared\"\n", sink.addr())
 	}
@@ -502,6 +510,7 @@ session_rate = 1000000
 type phase struct {
 	sent, sinkGot    uint64 // datagrams sent by the generator, counted at the sink
 	forwarded        float64
+	segmented        float64 // proxy_shared_upstream_segmented_total delta
 	dropped          float64
 	sppBad           uint64
 	rcvbufErrors     uint64
@@ -536,6 +545,7 @@ func (f *figures) pick() {
 	f.median = idx[len(idx)/2]
 	ph := f.phases[f.median]
 	f.sent, f.sinkGot, f.forwarded, f.dropped, f.sppBad, f.rcvbufErrors = ph.sent, ph.sinkGot, ph.forwarded, ph.dropped, ph.sppBad, ph.rcvbufErrors
+	f.segmented = ph.segmented
 	f.elapsed, f.proxyCPU, f.genCPU, f.others, f.coreBusy = ph.elapsed, ph.proxyCPU, ph.genCPU, ph.others, ph.coreBusy
 }
 
@@ -622,6 +632,7 @@ func timedPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p
 	ph.loopSpeed = loopSpeed(opt.proxyCPU, 200*time.Millisecond)
 	ph.memLatency = memLatency(opt.proxyCPU, 200*time.Millisecond)
 	ph.forwarded = m1["proxy_forwarded_total"] - m0["proxy_forwarded_total"]
+	ph.segmented = m1["proxy_shared_upstream_segmented_total"] - m0["proxy_shared_upstream_segmented_total"]
 	for k, v := range m1 {
 		if strings.HasPrefix(k, "proxy_dropped_total") {
 			ph.dropped += v - m0[k]
@@ -658,6 +669,7 @@ func table(opt *options, f *figures) [][3]string {
 		{"forwarded, proxy_forwarded_total", fmt.Sprintf("%.0f packets/s", fwdPPS), ""},
 		{"timed phase", fmt.Sprintf("%v, %d datagrams of %d B sent, %d at the sink", f.elapsed.Round(time.Millisecond), f.sent, f.datagramLen, f.sinkGot), ""},
 		{"dropped by the proxy (all reasons)", fmt.Sprintf("%.0f", f.dropped), ""},
+		{"forwards sent in segmented runs (UDP GSO, shared upstream)", fmt.Sprintf("%.0f%%", 100*f.segmented/max(f.forwarded, 1)), ""},
 		{"kernel UDP receive-buffer drops", fmt.Sprint(f.rcvbufErrors), ""},
 		{"proxy CPU (GOMAXPROCS=1)", fmt.Sprintf("%.0f%% of CPU %d", f.proxyCPU, opt.proxyCPU), ""},
 		{"proxy's core busy, any cause (softirq included)", fmt.Sprintf("%.0f%% of CPU %d", f.coreBusy, opt.proxyCPU), ""},
