@@ -39,6 +39,11 @@ type Config struct {
 	// each with its own read loop: 1 (the default) is one, 0 one per CPU
 	// (GOMAXPROCS). Sessions are shared by all (see package ingress).
 	Workers int `toml:"workers"`
+	// SteerSessions (true, the default), with several workers, has the
+	// kernel give each datagram to the worker its session ID picks, so all
+	// of a session's paths are read by one worker; false leaves the kernel's
+	// hash of the sender's address.
+	SteerSessions bool `toml:"steer_sessions"`
 	// ReportInterval is how often each session's router gets a quality report
 	// (received, lost, late, lag) on each of its paths; "0s" turns them off.
 	ReportInterval config.Duration `toml:"report_interval"`
@@ -84,6 +89,7 @@ func DefaultConfig() Config {
 		ProbeMaxTargets: DefaultProbeMaxTargets,
 		StudioConfig:    StudioConfig{Config: fleet.Defaults()},
 		Workers:         1,
+		SteerSessions:   true,
 		IOURing:         true,
 		UDPSegmentation: true,
 		// quality reports to the routers (pkg/quality)

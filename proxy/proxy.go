@@ -133,6 +133,8 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		OnBatch:    func(start int64) { s.load.observeBatch(start, mono.Now()) },
 		AfterBatch: func(r *ingress.Reader) { s.endBatch(r.Worker()) }, // the batch's forwards (forward_batch.go)
 		Workers:    cfg.workers(),
+		// every path of a session to one worker (pkg/ingress listen)
+		SteerBySession: cfg.SteerSessions,
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: reportInterval(cfg.ReportInterval.Duration),
 	}, s.sessions, (*program)(s))

@@ -85,8 +85,12 @@ type fakeRouter struct {
 }
 
 func newFakeRouter(t testing.TB, key wire.Key, target netip.AddrPort) *fakeRouter {
+	return newFakeRouterID(t, key, target, uint64(mono.Now())|1)
+}
+
+// newFakeRouterID is newFakeRouter with the session ID id.
+func newFakeRouterID(t testing.TB, key wire.Key, target netip.AddrPort, id uint64) *fakeRouter {
 	salt, _ := wire.NewSalt()
-	id := uint64(mono.Now()) | 1
 	send, recv, err := wire.DeriveKeys(&key, &salt, id, wire.RoleClient)
 	if err != nil {
 		t.Fatal(err)

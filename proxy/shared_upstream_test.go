@@ -400,6 +400,9 @@ func TestSharedUpstreamSegmentsSameSizedForwards(t *testing.T) {
 						t.Fatalf("the server got %q from player %v, want %q from %v", s.payload, s.client, want, src.LocalAddr())
 					}
 				}
+				// Under the client's default rate (5,000/s, bursts of 564):
+				// 32 every 10 ms.
+				time.Sleep(10 * time.Millisecond)
 			}
 			waitUntil(t, func() bool { return counter(p, "proxy_forwarded_total") == bursts*per })
 			seg := counter(p, "proxy_shared_upstream_segmented_total")

@@ -30,10 +30,11 @@ func startProxyConfig(t testing.TB, text string) *Server {
 }
 
 // TestWorkersShareSessionsStickySource runs a proxy bound to 0.0.0.0 with two
-// workers (SO_REUSEPORT sockets). A router session reaches it at 127.0.0.2
-// (one of the host's loopback addresses, not the one the kernel would pick
-// to answer from) over eight paths; the kernel spreads the paths over both
-// workers by their 4-tuple, and every datagram still finds the one session:
+// workers (SO_REUSEPORT sockets), not steered by session. A router session
+// reaches it at 127.0.0.2 (one of the host's loopback addresses, not the one
+// the kernel would pick to answer from) over eight paths; the kernel spreads
+// the paths over both workers by their 4-tuple, and every datagram still
+// finds the one session:
 // the server sees a single upstream socket and every packet. The acks and the
 // server's reply come back on every path from 127.0.0.2, the address the
 // router wrote to.
@@ -42,6 +43,7 @@ func TestWorkersShareSessionsStickySource(t *testing.T) {
 	p := startProxyConfig(t, fmt.Sprintf(`
 listen = "0.0.0.0:0"
 workers = 2
+steer_sessions = false
 [[client]]
 id = "gamer"
 key = "%s"
@@ -105,6 +107,47 @@ allow = ["%s"]
 			}
 			break
 		}
+	}
+}
+
+// TestWorkersSteerSessionsByID: with steer_sessions (the default) each
+// datagram goes to the worker its session ID picks, so the eight paths of a
+// session with an even ID are all read by worker 0 and those of one with an
+// odd ID by worker 1, and both reach the server.
+func TestWorkersSteerSessionsByID(t *testing.T) {
+	server := newPeer(t)
+	p := startProxyConfig(t, fmt.Sprintf(`
+listen = "127.0.0.1:0"
+workers = 2
+[[client]]
+id = "gamer"
+key = "%s"
+allow = ["%s"]
+`, goodKey, server.addr()))
+	base := uint64(mono.Now()) &^ 0xffff
+	for _, id := range []uint64{base | 0x1234, base | 0x4321} { // even, odd
+		r := newFakeRouterID(t, goodKey, server.addr(), id)
+		paths := []*udpPeer{r.sock}
+		for len(paths) < 8 {
+			paths = append(paths, newPeer(t))
+		}
+		for round := 0; round < 3; round++ {
+			for i, path := range paths {
+				want := fmt.Sprintf("session %x packet %d/%d", id, round, i)
+				if _, err := path.conn.WriteToUDPAddrPort(r.seal(t, []byte(want)), p.Addr()); err != nil {
+					t.Fatal(err)
+				}
+				if got := server.expect(t, want); string(got) != want {
+					t.Fatalf("the server got %q, want %q", got, want)
+				}
+			}
+		}
+		r.send.Heard(mono.Now())
+	}
+	snap := p.Metrics().Snapshot()
+	w0, w1 := snap[`proxy_worker_received_total{worker="0"}`], snap[`proxy_worker_received_total{worker="1"}`]
+	if w0 != 24 || w1 != 24 {
+		t.Fatalf("workers read %v and %v datagrams, want 24 each (the even session's on worker 0, the odd one's on 1)", w0, w1)
 	}
 }
 

@@ -152,6 +152,9 @@ type Config struct {
 	// Workers is how many sockets (SO_REUSEPORT, one read loop each) share
 	// the listen address; 0 or 1: one socket, as without the option.
 	Workers int
+	// SteerBySession, with several workers, has the kernel give each
+	// datagram to the worker its session ID picks (see listen).
+	SteerBySession bool
 }
 
 // Ingress reads one socket of datagrams from routers.
@@ -304,16 +307,18 @@ func (in *Ingress[S]) TokenTick(now time.Time) {
 	}
 }
 
-// listen binds the worker sockets. With several, each is SO_REUSEPORT and the
-// kernel spreads routers' datagrams over them by a hash of the 4-tuple, so the
-// datagrams of one session, coming from each of the router's uplinks, land on
-// different workers. They all share the one session table instead of being
-// steered by session ID (an SK_REUSEPORT eBPF program could pick the socket
-// from the header's session ID): the table is already sharded with a
+// listen binds the worker sockets. With several, each is SO_REUSEPORT, and
+// with SteerBySession the kernel gives each datagram to the worker its
+// session ID picks (sessionWord, a classic BPF program that needs no
+// privilege), so every path of a session, from each of the router's uplinks,
+// lands on one worker and its state stays in that worker's cache. Without it
+// (or where the kernel refuses the program) the kernel spreads datagrams by
+// a hash of the 4-tuple, so one session's paths land on different workers.
+// Either way they all share the one session table: it is sharded with a
 // read-mostly lock per shard, a session's own state (window, paths, sender)
-// has its own lock that two workers rarely want at once, replies from the
-// server side go out from any socket anyway, and the proxy keeps running
-// without CAP_BPF or root.
+// has its own lock that two workers rarely want at once, and a hello (which
+// opens a session on whichever worker reads it) and replies from the server
+// side need no particular worker.
 func listen(cfg Config) ([]*udp.Conn, error) {
 	local, _ := netip.ParseAddrPort(cfg.Listen)
 	n := max(cfg.Workers, 1)
@@ -332,8 +337,25 @@ func listen(cfg Config) ([]*udp.Conn, error) {
 		// Port 0 asks for any port: the other workers take the one the first got.
 		opt.Local = netip.AddrPortFrom(local.Addr(), c.LocalAddr().Port())
 	}
+	if n > 1 && cfg.SteerBySession {
+		// After every bind: the program's index is the order of binding.
+		log := cfg.Log
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		if err := conns[0].SteerByPayload(sessionWord, n); err != nil {
+			log.Warn("workers not steered by session ID: the kernel spreads datagrams by address", "err", err)
+		} else {
+			log.Info("workers steered by session ID", "workers", n)
+		}
+	}
 	return conns, nil
 }
+
+// sessionWord is where the low 32 bits of a datagram's session ID sit in its
+// UDP payload (the header's bytes 4..11, big-endian; see package wire). Router
+// session IDs are random, so they spread evenly over the workers.
+const sessionWord = 8
 
 // Epoch is this start's restart epoch (see clients.Run).
 func (in *Ingress[S]) Epoch() uint64 { return in.run.Epoch }
