@@ -94,6 +94,7 @@ type options struct {
 	internalCfg string // set when this binary runs as the profiled proxy
 	workers     int    // the proxy's workers key, and its GOMAXPROCS
 	sources     int    // generator sockets (source ports) the sessions' datagrams leave from
+	copies      int    // each datagram sent from this many sources (a router's uplinks)
 	scale       bool   // run the scale table (scale.go) instead of one measurement
 	load        bool   // run the load test (load.go) instead
 	sharedBig   int    // -scale: sessions of the largest shared-upstream row
@@ -154,6 +155,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.proxyEnv, "proxy-env", "", "extra environment for the proxy, space-separated NAME=VALUE (for example GOGC=50)")
 	fs.StringVar(&o.internalCfg, "internal-run-proxy", "", "run the proxy in this process with this config (used by -profile)")
 	fs.IntVar(&o.workers, "workers", 1, "the proxy's workers (SO_REUSEPORT sockets) and GOMAXPROCS; pinned to CPUs proxy-cpu onwards")
+	fs.IntVar(&o.copies, "copies", 1, "send each datagram from this many sources, as a router with that many uplinks sends a copy on each (1 or 2; 2 needs -sources ≥ 2)")
 	fs.IntVar(&o.sources, "sources", 1, "generator sockets the datagrams leave from, round-robin per batch (the kernel spreads them over the workers by source port)")
 	fs.BoolVar(&o.scale, "scale", false, "the scale table: workers 1 and 2 at 1,000 sessions, RSS at 1,000 and 100,000 sessions (docs/bench-scale.md)")
 	fs.BoolVar(&o.shared, "shared-upstream", false, "the game server speaks SPP and the proxy sends every session to it from its shared upstream sockets (upstream = \"shared\")")
@@ -191,6 +193,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.workers < 1 || o.sources < 1 {
 		return nil, errors.New("need workers ≥ 1 and sources ≥ 1")
+	}
+	if o.copies < 1 || o.copies > 2 || (o.copies == 2 && o.sources < 2) {
+		return nil, errors.New("-copies is 1, or 2 with -sources ≥ 2")
 	}
 	if o.sessions < 1 || o.packets < o.sessions || o.window < udp.MaxBatch {
 		return nil, errors.New("need sessions ≥ 1, packets ≥ sessions, window ≥ 64")
@@ -1125,6 +1130,12 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64
 		n, err := g.conns[batches%len(g.conns)].WriteBatch(msgs[:nb])
 		if err != nil {
 			n++ // skip the failed one
+		}
+		if g.opt.copies > 1 && n > 0 {
+			// The same datagrams from the next source too, as a router with
+			// two uplinks sends a copy on each: the proxy forwards the first
+			// and drops the other as a duplicate.
+			g.conns[(batches+1)%len(g.conns)].WriteBatch(msgs[:min(n, nb)])
 		}
 		k += n
 		sent += uint64(n)
