@@ -57,12 +57,18 @@ const (
 	MaxInterval     = 10 * time.Second
 )
 
-// slot is one packet of the window: 8 bytes, so the ring is 512 bytes. It
-// holds no packet ID: a filled slot (Tracker.filled) always holds the one ID of
-// the window that maps to it, since advance empties a slot as its ID leaves.
-// The bits each path delivered of it are in that path's got.
-type slot struct {
-	first uint32 // when its first datagram arrived, on any path: µs of the clock, modulo 2^32 (71 minutes)
+// A packet of the window is in two rings, each made on first need: firsts
+// (when its first datagram arrived, on any path: µs of the clock, modulo 2^32,
+// 71 minutes; 264 bytes with the pointer to the other) and metas (what it has
+// and its scheme's shape; 256 bytes). Neither holds a packet ID: a filled slot (Tracker.filled) always
+// holds the one ID of the window that maps to it, since advance empties a slot
+// as its ID leaves. The bits each path delivered of it are in that path's got.
+type rings struct {
+	firsts [Window]uint32
+	metas  *[Window]meta // nil until needed
+}
+
+type meta struct {
 	all   uint16 // the bits an unfragmented coded packet has
 	shape uint16 // the scheme's shape when it arrived (Tracker.shape)
 }
@@ -117,23 +123,24 @@ func (p *path[K]) drop(i uint64) {
 // the proxy uses the router's address, the router its uplink index. The zero
 // value is ready.
 //
-// The ring is made when something needs it: the second datagram of a packet
-// (another path's copy, a duplicate, another shard or fragment: the time of
-// its first one gives the lag), an unfragmented coded datagram (the bits its
-// packet has) or a change of scheme while packets are in the window (their
-// shape). A session whose packets each arrive once, as unfragmented copies
-// (one uplink, RAIC-1: most of a proxy's), never makes it: its tracker is 72
-// bytes and its path 96, not 576 and 208. The packets already in the window
-// when the ring is made take that moment as their first datagram's time, so
-// their later datagrams count a lag from then (at most one window of packets,
-// once a session); what was received and lost is counted as before.
+// The rings are made when something needs them. firsts: the second datagram
+// of a packet (another path's copy, a duplicate, another shard or fragment:
+// the time of its first one gives the lag). Both: an unfragmented coded
+// datagram (the bits its packet has) or a change of scheme while packets are
+// in the window (their shape). A session whose packets each arrive once, as
+// unfragmented copies (one uplink, RAIC-1: most of a proxy's), makes neither:
+// its tracker is 72 bytes and its path 96, not 576 and 208; one of copies
+// over two uplinks makes firsts only (288 bytes, not 512). The packets already in the window when
+// firsts is made take that moment as their first datagram's time, so their
+// later datagrams count a lag from then (at most one window of packets, once
+// a session); what was received and lost is counted as before.
 type Tracker[K comparable] struct {
 	mu sync.Mutex
 	// paths grows as paths appear, to MaxPaths at most (a session of one
 	// uplink holds one).
 	paths   []path[K]
-	ring    *[Window]slot // nil until needed (see above)
-	filled  uint64        // bit i: ring slot i holds a packet (so Window ≤ 64, checked below)
+	rings   *rings // nil until needed (see above)
+	filled  uint64 // bit i: ring slot i holds a packet (so Window ≤ 64, checked below)
 	highest uint64
 	last    atomic.Int64 // when the last reports were taken
 	packets uint32
@@ -142,12 +149,36 @@ type Tracker[K comparable] struct {
 
 var _ [64 - Window]struct{} // Tracker.filled has a bit per slot
 
-// makeRing makes the ring, the packets in the window taking shape as theirs
-// and now (µs) as their first datagram's time.
-func (t *Tracker[K]) makeRing(shape uint16, nowUs uint32) {
-	t.ring = new([Window]slot)
+// makeFirsts makes firsts, the packets in the window taking now (µs) as
+// their first datagram's time.
+func (t *Tracker[K]) makeFirsts(nowUs uint32) {
+	t.rings = new(rings)
 	for f := t.filled; f != 0; f &= f - 1 {
-		t.ring[bits.TrailingZeros64(f)] = slot{first: nowUs, shape: shape}
+		t.rings.firsts[bits.TrailingZeros64(f)] = nowUs
+	}
+}
+
+// metas is the metas ring, nil when not made.
+func (t *Tracker[K]) metas() *[Window]meta {
+	if t.rings == nil {
+		return nil
+	}
+	return t.rings.metas
+}
+
+// makeRings makes the rings not made yet, the packets in the window taking
+// shape as theirs (no coded packet was in it, or metas would be made) and
+// now (µs) as their first datagram's time if firsts is new.
+func (t *Tracker[K]) makeRings(shape uint16, nowUs uint32) {
+	if t.rings == nil {
+		t.makeFirsts(nowUs)
+	}
+	if t.rings.metas == nil {
+		m := new([Window]meta)
+		for f := t.filled; f != 0; f &= f - 1 {
+			m[bits.TrailingZeros64(f)] = meta{shape: shape}
+		}
+		t.rings.metas = m
 	}
 }
 
@@ -181,8 +212,8 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	if sh := uint16(d.Count)<<8 | uint16(d.K); sh != t.shape {
 		// The sender changed its scheme: which bits a path carries is to be
 		// learned again, or the old scheme's bits would count as lost.
-		if t.ring == nil && t.filled != 0 {
-			t.makeRing(t.shape, nowUs) // the packets in the window are of the old shape
+		if t.metas() == nil && t.filled != 0 {
+			t.makeRings(t.shape, nowUs) // the packets in the window are of the old shape
 		}
 		t.shape = sh
 		for i := range t.paths {
@@ -206,24 +237,26 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	coded := d.Frag == 0x80 && d.Count > 1 // one fragment only, coded: all its shards are known
 	switch {
 	case t.filled&(1<<i) == 0:
-		if t.ring != nil {
-			t.ring[i] = slot{first: nowUs, shape: t.shape}
+		if t.rings != nil {
+			t.rings.firsts[i] = nowUs
+			if m := t.rings.metas; m != nil {
+				m[i] = meta{shape: t.shape}
+			}
 		}
 		t.filled |= 1 << i
 		t.packets++
-		if coded && t.ring == nil {
-			t.makeRing(t.shape, nowUs)
-		}
-	case t.ring == nil:
-		t.makeRing(t.shape, nowUs) // a second datagram of the packet
+	case t.rings == nil:
+		t.makeFirsts(nowUs) // a second datagram of the packet
+	}
+	if coded && t.metas() == nil {
+		t.makeRings(t.shape, nowUs)
 	}
 	var since int64 // ns since its first datagram, to the µs
-	if t.ring != nil {
-		s := &t.ring[i]
-		since = int64(nowUs-s.first) * 1000
-		if coded {
-			s.all |= uint16(1<<min(int(d.Count), 16) - 1)
-		}
+	if t.rings != nil {
+		since = int64(nowUs-t.rings.firsts[i]) * 1000
+	}
+	if coded {
+		t.rings.metas[i].all |= uint16(1<<min(int(d.Count), 16) - 1)
 	}
 	b := shardBit(d)
 	if ps.got(i) == 0 {
@@ -275,8 +308,11 @@ func (t *Tracker[K]) advance(pid uint64) {
 		if t.filled&(1<<i) != 0 {
 			t.settle(i)
 		}
-		if t.ring != nil {
-			t.ring[i] = slot{}
+		if t.rings != nil {
+			t.rings.firsts[i] = 0
+			if m := t.rings.metas; m != nil {
+				m[i] = meta{}
+			}
 		}
 		for j := range t.paths {
 			t.paths[j].drop(i)
@@ -288,13 +324,13 @@ func (t *Tracker[K]) advance(pid uint64) {
 
 func (t *Tracker[K]) settle(i uint64) {
 	var had uint16
-	if t.ring != nil {
-		s := &t.ring[i]
+	if m := t.metas(); m != nil {
+		s := &m[i]
 		if s.shape != t.shape {
 			return // sent before a change of scheme: the paths' carried bits are the new scheme's
 		}
 		had = s.all
-	} // else it is of the current shape, and uncoded (or the ring would be made)
+	} // else it is of the current shape, and uncoded (or metas would be made)
 	for j := range t.paths {
 		had |= t.paths[j].got(i)
 	}

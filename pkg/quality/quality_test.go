@@ -217,7 +217,7 @@ func TestTracesMatchReference(t *testing.T) {
 		simpleOps := []int{3000, 1500, 0}[seed%3]
 		var tr, eager Tracker[int]
 		var ref refTracker[int]
-		eager.ring = new([Window]slot)
+		eager.rings = &rings{metas: new([Window]meta)}
 		var out, outE, outR [MaxPaths]Report[int]
 		takes := 0
 		trace(rng, 3000, simpleOps, func(k int, pid uint64, d wire.Desc, now int64) {
@@ -246,11 +246,57 @@ func TestTracesMatchReference(t *testing.T) {
 				}
 			}
 		})
-		if simple && (tr.ring != nil || tr.paths[0].more != nil) {
-			t.Fatalf("seed %d: one path of copies made the ring (%v) or its path's more (%v)", seed, tr.ring != nil, tr.paths[0].more != nil)
+		if simple && (tr.rings != nil || tr.paths[0].more != nil) {
+			t.Fatalf("seed %d: one path of copies made the rings (%v) or its path's more (%v)", seed, tr.rings != nil, tr.paths[0].more != nil)
 		}
-		if !simple && (tr.ring == nil || takes < 10) {
-			t.Fatalf("seed %d: %d takes, ring %v: the trace tests too little", seed, takes, tr.ring != nil)
+		if !simple && (tr.metas() == nil || takes < 10) {
+			t.Fatalf("seed %d: %d takes, rings %v: the trace tests too little", seed, takes, tr.metas() != nil)
 		}
+	}
+}
+
+// TestTwoPathsOfCopiesMakeFirstsOnly: a session of copies over two uplinks
+// (each packet on both, the second path behind and losing some) makes the
+// arrival-time ring, for the lag, but not the ring of coded packets' bits and
+// shapes, and counts what the reference does.
+func TestTwoPathsOfCopiesMakeFirstsOnly(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 9))
+	var tr Tracker[int]
+	var ref refTracker[int]
+	var out, outR [MaxPaths]Report[int]
+	d := wire.Desc{Count: 1, K: 1, Frag: 0x80}
+	now := int64(1)
+	lagged := false
+	for pid := uint64(1); pid <= 2000; pid++ {
+		now += 16 * ms
+		tr.Note(0, pid, d, now)
+		ref.Note(0, pid, d, now)
+		if rng.IntN(20) != 0 { // path 1 loses 5%
+			later := now + rng.Int64N(5*ms)
+			tr.Note(1, pid, d, later)
+			ref.Note(1, pid, d, later)
+		}
+		if pid%100 == 0 {
+			n, nR := tr.Take(now, time.Second, &out), ref.Take(now, time.Second, &outR)
+			if n != nR {
+				t.Fatalf("packet %d: %d reports, reference %d", pid, n, nR)
+			}
+			for i := range outR[:nR] {
+				a, b := out[i].Q, outR[i].Q
+				if a.Received != b.Received || a.Lost != b.Lost {
+					t.Fatalf("packet %d, path %d: received %d lost %d, reference %d and %d", pid, out[i].Key, a.Received, a.Lost, b.Received, b.Lost)
+				}
+				if pid > 200 && a != b {
+					t.Fatalf("packet %d, path %d: %+v, reference %+v", pid, out[i].Key, a, b)
+				}
+				lagged = lagged || a.LagMaxUs > 0
+			}
+		}
+	}
+	if tr.rings == nil || tr.metas() != nil {
+		t.Fatalf("two paths of copies: firsts made %v, metas made %v; want firsts only", tr.rings != nil, tr.metas() != nil)
+	}
+	if !lagged {
+		t.Fatal("no lag reported for the path behind")
 	}
 }

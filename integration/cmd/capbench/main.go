@@ -964,8 +964,11 @@ func (g *generator) sendOne(i int) error {
 	if err != nil {
 		return err
 	}
+	// From the session's own source (see sessionOf), so that the hello
+	// adds no path the data will not use.
+	c := g.conns[i%len(g.conns)]
 	for _, dg := range dgs {
-		g.conn.WriteTo(dg, g.proxy) // errors before the proxy binds are expected
+		c.WriteTo(dg, g.proxy) // errors before the proxy binds are expected
 	}
 	return nil
 }
@@ -1072,17 +1075,34 @@ func (g *generator) preseal() error {
 		g.buf = make([]byte, g.n*g.dgLen) // a later phase reuses it
 	}
 	for k := 0; k < g.n; k++ {
-		s := g.sess[k%len(g.sess)]
+		s := g.sess[g.sessionOf(k)]
 		_, dgs, err := s.send.Seal(g.pkt, now)
 		if err != nil {
 			return err
 		}
 		if len(dgs) != 1 || len(dgs[0]) != g.dgLen {
-			return fmt.Errorf("session %d sealed %d datagrams of %d bytes, want 1 of %d", k%len(g.sess), len(dgs), len(dgs[0]), g.dgLen)
+			return fmt.Errorf("session %d sealed %d datagrams of %d bytes, want 1 of %d", g.sessionOf(k), len(dgs), len(dgs[0]), g.dgLen)
 		}
 		copy(g.buf[k*g.dgLen:], dgs[0])
 	}
 	return nil
+}
+
+// sessionOf is the session of pre-sealed datagram k. blast sends batch b
+// (datagrams 64b to 64b+63) from source b mod S, so datagram k goes to a
+// session of that source's class (s mod S = b mod S), the class's sessions
+// in turn: each session is heard from one source only, as a router with one
+// uplink is (from two with -copies 2), not from every source.
+func (g *generator) sessionOf(k int) int {
+	n, src := len(g.sess), len(g.conns)
+	if src == 1 || n < src {
+		return k % n // (fewer sessions than sources: some have none of their own)
+	}
+	b := k / udp.MaxBatch
+	c := b % src
+	r := (b/src)*udp.MaxBatch + k%udp.MaxBatch // the class's r-th datagram
+	inClass := (n - c + src - 1) / src         // sessions c, c+src, c+2·src, ...
+	return c + src*(r%inClass)
 }
 
 // blast sends the pre-sealed datagrams in sendmmsg batches, keeping at most
@@ -1127,7 +1147,8 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64
 			msgs[i].N = g.dgLen
 			msgs[i].Addr = g.proxy
 		}
-		n, err := g.conns[batches%len(g.conns)].WriteBatch(msgs[:nb])
+		src := k / udp.MaxBatch // the batch's source (see sessionOf)
+		n, err := g.conns[src%len(g.conns)].WriteBatch(msgs[:nb])
 		if err != nil {
 			n++ // skip the failed one
 		}
@@ -1135,7 +1156,7 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64
 			// The same datagrams from the next source too, as a router with
 			// two uplinks sends a copy on each: the proxy forwards the first
 			// and drops the other as a duplicate.
-			g.conns[(batches+1)%len(g.conns)].WriteBatch(msgs[:min(n, nb)])
+			g.conns[(src+1)%len(g.conns)].WriteBatch(msgs[:min(n, nb)])
 		}
 		k += n
 		sent += uint64(n)
