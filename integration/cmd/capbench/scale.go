@@ -28,6 +28,7 @@ type scaleRun struct {
 	sessions int
 	workers  int
 	sources  int
+	copies   int  // datagrams sent from this many sources each (0: 1)
 	timed    bool // a full timed phase (otherwise a short one: memory is the point)
 	shared   bool // SPP server on the proxy's shared upstream: no socket per session
 	f        *figures
@@ -75,10 +76,14 @@ func runScale(ctx context.Context, opt *options) error {
 		{name: "1 worker, 1,000 sessions, shared upstream (spp)", sessions: 1000, workers: 1, sources: 1, timed: true, shared: true},
 		{name: "2 workers, 1,000 sessions, shared upstream", sessions: 1000, workers: 2, sources: 8, timed: true, shared: true},
 		{name: fmt.Sprintf("1 worker, %d sessions, shared upstream", opt.sharedBig), sessions: opt.sharedBig, workers: 1, sources: 8, shared: true},
+		// Routers with two uplinks: a copy of each datagram from each, so
+		// every session has two paths (and its quality tracker the lag ring).
+		{name: fmt.Sprintf("1 worker, %d sessions, shared upstream, two uplinks each", opt.sharedBig), sessions: opt.sharedBig, workers: 1, sources: 8, copies: 2, shared: true},
 	}
 	for i, r := range runs {
 		o := *opt
 		o.sessions, o.workers, o.sources, o.shared = r.sessions, r.workers, r.sources, r.shared
+		o.copies = max(r.copies, 1)
 		o.out, o.profile = "", ""
 		if i > 0 {
 			o.floor = 0 // the reference loops are the host's, measured once
@@ -115,7 +120,8 @@ func runScale(ctx context.Context, opt *options) error {
 		"on loopback, pinned to CPU 0 (one worker, GOMAXPROCS=1) or CPUs 0-1 (two workers: two SO_REUSEPORT sockets, " +
 		"GOMAXPROCS=2); the generator and the sink run in the bench process on CPU 1, so with two workers they share " +
 		"a core with the proxy. 100-byte game packets, sealed in advance, round-robin over the sessions, from 1 (one worker) " +
-		"or 8 (otherwise) source ports, so the kernel's reuseport hash spreads them. \"Per proxy core\" is the forwarded rate " +
+		"or 8 (otherwise) source ports, each session's from one of them (a router with one uplink; two with \"two uplinks each\", " +
+		"a copy of every datagram from each, the second dropped as a duplicate), the workers steered by session ID (steer_sessions). \"Per proxy core\" is the forwarded rate " +
 		"divided by the proxy process's own CPU time (softirq work of loopback delivery not included); \"at 100% of CPU 0\" " +
 		"divides by CPU 0's busy time from any cause. \"RSS per session\" is the growth of the proxy's RSS from ready to every session open, over the sessions (at 1,000 sessions it also holds what the first traffic makes the runtime take once); \"heap per session\" is the growth of the proxy's live Go heap (its memory report on SIGUSR1, after a collection) from ready to every session open, over the sessions; RSS also holds the runtime's and the allocator's share. The largest row (100,000 sessions where the open-file limit allows) is about memory: its timed phase is short. " +
 		fmt.Sprintf("Each timed row is %d proxy processes, each started anew with its sessions, of %d timed phases each (fresh datagrams every phase): "+
