@@ -1,0 +1,166 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/raicnet/raic/pkg/wire"
+)
+
+// lockedBuffer collects a program's stderr while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestStudioProxyWorkersSteerAndSegment runs raic-proxy with two workers and
+// the shared upstream at their defaults (steer_sessions, udp_segmentation)
+// and a raic-router of four uplinks in front of a game that sends in bursts.
+// The proxy must say it steers its workers; every copy of the session, from
+// all four uplinks, must be read by one worker (the kernel's address hash
+// puts four source ports on one of two workers one time in eight); the
+// server must answer every packet; and some forwards must leave segmented.
+func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the programs; skipped with -short")
+	}
+	proxyBin := buildCommand(t, "proxy/cmd/raic-proxy")
+	routerBin := buildCommand(t, "router/cmd/raic-router")
+	ppBin := buildCommand(t, "integration/cmd/ppserver")
+	dir := t.TempDir()
+
+	_, ppOut := startCommand(t, ppBin, "-listen", "127.0.0.1:0", "-header", "spp")
+	line, err := bufio.NewReader(ppOut).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := netip.MustParseAddrPort(strings.TrimSpace(line))
+
+	proxyPort := freeUDPPort(t)
+	metrics := freeTCPAddr(t)
+	key := wire.Key{7}.String()
+	proxyFile := filepath.Join(dir, "proxy.toml")
+	os.WriteFile(proxyFile, []byte(fmt.Sprintf(`listen = "127.0.0.1:%d"
+metrics = "%s"
+workers = 2
+[[client]]
+id = "gamer"
+key = "%s"
+allow = ["%s"]
+rate_pps = 100000
+burst = 10000
+[[server]]
+match = "%s"
+client_addr_header = "spp"
+upstream = "shared"
+`, proxyPort, metrics, key, server, server)), 0o600)
+	proxy := exec.Command(proxyBin, "-config", proxyFile)
+	var proxyLog lockedBuffer
+	proxy.Stderr = &proxyLog
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Process.Kill(); proxy.Wait() })
+	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return httpStatus("http://"+metrics+"/metrics") == 200 })
+	if !strings.Contains(proxyLog.String(), "workers steered by session ID") {
+		t.Fatalf("the proxy does not say it steers its workers:\n%s", proxyLog.String())
+	}
+
+	fwd := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))
+	var uplinks strings.Builder
+	for i := 0; i < 4; i++ {
+		fmt.Fprintf(&uplinks, "[[uplink]]\nname = \"isp%d\"\nsource = \"127.0.0.1:%d\"\n", i, freeUDPPort(t))
+	}
+	routerFile := filepath.Join(dir, "router.toml")
+	os.WriteFile(routerFile, []byte(fmt.Sprintf(`client_id = "gamer"
+key = "%s"
+proxy = "127.0.0.1:%d"
+%s[[forward]]
+listen = "%s"
+server = "%s"
+`, key, proxyPort, uplinks.String(), fwd, server)), 0o600)
+	startCommand(t, routerBin, "-config", routerFile)
+
+	game, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(fwd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer game.Close()
+	// The session's first packet: until it is answered the router is still
+	// opening it.
+	buf := make([]byte, 2048)
+	answered := false
+	for deadline := time.Now().Add(5 * time.Second); !answered && time.Now().Before(deadline); {
+		game.Write([]byte("hello 000"))
+		game.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
+		_, err := game.Read(buf)
+		answered = err == nil
+	}
+	if !answered {
+		t.Fatal("the first packet got no answer")
+	}
+	w0 := metricValue(metrics, `proxy_worker_received_total{worker="0"}`)
+	w1 := metricValue(metrics, `proxy_worker_received_total{worker="1"}`)
+	// Bursts of 20 same-sized packets, back to back: the proxy reads several
+	// in a batch and sends their forwards as one run.
+	const bursts, per = 10, 20
+	got := map[string]bool{}
+	for b := 0; b < bursts; b++ {
+		for i := 0; i < per; i++ {
+			game.Write([]byte(fmt.Sprintf("burst %02d %03d", b, i)))
+		}
+		game.SetReadDeadline(time.Now().Add(2 * time.Second))
+		for n := 0; n < per; n++ {
+			k, err := game.Read(buf)
+			if err != nil {
+				break
+			}
+			if f := strings.Fields(string(buf[:k])); len(f) >= 2 {
+				got[strings.Join(f[len(f)-3:], " ")] = true
+			}
+		}
+	}
+	for b := 0; b < bursts; b++ {
+		for i := 0; i < per; i++ {
+			if !got[fmt.Sprintf("burst %02d %03d", b, i)] {
+				t.Errorf("no answer to burst %02d packet %03d", b, i)
+			}
+		}
+	}
+	d0 := metricValue(metrics, `proxy_worker_received_total{worker="0"}`) - w0
+	d1 := metricValue(metrics, `proxy_worker_received_total{worker="1"}`) - w1
+	// Four copies of each of the 200 packets, and the router's keepalives
+	// and reports, which name the session too. A few datagrams of no session
+	// (probes) may go to either worker; without steering, a whole uplink's
+	// share (200) does.
+	if hi, lo := max(d0, d1), min(d0, d1); hi < 4*bursts*per || lo > 20 {
+		t.Fatalf("the workers read %v and %v datagrams of the session: want all (≥ %d) on one", d0, d1, 4*bursts*per)
+	}
+	seg := metricValue(metrics, "proxy_shared_upstream_segmented_total")
+	if seg <= 0 {
+		t.Fatalf("no forward left segmented (proxy_shared_upstream_segmented_total %v)", seg)
+	}
+	t.Logf("workers read %v and %v; %v forwards segmented", d0, d1, seg)
+}
