@@ -311,20 +311,24 @@ type ReceiverStats struct {
 // bytes, so with the allocator's 8-byte header it takes a 576-byte block (a
 // proxy holds one per session): the window, the key and what every packet
 // touches; the rest (rest) is made when first needed, which a session of
-// copies that arrive once each, on a new key, never does. Safe for
+// copies (once each or again from another uplink), on a new key, never does. Safe for
 // concurrent use: datagrams of one session may arrive on several uplink
 // goroutines at once; a per-session lock (never a global one) orders them.
 type Receiver struct {
-	mu        sync.Mutex
-	aead      cipher.AEAD
-	window    replay.Window
-	delivered uint64                       // ReceiverStats.Delivered
-	more      atomic.Pointer[receiverRest] // nil until needed; made under mu
+	mu     sync.Mutex
+	aead   cipher.AEAD
+	window replay.Window
+	// ReceiverStats.Delivered and Duplicates, their low 32 bits: each
+	// carries into receiverRest when it wraps, so a session of copies over
+	// two uplinks (a duplicate for every packet) makes no rest for them.
+	delivered, duplicates uint32
+	more                  atomic.Pointer[receiverRest] // nil until needed; made under mu
 }
 
 // receiverRest is what a receiver keeps besides the window, made on first
-// use (Receiver.rest): by a duplicate or a failed open, the first shard that
-// is not a whole RAIC-1 copy, a decoder configuration, SetFloor or Upgrade.
+// use (Receiver.rest): by a failed open, the first shard that is not a whole
+// RAIC-1 copy, a decoder configuration, SetFloor, Upgrade, or a counter's
+// wrap.
 type receiverRest struct {
 	floor uint64 // packet IDs below it are refused (SetFloor)
 	// up holds the key before Upgrade (nil before the first one).
@@ -334,10 +338,35 @@ type receiverRest struct {
 	// copy needs only the window, so a copy-only session (most of a
 	// proxy's) never holds a decoder. copies is how many copies were
 	// released without one (all of them before it was made).
-	dec                    *raic.Decoder
-	decCfg                 raic.DecoderConfig // zero: the defaults
-	copies                 uint64
-	duplicates, authFailed uint64
+	dec    *raic.Decoder
+	decCfg raic.DecoderConfig // zero: the defaults
+	copies uint64
+	// deliveredHigh and duplicatesHigh are the counters' bits above the
+	// receiver's 32 (its delivered and duplicates).
+	deliveredHigh, duplicatesHigh, authFailed uint64
+}
+
+// countDelivered and countDuplicate bump the receiver's counters. r.mu is
+// held.
+func (r *Receiver) countDelivered() {
+	if r.delivered++; r.delivered == 0 {
+		r.rest().deliveredHigh++
+	}
+}
+
+func (r *Receiver) countDuplicate() {
+	if r.duplicates++; r.duplicates == 0 {
+		r.rest().duplicatesHigh++
+	}
+}
+
+// deliveredTotal is ReceiverStats.Delivered. r.mu is held.
+func (r *Receiver) deliveredTotal(m *receiverRest) uint64 {
+	n := uint64(r.delivered)
+	if m != nil {
+		n |= m.deliveredHigh << 32
+	}
+	return n
 }
 
 // upgrade is a receiver's state for Upgrade: prev is the key before it, still
@@ -398,7 +427,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 		return body, err
 	}
 	if (m != nil && h.Packet < m.floor) || r.window.Seen(h.Packet) {
-		r.rest().duplicates++
+		r.countDuplicate()
 		return nil, ErrDuplicate
 	}
 	body, err = r.open(m, dg, bodyOff)
@@ -409,7 +438,7 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 	if h.Type != wire.TypeData {
 		// The window moves only now that the datagram authenticated.
 		if !r.window.Mark(h.Packet) {
-			r.rest().duplicates++
+			r.countDuplicate()
 			return nil, ErrDuplicate
 		}
 		return body, nil
@@ -420,24 +449,24 @@ func (r *Receiver) Receive(dg []byte, h *wire.Header, bodyOff int, now int64, si
 			// What the decoder's copy path does, with the window (checked
 			// above, under the lock) as its record of released packets.
 			if r.window.Mark(sh.PID) {
-				r.delivered++
+				r.countDelivered()
 				sink.Deliver(sh.PID, sh.Data, now)
 			} else {
-				r.rest().duplicates++
+				r.countDuplicate()
 			}
 			return nil, nil
 		}
 		m = r.rest()
-		m.copies = r.delivered // all released so far were copies
+		m.copies = r.deliveredTotal(m) // all released so far were copies
 		m.dec = raic.NewDecoder(m.decCfg)
 	}
 	released := m.dec.Add(sh, now)
 	for i := range released {
 		if r.window.Mark(released[i].PID) {
-			r.delivered++
+			r.countDelivered()
 			sink.Deliver(released[i].PID, released[i].Data, now)
 		} else {
-			m.duplicates++
+			r.countDuplicate()
 		}
 	}
 	return nil, nil
@@ -523,13 +552,14 @@ func (r *Receiver) Expire(now int64) {
 func (r *Receiver) Stats() (ReceiverStats, raic.DecoderStats) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	st := ReceiverStats{Delivered: r.delivered}
 	m := r.more.Load()
+	st := ReceiverStats{Delivered: r.deliveredTotal(m), Duplicates: uint64(r.duplicates)}
 	// With no decoder, every whole copy that authenticated was released
 	// (the window dropped the rest before).
-	copies := r.delivered
+	copies := st.Delivered
 	if m != nil {
-		st.Duplicates, st.AuthFailed = m.duplicates, m.authFailed
+		st.Duplicates |= m.duplicatesHigh << 32
+		st.AuthFailed = m.authFailed
 		if m.dec != nil {
 			copies = m.copies
 		}

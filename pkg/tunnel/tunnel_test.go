@@ -271,6 +271,22 @@ func TestCopiesTellsFragmentsFromShards(t *testing.T) {
 	}
 }
 
+// TestReceiverCountersCarry: the receiver's 32-bit counters carry into its
+// rest when they wrap, so Stats still counts past 2^32.
+func TestReceiverCountersCarry(t *testing.T) {
+	_, r := pair(t, raic.Params{Scheme: raic.SchemeCopy, K: 1})
+	r.mu.Lock()
+	r.delivered, r.duplicates = 1<<32-1, 1<<32-2
+	r.countDelivered()
+	r.countDuplicate()
+	r.countDuplicate()
+	r.countDuplicate()
+	r.mu.Unlock()
+	if st, _ := r.Stats(); st.Delivered != 1<<32 || st.Duplicates != 1<<32+1 {
+		t.Fatalf("stats %+v: want %d delivered, %d duplicates", st, uint64(1<<32), uint64(1<<32+1))
+	}
+}
+
 // TestReceiverFitsItsBlock: a proxy holds a Receiver per session; past 568
 // bytes (576 less the allocator's header) each would take a 640-byte block.
 func TestReceiverFitsItsBlock(t *testing.T) {
@@ -279,8 +295,9 @@ func TestReceiverFitsItsBlock(t *testing.T) {
 	}
 }
 
-// TestCopiesOnceKeepOnlyTheWindow: copies that arrive once each make no
-// receiverRest; the first duplicate makes it, and the counters add up across.
+// TestCopiesOnceKeepOnlyTheWindow: copies make no receiverRest, whether
+// each arrives once or again (as over two uplinks); the first coded packet
+// makes it, and the counters add up across.
 func TestCopiesOnceKeepOnlyTheWindow(t *testing.T) {
 	s, r := pair(t, raic.Params{Scheme: raic.SchemeCopy, K: 1})
 	var got collect
@@ -303,6 +320,9 @@ func TestCopiesOnceKeepOnlyTheWindow(t *testing.T) {
 	}
 	if _, err := receive(t, r, last, &got); !errors.Is(err, ErrDuplicate) {
 		t.Fatalf("a duplicate: %v", err)
+	}
+	if r.more.Load() != nil {
+		t.Fatal("a duplicate copy made the receiver's rest")
 	}
 	// Then coded packets: the decoder is made, and the copies before it
 	// still count.
