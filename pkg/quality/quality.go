@@ -58,15 +58,27 @@ const (
 )
 
 // A packet of the window is in two rings, each made on first need: firsts
-// (when its first datagram arrived, on any path: µs of the clock, modulo 2^32,
-// 71 minutes; 264 bytes with the pointer to the other) and metas (what it has
-// and its scheme's shape; 256 bytes). Neither holds a packet ID: a filled slot (Tracker.filled) always
-// holds the one ID of the window that maps to it, since advance empties a slot
-// as its ID leaves. The bits each path delivered of it are in that path's got.
+// (when its first datagram arrived, on any path, in ticks; 136 bytes with the
+// pointer to the other) and metas (what it has and its scheme's shape; 256
+// bytes). Neither holds a packet ID: a filled slot (Tracker.filled) always
+// holds the one ID of the window that maps to it, since advance empties a
+// slot as its ID leaves. The bits each path delivered of it are in that
+// path's got.
 type rings struct {
-	firsts [Window]uint32
+	firsts [Window]uint16
 	metas  *[Window]meta // nil until needed
 }
+
+// A tick is the unit of firsts: 64 µs, so a lag is known to 64 µs, and a
+// uint16 of them wraps after 4.19 s. A datagram that comes more than that
+// after its packet's first one is read as coming that much less late: it is
+// still late (past LateAfter) unless it lands within 50 ms of a wrap, and
+// only a path seconds behind, of a session of under 15 packets a second
+// (so that its packet is still in the window), sends one.
+const tick = 64 * time.Microsecond
+
+// ticks is now (ns of the clock) in ticks, modulo 2^16.
+func ticks(now int64) uint16 { return uint16(now / int64(tick)) }
 
 type meta struct {
 	all   uint16 // the bits an unfragmented coded packet has
@@ -130,7 +142,7 @@ func (p *path[K]) drop(i uint64) {
 // in the window (their shape). A session whose packets each arrive once, as
 // unfragmented copies (one uplink, RAIC-1: most of a proxy's), makes neither:
 // its tracker is 72 bytes and its path 96, not 576 and 208; one of copies
-// over two uplinks makes firsts only (288 bytes, not 512). The packets already in the window when
+// over two uplinks makes firsts only (144 bytes, not 512). The packets already in the window when
 // firsts is made take that moment as their first datagram's time, so their
 // later datagrams count a lag from then (at most one window of packets, once
 // a session); what was received and lost is counted as before.
@@ -149,12 +161,12 @@ type Tracker[K comparable] struct {
 
 var _ [64 - Window]struct{} // Tracker.filled has a bit per slot
 
-// makeFirsts makes firsts, the packets in the window taking now (µs) as
+// makeFirsts makes firsts, the packets in the window taking now (ticks) as
 // their first datagram's time.
-func (t *Tracker[K]) makeFirsts(nowUs uint32) {
+func (t *Tracker[K]) makeFirsts(nowT uint16) {
 	t.rings = new(rings)
 	for f := t.filled; f != 0; f &= f - 1 {
-		t.rings.firsts[bits.TrailingZeros64(f)] = nowUs
+		t.rings.firsts[bits.TrailingZeros64(f)] = nowT
 	}
 }
 
@@ -168,10 +180,10 @@ func (t *Tracker[K]) metas() *[Window]meta {
 
 // makeRings makes the rings not made yet, the packets in the window taking
 // shape as theirs (no coded packet was in it, or metas would be made) and
-// now (µs) as their first datagram's time if firsts is new.
-func (t *Tracker[K]) makeRings(shape uint16, nowUs uint32) {
+// now (ticks) as their first datagram's time if firsts is new.
+func (t *Tracker[K]) makeRings(shape uint16, nowT uint16) {
 	if t.rings == nil {
-		t.makeFirsts(nowUs)
+		t.makeFirsts(nowT)
 	}
 	if t.rings.metas == nil {
 		m := new([Window]meta)
@@ -208,12 +220,12 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	if t.last.Load() == 0 {
 		t.last.Store(now)
 	}
-	nowUs := uint32(now / 1000)
+	nowT := ticks(now)
 	if sh := uint16(d.Count)<<8 | uint16(d.K); sh != t.shape {
 		// The sender changed its scheme: which bits a path carries is to be
 		// learned again, or the old scheme's bits would count as lost.
 		if t.metas() == nil && t.filled != 0 {
-			t.makeRings(t.shape, nowUs) // the packets in the window are of the old shape
+			t.makeRings(t.shape, nowT) // the packets in the window are of the old shape
 		}
 		t.shape = sh
 		for i := range t.paths {
@@ -238,7 +250,7 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	switch {
 	case t.filled&(1<<i) == 0:
 		if t.rings != nil {
-			t.rings.firsts[i] = nowUs
+			t.rings.firsts[i] = nowT
 			if m := t.rings.metas; m != nil {
 				m[i] = meta{shape: t.shape}
 			}
@@ -246,14 +258,14 @@ func (t *Tracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 		t.filled |= 1 << i
 		t.packets++
 	case t.rings == nil:
-		t.makeFirsts(nowUs) // a second datagram of the packet
+		t.makeFirsts(nowT) // a second datagram of the packet
 	}
 	if coded && t.metas() == nil {
-		t.makeRings(t.shape, nowUs)
+		t.makeRings(t.shape, nowT)
 	}
-	var since int64 // ns since its first datagram, to the µs
+	var since int64 // ns since its first datagram, to the tick
 	if t.rings != nil {
-		since = int64(nowUs-t.rings.firsts[i]) * 1000
+		since = int64(nowT-t.rings.firsts[i]) * int64(tick)
 	}
 	if coded {
 		t.rings.metas[i].all |= uint16(1<<min(int(d.Count), 16) - 1)

@@ -300,3 +300,37 @@ func TestTwoPathsOfCopiesMakeFirstsOnly(t *testing.T) {
 		t.Fatal("no lag reported for the path behind")
 	}
 }
+
+// TestLagInTicks: a path 5 ms behind reports a lag of 5 ms to the tick
+// (64 µs), and one 70 ms behind counts late, over the window's life and a
+// wrap of the ticks (4.19 s).
+func TestLagInTicks(t *testing.T) {
+	var tr Tracker[int]
+	var out [MaxPaths]Report[int]
+	d := wire.Desc{Count: 1, K: 1, Frag: 0x80}
+	now := int64(1e9)
+	for pid := uint64(1); pid <= 600; pid++ { // 12 s at 50 packets/s
+		now += 20 * ms
+		tr.Note(0, pid, d, now)
+		tr.Note(1, pid, d, now+5*ms+137*int64(time.Microsecond))
+		if pid%10 == 0 {
+			tr.Note(2, pid, d, now+70*ms)
+		}
+	}
+	n := tr.Take(now+time.Second.Nanoseconds(), time.Second, &out)
+	if n != 3 {
+		t.Fatalf("%d reports, want 3", n)
+	}
+	for _, r := range out[:n] {
+		switch r.Key {
+		case 1:
+			if want := uint32(5137); r.Q.LagMeanUs+64 < want || r.Q.LagMeanUs > want+64 || r.Q.Late != 0 {
+				t.Errorf("path 1: lag %d µs, late %d; want %d µs ±64, none late", r.Q.LagMeanUs, r.Q.Late, want)
+			}
+		case 2:
+			if r.Q.Late != 60 || r.Q.LagMaxUs+64 < 70000 || r.Q.LagMaxUs > 70064 {
+				t.Errorf("path 2: late %d, lag max %d µs; want 60 late, 70 ms ±64 µs", r.Q.Late, r.Q.LagMaxUs)
+			}
+		}
+	}
+}

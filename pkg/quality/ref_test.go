@@ -11,7 +11,7 @@ import (
 
 // refTracker is the tracker as it was before its arrays were made on first use: a full ring and 64 bits per slot and path, always. The trace test holds the Tracker to its figures.
 type refSlot struct {
-	first uint32 // when its first datagram arrived, on any path: µs of the clock, modulo 2^32 (71 minutes)
+	first uint16 // when its first datagram arrived, on any path, in ticks (the tracker's unit of time, kept alike)
 	all   uint16 // the bits an unfragmented coded packet has
 	shape uint16 // the scheme's shape when it arrived (Tracker.shape)
 }
@@ -74,14 +74,14 @@ func (t *refTracker[K]) Note(k K, pid uint64, d wire.Desc, now int64) {
 	}
 	i := pid % Window
 	s := &t.ring[i]
-	nowUs := uint32(now / 1000)
+	nowT := ticks(now)
 	if t.filled&(1<<i) == 0 {
-		*s = refSlot{first: nowUs, shape: t.shape}
+		*s = refSlot{first: nowT, shape: t.shape}
 		t.filled |= 1 << i
 		t.packets++
 	}
-	// ns since its first datagram, to the µs
-	since := int64(nowUs-s.first) * 1000
+	// ns since its first datagram, to the tick
+	since := int64(nowT-s.first) * int64(tick)
 	if d.Frag == 0x80 && d.Count > 1 { // one fragment only, coded: all its shards are known
 		s.all |= uint16(1<<min(int(d.Count), 16) - 1)
 	}
