@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -28,22 +27,9 @@ const routerMetricsPort = 9100
 
 // peerRouterProcess is one side's raic-router running in its namespace.
 type peerRouterProcess struct {
-	side int
-	host *netns.Host
-	mu   sync.Mutex
-	log  bytes.Buffer
-}
-
-func (r *peerRouterProcess) Write(b []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.log.Write(b)
-}
-
-func (r *peerRouterProcess) logText() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.log.String()
+	side         int
+	host         *netns.Host
+	lockedBuffer // its log
 }
 
 func (r *peerRouterProcess) metrics(t *testing.T) map[string]float64 {

@@ -54,21 +54,8 @@ func newPeerKeys(t *testing.T) peerKeys {
 
 // rvProcess is raic-rendezvous running in the rendezvous host.
 type rvProcess struct {
-	host *netns.Host
-	mu   sync.Mutex
-	log  bytes.Buffer
-}
-
-func (r *rvProcess) Write(b []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.log.Write(b)
-}
-
-func (r *rvProcess) logText() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.log.String()
+	host         *netns.Host
+	lockedBuffer // its log
 }
 
 // startRendezvousProcess builds and runs raic-rendezvous for alice and bob.

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
@@ -30,12 +29,7 @@ func TestStudioProxyFleetSharedUpstream(t *testing.T) {
 	ppBin := buildCommand(t, "integration/cmd/ppserver")
 	dir := t.TempDir()
 
-	_, ppOut := startCommand(t, ppBin, "-listen", "127.0.0.1:0", "-header", "spp")
-	line, err := bufio.NewReader(ppOut).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := netip.MustParseAddrPort(strings.TrimSpace(line))
+	server := startPPServer(t, ppBin, "spp")
 
 	proxyPort := freeUDPPort(t)
 	metrics := freeTCPAddr(t)

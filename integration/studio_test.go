@@ -79,6 +79,19 @@ func httpBody(t *testing.T, url string) string {
 	return string(b)
 }
 
+// startPPServer starts the example game server ppserver (bin) behind a
+// header of kind ("proxy-v2" or "spp") on a loopback port, and returns its
+// address.
+func startPPServer(t *testing.T, bin, kind string) netip.AddrPort {
+	t.Helper()
+	_, out := startCommand(t, bin, "-listen", "127.0.0.1:0", "-header", kind)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.MustParseAddrPort(strings.TrimSpace(line))
+}
+
 // TestStudioProxyFleet runs the shipped programs as a studio would: a token
 // key from raic-token -genkey on the proxy, a token minted for one player
 // given to the router (no [[client]] for it at the proxy), and a game server
@@ -105,15 +118,7 @@ func TestStudioProxyFleet(t *testing.T) {
 	os.WriteFile(keyFile, []byte(keyText), 0o600)
 
 	// The game servers, one behind a PROXY v2 header, one behind SPP.
-	startPP := func(kind string) netip.AddrPort {
-		_, ppOut := startCommand(t, ppBin, "-listen", "127.0.0.1:0", "-header", kind)
-		line, err := bufio.NewReader(ppOut).ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		return netip.MustParseAddrPort(strings.TrimSpace(line))
-	}
-	server, sppServer := startPP("proxy-v2"), startPP("spp")
+	server, sppServer := startPPServer(t, ppBin, "proxy-v2"), startPPServer(t, ppBin, "spp")
 
 	minted, code := run(tokenBin, "mint", "-key-file", keyFile, "-client", "player-1",
 		"-server", server.String(), "-server", sppServer.String(), "-ttl", "5m")

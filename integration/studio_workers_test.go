@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,30 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/raicnet/raic/pkg/wire"
 )
-
-// lockedBuffer collects a program's stderr while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestStudioProxyWorkersSteerAndSegment runs raic-proxy with two workers and
 // the shared upstream at their defaults (steer_sessions, udp_segmentation)
@@ -51,12 +30,7 @@ func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	ppBin := buildCommand(t, "integration/cmd/ppserver")
 	dir := t.TempDir()
 
-	_, ppOut := startCommand(t, ppBin, "-listen", "127.0.0.1:0", "-header", "spp")
-	line, err := bufio.NewReader(ppOut).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := netip.MustParseAddrPort(strings.TrimSpace(line))
+	server := startPPServer(t, ppBin, "spp")
 
 	proxyPort := freeUDPPort(t)
 	metrics := freeTCPAddr(t)
@@ -84,8 +58,8 @@ upstream = "shared"
 	}
 	t.Cleanup(func() { proxy.Process.Kill(); proxy.Wait() })
 	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return httpStatus("http://"+metrics+"/metrics") == 200 })
-	if !strings.Contains(proxyLog.String(), "workers steered by session ID") {
-		t.Fatalf("the proxy does not say it steers its workers:\n%s", proxyLog.String())
+	if !strings.Contains(proxyLog.logText(), "workers steered by session ID") {
+		t.Fatalf("the proxy does not say it steers its workers:\n%s", proxyLog.logText())
 	}
 
 	fwd := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))
