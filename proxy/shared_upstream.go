@@ -112,6 +112,8 @@ type sharedUpstream struct {
 	unknown, badHeader, fallback *metrics.Counter
 	attached                     *metrics.Gauge
 	segmented                    *metrics.Counter // forwards sent inside segmented sends
+	segRefused                   *metrics.Counter // sockets whose path refused a segmented send
+	segRefusalLogged             atomic.Bool      // the first refusal is logged, the rest counted
 }
 
 // sharedSocket is one socket of the pool and its sessions by slot.
@@ -142,11 +144,12 @@ type sharedQueue struct {
 func newSharedUpstream(s *Server, workers, maxSessions int) (*sharedUpstream, error) {
 	n := max(workers, (maxSessions+udp.MaxBatch*workers)/(sharedSlots-1)+1)
 	su := &sharedUpstream{srv: s,
-		unknown:   s.reg.Counter(`proxy_dropped_total{reason="shared_reply_unknown"}`, "Datagrams dropped, by reason."),
-		badHeader: s.reg.Counter(`proxy_dropped_total{reason="shared_reply_bad_header"}`, "Datagrams dropped, by reason."),
-		fallback:  s.reg.Counter("proxy_shared_upstream_fallbacks_total", "Sessions of a shared-upstream server given a socket of their own (no free slot)."),
-		attached:  s.reg.Gauge("proxy_shared_upstream_sessions", "Sessions sent over the shared upstream sockets."),
-		segmented: s.reg.Counter("proxy_shared_upstream_segmented_total", "Forwards the shared upstream sent inside segmented sends (UDP GSO runs to one server)."),
+		unknown:    s.reg.Counter(`proxy_dropped_total{reason="shared_reply_unknown"}`, "Datagrams dropped, by reason."),
+		badHeader:  s.reg.Counter(`proxy_dropped_total{reason="shared_reply_bad_header"}`, "Datagrams dropped, by reason."),
+		fallback:   s.reg.Counter("proxy_shared_upstream_fallbacks_total", "Sessions of a shared-upstream server given a socket of their own (no free slot)."),
+		attached:   s.reg.Gauge("proxy_shared_upstream_sessions", "Sessions sent over the shared upstream sockets."),
+		segmented:  s.reg.Counter("proxy_shared_upstream_segmented_total", "Forwards the shared upstream sent inside segmented sends (UDP GSO runs to one server)."),
+		segRefused: s.reg.Counter("proxy_shared_upstream_segmentation_refused_total", "Shared upstream sockets that turned segmented sends off because a path refused one."),
 	}
 	for i := 0; i < n; i++ {
 		c, err := udp.Listen("udp", udp.Options{RecvBuffer: sharedRecvBuffer, SendBuffer: sharedSendBuffer})
@@ -154,7 +157,7 @@ func newSharedUpstream(s *Server, workers, maxSessions int) (*sharedUpstream, er
 			su.close()
 			return nil, fmt.Errorf("shared upstream socket: %w", err)
 		}
-		if s.cfg.UDPSegmentation && !c.EnableSegmentation(su.segmented) && i == 0 {
+		if s.cfg.UDPSegmentation && !c.EnableSegmentation(udp.Segmentation{Sent: su.segmented, Refused: su.segmentsRefused}) && i == 0 {
 			s.log.Info("UDP segmentation not available: the shared upstream sends a datagram per message")
 		}
 		ss := &sharedSocket{conn: c, index: i, slots: make([]atomic.Pointer[proxySession], sharedSlots),
@@ -177,6 +180,18 @@ func newSharedUpstream(s *Server, workers, maxSessions int) (*sharedUpstream, er
 		su.big[w] = make([]byte, proxyproto.SPPLen+raic.MaxPacket)
 	}
 	return su, nil
+}
+
+// segmentsRefused hears that a path refused a shared socket's segmented send:
+// that socket now sends a datagram per forward. The first refusal is logged
+// (with its path and error) and every one counted, so that a pool of many
+// sockets meeting one narrow path does not flood the log.
+func (su *sharedUpstream) segmentsRefused(dst netip.AddrPort, err error) {
+	su.segRefused.Inc()
+	if !su.segRefusalLogged.Swap(true) {
+		su.srv.log.Warn("the path refused a segmented send: that shared upstream socket sends a datagram per forward from now on",
+			"server", dst, "err", err, "metric", "proxy_shared_upstream_segmentation_refused_total")
+	}
 }
 
 func (su *sharedUpstream) close() {

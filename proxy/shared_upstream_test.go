@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/config"
 	"github.com/raicnet/raic/pkg/ingress"
+	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/proxyproto"
 	"github.com/raicnet/raic/pkg/udp"
@@ -414,5 +417,27 @@ func TestSharedUpstreamSegmentsSameSizedForwards(t *testing.T) {
 			}
 			t.Logf("%v of %d forwards segmented", seg, bursts*per)
 		})
+	}
+}
+
+// TestSegmentRefusalsLoggedOnceCounted: each shared socket whose path refuses a
+// segmented send is counted, and only the first is logged, naming the path.
+func TestSegmentRefusalsLoggedOnceCounted(t *testing.T) {
+	var logged bytes.Buffer
+	s := &Server{log: slog.New(slog.NewTextHandler(&logged, nil)), reg: metrics.NewRegistry()}
+	su := &sharedUpstream{srv: s,
+		segRefused: s.reg.Counter("proxy_shared_upstream_segmentation_refused_total", "test")}
+	dst := netip.MustParseAddrPort("198.18.9.2:7777")
+	for i := 0; i < 3; i++ {
+		su.segmentsRefused(dst, errors.New("sendmmsg: message too long"))
+	}
+	if got := su.segRefused.Load(); got != 3 {
+		t.Errorf("refusals counted = %d, want 3", got)
+	}
+	if n := strings.Count(logged.String(), "refused a segmented send"); n != 1 {
+		t.Errorf("refusal logged %d times, want once:\n%s", n, logged.String())
+	}
+	if !strings.Contains(logged.String(), "server=198.18.9.2:7777") || !strings.Contains(logged.String(), "message too long") {
+		t.Errorf("the log line does not name the path and the error:\n%s", logged.String())
 	}
 }

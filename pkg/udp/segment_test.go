@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -60,7 +62,8 @@ func TestSegmentRun(t *testing.T) {
 // runs were segmented.
 func TestSegmentedBatchArrivesAsDatagrams(t *testing.T) {
 	snd := listen(t, "udp4", Options{Local: lo4})
-	if !snd.EnableSegmentation(nil) {
+	var segmented sentCount
+	if !snd.EnableSegmentation(Segmentation{Sent: &segmented}) {
 		t.Skip("kernel has no UDP_SEGMENT (UDP GSO, Linux 4.18)")
 	}
 	r1 := listen(t, "udp4", Options{Local: lo4, RecvBuffer: 1 << 20})
@@ -104,8 +107,8 @@ func TestSegmentedBatchArrivesAsDatagrams(t *testing.T) {
 		t.Fatalf("WriteBatch = %d, %v; want %d, nil", n, err, len(msgs))
 	}
 	// Runs of 21, 10 and 6 are segmented; the last datagram is not.
-	if got, want := snd.Segmented(), uint64(21+10+6); got != want {
-		t.Errorf("Segmented() = %d, want %d", got, want)
+	if got, want := segmented.Load(), uint64(21+10+6); got != want {
+		t.Errorf("segmented count = %d, want %d", got, want)
 	}
 	for _, rc := range []struct {
 		c    *Conn
@@ -134,7 +137,8 @@ func TestSegmentedBatchArrivesAsDatagrams(t *testing.T) {
 // TestSegmentedWriteBatchZeroAllocs: segmented sends allocate nothing either.
 func TestSegmentedWriteBatchZeroAllocs(t *testing.T) {
 	snd := listen(t, "udp4", Options{Local: lo4})
-	if !snd.EnableSegmentation(nil) {
+	var segmented sentCount
+	if !snd.EnableSegmentation(Segmentation{Sent: &segmented}) {
 		t.Skip("kernel has no UDP_SEGMENT (UDP GSO, Linux 4.18)")
 	}
 	rcv := listen(t, "udp4", Options{Local: lo4, RecvBuffer: 4 << 20})
@@ -155,7 +159,7 @@ func TestSegmentedWriteBatchZeroAllocs(t *testing.T) {
 	}
 	snd.WriteBatch(out)
 	drain()
-	before := snd.Segmented()
+	before := segmented.Load()
 	if a := testing.AllocsPerRun(20, func() {
 		if n, err := snd.WriteBatch(out); n != len(out) || err != nil {
 			t.Fatalf("WriteBatch = %d, %v", n, err)
@@ -163,7 +167,7 @@ func TestSegmentedWriteBatchZeroAllocs(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("segmented WriteBatch: %v allocs per batch, want 0", a)
 	}
-	if snd.Segmented() == before {
+	if segmented.Load() == before {
 		t.Error("no datagram went out segmented")
 	}
 	drain()
@@ -191,7 +195,12 @@ func TestSegmentationFallsBackOnSmallMTU(t *testing.T) {
 	ipCmd(t, "-n", nsB, "link", "set", "vb", "up")
 	snd := listenIn(t, nsA, "udp4", Options{Local: netip.MustParseAddrPort("198.18.9.1:0")})
 	rcv := listenIn(t, nsB, "udp4", Options{Local: netip.MustParseAddrPort("198.18.9.2:0"), RecvBuffer: 1 << 20})
-	if !snd.EnableSegmentation(nil) {
+	var segmented sentCount
+	var refusals []string
+	seg := Segmentation{Sent: &segmented, Refused: func(dst netip.AddrPort, err error) {
+		refusals = append(refusals, fmt.Sprintf("%v: %v", dst, err))
+	}}
+	if !snd.EnableSegmentation(seg) {
 		t.Skip("kernel has no UDP_SEGMENT (UDP GSO, Linux 4.18)")
 	}
 	msgs := make([]Message, 8)
@@ -206,8 +215,16 @@ func TestSegmentationFallsBackOnSmallMTU(t *testing.T) {
 	if snd.Segmentation() {
 		t.Error("segmentation still on after the path refused it")
 	}
-	if snd.Segmented() != 0 {
-		t.Errorf("Segmented() = %d, want 0", snd.Segmented())
+	if segmented.Load() != 0 {
+		t.Errorf("segmented count = %d, want 0", segmented.Load())
+	}
+	// The caller hears of the refusal once, naming the path, even when the
+	// next batch goes the same way.
+	if n, err := snd.WriteBatch(msgs); n != len(msgs) || err != nil {
+		t.Fatalf("second WriteBatch = %d, %v", n, err)
+	}
+	if len(refusals) != 1 || !strings.HasPrefix(refusals[0], rcv.LocalAddr().String()+": ") {
+		t.Errorf("refusals reported: %q; want one, for %v", refusals, rcv.LocalAddr())
 	}
 	got := readAll(t, rcv, len(msgs), 8)
 	for i := range msgs {
@@ -216,3 +233,8 @@ func TestSegmentationFallsBackOnSmallMTU(t *testing.T) {
 		}
 	}
 }
+
+// sentCount is an Adder for the tests.
+type sentCount struct{ atomic.Uint64 }
+
+func (c *sentCount) Add(n uint64) { c.Uint64.Add(n) }

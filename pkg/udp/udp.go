@@ -100,9 +100,8 @@ type Conn struct {
 	recvFn func(fd uintptr) bool
 	sendFn func(fd uintptr) bool
 
-	gso       atomic.Bool   // WriteBatch sends same-sized runs as one segmented send
-	segmented atomic.Uint64 // datagrams sent inside segmented sends
-	segCount  Adder         // the caller's count of them too (EnableSegmentation)
+	gso atomic.Bool  // WriteBatch sends same-sized runs as one segmented send
+	seg Segmentation // its counter and refusal hook (EnableSegmentation)
 
 	r ioState
 	w ioState
@@ -419,11 +418,8 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 					seg += int(s.runs[i])
 				}
 			}
-			if seg > 0 {
-				c.segmented.Add(uint64(seg))
-				if c.segCount != nil {
-					c.segCount.Add(uint64(seg))
-				}
+			if seg > 0 && c.seg.Sent != nil {
+				c.seg.Sent.Add(uint64(seg))
 			}
 		}
 		if err != nil {
@@ -432,8 +428,11 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 		if s.errno != 0 {
 			if s.got < nh && s.runs[s.got] > 1 && refusesSegments(s.errno) {
 				// The path refused a segmented send: send one datagram per
-				// header from now on and retry the run, as wireguard-go does.
-				c.gso.Store(false)
+				// header from now on and retry the run. The caller hears of
+				// it once, since the change is for good.
+				if c.gso.Swap(false) && c.seg.Refused != nil {
+					c.seg.Refused(msgs[sent].Addr, os.NewSyscallError("sendmmsg", s.errno))
+				}
 				continue
 			}
 			return sent, os.NewSyscallError("sendmmsg", s.errno)
@@ -509,14 +508,25 @@ func putSegment(b []byte, size int) int {
 // Adder is a counter (a metrics counter, an atomic.Uint64).
 type Adder interface{ Add(uint64) }
 
+// Segmentation is what EnableSegmentation reports to its caller. Both fields
+// may be nil.
+type Segmentation struct {
+	// Sent is added the datagrams that leave inside segmented sends.
+	Sent Adder
+	// Refused is called once, on the writing goroutine, when a path refuses
+	// a segmented send and the Conn turns segmentation off for good: dst is
+	// the refused run's destination, err the kernel's error.
+	Refused func(dst netip.AddrPort, err error)
+}
+
 // EnableSegmentation has WriteBatch send runs of same-sized datagrams to one
 // destination as one segmented send (UDP GSO), which costs the kernel's send
 // path once per run instead of once per datagram. It reports whether the
-// kernel supports it; it is then on until a send the path refuses turns it off.
-// Receivers see ordinary datagrams. count, if not nil, is added the datagrams
-// that leave segmented; call it before the Conn's first write.
-func (c *Conn) EnableSegmentation(count Adder) bool {
-	c.segCount = count
+// kernel supports it; it is then on until a send the path refuses turns it off
+// (the run is then sent again, a datagram each, and seg.Refused called).
+// Receivers see ordinary datagrams. Call it before the Conn's first write.
+func (c *Conn) EnableSegmentation(seg Segmentation) bool {
+	c.seg = seg
 	var ok bool
 	c.rc.Control(func(fd uintptr) {
 		_, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
@@ -528,9 +538,6 @@ func (c *Conn) EnableSegmentation(count Adder) bool {
 
 // Segmentation reports whether segmented sends are on.
 func (c *Conn) Segmentation() bool { return c.gso.Load() }
-
-// Segmented counts the datagrams sent inside segmented sends.
-func (c *Conn) Segmented() uint64 { return c.segmented.Load() }
 
 var errShortBuf = errors.New("udp: Message.N outside Buf")
 
