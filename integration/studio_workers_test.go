@@ -21,6 +21,8 @@ import (
 // all four uplinks, must be read by one worker (the kernel's address hash
 // puts four source ports on one of two workers one time in eight); the
 // server must answer every packet; and some forwards must leave segmented.
+// Its receive_buffer_kb must reach the listening sockets (as root; otherwise
+// the proxy must say the kernel capped it).
 func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the programs; skipped with -short")
@@ -39,6 +41,7 @@ func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	os.WriteFile(proxyFile, []byte(fmt.Sprintf(`listen = "127.0.0.1:%d"
 metrics = "%s"
 workers = 2
+receive_buffer_kb = 3072
 [[client]]
 id = "gamer"
 key = "%s"
@@ -60,6 +63,12 @@ upstream = "shared"
 	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return httpStatus("http://"+metrics+"/metrics") == 200 })
 	if !strings.Contains(proxyLog.logText(), "workers steered by session ID") {
 		t.Fatalf("the proxy does not say it steers its workers:\n%s", proxyLog.logText())
+	}
+	if os.Geteuid() == 0 && !strings.Contains(proxyLog.logText(), "receive_buffer_kb=3072") {
+		t.Fatalf("as root, the proxy does not serve with the 3,072 KiB receive buffer asked for:\n%s", proxyLog.logText())
+	}
+	if os.Geteuid() != 0 && !strings.Contains(proxyLog.logText(), "smaller receive buffer than asked") {
+		t.Fatalf("not root, and the proxy does not say the kernel capped its receive buffer:\n%s", proxyLog.logText())
 	}
 
 	fwd := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))

@@ -62,6 +62,13 @@ type Config struct {
 	// send (UDP GSO, see udp.Conn.EnableSegmentation); false sends each as
 	// its own datagram in the sendmmsg batch.
 	UDPSegmentation bool `toml:"udp_segmentation"`
+	// ReceiveBufferKB is each listening socket's receive buffer in KiB
+	// (default 1,024: about 10 ms of datagrams at the proxy's capacity, so an
+	// overload drops at the socket instead of queueing seconds of stale game
+	// traffic). More rides out longer bursts, at the price of that queue.
+	// Above net.core.rmem_max it needs CAP_NET_ADMIN; without it the kernel
+	// caps it, and the proxy logs what it got.
+	ReceiveBufferKB int `toml:"receive_buffer_kb"`
 	// Studio operation: connect tokens, client-address headers, health, drain
 	// (see studio.go).
 	StudioConfig
@@ -92,6 +99,7 @@ func DefaultConfig() Config {
 		SteerSessions:   true,
 		IOURing:         true,
 		UDPSegmentation: true,
+		ReceiveBufferKB: DefaultReceiveBufferKB,
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: config.Duration{Duration: quality.DefaultInterval},
 	}
@@ -112,6 +120,7 @@ func (c *Config) check(meta *config.Meta) {
 	}
 	meta.Int("workers", c.Workers, 0, maxWorkers)
 	meta.Int("memory_limit_mb", c.MemoryLimitMB, 0, 1<<20)
+	meta.Int("receive_buffer_kb", c.ReceiveBufferKB, 64, 1<<20)
 	meta.Duration("keep_server_port", c.KeepServerPort.Duration, 0, 10*time.Minute)
 	if c.ReportInterval.Duration != 0 {
 		meta.Duration("report_interval", c.ReportInterval.Duration, quality.MinInterval, quality.MaxInterval)

@@ -36,6 +36,7 @@ func TestConfigBounds(t *testing.T) {
 		{`metrics = "127.0.0.1:99999"`, `p.toml:1: metrics: bad port "99999"`},
 		{`log_level = "loud"`, "p.toml:1: log_level:"},
 		{`memory_limit_mb = -1`, "p.toml:1: memory_limit_mb: -1 is not within 0 to 1048576"},
+		{`receive_buffer_kb = 8`, "p.toml:1: receive_buffer_kb: 8 is not within 64 to 1048576"},
 	} {
 		_, err := ParseConfig("p.toml", tc.extra+"\n"+proxyClient())
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -43,10 +43,10 @@ import (
 // bounded rate.
 const maxServerPacket = 8 << 10
 
-// recvBuffer is the listening socket's receive buffer: about 10 ms of
+// DefaultReceiveBufferKB is receive_buffer_kb's default: about 10 ms of
 // datagrams at the proxy's capacity, so an overload drops at the socket
 // instead of queueing seconds of stale game traffic.
-const recvBuffer = 1 << 20
+const DefaultReceiveBufferKB = 1024
 
 // Server is a running proxy.
 type Server struct {
@@ -126,7 +126,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.in, err = ingress.New(ingress.Config{
-		Listen: cfg.Listen, RecvBuffer: recvBuffer, Roster: roster, Tokens: true, MaxSessions: cfg.MaxSessions,
+		Listen: cfg.Listen, RecvBuffer: cfg.ReceiveBufferKB << 10, Roster: roster, Tokens: true, MaxSessions: cfg.MaxSessions,
 		HelloMaxAge: cfg.HelloMaxAge.Duration, AuthenticatedKeepAlive: true,
 		SendVia: func(dg []byte, to netip.AddrPort) bool { return s.tcp.send(dg, to) }, // a TLS/TCP fallback path (tcp.go)
 		Prefix:  "proxy", Registry: s.reg, Log: log,
@@ -198,7 +198,8 @@ func (s *Server) Run(ctx context.Context) error {
 		go hs.Serve(s.httpLns[i])
 	}
 	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", s.in.Clients(),
-		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions, "workers", s.in.Workers())
+		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions, "workers", s.in.Workers(),
+		"receive_buffer_kb", s.in.ReceiveBuffer()>>10)
 	if err := s.startTCP(ctx); err != nil {
 		return fmt.Errorf("tcp_listen: %w", err)
 	}

@@ -334,6 +334,10 @@ func listen(cfg Config) ([]*udp.Conn, error) {
 			return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 		}
 		conns = append(conns, c)
+		if i == 0 && c.ReceiveBuffer() < cfg.RecvBuffer && cfg.Log != nil {
+			cfg.Log.Warn("the kernel gave the listening socket a smaller receive buffer than asked (net.core.rmem_max caps it without CAP_NET_ADMIN)",
+				"asked_bytes", cfg.RecvBuffer, "got_bytes", c.ReceiveBuffer())
+		}
 		// Port 0 asks for any port: the other workers take the one the first got.
 		opt.Local = netip.AddrPortFrom(local.Addr(), c.LocalAddr().Port())
 	}
@@ -378,6 +382,10 @@ func (in *Ingress[S]) Addr() netip.AddrPort { return in.conn.LocalAddr() }
 
 // Workers is the number of sockets (read loops) serving the listen address.
 func (in *Ingress[S]) Workers() int { return len(in.conns) }
+
+// ReceiveBuffer is the bytes of datagrams each listening socket holds before
+// the kernel drops (udp.Conn.ReceiveBuffer of the first).
+func (in *Ingress[S]) ReceiveBuffer() int { return in.conns[0].ReceiveBuffer() }
 
 // Close closes the sockets; Run returns.
 func (in *Ingress[S]) Close() {

@@ -536,6 +536,19 @@ func (c *Conn) EnableSegmentation(seg Segmentation) bool {
 	return ok
 }
 
+// ReceiveBuffer is the socket's receive buffer in bytes as the kernel set it
+// (SO_RCVBUF reads twice the bytes of data it allows, the rest being its
+// bookkeeping; this is that half), or 0 if it cannot be read.
+func (c *Conn) ReceiveBuffer() int {
+	v := 0
+	c.rc.Control(func(fd uintptr) {
+		if n, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil {
+			v = n / 2
+		}
+	})
+	return v
+}
+
 // Segmentation reports whether segmented sends are on.
 func (c *Conn) Segmentation() bool { return c.gso.Load() }
 
