@@ -153,7 +153,7 @@ func loadTest(ctx context.Context, opt *options, argv []string) (*loadResult, er
 		if err != nil {
 			return nil, err
 		}
-		id := (base + uint64(i)*0x9e3779b97f4a7c15) | 1
+		id := simSessionID(base, i)
 		send, recv, err := wire.DeriveKeys(&keys[c], &salt, id, wire.RoleClient)
 		if err != nil {
 			return nil, err

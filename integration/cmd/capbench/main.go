@@ -97,6 +97,7 @@ type options struct {
 	copies      int    // each datagram sent from this many sources (a router's uplinks)
 	scale       bool   // run the scale table (scale.go) instead of one measurement
 	load        bool   // run the load test (load.go) instead
+	drain       bool   // run the drain test (drain.go) instead
 	sharedBig   int    // -scale: sessions of the largest shared-upstream row
 	shared      bool   // the sink is an SPP server on the proxy's shared upstream ([[server]] upstream = "shared")
 	repeat      int    // timed phases per proxy process (the median is reported, with the spread)
@@ -128,6 +129,8 @@ func main() {
 		do = runScale
 	case opt.load:
 		do = runLoad
+	case opt.drain:
+		do = runDrain
 	}
 	if err := do(ctx, opt); err != nil {
 		fmt.Fprintln(os.Stderr, "capbench:", err)
@@ -162,6 +165,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.repeat, "repeat", 3, "timed phases per measurement, each with fresh datagrams on the same proxy and sessions; the median (by rate per proxy core) is reported with the spread (-quick: 1; -scale: 2, with -runs 3)")
 	fs.IntVar(&o.runs, "runs", 1, "proxy processes per measurement, each started anew with its sessions and -repeat timed phases; the median is over every phase (-scale: 3 for its timed rows)")
 	fs.IntVar(&o.sharedBig, "shared-sessions", bigSessions, "-scale: sessions of the largest shared-upstream row (fewer if memory is short)")
+	fs.BoolVar(&o.drain, "drain", false, "the drain test: 1 and 2 workers each drain queues filled while the proxy was stopped, so no generator shares their CPUs (drain.go)")
 	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
 	addLoadFlags(fs, &o.loadOpt)
 	if err := fs.Parse(args); err != nil {
@@ -208,6 +212,7 @@ func parseFlags(args []string) (*options, error) {
 
 // figures are what one run measured.
 type figures struct {
+	drains             []drainResult // the drain test's phases (drain.go)
 	readyLog, readyAck time.Duration // exec → "proxy serving" log line, exec → first authenticated ack
 	setup              time.Duration // opening every session
 	sessionsLive       float64       // proxy_sessions_created_total minus expired and evicted
@@ -479,7 +484,14 @@ session_rate = 1000000
 	}
 	f.sessionsLive = m["proxy_sessions_created_total"] - m["proxy_sessions_expired_total"] - m["proxy_sessions_evicted_total"]
 
-	for rep := 0; rep < opt.repeat; rep++ {
+	for rep := 0; opt.drain && rep < opt.repeat; rep++ {
+		r, err := drainPhase(ctx, opt, gen, sink, p, metricsAddr)
+		if err != nil {
+			return nil, err
+		}
+		f.drains = append(f.drains, r)
+	}
+	for rep := 0; !opt.drain && rep < opt.repeat; rep++ {
 		ph, err := timedPhase(ctx, opt, gen, sink, p, metricsAddr, &f, rep)
 		if err != nil {
 			return nil, err
@@ -800,11 +812,12 @@ func writeMarkdown(opt *options, rows [][3]string, env string) error {
 // server (spp) it also parses and strips each datagram's header, counting
 // those without a valid one (bad), as a server must drop them.
 type sink struct {
-	conn  *udp.Conn
-	count atomic.Uint64
-	bad   atomic.Uint64
-	spp   bool // set before the proxy sends
-	done  chan struct{}
+	paused atomic.Bool // the drain test: leave datagrams unread (the socket overflows)
+	conn   *udp.Conn
+	count  atomic.Uint64
+	bad    atomic.Uint64
+	spp    bool // set before the proxy sends
+	done   chan struct{}
 }
 
 func newSink() (*sink, error) {
@@ -820,6 +833,10 @@ func newSink() (*sink, error) {
 			msgs[i].Buf = make([]byte, 2048)
 		}
 		for {
+			if s.paused.Load() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
 			n, err := c.ReadBatch(msgs)
 			if err != nil {
 				return
@@ -841,7 +858,17 @@ func newSink() (*sink, error) {
 
 func (s *sink) addr() netip.AddrPort { return s.conn.LocalAddr() }
 
-func (s *sink) close() { s.conn.Close(); <-s.done }
+func (s *sink) close() { s.paused.Store(false); s.conn.Close(); <-s.done }
+
+// simSessionID is the ID of simulated session i: spread over the 64 bits
+// as a router's random ones are (the golden-ratio step is odd, so the low
+// bits, which steer a session to a worker, take every value in turn), never 0.
+func simSessionID(base uint64, i int) uint64 {
+	if id := base + uint64(i)*0x9e3779b97f4a7c15; id != 0 {
+		return id
+	}
+	return 1
+}
 
 // genSession is one simulated router session.
 type genSession struct {
@@ -891,7 +918,7 @@ func newGenerator(opt *options, key wire.Key, target, proxyAddr netip.AddrPort) 
 		if err != nil {
 			return nil, err
 		}
-		id := (base + uint64(i)*0x9e3779b97f4a7c15) | 1
+		id := simSessionID(base, i)
 		send, recv, err := wire.DeriveKeys(&key, &salt, id, wire.RoleClient)
 		if err != nil {
 			return nil, err

@@ -37,3 +37,27 @@ func TestSessionOfKeepsSessionsOnTheirSource(t *testing.T) {
 		}
 	}
 }
+
+// TestSimSessionIDsSpreadOverWorkers: the proxy steers a session to worker
+// (low 32 bits of its ID) mod workers, so the simulated sessions must fall
+// on every worker about evenly, as random router IDs do (IDs forced odd once
+// put them all on one worker of two).
+func TestSimSessionIDsSpreadOverWorkers(t *testing.T) {
+	for _, base := range []uint64{0, 1, 12345678901234567} {
+		for _, workers := range []int{2, 3, 4} {
+			per := make([]int, workers)
+			for i := 0; i < 1000; i++ {
+				id := simSessionID(base, i)
+				if id == 0 {
+					t.Fatalf("base %d: session %d has ID 0", base, i)
+				}
+				per[uint32(id)%uint32(workers)]++
+			}
+			for w, n := range per {
+				if want := 1000 / workers; n < want*9/10 || n > want*11/10 {
+					t.Errorf("base %d, %d workers: worker %d gets %d of 1,000 sessions, want about %d", base, workers, w, n, want)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/raicnet/raic/integration/internal/hostinfo"
+)
+
+// The drain test measures how the proxy scales from one worker to two on a
+// host of two CPUs, where a generator running beside the proxy would take
+// part of the second CPU and hide the scaling. So the generator works while
+// the proxy is stopped: with the proxy under SIGSTOP, it fills the proxy's
+// listening sockets (large receive buffers, receive_buffer_kb) with
+// pre-sealed datagrams of every session, and the sink stops reading (its
+// socket overflows and the kernel drops there, the same for every row). Then
+// SIGCONT, and the proxy drains the queues with nothing else running. The
+// rate is taken from the proxy's forwarded counter while 10% to 90% of the
+// queued datagrams go out, so the start and the end of the drain (and the
+// polling's step) do not enter it; per proxy CPU-second over the whole drain.
+
+// drainBufferKB is the proxy's receive_buffer_kb in the drain test: a
+// queue of about 300,000 datagrams of capbench's size per socket.
+const drainBufferKB = 256 << 10
+
+// drainPerWorker is the datagrams queued per worker each phase.
+const drainPerWorker = 200_000
+
+// drainResult is one drain phase.
+type drainResult struct {
+	queued   uint64  // datagrams in the proxy's queues at SIGCONT
+	lost     uint64  // of those sent, dropped by the kernel before the proxy (its queue full)
+	steady   float64 // packets/s forwarded from 10% to 90% of the queued
+	perCPU   float64 // forwarded over the proxy's CPU seconds, the whole drain
+	wall     time.Duration
+	cpuShare float64 // proxy CPU over the drain's wall time, percent of one core
+	genShare float64 // this process's (polling, the paused sink) the same
+	busy     []float64 // each of the proxy's CPUs: busy for any cause, percent
+}
+
+// runDrain runs the drain test with 1 and 2 workers and prints their table.
+func runDrain(ctx context.Context, opt *options) error {
+	start := time.Now()
+	load0 := hostinfo.LoadAvg()
+	if err := setup(opt); err != nil {
+		return err
+	}
+	counts := []int{1, 2}
+	results := make([][]drainResult, len(counts))
+	for i, w := range counts {
+		o := *opt
+		o.workers, o.floor, o.profile = w, 0, ""
+		o.packets = w * drainPerWorker
+		o.window = o.packets + 1 // no window: the proxy is stopped while they go
+		o.proxySet = strings.TrimPrefix(o.proxySet+fmt.Sprintf("; receive_buffer_kb = %d", drainBufferKB), "; ")
+		fmt.Printf("== %d worker(s): %d datagrams queued a phase\n", w, o.packets)
+		for run := 0; run < o.runs; run++ {
+			f, err := measureOnce(ctx, &o)
+			if err != nil {
+				return err
+			}
+			results[i] = append(results[i], f.drains...)
+		}
+	}
+	load1 := hostinfo.LoadAvg()
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "workers\tqueued a phase\tdrain rate (10%%–90%%), median\tper proxy CPU-second, median\t× of 1 worker (rate)\tphases\t\n")
+	var base float64
+	for i, w := range counts {
+		rs := results[i]
+		steady := medianOf(rs, func(r drainResult) float64 { return r.steady })
+		perCPU := medianOf(rs, func(r drainResult) float64 { return r.perCPU })
+		if i == 0 {
+			base = steady
+		}
+		var each []string
+		for _, r := range rs {
+			each = append(each, fmt.Sprintf("%.0f/s (%.0f%% CPU, %d lost)", r.steady, r.cpuShare, r.lost))
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%.0f packets/s\t%.0f packets/s\t%.2f×\t%s\t\n", w, rs[0].queued, steady, perCPU, steady/max(base, 1), strings.Join(each, ", "))
+	}
+	tw.Flush()
+	fmt.Printf("\n%s\nrun took %v\n", environment(opt, load0, load1), time.Since(start).Round(time.Second))
+	return nil
+}
+
+// medianOf is the median of v over rs.
+func medianOf(rs []drainResult, v func(drainResult) float64) float64 {
+	if len(rs) == 0 {
+		return 0
+	}
+	xs := make([]float64, len(rs))
+	for i, r := range rs {
+		xs[i] = v(r)
+	}
+	sort.Float64s(xs)
+	return xs[len(xs)/2]
+}
+
+// drainPhase queues opt.packets datagrams at the stopped proxy and times
+// their drain.
+func drainPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p *proxyProc, metricsAddr netip.AddrPort) (drainResult, error) {
+	var r drainResult
+	if err := hostinfo.PinSelf(opt.genCPU); err != nil {
+		return r, err
+	}
+	fmt.Printf("sealing %d datagrams in advance ...\n", opt.packets)
+	if err := gen.preseal(); err != nil {
+		return r, err
+	}
+	m0, err := scrape(metricsAddr)
+	if err != nil {
+		return r, err
+	}
+	sink.paused.Store(true)
+	defer sink.paused.Store(false)
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return r, err
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			p.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // stopped: every thread off its CPU
+	rb0 := hostinfo.RcvbufErrors()
+	sent, _ := gen.blast(ctx, sink, time.Minute)
+	time.Sleep(50 * time.Millisecond)
+	r.lost = hostinfo.RcvbufErrors() - rb0
+	r.queued = sent - min(sent, r.lost)
+	fmt.Printf("queued %d datagrams at the stopped proxy (%d dropped by the kernel: its queue was full); draining ...\n", r.queued, r.lost)
+
+	busy0 := make([]float64, opt.workers)
+	for c := range busy0 {
+		busy0[c] = hostinfo.StatBusy(fmt.Sprintf("cpu%d", opt.proxyCPU+c), false)
+	}
+	pc0, gc0 := hostinfo.CPUTime(p.cmd.Process.Pid), hostinfo.CPUTime(os.Getpid())
+	t0 := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		return r, err
+	}
+	resumed = true
+	// Samples of the forwarded counter, every 50 ms (a scrape costs the
+	// proxy and this process some CPU; fewer disturb the drain less), until
+	// it reaches the queued count or stops moving for 300 ms.
+	type sample struct {
+		at  time.Duration
+		fwd float64
+	}
+	samples := []sample{{0, 0}}
+	last, still := 0.0, time.Duration(0)
+	for {
+		time.Sleep(50 * time.Millisecond)
+		m, err := scrape(metricsAddr)
+		if err != nil {
+			return r, err
+		}
+		s := sample{time.Since(t0), m["proxy_forwarded_total"] - m0["proxy_forwarded_total"]}
+		samples = append(samples, s)
+		if s.fwd >= float64(r.queued) {
+			break
+		}
+		if s.fwd == last {
+			if still == 0 {
+				still = s.at
+			} else if s.at-still > 300*time.Millisecond {
+				break
+			}
+		} else {
+			last, still = s.fwd, 0
+		}
+		if ctx.Err() != nil {
+			return r, ctx.Err()
+		}
+	}
+	end := samples[len(samples)-1]
+	r.wall = end.at
+	cpu := hostinfo.CPUTime(p.cmd.Process.Pid) - pc0
+	r.genShare = 100 * (hostinfo.CPUTime(os.Getpid()) - gc0) / end.at.Seconds()
+	for c := range busy0 {
+		r.busy = append(r.busy, 100*(hostinfo.StatBusy(fmt.Sprintf("cpu%d", opt.proxyCPU+c), false)-busy0[c])/end.at.Seconds())
+	}
+	r.perCPU = end.fwd / max(cpu, 1e-6)
+	r.cpuShare = 100 * cpu / end.at.Seconds()
+	// The time the counter crossed x, between the samples around it.
+	cross := func(x float64) time.Duration {
+		for i := 1; i < len(samples); i++ {
+			a, b := samples[i-1], samples[i]
+			if b.fwd >= x {
+				if b.fwd == a.fwd {
+					return b.at
+				}
+				return a.at + time.Duration(float64(b.at-a.at)*(x-a.fwd)/(b.fwd-a.fwd))
+			}
+		}
+		return end.at
+	}
+	lo, hi := 0.1*float64(r.queued), 0.9*float64(r.queued)
+	if end.fwd < hi {
+		return r, fmt.Errorf("the proxy forwarded %.0f of the %d queued datagrams and stopped", end.fwd, r.queued)
+	}
+	r.steady = (hi - lo) / max((cross(hi)-cross(lo)).Seconds(), 1e-6)
+	fmt.Printf("  drained %.0f in %v: %.0f packets/s from 10%% to 90%%, %.0f per proxy CPU-second (proxy %.0f%% of a core, capbench %.0f%%; CPUs busy %.0f%%)\n",
+		end.fwd, r.wall.Round(time.Millisecond), r.steady, r.perCPU, r.cpuShare, r.genShare, r.busy)
+	// Empty the sink's socket before the next phase.
+	sink.paused.Store(false)
+	time.Sleep(200 * time.Millisecond)
+	return r, nil
+}
