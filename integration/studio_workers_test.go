@@ -22,7 +22,7 @@ import (
 // puts four source ports on one of two workers one time in eight); the
 // server must answer every packet; and some forwards must leave segmented.
 // Its receive_buffer_kb must reach the listening sockets (as root; otherwise
-// the proxy must say the kernel capped it).
+// the proxy must say the kernel capped it), and pin_workers its read loops.
 func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the programs; skipped with -short")
@@ -41,6 +41,7 @@ func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	os.WriteFile(proxyFile, []byte(fmt.Sprintf(`listen = "127.0.0.1:%d"
 metrics = "%s"
 workers = 2
+pin_workers = true
 receive_buffer_kb = 3072
 [[client]]
 id = "gamer"
@@ -63,6 +64,9 @@ upstream = "shared"
 	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return httpStatus("http://"+metrics+"/metrics") == 200 })
 	if !strings.Contains(proxyLog.logText(), "workers steered by session ID") {
 		t.Fatalf("the proxy does not say it steers its workers:\n%s", proxyLog.logText())
+	}
+	if !strings.Contains(proxyLog.logText(), "worker read loops pinned, each to a CPU") {
+		t.Fatalf("pin_workers = true, and the proxy does not say it pinned its workers:\n%s", proxyLog.logText())
 	}
 	if os.Geteuid() == 0 && !strings.Contains(proxyLog.logText(), "receive_buffer_kb=3072") {
 		t.Fatalf("as root, the proxy does not serve with the 3,072 KiB receive buffer asked for:\n%s", proxyLog.logText())

@@ -135,6 +135,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		Workers:    cfg.workers(),
 		// every path of a session to one worker (pkg/ingress listen)
 		SteerBySession: cfg.SteerSessions,
+		PinWorkers:     cfg.PinWorkers,
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: reportInterval(cfg.ReportInterval.Duration),
 	}, s.sessions, (*program)(s))

@@ -155,6 +155,10 @@ type Config struct {
 	// SteerBySession, with several workers, has the kernel give each
 	// datagram to the worker its session ID picks (see listen).
 	SteerBySession bool
+	// PinWorkers runs each worker's read loop on a thread of its own,
+	// pinned to one CPU: worker i on the i-th CPU the process may use
+	// (modulo their count; see pin.go).
+	PinWorkers bool
 }
 
 // Ingress reads one socket of datagrams from routers.
@@ -172,6 +176,8 @@ type Ingress[S Session] struct {
 	run       clients.Run      // this start's restart epoch, sent in pongs
 	refused   *logging.Limiter // bounds the log lines of per-datagram refusals
 	closing   atomic.Bool
+	pinTo     []int          // with PinWorkers: each worker's CPU
+	pinned    []atomic.Int32 // the CPU each worker's loop is pinned to, -1 until then (or when it could not be)
 }
 
 type counters struct {
@@ -269,6 +275,26 @@ func New[S Session](cfg Config, sessions *session.Table[uint64, S], prog Program
 	for i := range conns {
 		in.perWorker = append(in.perWorker, cfg.Registry.Counter(fmt.Sprintf(`%s_worker_received_total{worker="%d"}`, cfg.Prefix, i),
 			"Datagrams read by each worker socket."))
+	}
+	if cfg.PinWorkers {
+		cpus, err := allowedCPUs()
+		if err == nil && len(cpus) == 0 {
+			err = errors.New("the process may run on no CPU")
+		}
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, fmt.Errorf("pin workers: %w", err)
+		}
+		in.pinned = make([]atomic.Int32, len(conns))
+		for i := range conns {
+			in.pinTo = append(in.pinTo, cpus[i%len(cpus)])
+			in.pinned[i].Store(-1)
+		}
+		if cfg.Log != nil {
+			cfg.Log.Info("worker read loops pinned, each to a CPU", "cpus", in.pinTo)
+		}
 	}
 	in.SetRoster(roster)
 	return in, nil
@@ -461,19 +487,45 @@ func NewWorkerReader(worker int) *Reader {
 // loop per worker socket, each on its own goroutine with its own buffers.
 func (in *Ingress[S]) Run() {
 	var wg sync.WaitGroup
-	for i := 1; i < len(in.conns); i++ {
+	first := 1
+	if in.pinTo != nil {
+		first = 0 // every loop on a goroutine of its own, whose pinned thread ends with it
+	}
+	for i := first; i < len(in.conns); i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			in.readLoop(i)
 		}()
 	}
-	in.readLoop(0)
+	if first == 1 {
+		in.readLoop(0)
+	}
 	wg.Wait()
+}
+
+// PinnedCPUs is the CPU each worker's read loop is pinned to, -1 for one
+// that is not (PinWorkers off, not yet running, or refused by the kernel).
+func (in *Ingress[S]) PinnedCPUs() []int {
+	out := make([]int, len(in.conns))
+	for i := range out {
+		out[i] = -1
+		if in.pinned != nil {
+			out[i] = int(in.pinned[i].Load())
+		}
+	}
+	return out
 }
 
 func (in *Ingress[S]) readLoop(worker int) {
 	c, read := in.conns[worker], in.perWorker[worker]
+	if in.pinTo != nil {
+		if err := pinThread(in.pinTo[worker]); err != nil && in.cfg.Log != nil {
+			in.cfg.Log.Warn("worker not pinned: it runs on any CPU", "worker", worker, "cpu", in.pinTo[worker], "err", err)
+		} else if err == nil {
+			in.pinned[worker].Store(int32(in.pinTo[worker]))
+		}
+	}
 	r := NewReader()
 	r.conn = c
 	r.worker = worker + 1
