@@ -40,28 +40,36 @@ type drainResult struct {
 	steady   float64 // packets/s forwarded from 10% to 90% of the queued
 	perCPU   float64 // forwarded over the proxy's CPU seconds, the whole drain
 	wall     time.Duration
-	cpuShare float64 // proxy CPU over the drain's wall time, percent of one core
-	genShare float64 // this process's (polling, the paused sink) the same
+	cpuShare float64   // proxy CPU over the drain's wall time, percent of one core
+	genShare float64   // this process's (polling, the paused sink) the same
 	busy     []float64 // each of the proxy's CPUs: busy for any cause, percent
 }
 
-// runDrain runs the drain test with 1 and 2 workers and prints their table.
+// drainRow is one row of the drain table.
+type drainRow struct {
+	workers int
+	pin     bool // pin_workers
+}
+
+// runDrain runs the drain test with 1 and 2 workers, unpinned and pinned,
+// the rows in turn for each of -runs rounds (so a slow spell of the host
+// spreads over them all), and prints their table.
 func runDrain(ctx context.Context, opt *options) error {
 	start := time.Now()
 	load0 := hostinfo.LoadAvg()
 	if err := setup(opt); err != nil {
 		return err
 	}
-	counts := []int{1, 2}
-	results := make([][]drainResult, len(counts))
-	for i, w := range counts {
-		o := *opt
-		o.workers, o.floor, o.profile = w, 0, ""
-		o.packets = w * drainPerWorker
-		o.window = o.packets + 1 // no window: the proxy is stopped while they go
-		o.proxySet = strings.TrimPrefix(o.proxySet+fmt.Sprintf("; receive_buffer_kb = %d", drainBufferKB), "; ")
-		fmt.Printf("== %d worker(s): %d datagrams queued a phase\n", w, o.packets)
-		for run := 0; run < o.runs; run++ {
+	rows := []drainRow{{1, false}, {2, false}, {1, true}, {2, true}}
+	results := make([][]drainResult, len(rows))
+	for run := 0; run < opt.runs; run++ {
+		for i, row := range rows {
+			o := *opt
+			o.workers, o.floor, o.profile = row.workers, 0, ""
+			o.packets = row.workers * drainPerWorker
+			o.window = o.packets + 1 // no window: the proxy is stopped while they go
+			o.proxySet = strings.TrimPrefix(o.proxySet+fmt.Sprintf("; receive_buffer_kb = %d; pin_workers = %v", drainBufferKB, row.pin), "; ")
+			fmt.Printf("== round %d of %d: %d worker(s), pin_workers = %v, %d datagrams queued a phase\n", run+1, opt.runs, row.workers, row.pin, o.packets)
 			f, err := measureOnce(ctx, &o)
 			if err != nil {
 				return err
@@ -72,20 +80,20 @@ func runDrain(ctx context.Context, opt *options) error {
 	load1 := hostinfo.LoadAvg()
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "workers\tqueued a phase\tdrain rate (10%%–90%%), median\tper proxy CPU-second, median\t× of 1 worker (rate)\tphases\t\n")
-	var base float64
-	for i, w := range counts {
+	fmt.Fprintf(tw, "workers\tpin_workers\tqueued a phase\tdrain rate (10%%–90%%), median\tper proxy CPU-second, median\t× of 1 worker alike (rate)\tphases\t\n")
+	base := map[bool]float64{}
+	for i, row := range rows {
 		rs := results[i]
 		steady := medianOf(rs, func(r drainResult) float64 { return r.steady })
 		perCPU := medianOf(rs, func(r drainResult) float64 { return r.perCPU })
-		if i == 0 {
-			base = steady
+		if row.workers == 1 {
+			base[row.pin] = steady
 		}
 		var each []string
 		for _, r := range rs {
 			each = append(each, fmt.Sprintf("%.0f/s (%.0f%% CPU, %d lost)", r.steady, r.cpuShare, r.lost))
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%.0f packets/s\t%.0f packets/s\t%.2f×\t%s\t\n", w, rs[0].queued, steady, perCPU, steady/max(base, 1), strings.Join(each, ", "))
+		fmt.Fprintf(tw, "%d\t%v\t%d\t%.0f packets/s\t%.0f packets/s\t%.2f×\t%s\t\n", row.workers, row.pin, rs[0].queued, steady, perCPU, steady/max(base[row.pin], 1), strings.Join(each, ", "))
 	}
 	tw.Flush()
 	fmt.Printf("\n%s\nrun took %v\n", environment(opt, load0, load1), time.Since(start).Round(time.Second))
