@@ -373,7 +373,7 @@ func listen(cfg Config) ([]*udp.Conn, error) {
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}
-		if err := conns[0].SteerByPayload(sessionWord, n); err != nil {
+		if err := steer(conns[0], sessionWord, n); err != nil {
 			log.Warn("workers not steered by session ID: the kernel spreads datagrams by address", "err", err)
 		} else {
 			log.Info("workers steered by session ID", "workers", n)
@@ -381,6 +381,10 @@ func listen(cfg Config) ([]*udp.Conn, error) {
 	}
 	return conns, nil
 }
+
+// steer attaches the steering program to the socket group; a test puts a
+// kernel that refuses it in its place.
+var steer = (*udp.Conn).SteerByPayload
 
 // sessionWord is where the low 32 bits of a datagram's session ID sit in its
 // UDP payload (the header's bytes 4..11, big-endian; see package wire). Router

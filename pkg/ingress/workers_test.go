@@ -1,12 +1,18 @@
 package ingress
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/raicnet/raic/pkg/udp"
+	"github.com/raicnet/raic/pkg/wire"
 )
 
 // TestPinWorkers runs an ingress of three workers with PinWorkers: each read
@@ -83,4 +89,49 @@ func threadsOnOneCPU(t *testing.T) map[int]int {
 		}
 	}
 	return out
+}
+
+// TestSteeringRefusedKeepsTheHash: where the kernel refuses the steering
+// program, the ingress says so and serves all the same, the kernel's
+// address hash spreading datagrams over the workers: a session opened
+// through the listen address is answered.
+func TestSteeringRefusedKeepsTheHash(t *testing.T) {
+	refuse := func(*udp.Conn, uint32, int) error { return errors.New("setsockopt SO_ATTACH_REUSEPORT_CBPF: operation not permitted") }
+	saved := steer
+	steer = refuse
+	t.Cleanup(func() { steer = saved })
+	var logged lockedLog
+	b := newBedWith(t, func(c *Config) {
+		c.Workers, c.SteerBySession = 2, true
+		c.Log = slog.New(slog.NewTextHandler(&logged, nil))
+	})
+	if !strings.Contains(logged.String(), "workers not steered by session ID") || !strings.Contains(logged.String(), "operation not permitted") {
+		t.Fatalf("the refusal is not logged with its error:\n%s", logged.String())
+	}
+	go b.in.Run()
+	snd := routerSender(t, b.key, "gamer")
+	if _, err := b.router.WriteToUDPAddrPort(sealData(t, snd, []byte("first")), b.in.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if typ := b.answer(t); typ != wire.TypeAck {
+		t.Fatalf("answer %v, want an ack", typ)
+	}
+}
+
+// lockedLog is a log sink the read loops and the test may share.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
