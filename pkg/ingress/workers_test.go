@@ -96,7 +96,9 @@ func threadsOnOneCPU(t *testing.T) map[int]int {
 // address hash spreading datagrams over the workers: a session opened
 // through the listen address is answered.
 func TestSteeringRefusedKeepsTheHash(t *testing.T) {
-	refuse := func(*udp.Conn, uint32, int) error { return errors.New("setsockopt SO_ATTACH_REUSEPORT_CBPF: operation not permitted") }
+	refuse := func(*udp.Conn, uint32, int) error {
+		return errors.New("setsockopt SO_ATTACH_REUSEPORT_CBPF: operation not permitted")
+	}
 	saved := steer
 	steer = refuse
 	t.Cleanup(func() { steer = saved })
