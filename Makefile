@@ -111,6 +111,8 @@ bench:
 	$(GO) test -run '^$$' -bench HandleDeliverParallel -benchtime 300ms -cpu 1,2 ./pkg/ingress | tee -a docs/bench-micro.txt
 	$(GO) run ./integration/cmd/rttbench
 	$(GO) run ./integration/cmd/capbench -scale
+	# 1 and 2 workers draining queues filled while the proxy was stopped: scaling over 2 cores
+	$(GO) run ./integration/cmd/capbench -drain
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./integration/cmd/demo -schemes && $(GO) run ./integration/cmd/suppressbench; \
 	else echo "bench: testbed tables skipped (they need root for network namespaces)"; fi

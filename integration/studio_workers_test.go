@@ -23,6 +23,10 @@ import (
 // server must answer every packet; and some forwards must leave segmented.
 // Its receive_buffer_kb must reach the listening sockets (as root; otherwise
 // the proxy must say the kernel capped it), and pin_workers its read loops.
+//
+// With steer_sessions = false and udp_segmentation = false the proxy must
+// not steer (nor say it does), must send no forward segmented, and must
+// still answer every packet.
 func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the programs; skipped with -short")
@@ -30,7 +34,18 @@ func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	proxyBin := buildCommand(t, "proxy/cmd/raic-proxy")
 	routerBin := buildCommand(t, "router/cmd/raic-router")
 	ppBin := buildCommand(t, "integration/cmd/ppserver")
+	t.Run("defaults", func(t *testing.T) { studioWorkersRun(t, proxyBin, routerBin, ppBin, true) })
+	t.Run("steering and segmentation off", func(t *testing.T) { studioWorkersRun(t, proxyBin, routerBin, ppBin, false) })
+}
+
+// studioWorkersRun is one run of TestStudioProxyWorkersSteerAndSegment, with
+// steer_sessions and udp_segmentation at their defaults (on) or false.
+func studioWorkersRun(t *testing.T, proxyBin, routerBin, ppBin string, on bool) {
 	dir := t.TempDir()
+	keys := ""
+	if !on {
+		keys = "steer_sessions = false\nudp_segmentation = false\n"
+	}
 
 	server := startPPServer(t, ppBin, "spp")
 
@@ -43,7 +58,7 @@ metrics = "%s"
 workers = 2
 pin_workers = true
 receive_buffer_kb = 3072
-[[client]]
+%s[[client]]
 id = "gamer"
 key = "%s"
 allow = ["%s"]
@@ -53,7 +68,7 @@ burst = 10000
 match = "%s"
 client_addr_header = "spp"
 upstream = "shared"
-`, proxyPort, metrics, key, server, server)), 0o600)
+`, proxyPort, metrics, keys, key, server, server)), 0o600)
 	proxy := exec.Command(proxyBin, "-config", proxyFile)
 	var proxyLog lockedBuffer
 	proxy.Stderr = &proxyLog
@@ -62,8 +77,8 @@ upstream = "shared"
 	}
 	t.Cleanup(func() { proxy.Process.Kill(); proxy.Wait() })
 	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return httpStatus("http://"+metrics+"/metrics") == 200 })
-	if !strings.Contains(proxyLog.logText(), "workers steered by session ID") {
-		t.Fatalf("the proxy does not say it steers its workers:\n%s", proxyLog.logText())
+	if steered := strings.Contains(proxyLog.logText(), "workers steered by session ID"); steered != on {
+		t.Fatalf("steer_sessions %v, and the proxy says it steers its workers: %v\n%s", on, steered, proxyLog.logText())
 	}
 	if !strings.Contains(proxyLog.logText(), "worker read loops pinned, each to a CPU") {
 		t.Fatalf("pin_workers = true, and the proxy does not say it pinned its workers:\n%s", proxyLog.logText())
@@ -142,12 +157,15 @@ server = "%s"
 	// and reports, which name the session too. A few datagrams of no session
 	// (probes) may go to either worker; without steering, a whole uplink's
 	// share (200) does.
-	if hi, lo := max(d0, d1), min(d0, d1); hi < 4*bursts*per || lo > 20 {
+	if hi, lo := max(d0, d1), min(d0, d1); on && (hi < 4*bursts*per || lo > 20) {
 		t.Fatalf("the workers read %v and %v datagrams of the session: want all (≥ %d) on one", d0, d1, 4*bursts*per)
 	}
 	seg := metricValue(metrics, "proxy_shared_upstream_segmented_total")
-	if seg <= 0 {
+	if on && seg <= 0 {
 		t.Fatalf("no forward left segmented (proxy_shared_upstream_segmented_total %v)", seg)
+	}
+	if !on && seg != 0 {
+		t.Fatalf("udp_segmentation = false, and %v forwards left segmented", seg)
 	}
 	t.Logf("workers read %v and %v; %v forwards segmented", d0, d1, seg)
 }

@@ -77,27 +77,110 @@ func runDrain(ctx context.Context, opt *options) error {
 			results[i] = append(results[i], f.drains...)
 		}
 	}
-	load1 := hostinfo.LoadAvg()
+	env := environment(opt, load0, hostinfo.LoadAvg())
+	table := drainTable(rows, results)
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "workers\tpin_workers\tqueued a phase\tdrain rate (10%%–90%%), median\tper proxy CPU-second, median\t× of 1 worker alike (rate)\tphases\t\n")
-	base := map[bool]float64{}
+	for _, r := range table {
+		fmt.Fprintln(tw, strings.Join(r, "\t")+"\t")
+	}
+	tw.Flush()
+	fmt.Printf("\n%s\nrun took %v\n", env, time.Since(start).Round(time.Second))
+	if opt.out == "" {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("# Proxy scaling over two cores: the drain test\n\n")
+	fmt.Fprintf(&b, "Written by `go run ./integration/cmd/capbench -drain` (`make bench`). On a host of two CPUs a generator beside the proxy "+
+		"takes part of the second, so here it works while the proxy is stopped (SIGSTOP): it queues %d pre-sealed datagrams a worker "+
+		"(100-byte game packets of 1,000 sessions, steered to the workers by session ID) in the proxy's listening sockets "+
+		"(receive_buffer_kb = %d), the sink stops reading (its socket overflows, the kernel dropping there alike for every row), "+
+		"and after SIGCONT the proxy drains the queues with nothing else running. \"Drain rate\" is the proxy's forwarded counter "+
+		"from 10%% to 90%% of the queued datagrams (sampled every 50 ms, interpolated), \"per proxy CPU-second\" the forwarded "+
+		"count over the proxy's CPU time for the whole drain. Each row is %d rounds (the rows in turn, a proxy process each) of %d "+
+		"phases; medians. The figures are above the timed phases' of docs/bench-scale.md, where the sink reads every datagram "+
+		"(that receive is charged to the proxy's CPU on loopback); the ratios are what this table is for.\n\n",
+		drainPerWorker, drainBufferKB, opt.runs, opt.repeat)
+	for i, r := range table {
+		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
+		if i == 0 {
+			b.WriteString("|" + strings.Repeat(" --- |", len(r)) + "\n")
+		}
+	}
+	fmt.Fprintf(&b, "\nTarget (issue #14): near-linear to 2 cores, taken as two workers at ≥ %.1f× one worker's rate.\n\nMachine: %s.\n", nearLinear, env)
+	if err := os.WriteFile(opt.out, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Println("wrote", opt.out)
+	return nil
+}
+
+// nearLinear is the least ratio of two workers' drain rate to one's that
+// the table calls near-linear (90% of linear).
+const nearLinear = 1.8
+
+// drainTable is the drain test's rows: a header, then one per drainRow.
+func drainTable(rows []drainRow, results [][]drainResult) [][]string {
+	out := [][]string{{"workers", "pin_workers", "queued a phase", "drain rate (10%–90%)", "per proxy CPU-second", "× one worker alike (rate)", "× per CPU-second", "phases: rate (proxy CPU, lost)", "target"}}
+	base, baseCPU := map[bool]float64{}, map[bool]float64{}
 	for i, row := range rows {
 		rs := results[i]
+		if len(rs) == 0 {
+			continue
+		}
 		steady := medianOf(rs, func(r drainResult) float64 { return r.steady })
 		perCPU := medianOf(rs, func(r drainResult) float64 { return r.perCPU })
 		if row.workers == 1 {
-			base[row.pin] = steady
+			base[row.pin], baseCPU[row.pin] = steady, perCPU
 		}
 		var each []string
 		for _, r := range rs {
-			each = append(each, fmt.Sprintf("%.0f/s (%.0f%% CPU, %d lost)", r.steady, r.cpuShare, r.lost))
+			each = append(each, fmt.Sprintf("%.0f/s (%.0f%%, %d)", r.steady, r.cpuShare, r.lost))
 		}
-		fmt.Fprintf(tw, "%d\t%v\t%d\t%.0f packets/s\t%.0f packets/s\t%.2f×\t%s\t\n", row.workers, row.pin, rs[0].queued, steady, perCPU, steady/max(base[row.pin], 1), strings.Join(each, ", "))
+		ratio := steady / max(base[row.pin], 1)
+		verdict := ""
+		if row.workers == 2 {
+			verdict = fmt.Sprintf("near-linear (≥ %.1f×): ", nearLinear)
+			if ratio >= nearLinear {
+				verdict += "met"
+			} else {
+				verdict += "MISSED"
+			}
+		}
+		out = append(out, []string{fmt.Sprint(row.workers), fmt.Sprint(row.pin), fmt.Sprint(rs[0].queued),
+			fmt.Sprintf("%.0f packets/s", steady), fmt.Sprintf("%.0f packets/s", perCPU),
+			fmt.Sprintf("%.2f×", ratio), fmt.Sprintf("%.2f×", perCPU/max(baseCPU[row.pin], 1)), strings.Join(each, ", "), verdict})
 	}
-	tw.Flush()
-	fmt.Printf("\n%s\nrun took %v\n", environment(opt, load0, load1), time.Since(start).Round(time.Second))
-	return nil
+	return out
+}
+
+// drainSample is the proxy's forwarded count at a time into the drain.
+type drainSample struct {
+	at  time.Duration
+	fwd float64
+}
+
+// steadyRate is the forwarded rate while the count went from 10% to 90% of
+// queued, the crossing times interpolated between the samples around them.
+func steadyRate(samples []drainSample, queued uint64) (float64, error) {
+	end := samples[len(samples)-1]
+	lo, hi := 0.1*float64(queued), 0.9*float64(queued)
+	if end.fwd < hi {
+		return 0, fmt.Errorf("the proxy forwarded %.0f of the %d queued datagrams and stopped", end.fwd, queued)
+	}
+	cross := func(x float64) time.Duration {
+		for i := 1; i < len(samples); i++ {
+			a, b := samples[i-1], samples[i]
+			if b.fwd >= x {
+				if b.fwd == a.fwd {
+					return b.at
+				}
+				return a.at + time.Duration(float64(b.at-a.at)*(x-a.fwd)/(b.fwd-a.fwd))
+			}
+		}
+		return end.at
+	}
+	return (hi - lo) / max((cross(hi)-cross(lo)).Seconds(), 1e-6), nil
 }
 
 // medianOf is the median of v over rs.
@@ -160,11 +243,7 @@ func drainPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p
 	// Samples of the forwarded counter, every 50 ms (a scrape costs the
 	// proxy and this process some CPU; fewer disturb the drain less), until
 	// it reaches the queued count or stops moving for 300 ms.
-	type sample struct {
-		at  time.Duration
-		fwd float64
-	}
-	samples := []sample{{0, 0}}
+	samples := []drainSample{{0, 0}}
 	last, still := 0.0, time.Duration(0)
 	for {
 		time.Sleep(50 * time.Millisecond)
@@ -172,7 +251,7 @@ func drainPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p
 		if err != nil {
 			return r, err
 		}
-		s := sample{time.Since(t0), m["proxy_forwarded_total"] - m0["proxy_forwarded_total"]}
+		s := drainSample{time.Since(t0), m["proxy_forwarded_total"] - m0["proxy_forwarded_total"]}
 		samples = append(samples, s)
 		if s.fwd >= float64(r.queued) {
 			break
@@ -199,24 +278,9 @@ func drainPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p
 	}
 	r.perCPU = end.fwd / max(cpu, 1e-6)
 	r.cpuShare = 100 * cpu / end.at.Seconds()
-	// The time the counter crossed x, between the samples around it.
-	cross := func(x float64) time.Duration {
-		for i := 1; i < len(samples); i++ {
-			a, b := samples[i-1], samples[i]
-			if b.fwd >= x {
-				if b.fwd == a.fwd {
-					return b.at
-				}
-				return a.at + time.Duration(float64(b.at-a.at)*(x-a.fwd)/(b.fwd-a.fwd))
-			}
-		}
-		return end.at
+	if r.steady, err = steadyRate(samples, r.queued); err != nil {
+		return r, err
 	}
-	lo, hi := 0.1*float64(r.queued), 0.9*float64(r.queued)
-	if end.fwd < hi {
-		return r, fmt.Errorf("the proxy forwarded %.0f of the %d queued datagrams and stopped", end.fwd, r.queued)
-	}
-	r.steady = (hi - lo) / max((cross(hi)-cross(lo)).Seconds(), 1e-6)
 	fmt.Printf("  drained %.0f in %v: %.0f packets/s from 10%% to 90%%, %.0f per proxy CPU-second (proxy %.0f%% of a core, capbench %.0f%%; CPUs busy %.0f%%)\n",
 		end.fwd, r.wall.Round(time.Millisecond), r.steady, r.perCPU, r.cpuShare, r.genShare, r.busy)
 	// Empty the sink's socket before the next phase.

@@ -165,7 +165,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.repeat, "repeat", 3, "timed phases per measurement, each with fresh datagrams on the same proxy and sessions; the median (by rate per proxy core) is reported with the spread (-quick: 1; -scale: 2, with -runs 3)")
 	fs.IntVar(&o.runs, "runs", 1, "proxy processes per measurement, each started anew with its sessions and -repeat timed phases; the median is over every phase (-scale: 3 for its timed rows)")
 	fs.IntVar(&o.sharedBig, "shared-sessions", bigSessions, "-scale: sessions of the largest shared-upstream row (fewer if memory is short)")
-	fs.BoolVar(&o.drain, "drain", false, "the drain test: 1 and 2 workers each drain queues filled while the proxy was stopped, so no generator shares their CPUs (drain.go)")
+	fs.BoolVar(&o.drain, "drain", false, "the drain test: 1 and 2 workers, pinned and not, each drain queues filled while the proxy was stopped, so no generator shares their CPUs (docs/bench-drain.md; -runs rounds of the rows, default 3, -repeat phases each, default 2)")
 	fs.BoolVar(&o.load, "load", false, "the load test: many routers at a game's packet rate, in steps (docs/bench-load.md)")
 	addLoadFlags(fs, &o.loadOpt)
 	if err := fs.Parse(args); err != nil {
@@ -177,6 +177,9 @@ func parseFlags(args []string) (*options, error) {
 	if o.load && !flagSet(fs, "out") {
 		o.out = "docs/bench-load.md"
 	}
+	if o.drain && !flagSet(fs, "out") {
+		o.out = "docs/bench-drain.md"
+	}
 	if o.quick {
 		o.packets, o.duration, o.floor = 400000, 2*time.Second, time.Second
 		if !flagSet(fs, "repeat") {
@@ -186,7 +189,7 @@ func parseFlags(args []string) (*options, error) {
 			o.out = "" // a smoke run does not replace the published table
 		}
 	}
-	if o.scale && !flagSet(fs, "runs") {
+	if (o.scale || o.drain) && !flagSet(fs, "runs") {
 		o.runs = 3
 		if !flagSet(fs, "repeat") {
 			o.repeat = 2
