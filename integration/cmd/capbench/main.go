@@ -622,7 +622,11 @@ func timedPhase(ctx context.Context, opt *options, gen *generator, sink *sink, p
 	steal0, gsteal0 := proxySteal(opt), hostinfo.StatSteal(genName)
 	t0 := time.Now()
 	var full int
+	unsent0 := gen.copiesUnsent
 	ph.sent, full = gen.blast(ctx, sink, opt.duration)
+	if u := gen.copiesUnsent - unsent0; u > 0 {
+		fmt.Printf("  %d second copies were not sent (a send error): those datagrams reached the proxy once\n", u)
+	}
 	// The datagrams still in flight are part of the measurement: wait for the sink
 	// to stop moving (at most 200 ms).
 	for last, i := sink.count.Load(), 0; i < 20; i++ {
@@ -890,6 +894,8 @@ type generator struct {
 	sess  []*genSession
 	byID  map[uint64]int
 	acks  chan int // index of each session acked for the first time
+
+	copiesUnsent uint64 // -copies 2: second copies a send error kept back (blast)
 
 	buf   []byte // pre-sealed datagrams, stride dgLen
 	dgLen int
@@ -1186,7 +1192,10 @@ func (g *generator) blast(ctx context.Context, s *sink, d time.Duration) (uint64
 			// The same datagrams from the next source too, as a router with
 			// two uplinks sends a copy on each: the proxy forwards the first
 			// and drops the other as a duplicate.
-			g.conns[(src+1)%len(g.conns)].WriteBatch(msgs[:min(n, nb)])
+			want := min(n, nb)
+			if got, _ := g.conns[(src+1)%len(g.conns)].WriteBatch(msgs[:want]); got < want {
+				g.copiesUnsent += uint64(want - got) // the rest of that batch's copies
+			}
 		}
 		k += n
 		sent += uint64(n)
