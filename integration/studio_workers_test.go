@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/wire"
 )
 
@@ -24,9 +25,10 @@ import (
 // Its receive_buffer_kb must reach the listening sockets (as root; otherwise
 // the proxy must say the kernel capped it), and pin_workers its read loops.
 //
-// With steer_sessions = false and udp_segmentation = false the proxy must
-// not steer (nor say it does), must send no forward segmented, and must
-// still answer every packet.
+// With steer_sessions, udp_segmentation and io_uring false the proxy must
+// not steer (nor say it does), must send no forward segmented, must say
+// its sessions' own sockets write per packet, and must still answer every
+// packet.
 func TestStudioProxyWorkersSteerAndSegment(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the programs; skipped with -short")
@@ -44,7 +46,7 @@ func studioWorkersRun(t *testing.T, proxyBin, routerBin, ppBin string, on bool) 
 	dir := t.TempDir()
 	keys := ""
 	if !on {
-		keys = "steer_sessions = false\nudp_segmentation = false\n"
+		keys = "steer_sessions = false\nudp_segmentation = false\nio_uring = false\n"
 	}
 
 	server := startPPServer(t, ppBin, "spp")
@@ -79,6 +81,19 @@ upstream = "shared"
 	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return httpStatus("http://"+metrics+"/metrics") == 200 })
 	if steered := strings.Contains(proxyLog.logText(), "workers steered by session ID"); steered != on {
 		t.Fatalf("steer_sessions %v, and the proxy says it steers its workers: %v\n%s", on, steered, proxyLog.logText())
+	}
+	// The sessions' own sockets (a fallback here, where the shared upstream
+	// has room) forward by io_uring unless io_uring = false, or the kernel
+	// has none.
+	ring, ringErr := udp.NewSendRing(1)
+	if ringErr == nil {
+		ring.Close()
+	}
+	if want := "session_forwards=write"; !on && !strings.Contains(proxyLog.logText(), want) {
+		t.Fatalf("io_uring = false, and the proxy does not say %s:\n%s", want, proxyLog.logText())
+	}
+	if want := "session_forwards=io_uring"; on && ringErr == nil && !strings.Contains(proxyLog.logText(), want) {
+		t.Fatalf("io_uring on a kernel that has it, and the proxy does not say %s:\n%s", want, proxyLog.logText())
 	}
 	if !strings.Contains(proxyLog.logText(), "worker read loops pinned, each to a CPU") {
 		t.Fatalf("pin_workers = true, and the proxy does not say it pinned its workers:\n%s", proxyLog.logText())

@@ -70,6 +70,16 @@ func (s *Server) newForwardBatches() {
 	}
 }
 
+// forwardMode says how forwards on the sessions' own sockets leave, for the
+// start-up log: "io_uring" (a submission per read batch) or "write" (a
+// write per packet: io_uring = false, or none in the kernel).
+func (s *Server) forwardMode() string {
+	if len(s.batches) > 0 {
+		return "io_uring"
+	}
+	return "write"
+}
+
 func (s *Server) closeForwardBatches() {
 	for _, b := range s.batches {
 		b.ring.Close()

@@ -200,7 +200,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("proxy serving", "listen", s.Addr().String(), "clients", s.in.Clients(),
 		"tokens", s.cfg.tokenKey != nil, "max_sessions", s.cfg.MaxSessions, "workers", s.in.Workers(),
-		"receive_buffer_kb", s.in.ReceiveBuffer()>>10)
+		"receive_buffer_kb", s.in.ReceiveBuffer()>>10, "session_forwards", s.forwardMode())
 	if err := s.startTCP(ctx); err != nil {
 		return fmt.Errorf("tcp_listen: %w", err)
 	}

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/raicnet/raic/integration/internal/hostinfo"
@@ -80,11 +79,7 @@ func runDrain(ctx context.Context, opt *options) error {
 	env := environment(opt, load0, hostinfo.LoadAvg())
 	table := drainTable(rows, results)
 	fmt.Println()
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	for _, r := range table {
-		fmt.Fprintln(tw, strings.Join(r, "\t")+"\t")
-	}
-	tw.Flush()
+	printRows(table)
 	fmt.Printf("\n%s\nrun took %v\n", env, time.Since(start).Round(time.Second))
 	if opt.out == "" {
 		return nil
@@ -101,12 +96,7 @@ func runDrain(ctx context.Context, opt *options) error {
 		"phases; medians. The figures are above the timed phases' of docs/bench-scale.md, where the sink reads every datagram "+
 		"(that receive is charged to the proxy's CPU on loopback); the ratios are what this table is for.\n\n",
 		drainPerWorker, drainBufferKB, opt.runs, opt.repeat)
-	for i, r := range table {
-		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
-		if i == 0 {
-			b.WriteString("|" + strings.Repeat(" --- |", len(r)) + "\n")
-		}
-	}
+	writeMarkdownRows(&b, table)
 	fmt.Fprintf(&b, "\nTarget (issue #14): near-linear to 2 cores, taken as two workers at ≥ %.1f× one worker's rate.\n\nMachine: %s.\n", nearLinear, env)
 	if err := os.WriteFile(opt.out, []byte(b.String()), 0o644); err != nil {
 		return err

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"text/tabwriter"
 	"time"
 
 	"github.com/raicnet/raic/integration/internal/hostinfo"
@@ -473,11 +472,7 @@ func runLoad(ctx context.Context, opt *options) error {
 	env := environment(opt, load0, hostinfo.LoadAvg())
 	rows := loadTable(res, opt)
 	fmt.Println()
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t")+"\t")
-	}
-	tw.Flush()
+	printRows(rows)
 	summary := loadSummary(res)
 	fmt.Printf("\n%s\n\n%s\nrun took %v\n", summary, env, time.Since(start).Round(time.Second))
 	if opt.out == "" {
@@ -493,12 +488,7 @@ func runLoad(ctx context.Context, opt *options) error {
 		"game packets from every router at the step's rate, sealed as they go, for %v. Loss is what the sink did not get of what "+
 		"was sent, server-bound.\n\n",
 		lo.routers, lo.clients, lo.sources, opt.workers, opt.workers, cpuList(opt.proxyCPU, opt.workers), opt.genCPU, opt.size, lo.step)
-	for i, r := range rows {
-		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
-		if i == 0 {
-			b.WriteString("|" + strings.Repeat(" --- |", len(r)) + "\n")
-		}
-	}
+	writeMarkdownRows(&b, rows)
 	fmt.Fprintf(&b, "\n%s\n\nMachine: %s. A shared 2-core development machine, with other work running.\n", summary, env)
 	if err := os.WriteFile(opt.out, []byte(b.String()), 0o644); err != nil {
 		return err

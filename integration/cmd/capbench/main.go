@@ -1403,3 +1403,24 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	})
 	return set
 }
+
+// printRows prints a table's rows (the first is the header) in aligned
+// columns.
+func printRows(rows [][]string) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t")+"\t")
+	}
+	tw.Flush()
+}
+
+// writeMarkdownRows writes a table's rows (the first is the header) as a
+// markdown table.
+func writeMarkdownRows(b *strings.Builder, rows [][]string) {
+	for i, r := range rows {
+		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
+		if i == 0 {
+			b.WriteString("|" + strings.Repeat(" --- |", len(r)) + "\n")
+		}
+	}
+}

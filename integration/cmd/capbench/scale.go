@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/raicnet/raic/integration/internal/hostinfo"
@@ -105,11 +104,7 @@ func runScale(ctx context.Context, opt *options) error {
 	env := environment(opt, load0, hostinfo.LoadAvg())
 	rows := scaleTable(runs)
 	fmt.Println()
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t")+"\t")
-	}
-	tw.Flush()
+	printRows(rows)
 	fmt.Printf("\n%s\nrun took %v\n", env, time.Since(start).Round(time.Second))
 	if opt.out == "" {
 		return nil
@@ -130,12 +125,7 @@ func runScale(ctx context.Context, opt *options) error {
 		"The shared-upstream rows give the sink the SPP header (upstream = \"shared\"): every session leaves on one socket per worker, " +
 		"each read batch's forwards in one sendmmsg, so no descriptor per session bounds them; the sink checks each header " +
 		"(datagrams without a valid one are in the dropped column).\n\n")
-	for i, r := range rows {
-		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
-		if i == 0 {
-			b.WriteString("|" + strings.Repeat(" --- |", len(r)) + "\n")
-		}
-	}
+	writeMarkdownRows(&b, rows)
 	b.WriteString("\nTargets (issue #14): ≥ 200,000 packets/s forwarded per core with 1,000 sessions; near-linear to 2 cores; " +
 		"≤ 20 MB RSS at 1,000 sessions and ≤ 200 MB at 100,000.\n")
 	fmt.Fprintf(&b, "\nMachine: %s. A shared 2-core development machine: other work ran during the runs (the noise column), "+
