@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/integration/netns"
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/mono"
 )
 
@@ -27,9 +28,9 @@ const routerMetricsPort = 9100
 
 // peerRouterProcess is one side's raic-router running in its namespace.
 type peerRouterProcess struct {
-	side         int
-	host         *netns.Host
-	lockedBuffer // its log
+	side              int
+	host              *netns.Host
+	testkit.LogBuffer // its log
 }
 
 func (r *peerRouterProcess) metrics(t *testing.T) map[string]float64 {
@@ -75,11 +76,11 @@ func startPeerRouter(t *testing.T, bin string, p *netns.Peers, s int, config str
 		cancel()
 		cmd.Wait()
 		if t.Failed() {
-			t.Logf("raic-router %s log:\n%s", peerIDs[s], tail(r.logText(), 40))
+			t.Logf("raic-router %s log:\n%s", peerIDs[s], tail(r.String(), 40))
 		}
 	})
 	waitFor(t, 5*time.Second, "raic-router "+peerIDs[s]+" to start its peer", func() bool {
-		return strings.Contains(r.logText(), "peer ready")
+		return strings.Contains(r.String(), "peer ready")
 	})
 	return r
 }
@@ -349,8 +350,8 @@ func TestPeerRoutersRelayWhenPunchingBlocked(t *testing.T) {
 	rs[1] = startPeerRouter(t, bin, p, 1, peerRouterConfig(1, 2, keys,
 		fmt.Sprintf("\n[[peer.service]]\nname = \"echo\"\ntarget = \"%s:%d\"\n", netns.PeerLANAddr(1), echoPort)))
 	waitFor(t, 20*time.Second, "both routers to say the rendezvous relays", func() bool {
-		return strings.Contains(rs[0].logText(), "the rendezvous relays this call") &&
-			strings.Contains(rs[1].logText(), "the rendezvous relays this call")
+		return strings.Contains(rs[0].String(), "the rendezvous relays this call") &&
+			strings.Contains(rs[1].String(), "the rendezvous relays this call")
 	})
 	var c *net.UDPConn
 	if err := p.LAN[0].Do(func() (err error) {
@@ -387,7 +388,7 @@ func TestPeerRoutersRelayWhenPunchingBlocked(t *testing.T) {
 	if mr["raic_rendezvous_relayed_total"] < 2*n || mr["raic_rendezvous_relay_pairs"] != 1 {
 		t.Fatalf("rendezvous metrics %v: want ≥ %d relayed and 1 relay pair", mr, 2*n)
 	}
-	if !strings.Contains(rv.logText(), "relay on") {
-		t.Fatalf("the rendezvous did not log the relay:\n%s", rv.logText())
+	if !strings.Contains(rv.String(), "relay on") {
+		t.Fatalf("the rendezvous did not log the relay:\n%s", rv.String())
 	}
 }

@@ -174,7 +174,7 @@ func TestPeerSitesVoIPCall(t *testing.T) {
 	for s := 0; s < 2; s++ {
 		rs[s] = startPeerRouter(t, bin, p, s, siteRouterConfig(s, keys))
 		waitFor(t, 10*time.Second, "raic-router "+peerIDs[s]+" to set up transparent mode", func() bool {
-			return strings.Contains(rs[s].logText(), "transparent mode ready")
+			return strings.Contains(rs[s].String(), "transparent mode ready")
 		})
 	}
 	waitPathsUp(t, rs, 4, 15*time.Second)

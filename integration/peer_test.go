@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/raicnet/raic/integration/netns"
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/peer"
 	"github.com/raicnet/raic/pkg/rendezvous"
@@ -54,8 +55,8 @@ func newPeerKeys(t *testing.T) peerKeys {
 
 // rvProcess is raic-rendezvous running in the rendezvous host.
 type rvProcess struct {
-	host         *netns.Host
-	lockedBuffer // its log
+	host              *netns.Host
+	testkit.LogBuffer // its log
 }
 
 // startRendezvousProcess builds and runs raic-rendezvous for alice and bob.
@@ -78,7 +79,7 @@ func startRendezvousProcess(t *testing.T, p *netns.Peers, keys peerKeys) *rvProc
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); cmd.Wait() })
-	waitFor(t, 5*time.Second, "raic-rendezvous to listen", func() bool { return strings.Contains(rv.logText(), "rendezvous listening") })
+	waitFor(t, 5*time.Second, "raic-rendezvous to listen", func() bool { return strings.Contains(rv.String(), "rendezvous listening") })
 	return rv
 }
 
@@ -311,7 +312,7 @@ func TestPeerPunchThroughNAT(t *testing.T) {
 			for pathsAnswering(a.link) < 4 || pathsAnswering(b.link) < 4 {
 				if time.Now().After(deadline) {
 					t.Fatalf("paths not punched within 10 s\nA:\n%sB:\n%srendezvous log:\n%s",
-						peerPathReport(a.link), peerPathReport(b.link), rv.logText())
+						peerPathReport(a.link), peerPathReport(b.link), rv.String())
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
@@ -346,7 +347,7 @@ func TestPeerRelayWhenPunchingBlocked(t *testing.T) {
 	for !a.link.RelayActive(mono.Now()) || !b.link.RelayActive(mono.Now()) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no relay within 15 s\nA:\n%sB:\n%srendezvous log:\n%s",
-				peerPathReport(a.link), peerPathReport(b.link), rv.logText())
+				peerPathReport(a.link), peerPathReport(b.link), rv.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -360,8 +361,8 @@ func TestPeerRelayWhenPunchingBlocked(t *testing.T) {
 	if m["raic_rendezvous_relayed_total"] < 400 || m["raic_rendezvous_relay_pairs"] != 1 {
 		t.Fatalf("rendezvous metrics %v: want ≥ 400 relayed and 1 relay pair", m)
 	}
-	if !strings.Contains(rv.logText(), "relay on") {
-		t.Fatalf("the rendezvous did not log the relay:\n%s", rv.logText())
+	if !strings.Contains(rv.String(), "relay on") {
+		t.Fatalf("the rendezvous did not log the relay:\n%s", rv.String())
 	}
 	for s, l := range []*nsPeer{a, b} {
 		c := l.link.Counters()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/wire"
 )
@@ -72,15 +73,15 @@ client_addr_header = "spp"
 upstream = "shared"
 `, proxyPort, metrics, keys, key, server, server)), 0o600)
 	proxy := exec.Command(proxyBin, "-config", proxyFile)
-	var proxyLog lockedBuffer
+	var proxyLog testkit.LogBuffer
 	proxy.Stderr = &proxyLog
 	if err := proxy.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { proxy.Process.Kill(); proxy.Wait() })
 	waitFor(t, 5*time.Second, "the proxy's metrics", func() bool { return httpStatus("http://"+metrics+"/metrics") == 200 })
-	if steered := strings.Contains(proxyLog.logText(), "workers steered by session ID"); steered != on {
-		t.Fatalf("steer_sessions %v, and the proxy says it steers its workers: %v\n%s", on, steered, proxyLog.logText())
+	if steered := strings.Contains(proxyLog.String(), "workers steered by session ID"); steered != on {
+		t.Fatalf("steer_sessions %v, and the proxy says it steers its workers: %v\n%s", on, steered, proxyLog.String())
 	}
 	// The sessions' own sockets (a fallback here, where the shared upstream
 	// has room) forward by io_uring unless io_uring = false, or the kernel
@@ -89,20 +90,20 @@ upstream = "shared"
 	if ringErr == nil {
 		ring.Close()
 	}
-	if want := "session_forwards=write"; !on && !strings.Contains(proxyLog.logText(), want) {
-		t.Fatalf("io_uring = false, and the proxy does not say %s:\n%s", want, proxyLog.logText())
+	if want := "session_forwards=write"; !on && !strings.Contains(proxyLog.String(), want) {
+		t.Fatalf("io_uring = false, and the proxy does not say %s:\n%s", want, proxyLog.String())
 	}
-	if want := "session_forwards=io_uring"; on && ringErr == nil && !strings.Contains(proxyLog.logText(), want) {
-		t.Fatalf("io_uring on a kernel that has it, and the proxy does not say %s:\n%s", want, proxyLog.logText())
+	if want := "session_forwards=io_uring"; on && ringErr == nil && !strings.Contains(proxyLog.String(), want) {
+		t.Fatalf("io_uring on a kernel that has it, and the proxy does not say %s:\n%s", want, proxyLog.String())
 	}
-	if !strings.Contains(proxyLog.logText(), "worker read loops pinned, each to a CPU") {
-		t.Fatalf("pin_workers = true, and the proxy does not say it pinned its workers:\n%s", proxyLog.logText())
+	if !strings.Contains(proxyLog.String(), "worker read loops pinned, each to a CPU") {
+		t.Fatalf("pin_workers = true, and the proxy does not say it pinned its workers:\n%s", proxyLog.String())
 	}
-	if os.Geteuid() == 0 && !strings.Contains(proxyLog.logText(), "receive_buffer_kb=3072") {
-		t.Fatalf("as root, the proxy does not serve with the 3,072 KiB receive buffer asked for:\n%s", proxyLog.logText())
+	if os.Geteuid() == 0 && !strings.Contains(proxyLog.String(), "receive_buffer_kb=3072") {
+		t.Fatalf("as root, the proxy does not serve with the 3,072 KiB receive buffer asked for:\n%s", proxyLog.String())
 	}
-	if os.Geteuid() != 0 && !strings.Contains(proxyLog.logText(), "smaller receive buffer than asked") {
-		t.Fatalf("not root, and the proxy does not say the kernel capped its receive buffer:\n%s", proxyLog.logText())
+	if os.Geteuid() != 0 && !strings.Contains(proxyLog.String(), "smaller receive buffer than asked") {
+		t.Fatalf("not root, and the proxy does not say the kernel capped its receive buffer:\n%s", proxyLog.String())
 	}
 
 	fwd := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))

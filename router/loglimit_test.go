@@ -1,37 +1,17 @@
 package router
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"regexp"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/wire"
 )
-
-// lockedBuffer is a log destination several goroutines may write.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
 
 // TestFlowLogLinesAreBounded: a flood of new flows into a full session table
 // (every one a "session started" and an eviction) writes a bounded number of
@@ -53,7 +33,7 @@ server = "%s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
+	var logs testkit.LogBuffer
 	r, err := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +54,7 @@ server = "%s"
 	if got := r.m.sessionsEvicted.Load(); got < flows-15 {
 		t.Fatalf("%d sessions evicted, want at least %d", got, flows-16)
 	}
-	lines := logs.count("session started") + logs.count("session evicted")
+	lines := logs.Count("session started") + logs.Count("session evicted")
 	limit := 50 + int(10*elapsed) + 1
 	if lines > limit {
 		t.Errorf("%d flow log lines for %d new flows in %.2fs, want at most %d", lines, flows, elapsed, limit)
@@ -82,10 +62,7 @@ server = "%s"
 	if lines == 0 {
 		t.Errorf("no flow log line at all")
 	}
-	logs.mu.Lock()
-	held := regexp.MustCompile(`lines_suppressed=[1-9]`).MatchString(logs.b.String())
-	logs.mu.Unlock()
-	if !held {
+	if held := regexp.MustCompile(`lines_suppressed=[1-9]`).MatchString(logs.String()); !held {
 		t.Errorf("no line reports the ones held back")
 	}
 }

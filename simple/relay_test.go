@@ -1,7 +1,6 @@
 package simple
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,32 +10,14 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/wire"
 )
-
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // fakeProxy is a UDP socket standing in for the latency-oriented proxy. It
 // records every datagram with the address it came from.
@@ -134,10 +115,10 @@ func testConfig(t testing.TB, upstream netip.AddrPort, extra string) *Config {
 }
 
 // startRelay builds a relay and runs it until the test ends.
-func startRelay(t *testing.T, cfg *Config, logs *syncBuffer) *Relay {
+func startRelay(t *testing.T, cfg *Config, logs *testkit.LogBuffer) *Relay {
 	t.Helper()
 	if logs == nil {
-		logs = &syncBuffer{}
+		logs = &testkit.LogBuffer{}
 	}
 	log, err := logging.New(logs, "raic-simple", "debug")
 	if err != nil {
@@ -330,7 +311,7 @@ func TestMalformedDropped(t *testing.T) {
 // is reported in the log.
 func TestRateLimitDropsBeyondBurst(t *testing.T) {
 	px := newFakeProxy(t, nil)
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	r := startRelay(t, testConfig(t, px.addr(), "rate_pps = 1\nburst = 5\n"), logs)
 
 	a, b := newClient(t), newClient(t)
@@ -399,7 +380,7 @@ func TestRateLimitRefill(t *testing.T) {
 
 func TestIdleMappingsExpire(t *testing.T) {
 	px := newFakeProxy(t, func(d []byte) []byte { return d })
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	r := startRelay(t, testConfig(t, px.addr(), `mapping_idle = "150ms"`), logs)
 	c := newClient(t)
 	send(t, c, r.Addr(0), datagram("1"))
@@ -447,7 +428,7 @@ func TestIdleMappingsExpire(t *testing.T) {
 
 func TestMaxMappingsEviction(t *testing.T) {
 	px := newFakeProxy(t, func(d []byte) []byte { return d })
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	r := startRelay(t, testConfig(t, px.addr(), "max_mappings = 2"), logs)
 	c1, c2, c3 := newClient(t), newClient(t), newClient(t)
 	var ups []netip.AddrPort
@@ -536,7 +517,7 @@ func TestRandomDatagramsNeverPanic(t *testing.T) {
 // handlers directly.
 func newBareRelay(t testing.TB, cfg *Config) *Relay {
 	t.Helper()
-	log, _ := logging.New(&syncBuffer{}, "raic-simple", "error")
+	log, _ := logging.New(&testkit.LogBuffer{}, "raic-simple", "error")
 	r, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -192,3 +193,27 @@ func (s *CountingSink) WaitFor(t testing.TB, n int64) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// LogBuffer collects log output (an io.Writer) that goroutines or a
+// program's stderr write while the test reads it.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+// String is everything written so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+// Count is how many times s was written so far.
+func (l *LogBuffer) Count(s string) int { return strings.Count(l.String(), s) }

@@ -7,10 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/raicnet/raic/integration/testkit"
 	"github.com/raicnet/raic/pkg/udp"
 	"github.com/raicnet/raic/pkg/wire"
 )
@@ -102,7 +102,7 @@ func TestSteeringRefusedKeepsTheHash(t *testing.T) {
 	saved := steer
 	steer = refuse
 	t.Cleanup(func() { steer = saved })
-	var logged lockedLog
+	var logged testkit.LogBuffer
 	b := newBedWith(t, func(c *Config) {
 		c.Workers, c.SteerBySession = 2, true
 		c.Log = slog.New(slog.NewTextHandler(&logged, nil))
@@ -118,22 +118,4 @@ func TestSteeringRefusedKeepsTheHash(t *testing.T) {
 	if typ := b.answer(t); typ != wire.TypeAck {
 		t.Fatalf("answer %v, want an ack", typ)
 	}
-}
-
-// lockedLog is a log sink the read loops and the test may share.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

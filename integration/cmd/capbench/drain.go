@@ -98,11 +98,7 @@ func runDrain(ctx context.Context, opt *options) error {
 		drainPerWorker, drainBufferKB, opt.runs, opt.repeat)
 	writeMarkdownRows(&b, table)
 	fmt.Fprintf(&b, "\nTarget (issue #14): near-linear to 2 cores, taken as two workers at ≥ %.1f× one worker's rate.\n\nMachine: %s.\n", nearLinear, env)
-	if err := os.WriteFile(opt.out, []byte(b.String()), 0o644); err != nil {
-		return err
-	}
-	fmt.Println("wrote", opt.out)
-	return nil
+	return writeResults(opt.out, &b)
 }
 
 // nearLinear is the least ratio of two workers' drain rate to one's that

@@ -490,11 +490,7 @@ func runLoad(ctx context.Context, opt *options) error {
 		lo.routers, lo.clients, lo.sources, opt.workers, opt.workers, cpuList(opt.proxyCPU, opt.workers), opt.genCPU, opt.size, lo.step)
 	writeMarkdownRows(&b, rows)
 	fmt.Fprintf(&b, "\n%s\n\nMachine: %s. A shared 2-core development machine, with other work running.\n", summary, env)
-	if err := os.WriteFile(opt.out, []byte(b.String()), 0o644); err != nil {
-		return err
-	}
-	fmt.Println("wrote", opt.out)
-	return nil
+	return writeResults(opt.out, &b)
 }
 
 func loadSummary(res *loadResult) string {

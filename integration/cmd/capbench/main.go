@@ -1424,3 +1424,12 @@ func writeMarkdownRows(b *strings.Builder, rows [][]string) {
 		}
 	}
 }
+
+// writeResults writes a finished results file and says so.
+func writeResults(path string, b *strings.Builder) error {
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Println("wrote", path)
+	return nil
+}

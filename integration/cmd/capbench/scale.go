@@ -130,11 +130,7 @@ func runScale(ctx context.Context, opt *options) error {
 		"≤ 20 MB RSS at 1,000 sessions and ≤ 200 MB at 100,000.\n")
 	fmt.Fprintf(&b, "\nMachine: %s. A shared 2-core development machine: other work ran during the runs (the noise column), "+
 		"so rates are lower bounds of what the proxy does on a quiet host.\n", env)
-	if err := os.WriteFile(opt.out, []byte(b.String()), 0o644); err != nil {
-		return err
-	}
-	fmt.Println("wrote", opt.out)
-	return nil
+	return writeResults(opt.out, &b)
 }
 
 func scaleTable(runs []*scaleRun) [][]string {
