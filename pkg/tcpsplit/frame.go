@@ -51,7 +51,7 @@ func NewStats(reg *metrics.Registry, prefix string) *Stats {
 		WireBytes:     reg.Counter(prefix+"_compress_wire_bytes_total", "the same bytes as sent on the aggregated connection"),
 		SavedPermille: reg.Gauge(prefix+"_compress_saved_permille", "share of bytes compression saved, in 1/1000"),
 		Flows:         reg.Counter(prefix+"_flows_total", "TCP flows carried"),
-		Refused:       reg.Counter(prefix+"_flows_refused_total", "TCP flows refused (target not allowed, dial failed, no connection)"),
+		Refused:       reg.Counter(prefix+"_flows_refused_total", "TCP flows refused (target not allowed, dial failed, no connection, flow table or the client's share of it full)"),
 		Active:        reg.Gauge(prefix+"_flows_active", "TCP flows open now"),
 	}
 }

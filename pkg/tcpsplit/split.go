@@ -181,15 +181,25 @@ type Server struct {
 	Log     *slog.Logger
 	// DialTimeout bounds connecting to a server (default 5 s).
 	DialTimeout time.Duration
+	// MaxFlowsPerClient bounds one client's live flows (default
+	// DefaultMaxFlowsPerClient), so that one router cannot take the whole
+	// flow table from the others.
+	MaxFlowsPerClient int
 
-	mu    sync.Mutex
-	flows map[flowKey]*proxyFlow
+	mu        sync.Mutex
+	flows     map[flowKey]*proxyFlow
+	perClient map[clientKey]int // live (not gone) flows of each client
+}
+
+// clientKey is whose flow it is.
+type clientKey struct {
+	client string
+	token  bool // a token's client ID is the minter's, apart from [[client]] IDs
 }
 
 type flowKey struct {
-	client string
-	token  bool // a token's client ID is the minter's, apart from [[client]] IDs
-	id     uint64
+	clientKey
+	id uint64
 }
 
 // proxyFlow is one flow at the proxy; it outlives its TCP connection for a
@@ -204,7 +214,18 @@ type proxyFlow struct {
 }
 
 // MaxFlows bounds the proxy's flow table; ended flows are forgotten first.
-const MaxFlows = 65536
+// DefaultMaxFlowsPerClient is a client's share of it unless
+// Server.MaxFlowsPerClient says otherwise.
+const (
+	MaxFlows                 = 65536
+	DefaultMaxFlowsPerClient = MaxFlows / 16
+)
+
+// Why the flow table refused a flow (Server.flow).
+var (
+	errTableFull  = errors.New("flow table full")
+	errClientFull = errors.New("the client's share of the flow table is full")
+)
 
 // ServeConn serves every stream of c until c ends.
 func (s *Server) ServeConn(ctx context.Context, c *tcpmux.Conn) {
@@ -247,11 +268,11 @@ func (s *Server) serveStream(c *tcpmux.Conn, st *quic.Stream) {
 		refuse(statusForbidden)
 		return
 	}
-	key := flowKey{client, c.Token != nil, id}
-	fl, created := s.flow(key, flags&flagDup != 0)
-	if fl == nil {
+	key := flowKey{clientKey{client, c.Token != nil}, id}
+	fl, created, err := s.flow(key, flags&flagDup != 0)
+	if err != nil {
 		s.Stats.Refused.Inc()
-		s.Log.Warn("tcp flow refused: flow table full", "client", client, "max", MaxFlows)
+		s.Log.Warn("tcp flow refused: "+err.Error(), "client", client, "max", MaxFlows, "max_per_client", s.maxPerClient())
 		refuse(statusGone)
 		return
 	}
@@ -303,14 +324,18 @@ func (s *Server) serveStream(c *tcpmux.Conn, st *quic.Stream) {
 	fl.in.read(st, func() { st.CancelRead(codeCancel) }, 0)
 }
 
-func (s *Server) flow(k flowKey, dup bool) (*proxyFlow, bool) {
+func (s *Server) flow(k flowKey, dup bool) (*proxyFlow, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.flows == nil {
 		s.flows = map[flowKey]*proxyFlow{}
+		s.perClient = map[clientKey]int{}
 	}
 	if fl, ok := s.flows[k]; ok {
-		return fl, false
+		return fl, false, nil
+	}
+	if s.perClient[k.clientKey] >= s.maxPerClient() {
+		return nil, false, errClientFull
 	}
 	if len(s.flows) >= MaxFlows {
 		for k2, fl := range s.flows {
@@ -319,19 +344,32 @@ func (s *Server) flow(k flowKey, dup bool) (*proxyFlow, bool) {
 			}
 		}
 		if len(s.flows) >= MaxFlows {
-			return nil, false
+			return nil, false, errTableFull
 		}
 	}
 	fl := &proxyFlow{ready: make(chan struct{}), dup: dup}
 	s.flows[k] = fl
-	return fl, true
+	s.perClient[k.clientKey]++
+	return fl, true, nil
+}
+
+func (s *Server) maxPerClient() int {
+	if s.MaxFlowsPerClient > 0 {
+		return s.MaxFlowsPerClient
+	}
+	return DefaultMaxFlowsPerClient
 }
 
 // end marks a flow over and forgets it a little later (late duplicate streams
 // of it are refused meanwhile).
 func (s *Server) end(k flowKey, fl *proxyFlow) {
 	s.mu.Lock()
-	fl.gone = true
+	if !fl.gone {
+		fl.gone = true
+		if s.perClient[k.clientKey]--; s.perClient[k.clientKey] <= 0 {
+			delete(s.perClient, k.clientKey) // no entry kept for a client with no flow
+		}
+	}
 	s.mu.Unlock()
 	time.AfterFunc(30*time.Second, func() {
 		s.mu.Lock()

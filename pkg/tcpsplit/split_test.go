@@ -226,3 +226,42 @@ func TestStalledDownloadDoesNotBlockAnotherFlow(t *testing.T) {
 	}
 	bulkA.Close()
 }
+
+// TestFlowTableSharePerClient: one client's live flows stop at its share of
+// the table, other clients still get theirs, a token's client is apart from
+// a [[client]] of the same ID, and an ended flow gives its place back.
+func TestFlowTableSharePerClient(t *testing.T) {
+	s := &Server{MaxFlowsPerClient: 3}
+	a, b := clientKey{"gamer", false}, clientKey{"other", false}
+	var mine []*proxyFlow
+	for id := uint64(1); id <= 3; id++ {
+		fl, created, err := s.flow(flowKey{a, id}, false)
+		if err != nil || !created {
+			t.Fatalf("flow %d of 3: %v, %v", id, created, err)
+		}
+		mine = append(mine, fl)
+	}
+	if fl, _, err := s.flow(flowKey{a, 1}, false); err != nil || fl != mine[0] {
+		t.Fatalf("a stream of a flow it has (a duplicate): %v, %v", fl, err)
+	}
+	if _, _, err := s.flow(flowKey{a, 4}, false); !errors.Is(err, errClientFull) {
+		t.Fatalf("a 4th flow of a client allowed 3: %v, want %v", err, errClientFull)
+	}
+	if _, created, err := s.flow(flowKey{b, 4}, false); err != nil || !created {
+		t.Fatalf("another client's flow: %v, %v", created, err)
+	}
+	if _, created, err := s.flow(flowKey{clientKey{"gamer", true}, 4}, false); err != nil || !created {
+		t.Fatalf("a token client named like the full [[client]]: %v, %v", created, err)
+	}
+	s.end(flowKey{a, 2}, mine[1])
+	s.end(flowKey{a, 2}, mine[1]) // twice: still one place back
+	if _, created, err := s.flow(flowKey{a, 5}, false); err != nil || !created {
+		t.Fatalf("a flow after one ended: %v, %v", created, err)
+	}
+	if _, _, err := s.flow(flowKey{a, 6}, false); !errors.Is(err, errClientFull) {
+		t.Fatalf("a 4th live flow again: %v, want %v (an ended flow gave back one place, not two)", err, errClientFull)
+	}
+	if d := (&Server{}).maxPerClient(); d != DefaultMaxFlowsPerClient {
+		t.Fatalf("default share %d, want %d", d, DefaultMaxFlowsPerClient)
+	}
+}
