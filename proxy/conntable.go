@@ -1,16 +1,29 @@
 package proxy
 
-import "sync"
+import (
+	"net/netip"
+	"sync"
+)
 
 // connTable bounds one kind of tcp_listen connection (tcp.go): at most max
-// open or authenticating at once, and at most perClient held by one client,
-// whose oldest is evicted when it opens one more.
+// open or authenticating at once, at most MaxPendingPerSource of them
+// authenticating from one address, and at most perClient held by one
+// client, whose oldest is evicted when it opens one more.
 type connTable[C comparable] struct {
 	mu             sync.Mutex
 	max, perClient int
 	open, pending  int
 	byClient       map[connClient][]C // oldest first
+	pendingFrom    map[netip.Addr]int // authenticating connections by source address
 }
+
+// MaxPendingPerSource bounds the connections one address may have
+// authenticating at once. A silent connection holds its place for
+// tcpmux.AuthTimeout; without this bound one host could hold every place
+// (max_sessions) with silent connections. An honest router authenticates
+// one or two at a time, so even many routers behind one carrier-grade NAT
+// address stay well under it.
+const MaxPendingPerSource = 64
 
 // connClient is whose a connection is: a token's client ID is the minter's
 // name, so it is kept apart from the [[client]] IDs.
@@ -20,37 +33,57 @@ type connClient struct {
 }
 
 func newConnTable[C comparable](max, perClient int) *connTable[C] {
-	return &connTable[C]{max: max, perClient: perClient, byClient: map[connClient][]C{}}
+	return &connTable[C]{max: max, perClient: perClient, byClient: map[connClient][]C{}, pendingFrom: map[netip.Addr]int{}}
 }
 
-// reserve takes a place for a connection about to authenticate; false when
-// all are taken.
-func (t *connTable[C]) reserve() bool {
+// Why reserve refused a place.
+const (
+	reservedOK = iota
+	reserveFull
+	reserveSourceBusy // its address has MaxPendingPerSource authenticating
+)
+
+// reserve takes a place for a connection from address from about to
+// authenticate.
+func (t *connTable[C]) reserve(from netip.Addr) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.open+t.pending >= t.max {
-		return false
+		return reserveFull
+	}
+	if t.pendingFrom[from] >= MaxPendingPerSource {
+		return reserveSourceBusy
 	}
 	t.pending++
-	return true
+	t.pendingFrom[from]++
+	return reservedOK
 }
 
 // release gives back a place reserve took, for a connection that failed.
-func (t *connTable[C]) release() {
+func (t *connTable[C]) release(from netip.Addr) {
 	t.mu.Lock()
 	t.pending--
+	t.donePending(from)
 	t.mu.Unlock()
 }
 
+// donePending ends one authentication from address from; t.mu is held.
+func (t *connTable[C]) donePending(from netip.Addr) {
+	if t.pendingFrom[from]--; t.pendingFrom[from] <= 0 {
+		delete(t.pendingFrom, from)
+	}
+}
+
 // add files c, an authenticated connection of cl, in the place reserve took
-// (reserved) or in a free one: false when there is none (never for a
-// reserved place). When cl now holds more than perClient, its oldest is
-// forgotten and returned (evicted true): the caller closes it.
-func (t *connTable[C]) add(cl connClient, c C, reserved bool) (oldest C, evicted, ok bool) {
+// for it from address from (reserved) or in a free one: false when there is
+// none (never for a reserved place). When cl now holds more than perClient,
+// its oldest is forgotten and returned (evicted true): the caller closes it.
+func (t *connTable[C]) add(cl connClient, c C, reserved bool, from netip.Addr) (oldest C, evicted, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if reserved {
 		t.pending--
+		t.donePending(from)
 	} else if t.open+t.pending >= t.max {
 		return oldest, false, false
 	}

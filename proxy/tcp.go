@@ -13,6 +13,7 @@ import (
 	"github.com/raicnet/raic/pkg/allow"
 	"github.com/raicnet/raic/pkg/clients"
 	"github.com/raicnet/raic/pkg/ingress"
+	"github.com/raicnet/raic/pkg/logging"
 	"github.com/raicnet/raic/pkg/metrics"
 	"github.com/raicnet/raic/pkg/mono"
 	"github.com/raicnet/raic/pkg/tcpmux"
@@ -30,7 +31,8 @@ import (
 // Both kinds of connection are bounded (connTable): a peer must finish the
 // handshake and prove its key within tcpmux.AuthTimeout; at most max_sessions
 // of a kind are open (fallback: or authenticating) at once, further ones
-// closed and counted; and one client (a [[client]] ID, or a token's client
+// closed and counted; one address has at most MaxPendingPerSource fallback
+// connections authenticating; and one client (a [[client]] ID, or a token's client
 // ID) holds at most PerClientConns of a kind, its oldest closed and counted
 // when it opens one more. A router keeps one QUIC connection per uplink and
 // one warm fallback connection, and redials when one ends, so a few are all
@@ -51,6 +53,8 @@ type tcpSide struct {
 	refused, fbConns  *metrics.Counter
 	fbIn, fbOut       *metrics.Counter
 	fbEvicted, fbFull *metrics.Counter
+	fbSourceBusy      *metrics.Counter
+	busyLog           *logging.Limiter // bounds the lines of fbSourceBusy
 	fbSendFailed      *metrics.Counter
 	fbActive          *metrics.Gauge
 	qEvicted, qFull   *metrics.Counter
@@ -96,7 +100,10 @@ func (s *Server) startTCP(ctx context.Context) error {
 		fbOut:     s.reg.Counter("raic_proxy_udp_fallback_out_total", "datagrams sent over TLS/TCP fallback connections"),
 		fbEvicted: s.reg.Counter("raic_proxy_udp_fallback_evicted_total", "TLS/TCP fallback connections closed because their client opened more than its limit (the oldest goes)"),
 		fbFull:    s.reg.Counter("raic_proxy_udp_fallback_refused_total", "TLS/TCP fallback connections closed at accept because max_sessions were open or authenticating"),
-		fbActive:  s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
+		fbSourceBusy: s.reg.Counter("raic_proxy_udp_fallback_source_busy_total",
+			"TLS/TCP fallback connections closed at accept because their address had MaxPendingPerSource authenticating"),
+		busyLog:  logging.NewLimiter(1, 5),
+		fbActive: s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
 		fbSendFailed: s.reg.Counter("raic_proxy_udp_fallback_send_failed_total",
 			"datagrams not sent over a TLS/TCP fallback connection: its router stopped reading for 1s (or it broke), and it was closed"),
 		qEvicted: s.reg.Counter("raic_proxy_tcp_conns_evicted_total", "aggregated QUIC connections closed because their client opened more than its limit (the oldest goes)"),
@@ -172,12 +179,22 @@ func (s *Server) startTCP(ctx context.Context) error {
 			if err != nil {
 				return
 			}
-			if !t.fb.reserve() {
+			from := remoteAddr(nc)
+			switch t.fb.reserve(from) {
+			case reserveFull:
 				nc.Close()
 				t.fbFull.Inc()
 				continue
+			case reserveSourceBusy:
+				nc.Close()
+				t.fbSourceBusy.Inc()
+				if ok, held := t.busyLog.Allow(); ok {
+					t.s.log.Warn("udp fallback connection refused: its address has too many authenticating",
+						"from", from, "max", MaxPendingPerSource, "lines_suppressed", held)
+				}
+				continue
 			}
-			go t.serveFallback(nc)
+			go t.serveFallback(nc, from)
 		}
 	}()
 	go func() {
@@ -196,7 +213,7 @@ func (s *Server) startTCP(ctx context.Context) error {
 // serveQUIC carries c's flows until it ends, within the bounds of t.quic.
 func (t *tcpSide) serveQUIC(ctx context.Context, c *tcpmux.Conn) {
 	cl := connClient{id: c.ClientID, token: c.Token != nil}
-	old, evicted, ok := t.quic.add(cl, c, false)
+	old, evicted, ok := t.quic.add(cl, c, false, netip.Addr{})
 	if !ok {
 		t.qFull.Inc()
 		c.CloseWithError(2, "full")
@@ -215,10 +232,18 @@ func (t *tcpSide) serveQUIC(ctx context.Context, c *tcpmux.Conn) {
 	c.CloseWithError(0, "")
 }
 
-func (t *tcpSide) serveFallback(nc net.Conn) {
+// remoteAddr is nc's peer address (unmapped), the zero Addr if it has none.
+func remoteAddr(nc net.Conn) netip.Addr {
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+func (t *tcpSide) serveFallback(nc net.Conn, from netip.Addr) {
 	fc, err := t.fl.Authenticate(nc) // within tcpmux.AuthTimeout
 	if err != nil {
-		t.fb.release()
+		t.fb.release(from)
 		t.refused.Inc()
 		return
 	}
@@ -228,7 +253,7 @@ func (t *tcpSide) serveFallback(nc net.Conn) {
 	c := &fbConn{fc: fc, addr: netip.AddrPortFrom(netip.AddrFrom16(b), 443),
 		client: connClient{id: fc.ClientID, token: fc.Token != nil}}
 	fc.SendTimeout = fallbackSendTimeout
-	old, evicted, _ := t.fb.add(c.client, c, true)
+	old, evicted, _ := t.fb.add(c.client, c, true, from)
 	t.mu.Lock()
 	t.conns[c.addr] = c
 	if evicted {

@@ -614,3 +614,81 @@ func TestFallbackStalledRouterIsClosed(t *testing.T) {
 	testkit.WaitFor(t, 2*time.Second, "the stalled connection closed", func() bool { return counter(p, "raic_proxy_udp_fallback_active") == 0 })
 	t.Logf("%v datagrams went out before a write waited %v", counter(p, "raic_proxy_udp_fallback_out_total"), fallbackSendTimeout)
 }
+
+// TestFallbackSilentConnsPerSource: silent connections from one address take
+// at most MaxPendingPerSource places; one more from it is closed at once and
+// counted, while a router from another address still gets in.
+func TestFallbackSilentConnsPerSource(t *testing.T) {
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
+	p := pskProxy(t, "198.18.41.0/24", fmt.Sprintf("tcp_listen = \"%s\"\nmax_sessions = 1000", tcpAddr))
+	testkit.WaitFor(t, 5*time.Second, "tcp_listen", func() bool {
+		c, err := net.Dial("tcp", tcpAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	testkit.WaitFor(t, tcpmux.AuthTimeout+2*time.Second, "the probe's place back", func() bool {
+		return counter(p, "raic_proxy_tcp_auth_refused_total") >= 1
+	})
+	for i := 0; i < MaxPendingPerSource; i++ {
+		c, err := net.Dial("tcp", tcpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	extra, err := net.Dial("tcp", tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection %d from one address: %v, want it closed at once", MaxPendingPerSource+1, err)
+	}
+	testkit.WaitFor(t, time.Second, "the refusal counted", func() bool {
+		return counter(p, "raic_proxy_udp_fallback_source_busy_total") == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	fc, err := tcpmux.DialFrames(ctx, &d, tcpAddr, "gamer", goodKey)
+	if err != nil {
+		t.Fatalf("a router from another address beside the silent ones: %v", err)
+	}
+	fc.Close()
+}
+
+// TestConnTablePendingPerSource: the places reserve takes per address come
+// back by release and by add of a reserved place.
+func TestConnTablePendingPerSource(t *testing.T) {
+	tb := newConnTable[int](1000, 4)
+	a, b := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
+	for i := 0; i < MaxPendingPerSource; i++ {
+		if got := tb.reserve(a); got != reservedOK {
+			t.Fatalf("reserve %d from a: %d", i, got)
+		}
+	}
+	if got := tb.reserve(a); got != reserveSourceBusy {
+		t.Fatalf("reserve %d from a: %d, want reserveSourceBusy", MaxPendingPerSource+1, got)
+	}
+	if got := tb.reserve(b); got != reservedOK {
+		t.Fatalf("reserve from b: %d", got)
+	}
+	tb.release(a)
+	if _, _, ok := tb.add(connClient{id: "gamer"}, 1, true, a); !ok {
+		t.Fatal("add of a reserved place refused")
+	}
+	for i := 0; i < 2; i++ { // one released, one authenticated: two places back
+		if got := tb.reserve(a); got != reservedOK {
+			t.Fatalf("reserve after release and add, %d: %d", i, got)
+		}
+	}
+	if got := tb.reserve(a); got != reserveSourceBusy {
+		t.Fatalf("reserve beyond: %d, want reserveSourceBusy", got)
+	}
+	if full := newConnTable[int](1, 4); full.reserve(a) != reservedOK || full.reserve(b) != reserveFull {
+		t.Fatal("a table of one place gave a second")
+	}
+}
