@@ -193,9 +193,18 @@ func TestTUNLossAndOutage(t *testing.T) {
 	const count = 2000 // 2 s at 1 kpps
 	got := blast(t, a, b, addrB, count, 100, time.Millisecond)
 	s := tl.AToB().Stats()
+	// A packet is stamped before it is written; the link reads it from the TUN
+	// a moment later and judges it by that time. So a packet stamped just before
+	// the window's end may reach the link after it and cross. Those within
+	// edgeSlack of the end are only logged; one stamped well inside must not cross.
+	const edgeSlack = 5 * time.Millisecond
 	for _, r := range got {
-		if rel := r.sent - start; rel >= int64(time.Second) && rel < int64(1500*time.Millisecond) {
+		rel := r.sent - start
+		switch {
+		case rel >= int64(time.Second) && rel < int64(1500*time.Millisecond-edgeSlack):
 			t.Errorf("packet %d sent %v after start crossed the outage", r.seq, time.Duration(rel))
+		case rel >= int64(1500*time.Millisecond-edgeSlack) && rel < int64(1500*time.Millisecond):
+			t.Logf("packet %d sent %v after start reached the link after the outage", r.seq, time.Duration(rel))
 		}
 	}
 	outside := float64(count) - float64(s.DropOutage)
