@@ -253,6 +253,14 @@ func (g *recvGroup) read(s io.Reader, cancel func(), base uint64) {
 	}
 }
 
+// endedCleanly tells, once done is closed, whether the direction ended with
+// every frame delivered (a FIN) rather than failed.
+func (g *recvGroup) endedCleanly() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.eof
+}
+
 // leave is called by each reader when it stops; clean means its stream ended
 // with FIN after every frame.
 func (g *recvGroup) leave(clean bool) {

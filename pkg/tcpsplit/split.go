@@ -121,7 +121,7 @@ func Carry(lan net.Conn, target netip.AddrPort, rule Rule, conns Conns, stats *S
 			in.read(s, func() { s.CancelRead(codeCancel) }, binary.BigEndian.Uint64(ans[1:]))
 		}()
 	}
-	pump(lan, &out, rule.Compress, stats, in.done)
+	pump(lan, &out, rule.Compress, stats, in)
 }
 
 // eofReader fails at once; it lets a refused stream count as a failed reader.
@@ -130,8 +130,9 @@ type eofReader struct{}
 func (eofReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
 
 // pump sends src's bytes on out as frames until src ends, then waits for the
-// other direction (done). A failed other direction aborts both.
-func pump(src net.Conn, out *sendGroup, compress bool, stats *Stats, done <-chan struct{}) {
+// other direction (in). A failed other direction aborts both at once; the
+// caller then closes src.
+func pump(src net.Conn, out *sendGroup, compress bool, stats *Stats, in *recvGroup) {
 	f := framer{compress: compress, stats: stats}
 	buf := make([]byte, MaxChunk)
 	readErr := make(chan error, 1)
@@ -154,13 +155,19 @@ func pump(src net.Conn, out *sendGroup, compress bool, stats *Stats, done <-chan
 	case err := <-readErr:
 		if errors.Is(err, io.EOF) {
 			out.finish()
-			<-done
+			<-in.done
 		} else {
 			out.abort()
 		}
-	case <-done:
+	case <-in.done:
 		// The other direction ended first: with a clean end, keep sending
-		// until src ends (a half-closed TCP connection); on failure stop.
+		// until src ends (a half-closed TCP connection); on failure (a
+		// refused flow, streams reset) stop now, and the caller closes
+		// src, rather than wait for a peer that waits for an answer.
+		if !in.endedCleanly() {
+			out.abort()
+			return
+		}
 		err := <-readErr
 		if errors.Is(err, io.EOF) {
 			out.finish()
@@ -298,7 +305,7 @@ func (s *Server) serveStream(c *tcpmux.Conn, st *quic.Stream) {
 		s.Stats.Flows.Inc()
 		s.Stats.Active.Add(1)
 		go func() {
-			pump(conn, &fl.out, flags&flagCompress != 0, s.Stats, fl.in.done)
+			pump(conn, &fl.out, flags&flagCompress != 0, s.Stats, fl.in)
 			conn.Close()
 			s.Stats.Active.Add(-1)
 			s.end(key, fl)

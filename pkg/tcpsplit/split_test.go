@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -178,6 +179,45 @@ func TestForbiddenTargetAndWrongKey(t *testing.T) {
 	}
 	if stats.Refused.Load() != 1 {
 		t.Errorf("refused = %d, want 1", stats.Refused.Load())
+	}
+}
+
+// TestRefusedFlowClosesTheLANConnection: a LAN client that sent its
+// request and waits for the answer, with its side still open, learns of a
+// refusal at once: the router closes its connection rather than wait for it
+// to close first. Run a few times, since the refusal may land before or
+// after the request has gone out on the stream.
+func TestRefusedFlowClosesTheLANConnection(t *testing.T) {
+	conns, stats, err := setup(t, 1, "127.0.0.2", testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := echoServer(t)
+	for i := 0; i < 5; i++ {
+		lan, router := tcpPair(t)
+		done := make(chan struct{})
+		go func() {
+			Carry(router, target, Rule{}, conns, stats, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			close(done)
+		}()
+		lan.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		lan.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, err := lan.Read(make([]byte, 64))
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("flow %d: a refused flow left the LAN connection open for 3 s", i)
+		}
+		if n != 0 || err == nil {
+			t.Fatalf("flow %d: a refused flow answered %d bytes (%v)", i, n, err)
+		}
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			t.Fatalf("flow %d: Carry still running after the refusal", i)
+		}
+		lan.Close()
+	}
+	if got := stats.Refused.Load(); got != 5 {
+		t.Errorf("refused = %d, want 5", got)
 	}
 }
 
