@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -36,20 +37,23 @@ type tcpSuite struct {
 	stopRouter    func() // SIGTERM, then wait (kill after 5 s)
 }
 
-// startTCPSuite builds and starts raic-proxy (tcp_listen on 443) and
-// raic-router with routerTCP as its [tcp] section (and any more TOML).
-func startTCPSuite(t *testing.T, g *netns.Game, uplinks int, routerTail string) *tcpSuite {
+// startTCPSuite builds and starts raic-proxy (tcp_listen on 443, metrics on
+// its namespace's 127.0.0.1:9191, and any top-level keys in proxyKeys) and
+// raic-router with routerTail as its [tcp] section (and any more TOML).
+func startTCPSuite(t *testing.T, g *netns.Game, uplinks int, routerTail string, proxyKeys ...string) *tcpSuite {
 	t.Helper()
 	dir := t.TempDir()
 	proxyBin := buildCommand(t, "proxy/cmd/raic-proxy")
 	routerBin := buildCommand(t, "router/cmd/raic-router")
 	proxyCfg := fmt.Sprintf(`listen = "%s:4500"
 tcp_listen = "%s:443"
+metrics = "127.0.0.1:9191"
+%s
 [[client]]
 id = "gamer"
 key = "%s"
 allow = ["198.18.41.0/24"]
-`, netns.ProxyAddr, netns.ProxyAddr, tcpTestKey)
+`, netns.ProxyAddr, netns.ProxyAddr, strings.Join(proxyKeys, "\n"), tcpTestKey)
 	var ups strings.Builder
 	for i := 0; i < uplinks; i++ {
 		fmt.Fprintf(&ups, "[[uplink]]\nname = \"up%d\"\nsource = \"%s\"\n", i, netns.UplinkAddr(i))
@@ -101,11 +105,22 @@ metrics = "127.0.0.1:9190"
 
 // metric reads one of the router's metrics (-1 if absent).
 func (s *tcpSuite) metric(t *testing.T, name string) float64 {
+	return nsMetric(s.g.Router, s.routerMetrics, name)
+}
+
+// proxyMetric reads one of the proxy's metrics (-1 if absent).
+func (s *tcpSuite) proxyMetric(t *testing.T, name string) float64 {
+	return nsMetric(s.g.Proxy, "127.0.0.1:9191", name)
+}
+
+// nsMetric reads metric name from the /metrics endpoint at addr in host's
+// namespace (-1 if absent or unreachable).
+func nsMetric(h *netns.Host, addr, name string) float64 {
 	v := -1.0
 	// By hand: net/http would dial from another goroutine, outside the
-	// router's namespace.
-	s.g.Router.Do(func() error {
-		c, err := net.DialTimeout("tcp", s.routerMetrics, time.Second)
+	// host's namespace.
+	h.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return nil
 		}
@@ -244,6 +259,94 @@ server = "%s"
 		}
 	}
 	t.Logf("TCP download over a 100 ms path:\n%s", table.String())
+}
+
+// TestTCPProxySharesPerClient runs raic-proxy with tcp_flows_per_client = 1
+// and tcp_pending_per_address = 2. While one split flow of the router is
+// open, a second is refused (and counted by the proxy); once the first ends
+// a new one is served. Two silent TCP connections from one address take its
+// places to authenticate, and a third from it is closed at once and counted.
+func TestTCPProxySharesPerClient(t *testing.T) {
+	g := netns.NewGameForTest(t, netns.GameOptions{Uplinks: 1})
+	server := netip.AddrPortFrom(netns.ServerAddr, 8080)
+	objectServer(t, g.Server, server)
+	s := startTCPSuite(t, g, 1, fmt.Sprintf(`[tcp]
+proxy = "%s:443"
+[[tcp.forward]]
+listen = "%s:8080"
+server = "%s"
+`, netns.ProxyAddr, netns.LANGateway, server), "tcp_flows_per_client = 1", "tcp_pending_per_address = 2")
+	split := netip.AddrPortFrom(netns.LANGateway, 8080)
+	fetch(t, g.LAN, split, 1000)
+	// A flow is live at the proxy until both directions have ended: the
+	// LAN side's close reaches it a moment after the last byte.
+	waitFor(t, 5*time.Second, "the first flow ended at the proxy", func() bool {
+		return s.proxyMetric(t, "raic_proxy_tcp_flows_active") == 0
+	})
+
+	// A flow held open: its request has no end of line yet, so the object
+	// server waits and the flow stays live at the proxy.
+	var held net.Conn
+	if err := g.LAN.Do(func() (err error) { held, err = net.DialTimeout("tcp", split.String(), 5*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	fmt.Fprint(held, "1000")
+	waitFor(t, 5*time.Second, "the held flow live at the proxy", func() bool {
+		return s.proxyMetric(t, "raic_proxy_tcp_flows_active") == 1
+	})
+	refused := s.proxyMetric(t, "raic_proxy_tcp_flows_refused_total")
+	err := g.LAN.Do(func() error {
+		c, err := net.DialTimeout("tcp", split.String(), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(c, "1000\n")
+		n, err := io.ReadFull(c, make([]byte, 1000))
+		switch {
+		case err == nil:
+			return fmt.Errorf("a second flow got all %d bytes past tcp_flows_per_client = 1", n)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return fmt.Errorf("a second flow was neither served nor closed in 5 s (%d bytes)", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "the second flow's refusal counted", func() bool {
+		return s.proxyMetric(t, "raic_proxy_tcp_flows_refused_total") == refused+1
+	})
+	held.Close()
+	waitFor(t, 5*time.Second, "the held flow ended at the proxy", func() bool {
+		return s.proxyMetric(t, "raic_proxy_tcp_flows_active") == 0
+	})
+	fetch(t, g.LAN, split, 1000) // the client's place is back
+
+	// Silent connections from the router's address to tcp_listen.
+	proxyTCP := netip.AddrPortFrom(netns.ProxyAddr, 443).String()
+	for i := 0; i < 2; i++ {
+		var c net.Conn
+		if err := g.Router.Do(func() (err error) { c, err = net.DialTimeout("tcp", proxyTCP, 5*time.Second); return }); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	// The proxy accepts in order, so the third is judged after these two.
+	var extra net.Conn
+	if err := g.Router.Do(func() (err error) { extra, err = net.DialTimeout("tcp", proxyTCP, 5*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a third connection from one address with tcp_pending_per_address = 2: %v, want it closed at once", err)
+	}
+	waitFor(t, 2*time.Second, "the third connection's refusal counted", func() bool {
+		return s.proxyMetric(t, "raic_proxy_udp_fallback_source_busy_total") == 1
+	})
 }
 
 // TestUDPFallbackOverTLS blocks UDP from the router to the proxy on every

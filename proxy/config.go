@@ -8,6 +8,7 @@ import (
 
 	"github.com/raicnet/raic/pkg/ingress"
 	"github.com/raicnet/raic/pkg/quality"
+	"github.com/raicnet/raic/pkg/tcpsplit"
 )
 
 // Config is the proxy's TOML configuration.
@@ -35,6 +36,18 @@ type Config struct {
 	// of connection is bounded by max_sessions in all and PerClientConns per
 	// client; each has tcpmux.AuthTimeout to authenticate.
 	TCPListen string `toml:"tcp_listen"`
+	// TCPFlowsPerClient bounds one client's live split-TCP flows on
+	// tcp_listen (default tcpsplit.DefaultMaxFlowsPerClient, 4,096 of the
+	// proxy's tcpsplit.MaxFlows), so one router cannot take the flow table
+	// from the others. A studio whose players share one PSK client (one
+	// [[client]] for a whole launcher) raises it; a token's players each
+	// count as the token's client ID.
+	TCPFlowsPerClient int `toml:"tcp_flows_per_client"`
+	// TCPPendingPerAddress bounds the connections one address may have
+	// authenticating on tcp_listen at once (default
+	// DefaultTCPPendingPerAddress); more are closed at accept and counted.
+	// Raise it for many routers behind one carrier-grade NAT address.
+	TCPPendingPerAddress int `toml:"tcp_pending_per_address"`
 	// Workers is how many sockets share the listen address (SO_REUSEPORT),
 	// each with its own read loop: 1 (the default) is one, 0 one per CPU
 	// (GOMAXPROCS). Sessions are shared by all (see package ingress).
@@ -108,6 +121,9 @@ func DefaultConfig() Config {
 		IOURing:         true,
 		UDPSegmentation: true,
 		ReceiveBufferKB: DefaultReceiveBufferKB,
+		// tcp_listen's per-client and per-address shares (tcp.go)
+		TCPFlowsPerClient:    tcpsplit.DefaultMaxFlowsPerClient,
+		TCPPendingPerAddress: DefaultTCPPendingPerAddress,
 		// quality reports to the routers (pkg/quality)
 		ReportInterval: config.Duration{Duration: quality.DefaultInterval},
 	}
@@ -126,6 +142,8 @@ func (c *Config) check(meta *config.Meta) {
 		// TCP, so it may share the UDP listen port.
 		meta.AddrPort("tcp_listen", c.TCPListen)
 	}
+	meta.Int("tcp_flows_per_client", c.TCPFlowsPerClient, 1, tcpsplit.MaxFlows)
+	meta.Int("tcp_pending_per_address", c.TCPPendingPerAddress, 1, 1<<16)
 	meta.Int("workers", c.Workers, 0, maxWorkers)
 	meta.Int("memory_limit_mb", c.MemoryLimitMB, 0, 1<<20)
 	meta.Int("receive_buffer_kb", c.ReceiveBufferKB, 64, 1<<20)

@@ -37,6 +37,9 @@ func TestConfigBounds(t *testing.T) {
 		{`log_level = "loud"`, "p.toml:1: log_level:"},
 		{`memory_limit_mb = -1`, "p.toml:1: memory_limit_mb: -1 is not within 0 to 1048576"},
 		{`receive_buffer_kb = 8`, "p.toml:1: receive_buffer_kb: 8 is not within 64 to 1048576"},
+		{`tcp_flows_per_client = 0`, "p.toml:1: tcp_flows_per_client: 0 is not within 1 to 65536"},
+		{`tcp_flows_per_client = 70000`, "p.toml:1: tcp_flows_per_client: 70000 is not within 1 to 65536"},
+		{`tcp_pending_per_address = 0`, "p.toml:1: tcp_pending_per_address: 0 is not within 1 to 65536"},
 	} {
 		_, err := ParseConfig("p.toml", tc.extra+"\n"+proxyClient())
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -6,24 +6,25 @@ import (
 )
 
 // connTable bounds one kind of tcp_listen connection (tcp.go): at most max
-// open or authenticating at once, at most MaxPendingPerSource of them
-// authenticating from one address, and at most perClient held by one
+// open or authenticating at once, at most perSource of them
+// authenticating from one address (tcp_pending_per_address), and at most perClient held by one
 // client, whose oldest is evicted when it opens one more.
 type connTable[C comparable] struct {
 	mu             sync.Mutex
 	max, perClient int
+	perSource      int // authenticating at once from one address
 	open, pending  int
 	byClient       map[connClient][]C // oldest first
 	pendingFrom    map[netip.Addr]int // authenticating connections by source address
 }
 
-// MaxPendingPerSource bounds the connections one address may have
-// authenticating at once. A silent connection holds its place for
-// tcpmux.AuthTimeout; without this bound one host could hold every place
-// (max_sessions) with silent connections. An honest router authenticates
-// one or two at a time, so even many routers behind one carrier-grade NAT
-// address stay well under it.
-const MaxPendingPerSource = 64
+// DefaultTCPPendingPerAddress is tcp_pending_per_address's default: the
+// connections one address may have authenticating at once. A silent
+// connection holds its place for tcpmux.AuthTimeout; without this bound one
+// host could hold every place (max_sessions) with silent connections. An
+// honest router authenticates one or two at a time, so even many routers
+// behind one carrier-grade NAT address stay well under it.
+const DefaultTCPPendingPerAddress = 64
 
 // connClient is whose a connection is: a token's client ID is the minter's
 // name, so it is kept apart from the [[client]] IDs.
@@ -32,15 +33,15 @@ type connClient struct {
 	token bool
 }
 
-func newConnTable[C comparable](max, perClient int) *connTable[C] {
-	return &connTable[C]{max: max, perClient: perClient, byClient: map[connClient][]C{}, pendingFrom: map[netip.Addr]int{}}
+func newConnTable[C comparable](max, perClient, perSource int) *connTable[C] {
+	return &connTable[C]{max: max, perClient: perClient, perSource: perSource, byClient: map[connClient][]C{}, pendingFrom: map[netip.Addr]int{}}
 }
 
 // Why reserve refused a place.
 const (
 	reservedOK = iota
 	reserveFull
-	reserveSourceBusy // its address has MaxPendingPerSource authenticating
+	reserveSourceBusy // its address has perSource authenticating
 )
 
 // reserve takes a place for a connection from address from about to
@@ -51,7 +52,7 @@ func (t *connTable[C]) reserve(from netip.Addr) int {
 	if t.open+t.pending >= t.max {
 		return reserveFull
 	}
-	if t.pendingFrom[from] >= MaxPendingPerSource {
+	if t.pendingFrom[from] >= t.perSource {
 		return reserveSourceBusy
 	}
 	t.pending++

@@ -31,7 +31,7 @@ import (
 // Both kinds of connection are bounded (connTable): a peer must finish the
 // handshake and prove its key within tcpmux.AuthTimeout; at most max_sessions
 // of a kind are open (fallback: or authenticating) at once, further ones
-// closed and counted; one address has at most MaxPendingPerSource fallback
+// closed and counted; one address has at most tcp_pending_per_address fallback
 // connections authenticating; and one client (a [[client]] ID, or a token's client
 // ID) holds at most PerClientConns of a kind, its oldest closed and counted
 // when it opens one more. A router keeps one QUIC connection per uplink and
@@ -92,8 +92,8 @@ func (s *Server) startTCP(ctx context.Context) error {
 	t := &tcpSide{s: s, conns: map[netip.AddrPort]*fbConn{},
 		// As many connections of a kind as sessions: a fallback
 		// connection carries at least one, a QUIC one a flow or more.
-		quic:      newConnTable[*tcpmux.Conn](s.cfg.MaxSessions, PerClientConns),
-		fb:        newConnTable[*fbConn](s.cfg.MaxSessions, PerClientConns),
+		quic:      newConnTable[*tcpmux.Conn](s.cfg.MaxSessions, PerClientConns, s.cfg.TCPPendingPerAddress),
+		fb:        newConnTable[*fbConn](s.cfg.MaxSessions, PerClientConns, s.cfg.TCPPendingPerAddress),
 		refused:   s.reg.Counter("raic_proxy_tcp_auth_refused_total", "aggregated or fallback connections that failed authentication"),
 		fbConns:   s.reg.Counter("raic_proxy_udp_fallback_connections_total", "TLS/TCP fallback connections accepted"),
 		fbIn:      s.reg.Counter("raic_proxy_udp_fallback_in_total", "datagrams received over TLS/TCP fallback connections"),
@@ -101,7 +101,7 @@ func (s *Server) startTCP(ctx context.Context) error {
 		fbEvicted: s.reg.Counter("raic_proxy_udp_fallback_evicted_total", "TLS/TCP fallback connections closed because their client opened more than its limit (the oldest goes)"),
 		fbFull:    s.reg.Counter("raic_proxy_udp_fallback_refused_total", "TLS/TCP fallback connections closed at accept because max_sessions were open or authenticating"),
 		fbSourceBusy: s.reg.Counter("raic_proxy_udp_fallback_source_busy_total",
-			"TLS/TCP fallback connections closed at accept because their address had MaxPendingPerSource authenticating"),
+			"TLS/TCP fallback connections closed at accept because their address had tcp_pending_per_address authenticating"),
 		busyLog:  logging.NewLimiter(1, 5),
 		fbActive: s.reg.Gauge("raic_proxy_udp_fallback_active", "TLS/TCP fallback connections open"),
 		fbSendFailed: s.reg.Counter("raic_proxy_udp_fallback_send_failed_total",
@@ -159,11 +159,13 @@ func (s *Server) startTCP(ctx context.Context) error {
 			}
 			return cl.Allow, true
 		},
-		Stats: tcpsplit.NewStats(s.reg, "raic_proxy_tcp"),
-		Log:   s.log,
+		MaxFlowsPerClient: s.cfg.TCPFlowsPerClient,
+		Stats:             tcpsplit.NewStats(s.reg, "raic_proxy_tcp"),
+		Log:               s.log,
 	}
 	s.tcp = t
-	s.log.Info("tcp serving", "listen", s.cfg.TCPListen)
+	s.log.Info("tcp serving", "listen", s.cfg.TCPListen,
+		"tcp_flows_per_client", s.cfg.TCPFlowsPerClient, "tcp_pending_per_address", s.cfg.TCPPendingPerAddress)
 	go func() {
 		for {
 			c, err := t.ql.Accept(ctx, func(error) { t.refused.Inc() })
@@ -190,7 +192,7 @@ func (s *Server) startTCP(ctx context.Context) error {
 				t.fbSourceBusy.Inc()
 				if ok, held := t.busyLog.Allow(); ok {
 					t.s.log.Warn("udp fallback connection refused: its address has too many authenticating",
-						"from", from, "max", MaxPendingPerSource, "lines_suppressed", held)
+						"from", from, "tcp_pending_per_address", s.cfg.TCPPendingPerAddress, "lines_suppressed", held)
 				}
 				continue
 			}

@@ -616,7 +616,7 @@ func TestFallbackStalledRouterIsClosed(t *testing.T) {
 }
 
 // TestFallbackSilentConnsPerSource: silent connections from one address take
-// at most MaxPendingPerSource places; one more from it is closed at once and
+// at most tcp_pending_per_address places (its default here); one more from it is closed at once and
 // counted, while a router from another address still gets in.
 func TestFallbackSilentConnsPerSource(t *testing.T) {
 	tcpAddr := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
@@ -631,7 +631,7 @@ func TestFallbackSilentConnsPerSource(t *testing.T) {
 	testkit.WaitFor(t, tcpmux.AuthTimeout+2*time.Second, "the probe's place back", func() bool {
 		return counter(p, "raic_proxy_tcp_auth_refused_total") >= 1
 	})
-	for i := 0; i < MaxPendingPerSource; i++ {
+	for i := 0; i < DefaultTCPPendingPerAddress; i++ {
 		c, err := net.Dial("tcp", tcpAddr)
 		if err != nil {
 			t.Fatal(err)
@@ -645,7 +645,7 @@ func TestFallbackSilentConnsPerSource(t *testing.T) {
 	defer extra.Close()
 	extra.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := extra.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("connection %d from one address: %v, want it closed at once", MaxPendingPerSource+1, err)
+		t.Fatalf("connection %d from one address: %v, want it closed at once", DefaultTCPPendingPerAddress+1, err)
 	}
 	testkit.WaitFor(t, time.Second, "the refusal counted", func() bool {
 		return counter(p, "raic_proxy_udp_fallback_source_busy_total") == 1
@@ -663,15 +663,16 @@ func TestFallbackSilentConnsPerSource(t *testing.T) {
 // TestConnTablePendingPerSource: the places reserve takes per address come
 // back by release and by add of a reserved place.
 func TestConnTablePendingPerSource(t *testing.T) {
-	tb := newConnTable[int](1000, 4)
+	const perSource = 3
+	tb := newConnTable[int](1000, 4, perSource)
 	a, b := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
-	for i := 0; i < MaxPendingPerSource; i++ {
+	for i := 0; i < perSource; i++ {
 		if got := tb.reserve(a); got != reservedOK {
 			t.Fatalf("reserve %d from a: %d", i, got)
 		}
 	}
 	if got := tb.reserve(a); got != reserveSourceBusy {
-		t.Fatalf("reserve %d from a: %d, want reserveSourceBusy", MaxPendingPerSource+1, got)
+		t.Fatalf("reserve %d from a: %d, want reserveSourceBusy", perSource+1, got)
 	}
 	if got := tb.reserve(b); got != reservedOK {
 		t.Fatalf("reserve from b: %d", got)
@@ -688,7 +689,7 @@ func TestConnTablePendingPerSource(t *testing.T) {
 	if got := tb.reserve(a); got != reserveSourceBusy {
 		t.Fatalf("reserve beyond: %d, want reserveSourceBusy", got)
 	}
-	if full := newConnTable[int](1, 4); full.reserve(a) != reservedOK || full.reserve(b) != reserveFull {
+	if full := newConnTable[int](1, 4, perSource); full.reserve(a) != reservedOK || full.reserve(b) != reserveFull {
 		t.Fatal("a table of one place gave a second")
 	}
 }
