@@ -360,9 +360,10 @@ func listen(cfg Config) ([]*udp.Conn, error) {
 			return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 		}
 		conns = append(conns, c)
-		if i == 0 && c.ReceiveBuffer() < cfg.RecvBuffer && cfg.Log != nil {
+		// 0: the size could not be read back, which says nothing of a cap.
+		if got := c.ReceiveBuffer(); i == 0 && got > 0 && got < cfg.RecvBuffer && cfg.Log != nil {
 			cfg.Log.Warn("the kernel gave the listening socket a smaller receive buffer than asked (net.core.rmem_max caps it without CAP_NET_ADMIN)",
-				"asked_bytes", cfg.RecvBuffer, "got_bytes", c.ReceiveBuffer())
+				"asked_bytes", cfg.RecvBuffer, "got_bytes", got)
 		}
 		// Port 0 asks for any port: the other workers take the one the first got.
 		opt.Local = netip.AddrPortFrom(local.Addr(), c.LocalAddr().Port())

@@ -515,7 +515,9 @@ type Segmentation struct {
 	Sent Adder
 	// Refused is called once, on the writing goroutine, when a path refuses
 	// a segmented send and the Conn turns segmentation off for good: dst is
-	// the refused run's destination, err the kernel's error.
+	// the refused run's destination, err the kernel's error. It runs while
+	// the Conn's write lock is held, so it must not write to the same Conn
+	// (that would deadlock); log and count, and return.
 	Refused func(dst netip.AddrPort, err error)
 }
 
