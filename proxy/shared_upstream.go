@@ -149,7 +149,7 @@ func newSharedUpstream(s *Server, workers, maxSessions int) (*sharedUpstream, er
 		fallback:   s.reg.Counter("proxy_shared_upstream_fallbacks_total", "Sessions of a shared-upstream server given a socket of their own (no free slot)."),
 		attached:   s.reg.Gauge("proxy_shared_upstream_sessions", "Sessions sent over the shared upstream sockets."),
 		segmented:  s.reg.Counter("proxy_shared_upstream_segmented_total", "Forwards the shared upstream sent inside segmented sends (UDP GSO runs to one server)."),
-		segRefused: s.reg.Counter("proxy_shared_upstream_segmentation_refused_total", "Shared upstream sockets that turned segmented sends off because a path refused one."),
+		segRefused: s.reg.Counter("proxy_shared_upstream_segmentation_refused_total", "Servers (per shared upstream socket) sent a datagram per forward because their path refused a segmented send."),
 	}
 	for i := 0; i < n; i++ {
 		c, err := udp.Listen("udp", udp.Options{RecvBuffer: sharedRecvBuffer, SendBuffer: sharedSendBuffer})
@@ -183,13 +183,14 @@ func newSharedUpstream(s *Server, workers, maxSessions int) (*sharedUpstream, er
 }
 
 // segmentsRefused hears that a path refused a shared socket's segmented send:
-// that socket now sends a datagram per forward. The first refusal is logged
+// that socket now sends a datagram per forward to that server, and segmented
+// runs to the others (udp.Segmentation.Refused). The first refusal is logged
 // (with its path and error) and every one counted, so that a pool of many
 // sockets meeting one narrow path does not flood the log.
 func (su *sharedUpstream) segmentsRefused(dst netip.AddrPort, err error) {
 	su.segRefused.Inc()
 	if !su.segRefusalLogged.Swap(true) {
-		su.srv.log.Warn("the path refused a segmented send: that shared upstream socket sends a datagram per forward from now on",
+		su.srv.log.Warn("the path refused a segmented send: that shared upstream socket sends a datagram per forward to this server from now on",
 			"server", dst, "err", err, "metric", "proxy_shared_upstream_segmentation_refused_total")
 	}
 }

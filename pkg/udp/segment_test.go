@@ -175,10 +175,12 @@ func TestSegmentedWriteBatchZeroAllocs(t *testing.T) {
 
 // TestSegmentationFallsBackOnSmallMTU sends a run of 1,000-byte datagrams over
 // a veth with a 576-byte MTU: the kernel refuses a segment larger than the
-// path's MTU, so the socket must turn segmentation off and send the run as
-// plain datagrams (which IP then fragments), losing none.
+// path's MTU, so the socket must send the run as plain datagrams (which IP
+// then fragments), losing none, and stop segmenting to that destination only:
+// a run to a destination over a 1,500-byte path still leaves segmented.
 //
-//	a: va 198.18.9.1/24 (mtu 576) ─── vb 198.18.9.2/24 (mtu 576) :b
+//	b: vb 198.18.9.2/24 (mtu 576) ─── va 198.18.9.1/24 (mtu 576) :a
+//	c: wc 198.18.8.2/24           ─── wa 198.18.8.1/24           :a
 func TestSegmentationFallsBackOnSmallMTU(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CAP_NET_ADMIN for namespaces and veth)")
@@ -186,15 +188,21 @@ func TestSegmentationFallsBackOnSmallMTU(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs the ip command (iproute2) to build the namespaces")
 	}
-	nsA, nsB := testNetns(t, "ga"), testNetns(t, "gb")
+	// A sends to B over a veth of MTU 576 and to C over one of 1500.
+	nsA, nsB, nsC := testNetns(t, "ga"), testNetns(t, "gb"), testNetns(t, "gc")
 	ipCmd(t, "-n", nsA, "link", "add", "va", "mtu", "576", "type", "veth", "peer", "name", "vb", "netns", nsB)
 	ipCmd(t, "-n", nsB, "link", "set", "vb", "mtu", "576")
+	ipCmd(t, "-n", nsA, "link", "add", "wa", "type", "veth", "peer", "name", "wc", "netns", nsC)
 	ipCmd(t, "-n", nsA, "addr", "add", "198.18.9.1/24", "dev", "va")
 	ipCmd(t, "-n", nsB, "addr", "add", "198.18.9.2/24", "dev", "vb")
-	ipCmd(t, "-n", nsA, "link", "set", "va", "up")
-	ipCmd(t, "-n", nsB, "link", "set", "vb", "up")
-	snd := listenIn(t, nsA, "udp4", Options{Local: netip.MustParseAddrPort("198.18.9.1:0")})
-	rcv := listenIn(t, nsB, "udp4", Options{Local: netip.MustParseAddrPort("198.18.9.2:0"), RecvBuffer: 1 << 20})
+	ipCmd(t, "-n", nsA, "addr", "add", "198.18.8.1/24", "dev", "wa")
+	ipCmd(t, "-n", nsC, "addr", "add", "198.18.8.2/24", "dev", "wc")
+	for _, l := range [][2]string{{nsA, "va"}, {nsB, "vb"}, {nsA, "wa"}, {nsC, "wc"}} {
+		ipCmd(t, "-n", l[0], "link", "set", l[1], "up")
+	}
+	snd := listenIn(t, nsA, "udp4", Options{})
+	narrow := listenIn(t, nsB, "udp4", Options{Local: netip.MustParseAddrPort("198.18.9.2:0"), RecvBuffer: 1 << 20})
+	wide := listenIn(t, nsC, "udp4", Options{Local: netip.MustParseAddrPort("198.18.8.2:0"), RecvBuffer: 1 << 20})
 	var segmented sentCount
 	var refusals []string
 	seg := Segmentation{Sent: &segmented, Refused: func(dst netip.AddrPort, err error) {
@@ -203,34 +211,77 @@ func TestSegmentationFallsBackOnSmallMTU(t *testing.T) {
 	if !snd.EnableSegmentation(seg) {
 		t.Skip("kernel has no UDP_SEGMENT (UDP GSO, Linux 4.18)")
 	}
-	msgs := make([]Message, 8)
-	for i := range msgs {
-		b := bytes.Repeat([]byte{byte('a' + i)}, 1000)
-		msgs[i] = Message{Buf: b, N: len(b), Addr: rcv.LocalAddr()}
+	batch := func(to netip.AddrPort) []Message {
+		msgs := make([]Message, 8)
+		for i := range msgs {
+			b := bytes.Repeat([]byte{byte('a' + i)}, 1000)
+			msgs[i] = Message{Buf: b, N: len(b), Addr: to}
+		}
+		return msgs
 	}
-	n, err := snd.WriteBatch(msgs)
-	if n != len(msgs) || err != nil {
-		t.Fatalf("WriteBatch = %d, %v; want %d, nil (the refused run sent again unsegmented)", n, err, len(msgs))
-	}
-	if snd.Segmentation() {
-		t.Error("segmentation still on after the path refused it")
+	toNarrow, toWide := batch(narrow.LocalAddr()), batch(wide.LocalAddr())
+	if n, err := snd.WriteBatch(toNarrow); n != len(toNarrow) || err != nil {
+		t.Fatalf("WriteBatch = %d, %v; want %d, nil (the refused run sent again unsegmented)", n, err, len(toNarrow))
 	}
 	if segmented.Load() != 0 {
-		t.Errorf("segmented count = %d, want 0", segmented.Load())
+		t.Errorf("segmented count = %d after the narrow path's batch, want 0", segmented.Load())
 	}
-	// The caller hears of the refusal once, naming the path, even when the
-	// next batch goes the same way.
-	if n, err := snd.WriteBatch(msgs); n != len(msgs) || err != nil {
-		t.Fatalf("second WriteBatch = %d, %v", n, err)
+	if !snd.Segmentation() {
+		t.Error("one path's refusal turned segmentation off for the whole socket")
 	}
-	if len(refusals) != 1 || !strings.HasPrefix(refusals[0], rcv.LocalAddr().String()+": ") {
-		t.Errorf("refusals reported: %q; want one, for %v", refusals, rcv.LocalAddr())
+	// The wide path still gets segmented sends; the narrow one is not tried
+	// again, and the caller heard of its refusal once, naming it.
+	if n, err := snd.WriteBatch(toWide); n != len(toWide) || err != nil {
+		t.Fatalf("WriteBatch to the wide path = %d, %v", n, err)
 	}
-	got := readAll(t, rcv, len(msgs), 8)
-	for i := range msgs {
-		if !bytes.Equal(got[i].Buf, msgs[i].Buf) {
-			t.Fatalf("datagram %d: got %d B starting %q, want 1000 B of %q", i, len(got[i].Buf), got[i].Buf[:1], msgs[i].Buf[:1])
+	if got := segmented.Load(); got != uint64(len(toWide)) {
+		t.Errorf("segmented count = %d after the wide path's batch, want %d", got, len(toWide))
+	}
+	if n, err := snd.WriteBatch(toNarrow); n != len(toNarrow) || err != nil {
+		t.Fatalf("second WriteBatch to the narrow path = %d, %v", n, err)
+	}
+	if len(refusals) != 1 || !strings.HasPrefix(refusals[0], narrow.LocalAddr().String()+": ") {
+		t.Errorf("refusals reported: %q; want one, for %v", refusals, narrow.LocalAddr())
+	}
+	for _, rc := range []struct {
+		c    *Conn
+		want []Message
+	}{{narrow, append(toNarrow, toNarrow...)}, {wide, toWide}} {
+		got := readAll(t, rc.c, len(rc.want), 8)
+		for i := range rc.want {
+			if !bytes.Equal(got[i].Buf, rc.want[i].Buf) {
+				t.Fatalf("%v, datagram %d: got %d B starting %q, want 1000 B of %q", rc.c.LocalAddr(), i, len(got[i].Buf), got[i].Buf[:1], rc.want[i].Buf[:1])
+			}
 		}
+	}
+}
+
+// TestRefusedPathsBounded: past maxRefusedPaths destinations refused, the
+// socket stops segmenting altogether, and says so once more.
+func TestRefusedPathsBounded(t *testing.T) {
+	c := listen(t, "udp4", Options{Local: lo4})
+	if !c.EnableSegmentation(Segmentation{}) {
+		t.Skip("kernel has no UDP_SEGMENT (UDP GSO, Linux 4.18)")
+	}
+	dst := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.MustParseAddr("198.18.7.1"), uint16(1000+i))
+	}
+	for i := 0; i < maxRefusedPaths; i++ {
+		if !c.refusePath(dst(i)) || !c.Segmentation() {
+			t.Fatalf("refusal %d: not recorded, or segmentation off already", i)
+		}
+		if c.refusePath(dst(i)) {
+			t.Fatalf("refusal %d told twice", i)
+		}
+	}
+	if !c.pathRefused(dst(3)) || c.pathRefused(dst(maxRefusedPaths)) {
+		t.Fatal("pathRefused does not match the refusals recorded")
+	}
+	if !c.refusePath(dst(maxRefusedPaths)) || c.Segmentation() {
+		t.Fatalf("refusal %d: segmentation still on for the socket", maxRefusedPaths+1)
+	}
+	if c.refusePath(dst(maxRefusedPaths + 1)) {
+		t.Fatal("a refusal after segmentation went off was told again")
 	}
 }
 

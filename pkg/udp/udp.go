@@ -102,6 +102,11 @@ type Conn struct {
 
 	gso atomic.Bool  // WriteBatch sends same-sized runs as one segmented send
 	seg Segmentation // its counter and refusal hook (EnableSegmentation)
+	// unsegmented lists the destinations whose path refused a segmented
+	// send (an IPsec route, a narrower MTU): they get a datagram per header
+	// while others keep segmenting. Guarded by w.mu; see refusePath.
+	unsegmented  [maxRefusedPaths]netip.AddrPort
+	nUnsegmented int
 
 	r ioState
 	w ioState
@@ -366,7 +371,7 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 				break
 			}
 			k := 1
-			if gso {
+			if gso && !c.pathRefused(m.Addr) {
 				k = segmentRun(msgs[sent+used : min(len(msgs), sent+MaxBatch)])
 			}
 			for j := 0; j < k; j++ {
@@ -427,11 +432,12 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 		}
 		if s.errno != 0 {
 			if s.got < nh && s.runs[s.got] > 1 && refusesSegments(s.errno) {
-				// The path refused a segmented send: send one datagram per
-				// header from now on and retry the run. The caller hears of
-				// it once, since the change is for good.
-				if c.gso.Swap(false) && c.seg.Refused != nil {
-					c.seg.Refused(msgs[sent].Addr, os.NewSyscallError("sendmmsg", s.errno))
+				// The path refused a segmented send: that destination gets
+				// one datagram per header from now on, and the run is sent
+				// again. The caller hears of it once per destination, since
+				// the change is for good.
+				if dst := msgs[sent].Addr; c.refusePath(dst) && c.seg.Refused != nil {
+					c.seg.Refused(dst, os.NewSyscallError("sendmmsg", s.errno))
 				}
 				continue
 			}
@@ -445,6 +451,37 @@ func (c *Conn) writeLocked(msgs []Message) (int, error) {
 		// starting at the first unsent message.
 	}
 	return sent, nil
+}
+
+// maxRefusedPaths bounds the destinations remembered as refusing segmented
+// sends. Past it the refusals are taken to be the socket's device's, not a
+// path's, and segmentation goes off for the whole socket.
+const maxRefusedPaths = 16
+
+// pathRefused tells whether dst's path refused a segmented send; w.mu is
+// held. Nothing to scan on a socket none refused.
+func (c *Conn) pathRefused(dst netip.AddrPort) bool {
+	for _, a := range c.unsegmented[:c.nUnsegmented] {
+		if a == dst {
+			return true
+		}
+	}
+	return false
+}
+
+// refusePath records that dst's path refused a segmented send, or, past
+// maxRefusedPaths destinations, turns segmentation off for the socket; w.mu
+// is held. It reports whether this changed anything (the caller is told).
+func (c *Conn) refusePath(dst netip.AddrPort) bool {
+	if c.pathRefused(dst) {
+		return false
+	}
+	if c.nUnsegmented < maxRefusedPaths {
+		c.unsegmented[c.nUnsegmented] = dst
+		c.nUnsegmented++
+		return true
+	}
+	return c.gso.Swap(false)
 }
 
 // refusesSegments tells the errors with which the kernel refuses a segmented
@@ -513,19 +550,23 @@ type Adder interface{ Add(uint64) }
 type Segmentation struct {
 	// Sent is added the datagrams that leave inside segmented sends.
 	Sent Adder
-	// Refused is called once, on the writing goroutine, when a path refuses
-	// a segmented send and the Conn turns segmentation off for good: dst is
-	// the refused run's destination, err the kernel's error. It runs while
-	// the Conn's write lock is held, so it must not write to the same Conn
-	// (that would deadlock); log and count, and return.
+	// Refused is called on the writing goroutine when a path refuses a
+	// segmented send, once for each destination: dst is the refused run's
+	// destination, err the kernel's error. The Conn then sends to dst a
+	// datagram per header for good, and to others segmented as before;
+	// after maxRefusedPaths (16) destinations it turns segmentation off for
+	// the whole socket (Conn.Segmentation reports false) and calls Refused
+	// once more. It runs while the Conn's write lock is held, so it must
+	// not write to the same Conn (that would deadlock); log and count, and
+	// return.
 	Refused func(dst netip.AddrPort, err error)
 }
 
 // EnableSegmentation has WriteBatch send runs of same-sized datagrams to one
 // destination as one segmented send (UDP GSO), which costs the kernel's send
 // path once per run instead of once per datagram. It reports whether the
-// kernel supports it; it is then on until a send the path refuses turns it off
-// (the run is then sent again, a datagram each, and seg.Refused called).
+// kernel supports it; a destination whose path refuses a segmented send is
+// then sent a datagram each (the run again at once, and seg.Refused called).
 // Receivers see ordinary datagrams. Call it before the Conn's first write.
 func (c *Conn) EnableSegmentation(seg Segmentation) bool {
 	c.seg = seg
@@ -551,7 +592,8 @@ func (c *Conn) ReceiveBuffer() int {
 	return v
 }
 
-// Segmentation reports whether segmented sends are on.
+// Segmentation reports whether segmented sends are on for the socket (a
+// destination whose path refused them aside).
 func (c *Conn) Segmentation() bool { return c.gso.Load() }
 
 var errShortBuf = errors.New("udp: Message.N outside Buf")
