@@ -210,7 +210,9 @@ func TestTUNLossAndOutage(t *testing.T) {
 	outside := float64(count) - float64(s.DropOutage)
 	loss := float64(s.DropLoss) / outside
 	t.Logf("received %d of %d; outage drops %d (window 500 ms at 1 kpps), loss %.2f%% of the rest", len(got), count, s.DropOutage, loss*100)
-	if s.DropOutage < 480 || s.DropOutage > 520 {
+	// The sender catches up after a stall of the host, so a stall at an edge
+	// of the window moves a few packets across it: ±10%.
+	if s.DropOutage < 450 || s.DropOutage > 550 {
 		t.Errorf("outage drops %d, want about 500", s.DropOutage)
 	}
 	if math.Abs(loss-0.05) > 0.025 {
