@@ -201,10 +201,14 @@ func (r *SendRing) Send(fds []int32, bufs [][]byte, res []int32) error {
 	}
 	atomic.StoreUint32(r.sqTail, tail+uint32(n)) // publishes the entries (release)
 
+	// RawSyscall6, as for recvmmsg and sendmmsg (see Conn.recv): the call
+	// does not sleep, since a MSG_DONTWAIT send completes while it is
+	// submitted (-EAGAIN when the socket is full), so waiting for every
+	// completion waits for nothing.
 	submitted, done := 0, 0
 	for done < n {
 		toSubmit := n - submitted
-		got, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(toSubmit), uintptr(n-done), ioringEnterGetEvents, 0, 0)
+		got, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(toSubmit), uintptr(n-done), ioringEnterGetEvents, 0, 0)
 		if errno == unix.EINTR || errno == unix.EAGAIN || errno == unix.EBUSY {
 			done += r.reap(res)
 			continue
