@@ -61,7 +61,8 @@ type Config struct {
 	// thread of its own pinned to one CPU, worker i on the i-th CPU the
 	// process may use. For a host whose CPUs are the proxy's (a studio's
 	// proxy machine, a container with a cpuset): two pinned workers
-	// drained 1.84× one worker's rate on two CPUs, unpinned 1.58×. Leave
+	// drained 1.88–2.09× one worker's rate on two CPUs, unpinned
+	// 1.69–1.76× (capbench -drain). Leave
 	// it off where other busy programs share those CPUs, since a pinned
 	// loop cannot move away from them.
 	PinWorkers bool `toml:"pin_workers"`

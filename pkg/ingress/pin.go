@@ -9,11 +9,10 @@ import (
 
 // Pinning a worker's read loop (Config.PinWorkers) gives it a thread of its
 // own on a CPU of its own. Unpinned, the Go scheduler and the kernel move the
-// loops between threads and CPUs: each system call long enough for the
-// runtime to hand its P to another thread costs a handoff, and two loops now
-// and then share a CPU while the other idles. On two CPUs the drain test
-// (capbench -drain) measured 1.58× one worker's rate with two unpinned
-// workers and 1.84× pinned.
+// loops between threads and CPUs, and two loops now and then share a CPU
+// while the other idles. On two CPUs the drain test (capbench -drain)
+// measured 1.69–1.76× one worker's rate with two unpinned workers and
+// 1.88–2.09× pinned (README, "Where the targets stand").
 
 // allowedCPUs is the CPUs this process may run on, in order.
 func allowedCPUs() ([]int, error) {
