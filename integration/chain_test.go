@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/cipher"
 	"encoding/binary"
@@ -596,10 +597,11 @@ func (ct *chainTap) watch(dg []byte) {
 }
 
 // open opens a data datagram of session id with the keys of the newest epoch
-// its hellos named that opens it, or of epoch 0. The router keys a session
-// for epoch 0 until it hears the proxy's epoch; when every hello of that
-// time is lost on the lossy links, the first hello the tap sees names the
-// new epoch, while a slower path may still bring an epoch-0 datagram.
+// its hellos named that opens it, or of epoch 0 (the router keys a session
+// for epoch 0 until it hears the proxy's epoch). Each try opens a copy:
+// wire.Open decrypts in place, and a failed try leaves the bytes spoilt
+// (the AEAD clears them), so the next epoch's try must start from the
+// datagram as it came. dg is left as it came.
 func (ct *chainTap) open(dg []byte, off int, id uint64, salt [16]byte) ([]byte, error) {
 	epochs := ct.epochs[id]
 	if !slices.Contains(epochs, 0) {
@@ -612,11 +614,61 @@ func (ct *chainTap) open(dg []byte, off int, id uint64, salt [16]byte) ([]byte, 
 			return nil, err
 		}
 		var body []byte
-		if body, err = wire.Open(c2s, dg, off); err == nil {
+		if body, err = wire.Open(c2s, append([]byte(nil), dg...), off); err == nil {
 			return body, nil
 		}
 	}
 	return nil, err
+}
+
+// TestChainTapOpensEitherEpoch: the tap opens a datagram sealed under epoch
+// 0 after a hello named the proxy's epoch (the two paths crossed the
+// re-key), and leaves the datagram as it came, so a datagram no epoch opens
+// yet can be tried again once a later hello names its epoch.
+func TestChainTapOpensEitherEpoch(t *testing.T) {
+	const id, epoch = 0x5241494300000001, 77
+	salt := [16]byte{1, 2, 3}
+	ct := &chainTap{key: testKey, sessions: map[uint64][16]byte{id: salt}, epochs: map[uint64][]uint64{id: {epoch}}}
+	seal := func(e, pid uint64) []byte {
+		c2s, _, err := wire.DeriveKeysEpoch(&ct.key, &salt, id, e, wire.RoleClient)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := make([]byte, checkPktLen)
+		body[0] = 'C'
+		dg, err := wire.Seal(c2s, make([]byte, wire.MaxDatagram), &wire.Header{Type: wire.TypeData, Session: id, Packet: pid}, nil, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dg
+	}
+	for _, e := range []uint64{0, epoch} {
+		dg := seal(e, 5)
+		came := append([]byte(nil), dg...)
+		var h wire.Header
+		off, err := wire.Parse(dg, &h, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body, err := ct.open(dg, off, id, salt); err != nil || len(body) != checkPktLen || body[0] != 'C' {
+			t.Errorf("epoch %d: open = %d bytes, %v", e, len(body), err)
+		}
+		if !bytes.Equal(dg, came) {
+			t.Errorf("epoch %d: open changed the datagram", e)
+		}
+	}
+	later := seal(99, 6) // an epoch no hello has named yet
+	came := append([]byte(nil), later...)
+	if _, err := ct.open(later, wire.HeaderLen, id, salt); err == nil {
+		t.Fatal("a datagram of an epoch no hello named opened")
+	}
+	if !bytes.Equal(later, came) {
+		t.Fatal("a failed open spoilt the datagram, so no later try can open it")
+	}
+	ct.epochs[id] = append(ct.epochs[id], 99)
+	if _, err := ct.open(later, wire.HeaderLen, id, salt); err != nil {
+		t.Fatalf("once a hello named its epoch: %v", err)
+	}
 }
 
 // checkID records that game packet seq arrived as pid and returns what is wrong
@@ -667,7 +719,11 @@ func (ct *chainTap) check(t *testing.T, where string, wantSessions int) []uint64
 		if err != nil || len(body) != checkPktLen || body[0] != 'C' {
 			ct.wrong++
 			if ct.firstBad == "" {
-				ct.firstBad = fmt.Sprintf("session %x: a datagram opens with no epoch its hellos named, nor epoch 0 (%v)", u.session, err)
+				var h wire.Header
+				var hl wire.Hello
+				wire.Parse(u.dg, &h, &hl)
+				ct.firstBad = fmt.Sprintf("session %x: a datagram opens with no epoch its hellos named, nor epoch 0 (%v): packet %d, flags %#x, %d bytes, epochs known %v",
+					u.session, err, h.Packet, h.Flags, len(u.dg), ct.epochs[u.session])
 			}
 			continue
 		}
