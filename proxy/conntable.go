@@ -6,9 +6,11 @@ import (
 )
 
 // connTable bounds one kind of tcp_listen connection (tcp.go): at most max
-// open or authenticating at once, at most perSource of them
-// authenticating from one address (tcp_pending_per_address), and at most perClient held by one
-// client, whose oldest is evicted when it opens one more.
+// open or authenticating at once, at most perSource of them authenticating
+// from one address (tcp_pending_per_address; only the fallback's table
+// reserves places, QUIC connections authenticate before they are filed), and
+// at most perClient held by one client, whose oldest is evicted when it
+// opens one more.
 type connTable[C comparable] struct {
 	mu             sync.Mutex
 	max, perClient int
